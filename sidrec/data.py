@@ -183,10 +183,16 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
         cdir.parent.mkdir(parents=True, exist_ok=True)
         from sidrec.artifacts import atomic_dir
 
-        with atomic_dir(cdir) as stage:
-            datasets.Dataset(cat_t).save_to_disk(str(stage / "catalog"))
-            datasets.Dataset(int_t).save_to_disk(str(stage / "interactions"))
-            write_json(stage / "report.json", report.to_json())
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # a save of a few MB needs no bar
+        try:
+            with atomic_dir(cdir) as stage:
+                datasets.Dataset(cat_t).save_to_disk(str(stage / "catalog"))
+                datasets.Dataset(int_t).save_to_disk(str(stage / "interactions"))
+                write_json(stage / "report.json", report.to_json())
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
         catalog = datasets.load_from_disk(str(cdir / "catalog"))
         inter = datasets.load_from_disk(str(cdir / "interactions"))
     return RecData(name=path.name, layout=layout, has_time=(layout == "movielens"), catalog=catalog,

@@ -1,0 +1,185 @@
+"""The `sidrec` command line. Each subcommand is a thin wrapper over one stage's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+# --------------------------------------------------------------------------- config plumbing
+
+
+def config_from_args(cls: type, preset: str | None, overrides: list[str] | None, **explicit: Any):
+    """Build a stage config: defaults <- preset file (JSON of overrides) <- --set key=value <- flags."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if preset:
+        path = Path(preset)
+        if not path.is_file():
+            raise SystemExit(f"error: preset file {preset} does not exist")
+        values.update(json.loads(path.read_text()))
+    for item in overrides or []:
+        if "=" not in item:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise SystemExit(f"error: unknown {cls.__name__} field(s): {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(fields))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: invalid {cls.__name__}: {e}") from e
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
+    p.add_argument("--dataset", help="sub-folder of --data holding one dataset, e.g. amazon-beauty")
+    p.add_argument("--max-users", type=int, help="read only the first N members (quick runs)")
+
+
+def _data_config(args):
+    from sidrec.data import DataConfig
+
+    return DataConfig(data_dir=args.data, dataset=args.dataset, max_users=args.max_users)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def cmd_ids_build(args) -> None:
+    from semantic_ids.builder import build_ids
+    from semantic_ids.config import SemanticIDConfig
+    from sidrec.data import load_data
+
+    config = config_from_args(SemanticIDConfig, args.preset, args.set, quantizer=args.quantizer)
+    data = load_data(_data_config(args))
+    for line in data.report.lines():
+        console.print(f"[dim]{line}[/dim]")
+    ids = build_ids(data, config, args.out)
+    console.print(f"wrote {args.out}")
+    show_stats(ids)
+
+
+def cmd_ids_assign(args) -> None:
+    from semantic_ids.builder import assign_new
+    from sidrec.data import load_data
+
+    data = load_data(_data_config(args))
+    ids, new = assign_new(args.ids, data, args.out)
+    console.print(f"{len(new)} new title(s) got IDs; map version {ids.version} at {args.out or args.ids}")
+    for iid in new[:10]:
+        console.print(f"  {iid}  {ids.layout.sid_string(ids.sid(iid))}  {ids.title(iid)}")
+
+
+def cmd_ids_inspect(args) -> None:
+    from semantic_ids.ids import SemanticIDs
+
+    ids = SemanticIDs.load(args.dir)
+    show_stats(ids)
+    depth = args.depth if args.depth is not None else max(ids.sid_length - 2, 1)
+    groups = [g for g in ids.prefix_groups(depth).items() if len(g[1]) >= 3]
+    groups.sort(key=lambda kv: kv[0])
+    step = max(len(groups) // max(args.groups, 1), 1)
+    console.print(f"\nTitles sharing their first {depth} code(s) (every {step}th group of "
+                  f"{len(groups)} with 3+ titles):")
+    for prefix, members in groups[::step][: args.groups]:
+        console.print(f"[bold]{'-'.join(map(str, prefix))}[/bold] ({len(members)} titles)")
+        for iid in members[:5]:
+            console.print(f"    {ids.layout.sid_string(ids.sid(iid))}  {ids.title(iid)}")
+
+
+def show_stats(ids) -> None:
+    s = ids.stats()
+    t = Table(title=f"semantic IDs: {ids.path}")
+    t.add_column("figure")
+    t.add_column("value")
+    for key in ("num_items", "sid_length", "unique_ids", "collision_rate", "max_collision_group",
+                "dedup_codes_used", "reconstruction_mse"):
+        v = s.get(key)
+        t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    t.add_row("codebook_utilization", ", ".join(f"{u:.1%}" for u in s["codebook_utilization"]))
+    t.add_row("perplexity", ", ".join(f"{p:.1f}" for p in s["perplexity"]))
+    t.add_row("map version", str(ids.version))
+    console.print(t)
+
+
+def cmd_quickstart(args) -> None:
+    from sidrec.pipeline import QuickstartConfig, quickstart
+
+    config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset,
+                              out=args.out)
+    quickstart(config, data_dir=args.data)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ids = sub.add_parser("ids", help="semantic IDs: build, assign new titles, inspect")
+    ids_sub = ids.add_subparsers(dest="ids_command", required=True)
+    p = ids_sub.add_parser("build", help="embed titles, train the quantizer, write an ID artifact")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--quantizer", choices=["rqvae", "rqkmeans"])
+    p.add_argument("--preset", help="JSON file of SemanticIDConfig overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.set_defaults(func=cmd_ids_build)
+
+    p = ids_sub.add_parser("assign", help="give titles new to the catalog IDs without retraining")
+    _add_data_args(p)
+    p.add_argument("--ids", required=True, help="existing ID artifact")
+    p.add_argument("--out", help="write the new version here instead of in place")
+    p.set_defaults(func=cmd_ids_assign)
+
+    p = ids_sub.add_parser("inspect", help="stats and titles that share code prefixes")
+    p.add_argument("dir")
+    p.add_argument("--depth", type=int, help="prefix length to group by (default: semantic levels - 1)")
+    p.add_argument("--groups", type=int, default=6, help="how many groups to show")
+    p.set_defaults(func=cmd_ids_inspect)
+
+    p = sub.add_parser("quickstart", help="the main job: every stage on a real dataset, end to end")
+    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
+    p.add_argument("--dataset", help="sub-folder of --data (default: ml-latest-small)")
+    p.add_argument("--out", help="run folder (default: runs/quickstart)")
+    p.add_argument("--preset", help="JSON file of QuickstartConfig overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sidrec.artifacts import ArtifactError
+    from sidrec.data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
+        if os.environ.get("SIDREC_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

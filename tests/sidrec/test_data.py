@@ -1,0 +1,122 @@
+"""Loaders for both layouts, on real slices and on small hand-made folders with bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from sidrec.data import DataConfig, DataError, load_data, resolve_data_dir
+
+
+def test_movielens_slice(ml_small):
+    assert ml_small.layout == "movielens" and ml_small.has_time
+    assert ml_small.catalog.num_rows == 9742
+    inter = ml_small.interactions
+    assert set(inter.column_names) == {"user_id", "item_id", "timestamp", "kind", "rating", "tag"}
+    assert len(set(inter["user_id"])) == 40
+    assert set(inter["kind"]) == {"rating", "tag"}
+    toy = ml_small.catalog[0]
+    assert toy["title"] == "Toy Story (1995)" and toy["year"] == 1995
+    assert "Animation" in toy["categories"]
+
+
+def test_sequence_slice(beauty_small):
+    assert beauty_small.layout == "sequence" and not beauty_small.has_time
+    assert beauty_small.catalog.num_rows == 12101
+    assert len(set(beauty_small.interactions["user_id"])) == 60
+    assert beauty_small.catalog[0]["categories"][0] == "Beauty"
+
+
+def test_folder_of_datasets_needs_a_name(data_dir):
+    with pytest.raises(DataError, match="holds several datasets"):
+        resolve_data_dir(str(data_dir))
+
+
+def test_missing_dir_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIDREC_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="no data directory"):
+        resolve_data_dir(None)
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_data_dir(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="neither a MovieLens folder"):
+        resolve_data_dir(str(tmp_path))
+
+
+def _write_movielens(d, ratings: str, movies: str = "movieId,title,genres\n1,A (1999),Drama\n2,B,Comedy\n"):
+    d.mkdir()
+    (d / "ratings.csv").write_text(ratings)
+    (d / "movies.csv").write_text(movies)
+    return d
+
+
+def test_movielens_bad_rows_are_counted(tmp_path):
+    d = _write_movielens(tmp_path / "ml", "userId,movieId,rating,timestamp\n"
+                         "1,1,4.0,10\n1,1,4.0,10\n1,99,3.0,11\n1,2,,12\n2,2,5.0,5\n")
+    data = load_data(DataConfig(data_dir=str(d)))
+    dropped = dict(data.report.dropped)
+    assert dropped["duplicate interaction rows"] == 1
+    assert dropped["interactions with a title id not in the catalog"] == 1
+    assert dropped["ratings.csv: empty rating"] == 1
+    assert data.interactions.num_rows == 2
+    assert data.catalog[1]["year"] is None  # "B" has no year
+
+
+def test_movielens_missing_column(tmp_path):
+    d = _write_movielens(tmp_path / "ml", "userId,movieId,timestamp\n1,1,10\n")
+    with pytest.raises(DataError, match="lacks column"):
+        load_data(DataConfig(data_dir=str(d)))
+
+
+def test_movielens_missing_movies(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n")
+    with pytest.raises(DataError, match="missing movies.csv"):
+        load_data(DataConfig(data_dir=str(d)))
+
+
+def _write_sequence(d, lines: str, items: list[dict]):
+    d.mkdir()
+    (d / "seq.txt").write_text(lines)
+    with gzip.open(d / "items.jsonl.gz", "wt") as f:
+        for it in items:
+            f.write(json.dumps(it) + "\n")
+    return d
+
+
+def test_sequence_bad_rows_are_counted(tmp_path):
+    items = [{"item_id": i, "title": f"t{i}", "categories": ["c"]} for i in (1, 2, 3)]
+    d = _write_sequence(tmp_path / "s", "1 1 2 3\n2\n1 3\n3 1 7 2\n", items)
+    data = load_data(DataConfig(data_dir=str(d)))
+    dropped = dict(data.report.dropped)
+    assert dropped["seq.txt: member with an empty history"] == 1
+    assert dropped["seq.txt: repeated member line (kept the first)"] == 1
+    assert dropped["interactions with a title id not in the catalog"] == 1
+    assert data.interactions.num_rows == 5
+    # position is the clock: member 3 saw 1 then 2 (7 was dropped, positions keep their gap)
+    rows = [r for r in data.interactions if r["user_id"] == "3"]
+    assert [(r["item_id"], r["timestamp"]) for r in rows] == [("1", 0), ("2", 2)]
+
+
+def test_sequence_needs_exactly_one_txt(tmp_path):
+    d = _write_sequence(tmp_path / "s", "1 1\n", [{"item_id": 1, "title": "a"}])
+    (d / "other.txt").write_text("2 1\n")
+    with pytest.raises(DataError, match="exactly one"):
+        load_data(DataConfig(data_dir=str(d)))
+
+
+def test_items_without_title_field(tmp_path):
+    d = _write_sequence(tmp_path / "s", "1 1\n", [{"item_id": 1}])
+    with pytest.raises(DataError, match="has no 'title'"):
+        load_data(DataConfig(data_dir=str(d)))
+
+
+def test_cache_reused(tmp_path):
+    items = [{"item_id": i, "title": f"t{i}"} for i in (1, 2)]
+    d = _write_sequence(tmp_path / "s", "1 1 2\n", items)
+    a = load_data(DataConfig(data_dir=str(d)))
+    b = load_data(DataConfig(data_dir=str(d)))
+    assert a.fingerprint == b.fingerprint
+    assert a.interactions.cache_files == b.interactions.cache_files
