@@ -125,3 +125,33 @@ def test_real_text_encoder(beauty_small, tmp_path):
     # similar products are nearer than unrelated ones
     sims = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T
     assert sims[0, 1] > sims[0, 2]  # two OPI nail polishes vs. a BB cream
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_user_vectors_modality(ml_small, tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    item_ids = list(ml_small.catalog["item_id"])[:5000]  # the rest has no vector: counted, zeros
+    vecs = rng.normal(size=(len(item_ids), 8)).astype(np.float32)
+    path = tmp_path / f"vectors.{fmt}"
+    if fmt == "npz":
+        np.savez(path, item_ids=np.array(item_ids), vectors=vecs)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"item_id": item_ids, "vector": vecs.tolist()}), path)
+    config = SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(path), **FAST)
+    stats = build_ids(ml_small, config, tmp_path / "ids").stats()
+    assert stats["embedding_dims"]["user_vectors"] == 8
+    assert stats["missing_user_vectors"] == ml_small.catalog.num_rows - 5000
+
+
+def test_user_vectors_bad_file(ml_small, tmp_path):
+    bad = tmp_path / "v.npz"
+    np.savez(bad, ids=np.array(["1"]), vectors=np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="'item_ids' and 'vectors'"):
+        build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(bad), **FAST),
+                  tmp_path / "ids")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(tmp_path / "no.npz"),
+                                             **FAST), tmp_path / "ids")
