@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import html
 import json
 import os
 import re
@@ -36,7 +37,7 @@ import pyarrow.csv as pacsv
 
 DATA_DIR_ENV = "SIDREC_DATA_DIR"
 CACHE_DIR_ENV = "SIDREC_CACHE_DIR"
-_CACHE_FORMAT = "v1"
+_CACHE_FORMAT = "v2"
 
 
 class DataError(ValueError):
@@ -165,7 +166,8 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
     layout = detect_layout(path)
     sources = _source_files(path, layout, config)
     hashes = {p.name: file_sha256(p) for p in sources}
-    hashes["_slice"] = json.dumps({"max_users": config.max_users, "tags": config.include_tags})
+    hashes["_slice"] = json.dumps({"max_users": config.max_users, "tags": config.include_tags,
+                                   "loader": _CACHE_FORMAT})
     key = hashlib.sha256(json.dumps([_CACHE_FORMAT, hashes], sort_keys=True).encode()).hexdigest()
     cdir = cache_root() / "data" / f"{path.name}-{key[:16]}"
     if (cdir / "report.json").is_file():
@@ -297,7 +299,7 @@ def _read_sequence(path: Path, report: DataReport) -> tuple[pa.Table, pa.Table]:
             if iid in seen:
                 report.drop(f"{items_file.name}: duplicate item_id (kept the first)", 1)
                 continue
-            title = (obj["title"] or "").strip()
+            title = html.unescape(obj["title"] or "").strip()  # Amazon titles carry &amp; etc.
             if not title:
                 report.drop(f"{items_file.name}: empty title", 1)
                 continue
