@@ -9,7 +9,9 @@ config, the data fingerprint, the command line and the machine; BENCHMARKS.md qu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", help="suffix of the results file for a variant (e.g. a modality mix)")
     ap.add_argument("--runs", default="runs/bench", help="where the ID artifacts are written")
     ap.add_argument("--results", default="results/semantic_ids")
+    ap.add_argument("--warm", action="store_true",
+                    help="reuse the on-disk caches (default: a cold, empty cache, so the sentence "
+                         "encoder's time is measured)")
     args = ap.parse_args(argv)
+    if not args.warm:
+        os.environ["SIDREC_CACHE_DIR"] = tempfile.mkdtemp(prefix="sidrec-bench-cache-")
 
     config = config_from_args(SemanticIDConfig, None, args.set, quantizer=args.quantizer)
     name = f"{args.dataset}-{args.quantizer}" + (f"-{args.tag}" if args.tag else "")
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "semantic_ids", "dataset": data.name, "data_fingerprint": data.fingerprint,
         "command": " ".join(["python -m eval.bench_ids", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(), "config": jsonable(config), "wall_seconds": round(wall, 1),
+        "cache": "warm" if args.warm else "cold",
         "stats": stats, "sample_groups": sample_groups(ids, ids.sid_length - 2),
     }
     out = Path(args.results) / f"{name}.json"

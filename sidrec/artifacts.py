@@ -79,6 +79,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(jsonable(obj), f, indent=2, sort_keys=False)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -138,6 +139,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    os.chmod(stage, 0o755)  # mkdtemp makes 0700 directories
     try:
         yield stage
     except BaseException:
