@@ -1,0 +1,157 @@
+"""The one config of the foundation-model stage: model size, optimisation, validation, checkpoints.
+
+Sizes come from named presets that hold only overrides (``PretrainConfig.from_preset("small",
+lr=5e-4)``). The history length is not declared here: it comes from the ``SequenceConfig`` the model
+is trained with, and the token layout from the ID artifact (both recorded in the model's manifest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Fields that may differ between a run and the run it resumes (they do not change the weights).
+RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints",
+                               "eval_batch_size"})
+
+# Size presets: overrides of the dataclass defaults, nothing else. Head size stays 32 (vLLM needs a
+# head size >= 32 that is a multiple of 16).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tests: a few thousand weights per layer, runs in seconds on CPU.
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+    # About TIGER's width (128) and depth (4 decoder layers).
+    "small": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    # Twice the width, six layers.
+    "base": dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024),
+}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the Llama decoder over semantic-ID sequences is sized and trained."""
+
+    # ---- model size (a preset fills these) ---------------------------------------------------
+    # Name of the preset the sizes came from, recorded in the manifest ("custom" if none).
+    preset: str = "custom"
+    hidden_size: int = 128  # width of the residual stream
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads; hidden_size / num_heads is the head size
+    num_kv_heads: int | None = None  # grouped-query heads; None = num_heads (plain multi-head)
+    intermediate_size: int = 512  # SwiGLU MLP width
+    # Attention dropout: the only dropout standard Llama has (keeps the model loadable by vLLM).
+    dropout: float = 0.1
+    rope_theta: float = 10_000.0  # RoPE base
+    # Positions beyond the longest training sequence ((max_history + 1) * L + 3): room for
+    # soft-prompt virtual tokens and context tokens added by later stages.
+    position_headroom: int = 64
+    # Hashed member tokens <user_0>..<user_{n-1}> (TIGER uses 2,000); 0 = no member token.
+    num_user_buckets: int = 2000
+
+    # ---- optimisation ------------------------------------------------------------------------
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    schedule: str = "cosine"  # learning-rate decay after warmup: cosine, linear or constant
+    warmup_ratio: float = 0.05  # share of all optimizer steps spent warming up linearly
+    batch_size: int = 256  # windows per device per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
+    epochs: int = 50  # upper bound; early stopping usually ends sooner
+    # Stop after this many optimizer steps in all (smoke runs, throughput); None = run all epochs.
+    # The schedule still spans `epochs`, so a stopped run can be resumed to the same end point.
+    max_steps: int | None = None
+    mixed_precision: str = "no"  # accelerate mixed precision: no, bf16 or fp16
+    seed: int = 0  # weights, data order and validation sample
+
+    # ---- validation and early stopping ---------------------------------------------------------
+    eval_every: int = 1  # validate every N epochs; 0 = never (the last weights are kept)
+    eval_k: int = 10  # validation Recall@K / NDCG@K
+    # Beam width for validation; None = max(eval_k, 10). Decoding is constrained to valid IDs.
+    num_beams: int | None = None
+    # Members in the fixed validation sample (drawn once with `seed`); None = all of them.
+    # The final `sidrec eval` always uses every member.
+    val_users: int | None = 2000
+    eval_batch_size: int = 64  # prompts per beam-search batch
+    patience: int = 5  # validations without a better Recall@K before stopping; 0 = never stop
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    checkpoint_every_steps: int = 1000  # also one at the end of every epoch; 0 = epochs only
+    keep_checkpoints: int = 2  # most recent step checkpoints kept (the best weights always are)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        ints = {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "num_heads": self.num_heads, "intermediate_size": self.intermediate_size,
+                "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                "epochs": self.epochs, "eval_k": self.eval_k,
+                "eval_batch_size": self.eval_batch_size, "keep_checkpoints": self.keep_checkpoints}
+        bad = [k for k, v in ints.items() if int(v) < 1]
+        if bad:
+            raise ValueError(f"these must be >= 1: {bad}")
+        for name in ("num_user_buckets", "position_headroom", "eval_every", "patience",
+                     "checkpoint_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads "
+                             f"{self.num_heads}")
+        if self.head_dim < 32 or self.head_dim % 16:
+            raise ValueError(f"head size {self.head_dim} (hidden_size / num_heads): vLLM needs a "
+                             f"multiple of 16 that is >= 32 (32, 64, 80, ...)")
+        kv = self.kv_heads
+        if kv < 1 or self.num_heads % kv:
+            raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.rope_theta <= 0:
+            raise ValueError("lr and rope_theta must be > 0 and weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, "
+                             f"got {self.mixed_precision!r}")
+        if self.max_grad_norm < 0:
+            raise ValueError("max_grad_norm must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.val_users is not None and self.val_users < 1:
+            raise ValueError(f"val_users must be >= 1 or None, got {self.val_users}")
+        if self.num_beams is not None and self.num_beams < self.eval_k:
+            raise ValueError(f"num_beams {self.num_beams} < eval_k {self.eval_k}: a beam narrower "
+                             f"than K cannot return K titles")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+    @property
+    def beams(self) -> int:
+        """Validation beam width: never narrower than K."""
+        return self.num_beams if self.num_beams is not None else max(self.eval_k, 10)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "PretrainConfig":
+        """A preset's sizes plus explicit overrides (which win)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{"preset": name, **PRESETS[name], **overrides})
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "PretrainConfig":
+        """Rebuild from a manifest's config; unknown keys are an error, not silently dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig keys: {unknown}")
+        return cls(**obj)

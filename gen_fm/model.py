@@ -1,0 +1,150 @@
+"""The foundation model: a standard Llama decoder over semantic-ID tokens, and its model folder.
+
+Standard ``LlamaForCausalLM`` (no custom code) so vLLM and ``AutoModelForCausalLM`` load the folder
+as it is. The folder is self-sufficient for serving:
+
+- ``config.json`` + ``model.safetensors`` (+ ``generation_config.json``): the Llama model;
+- ``tokenizer.json`` + ``tokenizer_config.json``: WordLevel tokenizer over the model's layout;
+- ``semantic_ids/``: a copy of the ID artifact the model was trained with (the title <-> ID map);
+- ``manifest.json``: kind ``gen_fm``, the ``PretrainConfig``, the token layout, the sequence config,
+  the ID artifact's manifest hash (parent), the data fingerprint, the training summary and the
+  hashes of the payload files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from gen_fm.config import PretrainConfig
+from gen_fm.tokenizer import PromptEncoder, build_tokenizer, check_tokenizer
+from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import BOS, EOS, PAD, TokenLayout
+from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
+                              read_manifest, require_files, write_json)
+from sidrec.sequences import SequenceConfig
+
+KIND = "gen_fm"
+IDS_SUBDIR = "semantic_ids"
+_PAYLOAD = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int) -> int:
+    """Room for the longest sequence (a window of max_history + 1 titles after the prefix of bos,
+    member and canvas tokens) plus the configured headroom for tokens later stages prepend."""
+    return 3 + (max_history + 1) * layout.sid_length + config.position_headroom
+
+
+def llama_config(config: PretrainConfig, layout: TokenLayout, max_history: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=layout.vocab_size,  # exact row count: later stages append rows for new tokens
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=max_positions(config, layout, max_history),
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        attention_dropout=config.dropout,
+        tie_word_embeddings=True,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        dtype="float32",
+    )
+
+
+def build_model(config: PretrainConfig, layout: TokenLayout, max_history: int) -> LlamaForCausalLM:
+    """A freshly initialised model (seed torch before calling for reproducible weights)."""
+    model = LlamaForCausalLM(llama_config(config, layout, max_history))
+    if model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        raise RuntimeError("input and output embeddings are not tied")
+    return model
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
+               config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
+               dataset: str, training: dict[str, Any]) -> Path:
+    """Write the model folder atomically: an existing folder is replaced only on success."""
+    if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
+        raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
+                         "copies it and records its manifest hash")
+    if model.config.vocab_size != layout.vocab_size:
+        raise ValueError(f"model vocab {model.config.vocab_size} != layout vocab {layout.vocab_size}")
+    if layout.codebook_sizes != ids.codebook_sizes:
+        raise ValueError("the layout was not built from this ID artifact")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        build_tokenizer(layout).save_pretrained(stage)
+        shutil.copytree(ids.path, stage / IDS_SUBDIR)
+        manifest = make_manifest(
+            KIND, config,
+            parents={IDS_SUBDIR: manifest_hash(ids.path)},
+            semantic_ids_source=str(ids.path),
+            layout=layout.to_json(),
+            sequence_config=seq_config,
+            data={"dataset": dataset, "fingerprint": data_fingerprint},
+            num_parameters=num_parameters(model),
+            training=training,
+            files={name: file_sha256(stage / name) for name in _PAYLOAD},
+        )
+        write_json(stage / "manifest.json", manifest)
+    return out_dir
+
+
+@dataclass
+class GenFM:
+    """A loaded model folder: everything decoding and later stages need, read from the folder."""
+
+    model: LlamaForCausalLM
+    tokenizer: Any  # PreTrainedTokenizerFast
+    ids: SemanticIDs
+    layout: TokenLayout
+    config: PretrainConfig
+    seq_config: SequenceConfig
+    manifest: dict[str, Any]
+    path: Path
+
+    def prompt_encoder(self) -> PromptEncoder:
+        return PromptEncoder.from_ids(self.ids, self.config.num_user_buckets, self.layout)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> GenFM:
+    """Load a model folder with the Auto classes and check it against its manifest."""
+    path = Path(path)
+    manifest = read_manifest(path, KIND)
+    require_files(path, _PAYLOAD + [f"{IDS_SUBDIR}/manifest.json"])
+    for key in ("layout", "sequence_config", "parents", "files"):
+        if key not in manifest:
+            raise ArtifactError(f"{path}/manifest.json has no '{key}'")
+    if verify:
+        for name, digest in manifest["files"].items():
+            if file_sha256(path / name) != digest:
+                raise ArtifactError(f"{path}/{name} does not match the hash in manifest.json")
+        if manifest_hash(path / IDS_SUBDIR) != manifest["parents"].get(IDS_SUBDIR):
+            raise ArtifactError(f"{path}/{IDS_SUBDIR} is not the ID artifact the model was trained on")
+    layout = TokenLayout.from_json(manifest["layout"])
+    ids = SemanticIDs.load(path / IDS_SUBDIR)
+    if ids.codebook_sizes != layout.codebook_sizes:
+        raise ArtifactError(f"{path}: layout codebooks {layout.codebook_sizes} differ from the ID "
+                            f"map's {ids.codebook_sizes}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, layout)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    if model.config.vocab_size != layout.vocab_size:
+        raise ArtifactError(f"{path}: model vocab {model.config.vocab_size} != layout "
+                            f"{layout.vocab_size}")
+    return GenFM(model=model, tokenizer=tokenizer, ids=ids, layout=layout,
+                 config=PretrainConfig.from_json(manifest["config"]),
+                 seq_config=SequenceConfig(**manifest["sequence_config"]),
+                 manifest=manifest, path=path)

@@ -1,0 +1,395 @@
+"""Pretraining of the foundation model with accelerate: next-title prediction over semantic IDs.
+
+The same code runs on one CPU and under ``accelerate launch`` on many GPUs: batches are sharded by
+process rank from one seeded, per-epoch order (so a resumed run sees exactly the batches an
+uninterrupted run would), and checkpoints go through ``Accelerator.save_state`` (model, optimizer,
+RNG states, the scheduler as a registered object) plus a ``trainer_state.json`` of progress.
+
+Layout of ``out_dir``: ``checkpoints/step-XXXXXXXX/`` (the last ``keep_checkpoints``),
+``checkpoints/best/`` (weights of the best validation Recall@K) and ``model/``, the final model folder
+(best weights), written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gen_fm.config import RESUMABLE_CHANGES, PretrainConfig
+from gen_fm.dataset import PadCollator, build_examples, catalog_to_sid_rows, to_sid_rows
+from gen_fm.model import build_model, save_model
+from gen_fm.tokenizer import PromptEncoder
+from semantic_ids.ids import SemanticIDs
+from sidrec.artifacts import atomic_dir, jsonable, manifest_hash, read_json, write_json
+from sidrec.data import DataConfig, load_data
+from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
+
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+BEST = "best"
+STATE_FILE = "trainer_state.json"
+LENGTH_GROUP = 64  # batches per length-sorted group (less padding, still shuffled)
+
+
+@dataclass
+class TrainState:
+    """Progress saved with every checkpoint; what a resumed run needs besides accelerate's state."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    epoch_step: int = 0  # optimizer steps done in the current epoch
+    loss_sum: float = 0.0  # summed token loss of the current epoch (this process)
+    loss_tokens: int = 0  # target tokens of the current epoch (this process)
+    tokens: int = 0  # non-pad tokens of the current epoch (this process)
+    train_seconds: float = 0.0  # training time of the current epoch
+    best_metric: float = -1.0  # best validation Recall@K so far
+    best_ndcg: float = -1.0  # its NDCG@K (breaks ties in Recall@K, common on small samples)
+    best_epoch: int = -1
+    best_step: int = -1
+    bad_evals: int = 0  # validations since the last improvement
+    stop_reason: str | None = None
+    history: list[dict] = field(default_factory=list)  # one summary per finished epoch
+
+
+@dataclass
+class ValidationSet:
+    prompts: list[list[int]]
+    targets: np.ndarray  # (N,) ID-artifact rows
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world: int = 1, group: int = LENGTH_GROUP) -> list[np.ndarray]:
+    """This process's batches (example indices) of one epoch, from one seeded global order.
+
+    Groups of `group` global batches are sorted by length to cut padding, then the batch order is
+    shuffled. The order is padded (wrapping) to a multiple of `world`, so every process gets the
+    same number of batches and none is empty.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(lengths)
+    perm = np.resize(rng.permutation(n), n + (-n) % world)
+    gb = batch_size * world
+    if group > 1:
+        chunks = [perm[i: i + gb * group] for i in range(0, len(perm), gb * group)]
+        perm = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
+    batches = [perm[i: i + gb] for i in range(0, len(perm), gb)]
+    return [batches[j][rank::world] for j in rng.permutation(len(batches))]
+
+
+def validation_set(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
+                   config: PretrainConfig) -> ValidationSet:
+    """A fixed sample of members' validation histories (drawn once with the seed)."""
+    ex = split.examples("valid")
+    idx = np.arange(len(ex.users))
+    if config.val_users is not None and config.val_users < len(idx):
+        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), config.val_users,
+                                                                replace=False))
+    prompts = [encoder.encode(to_sid_rows(ex.histories[i], sid_rows),
+                              user_id=split.sequences.user_ids[ex.users[i]]) for i in idx]
+    return ValidationSet(prompts, to_sid_rows(ex.targets[idx], sid_rows))
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfig) -> dict[str, float]:
+    """Constrained beam search on this process's share of the sample; sums reduced over processes."""
+    from eval.metrics import metrics_from_ranks, target_ranks
+    from gen_fm.decode import recommend
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    prompts, targets = val.prompts[rank::world], val.targets[rank::world]
+    k = config.eval_k
+    sums = torch.zeros(3, dtype=torch.float64)  # (3,) recall sum, ndcg sum, members
+    if prompts:
+        recs = recommend(accelerator.unwrap_model(model), prompts, trie, k=k,
+                         num_beams=config.beams, constrained=True,
+                         batch_size=config.eval_batch_size)
+        m = metrics_from_ranks(target_ranks([r.rows for r in recs], targets.tolist()), (k,))
+        sums += torch.tensor([m.recall[k] * len(prompts), m.ndcg[k] * len(prompts), len(prompts)],
+                             dtype=torch.float64)
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    n = max(float(sums[2]), 1.0)
+    return {f"recall@{k}": float(sums[0]) / n, f"ndcg@{k}": float(sums[1]) / n}
+
+
+def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norm gains)."""
+    params = {id(p): (n, p) for n, p in model.named_parameters() if p.requires_grad}.values()
+    decay = [p for n, p in params if p.ndim >= 2]
+    no_decay = [p for n, p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.lr, betas=config.betas)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    return get_scheduler(name[config.schedule], optimizer,
+                         num_warmup_steps=int(config.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def save_checkpoint(accelerator, root: Path, state: TrainState, meta: dict, keep: int) -> Path:
+    """accelerate state + trainer_state.json into step-N/, renamed in only when complete."""
+    name = f"step-{state.step:08d}"
+    tmp, final = root / f".{name}.tmp", root / name
+    figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
+                        device=accelerator.device)  # (3,) this process's epoch sums
+    figs = accelerator.reduce(figs, reduction="sum").cpu().tolist()
+    # saved as global sums; on resume rank 0 carries them and the other ranks start from zero
+    saved = dataclasses.replace(state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]))
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / STATE_FILE, {"state": dataclasses.asdict(saved), **meta})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_best(accelerator, model, root: Path, state: TrainState) -> None:
+    from safetensors.torch import save_model as save_weights
+
+    if accelerator.is_main_process:
+        with atomic_dir(root / BEST) as stage:
+            save_weights(accelerator.unwrap_model(model), str(stage / "model.safetensors"))
+            write_json(stage / "best.json", {"step": state.step, "epoch": state.best_epoch,
+                                             "metric": state.best_metric})
+    accelerator.wait_for_everyone()
+
+
+def _check_resumable(saved: dict, meta: dict) -> None:
+    old, new = dict(saved["config"]), dict(meta["config"])
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")
+    for key in ("semantic_ids", "data_fingerprint", "sequence_config", "world_size"):
+        if saved.get(key) != meta.get(key):
+            raise ValueError(f"cannot resume: {key} differs from the checkpoint's")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
+                state: TrainState) -> None:
+    """One optimizer step over `group` micro-batches; loss normalised by the group's target tokens."""
+    batches = [collate(examples[idx.tolist()]) for idx in group]
+    n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    for i, b in enumerate(batches):
+        b = {k: v.to(accelerator.device) for k, v in b.items()}
+        sync = i == len(batches) - 1
+        with (nullcontext() if sync else accelerator.no_sync(model)):
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            # shift the labels, not the (B, T, V) logits: no copy of the largest tensor
+            target = F.pad(b["labels"][:, 1:], (0, 1), value=-100)  # (B, T): token t+1 at t
+            loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
+                                       ignore_index=-100, reduction="sum")
+            accelerator.backward(loss_sum / max(n_targets, 1))
+        state.loss_sum += float(loss_sum.detach())
+        state.tokens += int(b["attention_mask"].sum())
+    state.loss_tokens += n_targets
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.epoch_step += 1
+
+
+def pretrain(data_config: DataConfig, seq_config: SequenceConfig, ids_dir: str | Path,
+             out_dir: str | Path, config: PretrainConfig, resume: bool = False) -> Path:
+    """Train the foundation model; returns the final model folder (``out_dir/model``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out_dir, ids_dir = Path(out_dir), Path(ids_dir)
+    ckpt_root = out_dir / CHECKPOINTS
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    checkpoints = _checkpoints(ckpt_root) if ckpt_root.is_dir() else []
+    if checkpoints and not resume:
+        raise FileExistsError(f"{ckpt_root} holds checkpoints of an earlier run: resume it "
+                              f"(resume=True / --resume) or choose another output folder")
+    data = load_data(data_config)
+    split = leave_one_out(build_sequences(data, seq_config), seq_config)
+    ids = SemanticIDs.load(ids_dir)
+    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
+    sid_rows = catalog_to_sid_rows(data, ids)
+    examples = build_examples(split, sid_rows, encoder)
+    lengths = np.asarray([len(x) for x in examples["input_ids"]], dtype=np.int64)  # (num_windows,)
+    val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
+    trie = None
+    if val is not None:
+        from semantic_ids.trie import PrefixTrie
+
+        trie = PrefixTrie(ids.codes, encoder.layout)
+
+    meta = {"config": jsonable(config), "semantic_ids": manifest_hash(ids_dir),
+            "data_fingerprint": data.fingerprint, "sequence_config": jsonable(seq_config),
+            "world_size": world}
+
+    set_seed(config.seed)
+    model = build_model(config, encoder.layout, split.max_history)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(epoch_batches(lengths, config.batch_size, 0, config.seed, rank,
+                                                  world)) / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    state = TrainState()
+    if resume and checkpoints:
+        saved = read_json(checkpoints[-1] / STATE_FILE)
+        _check_resumable(saved, meta)
+        accelerator.load_state(str(checkpoints[-1]))
+        state = TrainState(**saved["state"])
+        if rank:  # epoch sums were saved reduced over processes: rank 0 carries them
+            state.loss_sum, state.loss_tokens, state.tokens = 0.0, 0, 0
+        accelerator.print(f"resumed from {checkpoints[-1].name} (epoch {state.epoch + 1}, "
+                          f"step {state.step})")
+    elif resume:
+        accelerator.print(f"nothing to resume in {ckpt_root}: starting from scratch")
+    accelerator.print(f"{len(examples):,} windows from {len(split.sequences):,} members; "
+                      f"{steps_per_epoch} steps/epoch; "
+                      f"{sum(p.numel() for p in set(model.parameters())):,} parameters")
+
+    collate = PadCollator()
+    model.train()
+    halted = None  # max_steps is a halt, not an end: it is not saved, so a resumed run goes on
+    saved_step = state.step if resume and checkpoints else -1  # step of the newest checkpoint
+    while halted is None and state.stop_reason is None and state.epoch < config.epochs:
+        batches = epoch_batches(lengths, config.batch_size, state.epoch, config.seed, rank, world)
+        groups = [batches[i: i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        bar = tqdm(total=len(groups), initial=state.epoch_step, disable=not main, leave=False,
+                   desc=f"epoch {state.epoch + 1}/{config.epochs}")
+        for group in groups[state.epoch_step:]:
+            if config.max_steps is not None and state.step >= config.max_steps:
+                halted = f"max_steps {config.max_steps} reached"
+                break
+            t0 = time.perf_counter()
+            _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
+                        state)
+            state.train_seconds += time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.loss_sum / max(state.loss_tokens, 1):.4f}")
+            every = config.checkpoint_every_steps
+            if every and state.step % every == 0 and state.epoch_step < len(groups):
+                save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+                saved_step = state.step
+        bar.close()
+        if halted is not None:
+            if saved_step != state.step:
+                save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+            break
+        _end_epoch(accelerator, model, state, val, trie, config, ckpt_root)
+        save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+        saved_step = state.step
+    if state.stop_reason is None and halted is None:
+        state.stop_reason = f"{config.epochs} epochs done"
+    state.stop_reason = state.stop_reason or halted
+    return _finish(accelerator, model, state, out_dir, ckpt_root, encoder, ids, config, seq_config,
+                   data, examples, split, val, steps_per_epoch)
+
+
+def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
+               ckpt_root: Path) -> None:
+    """Reduce the epoch's figures, validate, track the best weights, decide on early stopping."""
+    figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
+                        device=accelerator.device)  # (3,)
+    figs = accelerator.reduce(figs, reduction="sum").cpu()
+    row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step,
+                           "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
+                           "train_seconds": round(state.train_seconds, 3),
+                           "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1)}
+    line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}"
+    if val is not None and (state.epoch + 1) % config.eval_every == 0:
+        t0 = time.perf_counter()
+        metrics = evaluate(accelerator, model, val, trie, config)
+        row.update(metrics, eval_seconds=round(time.perf_counter() - t0, 3))
+        recall, ndcg = metrics[f"recall@{config.eval_k}"], metrics[f"ndcg@{config.eval_k}"]
+        if (recall, ndcg) > (state.best_metric, state.best_ndcg):
+            state.best_metric, state.best_ndcg = recall, ndcg
+            state.best_epoch, state.best_step = state.epoch + 1, state.step
+            state.bad_evals = 0
+            save_best(accelerator, model, ckpt_root, state)
+        else:
+            state.bad_evals += 1
+        line += f"  val R@{config.eval_k} {recall:.4f}  N@{config.eval_k} {ndcg:.4f}"
+        if config.patience and state.bad_evals >= config.patience:
+            state.stop_reason = f"early stop: no better R@{config.eval_k} in {config.patience} validations"
+    line += f"  {row['train_seconds'] + row.get('eval_seconds', 0.0):.1f}s  {row['tokens_per_second']:,.0f} tok/s"
+    accelerator.print(line)
+    state.history.append(row)
+    state.epoch += 1
+    state.epoch_step = 0
+    state.loss_sum, state.loss_tokens, state.tokens, state.train_seconds = 0.0, 0, 0, 0.0
+
+
+def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
+            config, seq_config, data, examples, split, val, steps_per_epoch) -> Path:
+    """Write the model folder with the best weights (the last ones when nothing was validated)."""
+    from safetensors.torch import load_model as load_weights
+
+    partial = None
+    if state.epoch_step:  # halted inside an epoch: its figures so far (throughput of short runs)
+        figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
+                            device=accelerator.device)  # (3,)
+        figs = accelerator.reduce(figs, reduction="sum").cpu()
+        partial = {"epoch": state.epoch + 1, "steps": state.epoch_step,
+                   "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
+                   "train_seconds": round(state.train_seconds, 3),
+                   "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1)}
+    accelerator.wait_for_everyone()
+    target = out_dir / MODEL
+    if accelerator.is_main_process:
+        net = accelerator.unwrap_model(model)
+        best = ckpt_root / BEST / "model.safetensors"
+        used = "last"
+        if state.best_epoch > 0 and best.is_file():
+            load_weights(net, str(best), device=str(next(net.parameters()).device))
+            used = "best"
+        summary = {"weights": used, "stop_reason": state.stop_reason, "steps": state.step,
+                   "steps_per_epoch": steps_per_epoch, "epochs_done": len(state.history),
+                   "best_epoch": state.best_epoch, "best_step": state.best_step,
+                   f"best_val_recall@{config.eval_k}": state.best_metric if state.best_epoch > 0 else None,
+                   "val_members": len(val.prompts) if val is not None else 0,
+                   "train_windows": len(examples), "train_members": len(split.sequences),
+                   "world_size": accelerator.num_processes, "history": state.history,
+                   "partial_epoch": partial}
+        save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
+                   data_fingerprint=data.fingerprint, dataset=data.name, training=summary)
+        accelerator.print(f"model written to {target} ({used} weights; {state.stop_reason})")
+    accelerator.wait_for_everyone()
+    return target

@@ -1,0 +1,118 @@
+"""The model folder: Auto classes load it as it is, with identical logits; the manifest guards it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gen_fm.config import PRESETS, PretrainConfig
+from gen_fm.model import build_model, load_model, max_positions, save_model
+from gen_fm.tokenizer import PromptEncoder, model_layout
+from semantic_ids.ids import SemanticIDs
+from sidrec.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_hash, write_json
+from sidrec.sequences import SequenceConfig
+
+
+def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...],
+                      seed: int = 0) -> SemanticIDs:
+    """A minimal ID artifact with random unique codes (tests need no quantizer)."""
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(int(np.prod(sizes)), size=len(item_ids), replace=False)
+    codes = np.stack(np.unravel_index(flat, sizes), axis=1)  # (N, L)
+    ids = SemanticIDs(item_ids, codes, sizes)
+    with atomic_dir(path) as stage:
+        ids.write_map(stage)
+        write_json(stage / "stats.json", {"random_codes": True})
+        write_json(stage / "manifest.json",
+                   make_manifest("semantic_ids", {"random_codes": True, "seed": seed},
+                                 codebook_sizes=list(sizes), map_version=1))
+    return SemanticIDs.load(path)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen_fm_model")
+    ids = write_id_artifact(root / "ids", [f"t{i}" for i in range(50)], (8, 8, 4))
+    config = PretrainConfig.from_preset("tiny", num_user_buckets=7)
+    layout = model_layout(ids.layout, config.num_user_buckets)
+    torch.manual_seed(0)
+    model = build_model(config, layout, max_history=5).eval()
+    out = save_model(root / "model", model, layout, ids, config, SequenceConfig(max_history=5),
+                     data_fingerprint="f" * 64, dataset="unit", training={"steps": 0})
+    return model, out, ids, layout, config
+
+
+def test_config_validation_and_presets():
+    assert PretrainConfig.from_preset("small").head_dim == 32
+    assert PretrainConfig.from_preset("tiny", lr=0.5).lr == 0.5
+    for name in PRESETS:
+        c = PretrainConfig.from_preset(name)
+        assert c.head_dim >= 32 and c.head_dim % 16 == 0 and c.preset == name
+    with pytest.raises(ValueError, match="head size"):
+        PretrainConfig(hidden_size=64, num_heads=4)  # head size 16: vLLM refuses it
+    with pytest.raises(ValueError):
+        PretrainConfig(num_beams=5, eval_k=10)
+    with pytest.raises(ValueError):
+        PretrainConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="unknown"):
+        PretrainConfig.from_json({"hidden": 3})
+    c = PretrainConfig.from_preset("base", betas=[0.9, 0.95])
+    assert PretrainConfig.from_json(json.loads(json.dumps(c.__dict__))) == c
+
+
+def test_model_shape(saved):
+    model, _, ids, layout, config = saved
+    assert model.config.vocab_size == layout.vocab_size == ids.layout.vocab_size + 4 + 7
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.config.max_position_embeddings == max_positions(config, layout, 5) \
+        == 3 + 6 * 3 + config.position_headroom
+    assert model.config.head_dim == 32
+
+
+def test_folder_reloads_with_auto_classes_and_identical_logits(saved):
+    model, out, ids, layout, _ = saved
+    again = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = PromptEncoder.from_ids(ids, 7, layout)
+    prompts = [enc.encode([1, 2, 3], user_id="u1"), enc.encode([4, 5, 6, 7], canvas="t2t")]
+    text = tok.decode(prompts[0])
+    assert tok(text)["input_ids"] == prompts[0]
+    for p in prompts:
+        x = torch.tensor([p])  # (1, T)
+        with torch.no_grad():
+            assert torch.equal(model(x).logits, again(x).logits)
+    assert type(again).__name__ == "LlamaForCausalLM"
+    assert again.get_output_embeddings().weight is again.get_input_embeddings().weight
+
+
+def test_load_model_checks_manifest(saved, tmp_path):
+    _, out, ids, layout, config = saved
+    gm = load_model(out)
+    assert gm.layout == layout and gm.config == config and gm.seq_config.max_history == 5
+    assert np.array_equal(gm.ids.codes, ids.codes) and gm.ids.item_ids == ids.item_ids
+    assert gm.manifest["kind"] == "gen_fm"
+    assert gm.manifest["parents"]["semantic_ids"] == manifest_hash(ids.path)
+    assert gm.manifest["training"] == {"steps": 0}
+    # a damaged payload is refused
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        load_model(bad)
+
+
+def test_save_refuses_an_id_map_that_is_not_on_disk(saved, tmp_path):
+    model, _, ids, layout, config = saved
+    mem = SemanticIDs(ids.item_ids, ids.codes, ids.codebook_sizes)
+    with pytest.raises(ValueError, match="on disk"):
+        save_model(tmp_path / "m", model, layout, mem, config, SequenceConfig(),
+                   data_fingerprint="x", dataset="unit", training={})
+    assert not (tmp_path / "m").exists()
