@@ -78,7 +78,6 @@ def build_sequences(data: RecData, config: SequenceConfig | None = None) -> Sequ
     u, it, t, r = user_code[order], item[order], ts[order], rating[order]
     new = np.ones(len(u), dtype=bool)
     new[1:] = (u[1:] != u[:-1]) | (it[1:] != it[:-1]) | ((t[1:] - t[:-1]) > window)
-    gid = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     g_user, g_item, g_first = u[starts], it[starts], t[starts]
     g_last = np.maximum.reduceat(t, starts)
@@ -86,7 +85,6 @@ def build_sequences(data: RecData, config: SequenceConfig | None = None) -> Sequ
     r_filled = np.where(np.isnan(r), -np.inf, r)
     g_rating = np.maximum.reduceat(r_filled, starts).astype(np.float32)
     g_rating[np.isneginf(g_rating)] = np.nan
-    del gid
 
     # Member-major, time order; ties broken by catalog row for determinism.
     order = np.lexsort((g_item, g_first, g_user))
