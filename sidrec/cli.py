@@ -19,9 +19,8 @@ console = Console()
 # --------------------------------------------------------------------------- config plumbing
 
 
-def config_from_args(cls: type, preset: str | None, overrides: list[str] | None, **explicit: Any):
-    """Build a stage config: defaults <- preset file (JSON of overrides) <- --set key=value <- flags."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def parse_overrides(preset: str | None, overrides: list[str] | None) -> dict[str, Any]:
+    """Config overrides from a JSON preset file, then `--set key=value` (values parsed as JSON)."""
     values: dict[str, Any] = {}
     if preset:
         path = Path(preset)
@@ -36,8 +35,15 @@ def config_from_args(cls: type, preset: str | None, overrides: list[str] | None,
             values[key] = json.loads(raw)
         except json.JSONDecodeError:
             values[key] = raw
+    return values
+
+
+def config_from_args(cls: type, preset: str | None, overrides: list[str] | None, **explicit: Any):
+    """Build a stage config: defaults <- preset file (JSON of overrides) <- --set key=value <- flags."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = parse_overrides(preset, overrides)
     values.update({k: v for k, v in explicit.items() if v is not None})
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - fields)
     if unknown:
         raise SystemExit(f"error: unknown {cls.__name__} field(s): {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(fields))}")
@@ -119,6 +125,47 @@ def show_stats(ids) -> None:
     console.print(t)
 
 
+# --------------------------------------------------------------------------- gen_fm / eval
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_pretrain(args) -> None:
+    from gen_fm.config import PretrainConfig
+    from gen_fm.train import pretrain
+    from sidrec.sequences import SequenceConfig
+
+    _threads(args)
+    overrides = parse_overrides(args.config, args.set)
+    try:
+        config = PretrainConfig.from_preset(args.preset, **overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: invalid PretrainConfig: {e}") from e
+    seq = SequenceConfig(max_history=args.max_history)
+    model_dir = pretrain(_data_config(args), seq, args.ids, args.out, config, resume=args.resume)
+    console.print(f"model folder: {model_dir}")
+
+
+def cmd_eval(args) -> None:
+    from eval.config import EvalConfig
+    from eval.generative import evaluate_model
+
+    _threads(args)
+    report = evaluate_model(args.model, _data_config(args),
+                            EvalConfig(split=args.split, ks=tuple(args.ks), batch_size=args.batch_size),
+                            out=args.out, num_beams=args.beams, max_users=args.eval_users)
+    keys = [f"{m}@{k}" for k in args.ks for m in ("recall", "ndcg")]
+    console.print(f"{report['dataset']} {args.split} ({report['num_users']} members, beam "
+                  f"{report['num_beams']}): " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
+    console.print(f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
+                  f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
+
+
 def cmd_quickstart(args) -> None:
     from sidrec.pipeline import QuickstartConfig, quickstart
 
@@ -156,6 +203,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=6, help="how many groups to show")
     p.set_defaults(func=cmd_ids_inspect)
 
+    p = sub.add_parser("pretrain", help="pretrain the foundation model on semantic-ID sequences")
+    _add_data_args(p)
+    p.add_argument("--ids", required=True, help="ID artifact (sidrec ids build)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/ and the final model/")
+    p.add_argument("--preset", default="small", help="size preset: tiny, small or base")
+    p.add_argument("--config", help="JSON file of PretrainConfig overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="leave-one-out Recall/NDCG of a model folder, full catalog")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="model folder (run/model)")
+    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--out", help="JSON report to write")
+    p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
+    p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_eval)
+
+    # Parsed by eval.baselines itself (see main); listed here so `sidrec -h` shows it.
+    sub.add_parser("baseline", help="popular / SASRec baselines on the same split "
+                                    "(sidrec baseline -h for its options)", add_help=False)
+
     p = sub.add_parser("quickstart", help="the main job: every stage on a real dataset, end to end")
     p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
     p.add_argument("--dataset", help="sub-folder of --data (default: ml-latest-small)")
@@ -170,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     from sidrec.artifacts import ArtifactError
     from sidrec.data import DataError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["baseline"]:
+        from eval.baselines.__main__ import main as baseline_main
+
+        return baseline_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
