@@ -169,6 +169,7 @@ def cmd_eval(args) -> None:
 def cmd_quickstart(args) -> None:
     from sidrec.pipeline import QuickstartConfig, quickstart
 
+    _threads(args)
     config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset,
                               out=args.out)
     quickstart(config, data_dir=args.data)
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/quickstart)")
     p.add_argument("--preset", help="JSON file of QuickstartConfig overrides")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 
