@@ -1,0 +1,102 @@
+"""The one config of the serving stage: which model folder, which backend, how wide the beam, engine sizing.
+
+Everything the model folder already knows (token layout, ID map, trained history length, member
+buckets) is read from the folder, never declared here; ``max_history`` may only shorten the trained one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("vllm", "transformers")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+# vllm.LLM arguments the beam loop depends on: set from the fields below, never through vllm_kwargs.
+_RESERVED_VLLM_KWARGS = frozenset({
+    "model", "tokenizer", "dtype", "block_size", "enable_prefix_caching", "logprobs_mode",
+    "max_logprobs", "enforce_eager", "kv_cache_memory_bytes", "gpu_memory_utilization",
+})
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a model folder is served (``Recommender.from_pretrained(dir, **fields)``)."""
+
+    # Model folder written by `gen_fm.model.save_model` (Llama weights, tokenizer, semantic_ids/).
+    model_dir: str
+    # "vllm" (vllm.LLM + our trie-constrained beam loop) or "transformers" (gen_fm.decode, the
+    # reference implementation; no vLLM needed).
+    backend: str = "vllm"
+    # Beam width. A request asking for k > num_beams is searched with k beams (beam >= K always).
+    num_beams: int = 20
+    # Largest k a request may ask for; with num_beams it sizes vLLM's max_logprobs.
+    max_k: int = 50
+    # Most recent history titles put in the prompt; None = the length the model was trained with.
+    max_history: int | None = None
+    # Requests decoded together (one engine call per ID position covers all their beams).
+    max_batch: int = 64
+    # Weights dtype. float32 reproduces the transformers reference to ~1e-6; bfloat16 is faster
+    # (vLLM ~1.5x on CPU) but can swap near-tied titles. "auto" = vLLM's choice (bf16 for fp32 weights).
+    dtype: str = "float32"
+    # transformers backend only: torch device ("cpu", "cuda", "cuda:1", ...). vLLM picks its platform.
+    device: str = "cpu"
+    # vLLM: skip torch.compile / CUDA graphs (start-up ~20 s instead of ~48 s on CPU, runs slower).
+    enforce_eager: bool = False
+    # vLLM KV cache size in GiB (kv_cache_memory_bytes). None = vLLM's own sizing: on GPU a share of
+    # memory (gpu_memory_utilization); on CPU VLLM_CPU_KVCACHE_SPACE, set to 1 GiB when unset
+    # (vLLM would otherwise reserve 92% of RAM). On CPU an operator's VLLM_CPU_KVCACHE_SPACE always wins.
+    kv_cache_gib: float | None = 1.0
+    # vLLM GPU memory share, used only when kv_cache_gib is None.
+    gpu_memory_utilization: float = 0.9
+    # vLLM KV block size (tokens). Prefix caching reuses whole blocks only, so a block must be shorter
+    # than the prompts: 32 instead of the CPU default 128 made beam 20 x 16 prompts 4x faster.
+    block_size: int = 32
+    # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
+    # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dir", str(self.model_dir))
+        object.__setattr__(self, "vllm_kwargs", dict(self.vllm_kwargs))
+        if not self.model_dir:
+            raise ValueError("model_dir is required")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("num_beams", "max_k", "max_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_history is not None and self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.block_size < 16 or self.block_size % 16:
+            raise ValueError(f"block_size must be a multiple of 16 (32 on CPU), got {self.block_size}")
+        clash = sorted(_RESERVED_VLLM_KWARGS & set(self.vllm_kwargs))
+        if clash:
+            raise ValueError(f"vllm_kwargs may not set {clash}: use the ServingConfig fields")
+
+    @property
+    def max_beams(self) -> int:
+        """Widest beam any request can get (k may widen it up to max_k); sizes vLLM's max_logprobs."""
+        return max(self.num_beams, self.max_k)
+
+    def beams_for(self, k: int) -> int:
+        """Beam width of a request asking for k titles: never narrower than k."""
+        return max(self.num_beams, k)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def create(cls, model_dir: str, **fields: Any) -> "ServingConfig":
+        """Build from keyword arguments; a misspelt field is an error listing the valid ones."""
+        unknown = sorted(set(fields) - set(cls.field_names()))
+        if unknown:
+            raise TypeError(f"unknown ServingConfig fields {unknown}; valid: {cls.field_names()}")
+        return cls(model_dir=model_dir, **fields)

@@ -1,0 +1,146 @@
+"""The Python API on the transformers backend: input validation, history handling, restrictions, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.config import ServingConfig
+from serving.recommender import RecommendationRequest, Recommender, excluded_rows
+from tests.serving.tiny_model import MAX_HISTORY, NUM_TITLES
+
+TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_model_dir) -> Recommender:
+    return Recommender.from_pretrained(tiny_model_dir, backend="transformers", num_beams=10, max_k=20)
+
+
+def ids_of(res) -> list[str]:
+    return [r.item_id for r in res]
+
+
+def test_result_is_a_ranked_sequence_of_valid_titles(rec) -> None:
+    res = rec.recommend(TITLES[:3], k=7)
+    assert len(res) == 7 and res.reason is None and not res.cold_start
+    assert res[0] is res.items[0] and list(res) == list(res.items)
+    assert [r.score for r in res] == sorted((r.score for r in res), reverse=True)
+    for r in res:
+        assert rec.ids.layout.parse_sid_string(r.semantic_id) == rec.ids.sid(r.item_id)
+        assert r.title == rec.ids.title(r.item_id)
+    assert not set(ids_of(res)) & set(TITLES[:3])  # exclude_history defaults to True
+
+
+def test_unknown_titles_are_named(rec) -> None:
+    with pytest.raises(ValueError, match=r"unknown title id\(s\) in history: 'nope', 'gone'"):
+        rec.recommend([TITLES[0], "nope", "gone"])
+    with pytest.raises(ValueError, match="in exclude: 'x1'"):
+        rec.recommend(TITLES[:2], exclude=["x1"])
+    with pytest.raises(ValueError, match="in allow: 'x2'"):
+        rec.recommend(TITLES[:2], allow=[TITLES[5], "x2"])
+    with pytest.raises(ValueError, match="list of title ids"):
+        rec.recommend(TITLES[0])  # a bare string would otherwise be read character by character
+    with pytest.raises(ValueError, match="^request 1: .*'bad'"):  # batches say which request
+        rec.recommend_batch([{"history": TITLES[:2]}, {"history": ["bad"]}])
+
+
+@pytest.mark.parametrize("k", [0, 21, 2.5, True])
+def test_k_must_be_an_integer_within_max_k(rec, k) -> None:
+    with pytest.raises(ValueError, match="k must be an integer in 1..20"):
+        rec.recommend(TITLES[:2], k=k)
+
+
+def test_unknown_canvas(rec) -> None:
+    with pytest.raises(ValueError, match="unknown canvas 'homepage'"):
+        rec.recommend(TITLES[:2], canvas="homepage")
+
+
+def test_empty_history_is_a_flagged_cold_start(rec) -> None:
+    res = rec.recommend([], k=5)
+    assert res.cold_start and res.history_used == 0 and len(res) == 5
+    assert res.num_permitted == NUM_TITLES  # nothing to exclude
+
+
+def test_long_history_keeps_the_most_recent_titles(rec) -> None:
+    history = TITLES[10:10 + MAX_HISTORY + 4]  # 4 too many
+    res = rec.recommend(history, k=8, exclude_history=False)
+    assert (res.history_used, res.history_dropped) == (MAX_HISTORY, 4)
+    recent = rec.recommend(history[-MAX_HISTORY:], k=8, exclude_history=False)
+    oldest = rec.recommend(history[:MAX_HISTORY], k=8, exclude_history=False)
+    assert ids_of(res) == ids_of(recent) and res.history_dropped == 4
+    assert ids_of(res) != ids_of(oldest)  # the prompt really changed with which end was kept
+    # the dropped titles are still excluded: the member has seen them
+    excluded = rec.recommend(history, k=8)
+    assert excluded.num_permitted == NUM_TITLES - len(history)
+    assert not set(ids_of(excluded)) & set(history)
+
+
+def test_exclude_history_switch(rec) -> None:
+    history = TITLES[:4] + TITLES[:2]  # re-watches count once
+    on = rec.recommend(history, k=5)
+    off = rec.recommend(history, k=5, exclude_history=False)
+    assert on.num_permitted == NUM_TITLES - 4 and off.num_permitted == NUM_TITLES
+
+
+def test_exclude_and_allow(rec) -> None:
+    base = rec.recommend(TITLES[:2], k=5)
+    res = rec.recommend(TITLES[:2], k=5, exclude=ids_of(base)[:2])
+    assert not set(ids_of(res)) & set(ids_of(base)[:2])
+    # scores are renormalised over the permitted titles: excluding some can only raise the others'
+    old = {r.item_id: r.score for r in base}
+    assert all(r.score >= old[r.item_id] - 1e-6 for r in res if r.item_id in old)
+    assert any(r.score > old[r.item_id] + 1e-3 for r in res if r.item_id in old)
+    allow = TITLES[20:30]
+    res = rec.recommend(TITLES[:2], k=5, allow=allow, exclude=[TITLES[20]])
+    assert set(ids_of(res)) <= set(allow) - {TITLES[20]} and len(res) == 5
+
+
+def test_small_allow_set_gives_fewer_titles_and_says_why(rec) -> None:
+    res = rec.recommend([TITLES[3]], k=5, allow=[TITLES[3], TITLES[7], TITLES[9]])
+    assert sorted(ids_of(res)) == [TITLES[7], TITLES[9]]
+    assert res.num_permitted == 2 and res.reason.startswith("only 2 title(s) permitted")
+    assert "minus the history" in res.reason
+    none = rec.recommend([TITLES[3]], k=5, allow=[TITLES[3]])
+    assert len(none) == 0 and none.reason.startswith("no title is permitted")
+
+
+def test_batch_equals_single_requests(rec) -> None:
+    reqs = [RecommendationRequest(TITLES[:3], k=4), RecommendationRequest([TITLES[9]], k=15, canvas="t2t"),
+            RecommendationRequest([], k=2, user_id="m1"), RecommendationRequest(TITLES[5:9], k=10)]
+    batch = rec.recommend_batch(reqs)
+    assert [len(b) for b in batch] == [4, 15, 2, 10]
+    for r, b in zip(reqs, batch):
+        single = rec.recommend(r.history, canvas=r.canvas, k=r.k, user_id=r.user_id)
+        assert ids_of(single) == ids_of(b)
+        np.testing.assert_allclose([x.score for x in single], [x.score for x in b], atol=1e-5)
+
+
+def test_excluded_rows_is_the_complement_of_an_allow_list(rec) -> None:
+    view = rec.trie.restrict(allow_rows=[1, 5, 7], exclude_rows=[5])
+    assert excluded_rows(view, NUM_TITLES) == sorted(set(range(NUM_TITLES)) - {1, 7})
+    assert excluded_rows(rec.trie.restrict(exclude_rows=[3, 2]), NUM_TITLES) == [2, 3]
+    assert excluded_rows(None, NUM_TITLES) == []
+
+
+def test_config_validation(tiny_model_dir) -> None:
+    with pytest.raises(TypeError, match="unknown ServingConfig fields \\['beam'\\]"):
+        Recommender.from_pretrained(tiny_model_dir, backend="transformers", beam=5)
+    with pytest.raises(ValueError, match="backend"):
+        ServingConfig("m", backend="tgi")
+    with pytest.raises(ValueError, match="block_size"):
+        ServingConfig("m", block_size=24)
+    with pytest.raises(ValueError, match="vllm_kwargs may not set \\['logprobs_mode'\\]"):
+        ServingConfig("m", vllm_kwargs={"logprobs_mode": "raw_logprobs"})
+    with pytest.raises(ValueError, match="num_beams"):
+        ServingConfig("m", num_beams=0)
+    with pytest.raises(ValueError, match="dtype"):
+        ServingConfig("m", dtype="fp8")
+    with pytest.raises(ValueError, match="kv_cache_gib"):
+        ServingConfig("m", kv_cache_gib=0)
+    c = ServingConfig("m", num_beams=10, max_k=30)
+    assert c.max_beams == 30 and c.beams_for(5) == 10 and c.beams_for(25) == 25
+    with pytest.raises(ValueError, match="exceeds the 6 titles"):
+        Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=MAX_HISTORY + 1)
+    short = Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=2)
+    assert short.recommend(TITLES[:5], k=3).history_used == 2

@@ -1,0 +1,51 @@
+"""A tiny random model folder written with the project's own save path (the serving tests' model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gen_fm.config import PretrainConfig
+from gen_fm.model import build_model, save_model
+from gen_fm.tokenizer import model_layout
+from semantic_ids.ids import SemanticIDs
+from sidrec.artifacts import atomic_dir, make_manifest, write_json
+from sidrec.sequences import SequenceConfig
+
+# 60 titles in a (4, 4, 4, 3) space: prefixes share branches at every level, some parents have a
+# single child (the engine skips the model there), and the last level is a short "collision" digit.
+CODEBOOKS = (4, 4, 4, 3)
+NUM_TITLES = 60
+MAX_HISTORY = 6
+USER_BUCKETS = 5
+
+
+def write_tiny_model(root: Path, seed: int = 0) -> Path:
+    """ID artifact with random unique codes + a seeded tiny Llama, saved as a model folder.
+
+    Weights are drawn wider than Llama's default (std 0.02 gives near-uniform next-token
+    distributions, whose near-ties would make ranking comparisons meaningless)."""
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(int(np.prod(CODEBOOKS)), size=NUM_TITLES, replace=False)
+    codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)  # (N, L)
+    item_ids = [f"tt{i:03d}" for i in range(NUM_TITLES)]
+    ids = SemanticIDs(item_ids, codes, CODEBOOKS, titles=[f"Title {i}" for i in range(NUM_TITLES)])
+    with atomic_dir(root / "ids") as stage:
+        ids.write_map(stage)
+        write_json(stage / "stats.json", {"random_codes": True})
+        write_json(stage / "manifest.json",
+                   make_manifest("semantic_ids", {"random_codes": True, "seed": seed},
+                                 codebook_sizes=list(CODEBOOKS), map_version=1))
+    ids = SemanticIDs.load(root / "ids")
+    config = PretrainConfig.from_preset("tiny", num_user_buckets=USER_BUCKETS, dropout=0.0)
+    layout = model_layout(ids.layout, config.num_user_buckets)
+    torch.manual_seed(seed)
+    model = build_model(config, layout, max_history=MAX_HISTORY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return save_model(root / "model", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
+                      data_fingerprint="0" * 64, dataset="unit", training={"steps": 0})
