@@ -86,16 +86,14 @@ def build_sequences(data: RecData, config: SequenceConfig | None = None) -> Sequ
     g_rating = np.maximum.reduceat(r_filled, starts).astype(np.float32)
     g_rating[np.isneginf(g_rating)] = np.nan
 
-    # Member-major, time order; ties broken by catalog row for determinism.
+    # Member-major, time order. Events in the same second (MovieLens rates in batches: 15% of
+    # members' last two events tie) are ordered by catalog row: deterministic, not causal.
     order = np.lexsort((g_item, g_first, g_user))
     g_user, g_item, g_first = g_user[order], g_item[order], g_first[order]
     g_last, g_count, g_rating = g_last[order], g_count[order], g_rating[order]
-    counts = np.bincount(g_user, minlength=len(users))
+    counts = np.bincount(g_user, minlength=len(users))  # every member has >= 1 row by construction
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    keep = counts > 0
-    if not keep.all():  # members whose every row was dropped upstream
-        offsets = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
-    return Sequences(user_ids=[str(x) for x in users[keep]], offsets=offsets,
+    return Sequences(user_ids=[str(x) for x in users], offsets=offsets,
                      item_index=g_item.astype(np.int32), first_time=g_first, last_time=g_last,
                      count=g_count, rating=g_rating, rolled_up=int(len(u) - len(starts)))
 
