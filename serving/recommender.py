@@ -22,12 +22,17 @@ Decisions a caller should know:
 - Score: log-probability of the title among the titles this request permits (sum of the L token
   log-probs, each renormalised over the allowed next tokens), so scores of different requests with
   different exclusions are not comparable.
+- Business rules (``rules=``, see ``serving.rules``) narrow the same restriction while decoding, so a
+  rule never shortens a list the catalogue could fill; a diversity cap is the beam's final selection.
+  Fewer than ``k`` titles always come with a ``reason``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +42,7 @@ from gen_fm.model import load_model
 from gen_fm.tokenizer import CANVASES, DEFAULT_CANVAS
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
+from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class RecommendationRequest:
     allow: Sequence[str] | None = None
     user_id: str | None = None
     exclude_history: bool = True
+    rules: Rules | Mapping[str, Any] | None = None  # serving.rules JSON shape
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class RecommendationList(Sequence[Recommendation]):
     history_dropped: int  # older titles left out of the prompt (still excluded if exclude_history)
     num_permitted: int  # titles this request allows (catalogue, allow-list, minus exclusions)
     reason: str | None  # why fewer than k came back; None when k did
+    prompt_tokens: int = 0  # length of the prompt the model saw
+    rules_applied: tuple[str, ...] = ()  # business rules that narrowed this request (serving.rules)
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.items[i]
@@ -120,17 +129,20 @@ def excluded_rows(view: Restriction | None, num_items: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """A validated request, ready to decode."""
+class PreparedRequest:
+    """A validated request, ready to decode (``Recommender.prepare``; decoded by ``Recommender.run``)."""
 
     prompt: list[int]
     view: Restriction | None
     k: int
     beams: int
+    want: int  # titles asked of the beam search: k, or every beam when a diversity cap picks from them
+    cap: DiversityCap | None
     history_used: int
     history_dropped: int
     num_permitted: int
     reason: str | None
+    rules_applied: tuple[str, ...]
 
 
 class Recommender:
@@ -140,7 +152,7 @@ class Recommender:
     several threads, so a server must queue requests (``recommend_batch`` is the batching point).
     """
 
-    def __init__(self, config: ServingConfig) -> None:
+    def __init__(self, config: ServingConfig, attributes: AttributeTable | None = None) -> None:
         gm = load_model(config.model_dir)
         trained = gm.seq_config.max_history
         if config.max_history is not None and config.max_history > trained:
@@ -152,6 +164,12 @@ class Recommender:
         self.encoder = gm.prompt_encoder()
         self.trie = PrefixTrie.from_ids(gm.ids)
         self.manifest = gm.manifest
+        if attributes is None and config.data_dir is not None:
+            attributes = load_attributes(gm.ids, config.data_dir, self._dataset(config))
+        if attributes is not None and attributes.num_items != gm.ids.num_items:
+            raise ValueError(f"attribute table covers {attributes.num_items} titles, the model "
+                             f"{gm.ids.num_items}")
+        self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
         if config.backend == "transformers":
             self.backend: _Backend = TransformersBackend(gm.model, self.trie, config)
         else:
@@ -161,45 +179,110 @@ class Recommender:
             self.backend = VLLMBeamSearch(config, self.trie)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, backend: str = "vllm", **config: Any) -> "Recommender":
-        """Load ``model_dir``; ``config`` holds further ``ServingConfig`` fields (num_beams=, ...)."""
-        return cls(ServingConfig.create(str(model_dir), backend=backend, **config))
+    def from_pretrained(cls, model_dir: str, backend: str = "vllm", attributes: AttributeTable | None = None,
+                        **config: Any) -> "Recommender":
+        """Load ``model_dir``; ``config`` holds further ``ServingConfig`` fields (num_beams=, data_dir=, ...);
+        ``attributes`` is a ready attribute table (else one is loaded from ``data_dir`` when set)."""
+        return cls(ServingConfig.create(str(model_dir), backend=backend, **config), attributes)
 
     def recommend(self, history: Sequence[str], canvas: str = DEFAULT_CANVAS, k: int = 10,
                   exclude: Sequence[str] | None = None, allow: Sequence[str] | None = None,
-                  user_id: str | None = None, exclude_history: bool = True) -> RecommendationList:
+                  user_id: str | None = None, exclude_history: bool = True,
+                  rules: Rules | Mapping[str, Any] | None = None) -> RecommendationList:
         """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
-        ``user_id`` selects the member token (ignored by models trained without member tokens).
+        ``user_id`` selects the member token (ignored by models trained without member tokens);
+        ``rules`` are business rules (``serving.rules``), applied while decoding.
         """
         return self.recommend_batch([RecommendationRequest(history, canvas, k, exclude, allow, user_id,
-                                                           exclude_history)])[0]
+                                                           exclude_history, rules)])[0]
 
     def recommend_batch(self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
                         ) -> list[RecommendationList]:
-        """Many requests decoded together; every request is validated before any decoding starts.
-
-        Requests are grouped by beam width (``max(num_beams, k)``) so a request's result never
-        depends on which other requests share its batch.
-        """
+        """Many requests decoded together; every request is validated before any decoding starts."""
         reqs = [r if isinstance(r, RecommendationRequest) else RecommendationRequest(**r) for r in requests]
         prepared = []
         for i, r in enumerate(reqs):
             try:
-                prepared.append(self._prepare(r))
+                prepared.append(self.prepare(r))
             except ValueError as e:
-                raise ValueError(f"request {i}: {e}" if len(reqs) > 1 else str(e)) from None
+                raise type(e)(f"request {i}: {e}" if len(reqs) > 1 else str(e)) from None
+        return self.run(prepared)
+
+    def prepare(self, r: RecommendationRequest) -> PreparedRequest:
+        """Validate one request and build its prompt and restriction (``ValueError`` names the problem).
+
+        Separate from ``run`` so a server can reject a bad request without failing its batch.
+        """
+        max_k = self.config.max_k
+        if not isinstance(r.k, (int, np.integer)) or isinstance(r.k, bool) or not 1 <= r.k <= max_k:
+            raise ValueError(f"k must be an integer in 1..{max_k} (ServingConfig.max_k), got {r.k!r}")
+        if r.canvas not in CANVASES:
+            raise ValueError(f"unknown canvas {r.canvas!r}; choose one of {CANVASES}")
+        history = title_rows(self.ids, r.history, "history")
+        exclude = title_rows(self.ids, r.exclude, "exclude")
+        allow = title_rows(self.ids, r.allow, "allow") if r.allow is not None else None
+        mask = compile_rules(r.rules, self.ids, self.attributes)
+        kept = history[-self.max_history:] if history else []
+        prompt = self.encoder.encode(kept, canvas=r.canvas,
+                                     user_id=None if r.user_id is None else str(r.user_id))
+        excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()))
+        view = None
+        if excluded or allow is not None:
+            view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
+        view = mask.narrow(self.trie, view)  # rules stack onto the same restriction
+        permitted = self.trie.num_items if view is None else view.num_permitted
+        k = int(r.k)
+        reason = None
+        if permitted < k:
+            parts = (["the allow-list"] if allow is not None else []) + \
+                    (["minus exclusions"] if exclude else []) + \
+                    (["minus the history"] if r.exclude_history and history else []) + \
+                    [f"rule {name}" for name in mask.applied if name != "diversity"]
+            rule = ", ".join(parts) or "the catalogue"
+            reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={k}" if permitted
+                      else f"no title is permitted ({rule})")
+        beams = self.config.beams_for(k, diverse=mask.cap is not None)
+        return PreparedRequest(prompt=prompt, view=view, k=k, beams=beams,
+                               want=beams if mask.cap is not None else k, cap=mask.cap,
+                               history_used=len(kept), history_dropped=len(history) - len(kept),
+                               num_permitted=permitted, reason=reason, rules_applied=mask.applied)
+
+    def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
+        """Decode prepared requests together.
+
+        Requests are grouped by beam width so a request's result never depends on which other
+        requests share its batch (with equal beams, each request's top titles are a prefix of the
+        group's widest ask). A request whose diversity cap leaves it short is searched again with
+        twice the beam, up to ``ServingConfig.max_beams``; that sequence depends on the request alone.
+        """
+        prepared = list(prepared)
+        found = self._search(prepared, range(len(prepared)))
+        widest = self.config.max_beams
+        while True:  # a diversity cap the beam could not fill: search again, twice as wide
+            short = [i for i, p in enumerate(prepared)
+                     if p.cap is not None and p.beams < widest and i in found
+                     and len(p.cap.select(found[i].rows, p.k)) < min(p.k, p.num_permitted)]
+            if not short:
+                break
+            for i in short:
+                beams = min(2 * prepared[i].beams, widest)
+                prepared[i] = dataclasses.replace(prepared[i], beams=beams, want=beams)
+            found.update(self._search(prepared, short))
+        return [self._result(p, found.get(i)) for i, p in enumerate(prepared)]
+
+    def _search(self, prepared: list[PreparedRequest], which: Iterable[int]) -> dict[int, Recommendations]:
+        """Beam search for ``prepared[i]``, i in ``which``, one backend call per beam width."""
+        which = [i for i in which if prepared[i].num_permitted > 0]
         found: dict[int, Recommendations] = {}
-        for beams in sorted({p.beams for p in prepared}):
-            todo = [i for i, p in enumerate(prepared) if p.beams == beams and p.num_permitted > 0]
-            if not todo:
-                continue
-            k = max(prepared[i].k for i in todo)  # the same beams, so each request's top-k is a prefix
-            recs = self.backend.search([prepared[i].prompt for i in todo], k, beams,
+        for beams in sorted({prepared[i].beams for i in which}):
+            todo = [i for i in which if prepared[i].beams == beams]
+            want = max(prepared[i].want for i in todo)
+            recs = self.backend.search([prepared[i].prompt for i in todo], want, beams,
                                        [prepared[i].view for i in todo])
             found.update(zip(todo, recs))
-        return [self._result(p, found.get(i)) for i, p in enumerate(prepared)]
+        return found
 
     def close(self) -> None:
         self.backend.close()
@@ -211,62 +294,39 @@ class Recommender:
         self.close()
 
     # ------------------------------------------------------------------ helpers
-    def _rows(self, titles: Sequence[str] | None, what: str) -> list[int]:
-        if titles is None:
-            return []
-        if isinstance(titles, str):
-            raise ValueError(f"{what} must be a list of title ids, got the string {titles!r}")
-        unknown = [t for t in titles if t not in self.ids]
-        if unknown:
-            shown = ", ".join(repr(t) for t in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            raise ValueError(f"{len(unknown)} unknown title id(s) in {what}: {shown} (titles without a "
-                             f"semantic ID must be assigned one first: `sidrec ids assign`)")
-        return [self.ids.index_of(t) for t in titles]
+    def _dataset(self, config: ServingConfig) -> str | None:
+        """The dataset sub-folder: the configured one, else the model's own when data_dir holds it."""
+        if config.dataset is not None:
+            return config.dataset
+        name = (self.manifest.get("data") or {}).get("dataset")
+        return name if name and Path(config.data_dir, str(name)).is_dir() else None
 
-    def _prepare(self, r: RecommendationRequest) -> _Prepared:
-        max_k = self.config.max_k
-        if not isinstance(r.k, (int, np.integer)) or isinstance(r.k, bool) or not 1 <= r.k <= max_k:
-            raise ValueError(f"k must be an integer in 1..{max_k} (ServingConfig.max_k), got {r.k!r}")
-        if r.canvas not in CANVASES:
-            raise ValueError(f"unknown canvas {r.canvas!r}; choose one of {CANVASES}")
-        history = self._rows(r.history, "history")
-        exclude = self._rows(r.exclude, "exclude")
-        allow = self._rows(r.allow, "allow") if r.allow is not None else None
-        kept = history[-self.max_history:] if history else []
-        prompt = self.encoder.encode(kept, canvas=r.canvas,
-                                     user_id=None if r.user_id is None else str(r.user_id))
-        excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()))
-        view = None
-        if excluded or allow is not None:
-            view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
-        permitted = self.trie.num_items if view is None else view.num_permitted
-        reason = None
-        if permitted < r.k:
-            parts = (["the allow-list"] if allow is not None else []) + \
-                    (["minus exclusions"] if exclude else []) + \
-                    (["minus the history"] if r.exclude_history and history else [])
-            rule = " ".join(parts) or "the catalogue"
-            reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={r.k}" if permitted
-                      else f"no title is permitted ({rule})")
-        return _Prepared(prompt=prompt, view=view, k=int(r.k), beams=self.config.beams_for(int(r.k)),
-                         history_used=len(kept), history_dropped=len(history) - len(kept),
-                         num_permitted=permitted, reason=reason)
-
-    def _result(self, p: _Prepared, rec: Recommendations | None) -> RecommendationList:
-        items: list[Recommendation] = []
-        if rec is not None:
-            layout = self.ids.layout
-            for row, sid, score in zip(rec.rows[:p.k], rec.sids, rec.scores):
-                item = self.ids.item_ids[row]
-                items.append(Recommendation(item_id=item, title=self.ids.title(item), score=float(score),
-                                            semantic_id=layout.sid_string(sid)))
+    def _result(self, p: PreparedRequest, rec: Recommendations | None) -> RecommendationList:
+        rows, sids, scores = (rec.rows, rec.sids, rec.scores) if rec is not None else ([], [], [])
+        found = min(len(rows), p.want)
         reason = p.reason
+        if p.cap is not None:  # the diversity cap picks from every title the beam found
+            keep = p.cap.select(rows[:found], p.k)
+            rows, sids, scores = ([x[i] for i in keep] for x in (rows, sids, scores))
+            if len(rows) < min(p.k, p.num_permitted):
+                reason = ((reason + "; ") if reason else "") + (
+                    f"the diversity rule (at most {p.cap.max_per_group} per {p.cap.label}) kept "
+                    f"{len(rows)} of the {found} titles the beam search found (beam width {p.beams}, "
+                    f"the widest this server runs: ServingConfig.max_k * diversity_widen); the cap picks "
+                    f"from the beam's titles only")
+        items: list[Recommendation] = []
+        layout = self.ids.layout
+        for row, sid, score in zip(rows[:p.k], sids, scores):
+            item = self.ids.item_ids[row]
+            items.append(Recommendation(item_id=item, title=self.ids.title(item), score=float(score),
+                                        semantic_id=layout.sid_string(sid)))
         if reason is None and len(items) < p.k:  # cannot happen with beam >= k; say so if it does
             reason = f"beam search returned {len(items)} of {p.k} titles"
         return RecommendationList(items=tuple(items), k=p.k, cold_start=p.history_used == 0,
                                   history_used=p.history_used, history_dropped=p.history_dropped,
-                                  num_permitted=p.num_permitted, reason=reason)
+                                  num_permitted=p.num_permitted, reason=reason,
+                                  prompt_tokens=len(p.prompt), rules_applied=p.rules_applied)
 
 
-__all__ = ["Recommendation", "RecommendationList", "RecommendationRequest", "Recommender",
-           "ServingConfig", "TransformersBackend", "excluded_rows"]
+__all__ = ["PreparedRequest", "Recommendation", "RecommendationList", "RecommendationRequest",
+           "Recommender", "ServingConfig", "TransformersBackend", "excluded_rows"]

@@ -166,6 +166,16 @@ def cmd_eval(args) -> None:
                   f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
 
 
+def cmd_serve(args) -> None:
+    from serving.server import serve
+
+    extra = parse_overrides(None, args.set)
+    if args.enforce_eager:
+        extra["enforce_eager"] = True
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, backend=args.backend,
+          data_dir=args.data, dataset=args.dataset, **extra)
+
+
 def cmd_quickstart(args) -> None:
     from sidrec.pipeline import QuickstartConfig, quickstart
 
@@ -227,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and /v1/recommendations)")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SIDREC_API_KEY)")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--data", help="data directory: catalog attributes for attribute rules")
+    p.add_argument("--dataset", help="sub-folder of --data (default: the model's dataset)")
+    p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="ServingConfig field, e.g. num_beams=20, max_k=50")
+    p.set_defaults(func=cmd_serve)
 
     # Parsed by eval.baselines itself (see main); listed here so `sidrec -h` shows it.
     sub.add_parser("baseline", help="popular / SASRec baselines on the same split "

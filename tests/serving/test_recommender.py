@@ -139,7 +139,8 @@ def test_config_validation(tiny_model_dir) -> None:
     with pytest.raises(ValueError, match="kv_cache_gib"):
         ServingConfig("m", kv_cache_gib=0)
     c = ServingConfig("m", num_beams=10, max_k=30)
-    assert c.max_beams == 30 and c.beams_for(5) == 10 and c.beams_for(25) == 25
+    assert c.max_beams == 90 and c.beams_for(5) == 10 and c.beams_for(25) == 25
+    assert c.beams_for(5, diverse=True) == 15 and c.beams_for(2, diverse=True) == 10
     with pytest.raises(ValueError, match="exceeds the 6 titles"):
         Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=MAX_HISTORY + 1)
     short = Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=2)

@@ -49,3 +49,32 @@ def write_tiny_model(root: Path, seed: int = 0) -> Path:
                 p.normal_(0.0, 0.3)
     return save_model(root / "model", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
                       data_fingerprint="0" * 64, dataset="unit", training={"steps": 0})
+
+
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
+UNCATALOGUED = "tt059"  # a model title missing from the catalog: no attributes at all
+
+
+def tiny_attributes(i: int) -> tuple[list[str], int | None]:
+    """(genres, year) of title i in the tiny catalog: every 11th has no genre, every 13th no year,
+    every 7th a second genre."""
+    genres = [] if i % 11 == 0 else [GENRES[i % 5]] + ([GENRES[(i + 2) % 5]] if i % 7 == 0 else [])
+    return genres, None if i % 13 == 0 else 1970 + (i * 7) % 40
+
+
+def write_tiny_catalog(root: Path) -> Path:
+    """A MovieLens-layout data folder over the tiny model's titles (``sidrec.data`` reads it), so
+    attribute rules are tested through the real loading path."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["movieId,title,genres"]
+    for i in range(NUM_TITLES):
+        if f"tt{i:03d}" == UNCATALOGUED:
+            continue
+        genres, year = tiny_attributes(i)
+        lines.append(f"tt{i:03d},Title {i}{'' if year is None else f' ({year})'},"
+                     f"{'|'.join(genres) or '(no genres listed)'}")
+    (root / "movies.csv").write_text("\n".join(lines) + "\n")
+    ratings = ["userId,movieId,rating,timestamp"] + [
+        f"u{u},tt{(u * 5 + j) % (NUM_TITLES - 1):03d},4.0,{1000 + j}" for u in range(4) for j in range(6)]
+    (root / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    return root

@@ -1,0 +1,207 @@
+"""HTTP request and response bodies of the server, and the parsing of OpenAI-style prompts.
+
+Bodies are strict (``extra="forbid"``, no "5" -> 5 coercion): a misspelt field or a wrong type is a
+422 naming the field rather than a silently ignored setting. Rules are checked for shape here (422)
+and against the catalog when the request is prepared (400: unknown attribute or value).
+
+A completion ``prompt`` is one member history in any of three spellings, or a list of them (a batch,
+as in the OpenAI API; choice ``i`` then carries ``prompt_index``):
+- title ids separated by spaces or commas: ``"1 2 3"``;
+- a JSON list of title ids: ``'["1", "2", "3"]'`` (ids that contain spaces);
+- semantic-ID tokens, L per title: ``"<a_1><b_2><c_0><d_1><a_3>..."`` (what a generative client emits).
+The empty string is an empty history (a flagged cold start). Bos, member and canvas tokens are the
+server's to add: the canvas comes from ``model``, the member from ``user_id`` (or OpenAI's ``user``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from gen_fm.tokenizer import CANVASES
+from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import TokenLayout
+from serving.rules import Rules
+
+MODEL_PREFIX = "sidrec"
+_TOKEN = re.compile(r"<[^<>\s]*>")
+_ONLY_TOKENS = re.compile(r"\s*(?:<[^<>\s]*>\s*)+")
+
+
+def model_id(canvas: str) -> str:
+    """Served model name of a canvas adapter: ``sidrec-home``, ``sidrec-search``, ..."""
+    return f"{MODEL_PREFIX}-{canvas}"
+
+
+def canvas_of(model: str) -> str | None:
+    """Canvas selected by a served model name, None if no adapter has that name."""
+    canvas = model.removeprefix(f"{MODEL_PREFIX}-")
+    return canvas if model != canvas and canvas in CANVASES else None
+
+
+def _valid_rules(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    Rules.from_dict(value)  # RuleError (a ValueError) becomes a 422 naming the rule
+    return value
+
+
+RulesField = Annotated[dict[str, Any] | None, AfterValidator(_valid_rules),
+                       Field(description="business rules, see serving.rules (applied while decoding)")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CompletionRequest(_Body):
+    """OpenAI ``/v1/completions`` shape; ``rules``, ``user_id`` and ``exclude_history`` are extensions
+    (``extra_body`` in the openai client)."""
+
+    model: str = Field(description="canvas adapter, e.g. sidrec-home (GET /v1/models)")
+    prompt: str | list[str] = Field(description="a member history (see module doc) or a list of them")
+    n: int = Field(10, description="recommendations per prompt (1..max_k)")
+    rules: RulesField = None
+    user_id: str | None = None
+    user: str | None = Field(None, description="OpenAI's end-user field: the member when user_id is absent")
+    exclude_history: bool = True
+    stream: bool = False  # accepted so clients can say False; True is refused (400)
+
+
+class RecommendationsRequest(_Body):
+    """Plain JSON request of ``POST /v1/recommendations``."""
+
+    history: list[str] = Field(description="title ids, oldest first")
+    canvas: str = "home"
+    k: int = 10
+    rules: RulesField = None
+    user_id: str | None = None
+    exclude_history: bool = True
+
+
+class ResultInfo(BaseModel):
+    """How one list was obtained: flags a client must be able to see (fallbacks, truncation, rules)."""
+
+    prompt_index: int
+    cold_start: bool  # empty history: a weak, popularity-like guess from the prompt prefix alone
+    history_used: int
+    history_dropped: int  # older titles left out of the prompt (still excluded when exclude_history)
+    num_permitted: int  # titles the request's exclusions and rules permit
+    reason: str | None  # why fewer than the titles asked for came back
+    rules_applied: list[str]
+    warnings: list[str]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str  # the recommended title id
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+    prompt_index: int
+    title: str | None
+    semantic_id: str
+    score: float  # log-probability among the titles the request permits
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int  # L tokens per returned title
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    sidrec: list[ResultInfo]  # one per prompt
+
+
+class Item(BaseModel):
+    rank: int
+    item_id: str
+    title: str | None
+    semantic_id: str
+    score: float
+
+
+class RecommendationsResponse(ResultInfo):
+    model: str
+    canvas: str
+    k: int
+    items: list[Item]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = MODEL_PREFIX
+    canvas: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str  # "invalid_request_error", "authentication_error", "not_found_error", "server_error", ...
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, so the openai client raises its typed errors with our message."""
+
+    error: ErrorDetail
+
+
+def parse_history(prompt: str, ids: SemanticIDs, layout: TokenLayout) -> list[str]:
+    """A completion prompt -> title ids, oldest first (``ValueError`` names what is wrong)."""
+    text = prompt.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"prompt starts with '[' but is not a JSON list of title ids: {e}") from None
+        if not isinstance(items, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool)
+                                                  for i in items):
+            raise ValueError("a JSON prompt must be a list of title ids (strings or integers)")
+        return [str(i) for i in items]
+    if "<" in text or ">" in text:
+        return _titles_of_tokens(text, ids, layout)
+    return [t for t in re.split(r"[\s,]+", text) if t]
+
+
+def _titles_of_tokens(text: str, ids: SemanticIDs, layout: TokenLayout) -> list[str]:
+    if not _ONLY_TOKENS.fullmatch(text):
+        raise ValueError("prompt mixes semantic-ID tokens with other text: send either title ids or "
+                         "only tokens such as <a_1><b_2>...")
+    vocab = {tok: i for i, tok in enumerate(layout.vocab())}
+    L = layout.sid_length
+    tokens = _TOKEN.findall(text)
+    titles = []
+    for pos, tok in enumerate(tokens):
+        level = layout.level_of(vocab[tok]) if tok in vocab else None
+        if level is None:
+            raise ValueError(f"prompt token {pos} {tok!r} is not a semantic-ID code token (bos, member and "
+                             f"canvas tokens are added by the server)")
+        if level != pos % L:
+            raise ValueError(f"prompt token {pos} {tok!r} is a level-{level} code where a level-{pos % L} "
+                             f"code must come: every title is {L} tokens, one per level")
+    if len(tokens) % L:
+        raise ValueError(f"prompt has {len(tokens)} code tokens, not a whole number of {L}-token IDs")
+    for start in range(0, len(tokens), L):
+        sid_text = "".join(tokens[start:start + L])
+        item = ids.item_for_sid(layout.parse_sid_string(sid_text))
+        if item is None:
+            raise ValueError(f"semantic ID {sid_text} (prompt title {start // L}) is no title of this model")
+        titles.append(item)
+    return titles
