@@ -6,6 +6,8 @@ data with the same config is reused, and pretraining continues from its last che
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,9 @@ class QuickstartConfig:
     out: str = "runs/quickstart"
     quantizer: str = "rqvae"
     model_preset: str = "small"
-    epochs: int = 6  # pretraining epochs (early stopping may end sooner)
+    epochs: int = 12  # pretraining epochs (early stopping may end sooner)
     lr: float = 2e-3
+    batch_size: int = 64  # small batches: ml-latest-small has only ~5k training windows
     val_users: int = 300  # members in the per-epoch validation sample
     eval_users: int | None = None  # members judged on the test split; None = all
     examples: int = 3  # members whose recommendations are printed
@@ -59,7 +62,7 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     for line in data.report.lines():
         console.print(f"[dim]{line}[/dim]")
     ids = _stage_ids(config, data, out / "ids")
-    model_dir = _stage_pretrain(config, data_config, data, out / "ids", out / "run")
+    model_dir = _stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
     _stage_examples(config, data, model_dir, ids)
 
@@ -88,14 +91,19 @@ def _stage_ids(config: QuickstartConfig, data, ids_dir: Path):
 
 
 def _stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path,
-                    run_dir: Path) -> Path:
+                    out: Path) -> Path:
     from gen_fm.config import PretrainConfig
     from gen_fm.train import pretrain
     from sidrec.sequences import SequenceConfig
 
     console.rule("2/4 pretrain the foundation model")
     pc = PretrainConfig.from_preset(config.model_preset, epochs=config.epochs, lr=config.lr,
-                                    val_users=config.val_users, eval_every=1, patience=2)
+                                    batch_size=config.batch_size, val_users=config.val_users,
+                                    eval_every=1, patience=3)
+    # One run folder per training config: a rerun with the same config resumes its checkpoints,
+    # a changed config trains afresh beside it instead of clashing with them.
+    digest = hashlib.sha256(json.dumps(jsonable(pc), sort_keys=True).encode()).hexdigest()[:8]
+    run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
     if (_same_build(model_dir, "gen_fm", pc, data.fingerprint)
             and read_manifest(model_dir)["parents"].get("semantic_ids") == manifest_hash(ids_dir)):
