@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.metrics import ranking_metrics
@@ -61,8 +62,11 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    recs = recommend(gen.model, prompts, trie, k=k, num_beams=beams, constrained=True,
-                     batch_size=config.batch_size)
+    recs = []
+    chunk = config.batch_size * 8
+    for start in tqdm(range(0, n, chunk), desc=f"decoding {n} members", unit="chunk"):
+        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=k, num_beams=beams,
+                          constrained=True, batch_size=config.batch_size)
     seconds = time.perf_counter() - t0
     metrics = ranking_metrics([r.rows for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
