@@ -89,7 +89,7 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         "artifacts": {"model": str(model_dir), "model_manifest": manifest_hash(model_dir),
                       "semantic_ids_manifest": manifest_hash(Path(model_dir) / "semantic_ids"),
                       "data_fingerprint": data.fingerprint},
-        "command": " ".join(sys.argv), "machine": machine_info(),
+        "command": " ".join(["sidrec", *sys.argv[1:]]), "machine": machine_info(),
     }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
