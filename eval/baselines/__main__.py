@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 
 from eval.baselines.run import BASELINES, run_baseline
 from eval.config import EvalConfig
+from sidrec.cli import parse_overrides
 from sidrec.data import DataConfig
 from sidrec.sequences import SequenceConfig
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw  # bare strings, e.g. train_windows=last
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             SequenceConfig(max_history=args.max_history),
             args.out,
             EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
-            **_parse_set(args.set))
+            **parse_overrides(None, args.set))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     for split, m in report["metrics"].items():
