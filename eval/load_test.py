@@ -1,0 +1,146 @@
+"""Loopback load test of the HTTP server: concurrent clients for a fixed time, errors and memory.
+
+    python -m eval.load_test --model runs/beauty-small/model --backend vllm --clients 8 --seconds 180 \
+        --out results/serving/load-amazon-beauty-small-cpu.json
+
+The server runs in this process on 127.0.0.1 (an ephemeral port); each client is a thread with its
+own ``httpx`` connection sending ``POST /v1/recommendations`` with real test-split histories, a
+share of them with rules. Bounded by time and by request count; it stops by itself. Reports
+requests, errors by status, p50/p99 latency, throughput, and the resident memory of the server
+and its vLLM engine processes sampled over the run (flat memory = no leak under load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _histories(model_dir: str, n: int, seed: int) -> list[dict]:
+    from gen_fm.model import load_model
+    from sidrec.data import DataConfig, load_data
+    from sidrec.sequences import build_sequences, leave_one_out
+
+    gen = load_model(model_dir, verify=False)
+    data = load_data(DataConfig(dataset=gen.manifest["data"]["dataset"]))
+    split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
+    ex = split.examples("test")
+    ids = data.catalog["item_id"]
+    rng = random.Random(seed)
+    picks = rng.sample(range(len(ex.users)), min(n, len(ex.users)))
+    return [{"history": [ids[r] for r in ex.histories[i]],
+             "user_id": split.sequences.user_ids[ex.users[i]]} for i in picks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=180.0)
+    ap.add_argument("--max-requests", type=int, default=100_000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    import httpx
+    import psutil
+
+    from eval.baselines.run import machine_info
+    from serving.recommender import Recommender
+    from serving.server import ServerSettings, create_app, run_in_thread
+    from sidrec.artifacts import write_json
+
+    rec = Recommender.from_pretrained(args.model, backend=args.backend, enforce_eager=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # loopback only
+    port = sock.getsockname()[1]
+    server, thread = run_in_thread(create_app(rec, ServerSettings()), [sock])
+    url = f"http://127.0.0.1:{port}/v1/recommendations"
+    bodies = _histories(args.model, 500, seed=0)
+    proc = psutil.Process(os.getpid())
+
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    count = [0]
+    stop_at = time.monotonic() + args.seconds
+
+    def client(cid: int) -> None:
+        rng = random.Random(cid)
+        with httpx.Client(timeout=120.0) as http:
+            while time.monotonic() < stop_at:
+                with lock:
+                    if count[0] >= args.max_requests:
+                        return
+                    count[0] += 1
+                body = dict(rng.choice(bodies), k=args.k)
+                if rng.random() < 0.3:
+                    body["rules"] = {"diversity": {"max_per_group": 3, "group_by": "sid_prefix"}}
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(url, json=body)
+                    key = None if r.status_code == 200 and len(r.json()["items"]) == args.k \
+                        else f"http {r.status_code}" if r.status_code != 200 else "short list"
+                except httpx.HTTPError as e:
+                    key = type(e).__name__
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    if key:
+                        errors[key] = errors.get(key, 0) + 1
+
+    def total_rss() -> int:  # the server and vLLM's engine/worker processes
+        rss = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                rss += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return rss
+
+    rss = [(0.0, total_rss())]
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    t_start = time.monotonic()
+    for w in workers:
+        w.start()
+    while any(w.is_alive() for w in workers):
+        time.sleep(5)
+        rss.append((time.monotonic() - t_start, total_rss()))
+        print(f"[load] {rss[-1][0]:5.0f}s  {len(latencies)} requests  {sum(errors.values())} errors  "
+              f"rss {rss[-1][1] / 2**20:.0f} MiB", flush=True)
+    wall = time.monotonic() - t_start
+    health = httpx.get(f"http://127.0.0.1:{port}/health").status_code
+    server.should_exit = True
+    thread.join(timeout=30)
+
+    lat = np.asarray(latencies)
+    mid = [m for t, m in rss if t >= wall / 2] or [rss[-1][1]]
+    report = {
+        "benchmark": "serving_load", "command": " ".join(["python -m eval.load_test", *(argv or sys.argv[1:])]),
+        "machine": machine_info(), "backend": args.backend, "clients": args.clients,
+        "seconds": round(wall, 1), "requests": int(len(lat)), "errors": errors,
+        "error_count": int(sum(errors.values())), "health_after": health,
+        "throughput_rps": round(len(lat) / wall, 2),
+        "p50_s": round(float(np.percentile(lat, 50)), 4) if len(lat) else None,
+        "p99_s": round(float(np.percentile(lat, 99)), 4) if len(lat) else None,
+        "rss_mib": [[round(t, 1), round(m / 2**20, 1)] for t, m in rss],
+        "rss_growth_second_half_mib": round((max(mid) - min(mid)) / 2**20, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, report)
+    print(f"wrote {args.out}: {len(lat)} requests, {report['error_count']} errors, "
+          f"p50 {report['p50_s']}s p99 {report['p99_s']}s, rss growth (2nd half) "
+          f"{report['rss_growth_second_half_mib']} MiB")
+    return 0 if report["error_count"] == 0 and health == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
