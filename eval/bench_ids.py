@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval.baselines.run import machine_info
+from eval.machine import machine_info
 from semantic_ids.builder import build_ids
 from semantic_ids.config import SemanticIDConfig
 from sidrec.artifacts import jsonable, write_json

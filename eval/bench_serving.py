@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.baselines.run import machine_info
+from eval.machine import machine_info
 from sidrec.artifacts import read_manifest, write_json
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out

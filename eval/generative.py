@@ -13,22 +13,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
+from eval.machine import machine_info
 from eval.metrics import ranking_metrics
 from sidrec.artifacts import manifest_hash, write_json
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import build_sequences, leave_one_out
-
-
-def machine_info() -> dict[str, Any]:
-    from eval.baselines.run import machine_info as info
-
-    return info()
 
 
 def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalConfig,

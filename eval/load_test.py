@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import psutil
 
-    from eval.baselines.run import machine_info
+    from eval.machine import machine_info
     from serving.recommender import Recommender
     from serving.server import ServerSettings, create_app, run_in_thread
     from sidrec.artifacts import write_json

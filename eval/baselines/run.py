@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
 from eval.config import EvalConfig
+from eval.machine import machine_info
 from eval.metrics import RankingMetrics, ranking_metrics
-from sidrec.artifacts import jsonable, package_version, write_json
+from sidrec.artifacts import jsonable, write_json
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
@@ -58,15 +56,6 @@ def command_line() -> list[str]:
     if argv and os.path.isabs(argv[0]):
         argv[0] = os.path.basename(argv[0])
     return argv
-
-
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "usable_cpus": affinity,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "sidrec": package_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def run_baseline(kind: str, data_config: DataConfig | None, seq_config: SequenceConfig | None,
