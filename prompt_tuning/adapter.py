@@ -1,0 +1,209 @@
+"""A soft prompt per canvas: PEFT prompt tuning on a frozen foundation model, saved in PEFT's format.
+
+The adapter folder is PEFT's own (``adapter_config.json`` + ``adapter_model.safetensors``, loadable
+by ``PeftModel.from_pretrained``) plus ``manifest.json``: kind ``prompt_adapter``, the
+``PromptTuningStageConfig``, the canvas, the manifest hash of the model folder it was trained on
+(the loader refuses any other base), the trainable parameter count and the payload hashes.
+
+PEFT prepends the virtual tokens before everything, ``<bos>`` included, so an adapter is the same
+computation as the prompt ``[v_0 .. v_{n-1}] + PromptEncoder.encode(...)`` (see ``export.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from safetensors.torch import load_file
+
+from gen_fm.model import GenFM
+from gen_fm.tokenizer import canvas_token
+from prompt_tuning.config import PromptTuningStageConfig
+from semantic_ids.layout import PAD
+from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
+                              read_manifest, require_files, write_json)
+
+KIND = "prompt_adapter"
+BASE_PARENT = "gen_fm"
+_PAYLOAD = ["adapter_config.json", "adapter_model.safetensors"]
+_PROMPT_KEY = "prompt_embeddings"  # PEFT's key for the soft prompt in adapter_model.safetensors
+
+Example = tuple[list[int], list[int]]  # (prompt token ids, the target title's L code token ids)
+
+
+def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
+    """A fresh soft prompt on ``gen.model``; every base weight is frozen (in place)."""
+    n = config.num_virtual_tokens
+    if n > gen.config.position_headroom:
+        raise ValueError(f"{n} virtual tokens do not fit the model's position headroom "
+                         f"({gen.config.position_headroom})")
+    for p in gen.model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    peft_config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n,
+                                     prompt_tuning_init=PromptTuningInit.RANDOM)
+    model = get_peft_model(gen.model, peft_config)
+    words = gen.model.get_input_embeddings().weight  # (V, H)
+    prompt = model.prompt_encoder["default"].embedding.weight  # (n, H)
+    with torch.no_grad():
+        if config.init == "canvas_token":
+            prompt.copy_(words[gen.layout.extra_id(canvas_token(config.canvas))].expand_as(prompt))
+        else:  # PEFT's N(0, 1) is ~50x the scale of a trained embedding row
+            prompt.normal_(0.0, float(words.std()))
+    hidden = gen.model.config.hidden_size
+    trainable = trainable_parameters(model)
+    if trainable != n * hidden:
+        raise RuntimeError(f"{trainable} trainable parameters, expected {n} x {hidden}: a base "
+                           f"weight is not frozen")
+    return model
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _batch(examples: Sequence[Example], sid_length: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded prompt + target ids, attention mask, and labels on the target tokens only."""
+    width = max(len(p) + len(t) for p, t in examples)
+    ids = torch.full((len(examples), width), PAD, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)  # (B, T)
+    for i, (prompt, target) in enumerate(examples):
+        if len(target) != sid_length or not prompt:
+            raise ValueError(f"an example needs a non-empty prompt and {sid_length} target tokens, "
+                             f"got {len(prompt)} and {len(target)}")
+        seq = list(prompt) + list(target)
+        ids[i, :len(seq)] = torch.as_tensor(seq)
+        mask[i, :len(seq)] = 1
+        labels[i, len(prompt):len(seq)] = torch.as_tensor(list(target))
+    return ids, mask, labels
+
+
+def _nll(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+         labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over the labelled positions, and their count."""
+    T = ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, -T:]  # (B, T, V): drop virtual rows
+    target = labels[:, 1:]  # (B, T-1)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((target != -100).sum())
+
+
+@torch.no_grad()
+def adapter_loss(model: torch.nn.Module, examples: Sequence[Example], sid_length: int,
+                 batch_size: int = 64) -> float:
+    """Mean NLL per target code token (the training objective), with or without a soft prompt."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for s in range(0, len(examples), batch_size):
+            loss, n = _nll(model, *_batch(examples[s:s + batch_size], sid_length))
+            total, count = total + float(loss), count + n
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_adapter(gen: GenFM, examples: Sequence[Example],
+                  config: PromptTuningStageConfig) -> PeftModel:
+    """Train one canvas's soft prompt; the loss is on the target's L code tokens only.
+
+    The base stays in eval mode (no attention dropout): it is frozen, and the soft prompt should
+    learn against the same network that will serve it.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    L = gen.layout.sid_length
+    longest = max(len(p) for p, _ in examples) + L + config.num_virtual_tokens
+    if longest > gen.model.config.max_position_embeddings:
+        raise ValueError(f"an example needs {longest} positions; the model has "
+                         f"{gen.model.config.max_position_embeddings}")
+    model = wrap(gen, config)
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    gen_rng = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.epochs):
+        order = torch.randperm(len(examples), generator=gen_rng).tolist()
+        for s in range(0, len(order), config.batch_size):
+            batch = [examples[i] for i in order[s:s + config.batch_size]]
+            loss, n = _nll(model, *_batch(batch, L))
+            opt.zero_grad(set_to_none=True)
+            (loss / n).backward()
+            opt.step()
+    return model
+
+
+def save_adapter(out_dir: str | Path, model: PeftModel, gen: GenFM, config: PromptTuningStageConfig,
+                 training: dict[str, Any] | None = None) -> Path:
+    """Write PEFT's adapter files + manifest.json atomically."""
+    trainable = trainable_parameters(model)
+    if model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens:
+        raise ValueError("the model's soft prompt is not the size the config says")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        manifest = make_manifest(
+            KIND, config, parents={BASE_PARENT: manifest_hash(gen.path)},
+            canvas=config.canvas, num_virtual_tokens=config.num_virtual_tokens,
+            hidden_size=gen.model.config.hidden_size, trainable_parameters=trainable,
+            training=training or {},
+            files={name: file_sha256(stage / name) for name in _PAYLOAD},
+        )
+        write_json(stage / "manifest.json", manifest)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter folder read without a model: what export needs."""
+
+    config: PromptTuningStageConfig
+    base_hash: str  # manifest hash of the model folder it was trained on
+    prompt: torch.Tensor  # (num_virtual_tokens, hidden) soft prompt
+    manifest: dict[str, Any]
+    path: Path
+
+
+def read_adapter(path: str | Path) -> AdapterInfo:
+    path = Path(path)
+    manifest = read_manifest(path, KIND)
+    require_files(path, _PAYLOAD)
+    for key in ("parents", "files", "canvas"):
+        if key not in manifest:
+            raise ArtifactError(f"{path}/manifest.json has no '{key}'")
+    for name, digest in manifest["files"].items():
+        if file_sha256(path / name) != digest:
+            raise ArtifactError(f"{path}/{name} does not match the hash in manifest.json")
+    config = PromptTuningStageConfig.from_json(manifest["config"])
+    prompt = load_file(path / "adapter_model.safetensors")[_PROMPT_KEY]  # (n, H)
+    if prompt.shape[0] != config.num_virtual_tokens:
+        raise ArtifactError(f"{path}: soft prompt has {prompt.shape[0]} rows, config says "
+                            f"{config.num_virtual_tokens}")
+    return AdapterInfo(config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=prompt,
+                       manifest=manifest, path=path)
+
+
+def check_base(info: AdapterInfo, gen: GenFM) -> None:
+    base = manifest_hash(gen.path)
+    if info.base_hash != base:
+        raise ArtifactError(f"adapter {info.path} was trained on model {info.base_hash[:12]}, not "
+                            f"on {gen.path} ({base[:12]})")
+    if info.prompt.shape[1] != gen.model.config.hidden_size:
+        raise ArtifactError(f"adapter {info.path} has width {info.prompt.shape[1]}, the model "
+                            f"{gen.model.config.hidden_size}")
+
+
+def load_adapter(gen: GenFM, path: str | Path) -> PeftModel:
+    """The adapter on ``gen.model`` (inference mode); refuses an adapter of another base model."""
+    check_base(read_adapter(path), gen)
+    for p in gen.model.parameters():
+        p.requires_grad_(False)
+    return PeftModel.from_pretrained(gen.model, str(path)).eval()

@@ -1,0 +1,207 @@
+"""Soft prompts: training moves only the prompt, the folder round-trips, and the exported virtual
+tokens are the same computation as the PEFT adapter (logits and constrained top-K)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gen_fm.config import PretrainConfig
+from gen_fm.decode import recommend
+from gen_fm.model import build_model, load_model, save_model
+from gen_fm.tokenizer import model_layout
+from prompt_tuning.adapter import (adapter_loss, load_adapter, read_adapter, save_adapter,
+                                   train_adapter, trainable_parameters, wrap)
+from prompt_tuning.config import PromptTuningStageConfig
+from prompt_tuning.export import export_adapters, virtual_token, virtual_token_ids, with_soft_prompt
+from semantic_ids.trie import PrefixTrie
+from sidrec.artifacts import ArtifactError, read_json
+from sidrec.sequences import SequenceConfig
+from tests.gen_fm.test_model import write_id_artifact
+
+torch.set_num_threads(1)
+N_ITEMS, SIZES, MAX_HISTORY = 30, (8, 8, 4), 4
+TARGETS = {"home": 3, "search": 17}  # toy objective: each canvas always wants one title
+
+
+def _save_base(root, ids, seed):
+    config = PretrainConfig.from_preset("tiny", num_user_buckets=0, position_headroom=16)
+    layout = model_layout(ids.layout, 0)
+    torch.manual_seed(seed)
+    model = build_model(config, layout, max_history=MAX_HISTORY).eval()
+    with torch.no_grad():  # at N(0, 0.02) attention barely reads a prompt token: scale up like
+        for name, p in model.named_parameters():  # trained weights, so a soft prompt can steer it
+            if p.ndim == 2:
+                p.mul_(5.0 if "embed" in name else 8.0)
+    return save_model(root / f"model{seed}", model, layout, ids, config,
+                      SequenceConfig(max_history=MAX_HISTORY), data_fingerprint="f" * 64,
+                      dataset="unit", training={"steps": 0})
+
+
+def _examples(gen, canvas, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    enc = gen.prompt_encoder()
+    target = enc.sid_tokens[TARGETS[canvas]].tolist()
+    return [(enc.encode(rng.integers(0, N_ITEMS, rng.integers(1, MAX_HISTORY + 1)), canvas=canvas),
+             target) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompt_tuning")
+    ids = write_id_artifact(root / "ids", [f"t{i}" for i in range(N_ITEMS)], SIZES)
+    base = _save_base(root, ids, seed=0)
+    adapters, trained = {}, {}
+    for i, canvas in enumerate(TARGETS):
+        gen = load_model(base)
+        config = PromptTuningStageConfig(canvas=canvas, num_virtual_tokens=4, lr=0.05, epochs=10,
+                                         batch_size=16, seed=i, init="canvas_token")
+        model = train_adapter(gen, _examples(gen, canvas), config)
+        adapters[canvas] = save_adapter(root / f"adapter_{canvas}", model, gen, config,
+                                        training={"examples": 48})
+        trained[canvas] = model
+    return root, ids, base, adapters, trained
+
+
+def test_config_validation():
+    assert PromptTuningStageConfig().num_virtual_tokens == 8
+    for bad in (dict(canvas="tv"), dict(init="text"), dict(num_virtual_tokens=0), dict(lr=0.0),
+                dict(epochs=0), dict(batch_size=0), dict(seed=-1)):
+        with pytest.raises(ValueError):
+            PromptTuningStageConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        PromptTuningStageConfig.from_json({"canvas": "home", "tokens": 3})
+
+
+def test_training_lowers_loss_and_changes_no_base_weight(world):
+    _, _, base, _, _ = world
+    gen = load_model(base)
+    before_weights = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    config = PromptTuningStageConfig(canvas="home", num_virtual_tokens=4, lr=0.05, epochs=10,
+                                     batch_size=16)
+    examples = _examples(gen, "home")
+    L = gen.layout.sid_length
+    untrained = adapter_loss(wrap(load_model(base), config), examples, L)
+    model = train_adapter(gen, examples, config)
+    assert trainable_parameters(model) == 4 * gen.model.config.hidden_size
+    after = adapter_loss(model, examples, L)
+    assert after < 0.5 * untrained, (untrained, after)
+    for k, v in gen.model.state_dict().items():
+        assert torch.equal(v, before_weights[k]), k
+
+
+def test_canvas_token_init_and_position_headroom(world):
+    _, _, base, _, _ = world
+    gen = load_model(base)
+    model = wrap(gen, PromptTuningStageConfig(canvas="search", num_virtual_tokens=3))
+    row = gen.model.get_input_embeddings().weight[gen.layout.extra_id("<canvas_search>")]
+    assert torch.equal(model.prompt_encoder["default"].embedding.weight, row.expand(3, -1))
+    with pytest.raises(ValueError, match="headroom"):
+        wrap(load_model(base), PromptTuningStageConfig(num_virtual_tokens=17))
+
+
+def test_save_load_round_trip(world):
+    _, _, base, adapters, trained = world
+    manifest = read_json(adapters["home"] / "manifest.json")
+    assert manifest["kind"] == "prompt_adapter" and manifest["canvas"] == "home"
+    assert manifest["trainable_parameters"] == 4 * 64
+    assert (adapters["home"] / "adapter_config.json").is_file()
+    loaded = load_adapter(load_model(base), adapters["home"])
+    x = torch.tensor([load_model(base).prompt_encoder().encode([1, 2, 3], canvas="home")])  # (1, T)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=x).logits, trained["home"](input_ids=x).logits)
+
+
+def test_base_hash_mismatch_is_refused(world, tmp_path):
+    root, ids, _, adapters, _ = world
+    other = _save_base(tmp_path, ids, seed=1)
+    with pytest.raises(ArtifactError, match="trained on model"):
+        load_adapter(load_model(other), adapters["home"])
+    with pytest.raises(ArtifactError, match="trained on model"):
+        export_adapters(other, [adapters["home"]], tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+
+
+def test_damaged_adapter_is_refused(world, tmp_path):
+    import shutil
+
+    _, _, _, adapters, _ = world
+    bad = tmp_path / "bad"
+    shutil.copytree(adapters["home"], bad)
+    w = bad / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"\0" * 4)
+    with pytest.raises(ArtifactError, match="adapter_model.safetensors"):
+        read_adapter(bad)
+
+
+@pytest.fixture(scope="module")
+def exported(world):
+    root, _, base, adapters, _ = world
+    out = export_adapters(base, [adapters["home"], adapters["search"]], root / "exported")
+    return load_model(out)
+
+
+def test_export_layout_keeps_ids_and_maps_canvases(world, exported):
+    _, _, base, _, _ = world
+    gen = load_model(base)
+    virtual = virtual_token_ids(exported)
+    assert exported.layout.vocab()[:gen.layout.vocab_size] == gen.layout.vocab()
+    assert virtual == {"home": list(range(gen.layout.vocab_size, gen.layout.vocab_size + 4)),
+                       "search": list(range(gen.layout.vocab_size + 4, gen.layout.vocab_size + 8))}
+    assert exported.layout.extra_id(virtual_token("search", 0)) == virtual["search"][0]
+    assert exported.model.config.vocab_size == gen.layout.vocab_size + 8
+    assert "peft" not in type(exported.model).__module__
+    assert exported.manifest["parents"]["base_model"] and exported.manifest["parents"]["adapter_home"]
+
+
+def test_export_parity_with_peft(world, exported):
+    _, _, base, adapters, _ = world
+    virtual = virtual_token_ids(exported)
+    enc = exported.prompt_encoder()
+    V = load_model(base).layout.vocab_size
+    for canvas in TARGETS:
+        peft_model = load_adapter(load_model(base), adapters[canvas])
+        for rows in ([0], [5, 9, 2], [11, 4, 28, 7]):
+            prompt = enc.encode(rows, canvas=canvas)
+            with torch.no_grad():
+                ref = peft_model(input_ids=torch.tensor([prompt])).logits  # (1, n + T, V)
+                out = exported.model(input_ids=torch.tensor([with_soft_prompt(virtual, canvas,
+                                                                              prompt)])).logits
+            assert out.shape[1] == ref.shape[1]
+            torch.testing.assert_close(out[..., :V], ref, atol=1e-5, rtol=0)
+
+
+def test_export_recommend_parity_and_canvas_switch(world, exported):
+    _, ids, base, adapters, _ = world
+    trie = PrefixTrie.from_ids(ids)
+    virtual = virtual_token_ids(exported)
+    enc = exported.prompt_encoder()
+    histories = [[0], [5, 9, 2], [11, 4, 28, 7]]
+    top = {}
+    for canvas in TARGETS:
+        prompts = [enc.encode(h, canvas=canvas) for h in histories]
+        got = recommend(exported.model, [with_soft_prompt(virtual, canvas, p) for p in prompts],
+                        trie, k=5)
+        top[canvas] = [r.rows for r in got]
+        assert all(r.rows[0] == TARGETS[canvas] for r in got)
+        # the reference: PEFT injects the soft prompt itself, one prompt at a time (no padding)
+        peft_model = load_adapter(load_model(base), adapters[canvas])
+        for p, r in zip(prompts, got):
+            ref = recommend(peft_model, [p], trie, k=5)[0]
+            assert ref.rows == r.rows
+            np.testing.assert_allclose(ref.scores, r.scores, atol=1e-4)
+    assert top["home"] != top["search"]
+
+
+def test_bad_examples_are_refused(world):
+    _, _, base, _, _ = world
+    gen = load_model(base)
+    config = PromptTuningStageConfig(num_virtual_tokens=2, epochs=1)
+    prompt = gen.prompt_encoder().encode([1, 2])
+    with pytest.raises(ValueError, match="target tokens"):
+        train_adapter(gen, [(prompt, [7, 8])], config)
+    with pytest.raises(ValueError, match="no training examples"):
+        train_adapter(gen, [], config)
+    with pytest.raises(ValueError, match="positions"):
+        train_adapter(gen, [(prompt * 20, [7, 8, 9])], config)
