@@ -172,9 +172,3 @@ def topk_rows(scores: torch.Tensor | np.ndarray, k: int, batch_size: int = 1024)
         order = s.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
         out[start: start + len(s)] = cols.gather(1, order).cpu()
     return out.numpy()
-
-
-def ranked_titles(rows: np.ndarray, item_ids: Sequence[str]) -> list[list[str]]:
-    """Catalog rows to item-id strings, for reports that name titles."""
-    return [[item_ids[int(r)] for r in row] for row in rows]
-

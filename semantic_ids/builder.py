@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -188,9 +187,3 @@ def assign_new(ids_dir: str | Path, data: RecData, out: str | Path | None = None
     _write(target, merged, config, quantizer, embedder, np.concatenate([x_old, x_new]), stats, data,
            map_version=ids.version + 1, parent=history)
     return SemanticIDs.load(target), list(new_cat["item_id"])
-
-
-def copy_artifact(src: str | Path, dst: str | Path) -> None:
-    """Copy an ID artifact (e.g. into a model folder) atomically."""
-    with atomic_dir(dst) as stage:
-        shutil.copytree(src, stage, dirs_exist_ok=True)
