@@ -43,6 +43,9 @@ class PretrainConfig:
     intermediate_size: int = 512  # SwiGLU MLP width
     # Attention dropout: the only dropout standard Llama has (keeps the model loadable by vLLM).
     dropout: float = 0.1
+    # Residual-branch and embedding dropout (GPT-2/T5 style), applied by training-time forward hooks
+    # (``gen_fm.model.add_hidden_dropout``): the saved model stays a plain Llama. 0 = off.
+    hidden_dropout: float = 0.0
     rope_theta: float = 10_000.0  # RoPE base
     # Positions beyond the longest training sequence ((max_history + 1) * L + 3): room for
     # soft-prompt virtual tokens and context tokens added by later stages.
@@ -104,8 +107,9 @@ class PretrainConfig:
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.rope_theta <= 0:
             raise ValueError("lr and rope_theta must be > 0 and weight_decay >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -71,17 +71,32 @@ def make_example(encoder: PromptEncoder, rows: np.ndarray, user_id: str | None,
 
 
 def build_examples(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
-                   canvas: str = DEFAULT_CANVAS) -> "datasets.Dataset":  # noqa: F821
-    """One row per window: input_ids, labels (both variable length), member (row in Sequences)."""
+                   canvas: str = DEFAULT_CANVAS,
+                   targets: np.ndarray | None = None) -> "datasets.Dataset":  # noqa: F821
+    """One row per window: input_ids, labels (both variable length), member (row in Sequences).
+
+    `targets` ((E,) bool over the Sequences' events) limits the loss to those events, e.g. the fresh
+    interactions of a catalog refresh: other titles stay in the windows as context only, and
+    windows without a target are left out.
+    """
     import datasets
 
     size = split.max_history + 1
+    L = encoder.layout.sid_length
     cols: dict[str, list] = {"input_ids": [], "labels": [], "member": []}
     for u in range(len(split.sequences)):
         items = to_sid_rows(split.train_items(u), sid_rows)
         user_id = split.sequences.user_ids[u]
+        first = int(split.sequences.offsets[u])  # event index of the member's first title
         for start, end in window_bounds(len(items), size):
             ids, labels = make_example(encoder, items[start:end], user_id, canvas)
+            if targets is not None:
+                keep = targets[first + start + 1: first + end]  # (W-1,) titles 2..W of the window
+                if not keep.any():
+                    continue
+                tail = len(labels) - len(keep) * L  # where title 2's code tokens start
+                for j in np.flatnonzero(~keep):
+                    labels[tail + j * L: tail + (j + 1) * L] = [IGNORE] * L
             cols["input_ids"].append(ids)
             cols["labels"].append(labels)
             cols["member"].append(u)

@@ -66,6 +66,26 @@ def build_model(config: PretrainConfig, layout: TokenLayout, max_history: int) -
     return model
 
 
+def add_hidden_dropout(model: LlamaForCausalLM, p: float) -> list:
+    """Dropout on the token embeddings and on every residual branch (attention and MLP outputs).
+
+    Llama has attention dropout only; small recommendation datasets overfit without the residual
+    dropout GPT-2 and T5 (TIGER's backbone) have. Forward hooks add it for training without changing
+    the architecture, so the saved folder stays a standard Llama that vLLM loads. The hooks follow
+    ``module.training``: evaluation is unaffected. Returns the hook handles (``.remove()`` them).
+    """
+    if p <= 0:
+        return []
+
+    def hook(module, inputs, output):
+        return torch.nn.functional.dropout(output, p, training=module.training)
+
+    base = model.model
+    modules = [base.embed_tokens] + [m for layer in base.layers
+                                     for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
+    return [m.register_forward_hook(hook) for m in modules]
+
+
 def num_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -73,8 +93,11 @@ def num_parameters(model: torch.nn.Module) -> int:
 
 def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
                config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
-               dataset: str, training: dict[str, Any]) -> Path:
-    """Write the model folder atomically: an existing folder is replaced only on success."""
+               dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None) -> Path:
+    """Write the model folder atomically: an existing folder is replaced only on success.
+
+    `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
+    refresh fine-tune started from) beside the ID artifact's."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -89,7 +112,7 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
         shutil.copytree(ids.path, stage / IDS_SUBDIR)
         manifest = make_manifest(
             KIND, config,
-            parents={IDS_SUBDIR: manifest_hash(ids.path)},
+            parents={IDS_SUBDIR: manifest_hash(ids.path), **(parents or {})},
             semantic_ids_source=str(ids.path),
             layout=layout.to_json(),
             sequence_config=seq_config,

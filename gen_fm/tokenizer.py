@@ -6,7 +6,9 @@ them. The Hugging Face tokenizer is a ``tokenizers`` WordLevel model over that v
 so that vLLM and ``AutoTokenizer`` can read the model folder; training and decoding use token ids.
 
 Every stage builds prompts with ``PromptEncoder.encode`` (bos, optional member token, canvas token,
-then the L code tokens of each title, oldest first), so a model never sees two prompt formats.
+then the L code tokens of each title, oldest first, then for canvases that take one a context after
+``<sep>``: a query, a source title or a theme, as code tokens), so a model never sees two prompt
+formats. What a canvas's context holds is defined in ``prompt_tuning.canvases``.
 """
 
 from __future__ import annotations
@@ -130,8 +132,10 @@ class PromptEncoder:
         return self.max_prefix_length + titles * self.layout.sid_length
 
     def encode(self, rows: Sequence[int] | np.ndarray, canvas: str = DEFAULT_CANVAS,
-               user_id: str | None = None) -> list[int]:
-        """bos, <user_b> (when buckets are on and a member is given), <canvas_c>, codes of each row."""
+               user_id: str | None = None, context: Sequence[int] | None = None) -> list[int]:
+        """bos, <user_b> (when buckets are on and a member is given), <canvas_c>, codes of each row,
+        then, when `context` is given, <sep> and the context's code tokens (query, source title or
+        theme of the canvas; the pretraining prompts never have one)."""
         if canvas not in self._canvas_ids:
             raise ValueError(f"unknown canvas {canvas!r}; choose one of {CANVASES}")
         prefix = [BOS]
@@ -142,10 +146,19 @@ class PromptEncoder:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self.sid_tokens)):
             raise IndexError(f"history rows must be ID-artifact rows in [0, {len(self.sid_tokens)})")
-        return prefix + self.sid_tokens[rows].reshape(-1).tolist()  # (len(rows) * L,)
+        out = prefix + self.sid_tokens[rows].reshape(-1).tolist()  # (len(rows) * L,)
+        if context is not None:
+            context = [int(t) for t in context]
+            if not context or any(self.layout.level_of(t) is None for t in context):
+                raise ValueError("a prompt context must be a non-empty list of code tokens")
+            out += [SEP] + context
+        return out
 
     def decode_rows(self, token_ids: Sequence[int]) -> list[int]:
         """Inverse of `encode` for the title part: ID-artifact rows of the code tokens, in order."""
+        token_ids = list(token_ids)
+        if SEP in token_ids:  # the context after <sep> is not history
+            token_ids = token_ids[:token_ids.index(SEP)]
         codes = [t for t in token_ids if self.layout.level_of(int(t)) is not None]
         L = self.layout.sid_length
         if len(codes) % L:

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from gen_fm.config import RESUMABLE_CHANGES, PretrainConfig
 from gen_fm.dataset import PadCollator, build_examples, catalog_to_sid_rows, to_sid_rows
-from gen_fm.model import build_model, save_model
+from gen_fm.model import add_hidden_dropout, build_model, save_model
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from sidrec.artifacts import atomic_dir, jsonable, manifest_hash, read_json, write_json
-from sidrec.data import DataConfig, load_data
+from sidrec.data import DataConfig, RecData, load_data
 from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
 CHECKPOINTS = "checkpoints"
@@ -186,12 +186,16 @@ def save_best(accelerator, model, root: Path, state: TrainState) -> None:
 
 
 def _check_resumable(saved: dict, meta: dict) -> None:
-    old, new = dict(saved["config"]), dict(meta["config"])
+    # a field added since the checkpoint was written counts as its default
+    defaults = jsonable(PretrainConfig())
+    old = {**defaults, **saved["config"]}
+    new = {**defaults, **meta["config"]}
     changed = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")
-    for key in ("semantic_ids", "data_fingerprint", "sequence_config", "world_size"):
+    for key in ("semantic_ids", "data_fingerprint", "sequence_config", "world_size", "init_from",
+                "targets_since", "replay"):
         if saved.get(key) != meta.get(key):
             raise ValueError(f"cannot resume: {key} differs from the checkpoint's")
 
@@ -226,9 +230,53 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
     state.epoch_step += 1
 
 
-def pretrain(data_config: DataConfig, seq_config: SequenceConfig, ids_dir: str | Path,
-             out_dir: str | Path, config: PretrainConfig, resume: bool = False) -> Path:
-    """Train the foundation model; returns the final model folder (``out_dir/model``)."""
+# PretrainConfig fields that shape the weights: a run that starts from another model's weights
+# (``init_from``) must agree with it on every one of them.
+ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                       "rope_theta", "num_user_buckets")
+
+
+def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, config: PretrainConfig
+                      ) -> dict[str, Any]:
+    """Copy an existing model folder's weights into `model` (a refresh fine-tune, not from scratch).
+
+    The token layout must be identical: titles added to the ID map reuse the existing code tokens,
+    so the vocabulary never grows; a different layout means the IDs were rebuilt and the old
+    embeddings would mean something else. Returns the parent's identity for the new manifest.
+    """
+    from gen_fm.model import load_model
+
+    parent = load_model(init_from)
+    if parent.layout.to_json() != layout.to_json():
+        raise ValueError(f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
+                         f"tokens, codebooks {parent.layout.codebook_sizes}) is not this run's "
+                         f"({layout.vocab_size} tokens, codebooks {layout.codebook_sizes}); new titles "
+                         f"must reuse the existing code tokens (assign them, do not rebuild the IDs)")
+    changed = [f for f in ARCHITECTURE_FIELDS
+               if getattr(parent.config, f) != getattr(config, f)]
+    if changed:
+        raise ValueError(f"cannot start from {init_from}: these fields differ from its config: "
+                         + ", ".join(f"{f} {getattr(parent.config, f)} -> {getattr(config, f)}"
+                                     for f in changed))
+    model.load_state_dict(parent.model.state_dict(), strict=True)
+    return {"model": str(init_from), "model_manifest": manifest_hash(init_from),
+            "semantic_ids_map_version": parent.ids.version}
+
+
+def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_dir: str | Path,
+             out_dir: str | Path, config: PretrainConfig, resume: bool = False,
+             init_from: str | Path | None = None, targets_since: int | None = None,
+             replay: float = 0.0) -> Path:
+    """Train the foundation model; returns the final model folder (``out_dir/model``).
+
+    `data_config` may be an already loaded ``RecData`` (e.g. a derived view such as the refresh
+    simulation's old world; its fingerprint is what the model records). `init_from` names a model
+    folder whose weights the run starts from instead of a fresh initialisation (same architecture
+    and token layout required); the new model's manifest names it as a parent. `targets_since`
+    (a time, as in the data) puts the loss on training events from then on only (the fresh
+    interactions of a refresh), earlier events being context, except a `replay` share of them
+    (drawn with the seed) that stays a target so that what the model knew is rehearsed.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -242,12 +290,18 @@ def pretrain(data_config: DataConfig, seq_config: SequenceConfig, ids_dir: str |
     if checkpoints and not resume:
         raise FileExistsError(f"{ckpt_root} holds checkpoints of an earlier run: resume it "
                               f"(resume=True / --resume) or choose another output folder")
-    data = load_data(data_config)
+    data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
     encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
     sid_rows = catalog_to_sid_rows(data, ids)
-    examples = build_examples(split, sid_rows, encoder)
+    targets = None
+    if targets_since is not None:
+        if not 0.0 <= replay <= 1.0:
+            raise ValueError(f"replay must be in [0, 1], got {replay}")
+        rehearse = np.random.default_rng([config.seed, 1]).random(len(split.sequences.first_time))
+        targets = (split.sequences.first_time >= targets_since) | (rehearse < replay)  # (E,)
+    examples = build_examples(split, sid_rows, encoder, targets=targets)
     lengths = np.asarray([len(x) for x in examples["input_ids"]], dtype=np.int64)  # (num_windows,)
     val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
     trie = None
@@ -259,9 +313,15 @@ def pretrain(data_config: DataConfig, seq_config: SequenceConfig, ids_dir: str |
     meta = {"config": jsonable(config), "semantic_ids": manifest_hash(ids_dir),
             "data_fingerprint": data.fingerprint, "sequence_config": jsonable(seq_config),
             "world_size": world}
+    if init_from is not None:
+        meta["init_from"] = manifest_hash(init_from)
+    if targets_since is not None:
+        meta["targets_since"], meta["replay"] = int(targets_since), float(replay)
 
     set_seed(config.seed)
     model = build_model(config, encoder.layout, split.max_history)
+    parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config)
+    add_hidden_dropout(model, config.hidden_dropout)
     optimizer = make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(epoch_batches(lengths, config.batch_size, 0, config.seed, rank,
                                                   world)) / config.grad_accum)
@@ -320,7 +380,8 @@ def pretrain(data_config: DataConfig, seq_config: SequenceConfig, ids_dir: str |
         state.stop_reason = f"{config.epochs} epochs done"
     state.stop_reason = state.stop_reason or halted
     return _finish(accelerator, model, state, out_dir, ckpt_root, encoder, ids, config, seq_config,
-                   data, examples, split, val, steps_per_epoch)
+                   data, examples, split, val, steps_per_epoch, parent,
+                   None if targets is None else {"since": int(targets_since), "replay": replay})
 
 
 def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
@@ -358,7 +419,8 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
 
 
 def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
-            config, seq_config, data, examples, split, val, steps_per_epoch) -> Path:
+            config, seq_config, data, examples, split, val, steps_per_epoch,
+            parent: dict[str, Any] | None = None, targets: dict | None = None) -> Path:
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
     from safetensors.torch import load_model as load_weights
 
@@ -387,9 +449,10 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
                    "val_members": len(val.prompts) if val is not None else 0,
                    "train_windows": len(examples), "train_members": len(split.sequences),
                    "world_size": accelerator.num_processes, "history": state.history,
-                   "partial_epoch": partial}
+                   "partial_epoch": partial, "init_from": parent, "targets": targets}
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
-                   data_fingerprint=data.fingerprint, dataset=data.name, training=summary)
+                   data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
+                   parents={"init_from": parent["model_manifest"]} if parent else None)
         accelerator.print(f"model written to {target} ({used} weights; {state.stop_reason})")
     accelerator.wait_for_everyone()
     return target

@@ -11,9 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gen_fm.config import PRESETS, PretrainConfig
-from gen_fm.model import build_model, load_model, max_positions, save_model
+from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positions, save_model
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import TokenLayout
 from sidrec.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_hash, write_json
 from sidrec.sequences import SequenceConfig
 
@@ -116,3 +117,24 @@ def test_save_refuses_an_id_map_that_is_not_on_disk(saved, tmp_path):
         save_model(tmp_path / "m", model, layout, mem, config, SequenceConfig(),
                    data_fingerprint="x", dataset="unit", training={})
     assert not (tmp_path / "m").exists()
+
+
+def test_hidden_dropout_is_training_only_and_leaves_a_plain_llama():
+    config = PretrainConfig.from_preset("tiny", num_user_buckets=0)
+    layout = model_layout(TokenLayout((8, 8, 4)), 0)
+    torch.manual_seed(0)
+    model = build_model(config, layout, max_history=4)
+    ids = torch.randint(5, layout.code_end, (2, 9))  # (B, T)
+    model.eval()
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    keys = set(model.state_dict())
+    handles = add_hidden_dropout(model, 0.3)
+    assert len(handles) == 1 + 2 * config.num_layers
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain)  # eval: no effect
+        model.train()
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert not torch.allclose(a, b) and not torch.allclose(a, plain)
+    assert set(model.state_dict()) == keys  # no new weights: the folder stays a standard Llama
+    assert add_hidden_dropout(model, 0.0) == []

@@ -91,6 +91,14 @@ def test_prompt_format():
         enc.encode(rows, canvas="nope")
     with pytest.raises(IndexError):
         enc.encode([len(ids.item_ids)])
+    # a canvas context follows <sep>; it is not part of the history
+    ctx = BASE.sid_to_ids(ids.codes[5])[:2]
+    q = enc.encode(rows, canvas="search", user_id="42", context=ctx)
+    assert q == p + [SEP] + ctx
+    assert enc.decode_rows(q) == rows
+    for bad in ([], [BOS], [LAYOUT.extra_id("<canvas_home>")]):
+        with pytest.raises(ValueError, match="context"):
+            enc.encode(rows, canvas="search", context=bad)
 
 
 def test_user_bucket_is_stable_and_spread():

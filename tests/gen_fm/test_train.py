@@ -14,6 +14,7 @@ from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_r
 from gen_fm.model import load_model
 from gen_fm.tokenizer import PromptEncoder
 from gen_fm.train import epoch_batches, pretrain
+from sidrec.artifacts import manifest_hash
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
 from tests.gen_fm.test_model import write_id_artifact
@@ -73,6 +74,27 @@ def test_labels_mask_everything_but_later_titles(setup):
     assert (batch["input_ids"][short, min(n0, n1):] == 0).all()
 
 
+def test_targets_put_the_loss_on_chosen_events_only(setup):
+    data, ids, split, _ = setup
+    enc = PromptEncoder.from_ids(ids, num_user_buckets=0)
+    sid_rows = catalog_to_sid_rows(data, ids)
+    seqs = split.sequences
+    targets = seqs.first_time >= np.quantile(seqs.first_time, 0.8)  # (E,) the newest fifth
+    full, ex = build_examples(split, sid_rows, enc), build_examples(split, sid_rows, enc, targets=targets)
+    assert 0 < len(ex) < len(full)  # windows without a chosen event are left out
+    L = ids.sid_length
+    got: dict[int, list[int]] = {}
+    for labels, u in zip(ex["labels"], ex["member"]):
+        assert any(t != IGNORE for t in labels)
+        codes = [t for t in labels if t != IGNORE]
+        got.setdefault(u, []).extend(enc.decode_rows(codes))
+        assert len(codes) % L == 0
+    for u in range(len(seqs)):
+        ev = np.arange(seqs.offsets[u], seqs.offsets[u] + len(split.train_items(u)))[1:]
+        want = sid_rows[seqs.item_index[ev[targets[ev]]]].tolist()
+        assert got.get(u, []) == want  # every chosen event (but a member's first) once, in order
+
+
 def test_epoch_batches_cover_each_example_once():
     lengths = np.random.default_rng(1).integers(5, 80, size=1003)
     one = epoch_batches(lengths, 16, epoch=3, seed=0)
@@ -99,7 +121,7 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     data, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
     base = dict(epochs=2, batch_size=64, lr=5e-3, num_user_buckets=16, val_users=8, dropout=0.1,
-                checkpoint_every_steps=3)
+                hidden_dropout=0.1, checkpoint_every_steps=3)  # resume replays the dropout masks
     full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
     gm = load_model(full)
     hist = gm.manifest["training"]["history"]
@@ -130,3 +152,24 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
                                                                    y["ndcg@10"])
     kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert kept == ["best", "step-00000006", "step-00000008"]  # last two + best
+
+
+def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one_thread):
+    data, ids, _, seq_config = setup
+    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+    base = dict(epochs=1, batch_size=64, num_user_buckets=16, eval_every=0)
+    parent = pretrain(dc, seq_config, ids.path, tmp_path / "p", PretrainConfig.from_preset("tiny", **base))
+    # another seed would give other initial weights: equal weights can only come from the parent
+    child_config = PretrainConfig.from_preset("tiny", **{**base, "lr": 1e-9, "seed": 1})
+    child = pretrain(data, seq_config, ids.path, tmp_path / "c", child_config, init_from=parent)
+    wp, wc = load_file(parent / "model.safetensors"), load_file(child / "model.safetensors")
+    assert wp.keys() == wc.keys() and all(torch.allclose(wp[k], wc[k], atol=1e-5) for k in wp)
+    manifest = load_model(child).manifest
+    assert manifest["parents"]["init_from"] == manifest_hash(parent)
+    assert manifest["training"]["init_from"]["model"] == str(parent)
+    other = write_id_artifact(tmp_path / "ids2", list(data.catalog["item_id"]), (16, 16, 16, 8))
+    with pytest.raises(ValueError, match="token layout"):  # rebuilt IDs: old embeddings mean nothing
+        pretrain(data, seq_config, other.path, tmp_path / "x", child_config, init_from=parent)
+    with pytest.raises(ValueError, match="hidden_size"):
+        pretrain(data, seq_config, ids.path, tmp_path / "y",
+                 PretrainConfig.from_preset("small", **base), init_from=parent)
