@@ -11,6 +11,7 @@ computation as the prompt ``[v_0 .. v_{n-1}] + PromptEncoder.encode(...)`` (see 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from gen_fm.model import GenFM
 from gen_fm.tokenizer import canvas_token
@@ -127,18 +129,45 @@ def train_adapter(gen: GenFM, examples: Sequence[Example],
                          f"{gen.model.config.max_position_embeddings}")
     model = wrap(gen, config)
     model.eval()
+    _fit(model, examples, config, config.lr, L, f"soft prompt {config.canvas}")
+    return model
+
+
+def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStageConfig
+               ) -> torch.nn.Module:
+    """The baseline an adapter is judged against: every weight of ``gen.model`` trained (in place)
+    on the same examples, loss and schedule, at ``config.full_finetune_lr``."""
+    if not examples:
+        raise ValueError("no training examples")
+    model = gen.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train()
+    torch.manual_seed(config.seed)
+    _fit(model, examples, config, config.full_finetune_lr, gen.layout.sid_length,
+         f"full fine-tune {config.canvas}")
+    return model.eval()
+
+
+def _fit(model: torch.nn.Module, examples: Sequence[Example], config: PromptTuningStageConfig,
+         lr: float, sid_length: int, desc: str) -> None:
+    """AdamW over the model's trainable parameters, seeded shuffles, `config.epochs` passes."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen_rng = torch.Generator().manual_seed(config.seed)
+    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size), leave=False,
+               desc=desc)
     for _ in range(config.epochs):
         order = torch.randperm(len(examples), generator=gen_rng).tolist()
         for s in range(0, len(order), config.batch_size):
-            batch = [examples[i] for i in order[s:s + config.batch_size]]
-            loss, n = _nll(model, *_batch(batch, L))
+            loss, n = _nll(model, *_batch([examples[i] for i in order[s:s + config.batch_size]],
+                                          sid_length))
             opt.zero_grad(set_to_none=True)
             (loss / n).backward()
             opt.step()
-    return model
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()) / max(n, 1):.4f}")
+    bar.close()
 
 
 def save_adapter(out_dir: str | Path, model: PeftModel, gen: GenFM, config: PromptTuningStageConfig,

@@ -13,6 +13,7 @@ from typing import Any
 from gen_fm.tokenizer import CANVASES
 
 INITS = ("random", "canvas_token")
+QUERY_MODES = ("anchors", "quantized")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,26 @@ class PromptTuningStageConfig:
     # as the embedding of <canvas_{canvas}>, so the untrained adapter is close to the base prompt.
     init: str = "canvas_token"
 
+    # Learning rate of the full fine-tuning baseline (every weight trained on the same examples).
+    full_finetune_lr: float = 3e-4
+
+    # ---- canvas data (prompt_tuning.canvases) ------------------------------------------------
+    # Training examples drawn (seeded) from all the canvas's examples; None = all of them.
+    max_train_examples: int | None = 4000
+    # Held-out examples judged; None = all of them.
+    max_eval_examples: int | None = 1000
+    # Share of query-title pairs (search) or titles (word queries) held out for evaluation.
+    eval_fraction: float = 0.2
+    # How a text (search query, collection theme) enters the prompt: "anchors" = the IDs of the
+    # `num_anchors` titles that best match it (titles containing the text first, then by sentence-
+    # embedding similarity); "quantized" = its sentence embedding encoded by the ID quantizer into
+    # code tokens (a point in the same code space as the titles).
+    query_mode: str = "anchors"
+    num_anchors: int = 3
+    # A collection theme is a category with at least this many titles (the rarest such category of
+    # the target title, so themes are as specific as the catalog allows).
+    min_theme_titles: int = 20
+
     def __post_init__(self) -> None:
         if self.canvas not in CANVASES:
             raise ValueError(f"unknown canvas {self.canvas!r}; choose one of {CANVASES}")
@@ -39,10 +60,20 @@ class PromptTuningStageConfig:
         for name in ("num_virtual_tokens", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and self.full_finetune_lr > 0):
+            raise ValueError(f"lr and full_finetune_lr must be > 0, got {self.lr}, "
+                             f"{self.full_finetune_lr}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.query_mode not in QUERY_MODES:
+            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {self.query_mode!r}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.num_anchors < 1 or self.min_theme_titles < 1:
+            raise ValueError("num_anchors and min_theme_titles must be >= 1")
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "PromptTuningStageConfig":

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gen_fm.model import GenFM, load_model, save_model
-from prompt_tuning.adapter import check_base, read_adapter
+if TYPE_CHECKING:
+    from prompt_tuning.config import PromptTuningStageConfig
+    from semantic_ids.layout import TokenLayout
 from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json,
                               write_json)
 
@@ -35,6 +38,8 @@ def virtual_token(canvas: str, i: int) -> str:
 def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
                     out_dir: str | Path) -> Path:
     """Write ``out_dir``: the base model with every adapter's soft prompt as virtual-token rows."""
+    from prompt_tuning.adapter import check_base, read_adapter  # imports peft: export time only
+
     gen = load_model(model_dir)
     infos = [read_adapter(d) for d in adapter_dirs]
     canvases = [i.config.canvas for i in infos]
@@ -42,23 +47,11 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
         raise ValueError(f"need at least one adapter and one per canvas, got canvases {canvases}")
     for info in infos:
         check_base(info, gen)
-    tokens = [virtual_token(i.config.canvas, j)
-              for i in infos for j in range(i.config.num_virtual_tokens)]
-    if any(t in gen.layout.extra_tokens for t in tokens):
-        raise ArtifactError(f"{model_dir} already holds virtual tokens; export from the base model")
-    layout = gen.layout.with_extra(tokens)
-    model = gen.model
-    model.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
-    weight = model.get_input_embeddings().weight  # (V + sum n, H)
-    if model.get_output_embeddings().weight is not weight:
-        raise RuntimeError("embeddings are no longer tied after resizing")
-    mapping: dict[str, dict] = {}
-    with torch.no_grad():
-        for info in infos:
-            c, n = info.config.canvas, info.config.num_virtual_tokens
-            ids = [layout.extra_id(virtual_token(c, j)) for j in range(n)]
-            weight[ids] = info.prompt.to(weight.dtype)
-            mapping[c] = {"virtual_token_ids": ids, "adapter": manifest_hash(info.path)}
+    layout, model, virtual = attach_soft_prompts(gen, {i.config.canvas: i.prompt for i in infos})
+    # the adapter's config travels with it: serving must build the context (query mode) as trained
+    mapping = {i.config.canvas: {"virtual_token_ids": virtual[i.config.canvas],
+                                 "adapter": manifest_hash(i.path),
+                                 "config": i.manifest["config"]} for i in infos}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
         save_model(stage, model, layout, gen.ids, gen.config, gen.seq_config,
@@ -73,6 +66,31 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
     return out_dir
 
 
+def attach_soft_prompts(gen: GenFM, prompts: dict[str, torch.Tensor]
+                        ) -> tuple["TokenLayout", torch.nn.Module, dict[str, list[int]]]:
+    """Append each canvas's soft prompt ((n, H) rows) to ``gen.model``'s embeddings, in place.
+
+    Returns the extended layout, the model and canvas -> virtual token ids. Evaluation uses this too,
+    so an adapter is judged exactly as it is served.
+    """
+    tokens = [virtual_token(c, j) for c, p in prompts.items() for j in range(p.shape[0])]
+    if any(t in gen.layout.extra_tokens for t in tokens):
+        raise ArtifactError(f"{gen.path} already holds virtual tokens; export from the base model")
+    layout = gen.layout.with_extra(tokens)
+    model = gen.model
+    model.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
+    weight = model.get_input_embeddings().weight  # (V + sum n, H)
+    if model.get_output_embeddings().weight is not weight:
+        raise RuntimeError("embeddings are no longer tied after resizing")
+    virtual: dict[str, list[int]] = {}
+    with torch.no_grad():
+        for c, p in prompts.items():
+            ids = [layout.extra_id(virtual_token(c, j)) for j in range(p.shape[0])]
+            weight[ids] = p.detach().to(weight.dtype)
+            virtual[c] = ids
+    return layout, model, virtual
+
+
 def virtual_token_ids(gen: GenFM) -> dict[str, list[int]]:
     """Canvas -> virtual token ids of an exported folder (load it with ``load_model`` first)."""
     path = gen.path / ADAPTERS_FILE
@@ -84,6 +102,15 @@ def virtual_token_ids(gen: GenFM) -> dict[str, list[int]]:
         if [gen.layout.extra_id(virtual_token(c, j)) for j in range(len(ids))] != ids:
             raise ArtifactError(f"{path}: ids of canvas {c!r} disagree with the layout")
     return out
+
+
+def adapter_configs(gen: GenFM) -> dict[str, "PromptTuningStageConfig"]:
+    """Canvas -> the config its soft prompt was trained with, for an exported folder."""
+    from prompt_tuning.config import PromptTuningStageConfig
+
+    mapping = read_json(gen.path / ADAPTERS_FILE)
+    return {c: PromptTuningStageConfig.from_json(m["config"]) for c, m in mapping.items()
+            if "config" in m}
 
 
 def with_soft_prompt(virtual: dict[str, list[int]], canvas: str, prompt: Sequence[int]) -> list[int]:

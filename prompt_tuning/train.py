@@ -1,0 +1,99 @@
+"""Train one canvas's soft prompt on a real dataset, judge it, save it: ``sidrec prompts train``.
+
+The held-out judgement written into the adapter's manifest compares the adapter with the frozen base
+on the same examples (the full fine-tuning comparison lives in ``eval.canvases``, a benchmark).
+Registry: ``find_adapters`` lists every adapter folder under a root (``sidrec prompts list``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prompt_tuning.config import PromptTuningStageConfig
+from sidrec.artifacts import ArtifactError, read_json
+
+
+def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
+    """The dataset the model was trained on, its split and the canvas's examples."""
+    from prompt_tuning.canvases import QueryEncoder, build_canvas_data
+    from sidrec.data import load_data
+    from sidrec.sequences import build_sequences, leave_one_out
+
+    if data_config.dataset is None:  # a folder of datasets: take the one the model was trained on
+        import dataclasses
+        import os
+
+        from sidrec.data import DATA_DIR_ENV, detect_layout
+
+        base = Path(data_config.data_dir or os.environ.get(DATA_DIR_ENV, "."))
+        if detect_layout(base) is None:
+            data_config = dataclasses.replace(data_config, dataset=gen.manifest["data"]["dataset"])
+    data = load_data(data_config)
+    if data.fingerprint != gen.manifest["data"]["fingerprint"]:
+        raise ValueError(f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
+                         f"than {data.path}: canvas examples must come from the model's own split")
+    split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
+    queries = None
+    if config.canvas in ("search", "collection"):
+        queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
+    encoder = gen.prompt_encoder()
+    return data, split, build_canvas_data(config.canvas, data, split, gen.ids, encoder, config, queries)
+
+
+def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
+                 config: PromptTuningStageConfig, evaluate: bool = True) -> Path:
+    from eval.canvases import evaluate_variant, row_attributes
+    from gen_fm.model import load_model
+    from prompt_tuning.adapter import save_adapter, train_adapter
+    from prompt_tuning.export import attach_soft_prompts
+    from semantic_ids.trie import PrefixTrie
+
+    gen = load_model(model_dir)
+    data, _, cd = canvas_setup(gen, data_config, config)
+    encoder = gen.prompt_encoder()
+    pairs = cd.training_pairs(encoder)
+    print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
+          f"({cd.info['train_kinds']})", flush=True)
+    t0 = time.perf_counter()
+    model = train_adapter(gen, pairs, config)
+    training: dict[str, Any] = {"examples": cd.info, "train_seconds": round(time.perf_counter() - t0, 1)}
+    if evaluate:
+        prompt = model.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
+        base = load_model(model_dir)
+        trie = PrefixTrie(base.ids.codes, encoder.layout)
+        titles, cats = row_attributes(base, data)
+        common = dict(data=cd, encoder=encoder, trie=trie, titles_lower=titles, row_categories=cats)
+        training["heldout"] = {"base": evaluate_variant(base.model, **common)}
+        _, served, virtual = attach_soft_prompts(base, {config.canvas: prompt})
+        training["heldout"]["adapter"] = evaluate_variant(served, prefix=virtual[config.canvas], **common)
+        for name, m in training["heldout"].items():
+            print(f"  held-out {name:8s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}", flush=True)
+    out = save_adapter(out_dir, model, gen, config, training=training)
+    print(f"adapter written to {out}")
+    return out
+
+
+def find_adapters(root: str | Path) -> list[dict[str, Any]]:
+    """Every adapter folder under `root` (and `root` itself), with what its manifest says."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    rows = []
+    for manifest in sorted(root.rglob("manifest.json")):
+        try:
+            m = read_json(manifest)
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{manifest} cannot be read: {e}") from e
+        if m.get("kind") != "prompt_adapter":
+            continue
+        held = m.get("training", {}).get("heldout", {})
+        rows.append({"path": str(manifest.parent), "canvas": m.get("canvas"),
+                     "base_model": m.get("parents", {}).get("gen_fm", "")[:12],
+                     "virtual_tokens": m.get("num_virtual_tokens"),
+                     "trainable_parameters": m.get("trainable_parameters"),
+                     "adapter_recall@10": held.get("adapter", {}).get("recall@10"),
+                     "base_recall@10": held.get("base", {}).get("recall@10"),
+                     "created": m.get("created")})
+    return rows
