@@ -11,6 +11,9 @@ as in the OpenAI API; choice ``i`` then carries ``prompt_index``):
 - semantic-ID tokens, L per title: ``"<a_1><b_2><c_0><d_1><a_3>..."`` (what a generative client emits).
 The empty string is an empty history (a flagged cold start). Bos, member and canvas tokens are the
 server's to add: the canvas comes from ``model``, the member from ``user_id`` (or OpenAI's ``user``).
+Soft-prompt virtual tokens and the canvas's context are the server's too: the context comes from
+``query`` (search), ``source`` (t2t) or ``theme`` (collection), one value for every prompt of the
+request (``serving.contexts`` says which are required, and the t2t fallback to the last title).
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ def _valid_rules(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 RulesField = Annotated[dict[str, Any] | None, AfterValidator(_valid_rules),
                        Field(description="business rules, see serving.rules (applied while decoding)")]
+MAX_TEXT = 1000  # characters of a query or theme (the sentence encoder reads ~256 word pieces anyway)
+QueryField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
+                                         description="search canvas: the query text")]
+SourceField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
+                                          description="t2t canvas: the title id the row is about")]
+ThemeField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
+                                         description="collection canvas: the theme (a category name)")]
 
 
 class _Body(BaseModel):
@@ -56,8 +66,8 @@ class _Body(BaseModel):
 
 
 class CompletionRequest(_Body):
-    """OpenAI ``/v1/completions`` shape; ``rules``, ``user_id`` and ``exclude_history`` are extensions
-    (``extra_body`` in the openai client)."""
+    """OpenAI ``/v1/completions`` shape; ``rules``, ``user_id``, ``exclude_history``, ``query``,
+    ``source`` and ``theme`` are extensions (``extra_body`` in the openai client)."""
 
     model: str = Field(description="canvas adapter, e.g. sidrec-home (GET /v1/models)")
     prompt: str | list[str] = Field(description="a member history (see module doc) or a list of them")
@@ -66,6 +76,9 @@ class CompletionRequest(_Body):
     user_id: str | None = None
     user: str | None = Field(None, description="OpenAI's end-user field: the member when user_id is absent")
     exclude_history: bool = True
+    query: QueryField = None
+    source: SourceField = None
+    theme: ThemeField = None
     stream: bool = False  # accepted so clients can say False; True is refused (400)
 
 
@@ -78,12 +91,18 @@ class RecommendationsRequest(_Body):
     rules: RulesField = None
     user_id: str | None = None
     exclude_history: bool = True
+    query: QueryField = None
+    source: SourceField = None
+    theme: ThemeField = None
 
 
 class ResultInfo(BaseModel):
     """How one list was obtained: flags a client must be able to see (fallbacks, truncation, rules)."""
 
     prompt_index: int
+    canvas: str  # the canvas adapter that served the list
+    soft_prompt: bool  # whether the canvas's trained soft prompt led the prompt
+    context: str | None  # request field behind the prompt's context: "query", "source", "theme"
     cold_start: bool  # empty history: a weak, popularity-like guess from the prompt prefix alone
     history_used: int
     history_dropped: int  # older titles left out of the prompt (still excluded when exclude_history)
@@ -130,7 +149,6 @@ class Item(BaseModel):
 
 class RecommendationsResponse(ResultInfo):
     model: str
-    canvas: str
     k: int
     items: list[Item]
 
@@ -141,6 +159,10 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = MODEL_PREFIX
     canvas: str
+    soft_prompt: bool  # a trained soft prompt serves this canvas (else its canvas token alone)
+    num_virtual_tokens: int  # length of that soft prompt (0 without one)
+    context: str | None  # request field this canvas reads: "query", "source", "theme" or None
+    context_required: bool  # requests without that field are refused (t2t falls back to the last title)
 
 
 class ModelList(BaseModel):

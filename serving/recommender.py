@@ -1,12 +1,20 @@
 """The Python API: title ids in, ranked titles out, on either decoding backend.
 
-    rec = Recommender.from_pretrained("runs/gen_fm/model", backend="vllm", num_beams=20)
+    rec = Recommender.from_pretrained("runs/prompt_tuning/served", backend="vllm", num_beams=20)
     top = rec.recommend(["tt0114709", "tt0113497"], canvas="home", k=10)
     top[0].item_id, top[0].title, top[0].score, top[0].semantic_id
+    rec.recommend(history, canvas="search", query="space opera", k=10)
+    rec.recommend(history, canvas="t2t", source="tt0114709")  # titles to watch after this one
+    rec.recommend(history, canvas="collection", theme="Film-Noir")
+    top.canvas, top.soft_prompt, top.warnings  # which adapter served it, and what was assumed
 
-Both backends get the same prompts (``PromptEncoder.encode``: bos, member token, canvas token, the
-history's code tokens oldest first) and the same per-request ``Restriction`` of the one ``PrefixTrie``,
-and rank by the same score, so they return the same titles (the vLLM parity tests check it).
+The folder is a foundation model folder, or one exported with its per-canvas soft prompts
+(``prompt_tuning.export``): a canvas with a soft prompt starts its prompts with its virtual tokens.
+Prompts are ``PromptEncoder.encode`` (bos, member token, canvas token, the history's code tokens oldest
+first, then the canvas's context after ``<sep>``), built in one place, ``serving.contexts``, which
+also says which contexts are required. Both backends get the same prompts and the same per-request
+``Restriction`` of the one ``PrefixTrie``, and rank by the same score, so they return the same titles
+(the vLLM parity tests check it).
 
 Decisions a caller should know:
 - Unknown title ids (in history, exclude or allow) raise ``ValueError`` naming them: a silently
@@ -16,9 +24,9 @@ Decisions a caller should know:
 - ``exclude_history=True`` (default) never recommends a title of the history, the whole history
   included: a "home" row should not offer what the member has just watched. Pass False for rows
   where re-watching is the point (e.g. "continue watching"-like canvases).
-- Empty history (a new member): the prompt is the bos/member/canvas prefix alone and the result is
-  flagged ``cold_start``. The model never learned this case (every training window starts with a
-  context title), so it is a weak, popularity-like guess; prefer a popularity list when it is set.
+- Empty history (a new member) and no context: the prompt is the bos/member/canvas prefix alone and
+  the result is flagged ``cold_start``. The model never learned this case (every training window
+  starts with a context title), so it is a weak, popularity-like guess; prefer a popularity list.
 - Score: log-probability of the title among the titles this request permits (sum of the L token
   log-probs, each renormalised over the allowed next tokens), so scores of different requests with
   different exclusions are not comparable.
@@ -42,6 +50,7 @@ from gen_fm.model import load_model
 from gen_fm.tokenizer import CANVASES, DEFAULT_CANVAS
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
+from serving.contexts import CanvasPrompts, RequestError
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
 
 
@@ -65,6 +74,9 @@ class RecommendationRequest:
     user_id: str | None = None
     exclude_history: bool = True
     rules: Rules | Mapping[str, Any] | None = None  # serving.rules JSON shape
+    query: str | None = None  # search canvas: the query text (serving.contexts)
+    source: str | None = None  # t2t canvas: the title id the row is about
+    theme: str | None = None  # collection canvas: the theme, a category name
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class RecommendationList(Sequence[Recommendation]):
     reason: str | None  # why fewer than k came back; None when k did
     prompt_tokens: int = 0  # length of the prompt the model saw
     rules_applied: tuple[str, ...] = ()  # business rules that narrowed this request (serving.rules)
+    canvas: str = DEFAULT_CANVAS  # the canvas adapter that served it
+    soft_prompt: bool = False  # the canvas's trained soft prompt led the prompt
+    context: str | None = None  # the field behind the prompt's context: "query", "source", "theme"
+    warnings: tuple[str, ...] = ()  # what the request was turned into (e.g. t2t source fallback)
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.items[i]
@@ -143,6 +159,10 @@ class PreparedRequest:
     num_permitted: int
     reason: str | None
     rules_applied: tuple[str, ...]
+    canvas: str = DEFAULT_CANVAS
+    soft_prompt: bool = False
+    context: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class Recommender:
@@ -161,7 +181,8 @@ class Recommender:
         self.config = config
         self.max_history = config.max_history or trained
         self.ids = gm.ids
-        self.encoder = gm.prompt_encoder()
+        self.prompts = CanvasPrompts(gm, self.max_history)  # soft prompts and canvas contexts
+        self.encoder = self.prompts.encoder
         self.trie = PrefixTrie.from_ids(gm.ids)
         self.manifest = gm.manifest
         if attributes is None and config.data_dir is not None:
@@ -188,15 +209,19 @@ class Recommender:
     def recommend(self, history: Sequence[str], canvas: str = DEFAULT_CANVAS, k: int = 10,
                   exclude: Sequence[str] | None = None, allow: Sequence[str] | None = None,
                   user_id: str | None = None, exclude_history: bool = True,
-                  rules: Rules | Mapping[str, Any] | None = None) -> RecommendationList:
+                  rules: Rules | Mapping[str, Any] | None = None, *, query: str | None = None,
+                  source: str | None = None, theme: str | None = None) -> RecommendationList:
         """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
         ``user_id`` selects the member token (ignored by models trained without member tokens);
-        ``rules`` are business rules (``serving.rules``), applied while decoding.
+        ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
+        (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
+        (``serving.contexts``: which are required, and the t2t fallback).
         """
         return self.recommend_batch([RecommendationRequest(history, canvas, k, exclude, allow, user_id,
-                                                           exclude_history, rules)])[0]
+                                                           exclude_history, rules, query, source,
+                                                           theme)])[0]
 
     def recommend_batch(self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
                         ) -> list[RecommendationList]:
@@ -207,7 +232,9 @@ class Recommender:
             try:
                 prepared.append(self.prepare(r))
             except ValueError as e:
-                raise type(e)(f"request {i}: {e}" if len(reqs) > 1 else str(e)) from None
+                if len(reqs) > 1:  # same type, same attributes (RequestError.param)
+                    e.args = (f"request {i}: {e}",)
+                raise e from None
         return self.run(prepared)
 
     def prepare(self, r: RecommendationRequest) -> PreparedRequest:
@@ -224,10 +251,10 @@ class Recommender:
         exclude = title_rows(self.ids, r.exclude, "exclude")
         allow = title_rows(self.ids, r.allow, "allow") if r.allow is not None else None
         mask = compile_rules(r.rules, self.ids, self.attributes)
-        kept = history[-self.max_history:] if history else []
-        prompt = self.encoder.encode(kept, canvas=r.canvas,
-                                     user_id=None if r.user_id is None else str(r.user_id))
-        excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()))
+        cp = self.prompts.build(r.canvas, history, r.user_id, query=r.query, source=r.source,
+                                theme=r.theme)
+        source = {cp.source_row} if cp.source_row is not None else set()  # "more like X" never offers X
+        excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()) | source)
         view = None
         if excluded or allow is not None:
             view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
@@ -239,15 +266,18 @@ class Recommender:
             parts = (["the allow-list"] if allow is not None else []) + \
                     (["minus exclusions"] if exclude else []) + \
                     (["minus the history"] if r.exclude_history and history else []) + \
+                    (["minus the source title"] if source else []) + \
                     [f"rule {name}" for name in mask.applied if name != "diversity"]
             rule = ", ".join(parts) or "the catalogue"
             reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={k}" if permitted
                       else f"no title is permitted ({rule})")
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
-        return PreparedRequest(prompt=prompt, view=view, k=k, beams=beams,
+        return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
                                want=beams if mask.cap is not None else k, cap=mask.cap,
-                               history_used=len(kept), history_dropped=len(history) - len(kept),
-                               num_permitted=permitted, reason=reason, rules_applied=mask.applied)
+                               history_used=cp.history_used, history_dropped=cp.history_dropped,
+                               num_permitted=permitted, reason=reason, rules_applied=mask.applied,
+                               canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
+                               warnings=cp.warnings)
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.
@@ -322,11 +352,14 @@ class Recommender:
                                         semantic_id=layout.sid_string(sid)))
         if reason is None and len(items) < p.k:  # cannot happen with beam >= k; say so if it does
             reason = f"beam search returned {len(items)} of {p.k} titles"
-        return RecommendationList(items=tuple(items), k=p.k, cold_start=p.history_used == 0,
+        return RecommendationList(items=tuple(items), k=p.k,
+                                  cold_start=p.history_used == 0 and p.context is None,
                                   history_used=p.history_used, history_dropped=p.history_dropped,
                                   num_permitted=p.num_permitted, reason=reason,
-                                  prompt_tokens=len(p.prompt), rules_applied=p.rules_applied)
+                                  prompt_tokens=len(p.prompt), rules_applied=p.rules_applied,
+                                  canvas=p.canvas, soft_prompt=p.soft_prompt, context=p.context,
+                                  warnings=p.warnings)
 
 
 __all__ = ["PreparedRequest", "Recommendation", "RecommendationList", "RecommendationRequest",
-           "Recommender", "ServingConfig", "TransformersBackend", "excluded_rows"]
+           "Recommender", "RequestError", "ServingConfig", "TransformersBackend", "excluded_rows"]

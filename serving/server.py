@@ -4,16 +4,21 @@
           data_dir="data", dataset="ml-latest-small")
 
 Endpoints (``serving.api`` holds the bodies):
-- ``GET /v1/models``: one model per canvas adapter (``sidrec-home``, ``sidrec-search``, ...). Each id
-  selects the canvas token today; per-canvas soft prompts will be served under the same ids.
+- ``GET /v1/models``: one model per canvas adapter (``sidrec-home``, ``sidrec-search``, ...), each
+  card saying whether a trained soft prompt serves it (``soft_prompt``, ``num_virtual_tokens``; else
+  the canvas token alone) and which context field it reads (``context``: query, source or theme).
 - ``POST /v1/completions``: OpenAI shape; ``model`` = canvas id, ``prompt`` = a history, ``n`` = titles;
-  each choice's ``text`` is a title id, with ``title``, ``semantic_id`` and ``score`` beside it.
-- ``POST /v1/recommendations``: ``{history, canvas, k, rules, user_id}`` -> ranked items.
+  ``query`` / ``source`` / ``theme``, ``rules``, ``user_id``, ``exclude_history`` in the extra body.
+  Each choice's ``text`` is a title id, with ``title``, ``semantic_id`` and ``score`` beside it;
+  ``sidrec[i]`` says how list ``i`` was made (canvas, soft_prompt, context, warnings, ...).
+- ``POST /v1/recommendations``: ``{history, canvas, k, rules, user_id, exclude_history, query,
+  source, theme}`` -> ranked items and the same information.
 - ``GET /health`` (503 when the engine thread is gone), ``GET /metrics`` (Prometheus text).
 
 Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape: 400 bad values (unknown
-titles, k above max_k, unknown attribute), 401 missing/wrong key (``/v1/*`` only), 404 unknown
-model/canvas, 413 body above ``max_body_bytes``, 422 wrong types or malformed rules, 503 queue full.
+titles, k above max_k, unknown attribute, a missing or misplaced query/source/theme: ``param`` names
+the field), 401 missing/wrong key (``/v1/*`` only), 404 unknown model/canvas, 413 body above
+``max_body_bytes``, 422 wrong types or malformed rules, 503 queue full.
 
 Concurrency: one engine thread owns the Recommender (neither vLLM's ``LLM`` nor a torch model may be
 driven from several threads). Handlers queue their requests; the thread takes everything queued,
@@ -53,6 +58,7 @@ from gen_fm.tokenizer import CANVASES
 from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse, ErrorResponse, Item,
                          ModelCard, ModelList, RecommendationsRequest, RecommendationsResponse, ResultInfo,
                          Usage, canvas_of, model_id, parse_history)
+from serving.contexts import CANVAS_FIELD
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
 
@@ -78,6 +84,14 @@ class ServerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key must not be empty (use None for no key)")
+
+
+class _Rejected(HTTPException):
+    """An HTTP error that names the request field at fault (OpenAI's ``param``)."""
+
+    def __init__(self, status: int, detail: str, param: str | None = None) -> None:
+        super().__init__(status, detail)
+        self.param = param
 
 
 def _error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -167,7 +181,7 @@ class _Guard:
 
 
 def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
-    warnings = []
+    warnings = list(res.warnings)
     if res.cold_start:
         warnings.append("empty history: ranked from the canvas and member tokens alone (cold start), "
                         "a weak, popularity-like guess")
@@ -175,9 +189,18 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
         warnings.append(f"history has {res.history_used + res.history_dropped} titles; the prompt holds the "
                         f"most recent {res.history_used} ({res.history_dropped} older left out"
                         + (", still excluded)" if exclude_history else ")"))
-    return ResultInfo(prompt_index=i, cold_start=res.cold_start, history_used=res.history_used,
+    return ResultInfo(prompt_index=i, canvas=res.canvas, soft_prompt=res.soft_prompt, context=res.context,
+                      cold_start=res.cold_start, history_used=res.history_used,
                       history_dropped=res.history_dropped, num_permitted=res.num_permitted,
                       reason=res.reason, rules_applied=list(res.rules_applied), warnings=warnings)
+
+
+def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
+    soft = canvas in rec.prompts.virtual
+    field = CANVAS_FIELD.get(canvas)
+    return ModelCard(id=model_id(canvas), created=created, canvas=canvas, soft_prompt=soft,
+                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas), context=field,
+                     context_required=rec.prompts.context_required(canvas))
 
 
 def create_app(rec: Recommender, settings: ServerSettings | None = None) -> FastAPI:
@@ -186,6 +209,7 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
     metrics = Metrics()
     worker = EngineWorker(rec, settings.max_queue, metrics)
     rec.encoder.decode_rows([])  # build the lazy token index now, not inside a request
+    rec.prompts.warm_up()  # and the query encoder the soft prompts need (it loads a sentence encoder)
     created = int(time.time())
     sid_len = rec.ids.sid_length
 
@@ -202,7 +226,8 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _error(exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
+                      headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -227,7 +252,7 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
         try:
             return await asyncio.wrap_future(future)
         except ValueError as e:
-            raise HTTPException(400, str(e)) from None
+            raise _Rejected(400, str(e), getattr(e, "param", None)) from None
 
     def canvas_or_404(model: str) -> str:
         canvas = canvas_of(model)
@@ -238,7 +263,7 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=model_id(c), created=created, canvas=c) for c in CANVASES])
+        return ModelList(data=[_card(rec, c, created) for c in CANVASES])
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest) -> CompletionResponse:
@@ -257,7 +282,9 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
                 raise HTTPException(400, f"prompt {i}: {e}" if len(prompts) > 1 else str(e)) from None
         member = body.user_id if body.user_id is not None else body.user
         results = await decode([RecommendationRequest(h, canvas, body.n, user_id=member, rules=body.rules,
-                                                      exclude_history=body.exclude_history)
+                                                      exclude_history=body.exclude_history,
+                                                      query=body.query, source=body.source,
+                                                      theme=body.theme)
                                 for h in histories])
         flat = [(i, r) for i, res in enumerate(results) for r in res]
         choices = [CompletionChoice(index=j, text=r.item_id, prompt_index=i, title=r.title,
@@ -276,17 +303,19 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
         if canvas not in CANVASES:
             raise HTTPException(404, f"unknown canvas {canvas!r}; canvases: {list(CANVASES)}")
         [res] = await decode([RecommendationRequest(body.history, canvas, body.k, user_id=body.user_id,
-                                                    rules=body.rules, exclude_history=body.exclude_history)])
+                                                    rules=body.rules, exclude_history=body.exclude_history,
+                                                    query=body.query, source=body.source, theme=body.theme)])
         items = [Item(rank=i + 1, item_id=r.item_id, title=r.title, semantic_id=r.semantic_id, score=r.score)
                  for i, r in enumerate(res)]
         return RecommendationsResponse(**_info(0, res, body.exclude_history).model_dump(),
-                                       model=model_id(canvas), canvas=canvas, k=res.k, items=items)
+                                       model=model_id(canvas), k=res.k, items=items)
 
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = worker.alive
         return JSONResponse({"status": "ok" if ok else "engine stopped", "backend": rec.config.backend,
                              "titles": rec.ids.num_items, "models": [model_id(c) for c in CANVASES],
+                             "soft_prompts": sorted(rec.prompts.virtual),
                              "attributes": list(rec.attributes.names) if rec.attributes else [],
                              "max_k": rec.config.max_k, "queue_depth": worker.queue_depth},
                             status_code=200 if ok else 503)

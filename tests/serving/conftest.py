@@ -1,4 +1,5 @@
-"""Fixtures of the serving tests: one tiny model folder and one tiny catalog per session."""
+"""Fixtures of the serving tests: one tiny model folder, one tiny catalog and one tiny exported
+(soft-prompt) folder per session."""
 
 from __future__ import annotations
 
@@ -29,3 +30,14 @@ def tiny_attributes_table(tiny_model_dir, tiny_catalog_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREC_CACHE_DIR", str(tmp_path_factory.mktemp("serving_cache")))
         return load_attributes(SemanticIDs.load(tiny_model_dir / "semantic_ids"), str(tiny_catalog_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_exported_dir(tmp_path_factory) -> Path:
+    """``tiny_adapters.write_exported_model``: soft prompts for home, search and t2t, a text-capable
+    ID artifact. Its data cache goes to a private folder, like the attribute table's."""
+    from tests.serving.tiny_adapters import write_exported_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIDREC_CACHE_DIR", str(tmp_path_factory.mktemp("adapters_cache")))
+        return write_exported_model(tmp_path_factory.mktemp("serving_adapters"))

@@ -1,0 +1,229 @@
+"""Per-canvas prompts: the canvas's soft prompt (virtual tokens) and the context the canvas takes.
+
+A model folder exported with ``prompt_tuning.export.export_adapters`` holds ``adapters.json``: each
+canvas with a trained soft prompt starts its prompts with that prompt's virtual tokens. A folder
+without it is a plain foundation model: every canvas is its canvas token alone.
+
+Every canvas uses the one prompt format of ``PromptEncoder.encode`` (``prompt_tuning.canvases``):
+
+==========  =================  ==========================================  ===========================
+canvas      request field      prompt after the canvas token               as the adapter was trained
+==========  =================  ==========================================  ===========================
+home        (none)             the member's history                        --
+search      ``query`` (text)   history, <sep>, the query's code tokens     query lower-cased, then
+                                                                           ``QueryEncoder``
+t2t         ``source`` (title) <sep>, the source title's ID tokens          no history, no member token
+collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a category name, through
+                                                                           ``QueryEncoder``
+==========  =================  ==========================================  ===========================
+
+Decisions a caller should know:
+- A field belongs to its canvas only: ``query`` on the home canvas is an error, not ignored.
+- A canvas served by a soft prompt needs its context, since its adapter never saw a prompt without
+  one: search without ``query`` and collection without ``theme`` are errors. t2t without ``source``
+  takes the history's last title as the source and says so in the result's warnings (a "because you
+  watched X" row); with no history either it is an error.
+- A canvas without a soft prompt (a plain folder, or a canvas no adapter was trained for) uses a
+  context when one is given (the eval's "base" prompt) and otherwise keeps the history-only prompt.
+- t2t with a source: the prompt holds the source alone (no history, no member), as trained; the
+  history still excludes titles (``exclude_history``) and the source itself is never recommended.
+- Text goes through the ID artifact's quantizer or title embeddings (``QueryEncoder``) with the
+  adapter's own ``query_mode`` and ``num_anchors``. The encoder is built on first use, once per mode;
+  all of them share one sentence encoder, which keeps recent texts in memory instead of using
+  ``TextEncoder``'s disk cache (that cache is re-read on every call and rewritten for every new
+  text: right for a catalog, wrong for a stream of queries).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gen_fm.model import IDS_SUBDIR, GenFM
+
+# request field -> the canvas that takes it
+CONTEXT_FIELDS = {"query": "search", "source": "t2t", "theme": "collection"}
+CANVAS_FIELD = {c: f for f, c in CONTEXT_FIELDS.items()}
+_TEXT_FILES = ("quantizer.safetensors", "embedder.json", "embeddings.safetensors")
+
+
+class RequestError(ValueError):
+    """A request value that cannot be served; ``param`` names the field (for the HTTP error body)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class CanvasPrompt:
+    """The prompt of one request and how it was made."""
+
+    prompt: list[int]  # token ids, virtual tokens first when the canvas has a soft prompt
+    history_used: int  # history titles in the prompt
+    history_dropped: int  # older titles left out (max_history); 0 when the prompt holds no history
+    context: str | None  # the field whose tokens follow <sep>: "query", "source", "theme" or None
+    soft_prompt: bool  # the canvas's trained soft prompt leads the prompt
+    source_row: int | None  # t2t source title: never recommended
+    warnings: tuple[str, ...] = ()
+
+
+class _MemoryTextEncoder:
+    """Sentence embeddings of request texts, the most recent ``capacity`` texts kept in memory."""
+
+    def __init__(self, model_path: str, batch_size: int = 32, capacity: int = 4096) -> None:
+        self.model_path, self.batch_size, self.capacity = model_path, batch_size, capacity
+        self._model: Any = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(self.model_path, device="cpu")
+            vecs = self._model.encode(missing, batch_size=self.batch_size, show_progress_bar=False,
+                                      convert_to_numpy=True, normalize_embeddings=False)  # (M, d)
+            for t, v in zip(missing, vecs.astype(np.float32)):
+                self._cache[t] = v
+        for t in texts:
+            self._cache.move_to_end(t)
+        out = np.stack([self._cache[t] for t in texts])  # (Q, d)
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return out
+
+
+class CanvasPrompts:
+    """Builds every request's prompt for one model folder (see the module doc)."""
+
+    def __init__(self, gen: GenFM, max_history: int) -> None:
+        from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, virtual_token_ids
+
+        self.model_dir = Path(gen.path)
+        self.ids = gen.ids
+        self.encoder = gen.prompt_encoder()
+        self.max_history = max_history
+        # the model's positions: a prompt plus one semantic ID must fit
+        self.max_positions = int(gen.model.config.max_position_embeddings)
+        self.virtual: dict[str, list[int]] = {}  # canvas -> virtual token ids of its soft prompt
+        self.configs: dict[str, Any] = {}  # canvas -> PromptTuningStageConfig of its adapter
+        if (self.model_dir / ADAPTERS_FILE).is_file():
+            self.virtual = virtual_token_ids(gen)
+            self.configs = adapter_configs(gen)
+        self.ids_dir = self.model_dir / IDS_SUBDIR  # the folder's copy of the ID artifact
+        self.text_problem = self._text_problem()  # why text contexts cannot be encoded, or None
+        needs_text = sorted(c for c in self.virtual if c in ("search", "collection"))
+        if needs_text and self.text_problem:
+            raise ValueError(f"{self.model_dir}: the {needs_text} soft prompt(s) take text, but "
+                             f"{self.text_problem}")
+        self._queries: dict[tuple[str, int], Any] = {}
+        self._text: _MemoryTextEncoder | None = None
+
+    # ------------------------------------------------------------------ public
+    def num_virtual_tokens(self, canvas: str) -> int:
+        return len(self.virtual.get(canvas, ()))
+
+    def context_required(self, canvas: str) -> bool:
+        """Whether requests of ``canvas`` must carry its context field (t2t falls back instead)."""
+        return canvas in self.virtual and canvas in ("search", "collection")
+
+    def warm_up(self) -> None:
+        """Build the query encoders the soft prompts need and load the sentence encoder now
+        (a server calls this at start-up, so the first search request is not the slow one)."""
+        for canvas in ("search", "collection"):
+            if canvas in self.virtual:
+                self._text_tokens(canvas, "warm up")
+
+    def build(self, canvas: str, history: Sequence[int], user_id: str | None, query: Any = None,
+              source: Any = None, theme: Any = None) -> CanvasPrompt:
+        """The prompt of one request; ``history`` holds ID-map rows, oldest first."""
+        given = {f: v for f, v in (("query", query), ("source", source), ("theme", theme)) if v is not None}
+        for field, value in given.items():
+            if CONTEXT_FIELDS[field] != canvas:
+                raise RequestError(f"{field} applies to the {CONTEXT_FIELDS[field]} canvas only, not "
+                                   f"{canvas}", field)
+            if not isinstance(value, str) or not value.strip():
+                raise RequestError(f"{field} must be a non-empty string, got {value!r}", field)
+        adapter = canvas in self.virtual
+        field = CANVAS_FIELD.get(canvas)
+        value = given.get(field) if field else None
+        warnings: list[str] = []
+        context, rows, member, source_row = None, list(history), user_id, None
+        if canvas == "t2t" and value is None and adapter:
+            if not rows:
+                raise RequestError("the t2t canvas needs a source title (source), or a history whose "
+                                   "last title is taken as the source", "source")
+            value = self.ids.item_ids[rows[-1]]
+            warnings.append(f"no source given: the last history title {value!r} is the source "
+                            f"(the t2t soft prompt reads one source title, not a history)")
+        if value is None and adapter and field is not None:
+            raise RequestError(f"the {canvas} canvas needs a {field}: its soft prompt was trained on "
+                               f"prompts that carry one", field)
+        if value is not None:
+            if canvas == "t2t":
+                if value not in self.ids:
+                    raise RequestError(f"unknown source title id {value!r}", "source")
+                source_row = self.ids.index_of(value)
+                context = self.encoder.sid_tokens[source_row].tolist()
+                rows, member = [], None  # the t2t prompt is the source alone
+            else:
+                text = value.strip().lower() if canvas == "search" else value.strip()
+                context = self._text_tokens(canvas, text)
+        kept = rows[-self.max_history:] if rows else []
+        prompt = self.encoder.encode(kept, canvas=canvas, user_id=None if member is None else str(member),
+                                     context=context)
+        if adapter:
+            prompt = self.virtual[canvas] + prompt
+        longest = len(prompt) + self.ids.sid_length
+        if longest > self.max_positions:
+            raise RequestError(f"the prompt ({len(prompt)} tokens: soft prompt, history and context) "
+                               f"plus one semantic ID exceeds the model's {self.max_positions} positions",
+                               field)
+        return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
+                            context=None if context is None else field, soft_prompt=adapter,
+                            source_row=source_row, warnings=tuple(warnings))
+
+    # ------------------------------------------------------------------ helpers
+    def _text_problem(self) -> str | None:
+        missing = [n for n in _TEXT_FILES if not (self.ids_dir / n).is_file()]
+        if missing:
+            return f"its ID artifact has no {', '.join(missing)} (built without a trained quantizer)"
+        weight = (self.ids.manifest.get("config") or {}).get("text_weight") or 0
+        if not weight > 0:
+            return "its ID artifact was built without the text modality"
+        return None
+
+    def _text_tokens(self, canvas: str, text: str) -> list[int]:
+        """Code tokens of a query or theme, encoded as the canvas's adapter was trained."""
+        field = CANVAS_FIELD[canvas]
+        if self.text_problem:
+            raise RequestError(f"this model cannot take a {field}: {self.text_problem}", field)
+        from prompt_tuning.config import PromptTuningStageConfig
+
+        config = self.configs.get(canvas) or PromptTuningStageConfig(canvas=canvas)
+        key = (config.query_mode, config.num_anchors)
+        queries = self._queries.get(key)
+        if queries is None:
+            from prompt_tuning.canvases import QueryEncoder
+
+            if self._text is None:  # one sentence encoder for every mode, no disk cache
+                from semantic_ids.embeddings import TextEncoder
+
+                cfg = self.ids.manifest.get("config") or {}
+                spec = TextEncoder(cfg.get("text_model", "bundled"), cfg.get("text_batch_size", 128))
+                self._text = _MemoryTextEncoder(spec.model_path, spec.batch_size)
+            queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._text)
+            self._queries[key] = queries
+        return queries.encode([text])[0]
+
+
+__all__ = ["CANVAS_FIELD", "CONTEXT_FIELDS", "CanvasPrompt", "CanvasPrompts", "RequestError"]
