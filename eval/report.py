@@ -117,6 +117,15 @@ class CanvasResults:
     source: str
 
 
+@dataclass(frozen=True)
+class RefreshResult:
+    dataset: str
+    recall: dict[str, dict[str, float | None]]  # group (new_titles/old_titles) -> variant -> R@K
+    members: dict[str, int]
+    k: int
+    source: str
+
+
 @dataclass
 class Results:
     retrieval: list[Retrieval] = field(default_factory=list)
@@ -124,6 +133,7 @@ class Results:
     grids: list[ServingGrid] = field(default_factory=list)
     loads: list[LoadTest] = field(default_factory=list)
     canvases: list[CanvasResults] = field(default_factory=list)
+    refreshes: list[RefreshResult] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # shown name -> sha256
     skipped: dict[str, str] = field(default_factory=dict)  # shown name -> why
 
@@ -217,10 +227,21 @@ def _parse_canvases(d: dict, name: str, stem: str, res: Results) -> None:
     res.canvases.append(CanvasResults(str(d["dataset"]), stem, tuple(rows), name))
 
 
+def _parse_refresh(d: dict, name: str, stem: str, res: Results) -> None:
+    k = int(d["k"])
+    recall = {g: {v: _num(x, f"{g}/{v}") for v, x in variants.items()}
+              for g, variants in d[f"recall@{k}"].items()}
+    res.refreshes.append(RefreshResult(str(d["dataset"]), recall,
+                                       {g: int(n) for g, n in d["members"].items()}, k, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
     "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
+    "refresh": _parse_refresh,
 }
+REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
+                    "after": "after the fine-tune"}
 
 
 def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> Results:
@@ -460,6 +481,19 @@ def _section_canvases(res: Results, out: Path) -> list[str]:
     return md
 
 
+def _section_refresh(res: Results) -> list[str]:
+    md = ["## Catalog refresh (new titles)", ""]
+    if not res.refreshes:
+        return md + ["No refresh results yet (`sidrec refresh --simulate ... --results FILE`).", ""]
+    for r in sorted(res.refreshes, key=lambda r: (r.dataset, r.source)):
+        variants = [v for v in REFRESH_VARIANTS if any(v in g for g in r.recall.values())]
+        md += [f"### {r.dataset} (`{r.source}`), Recall@{r.k}", ""]
+        md += _table(["test targets", "members", *(REFRESH_VARIANTS[v] for v in variants)],
+                     [[g.replace("_", " "), r.members.get(g, "-"),
+                       *(_fmt(r.recall[g].get(v)) for v in variants)] for g in sorted(r.recall)])
+    return md
+
+
 def _section_ids(res: Results, out: Path) -> list[str]:
     md = ["## Semantic IDs", ""]
     if not res.ids:
@@ -548,7 +582,7 @@ def build_report(results_dir: str | Path = "results", out_dir: str | Path = "rep
     style = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
     with atomic_dir(out_dir) as stage, matplotlib.rc_context(style):
         md = [*title, *_section_retrieval(res, stage), *_section_canvases(res, stage),
-              *_section_ids(res, stage), *_section_serving(res, stage), *_section_sources(res)]
+              *_section_refresh(res), *_section_ids(res, stage), *_section_serving(res, stage), *_section_sources(res)]
         (stage / "README.md").write_text("\n".join(md).rstrip("\n") + "\n")
         write_json(stage / "manifest.json", {
             "kind": "report", "schema_version": SCHEMA_VERSION,

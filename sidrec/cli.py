@@ -185,6 +185,55 @@ def cmd_quickstart(args) -> None:
     quickstart(config, data_dir=args.data)
 
 
+def cmd_refresh(args) -> None:
+    from sidrec.refresh import RefreshConfig, refresh, simulate
+
+    _threads(args)
+    if bool(args.model) == args.simulate:
+        raise SystemExit("error: give either --model DIR (refresh a trained model with newer data) "
+                         "or --simulate (hold out the newest titles, build the old world's model, "
+                         "then refresh it)")
+    config = config_from_args(RefreshConfig, args.preset, args.set)
+    if args.simulate:
+        simulate(_data_config(args), args.out, config, results=args.results)
+    else:
+        refresh(args.model, _data_config(args), args.out, config, results=args.results)
+
+
+def cmd_prompts_train(args) -> None:
+    from prompt_tuning.train import train_canvas
+
+    from prompt_tuning.config import PromptTuningStageConfig
+
+    _threads(args)
+    config = config_from_args(PromptTuningStageConfig, args.preset, args.set, canvas=args.canvas)
+    train_canvas(args.model, _data_config(args), args.out, config, evaluate=not args.no_eval)
+
+
+def cmd_prompts_export(args) -> None:
+    from prompt_tuning.export import export_adapters
+
+    out = export_adapters(args.model, args.adapters, args.out)
+    console.print(f"servable folder with {len(args.adapters)} soft prompt(s): {out}")
+
+
+def cmd_prompts_list(args) -> None:
+    from prompt_tuning.train import find_adapters
+
+    rows = find_adapters(args.dir)
+    if not rows:
+        console.print(f"no adapters under {args.dir}")
+        return
+    table = Table("canvas", "path", "base model", "tokens", "trained params", "held-out R@10 adapter",
+                  "base")
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for r in rows:
+        table.add_row(r["canvas"], r["path"], r["base_model"], str(r["virtual_tokens"]),
+                      f"{r['trainable_parameters']:,}", fmt(r["adapter_recall@10"]),
+                      fmt(r["base_recall@10"]))
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -255,6 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("baseline", help="popular / SASRec baselines on the same split "
                                     "(sidrec baseline -h for its options)", add_help=False)
 
+    prompts = sub.add_parser("prompts", help="soft prompts per canvas: train, export, list")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    p = prompts_sub.add_parser("train", help="train one canvas's soft prompt on the frozen model")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="foundation model folder")
+    p.add_argument("--canvas", required=True, help="home, search, t2t or collection")
+    p.add_argument("--out", required=True, help="adapter folder to write (replaced atomically)")
+    p.add_argument("--preset", help="JSON file of PromptTuningStageConfig overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out comparison with the base")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=cmd_prompts_train)
+    p = prompts_sub.add_parser("export", help="one servable folder: soft prompts as virtual tokens")
+    p.add_argument("--model", required=True, help="the base model folder the adapters were trained on")
+    p.add_argument("--adapters", required=True, nargs="+", help="adapter folders (one per canvas)")
+    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    p.set_defaults(func=cmd_prompts_export)
+    p = prompts_sub.add_parser("list", help="adapters under a folder, with their held-out figures")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_prompts_list)
+
+    sub.add_parser("report", help="results files -> a markdown page with PNG plots "
+                                  "(sidrec report -h for its options)", add_help=False)
+
     p = sub.add_parser("quickstart", help="the main job: every stage on a real dataset, end to end")
     p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
     p.add_argument("--dataset", help="sub-folder of --data (default: ml-latest-small)")
@@ -264,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("refresh", help="new titles: IDs without retraining the quantizer, a short "
+                                       "fine-tune from the model's weights, recall before/after")
+    _add_data_args(p)
+    p.add_argument("--model", help="model folder to refresh (its data plus newer titles in --data)")
+    p.add_argument("--simulate", action="store_true",
+                   help="instead of --model: hold out the newest titles (new_title_share) and the "
+                        "interactions after them, build IDs and a model on the rest, then refresh")
+    p.add_argument("--out", required=True, help="folder for ids/, finetune-*/model and report.json")
+    p.add_argument("--results", help="also write the report to this JSON file (benchmarks)")
+    p.add_argument("--preset", help="JSON file of RefreshConfig overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one RefreshConfig field")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=cmd_refresh)
     return parser
 
 
@@ -276,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.baselines.__main__ import main as baseline_main
 
         return baseline_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from eval.report import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -38,10 +38,27 @@ class QuickstartConfig:
     max_users: int | None = None  # read only the first N members (smoke runs)
     # SemanticIDConfig overrides, e.g. {"quantizer": "rqkmeans"} or a tiny config for tests.
     id_config: dict | None = None
+    # Canvases that get a soft prompt (search and collection need a text modality in the IDs).
+    canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
+    # PromptTuningStageConfig overrides for every canvas (the defaults train in about a minute each).
+    prompt_config: dict | None = None
+    # Engine that serves the examples: "vllm" (the server's engine) or "transformers".
+    backend: str = "vllm"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.k < 1 or self.examples < 0:
             raise ValueError("epochs and k must be >= 1, examples >= 0")
+        from gen_fm.tokenizer import CANVASES
+
+        object.__setattr__(self, "canvases", tuple(self.canvases))
+        unknown = [c for c in self.canvases if c not in CANVASES]
+        if unknown or len(set(self.canvases)) != len(self.canvases):
+            raise ValueError(f"canvases must be distinct names from {CANVASES}, got {self.canvases}")
+        if self.backend not in ("vllm", "transformers"):
+            raise ValueError(f"backend must be 'vllm' or 'transformers', got {self.backend!r}")
+
+
+PROMPT_DEFAULTS = dict(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
 def _same_build(artifact: Path, kind: str, config, data_fingerprint: str) -> bool:
@@ -64,7 +81,8 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     ids = _stage_ids(config, data, out / "ids")
     model_dir = _stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
-    _stage_examples(config, data, model_dir, ids)
+    served = _stage_prompts(config, data_config, model_dir, out / "prompts")
+    _stage_examples(config, data, served, ids)
 
 
 def _stage_ids(config: QuickstartConfig, data, ids_dir: Path):
@@ -73,7 +91,7 @@ def _stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     from semantic_ids.ids import SemanticIDs
     from sidrec.cli import show_stats
 
-    console.rule("1/4 semantic IDs")
+    console.rule("1/5 semantic IDs")
     id_config = SemanticIDConfig(**{"quantizer": config.quantizer, **(config.id_config or {})})
     if _same_build(ids_dir, "semantic_ids", id_config, data.fingerprint):
         console.print(f"reusing {ids_dir} (same data and config)")
@@ -96,7 +114,7 @@ def _stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids
     from gen_fm.train import pretrain
     from sidrec.sequences import SequenceConfig
 
-    console.rule("2/4 pretrain the foundation model")
+    console.rule("2/5 pretrain the foundation model")
     pc = PretrainConfig.from_preset(config.model_preset, epochs=config.epochs, lr=config.lr,
                                     batch_size=config.batch_size, val_users=config.val_users,
                                     eval_every=1, patience=3)
@@ -116,7 +134,7 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     from eval.config import EvalConfig
     from eval.generative import evaluate_model
 
-    console.rule("3/4 evaluate (leave-one-out test split, full catalog)")
+    console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
     rep = evaluate_model(model_dir, data_config, EvalConfig(split="test"), out=out,
                          max_users=config.eval_users, unconstrained_users=200)
     t = Table(title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}")
@@ -128,31 +146,131 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     console.print(f"[dim]report: {out}[/dim]")
 
 
+def _stage_prompts(config: QuickstartConfig, data_config: DataConfig, model_dir: Path,
+                   root: Path) -> Path:
+    """A soft prompt per canvas on the frozen model, then one servable folder with all of them."""
+    from prompt_tuning.adapter import read_adapter
+    from prompt_tuning.config import PromptTuningStageConfig
+    from prompt_tuning.export import export_adapters
+    from prompt_tuning.train import train_canvas
+    from semantic_ids.ids import SemanticIDs
+
+    console.rule("4/5 soft prompts per canvas (PEFT prompt tuning on the frozen model)")
+    base_hash = manifest_hash(model_dir)
+    has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
+    adapters = []
+    for canvas in config.canvases:
+        if canvas in ("search", "collection") and not has_text:
+            console.print(f"[yellow]skipping {canvas}: its queries/themes are text and these IDs have "
+                          f"no text modality (text_weight=0)[/yellow]")
+            continue
+        pc = PromptTuningStageConfig(**{**PROMPT_DEFAULTS, **(config.prompt_config or {}),
+                                        "canvas": canvas})
+        target = root / canvas
+        try:
+            info = read_adapter(target)
+            if info.base_hash == base_hash and info.manifest["config"] == jsonable(pc):
+                console.print(f"reusing {target} (same model and config)")
+                adapters.append(target)
+                continue
+        except Exception:  # absent, partial or from another model: train it
+            pass
+        adapters.append(train_canvas(model_dir, data_config, target, pc))
+    if not adapters:
+        return model_dir
+    served = root / "served"
+    want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
+    try:
+        parents = read_manifest(served, "gen_fm")["parents"]
+        if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()):
+            console.print(f"reusing {served} (same model and soft prompts)")
+            return served
+    except Exception:
+        pass
+    export_adapters(model_dir, adapters, served)
+    console.print(f"servable folder, every canvas in one model: {served}")
+    return served
+
+
+def _example_queries(data, gen, history_rows: list[int], user: str) -> dict[str, str | None]:
+    """Context of each canvas for one member: a real tag (the member's own if any), the last title
+    as the t2t source, that title's theme as the collection."""
+    from prompt_tuning.canvases import theme_of
+
+    tags = [(u, t) for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"],
+                                      data.interactions["kind"]) if k == "tag" and t]
+    own = [t for u, t in tags if u == user]
+    if own:
+        query = own[-1].strip().lower()
+    elif tags:
+        from collections import Counter
+
+        query = Counter(t.strip().lower() for _, t in tags).most_common(1)[0][0]
+    else:  # no tags in this dataset: a word of a title the member knows, as typed ("pari")
+        words = [w for r in history_rows for w in (gen.ids.titles[r] or "").lower().split() if len(w) >= 5]
+        query = words[-1][:5] if words else "gift"
+    cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
+    themes = theme_of([cats.get(i, []) for i in gen.ids.item_ids], 20)
+    theme = next((themes[r] for r in reversed(history_rows) if themes[r]), None)
+    return {"query": query, "theme": theme}
+
+
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from gen_fm.decode import recommend
     from gen_fm.model import load_model
-    from semantic_ids.trie import PrefixTrie
+    from serving.recommender import Recommender
     from sidrec.sequences import build_sequences, leave_one_out
 
-    console.rule("4/4 recommendations for a few members (home canvas)")
     gen = load_model(model_dir)
-    split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    ex = split.examples("test")
-    sid_rows = catalog_to_sid_rows(data, gen.ids)
-    encoder, trie = gen.prompt_encoder(), PrefixTrie.from_ids(gen.ids)
-    picks = list(range(0, len(ex.users), max(len(ex.users) // max(config.examples, 1), 1)))[: config.examples]
-    for i in picks:
-        hist = to_sid_rows(ex.histories[i], sid_rows)
-        user = split.sequences.user_ids[ex.users[i]]
-        prompt = encoder.encode(hist, user_id=user)
-        rec = recommend(gen.model, [prompt], trie, k=config.k, num_beams=max(config.k, 10),
-                        exclude=[sorted(set(hist.tolist()))])[0]
-        target = gen.ids.item_ids[to_sid_rows(ex.targets[i: i + 1], sid_rows)[0]]
-        console.print(f"[bold]member {user}[/bold] recently: "
-                      + " | ".join(gen.ids.titles[r] for r in hist[-4:]))
-        for rank, (row, score) in enumerate(zip(rec.rows, rec.scores), 1):
-            mark = " [green]<- held-out next title[/green]" if gen.ids.item_ids[row] == target else ""
-            console.print(f"   {rank:2d}. {gen.ids.titles[row]}  [dim]{gen.ids.layout.sid_string(gen.ids.codes[row])} "
-                          f"{score:.2f}[/dim]{mark}")
-    console.print(f"model folder: {model_dir}")
+    canvases = [c for c in config.canvases if c in _served_canvases(model_dir)] or ["home"]
+    backend = config.backend
+    if backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            console.print("[yellow]vLLM is not installed (pip install 'sidrec[serving]'): serving the "
+                          "examples with the transformers backend[/yellow]")
+            backend = "transformers"
+    console.rule(f"5/5 recommendations per canvas for a few members ({backend} engine)")
+    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=max(config.k, 10))
+    try:
+        split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
+        ex = split.examples("test")
+        sid_rows = catalog_to_sid_rows(data, gen.ids)
+        picks = list(range(0, len(ex.users), max(len(ex.users) // max(config.examples, 1), 1)))[: config.examples]
+        for i in picks:
+            hist = to_sid_rows(ex.histories[i], sid_rows).tolist()
+            user = split.sequences.user_ids[ex.users[i]]
+            history = [gen.ids.item_ids[r] for r in hist]
+            target = gen.ids.item_ids[to_sid_rows(ex.targets[i: i + 1], sid_rows)[0]]
+            ctx = _example_queries(data, gen, hist, user)
+            console.print(f"[bold]member {user}[/bold] recently: "
+                          + " | ".join(gen.ids.titles[r] for r in hist[-4:]))
+            for canvas in canvases:
+                kwargs, label = {}, canvas
+                if canvas == "search":
+                    kwargs, label = {"query": ctx["query"]}, f"search '{ctx['query']}'"
+                elif canvas == "t2t":
+                    kwargs, label = {"source": history[-1]}, f"more like '{gen.ids.titles[hist[-1]]}'"
+                elif canvas == "collection":
+                    if not ctx["theme"]:
+                        continue
+                    kwargs, label = {"theme": ctx["theme"]}, f"collection '{ctx['theme']}'"
+                res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
+                soft = "soft prompt" if res.soft_prompt else "canvas token only"
+                console.print(f"  [cyan]{label}[/cyan] [dim]({soft})[/dim]")
+                for rank, item in enumerate(res, 1):
+                    mark = " [green]<- held-out next title[/green]" if item.item_id == target else ""
+                    console.print(f"   {rank:2d}. {item.title}  [dim]{item.semantic_id} "
+                                  f"{item.score:.2f}[/dim]{mark}")
+    finally:
+        rec.close()
+    console.print(f"served model folder: {model_dir}  (sidrec serve --model {model_dir})")
+
+
+def _served_canvases(model_dir: Path) -> set[str]:
+    from prompt_tuning.export import ADAPTERS_FILE
+    from sidrec.artifacts import read_json
+
+    path = Path(model_dir) / ADAPTERS_FILE
+    return set(read_json(path)) if path.is_file() else {"home"}

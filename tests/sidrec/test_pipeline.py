@@ -14,7 +14,10 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     preset = tmp_path / "tiny.json"
     preset.write_text(json.dumps({"model_preset": "tiny", "epochs": 1, "max_users": 25,
                                   "val_users": 5, "eval_users": 8, "examples": 1, "k": 5,
-                                  "id_config": TINY_IDS}))
+                                  "id_config": TINY_IDS, "canvases": ["home", "t2t"],
+                                  "backend": "transformers",
+                                  "prompt_config": {"max_train_examples": 64,
+                                                    "max_eval_examples": 16, "epochs": 1}}))
     out = tmp_path / "qs"
     argv = ["quickstart", "--data", str(data_dir), "--out", str(out), "--preset", str(preset)]
     assert main(argv) == 0
@@ -22,9 +25,11 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     report = json.loads((out / "eval-test.json").read_text())
     assert report["num_users"] == 8 and report["invalid_rate"] == 0.0
     assert "recall@10" in report
-    assert "4/4 recommendations" in first and " 5. " in first  # k=5 titles printed
+    assert "5/5 recommendations" in first and " 5. " in first  # k=5 titles printed
+    assert "more like" in first and "soft prompt" in first  # the t2t canvas served its adapter
     assert len(list(out.glob("run-*/model/manifest.json"))) == 1
+    assert json.loads((out / "prompts" / "served" / "adapters.json").read_text()).keys() == {"home", "t2t"}
 
     assert main(argv) == 0  # everything is up to date: reused, not rebuilt
     second = capsys.readouterr().out
-    assert "reusing" in second and second.count("reusing") == 2
+    assert second.count("reusing") == 5  # IDs, model, two soft prompts, the served folder

@@ -1,0 +1,89 @@
+"""Judging a catalog refresh (``sidrec.refresh``): one model and ID map on the test split's members
+whose target is a new title, and on those whose target is an old one.
+
+The ID map decides both the prompts and the trie: history titles without an ID in it are dropped
+from the prompt (counted) and a target without one cannot be recommended, which is exactly what a
+model serving that map can do. So the old model with the old map scores 0 on new titles by
+construction, as any TIGER-style model does on titles it has no ID for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sidrec.data import RecData
+
+if TYPE_CHECKING:
+    from sidrec.refresh import RefreshConfig
+
+VARIANTS = ("before", "old_model_new_trie", "after")
+GROUPS = ("new_titles", "old_titles")
+
+
+def judge(parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: "RefreshConfig"
+          ) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
+    """Metrics of the three variants on the test split's new-title and old-title targets."""
+    from sidrec.sequences import build_sequences, leave_one_out
+
+    if refreshed.seq_config != parent.seq_config:
+        raise ValueError("the refreshed model was trained with another sequence config")
+    split = leave_one_out(build_sequences(data, parent.seq_config), parent.seq_config)
+    ex = split.examples("test")
+    cat = list(data.catalog["item_id"])
+    is_new = np.asarray([cat[t] in new_titles for t in ex.targets], dtype=bool)
+    groups = {"new_titles": np.flatnonzero(is_new), "old_titles": np.flatnonzero(~is_new)}
+    members = {g: len(m) for g, m in groups.items()}
+    if config.eval_users is not None:
+        groups = {g: m[: config.eval_users] for g, m in groups.items()}
+    variants = {"before": (parent, parent.ids), "old_model_new_trie": (parent, new_ids),
+                "after": (refreshed, refreshed.ids)}
+    out: dict[str, dict[str, dict]] = {}
+    for name, (gen, ids) in variants.items():
+        out[name] = {g: score(gen, ids, data, split, ex, m, config, f"{name} / {g}")
+                     for g, m in groups.items()}
+    return out, members
+
+
+def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "RefreshConfig",
+          desc: str = "decoding") -> dict[str, Any]:
+    """Recall/NDCG of `gen` for `members` of `ex`, prompts and trie both from the ID map `ids`.
+
+    History titles without an ID in `ids` are dropped from the prompt (counted); a target without
+    one cannot be recommended (a miss): that is what a model on that map can do.
+    """
+    from eval.metrics import ranking_metrics
+    from gen_fm.dataset import catalog_to_sid_rows
+    from gen_fm.decode import recommend
+    from gen_fm.tokenizer import PromptEncoder
+    from semantic_ids.trie import PrefixTrie
+
+    if ids.codebook_sizes != gen.layout.codebook_sizes:
+        raise ValueError(f"the ID map's codebooks {ids.codebook_sizes} are not the model's "
+                         f"{gen.layout.codebook_sizes}")
+    cat = list(data.catalog["item_id"])
+    targets = [cat[int(t)] for t in ex.targets[members]]
+    result: dict[str, Any] = {"num_users": len(members),
+                              "targets_without_id": sum(t not in ids for t in targets)}
+    if not len(members):
+        return {**result, **{f"{m}@{k}": None for k in config.ks for m in ("recall", "ndcg")},
+                "history_titles_without_id": 0}
+    encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, gen.layout)
+    sid_rows = catalog_to_sid_rows(data, ids)
+    prompts, dropped = [], 0
+    for i in members:
+        rows = sid_rows[ex.histories[i]]
+        dropped += int((rows < 0).sum())
+        prompts.append(encoder.encode(rows[rows >= 0], user_id=split.sequences.user_ids[ex.users[i]]))
+    trie = PrefixTrie.from_ids(ids)
+    recs = []
+    chunk = config.eval_batch_size * 4
+    for start in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk", leave=False):
+        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=config.k,
+                          num_beams=config.beams, batch_size=config.eval_batch_size)
+    ranked = [[ids.item_ids[r] for r in rec.rows] for rec in recs]
+    metrics = ranking_metrics(ranked, targets, config.ks).to_dict()
+    del metrics["num_users"]
+    return {**result, **metrics, "history_titles_without_id": dropped}

@@ -1,0 +1,381 @@
+"""Catalog refresh: new titles get IDs from the trained quantizer, the model is fine-tuned briefly
+from its own weights, and recall is measured on new-title and old-title targets before and after.
+
+    sidrec refresh --model RUN/model --data DIR --dataset NAME --out OUT
+    sidrec refresh --simulate --data DIR --dataset ml-latest-small --out OUT
+
+Simulation (titles arrive every day, replayed honestly): the newest titles by first interaction are
+held out together with every interaction at or after the first of them (the cutoff). IDs and a model
+are built on that old world only (the quickstart's stages); then ``refresh`` sees the full data.
+
+``refresh`` never retrains the quantizer: ``assign_new`` encodes the new titles with it, existing IDs
+do not move, and the new titles reuse the existing code tokens, so the model's vocabulary is
+unchanged and fine-tuning starts from the old weights (``pretrain(init_from=...)``). The fine-tune
+runs over the full data's training sequences (everything but each member's last two events) with
+the loss on the fresh events (at or after ``fresh_since``; the simulation's cutoff) plus a
+``replay`` share of the older ones, the rest being context: the loss on all events drowns the new
+titles (on ml-latest-small's validation split that fine-tune never ranked one in the top 10), the
+loss on fresh events alone costs quality on old titles. Judged on the full data's test split, split
+by whether a member's target is a new title:
+
+- ``before``: the old model with the old ID map and trie. New titles have no ID: they are dropped
+  from histories and cannot be recommended (recall 0 by construction, as for any TIGER-style model);
+- ``old_model_new_trie``: the old model, new IDs in prompts and trie (valid but never trained on);
+- ``after``: the fine-tuned model with the new IDs.
+
+Layout of OUT: ``ids/`` (the map, version + 1), ``finetune-<hash>/model`` (the refreshed model; its
+manifest names the parent model), ``report.json``; with ``--simulate`` also ``old/`` (the old
+world's ``ids/`` and ``run-*/model``). Stages whose output exists and matches are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+from eval.refresh import GROUPS, VARIANTS, judge
+from semantic_ids.config import QUANTIZERS
+from sidrec.artifacts import jsonable, manifest_hash, read_manifest, write_json
+from sidrec.data import DataConfig, DataReport, RecData, load_data
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """How a refresh fine-tunes and judges; the simulation-only fields build the old world's model."""
+
+    # ---- fine-tune (from the model's weights, on the full data's training sequences) ---------
+    epochs: int = 3  # short: the model already knows the old titles
+    lr: float = 1e-3  # peak learning rate: half of pretraining's, the old weights are a good start
+    warmup_ratio: float = 0.1  # share of the fine-tune's steps spent warming up
+    batch_size: int | None = None  # None = the parent model's batch size
+    val_users: int = 300  # members in the per-epoch validation sample (best epoch kept)
+    seed: int = 0  # data order, validation sample, replayed events
+    # Events at or after this time (unix seconds) are fresh: the loss is on them (and on the replayed
+    # share of the rest); None = on every training event. --simulate uses its cutoff. The model
+    # folder does not record when its data ended, so a real refresh must name the time itself.
+    fresh_since: int | None = None
+    replay: float = 0.2  # share of the older events kept as targets, so old titles are rehearsed
+
+    # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
+    k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5)
+    num_beams: int | None = None  # None = max(k, 10)
+    eval_users: int | None = None  # judge at most this many members per group (quick runs)
+    eval_batch_size: int = 64  # prompts per beam-search batch
+
+    # ---- simulation only (--simulate): the old world and its model -------------------------------
+    # Share of the titles that have interactions held out as "new": the newest by first interaction.
+    new_title_share: float = 0.05
+    quantizer: str = "rqvae"
+    id_config: dict | None = None  # SemanticIDConfig overrides (tiny configs for tests)
+    model_preset: str = "small"
+    pretrain_epochs: int = 8  # old-world pretraining epochs (early stopping may end sooner)
+    pretrain_lr: float = 2e-3
+    pretrain_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.new_title_share < 1.0:
+            raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
+        positive = {"epochs": self.epochs, "val_users": self.val_users, "k": self.k,
+                    "eval_batch_size": self.eval_batch_size, "pretrain_epochs": self.pretrain_epochs,
+                    "pretrain_batch_size": self.pretrain_batch_size,
+                    "batch_size": self.batch_size or 1, "eval_users": self.eval_users or 1}
+        bad = [name for name, v in positive.items() if int(v) < 1]
+        if bad:
+            raise ValueError(f"these must be >= 1: {bad}")
+        if self.lr <= 0 or self.pretrain_lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError("lr and pretrain_lr must be > 0, warmup_ratio in [0, 1)")
+        if self.num_beams is not None and self.num_beams < self.k:
+            raise ValueError(f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K "
+                             f"cannot return K titles")
+        if not 0.0 <= self.replay <= 1.0:
+            raise ValueError(f"replay must be in [0, 1], got {self.replay}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+
+    @property
+    def beams(self) -> int:
+        return self.num_beams if self.num_beams is not None else max(self.k, 10)
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return tuple(sorted({min(5, self.k), self.k}))
+
+
+# --------------------------------------------------------------------------- the old world
+
+
+@dataclass
+class OldWorld:
+    """The data as it stood just before the cutoff, and what was held out of it."""
+
+    data: RecData  # catalog without the new titles, interactions strictly before the cutoff
+    cutoff: int  # first interaction time (unix seconds) of the newest titles
+    new_titles: list[str]  # every title first engaged at or after the cutoff
+    held_out_interactions: int  # interactions at or after the cutoff (any title)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff,
+                "cutoff_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff)),
+                "new_titles": len(self.new_titles), "held_out_interactions": self.held_out_interactions,
+                "old_world_interactions": len(self.data.interactions),
+                "old_world_titles": len(self.data.catalog),
+                "old_world_fingerprint": self.data.fingerprint}
+
+
+def old_world(data: RecData, new_title_share: float) -> OldWorld:
+    """Hold out the newest `new_title_share` of the titles that have interactions, by first interaction.
+
+    The cutoff is the first interaction time of the newest ceil(share * titles) titles; every title
+    first engaged at or after it is new (ties at the cutoff included: an interaction at the cutoff is
+    held out, so such a title has no old-world history either). Titles nobody engaged with stay in
+    the old catalog. Clockless data is refused: positions within each member's sequence are not a
+    global time order, and item ids are not release dates, so "newest" has no honest meaning there.
+    """
+    if not 0.0 < new_title_share < 1.0:
+        raise ValueError(f"new_title_share must be in (0, 1), got {new_title_share}")
+    if not data.has_time:
+        raise ValueError(f"{data.name} has no clock (its timestamps are positions in each member's "
+                         f"sequence), so neither 'the newest titles' nor 'interactions after a point "
+                         f"in time' is defined: the refresh simulation needs timestamped data "
+                         f"(e.g. ml-latest-small). A model can still be refreshed with real newer "
+                         f"data: sidrec refresh --model DIR")
+    table = data.interactions.with_format("arrow")[:]  # pyarrow.Table, rows in dataset order
+    first = table.group_by("item_id", use_threads=False).aggregate([("timestamp", "min")])
+    times = np.asarray(first["timestamp_min"].to_numpy(), dtype=np.int64)  # (titles engaged,)
+    n_new = math.ceil(new_title_share * len(times))
+    if n_new >= len(times):
+        raise ValueError(f"new_title_share {new_title_share} would hold out all {len(times)} titles")
+    cutoff = int(np.sort(times)[len(times) - n_new])
+    new = set(np.asarray(first["item_id"].to_pylist(), dtype=object)[times >= cutoff].tolist())
+    keep_int = np.flatnonzero(pc.less(table["timestamp"], cutoff).to_numpy(zero_copy_only=False))
+    keep_cat = [i for i, iid in enumerate(data.catalog["item_id"]) if iid not in new]
+    report = DataReport(rows_read=dict(data.report.rows_read), dropped=data.report.dropped.copy())
+    report.drop("old world: interactions at or after the cutoff", len(table) - len(keep_int))
+    report.drop("old world: titles first engaged at or after the cutoff", len(new))
+    hashes = {**data.source_hashes,
+              "_old_world": json.dumps({"cutoff": cutoff, "new_title_share": new_title_share})}
+    view = dataclasses.replace(data, catalog=data.catalog.select(keep_cat),
+                               interactions=data.interactions.select(keep_int), report=report,
+                               source_hashes=hashes)
+    order = [iid for iid in data.catalog["item_id"] if iid in new]  # catalog order: deterministic
+    return OldWorld(view, cutoff, order, len(table) - len(keep_int))
+
+
+# --------------------------------------------------------------------------- refresh
+
+
+def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: str | Path,
+            config: RefreshConfig, results: str | Path | None = None,
+            simulation: dict | None = None) -> dict[str, Any]:
+    """Assign IDs to the new titles, fine-tune from `model_dir`, judge before/after; returns the report."""
+    from gen_fm.model import load_model
+
+    t0 = time.perf_counter()
+    out, model_dir = Path(out_dir), Path(model_dir)
+    parent = load_model(model_dir)
+    data = data_config if isinstance(data_config, RecData) else load_data(data_config)
+    console.rule(f"[bold]refresh[/bold] {model_dir} with {data.name} -> {out}")
+    if config.fresh_since is not None and not data.has_time:
+        raise ValueError(f"fresh_since needs timestamps; {data.name} has sequence positions only: "
+                         f"fine-tune on every event instead (leave fresh_since unset)")
+
+    console.rule("refresh 1/3: IDs for the new titles (trained quantizer, existing IDs kept)")
+    new_ids, new_titles = _stage_assign(parent, data, out / "ids")
+    console.print(f"{len(new_titles):,} new title(s) got IDs; map version {parent.ids.version} -> "
+                  f"{new_ids.version}; {parent.ids.num_items:,} existing IDs unchanged")
+    for iid in new_titles[:3]:
+        console.print(f"  {new_ids.layout.sid_string(new_ids.sid(iid))}  {new_ids.title(iid)}")
+    t_ids = time.perf_counter() - t0
+
+    console.rule("refresh 2/3: fine-tune from the model's weights")
+    refreshed_dir = _stage_finetune(parent, model_dir, data, out, config)
+    refreshed = load_model(refreshed_dir)
+    t_ft = time.perf_counter() - t0 - t_ids
+
+    console.rule("refresh 3/3: recall on new-title and old-title targets, before and after")
+    evaluations, members = judge(parent, new_ids, refreshed, data, set(new_titles), config)
+    report = _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config,
+                     simulation, seconds={"ids": t_ids, "finetune": t_ft,
+                                          "evaluate": time.perf_counter() - t0 - t_ids - t_ft})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    if results is not None:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+        write_json(results, report)
+    show(report)
+    console.print(f"[dim]report: {out / 'report.json'}"
+                  + (f" and {results}" if results is not None else "") + "[/dim]")
+    return report
+
+
+def check_ids_kept(old, new) -> None:
+    """Every title of the old map keeps its exact ID in the new one, and the vocabulary is the same."""
+    missing = [i for i in old.item_ids if i not in new]
+    if missing:
+        raise ValueError(f"the new ID map lost {len(missing)} title(s), e.g. {missing[:3]}")
+    moved = np.flatnonzero((new.codes_for(old.item_ids) != old.codes).any(axis=1))
+    if len(moved):
+        raise ValueError(f"{len(moved)} existing ID(s) moved, e.g. title {old.item_ids[moved[0]]}")
+    if new.codebook_sizes != old.codebook_sizes:
+        raise ValueError(f"codebook sizes changed {old.codebook_sizes} -> {new.codebook_sizes}: the "
+                         f"model's vocabulary would change")
+
+
+def _stage_assign(parent, data: RecData, ids_dir: Path):
+    from semantic_ids.builder import assign_new
+    from semantic_ids.ids import SemanticIDs
+
+    catalog = list(data.catalog["item_id"])
+    new_titles = [i for i in catalog if i not in parent.ids]
+    if not new_titles:
+        raise ValueError(f"every title of {data.name} already has an ID in {parent.path}: "
+                         f"no new titles to refresh with")
+    try:
+        ids = SemanticIDs.load(ids_dir)
+        reuse = (ids.manifest["parents"].get("data") == data.fingerprint
+                 and ids.version == parent.ids.version + 1
+                 and set(ids.item_ids) == set(parent.ids.item_ids) | set(catalog))
+        check_ids_kept(parent.ids, ids)
+    except Exception:
+        reuse = False
+    if reuse:
+        console.print(f"reusing {ids_dir} (same data, built on this model's map)")
+    else:
+        ids, assigned = assign_new(parent.path / "semantic_ids", data, ids_dir)
+        if sorted(assigned) != sorted(new_titles):
+            raise RuntimeError("assign_new gave IDs to other titles than the catalog's new ones")
+    check_ids_kept(parent.ids, ids)
+    return ids, new_titles
+
+
+def finetune_config(parent_config, config: RefreshConfig):
+    """The parent's PretrainConfig (architecture, regularisation) with the refresh's schedule."""
+    from gen_fm.config import PretrainConfig
+
+    over = dict(epochs=config.epochs, lr=config.lr, warmup_ratio=config.warmup_ratio,
+                val_users=config.val_users, eval_every=1, patience=0, max_steps=None,
+                seed=config.seed, eval_k=config.k, num_beams=config.num_beams)
+    if config.batch_size is not None:
+        over["batch_size"] = config.batch_size
+    return PretrainConfig.from_json({**jsonable(parent_config), **over})
+
+
+def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
+    from gen_fm.train import pretrain
+    from sidrec.pipeline import _same_build
+
+    pcfg = finetune_config(parent.config, config)
+    ids_hash, parent_hash = manifest_hash(out / "ids"), manifest_hash(model_dir)
+    since = config.fresh_since
+    targets = None if since is None else {"since": int(since), "replay": config.replay}
+    # one run folder per (config, IDs, parent, targets): a rerun resumes it, a change trains beside it
+    key = json.dumps([jsonable(pcfg), ids_hash, parent_hash, targets], sort_keys=True)
+    run_dir = out / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    target = run_dir / "model"
+    if _same_build(target, "gen_fm", pcfg, data.fingerprint):
+        m = read_manifest(target)
+        if (m["parents"].get("semantic_ids") == ids_hash and m["parents"].get("init_from") == parent_hash
+                and m["training"].get("targets") == targets):
+            console.print(f"reusing {target} (same data, IDs, parent and config)")
+            return target
+    what = ("every training event" if since is None else
+            f"the events since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC plus "
+            f"{config.replay:.0%} of the older ones (the rest is context)")
+    console.print(f"{pcfg.epochs} epoch(s) at lr {pcfg.lr:g} from {model_dir}; loss on {what}")
+    return pretrain(data, parent.seq_config, out / "ids", run_dir, pcfg, resume=True,
+                    init_from=model_dir, targets_since=since,
+                    replay=config.replay if since is not None else 0.0)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config, simulation,
+            seconds) -> dict[str, Any]:
+    from eval.machine import machine_info
+
+    k = config.k
+    summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS} for g in GROUPS}
+    stats = new_ids.stats()
+    return {
+        "benchmark": "refresh", "dataset": data.name, "split": "test", "k": k,
+        "num_beams": config.beams, f"recall@{k}": summary,
+        "members": members, "members_judged": {g: evaluations["after"][g]["num_users"] for g in GROUPS},
+        "evaluations": evaluations,
+        "ids": {"parent_map_version": parent.ids.version, "map_version": new_ids.version,
+                "existing_titles": parent.ids.num_items, "new_titles": len(new_titles),
+                "existing_ids_unchanged": True, "vocab_unchanged":
+                    refreshed.layout.to_json() == parent.layout.to_json(),
+                "new_titles_spilled": stats.get("new_titles_spilled"),
+                "collision_rate": stats.get("collision_rate")},
+        "simulation": simulation,
+        "finetune": {k2: refreshed.manifest["training"].get(k2) for k2 in
+                     ("steps", "epochs_done", "best_epoch", "weights", "stop_reason",
+                      f"best_val_recall@{k}", "train_windows", "targets", "history", "init_from")},
+        "config": jsonable(config),
+        "artifacts": {"parent_model": str(parent.path), "parent_manifest": manifest_hash(parent.path),
+                      "parent_data_fingerprint": parent.manifest.get("data", {}).get("fingerprint"),
+                      "model": str(refreshed.path), "model_manifest": manifest_hash(refreshed.path),
+                      "semantic_ids": str(new_ids.path), "semantic_ids_manifest":
+                          manifest_hash(new_ids.path), "data_fingerprint": data.fingerprint},
+        "seconds": {s: round(v, 1) for s, v in seconds.items()},
+        "command": " ".join(["sidrec", *sys.argv[1:]]), "machine": machine_info(),
+    }
+
+
+def show(report: dict) -> None:
+    k = report["k"]
+    t = Table(title=f"{report['dataset']} test, Recall@{k} (beam {report['num_beams']})")
+    t.add_column("targets")
+    t.add_column("members")
+    for v in VARIANTS:
+        t.add_column(v.replace("_", " "))
+    for g in GROUPS:
+        cells = [report[f"recall@{k}"][g][v] for v in VARIANTS]
+        t.add_row(g.replace("_", " "), str(report["members_judged"][g]),
+                  *("-" if c is None else f"{c:.4f}" for c in cells))
+    console.print(t)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig,
+             results: str | Path | None = None) -> dict[str, Any]:
+    """Old world -> IDs and a model on it (the quickstart's stages) -> refresh with the full data."""
+    from sidrec.pipeline import QuickstartConfig, _stage_ids, _stage_pretrain
+
+    out = Path(out_dir)
+    full = load_data(data_config)
+    world = old_world(full, config.new_title_share)
+    info = world.to_json()
+    console.rule(f"[bold]refresh simulation[/bold] on {full.name} -> {out}")
+    console.print(f"cutoff {info['cutoff_utc']}: {info['new_titles']:,} new titles and "
+                  f"{info['held_out_interactions']:,} interactions held out; the old world keeps "
+                  f"{info['old_world_titles']:,} titles and {info['old_world_interactions']:,} "
+                  f"interactions")
+    qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), quantizer=config.quantizer,
+                          model_preset=config.model_preset, epochs=config.pretrain_epochs,
+                          lr=config.pretrain_lr, batch_size=config.pretrain_batch_size,
+                          val_users=config.val_users, id_config=config.id_config)
+    _stage_ids(qs, world.data, out / "old" / "ids")
+    model_dir = _stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
+    if config.fresh_since is None:  # fresh = what the old world did not hold
+        config = dataclasses.replace(config, fresh_since=world.cutoff)
+    return refresh(model_dir, full, out, config, results=results,
+                   simulation={**info, "new_title_share": config.new_title_share,
+                               "old_model": str(model_dir)})

@@ -1,0 +1,185 @@
+"""Catalog refresh on a tiny preset and a real slice: the old-world view, new IDs, the fine-tune's
+parent, new titles becoming recommendable, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gen_fm.decode import recommend
+from gen_fm.model import build_model, load_model
+from semantic_ids.ids import SemanticIDs
+from semantic_ids.trie import PrefixTrie
+from sidrec.artifacts import ArtifactError, manifest_hash
+from sidrec.cli import main
+from sidrec.data import DataConfig, load_data
+from sidrec.refresh import RefreshConfig, old_world, refresh
+from sidrec.sequences import build_sequences, leave_one_out
+from tests.sidrec.test_pipeline import TINY_IDS
+
+SLICE = ["--data", None, "--dataset", "ml-latest-small", "--max-users", "40"]
+TINY = {"new_title_share": 0.2, "model_preset": "tiny", "pretrain_epochs": 2, "epochs": 1,
+        "val_users": 5, "k": 5, "id_config": TINY_IDS}
+
+
+def _slice(data_dir) -> list[str]:
+    return [str(data_dir) if a is None else a for a in SLICE]
+
+
+@pytest.fixture(scope="module")
+def simulated(data_dir, tmp_path_factory):
+    """`sidrec refresh --simulate` on the first 40 MovieLens members (about 15 s on one thread)."""
+    root = tmp_path_factory.mktemp("refresh")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    argv = ["refresh", "--simulate", *_slice(data_dir), "--out", str(root / "run"),
+            "--preset", str(root / "tiny.json"), "--results", str(root / "results.json")]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv + ["--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((root / "run" / "report.json").read_text())
+    return root, argv, report
+
+
+def test_old_world_holds_out_the_newest_titles_and_everything_after(ml_small):
+    world = old_world(ml_small, 0.2)
+    inter = ml_small.interactions.with_format("numpy", columns=["item_id", "timestamp"])[:]
+    first: dict[str, int] = {}
+    for iid, t in zip(inter["item_id"].tolist(), inter["timestamp"].tolist()):
+        first[iid] = min(t, first.get(iid, t))
+    new = set(world.new_titles)
+    assert len(new) >= math.ceil(0.2 * len(first))
+    assert all(first[i] >= world.cutoff for i in new)
+    assert all(t < world.cutoff for i, t in first.items() if i not in new)
+    assert not new & set(world.data.catalog["item_id"])
+    assert len(world.data.catalog) == len(ml_small.catalog) - len(new)
+    old_t = np.asarray(world.data.interactions["timestamp"])
+    assert old_t.max() < world.cutoff
+    assert world.held_out_interactions == int((inter["timestamp"] >= world.cutoff).sum())
+    assert len(old_t) + world.held_out_interactions == len(ml_small.interactions)
+    assert not new & set(world.data.interactions["item_id"])
+    # a proper RecData that says what it is: its own, reproducible fingerprint
+    assert world.data.fingerprint != ml_small.fingerprint
+    assert world.data.fingerprint == old_world(ml_small, 0.2).data.fingerprint
+    assert world.data.fingerprint != old_world(ml_small, 0.1).data.fingerprint
+    assert world.data.report.dropped["old world: interactions at or after the cutoff"] == \
+        world.held_out_interactions
+
+
+def test_bad_input_is_refused(ml_small, beauty_small):
+    for share in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="new_title_share"):
+            old_world(ml_small, share)
+        with pytest.raises(ValueError, match="new_title_share"):
+            RefreshConfig(new_title_share=share)
+    with pytest.raises(ValueError, match="no clock"):  # positions are not a global time order
+        old_world(beauty_small, 0.05)
+    with pytest.raises(ValueError, match="epochs"):
+        RefreshConfig(epochs=0)
+    with pytest.raises(ValueError, match="num_beams"):
+        RefreshConfig(k=10, num_beams=5)
+
+
+def test_new_titles_get_ids_and_old_ids_stay(simulated):
+    root, _, report = simulated
+    old, new = SemanticIDs.load(root / "run" / "old" / "ids"), SemanticIDs.load(root / "run" / "ids")
+    added = [i for i in new.item_ids if i not in old]
+    assert len(added) == report["ids"]["new_titles"] == report["simulation"]["new_titles"] > 0
+    assert new.version == old.version + 1 == 2
+    assert np.array_equal(new.codes_for(old.item_ids), old.codes)  # no existing ID moved
+    assert new.codebook_sizes == old.codebook_sizes  # same code tokens: same vocabulary
+    assert report["ids"]["existing_ids_unchanged"] and report["ids"]["vocab_unchanged"]
+
+
+def test_refreshed_model_names_its_parent_and_starts_from_its_weights(simulated):
+    root, _, report = simulated
+    parent_dir, model_dir = report["artifacts"]["parent_model"], report["artifacts"]["model"]
+    gen, parent = load_model(model_dir), load_model(parent_dir)
+    assert gen.manifest["parents"]["init_from"] == manifest_hash(parent_dir)
+    assert gen.manifest["training"]["init_from"]["model"] == parent_dir
+    assert gen.ids.version == 2 and gen.layout.to_json() == parent.layout.to_json()
+    assert gen.manifest["data"]["fingerprint"] != parent.manifest["data"]["fingerprint"]
+    # one short epoch from the parent: far closer to it than to any fresh initialisation
+    torch.manual_seed(123)
+    fresh = build_model(gen.config, gen.layout, gen.seq_config.max_history).state_dict()
+    w_new = load_file(f"{model_dir}/model.safetensors")
+    w_old = load_file(f"{parent_dir}/model.safetensors")
+    to_parent = sum(float((w_new[k] - w_old[k]).norm()) for k in w_new)
+    to_fresh = sum(float((w_new[k] - fresh[k]).norm()) for k in w_new)
+    assert 0 < to_parent < 0.2 * to_fresh
+
+
+def test_new_titles_become_recommendable(simulated):
+    root, _, report = simulated
+    gen = load_model(report["artifacts"]["model"])
+    old = SemanticIDs.load(root / "run" / "old" / "ids")
+    trie, old_trie = PrefixTrie.from_ids(gen.ids), PrefixTrie.from_ids(old)
+    new_rows = [r for r, i in enumerate(gen.ids.item_ids) if i not in old]
+    tokens = gen.layout.sids_to_ids(gen.ids.codes[new_rows])  # (N_new, L)
+    assert [trie.item_of(t) for t in tokens] == new_rows  # in the new trie...
+    assert all(old_trie.item_of(t) == -1 for t in tokens)  # ...and in no way in the old one
+    old_rows = [r for r, i in enumerate(gen.ids.item_ids) if i in old]
+    prompt = gen.prompt_encoder().encode(new_rows[:3], user_id="1")
+    rec = recommend(gen.model, [prompt], trie, k=5, num_beams=10, exclude=[old_rows])[0]
+    assert len(rec.rows) == 5 and set(rec.rows) <= set(new_rows)  # decodable, whole new IDs
+
+
+def test_report_before_and_after(simulated, data_dir):
+    root, _, report = simulated
+    ev = report["evaluations"]
+    assert report["recall@5"]["new_titles"]["before"] == 0.0  # no ID: impossible by construction
+    assert ev["before"]["new_titles"]["targets_without_id"] == report["members"]["new_titles"] > 0
+    assert ev["before"]["new_titles"]["history_titles_without_id"] > 0
+    for variant in ("old_model_new_trie", "after"):
+        assert all(ev[variant][g]["targets_without_id"] == 0 for g in ("new_titles", "old_titles"))
+    data = load_data(DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40))
+    split = leave_one_out(build_sequences(data))  # the quickstart's default sequence config
+    assert sum(report["members"].values()) == int(split.evaluable.sum())  # every evaluable member
+    assert json.loads((root / "results.json").read_text()) == report
+    # the fine-tune's loss was on the fresh events (since the cutoff) plus the replayed share
+    cutoff = report["simulation"]["cutoff"]
+    assert report["config"]["fresh_since"] == cutoff
+    assert report["finetune"]["targets"] == {"since": cutoff, "replay": RefreshConfig().replay}
+
+
+def test_rerun_reuses_every_stage(simulated, capsys):
+    _, argv, report = simulated
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv + ["--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 4  # old ids, old model, new ids, fine-tuned model
+    again = json.loads((simulated[0] / "run" / "report.json").read_text())
+    assert again["evaluations"] == report["evaluations"]  # evaluation is deterministic
+
+
+def test_clear_errors(simulated, data_dir, tmp_path, capsys):
+    root, _, report = simulated
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        refresh(tmp_path, DataConfig(data_dir=str(data_dir), dataset="ml-latest-small"),
+                tmp_path / "out", RefreshConfig())
+    assert main(["refresh", "--model", str(tmp_path), *_slice(data_dir), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().out
+    # the old model against its own old world: nothing new to refresh with
+    world = old_world(load_data(DataConfig(data_dir=str(data_dir), dataset="ml-latest-small",
+                                           max_users=40)), TINY["new_title_share"])
+    with pytest.raises(ValueError, match="no new titles"):
+        refresh(report["artifacts"]["parent_model"], world.data, tmp_path / "o", RefreshConfig())
+    with pytest.raises(SystemExit, match="either --model"):
+        main(["refresh", *_slice(data_dir), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="invalid RefreshConfig"):
+        main(["refresh", "--simulate", *_slice(data_dir), "--out", str(tmp_path / "o"),
+              "--set", "new_title_share=1.5"])
+    assert main(["refresh", "--simulate", "--data", str(data_dir), "--dataset", "amazon-beauty",
+                 "--max-users", "60", "--out", str(tmp_path / "o")]) == 2
+    assert "no clock" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()
