@@ -228,8 +228,6 @@ def build_canvas_data(canvas: str, data: RecData, split: Split, ids: SemanticIDs
         row_theme = {int(sid_rows[r]): t for r, t in enumerate(themes) if sid_rows[r] >= 0}
         train = [ex for ex in _next_title_examples(split, sid_rows, H) if row_theme.get(ex.target)]
         test = [ex for ex in _test_examples(split, sid_rows) if row_theme.get(ex.target)]
-        train = _sample(train, config.max_train_examples, seed)
-        test = _sample(test, config.max_eval_examples, seed + 1)
         names = sorted({row_theme[ex.target] for ex in train + test})
         tokens = dict(zip(names, queries.encode(names)))
         for ex in train + test:
@@ -240,6 +238,7 @@ def build_canvas_data(canvas: str, data: RecData, split: Split, ids: SemanticIDs
         train, test = _search_examples(data, split, sid_rows, config)
         if not train or not test:
             raise ValueError(f"{data.name}: no search examples (no tags and no title words)")
+        # sample before encoding: the query encoder embeds every distinct text
         train = _sample(train, config.max_train_examples, seed)
         test = _sample(test, config.max_eval_examples, seed + 1)
         texts = sorted({ex.text for ex in train + test})
