@@ -114,15 +114,12 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     """Every variant of one canvas on the same held-out examples (see the module docstring)."""
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
-    from prompt_tuning.canvases import QueryEncoder, build_canvas_data
+    from prompt_tuning.canvases import canvas_data_for
     from prompt_tuning.export import attach_soft_prompts
 
     gen = load_model(model_dir)
     encoder = gen.prompt_encoder()
-    queries = None
-    if canvas in ("search", "collection"):
-        queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
-    cd = build_canvas_data(canvas, data, split, gen.ids, encoder, config, queries)
+    cd = canvas_data_for(gen, data, split, config)
     trie = PrefixTrie(gen.ids.codes, encoder.layout)
     titles, cats = row_attributes(gen, data)
     common = dict(data=cd, encoder=encoder, trie=trie, titles_lower=titles, row_categories=cats,

@@ -296,3 +296,12 @@ def _search_examples(data: RecData, split: Split, sid_rows: np.ndarray,
         ex = CanvasExample(np.zeros(0, np.int64), int(sid_rows[r]), None, text=text, kind="word")
         (test if _hash_fraction(seed, "word", item) < frac else train).append(ex)
     return train, test
+
+
+def canvas_data_for(gen, data: RecData, split: Split, config: PromptTuningStageConfig) -> CanvasData:
+    """``build_canvas_data`` for a loaded model (``gen_fm.model.GenFM``): its ID map and prompt
+    encoder, and a ``QueryEncoder`` over its copy of the ID artifact when the canvas takes text."""
+    queries = None
+    if config.canvas in ("search", "collection"):
+        queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
+    return build_canvas_data(config.canvas, data, split, gen.ids, gen.prompt_encoder(), config, queries)

@@ -17,7 +17,7 @@ from sidrec.artifacts import ArtifactError, read_json
 
 def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
     """The dataset the model was trained on, its split and the canvas's examples."""
-    from prompt_tuning.canvases import QueryEncoder, build_canvas_data
+    from prompt_tuning.canvases import canvas_data_for
     from sidrec.data import load_data
     from sidrec.sequences import build_sequences, leave_one_out
 
@@ -35,11 +35,7 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
         raise ValueError(f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
                          f"than {data.path}: canvas examples must come from the model's own split")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    queries = None
-    if config.canvas in ("search", "collection"):
-        queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
-    encoder = gen.prompt_encoder()
-    return data, split, build_canvas_data(config.canvas, data, split, gen.ids, encoder, config, queries)
+    return data, split, canvas_data_for(gen, data, split, config)
 
 
 def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
