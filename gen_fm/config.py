@@ -53,6 +53,14 @@ class PretrainConfig:
     # Hashed member tokens <user_0>..<user_{n-1}> (TIGER uses 2,000); 0 = no member token.
     num_user_buckets: int = 2000
 
+    # ---- canvas mixture ----------------------------------------------------------------------
+    # Canvases (besides home) whose training examples (``prompt_tuning.canvases``: training events
+    # only, held-out targets filtered out) are mixed into pretraining, so the foundation model learns
+    # to read their contexts after <sep> (query, source title, theme) before any soft prompt is
+    # trained. () = next-title windows only. A list or a comma-separated string.
+    canvas_mix: tuple[str, ...] = ()
+    canvas_mix_examples: int = 2000  # examples per mixed canvas (one seeded sample for the run)
+
     # ---- optimisation ------------------------------------------------------------------------
     lr: float = 1e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms)
@@ -86,6 +94,18 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        mix = self.canvas_mix.split(",") if isinstance(self.canvas_mix, str) else self.canvas_mix
+        object.__setattr__(self, "canvas_mix", tuple(c.strip() for c in mix if c.strip()))
+        if self.canvas_mix:
+            from gen_fm.tokenizer import CANVASES  # transformers: only when a mixture is asked for
+
+            mixable = [c for c in CANVASES if c != "home"]  # home is the windows themselves
+            if any(c not in mixable for c in self.canvas_mix) or \
+                    len(set(self.canvas_mix)) != len(self.canvas_mix):
+                raise ValueError(f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, "
+                                 f"from {mixable}")
+        if self.canvas_mix_examples < 1:
+            raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
         ints = {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "num_heads": self.num_heads, "intermediate_size": self.intermediate_size,
                 "batch_size": self.batch_size, "grad_accum": self.grad_accum,

@@ -302,6 +302,17 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         rehearse = np.random.default_rng([config.seed, 1]).random(len(split.sequences.first_time))
         targets = (split.sequences.first_time >= targets_since) | (rehearse < replay)  # (E,)
     examples = build_examples(split, sid_rows, encoder, targets=targets)
+    mixture = None
+    if config.canvas_mix:
+        # The canvas formats and their leakage rules are owned by prompt_tuning.canvases (imported
+        # only for a mixture: a plain next-title run does not depend on the canvas stage).
+        import datasets
+
+        from prompt_tuning.canvases import mixture_examples
+
+        extra, mixture = mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
+                                          config.canvas_mix_examples, config.seed)
+        examples = datasets.concatenate_datasets([examples, extra])
     lengths = np.asarray([len(x) for x in examples["input_ids"]], dtype=np.int64)  # (num_windows,)
     val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
     trie = None
@@ -341,6 +352,9 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
                           f"step {state.step})")
     elif resume:
         accelerator.print(f"nothing to resume in {ckpt_root}: starting from scratch")
+    if mixture:
+        accelerator.print("canvas mixture: " + ", ".join(f"{c} {m['examples']:,}"
+                                                         for c, m in mixture.items()))
     accelerator.print(f"{len(examples):,} windows from {len(split.sequences):,} members; "
                       f"{steps_per_epoch} steps/epoch; "
                       f"{sum(p.numel() for p in set(model.parameters())):,} parameters")
@@ -381,7 +395,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     state.stop_reason = state.stop_reason or halted
     return _finish(accelerator, model, state, out_dir, ckpt_root, encoder, ids, config, seq_config,
                    data, examples, split, val, steps_per_epoch, parent,
-                   None if targets is None else {"since": int(targets_since), "replay": replay})
+                   None if targets is None else {"since": int(targets_since), "replay": replay},
+                   mixture)
 
 
 def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
@@ -420,7 +435,8 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
 
 def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
             config, seq_config, data, examples, split, val, steps_per_epoch,
-            parent: dict[str, Any] | None = None, targets: dict | None = None) -> Path:
+            parent: dict[str, Any] | None = None, targets: dict | None = None,
+            mixture: dict | None = None) -> Path:
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
     from safetensors.torch import load_model as load_weights
 
@@ -449,7 +465,8 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
                    "val_members": len(val.prompts) if val is not None else 0,
                    "train_windows": len(examples), "train_members": len(split.sequences),
                    "world_size": accelerator.num_processes, "history": state.history,
-                   "partial_epoch": partial, "init_from": parent, "targets": targets}
+                   "partial_epoch": partial, "init_from": parent, "targets": targets,
+                   "canvas_mix": mixture}
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
                    data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
                    parents={"init_from": parent["model_manifest"]} if parent else None)

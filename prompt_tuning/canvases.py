@@ -305,3 +305,58 @@ def canvas_data_for(gen, data: RecData, split: Split, config: PromptTuningStageC
     if config.canvas in ("search", "collection"):
         queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
     return build_canvas_data(config.canvas, data, split, gen.ids, gen.prompt_encoder(), config, queries)
+
+
+def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str | Path,
+                     encoder: PromptEncoder, canvases: Sequence[str], per_canvas: int,
+                     seed: int = 0) -> tuple["datasets.Dataset", dict]:  # noqa: F821
+    """Training examples of other canvases as pretraining rows (``gen_fm.dataset`` columns).
+
+    Each row is a canvas prompt followed by the target's code tokens, with the loss on the target
+    only. Only *training* examples are used, and on top of the canvases' own rules a member's
+    validation and test targets are taken out of that member's examples (as targets and as history:
+    a search tag may postdate them), so mixing canvases into pretraining leaks nothing into the
+    next-title evaluation either. Returns the rows and counts per canvas.
+    """
+    import datasets
+
+    from gen_fm.dataset import IGNORE
+
+    sid_rows = catalog_to_sid_rows(data, ids)
+    held: dict[str, set[int]] = {}  # member -> ID rows of their validation and test targets
+    for name in ("valid", "test"):
+        ex = split.examples(name)
+        for u, t in zip(ex.users, to_sid_rows(ex.targets, sid_rows)):
+            held.setdefault(split.sequences.user_ids[u], set()).add(int(t))
+    member = {u: i for i, u in enumerate(split.sequences.user_ids)}
+    queries = None
+    if any(c in ("search", "collection") for c in canvases):
+        queries = QueryEncoder(ids_dir)
+    cols: dict[str, list] = {"input_ids": [], "labels": [], "member": []}
+    info: dict = {}
+    for canvas in canvases:
+        # draw from every training example, then cap after the held-out filter
+        config = PromptTuningStageConfig(canvas=canvas, max_train_examples=None, seed=seed)
+        cd = build_canvas_data(canvas, data, split, ids, encoder, config, queries)
+        kept = []
+        for ex in cd.train:
+            out = held.get(ex.user, set()) if ex.user is not None else set()
+            if ex.target in out:
+                continue
+            if out and len(ex.history):
+                ex.history = ex.history[~np.isin(ex.history, list(out))]
+            kept.append(ex)
+        dropped = len(cd.train) - len(kept)
+        kept = _sample(kept, per_canvas, seed)
+        for ex in kept:
+            prompt = ex.prompt(encoder, canvas)
+            target = encoder.sid_tokens[ex.target].tolist()
+            cols["input_ids"].append(prompt + target)
+            cols["labels"].append([IGNORE] * len(prompt) + target)
+            cols["member"].append(member.get(ex.user, -1) if ex.user is not None else -1)
+        info[canvas] = {"examples": len(kept), "kinds": dict(Counter(ex.kind for ex in kept)),
+                        "dropped_held_out": dropped}
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "labels": datasets.Sequence(datasets.Value("int32")),
+                                  "member": datasets.Value("int64")})
+    return datasets.Dataset.from_dict(cols, features=features), info
