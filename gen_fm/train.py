@@ -3,7 +3,8 @@
 The same code runs on one CPU and under ``accelerate launch`` on many GPUs: batches are sharded by
 process rank from one seeded, per-epoch order (so a resumed run sees exactly the batches an
 uninterrupted run would), and checkpoints go through ``Accelerator.save_state`` (model, optimizer,
-RNG states, the scheduler as a registered object) plus a ``trainer_state.json`` of progress.
+RNG states, the scheduler as a registered object) plus a ``trainer_state.json`` of progress
+(``gen_fm.checkpoints``).
 
 Layout of ``out_dir``: ``checkpoints/step-XXXXXXXX/`` (the last ``keep_checkpoints``),
 ``checkpoints/best/`` (weights of the best validation Recall@K) and ``model/``, the final model folder
@@ -12,13 +13,10 @@ Layout of ``out_dir``: ``checkpoints/step-XXXXXXXX/`` (the last ``keep_checkpoin
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +25,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gen_fm.config import RESUMABLE_CHANGES, PretrainConfig
+from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check_resumable,
+                                list_checkpoints, save_best, save_checkpoint)
+from gen_fm.config import PretrainConfig
 from gen_fm.dataset import PadCollator, build_examples, catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import add_hidden_dropout, build_model, save_model
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
-from sidrec.artifacts import atomic_dir, jsonable, manifest_hash, read_json, write_json
+from sidrec.artifacts import jsonable, manifest_hash, read_json
 from sidrec.data import DataConfig, RecData, load_data
 from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
-CHECKPOINTS = "checkpoints"
 MODEL = "model"
-BEST = "best"
-STATE_FILE = "trainer_state.json"
 LENGTH_GROUP = 64  # batches per length-sorted group (less padding, still shuffled)
-
-
-@dataclass
-class TrainState:
-    """Progress saved with every checkpoint; what a resumed run needs besides accelerate's state."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch (0-based)
-    epoch_step: int = 0  # optimizer steps done in the current epoch
-    loss_sum: float = 0.0  # summed token loss of the current epoch (this process)
-    loss_tokens: int = 0  # target tokens of the current epoch (this process)
-    tokens: int = 0  # non-pad tokens of the current epoch (this process)
-    train_seconds: float = 0.0  # training time of the current epoch
-    best_metric: float = -1.0  # best validation Recall@K so far
-    best_ndcg: float = -1.0  # its NDCG@K (breaks ties in Recall@K, common on small samples)
-    best_epoch: int = -1
-    best_step: int = -1
-    bad_evals: int = 0  # validations since the last improvement
-    stop_reason: str | None = None
-    history: list[dict] = field(default_factory=list)  # one summary per finished epoch
 
 
 @dataclass
@@ -140,64 +117,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
     return get_scheduler(name[config.schedule], optimizer,
                          num_warmup_steps=int(config.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
-
-
-def save_checkpoint(accelerator, root: Path, state: TrainState, meta: dict, keep: int) -> Path:
-    """accelerate state + trainer_state.json into step-N/, renamed in only when complete."""
-    name = f"step-{state.step:08d}"
-    tmp, final = root / f".{name}.tmp", root / name
-    figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
-                        device=accelerator.device)  # (3,) this process's epoch sums
-    figs = accelerator.reduce(figs, reduction="sum").cpu().tolist()
-    # saved as global sums; on resume rank 0 carries them and the other ranks start from zero
-    saved = dataclasses.replace(state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]))
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, {"state": dataclasses.asdict(saved), **meta})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def save_best(accelerator, model, root: Path, state: TrainState) -> None:
-    from safetensors.torch import save_model as save_weights
-
-    if accelerator.is_main_process:
-        with atomic_dir(root / BEST) as stage:
-            save_weights(accelerator.unwrap_model(model), str(stage / "model.safetensors"))
-            write_json(stage / "best.json", {"step": state.step, "epoch": state.best_epoch,
-                                             "metric": state.best_metric})
-    accelerator.wait_for_everyone()
-
-
-def _check_resumable(saved: dict, meta: dict) -> None:
-    # a field added since the checkpoint was written counts as its default
-    defaults = jsonable(PretrainConfig())
-    old = {**defaults, **saved["config"]}
-    new = {**defaults, **meta["config"]}
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")
-    for key in ("semantic_ids", "data_fingerprint", "sequence_config", "world_size", "init_from",
-                "targets_since", "replay"):
-        if saved.get(key) != meta.get(key):
-            raise ValueError(f"cannot resume: {key} differs from the checkpoint's")
 
 
 # --------------------------------------------------------------------------- training
@@ -286,7 +205,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    checkpoints = _checkpoints(ckpt_root) if ckpt_root.is_dir() else []
+    checkpoints = list_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
     if checkpoints and not resume:
         raise FileExistsError(f"{ckpt_root} holds checkpoints of an earlier run: resume it "
                               f"(resume=True / --resume) or choose another output folder")
@@ -343,7 +262,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     state = TrainState()
     if resume and checkpoints:
         saved = read_json(checkpoints[-1] / STATE_FILE)
-        _check_resumable(saved, meta)
+        check_resumable(saved, meta)
         accelerator.load_state(str(checkpoints[-1]))
         state = TrainState(**saved["state"])
         if rank:  # epoch sums were saved reduced over processes: rank 0 carries them
