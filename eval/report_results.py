@@ -1,0 +1,261 @@
+"""What the results files hold: one typed record per figure, parsed from every JSON file that
+``sidrec report`` reads (``load_results``); a file it cannot interpret is recorded as skipped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidrec.artifacts import file_sha256, read_json
+
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+# Per-canvas variants in plotting order; other entries that carry metrics are plotted after them,
+# entries without metrics (the canvas's "data", "config") are not variants.
+VARIANTS = {"adapter": "soft prompt (adapter)", "base": "frozen base",
+            "base_home_prompt": "frozen base, home prompt", "full_finetune": "full fine-tune"}
+CANVAS_EXTRAS = ("trainable_parameters", "train_seconds")
+
+
+class ReportError(RuntimeError):
+    """The results folder cannot make a report (missing, no JSON) or the output folder is unsafe."""
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    dataset: str
+    group: str  # "ours" | "baseline" | "published"
+    model: str
+    split: str
+    metrics: dict[str, float | None]
+    params: float | None
+    source: str  # a results file, or the publication
+
+
+@dataclass(frozen=True)
+class IDStats:
+    label: str
+    dataset: str
+    quantizer: str
+    num_items: float | None
+    collision_rate: float | None
+    max_group: float | None
+    codebook_size: Any
+    utilization: tuple[float, ...]
+    perplexity: tuple[float, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class Latency:
+    backend: str  # backend and decoding, e.g. "vllm (trie)"
+    beams: int
+    batch: int
+    p50_s: float
+    p99_s: float | None
+    recs_per_s: float | None
+
+
+@dataclass(frozen=True)
+class ServingGrid:
+    label: str
+    machine: str
+    points: tuple[Latency, ...]
+    source: str
+
+
+# Load-test columns: results key -> (table header, number format).
+LOAD_COLUMNS = {"clients": ("clients", ".0f"), "seconds": ("seconds", ".0f"),
+                "requests": ("requests", ",.0f"), "error_count": ("errors", ".0f"),
+                "throughput_rps": ("req/s", ".2f"), "p50_s": ("p50 s", ".4f"),
+                "p99_s": ("p99 s", ".4f"),
+                "rss_growth_second_half_mib": ("RSS growth, 2nd half (MiB)", ".0f")}
+
+
+@dataclass(frozen=True)
+class LoadTest:
+    backend: str
+    figures: dict[str, float | None]  # LOAD_COLUMNS keys
+    source: str
+
+
+@dataclass(frozen=True)
+class CanvasRow:
+    canvas: str
+    variant: str
+    metrics: dict[str, float | None]  # METRICS present + trainable_parameters, train_seconds
+
+
+@dataclass(frozen=True)
+class CanvasResults:
+    dataset: str
+    label: str
+    rows: tuple[CanvasRow, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    dataset: str
+    recall: dict[str, dict[str, float | None]]  # group (new_titles/old_titles) -> variant -> R@K
+    members: dict[str, int]
+    k: int
+    source: str
+
+
+@dataclass
+class Results:
+    retrieval: list[Retrieval] = field(default_factory=list)
+    ids: list[IDStats] = field(default_factory=list)
+    grids: list[ServingGrid] = field(default_factory=list)
+    loads: list[LoadTest] = field(default_factory=list)
+    canvases: list[CanvasResults] = field(default_factory=list)
+    refreshes: list[RefreshResult] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)  # shown name -> sha256
+    skipped: dict[str, str] = field(default_factory=dict)  # shown name -> why
+
+
+def _num(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} is not a finite number: {value!r}")
+    return float(value)
+
+
+def _metrics(d: dict[str, Any], keys: tuple[str, ...] = METRICS) -> dict[str, float | None]:
+    out = {k: _num(d.get(k), k) for k in keys}
+    if all(v is None for v in out.values()):
+        raise ValueError(f"no figures among {', '.join(keys)}")
+    return out
+
+
+def _tag(stem: str, dataset: str) -> str:
+    return stem[len(dataset):].strip("-_") if stem.startswith(dataset) else stem
+
+
+def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
+    split = (d.get("eval_config") or {}).get("split", "test")
+    m = d["metrics"]
+    m = m[split] if isinstance(m.get(split), dict) else m
+    res.retrieval.append(Retrieval(str(d["dataset"]), "baseline", str(d.get("baseline", stem)),
+                                   str(split), _metrics(m), _num(d.get("params"), "params"), name))
+
+
+def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
+    dataset = str(d["dataset"])
+    tag = _tag(stem, dataset)
+    res.retrieval.append(Retrieval(dataset, "ours", f"gen-fm ({tag})" if tag else "gen-fm",
+                                   str(d.get("split", "test")), _metrics(d),
+                                   _num(d.get("parameters"), "parameters"), name))
+
+
+def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:
+    stats, config = d["stats"], d.get("config") or {}
+    util, perp = stats.get("codebook_utilization"), stats.get("perplexity")
+    if util is None or perp is None:  # older files: per-level records only
+        util = [lv["codebook_utilization"] for lv in stats["levels"]]
+        perp = [lv["perplexity"] for lv in stats["levels"]]
+    res.ids.append(IDStats(
+        stem, str(d["dataset"]), str(config.get("quantizer", "?")),
+        _num(stats.get("num_items"), "num_items"), _num(stats.get("collision_rate"), "collision"),
+        _num(stats.get("max_collision_group"), "max_collision_group"),
+        config.get("codebook_size"), tuple(_num(u, "utilization") for u in util),
+        tuple(_num(p, "perplexity") for p in perp), name))
+
+
+def _machine(d: dict) -> str:
+    m = d.get("machine") or {}
+    cpus = m.get("usable_cpus", m.get("cpu_count", "?"))
+    gpu = m.get("cuda") or "no GPU"
+    return f"{m.get('processor', '?')}, {cpus} CPUs, {gpu}, torch {m.get('torch', '?')}"
+
+
+def _parse_serving(d: dict, name: str, stem: str, res: Results) -> None:
+    points = []
+    for row in d["figures"]:
+        decoding = "trie" if row.get("constrained", True) else "built-in, no trie"
+        points.append(Latency(f"{row['backend']} ({decoding})", int(row["beams"]),
+                              int(row["batch"]), _num(row["p50_s"], "p50_s"),
+                              _num(row.get("p99_s"), "p99_s"),
+                              _num(row.get("recs_per_s"), "recs_per_s")))
+    if not points:
+        raise ValueError("no figures in the serving grid")
+    res.grids.append(ServingGrid(stem, _machine(d), tuple(points), name))
+
+
+def _parse_load(d: dict, name: str, stem: str, res: Results) -> None:
+    _num(d["throughput_rps"], "throughput_rps")  # the one figure a load test must have
+    res.loads.append(LoadTest(str(d.get("backend", "?")),
+                              {k: _num(d.get(k), k) for k in LOAD_COLUMNS}, name))
+
+
+def _parse_canvases(d: dict, name: str, stem: str, res: Results) -> None:
+    rows = []
+    for canvas, entries in d["canvases"].items():
+        variants = {k: v for k, v in entries.items() if isinstance(v, dict)
+                    and any(str(m).startswith(("recall@", "ndcg@")) for m in v)}
+        order = [v for v in VARIANTS if v in variants] + [v for v in variants if v not in VARIANTS]
+        for v in order:
+            extra = {k: _num(variants[v].get(k), k) for k in CANVAS_EXTRAS}
+            rows.append(CanvasRow(str(canvas), v, {**_metrics(variants[v]), **extra}))
+    if not rows:
+        raise ValueError("no canvases")
+    res.canvases.append(CanvasResults(str(d["dataset"]), stem, tuple(rows), name))
+
+
+def _parse_refresh(d: dict, name: str, stem: str, res: Results) -> None:
+    k = int(d["k"])
+    recall = {g: {v: _num(x, f"{g}/{v}") for v, x in variants.items()}
+              for g, variants in d[f"recall@{k}"].items()}
+    res.refreshes.append(RefreshResult(str(d["dataset"]), recall,
+                                       {g: int(n) for g, n in d["members"].items()}, k, name))
+
+
+PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
+    "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
+    "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
+    "refresh": _parse_refresh,
+}
+REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
+                    "after": "after the fine-tune"}
+
+
+def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> Results:
+    """Every JSON file under ``results_dir`` (sorted), interpreted or listed as skipped.
+
+    Hidden folders and ``exclude`` (a report written inside the results folder) are not read.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ReportError(f"results folder {root} does not exist or is not a folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = sorted(p for p in root.rglob("*.json") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
+                   and (skip is None or skip not in p.resolve().parents))
+    if not files:
+        raise ReportError(f"results folder {root} holds no JSON results files; run the "
+                          f"benchmarks first (sidrec eval / baseline, python -m eval.bench_*)")
+    res = Results()
+    for path in files:
+        name = f"{root.resolve().name}/{path.relative_to(root).as_posix()}"
+        try:
+            res.hashes[name] = file_sha256(path)
+            d = read_json(path)
+            if not isinstance(d, dict):
+                raise ValueError("the top level is not a JSON object")
+            kind = d.get("benchmark") or d.get("kind")
+            if kind not in PARSERS:
+                raise ValueError(f"unknown results kind {kind!r} (no 'benchmark' or 'kind' key "
+                                 f"this report knows)")
+            PARSERS[kind](d, name, path.stem, res)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            why = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            res.skipped[name] = f"{type(e).__name__}: {why}".replace("\n", " ")[:300]
+    return res
+
+
+def row_label(r: Retrieval) -> str:
+    return r.model if r.split == "test" else f"{r.model} [{r.split}]"
