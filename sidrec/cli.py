@@ -147,7 +147,8 @@ def cmd_pretrain(args) -> None:
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: invalid PretrainConfig: {e}") from e
     seq = SequenceConfig(max_history=args.max_history)
-    model_dir = pretrain(_data_config(args), seq, args.ids, args.out, config, resume=args.resume)
+    model_dir = pretrain(_data_config(args), seq, args.ids, args.out, config, resume=args.resume,
+                         init_from=args.init_from)
     console.print(f"model folder: {model_dir}")
 
 
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="start from this model folder's weights (same layout and sizes): a warm "
+                        "restart with a new schedule, or fine-tuning on new data")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_pretrain)
 

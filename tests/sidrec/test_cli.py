@@ -41,3 +41,22 @@ def test_clear_errors(data_dir, tmp_path, capsys):
         main(["ids", "build", "--data", str(data_dir), "--dataset", "ml-latest-small",
               "--out", str(tmp_path / "x"), "--set", "codebook_size=1"])
     assert not (tmp_path / "x").exists()
+
+
+def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_dir, tmp_path, capsys):
+    ids = tmp_path / "ids"
+    common = ["--data", str(data_dir), "--dataset", "ml-latest-small", "--max-users", "20"]
+    assert main(["ids", "build", *common, "--out", str(ids), "--quantizer", "rqkmeans", *FAST]) == 0
+    tiny = ["--preset", "tiny", "--ids", str(ids), "--threads", "1", "--set", "epochs=1",
+            "--set", "eval_every=0", "--set", "num_user_buckets=4", "--set", "batch_size=8"]
+    assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "a")]) == 0
+    parent = tmp_path / "a" / "model"
+    assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "b"), "--init-from", str(parent)]) == 0
+    manifest = json.loads((tmp_path / "b" / "model" / "manifest.json").read_text())
+    assert "init_from" in manifest["parents"]
+    capsys.readouterr()
+    assert main(["pretrain", *common, *tiny, "--set", "num_user_buckets=0", "--out", str(tmp_path / "c"),
+                 "--init-from", str(parent)]) == 2
+    err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "cannot start from" in err and "token layout" in err
+    assert not (tmp_path / "c" / "model").exists()
