@@ -50,8 +50,10 @@ class PretrainConfig:
     # Positions beyond the longest training sequence ((max_history + 1) * L + 3): room for
     # soft-prompt virtual tokens and context tokens added by later stages.
     position_headroom: int = 64
-    # Hashed member tokens <user_0>..<user_{n-1}> (TIGER uses 2,000); 0 = no member token.
-    num_user_buckets: int = 2000
+    # Hashed member tokens <user_0>..<user_{n-1}> (TIGER uses 2,000); 0 = no member token. Off by
+    # default: on amazon-beauty 2,000 buckets cost 14% of test Recall@10 (0.0364 vs 0.0423, same
+    # recipe; BENCHMARKS.md): the token lets the model memorise members' training contexts.
+    num_user_buckets: int = 0
 
     # ---- canvas mixture ----------------------------------------------------------------------
     # Canvases (besides home) whose training examples (``prompt_tuning.canvases``: training events
