@@ -135,7 +135,7 @@ class PromptEncoder:
                user_id: str | None = None, context: Sequence[int] | None = None) -> list[int]:
         """bos, <user_b> (when buckets are on and a member is given), <canvas_c>, codes of each row,
         then, when `context` is given, <sep> and the context's code tokens (query, source title or
-        theme of the canvas; the pretraining prompts never have one)."""
+        theme of the canvas; next-title windows never have one, a canvas mixture's rows do)."""
         if canvas not in self._canvas_ids:
             raise ValueError(f"unknown canvas {canvas!r}; choose one of {CANVASES}")
         prefix = [BOS]
