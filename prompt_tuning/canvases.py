@@ -26,6 +26,9 @@ Where the examples come from, and why nothing leaks into the held-out part:
   ("pari" -> a title containing "Paris"), anonymous, so lexical relevance is learned; the held-out
   part is a seeded share of the *titles*, so a held-out title is never a word-query target in
   training.
+
+``mixture_examples`` turns the training examples of chosen canvases into pretraining rows
+(``PretrainConfig.canvas_mix``), also removing each member's validation and test targets.
 """
 
 from __future__ import annotations
@@ -340,7 +343,7 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
         cd = build_canvas_data(canvas, data, split, ids, encoder, config, queries)
         kept = []
         for ex in cd.train:
-            out = held.get(ex.user, set()) if ex.user is not None else set()
+            out = held.get(ex.user, set())  # anonymous examples (user None) hold nothing
             if ex.target in out:
                 continue
             if out and len(ex.history):
