@@ -102,10 +102,16 @@ def build_examples(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
             cols["member"].append(u)
     if not cols["input_ids"]:
         raise ValueError("no training windows: every member has fewer than 2 training titles")
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "labels": datasets.Sequence(datasets.Value("int32")),
-                                  "member": datasets.Value("int64")})
-    return datasets.Dataset.from_dict(cols, features=features)
+    return datasets.Dataset.from_dict(cols, features=example_features())
+
+
+def example_features() -> "datasets.Features":  # noqa: F821
+    """Columns of every pretraining row (windows and canvas-mixture rows alike, so they concatenate)."""
+    import datasets
+
+    return datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                              "labels": datasets.Sequence(datasets.Value("int32")),
+                              "member": datasets.Value("int64")})
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
     """
     import datasets
 
-    from gen_fm.dataset import IGNORE
+    from gen_fm.dataset import IGNORE, example_features
 
     sid_rows = catalog_to_sid_rows(data, ids)
     held: dict[str, set[int]] = {}  # member -> ID rows of their validation and test targets
@@ -356,10 +356,7 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
             target = encoder.sid_tokens[ex.target].tolist()
             cols["input_ids"].append(prompt + target)
             cols["labels"].append([IGNORE] * len(prompt) + target)
-            cols["member"].append(member.get(ex.user, -1) if ex.user is not None else -1)
+            cols["member"].append(member.get(ex.user, -1))  # -1: anonymous
         info[canvas] = {"examples": len(kept), "kinds": dict(Counter(ex.kind for ex in kept)),
                         "dropped_held_out": dropped}
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "labels": datasets.Sequence(datasets.Value("int32")),
-                                  "member": datasets.Value("int64")})
-    return datasets.Dataset.from_dict(cols, features=features), info
+    return datasets.Dataset.from_dict(cols, features=example_features()), info
