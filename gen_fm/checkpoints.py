@@ -42,6 +42,23 @@ class TrainState:
     bad_evals: int = 0  # validations since the last improvement
     stop_reason: str | None = None
     history: list[dict] = field(default_factory=list)  # one summary per finished epoch
+    # auxiliary objective -> [summed loss, targets] of the current epoch (this process)
+    aux: dict[str, list[float]] = field(default_factory=dict)
+
+    def reset_sums(self) -> None:
+        """Zero the epoch sums (a new epoch; or a resumed rank > 0, rank 0 carrying them)."""
+        self.loss_sum, self.loss_tokens, self.tokens = 0.0, 0, 0
+        self.aux = {name: [0.0, 0] for name in self.aux}
+
+
+def reduced_sums(accelerator, state: TrainState) -> tuple[list[float], dict[str, list[float]]]:
+    """The epoch sums added over processes: [loss, target tokens, tokens] and the auxiliary ones."""
+    names = sorted(state.aux)
+    values = [state.loss_sum, state.loss_tokens, state.tokens] + \
+        [float(x) for name in names for x in state.aux[name]]
+    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device),
+                               reduction="sum").cpu().tolist()
+    return total[:3], {name: total[3 + 2 * i: 5 + 2 * i] for i, name in enumerate(names)}
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -52,11 +69,10 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, meta: dict, keep
     """accelerate state + trainer_state.json into step-N/, renamed in only when complete."""
     name = f"step-{state.step:08d}"
     tmp, final = root / f".{name}.tmp", root / name
-    figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
-                        device=accelerator.device)  # (3,) this process's epoch sums
-    figs = accelerator.reduce(figs, reduction="sum").cpu().tolist()
+    figs, aux = reduced_sums(accelerator, state)
     # saved as global sums; on resume rank 0 carries them and the other ranks start from zero
-    saved = dataclasses.replace(state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]))
+    saved = dataclasses.replace(state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]),
+                                aux=aux)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,17 @@ class PretrainConfig:
     canvas_mix: tuple[str, ...] = ()
     canvas_mix_examples: int = 2000  # examples per mixed canvas (one seeded sample for the run)
 
+    # ---- auxiliary objectives (training-only heads: the saved model stays a plain Llama) -------
+    # Multi-token prediction: extra heads predict the tokens 2..1+mtp_tokens ahead of every
+    # position (``gen_fm.objectives``); 0 = off. Weighted by mtp_weight against the next-token loss.
+    mtp_tokens: int = 0
+    mtp_weight: float = 0.5
+    # Next-title category target: a head predicts the catalog categories (genres, category path) of
+    # the title about to be generated; 0 = off. Labels on fewer than category_min_titles titles, or
+    # on more than half of them, are left out.
+    category_weight: float = 0.0
+    category_min_titles: int = 5
+
     # ---- optimisation ------------------------------------------------------------------------
     lr: float = 1e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms)
@@ -106,6 +117,8 @@ class PretrainConfig:
                     len(set(self.canvas_mix)) != len(self.canvas_mix):
                 raise ValueError(f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, "
                                  f"from {mixable}")
+        if self.category_min_titles < 1:
+            raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
         if self.canvas_mix_examples < 1:
             raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
         ints = {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
@@ -117,7 +130,7 @@ class PretrainConfig:
         if bad:
             raise ValueError(f"these must be >= 1: {bad}")
         for name in ("num_user_buckets", "position_headroom", "eval_every", "patience",
-                     "checkpoint_every_steps"):
+                     "checkpoint_every_steps", "mtp_tokens", "mtp_weight", "category_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check_resumable,
-                                list_checkpoints, save_best, save_checkpoint)
+                                list_checkpoints, reduced_sums, save_best, save_checkpoint)
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import PadCollator, build_examples, catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import add_hidden_dropout, build_model, save_model
@@ -100,9 +100,10 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
     return {f"recall@{k}": float(sums[0]) / n, f"ndcg@{k}": float(sums[1]) / n}
 
 
-def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not on norm gains)."""
-    params = {id(p): (n, p) for n, p in model.named_parameters() if p.requires_grad}.values()
+def make_optimizer(modules: list[torch.nn.Module], config: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the modules' parameters, with weight decay on matrices only (not on norm gains)."""
+    params = {id(p): (n, p) for m in modules for n, p in m.named_parameters()
+              if p.requires_grad}.values()
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -122,11 +123,44 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
 # --------------------------------------------------------------------------- training
 
 
+def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData,
+                     sid_rows: np.ndarray):
+    """The training-only heads the config asks for (``gen_fm.objectives``), or None."""
+    if not config.mtp_tokens and not config.category_weight:
+        return None
+    from gen_fm.objectives import AuxiliaryObjectives, category_targets, category_vocabulary
+
+    title_categories = None
+    if config.category_weight:
+        cats: list[list[str]] = [[] for _ in range(ids.num_items)]  # by ID-artifact row
+        for row, labels in zip(sid_rows.tolist(), data.catalog["categories"]):
+            if row >= 0:
+                cats[row] = list(labels or [])
+        vocab = category_vocabulary([c for c in cats if c], config.category_min_titles)
+        if not vocab:
+            raise ValueError(f"category_weight {config.category_weight}: the catalog of "
+                             f"{data.name} has no category on >= {config.category_min_titles} "
+                             f"titles (and on at most half of them) to predict")
+        title_categories = category_targets(cats, vocab)
+    return AuxiliaryObjectives(config.hidden_size, layout, config.mtp_tokens, ids.codes,
+                               title_categories)
+
+
 def _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
-                state: TrainState) -> None:
-    """One optimizer step over `group` micro-batches; loss normalised by the group's target tokens."""
+                state: TrainState, aux=None) -> None:
+    """One optimizer step over `group` micro-batches; each loss normalised by the group's targets
+    (the next-token loss by its target tokens, an auxiliary one by its own targets)."""
     batches = [collate(examples[idx.tolist()]) for idx in group]
     n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    weights, n_aux = {}, {}
+    if aux is not None:
+        heads = accelerator.unwrap_model(aux)
+        weights = {n: config.mtp_weight if n.startswith("mtp") else config.category_weight
+                   for n in heads.names}
+        for b in batches:
+            for n, c in heads.counts(b["labels"].to(accelerator.device)).items():
+                n_aux[n] = n_aux.get(n, 0) + c
+        embeddings = accelerator.unwrap_model(model).get_output_embeddings().weight
     for i, b in enumerate(batches):
         b = {k: v.to(accelerator.device) for k, v in b.items()}
         sync = i == len(batches) - 1
@@ -136,9 +170,17 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
             target = F.pad(b["labels"][:, 1:], (0, 1), value=-100)  # (B, T): token t+1 at t
             loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
                                        ignore_index=-100, reduction="sum")
-            accelerator.backward(loss_sum / max(n_targets, 1))
+            loss = loss_sum / max(n_targets, 1)
+            aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
+            for n, v in aux_sums.items():
+                loss = loss + weights[n] * v / max(n_aux[n], 1)
+            accelerator.backward(loss)
         state.loss_sum += float(loss_sum.detach())
         state.tokens += int(b["attention_mask"].sum())
+        for n, v in aux_sums.items():
+            state.aux[n][0] += float(v.detach())
+    for n, c in n_aux.items():
+        state.aux[n][1] += c
     state.loss_tokens += n_targets
     if config.max_grad_norm > 0:
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -252,21 +294,28 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     model = build_model(config, encoder.layout, split.max_history)
     parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config)
     add_hidden_dropout(model, config.hidden_dropout)
-    optimizer = make_optimizer(model, config)
+    aux = build_objectives(config, encoder.layout, ids, data, sid_rows)
+    if aux is not None:
+        aux.attach(model)
+    optimizer = make_optimizer([model] + ([aux] if aux is not None else []), config)
     steps_per_epoch = math.ceil(len(epoch_batches(lengths, config.batch_size, 0, config.seed, rank,
                                                   world)) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     scheduler = make_scheduler(optimizer, config, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if aux is not None:
+        model, aux, optimizer = accelerator.prepare(model, aux, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    state = TrainState()
+    state = TrainState(aux={n: [0.0, 0] for n in (accelerator.unwrap_model(aux).names
+                                                  if aux is not None else [])})
     if resume and checkpoints:
         saved = read_json(checkpoints[-1] / STATE_FILE)
         check_resumable(saved, meta)
         accelerator.load_state(str(checkpoints[-1]))
         state = TrainState(**saved["state"])
         if rank:  # epoch sums were saved reduced over processes: rank 0 carries them
-            state.loss_sum, state.loss_tokens, state.tokens = 0.0, 0, 0
+            state.reset_sums()
         accelerator.print(f"resumed from {checkpoints[-1].name} (epoch {state.epoch + 1}, "
                           f"step {state.step})")
     elif resume:
@@ -293,7 +342,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
                 break
             t0 = time.perf_counter()
             _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
-                        state)
+                        state, aux)
             state.train_seconds += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{state.loss_sum / max(state.loss_tokens, 1):.4f}")
@@ -321,14 +370,14 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
 def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
                ckpt_root: Path) -> None:
     """Reduce the epoch's figures, validate, track the best weights, decide on early stopping."""
-    figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
-                        device=accelerator.device)  # (3,)
-    figs = accelerator.reduce(figs, reduction="sum").cpu()
+    figs, aux = reduced_sums(accelerator, state)
     row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step,
                            "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
                            "train_seconds": round(state.train_seconds, 3),
                            "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1)}
-    line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}"
+    row.update({f"{n}_loss": s / max(c, 1.0) for n, (s, c) in aux.items()})
+    line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}" + \
+        "".join(f"  {n} {s / max(c, 1.0):.4f}" for n, (s, c) in aux.items())
     if val is not None and (state.epoch + 1) % config.eval_every == 0:
         t0 = time.perf_counter()
         metrics = evaluate(accelerator, model, val, trie, config)
@@ -349,7 +398,8 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
     state.history.append(row)
     state.epoch += 1
     state.epoch_step = 0
-    state.loss_sum, state.loss_tokens, state.tokens, state.train_seconds = 0.0, 0, 0, 0.0
+    state.reset_sums()
+    state.train_seconds = 0.0
 
 
 def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
@@ -361,9 +411,7 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
 
     partial = None
     if state.epoch_step:  # halted inside an epoch: its figures so far (throughput of short runs)
-        figs = torch.tensor([state.loss_sum, state.loss_tokens, state.tokens], dtype=torch.float64,
-                            device=accelerator.device)  # (3,)
-        figs = accelerator.reduce(figs, reduction="sum").cpu()
+        figs, _ = reduced_sums(accelerator, state)
         partial = {"epoch": state.epoch + 1, "steps": state.epoch_step,
                    "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
                    "train_seconds": round(state.train_seconds, 3),

@@ -173,3 +173,30 @@ def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one
     with pytest.raises(ValueError, match="hidden_size"):
         pretrain(data, seq_config, ids.path, tmp_path / "y",
                  PretrainConfig.from_preset("small", **base), init_from=parent)
+
+
+def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp_path, one_thread):
+    """Multi-token and category heads learn, resume exactly, and are not in the saved model."""
+    _, ids, _, seq_config = setup
+    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+    base = dict(epochs=2, batch_size=64, lr=5e-3, val_users=8, checkpoint_every_steps=3,
+                mtp_tokens=2, category_weight=0.5, category_min_titles=2)
+    full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+    hist = load_model(full).manifest["training"]["history"]
+    for name in ("mtp_2", "mtp_3", "category"):
+        assert hist[1][f"{name}_loss"] < hist[0][f"{name}_loss"]
+    plain = pretrain(dc, seq_config, ids.path, tmp_path / "p",
+                     PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, eval_every=0))
+    assert load_file(full / "model.safetensors").keys() == load_file(plain / "model.safetensors").keys()
+    pretrain(dc, seq_config, ids.path, tmp_path / "b",
+             PretrainConfig.from_preset("tiny", max_steps=5, **base))
+    resumed = pretrain(dc, seq_config, ids.path, tmp_path / "b",
+                       PretrainConfig.from_preset("tiny", **base), resume=True)
+    wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    keys = ("train_loss", "mtp_2_loss", "mtp_3_loss", "category_loss", "recall@10")
+    assert [[h[k] for k in keys] for h in load_model(resumed).manifest["training"]["history"]] == \
+        [[h[k] for k in keys] for h in hist]
+    with pytest.raises(ValueError, match="no category"):
+        pretrain(dc, seq_config, ids.path, tmp_path / "c",
+                 PretrainConfig.from_preset("tiny", **{**base, "category_min_titles": 10**6}))
