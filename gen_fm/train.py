@@ -182,7 +182,7 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
     for n, c in n_aux.items():
         state.aux[n][1] += c
     state.loss_tokens += n_targets
-    if config.max_grad_norm > 0:
+    if config.max_grad_norm > 0:  # over the saved model's weights (training-only heads: unclipped)
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
     optimizer.step()
     scheduler.step()
