@@ -64,7 +64,8 @@ class AuxiliaryObjectives(nn.Module):
     """
 
     def __init__(self, hidden_size: int, layout: TokenLayout, mtp_tokens: int,
-                 codes: np.ndarray | None = None, title_categories: torch.Tensor | None = None):
+                 codes: np.ndarray | None = None, title_categories: torch.Tensor | None = None,
+                 mtp_weight: float = 1.0, category_weight: float = 1.0):
         super().__init__()
         self.layout = layout
         self.mtp_tokens = int(mtp_tokens)
@@ -85,11 +86,13 @@ class AuxiliaryObjectives(nn.Module):
             self.register_buffer("sorted_keys", keys[order], persistent=False)
             self.register_buffer("key_rows", order, persistent=False)
         self._hidden: torch.Tensor | None = None
+        # weight of each objective against the next-token loss, in the order of `names`
+        self.weights = {**{f"mtp_{k + 2}": float(mtp_weight) for k in range(self.mtp_tokens)},
+                        **({"category": float(category_weight)} if self.category is not None else {})}
 
     @property
     def names(self) -> list[str]:
-        return [f"mtp_{k + 2}" for k in range(self.mtp_tokens)] + \
-            (["category"] if self.category is not None else [])
+        return list(self.weights)
 
     def _keys(self, codes: np.ndarray) -> np.ndarray:
         """One int64 per ID (mixed radix over the codebook sizes)."""

@@ -143,7 +143,7 @@ def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: Rec
                              f"titles (and on at most half of them) to predict")
         title_categories = category_targets(cats, vocab)
     return AuxiliaryObjectives(config.hidden_size, layout, config.mtp_tokens, ids.codes,
-                               title_categories)
+                               title_categories, config.mtp_weight, config.category_weight)
 
 
 def _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
@@ -152,11 +152,9 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
     (the next-token loss by its target tokens, an auxiliary one by its own targets)."""
     batches = [collate(examples[idx.tolist()]) for idx in group]
     n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    weights, n_aux = {}, {}
+    n_aux: dict[str, int] = {}
     if aux is not None:
         heads = accelerator.unwrap_model(aux)
-        weights = {n: config.mtp_weight if n.startswith("mtp") else config.category_weight
-                   for n in heads.names}
         for b in batches:
             for n, c in heads.counts(b["labels"].to(accelerator.device)).items():
                 n_aux[n] = n_aux.get(n, 0) + c
@@ -173,7 +171,7 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
             loss = loss_sum / max(n_targets, 1)
             aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
             for n, v in aux_sums.items():
-                loss = loss + weights[n] * v / max(n_aux[n], 1)
+                loss = loss + heads.weights[n] * v / max(n_aux[n], 1)
             accelerator.backward(loss)
         state.loss_sum += float(loss_sum.detach())
         state.tokens += int(b["attention_mask"].sum())
