@@ -31,14 +31,15 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     """Judge a model folder on one split and (optionally) write the JSON report."""
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
     from gen_fm.decode import recommend
-    from gen_fm.model import load_model
+    from gen_fm.model import check_device, load_model
     from semantic_ids.trie import PrefixTrie
 
     k = max(config.ks)
     beams = num_beams if num_beams is not None else max(k, 10)
     if beams < k:
         raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
-    gen = load_model(model_dir)
+    check_device(config.device)  # before any data is read: a missing GPU is a clear error at once
+    gen = load_model(model_dir, device=config.device)
     data = load_data(data_config)
     trained_on = gen.manifest.get("data", {}).get("fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:
@@ -76,7 +77,7 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         "invalid_rate": invalid_constrained / max(sum(len(r.rows) for r in recs), 1),
         "invalid_rate_unconstrained": sum(r.num_invalid for r in free) / max(returned, 1),
         "unconstrained_users": m,
-        "num_users": n, "num_beams": beams, "k": k,
+        "num_users": n, "num_beams": beams, "k": k, "device": config.device,
         "decode_seconds": round(seconds, 1), "users_per_second": round(n / max(seconds, 1e-9), 2),
         "parameters": gen.manifest.get("num_parameters"),
         "training": gen.manifest.get("training"),

@@ -40,6 +40,11 @@ class TrainState:
     best_epoch: int = -1
     best_step: int = -1
     bad_evals: int = 0  # validations since the last improvement
+    chosen_epoch: int = -1  # the epoch whose weights are kept (``gen_fm.selection``)
+    chosen_step: int = -1
+    chosen_metric: float = -1.0
+    chosen_reason: str = ""
+    host_seconds: float = 0.0  # time of the current epoch spent building and moving batches
     stop_reason: str | None = None
     history: list[dict] = field(default_factory=list)  # one summary per finished epoch
     # auxiliary objective -> [summed loss, targets] of the current epoch (this process)
@@ -95,8 +100,9 @@ def save_best(accelerator, model, root: Path, state: TrainState) -> None:
     if accelerator.is_main_process:
         with atomic_dir(root / BEST) as stage:
             save_weights(accelerator.unwrap_model(model), str(stage / "model.safetensors"))
-            write_json(stage / "best.json", {"step": state.step, "epoch": state.best_epoch,
-                                             "metric": state.best_metric})
+            write_json(stage / "best.json", {"step": state.step, "epoch": state.chosen_epoch,
+                                             "metric": state.chosen_metric,
+                                             "reason": state.chosen_reason})
     accelerator.wait_for_everyone()
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SCHEDULES = ("cosine", "linear", "constant")
+# How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
+SELECTIONS = ("within-se", "best", "last")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Fields that may differ between a run and the run it resumes (they do not change the weights).
 RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints",
@@ -24,8 +26,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
     # About TIGER's width (128) and depth (4 decoder layers).
     "small": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
-    # Twice the width, six layers.
+    # Twice the width, six layers (6.5M weights): a GPU recipe; about 5x a `small` epoch on a CPU.
     "base": dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024),
+    # 512 wide x 8 layers (34M weights): the GPU recipe of ../shared/notes/gpu-probe.md.
+    "large": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
 }
 
 
@@ -55,6 +59,15 @@ class PretrainConfig:
     # recipe; BENCHMARKS.md): the token lets the model memorise members' training contexts.
     num_user_buckets: int = 0
 
+    # ---- augmentation (re-drawn every epoch from the seed; training events only) --------------
+    # Chance that a title is left out of a member's sequence for one epoch (neither context nor
+    # target then), so the model cannot learn members' exact training contexts. 0 = off.
+    item_dropout: float = 0.0
+    # Shift the window boundaries of members longer than one window by a random phase each epoch.
+    window_jitter: bool = False
+    # Label smoothing of the next-token cross-entropy (0 = off).
+    label_smoothing: float = 0.0
+
     # ---- canvas mixture ----------------------------------------------------------------------
     # Canvases (besides home) whose training examples (``prompt_tuning.canvases``: training events
     # only, held-out targets filtered out) are mixed into pretraining, so the foundation model learns
@@ -83,23 +96,33 @@ class PretrainConfig:
     batch_size: int = 256  # windows per device per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
-    epochs: int = 50  # upper bound; early stopping usually ends sooner
+    epochs: int = 50  # the budget the learning-rate schedule spans (warm-up, then decay)
     # Stop after this many optimizer steps in all (smoke runs, throughput); None = run all epochs.
     # The schedule still spans `epochs`, so a stopped run can be resumed to the same end point.
     max_steps: int | None = None
     mixed_precision: str = "no"  # accelerate mixed precision: no, bf16 or fp16
     seed: int = 0  # weights, data order and validation sample
 
-    # ---- validation and early stopping ---------------------------------------------------------
+    # ---- validation, model selection and early stopping ----------------------------------------
     eval_every: int = 1  # validate every N epochs; 0 = never (the last weights are kept)
+    # Validate only after this share of the epochs (early epochs of a decaying schedule are never
+    # chosen; skipping them saves decoding time). The last epoch is always validated.
+    eval_from: float = 0.0
     eval_k: int = 10  # validation Recall@K / NDCG@K
     # Beam width for validation; None = max(eval_k, 10). Decoding is constrained to valid IDs.
     num_beams: int | None = None
-    # Members in the fixed validation sample (drawn once with `seed`); None = all of them.
-    # The final `sidrec eval` always uses every member.
-    val_users: int | None = 2000
+    # Members in the fixed validation sample (drawn once with `seed`); None = all of them. 5,000
+    # keeps one standard error of Recall@10 under a tenth of it where recall is above ~0.02, so the
+    # choice between epochs is not decided by noise. The final `sidrec eval` always uses every member.
+    val_users: int | None = 5000
+    # Which validated epoch's weights are kept: "within-se" = the latest epoch whose Recall@K is
+    # within one standard error of the best (differences below the noise go to the longer-trained
+    # weights), "best" = the highest Recall@K (NDCG breaks ties), "last" = the last epoch.
+    selection: str = "within-se"
     eval_batch_size: int = 64  # prompts per beam-search batch
-    patience: int = 5  # validations without a better Recall@K before stopping; 0 = never stop
+    # Validations without a better Recall@K before stopping; 0 = never stop (the default: the
+    # schedule spans a fixed budget, and a noisy sample once stopped a run at popularity level).
+    patience: int = 0
 
     # ---- checkpoints ---------------------------------------------------------------------------
     checkpoint_every_steps: int = 1000  # also one at the end of every epoch; 0 = epochs only
@@ -156,6 +179,11 @@ class PretrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, "
                              f"got {self.mixed_precision!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        for name in ("item_dropout", "label_smoothing", "eval_from"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_grad_norm < 0:
             raise ValueError("max_grad_norm must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
@@ -173,6 +201,13 @@ class PretrainConfig:
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+    def validates(self, epoch: int) -> bool:
+        """Whether 1-based `epoch` is validated: every `eval_every` after `eval_from`, and the last."""
+        if not self.eval_every:
+            return False
+        return epoch == self.epochs or (epoch > self.eval_from * self.epochs
+                                        and epoch % self.eval_every == 0)
 
     @property
     def beams(self) -> int:

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gen_fm.batches import IGNORE, WindowSource  # noqa: F401  (IGNORE: the label convention, re-exported)
 from gen_fm.tokenizer import DEFAULT_CANVAS, PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import PAD
 from sidrec.data import RecData
 from sidrec.sequences import Split
-
-IGNORE = -100
 
 
 def catalog_to_sid_rows(data: RecData, ids: SemanticIDs) -> np.ndarray:
@@ -45,35 +44,19 @@ def to_sid_rows(catalog_rows: np.ndarray, sid_rows: np.ndarray) -> np.ndarray:
     return mapped
 
 
-def window_bounds(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, end) windows of at most `size` titles over n titles, oldest first, sharing one title
-    with the next window, the last one ending at n. Sequences of < 2 titles give no window."""
-    if size < 2:
-        raise ValueError(f"window size must be >= 2, got {size}")
-    out, end = [], n
-    while n >= 2:
-        start = max(0, end - size)
-        out.append((start, end))
-        if start == 0:
-            break
-        end = start + 1
-    return out[::-1]
-
-
-def make_example(encoder: PromptEncoder, rows: np.ndarray, user_id: str | None,
-                 canvas: str = DEFAULT_CANVAS) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one window: loss on the code tokens of every title but the first."""
-    input_ids = encoder.encode(rows, canvas=canvas, user_id=user_id)
-    L = encoder.layout.sid_length
-    context = len(input_ids) - (len(rows) - 1) * L  # prefix tokens + the first title
-    labels = [IGNORE] * context + input_ids[context:]
-    return input_ids, labels
+def window_source(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
+                  canvas: str = DEFAULT_CANVAS, targets: np.ndarray | None = None) -> WindowSource:
+    """Every member's training titles as ID-artifact rows, ready to be cut into windows."""
+    items = [to_sid_rows(split.train_items(u), sid_rows) for u in range(len(split.sequences))]
+    return WindowSource(items, split.sequences.offsets[:-1], split.sequences.user_ids,
+                        split.max_history, encoder, canvas, targets)
 
 
 def build_examples(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
                    canvas: str = DEFAULT_CANVAS,
                    targets: np.ndarray | None = None) -> "datasets.Dataset":  # noqa: F821
-    """One row per window: input_ids, labels (both variable length), member (row in Sequences).
+    """One row per window (the fixed, un-augmented cut): input_ids, labels (both variable length),
+    member (row in Sequences).
 
     `targets` ((E,) bool over the Sequences' events) limits the loss to those events, e.g. the fresh
     interactions of a catalog refresh: other titles stay in the windows as context only, and
@@ -81,25 +64,7 @@ def build_examples(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
     """
     import datasets
 
-    size = split.max_history + 1
-    L = encoder.layout.sid_length
-    cols: dict[str, list] = {"input_ids": [], "labels": [], "member": []}
-    for u in range(len(split.sequences)):
-        items = to_sid_rows(split.train_items(u), sid_rows)
-        user_id = split.sequences.user_ids[u]
-        first = int(split.sequences.offsets[u])  # event index of the member's first title
-        for start, end in window_bounds(len(items), size):
-            ids, labels = make_example(encoder, items[start:end], user_id, canvas)
-            if targets is not None:
-                keep = targets[first + start + 1: first + end]  # (W-1,) titles 2..W of the window
-                if not keep.any():
-                    continue
-                tail = len(labels) - len(keep) * L  # where title 2's code tokens start
-                for j in np.flatnonzero(~keep):
-                    labels[tail + j * L: tail + (j + 1) * L] = [IGNORE] * L
-            cols["input_ids"].append(ids)
-            cols["labels"].append(labels)
-            cols["member"].append(u)
+    cols = window_source(split, sid_rows, encoder, canvas, targets).rows()
     if not cols["input_ids"]:
         raise ValueError("no training windows: every member has fewer than 2 training titles")
     return datasets.Dataset.from_dict(cols, features=example_features())

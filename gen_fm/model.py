@@ -142,6 +142,26 @@ class GenFM:
         return PromptEncoder.from_ids(self.ids, self.config.num_user_buckets, self.layout)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device named, or a clear error when this machine has no such device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device name (cpu, cuda, cuda:1, ...)") from e
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU visible to torch "
+                             f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA device(s) here (0..{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: sidrec runs on cpu, cuda or mps")
+    return dev
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> GenFM:
     """Load a model folder with the Auto classes and check it against its manifest."""
     path = Path(path)
@@ -163,7 +183,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
                             f"map's {ids.codebook_sizes}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer(tokenizer, layout)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(check_device(device)).eval()
     if model.config.vocab_size != layout.vocab_size:
         raise ArtifactError(f"{path}: model vocab {model.config.vocab_size} != layout "
                             f"{layout.vocab_size}")

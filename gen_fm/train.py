@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check_resumable,
                                 list_checkpoints, reduced_sums, save_best, save_checkpoint)
 from gen_fm.config import PretrainConfig
-from gen_fm.dataset import PadCollator, build_examples, catalog_to_sid_rows, to_sid_rows
+from gen_fm.batches import Augment, EpochTensors, epoch_batches
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
+from gen_fm.selection import choose
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from sidrec.artifacts import jsonable, manifest_hash, read_json
@@ -37,32 +39,12 @@ from sidrec.data import DataConfig, RecData, load_data
 from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
 MODEL = "model"
-LENGTH_GROUP = 64  # batches per length-sorted group (less padding, still shuffled)
 
 
 @dataclass
 class ValidationSet:
     prompts: list[list[int]]
     targets: np.ndarray  # (N,) ID-artifact rows
-
-
-def epoch_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int = 0,
-                  world: int = 1, group: int = LENGTH_GROUP) -> list[np.ndarray]:
-    """This process's batches (example indices) of one epoch, from one seeded global order.
-
-    Groups of `group` global batches are sorted by length to cut padding, then the batch order is
-    shuffled. The order is padded (wrapping) to a multiple of `world`, so every process gets the
-    same number of batches and none is empty.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    n = len(lengths)
-    perm = np.resize(rng.permutation(n), n + (-n) % world)
-    gb = batch_size * world
-    if group > 1:
-        chunks = [perm[i: i + gb * group] for i in range(0, len(perm), gb * group)]
-        perm = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
-    batches = [perm[i: i + gb] for i in range(0, len(perm), gb)]
-    return [batches[j][rank::world] for j in rng.permutation(len(batches))]
 
 
 def validation_set(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
@@ -146,11 +128,13 @@ def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: Rec
                                title_categories, config.mtp_weight, config.category_weight)
 
 
-def _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
+def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors, group, config,
                 state: TrainState, aux=None) -> None:
     """One optimizer step over `group` micro-batches; each loss normalised by the group's targets
     (the next-token loss by its target tokens, an auxiliary one by its own targets)."""
-    batches = [collate(examples[idx.tolist()]) for idx in group]
+    t0 = time.perf_counter()
+    batches = [tensors.batch(idx) for idx in group]
+    state.host_seconds += time.perf_counter() - t0
     n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     n_aux: dict[str, int] = {}
     if aux is not None:
@@ -160,14 +144,17 @@ def _train_step(accelerator, model, optimizer, scheduler, collate, examples, gro
                 n_aux[n] = n_aux.get(n, 0) + c
         embeddings = accelerator.unwrap_model(model).get_output_embeddings().weight
     for i, b in enumerate(batches):
-        b = {k: v.to(accelerator.device) for k, v in b.items()}
+        t0 = time.perf_counter()
+        b = {k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()}
+        state.host_seconds += time.perf_counter() - t0
         sync = i == len(batches) - 1
         with (nullcontext() if sync else accelerator.no_sync(model)):
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             # shift the labels, not the (B, T, V) logits: no copy of the largest tensor
             target = F.pad(b["labels"][:, 1:], (0, 1), value=-100)  # (B, T): token t+1 at t
             loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
-                                       ignore_index=-100, reduction="sum")
+                                       ignore_index=-100, reduction="sum",
+                                       label_smoothing=config.label_smoothing)
             loss = loss_sum / max(n_targets, 1)
             aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
             for n, v in aux_sums.items():
@@ -260,19 +247,31 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
             raise ValueError(f"replay must be in [0, 1], got {replay}")
         rehearse = np.random.default_rng([config.seed, 1]).random(len(split.sequences.first_time))
         targets = (split.sequences.first_time >= targets_since) | (rehearse < replay)  # (E,)
-    examples = build_examples(split, sid_rows, encoder, targets=targets)
+    source = window_source(split, sid_rows, encoder, targets=targets)
+    fixed = source.rows()  # the un-augmented cut: sizes the schedule, and is every epoch's rows
+    if not fixed["input_ids"]:
+        raise ValueError("no training windows: every member has fewer than 2 training titles")
     mixture = None
+    extra: dict[str, list] = {"input_ids": [], "labels": []}
     if config.canvas_mix:
         # The canvas formats and their leakage rules are owned by prompt_tuning.canvases (imported
         # only for a mixture: a plain next-title run does not depend on the canvas stage).
-        import datasets
-
         from prompt_tuning.canvases import mixture_examples
 
-        extra, mixture = mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
-                                          config.canvas_mix_examples, config.seed)
-        examples = datasets.concatenate_datasets([examples, extra])
-    lengths = np.asarray([len(x) for x in examples["input_ids"]], dtype=np.int64)  # (num_windows,)
+        rows, mixture = mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
+                                         config.canvas_mix_examples, config.seed)
+        extra = {"input_ids": list(rows["input_ids"]), "labels": list(rows["labels"])}
+    augment = Augment(config.item_dropout, config.window_jitter)
+
+    def epoch_tensors(epoch: int) -> EpochTensors:
+        """The epoch's rows as padded arrays (augmented with the epoch's own generator)."""
+        cols = source.rows(augment, np.random.default_rng([config.seed, epoch, 7])) \
+            if augment.active else fixed
+        return EpochTensors.from_rows(cols["input_ids"] + extra["input_ids"],
+                                      cols["labels"] + extra["labels"])
+
+    tensors = epoch_tensors(0) if not augment.active else None  # the same for every epoch
+    num_rows = len(fixed["input_ids"]) + len(extra["input_ids"])
     val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
     trie = None
     if val is not None:
@@ -296,8 +295,10 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     if aux is not None:
         aux.attach(model)
     optimizer = make_optimizer([model] + ([aux] if aux is not None else []), config)
-    steps_per_epoch = math.ceil(len(epoch_batches(lengths, config.batch_size, 0, config.seed, rank,
-                                                  world)) / config.grad_accum)
+    # Every epoch takes as many steps as the un-augmented cut (augmented epochs differ by a few
+    # windows: their batch list is wrapped or cut to that length), so the schedule is exact.
+    batches_per_epoch = math.ceil(num_rows / (config.batch_size * world))
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     scheduler = make_scheduler(optimizer, config, total_steps)
     if aux is not None:
@@ -321,16 +322,18 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     if mixture:
         accelerator.print("canvas mixture: " + ", ".join(f"{c} {m['examples']:,}"
                                                          for c, m in mixture.items()))
-    accelerator.print(f"{len(examples):,} windows from {len(split.sequences):,} members; "
+    accelerator.print(f"{num_rows:,} windows from {len(split.sequences):,} members; "
                       f"{steps_per_epoch} steps/epoch; "
                       f"{sum(p.numel() for p in set(model.parameters())):,} parameters")
 
-    collate = PadCollator()
     model.train()
     halted = None  # max_steps is a halt, not an end: it is not saved, so a resumed run goes on
     saved_step = state.step if resume and checkpoints else -1  # step of the newest checkpoint
     while halted is None and state.stop_reason is None and state.epoch < config.epochs:
-        batches = epoch_batches(lengths, config.batch_size, state.epoch, config.seed, rank, world)
+        epoch_rows = tensors if tensors is not None else epoch_tensors(state.epoch)
+        batches = epoch_batches(epoch_rows.lengths, config.batch_size, state.epoch, config.seed,
+                                rank, world)
+        batches = [batches[i % len(batches)] for i in range(batches_per_epoch)]
         groups = [batches[i: i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
         bar = tqdm(total=len(groups), initial=state.epoch_step, disable=not main, leave=False,
                    desc=f"epoch {state.epoch + 1}/{config.epochs}")
@@ -339,7 +342,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
                 halted = f"max_steps {config.max_steps} reached"
                 break
             t0 = time.perf_counter()
-            _train_step(accelerator, model, optimizer, scheduler, collate, examples, group, config,
+            _train_step(accelerator, model, optimizer, scheduler, epoch_rows, group, config,
                         state, aux)
             state.train_seconds += time.perf_counter() - t0
             bar.update(1)
@@ -360,7 +363,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         state.stop_reason = f"{config.epochs} epochs done"
     state.stop_reason = state.stop_reason or halted
     return _finish(accelerator, model, state, out_dir, ckpt_root, encoder, ids, config, seq_config,
-                   data, examples, split, val, steps_per_epoch, parent,
+                   data, num_rows, split, val, steps_per_epoch, parent,
                    None if targets is None else {"since": int(targets_since), "replay": replay},
                    mixture)
 
@@ -376,7 +379,7 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
     row.update({f"{n}_loss": s / max(c, 1.0) for n, (s, c) in aux.items()})
     line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}" + \
         "".join(f"  {n} {s / max(c, 1.0):.4f}" for n, (s, c) in aux.items())
-    if val is not None and (state.epoch + 1) % config.eval_every == 0:
+    if val is not None and config.validates(state.epoch + 1):
         t0 = time.perf_counter()
         metrics = evaluate(accelerator, model, val, trie, config)
         row.update(metrics, eval_seconds=round(time.perf_counter() - t0, 3))
@@ -385,23 +388,34 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
             state.best_metric, state.best_ndcg = recall, ndcg
             state.best_epoch, state.best_step = state.epoch + 1, state.step
             state.bad_evals = 0
-            save_best(accelerator, model, ckpt_root, state)
         else:
             state.bad_evals += 1
+        validated = [h for h in state.history if f"recall@{config.eval_k}" in h] + [row]
+        choice = choose([h[f"recall@{config.eval_k}"] for h in validated],
+                        [h[f"ndcg@{config.eval_k}"] for h in validated], len(val.prompts),
+                        config.selection)
+        chosen = validated[choice.index]["epoch"]
+        if chosen == state.epoch + 1:
+            state.chosen_epoch, state.chosen_step = chosen, state.step
+            state.chosen_metric, state.chosen_reason = recall, choice.reason
+            save_best(accelerator, model, ckpt_root, state)
+        elif chosen != state.chosen_epoch:  # the choice only ever stays or moves to this epoch
+            raise AssertionError(f"selection moved back to epoch {chosen}")
         line += f"  val R@{config.eval_k} {recall:.4f}  N@{config.eval_k} {ndcg:.4f}"
         if config.patience and state.bad_evals >= config.patience:
             state.stop_reason = f"early stop: no better R@{config.eval_k} in {config.patience} validations"
+    row["host_seconds"] = round(state.host_seconds, 3)
     line += f"  {row['train_seconds'] + row.get('eval_seconds', 0.0):.1f}s  {row['tokens_per_second']:,.0f} tok/s"
     accelerator.print(line)
     state.history.append(row)
     state.epoch += 1
     state.epoch_step = 0
     state.reset_sums()
-    state.train_seconds = 0.0
+    state.train_seconds = state.host_seconds = 0.0
 
 
 def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
-            config, seq_config, data, examples, split, val, steps_per_epoch,
+            config, seq_config, data, num_rows: int, split, val, steps_per_epoch,
             parent: dict[str, Any] | None = None, targets: dict | None = None,
             mixture: dict | None = None) -> Path:
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
@@ -420,21 +434,24 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
         net = accelerator.unwrap_model(model)
         best = ckpt_root / BEST / "model.safetensors"
         used = "last"
-        if state.best_epoch > 0 and best.is_file():
+        if state.chosen_epoch > 0 and best.is_file():
             load_weights(net, str(best), device=str(next(net.parameters()).device))
-            used = "best"
+            used = "selected"
         summary = {"weights": used, "stop_reason": state.stop_reason, "steps": state.step,
                    "steps_per_epoch": steps_per_epoch, "epochs_done": len(state.history),
                    "best_epoch": state.best_epoch, "best_step": state.best_step,
+                   "selection": config.selection, "chosen_epoch": state.chosen_epoch,
+                   "chosen_step": state.chosen_step, "chosen_reason": state.chosen_reason,
                    f"best_val_recall@{config.eval_k}": state.best_metric if state.best_epoch > 0 else None,
                    "val_members": len(val.prompts) if val is not None else 0,
-                   "train_windows": len(examples), "train_members": len(split.sequences),
+                   "train_windows": num_rows, "train_members": len(split.sequences),
                    "world_size": accelerator.num_processes, "history": state.history,
                    "partial_epoch": partial, "init_from": parent, "targets": targets,
                    "canvas_mix": mixture}
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
                    data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
                    parents={"init_from": parent["model_manifest"]} if parent else None)
-        accelerator.print(f"model written to {target} ({used} weights; {state.stop_reason})")
+        why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
+        accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")
     accelerator.wait_for_everyone()
     return target

@@ -157,9 +157,13 @@ def cmd_eval(args) -> None:
     from eval.generative import evaluate_model
 
     _threads(args)
-    report = evaluate_model(args.model, _data_config(args),
-                            EvalConfig(split=args.split, ks=tuple(args.ks), batch_size=args.batch_size),
-                            out=args.out, num_beams=args.beams, max_users=args.eval_users)
+    try:
+        report = evaluate_model(args.model, _data_config(args),
+                                EvalConfig(split=args.split, ks=tuple(args.ks),
+                                           batch_size=args.batch_size, device=args.device),
+                                out=args.out, num_beams=args.beams, max_users=args.eval_users)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     keys = [f"{m}@{k}" for k in args.ks for m in ("recall", "ndcg")]
     console.print(f"{report['dataset']} {args.split} ({report['num_users']} members, beam "
                   f"{report['num_beams']}): " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
@@ -288,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
+    p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
 

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from gen_fm.config import PretrainConfig
-from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_rows, window_bounds
+from gen_fm.batches import EpochTensors, epoch_batches, window_bounds
+from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_rows
 from gen_fm.model import load_model
 from gen_fm.tokenizer import PromptEncoder
-from gen_fm.train import epoch_batches, pretrain
+from gen_fm.train import pretrain
 from sidrec.artifacts import manifest_hash
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
@@ -146,7 +147,10 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     last = [load_file(tmp_path / r / "checkpoints" / "step-00000008" / "model.safetensors")
             for r in ("a", "b")]
     assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
-    hb = load_model(resumed).manifest["training"]["history"]
+    ta, tb = gm.manifest["training"], load_model(resumed).manifest["training"]
+    assert ta["weights"] == "selected" and ta["chosen_epoch"] in (1, 2) and ta["chosen_reason"]
+    assert (ta["chosen_epoch"], ta["chosen_step"]) == (tb["chosen_epoch"], tb["chosen_step"])
+    hb = tb["history"]
     for x, y in zip(hist, hb):
         assert (x["train_loss"], x["recall@10"], x["ndcg@10"]) == (y["train_loss"], y["recall@10"],
                                                                    y["ndcg@10"])

@@ -60,3 +60,11 @@ def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_d
     err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "cannot start from" in err and "token layout" in err
     assert not (tmp_path / "c" / "model").exists()
+    # evaluation on a device this machine does not have: a clear error before any work
+    with pytest.raises(SystemExit, match="no CUDA GPU|only .* CUDA device"):
+        main(["eval", *common, "--model", str(parent), "--device", "cuda:7", "--eval-users", "5"])
+    with pytest.raises(SystemExit, match="not a torch device"):
+        main(["eval", *common, "--model", str(parent), "--device", "gpu-please", "--eval-users", "5"])
+    assert main(["eval", *common, "--model", str(parent), "--device", "cpu", "--eval-users", "5",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["device"] == "cpu"
