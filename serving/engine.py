@@ -146,6 +146,17 @@ class VLLMBeamSearch:
                                       k, num_beams, chunk_views)
         return out
 
+    def failure(self) -> str | None:
+        """Why this engine cannot answer any more (closed, or its core process died), or None."""
+        llm = self.__dict__.get("llm")
+        if llm is None:
+            return "the vLLM engine was closed"
+        core = llm.llm_engine.engine_core
+        resources = getattr(core, "resources", None)  # MPClient: a monitor thread sets engine_dead
+        if resources is not None and getattr(resources, "engine_dead", False):
+            return "the vLLM EngineCore process exited"
+        return None
+
     def close(self) -> None:
         """Stop the engine's worker processes now (otherwise they stop when the process exits)."""
         llm = self.__dict__.pop("llm", None)

@@ -51,6 +51,7 @@ from gen_fm.tokenizer import CANVASES, DEFAULT_CANVAS
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
 from serving.contexts import CanvasPrompts, RequestError
+from serving.lifecycle import EngineUnavailable
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
 
 
@@ -108,6 +109,8 @@ class _Backend(Protocol):
     def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
                views: Sequence[Restriction | None] | None) -> list[Recommendations]: ...
 
+    def failure(self) -> str | None: ...
+
     def close(self) -> None: ...
 
 
@@ -131,8 +134,11 @@ class TransformersBackend:
         return recommend(self.model, [list(p) for p in prompts], self.trie, k=k, num_beams=num_beams,
                          exclude=exclude, batch_size=self.batch_size)
 
+    def failure(self) -> str | None:
+        return None if self.model is not None else "the engine was closed"
+
     def close(self) -> None:
-        pass
+        self.model = None
 
 
 def excluded_rows(view: Restriction | None, num_items: int) -> list[int]:
@@ -288,7 +294,12 @@ class Recommender:
         twice the beam, up to ``ServingConfig.max_beams``; that sequence depends on the request alone.
         """
         prepared = list(prepared)
-        found = self._search(prepared, range(len(prepared)))
+        self.ensure_alive()
+        try:
+            found = self._search(prepared, range(len(prepared)))
+        except Exception as e:
+            self.ensure_alive(cause=e)  # a dead engine's error says so, whatever the backend raised
+            raise
         widest = self.config.max_beams
         while True:  # a diversity cap the beam could not fill: search again, twice as wide
             short = [i for i, p in enumerate(prepared)
@@ -313,6 +324,16 @@ class Recommender:
                                        [prepared[i].view for i in todo])
             found.update(zip(todo, recs))
         return found
+
+    def failure(self) -> str | None:
+        """None while the engine can answer; else why not (closed, or its process died)."""
+        return self.backend.failure()
+
+    def ensure_alive(self, cause: BaseException | None = None) -> None:
+        """Raise ``EngineUnavailable`` naming the dead engine instead of hanging or answering wrongly."""
+        reason = self.failure()
+        if reason is not None:
+            raise EngineUnavailable(f"{self.config.backend} engine unavailable: {reason}") from cause
 
     def close(self) -> None:
         self.backend.close()

@@ -13,7 +13,9 @@ Endpoints (``serving.api`` holds the bodies):
   ``sidrec[i]`` says how list ``i`` was made (canvas, soft_prompt, context, warnings, ...).
 - ``POST /v1/recommendations``: ``{history, canvas, k, rules, user_id, exclude_history, query,
   source, theme}`` -> ranked items and the same information.
-- ``GET /health`` (503 when the engine thread is gone), ``GET /metrics`` (Prometheus text).
+- ``GET /health`` = ``GET /health/ready`` (readiness: 200 only while the engine serves; 503 with
+  ``status`` loading / draining / dead / failed and a ``reason``), ``GET /health/live`` (liveness:
+  200 while the process answers, also while the engine loads), ``GET /metrics`` (Prometheus text).
 
 Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape: 400 bad values (unknown
 titles, k above max_k, unknown attribute, a missing or misplaced query/source/theme: ``param`` names
@@ -29,23 +31,26 @@ validates each request alone (a bad one fails only itself) and decodes the rest 
 Replicas: the process keeps no state between requests (no sessions, no caches a client depends on;
 the API key and rules come with each request), so any number of replicas can run behind a load
 balancer, each with its own engine; results are deterministic, so replicas agree. ``/metrics`` is
-per process: scrape every replica. ``/health`` is the readiness probe (the model is loaded before the
-port opens).
+per process: scrape every replica.
+
+Lifecycle (``serving.lifecycle``): ``serve`` opens the port at once and loads the engine in the
+background (liveness 200, readiness 503 "loading"). SIGTERM and SIGINT both drain: no new
+connections, requests in flight finish (at most ``drain_seconds``), queued engine jobs finish, then
+the engine shuts down and no child process is left; exit code 0. If the engine dies (its process
+killed), readiness turns 503 within a second, requests get 503, and the server exits with code 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,129 +60,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from gen_fm.tokenizer import CANVASES
-from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse, ErrorResponse, Item,
+from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse, Item,
                          ModelCard, ModelList, RecommendationsRequest, RecommendationsResponse, ResultInfo,
                          Usage, canvas_of, model_id, parse_history)
 from serving.contexts import CANVAS_FIELD
+from serving.guard import Guard, ServerSettings, error_response
+from serving.lifecycle import (EngineState, EngineUnavailable, Stopped, install_sigterm_handler,
+                               reap_children, watch_engine)
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
 
 log = logging.getLogger("sidrec.serving")
 API_KEY_ENV = "SIDREC_API_KEY"
-_ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/recommendations", "/health", "/metrics")
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                413: "request_too_large", 422: "invalid_request_error", 503: "overloaded_error"}
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """What the HTTP layer enforces (the model's own limits, such as max_k, live in ServingConfig)."""
-
-    api_key: str | None = None  # required as "Authorization: Bearer KEY" on /v1/* when set
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are parsed
-    max_queue: int = 256  # engine jobs waiting at most; beyond it 503
-    max_prompts: int = 64  # prompts in one completion request (a list prompt is a batch)
-
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_queue", "max_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key must not be empty (use None for no key)")
-
-
 class _Rejected(HTTPException):
     """An HTTP error that names the request field at fault (OpenAI's ``param``)."""
 
     def __init__(self, status: int, detail: str, param: str | None = None) -> None:
         super().__init__(status, detail)
         self.param = param
-
-
-def _error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error={"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
-                                "param": param, "code": status})
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
-class _Guard:
-    """Pure ASGI middleware run before routing: API key, body size limit, and request metrics.
-
-    The key is checked before the body is read, and the body is read (at most ``max_body_bytes``)
-    before FastAPI parses it, so neither an unauthenticated nor an oversized request costs parsing.
-    """
-
-    def __init__(self, app: Any, settings: ServerSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in _ENDPOINTS else "other"
-        status = [500]
-
-        async def send_and_record(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        t0 = time.perf_counter()
-        try:
-            rejection = self._check_key(scope) if path.startswith("/v1/") else None
-            body = b""
-            if rejection is None:
-                body, rejection = await self._read_body(scope, receive)
-            if rejection is not None:
-                return await rejection(scope, receive, send_and_record)
-            replayed = [False]
-
-            async def replay() -> dict:
-                if not replayed[0]:
-                    replayed[0] = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_and_record)
-        finally:
-            code = str(status[0])
-            self.metrics.requests.labels(endpoint, code).inc()
-            if status[0] >= 400:
-                self.metrics.errors.labels(endpoint, code).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-
-    def _check_key(self, scope: dict) -> JSONResponse | None:
-        key = self.settings.api_key
-        if key is None:
-            return None
-        headers = dict(scope.get("headers") or [])
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
-            return None
-        return _error(401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
-                      headers={"WWW-Authenticate": "Bearer"})
-
-    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes, JSONResponse | None]:
-        limit = self.settings.max_body_bytes
-        too_big = _error(413, f"request body exceeds the {limit}-byte limit (ServerSettings.max_body_bytes)")
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return b"", _error(400, "invalid Content-Length header")
-            if int(declared) > limit:
-                return b"", too_big
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"", _error(400, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return b"", too_big
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), None
 
 
 def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
@@ -203,47 +103,88 @@ def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
                      context_required=rec.prompts.context_required(canvas))
 
 
-def create_app(rec: Recommender, settings: ServerSettings | None = None) -> FastAPI:
-    """A FastAPI app over a loaded Recommender; the engine thread runs while the app's lifespan does."""
+def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSettings | None = None,
+               on_engine_death: Callable[[str], None] | None = None) -> FastAPI:
+    """A FastAPI app over a Recommender, or over a function that loads one (called in a background
+    thread at start-up, so the port answers liveness probes while the engine loads). The engine
+    thread runs while the app's lifespan does; `on_engine_death(reason)` is called if the engine
+    dies (``serve`` stops the server with exit code 1 there)."""
     settings = settings or ServerSettings()
     metrics = Metrics()
-    worker = EngineWorker(rec, settings.max_queue, metrics)
-    rec.encoder.decode_rows([])  # build the lazy token index now, not inside a request
-    rec.prompts.warm_up()  # and the query encoder the soft prompts need (it loads a sentence encoder)
+    state = EngineState()
+    holder: dict[str, Any] = {}  # "rec" and "worker", once loaded
     created = int(time.time())
-    sid_len = rec.ids.sid_length
+
+    def become_ready(r: Recommender) -> None:
+        r.encoder.decode_rows([])  # build the lazy token index now, not inside a request
+        r.prompts.warm_up()  # and the query encoder the soft prompts need (it loads a sentence encoder)
+        worker = EngineWorker(r, settings.max_queue, metrics)
+        worker.start()
+        holder.update(rec=r, worker=worker)
+        state.set("ready")
+
+    def die(reason: str) -> None:
+        if "worker" in holder:
+            holder["worker"].fail_queued(state.unavailable())
+        if on_engine_death is not None:
+            on_engine_death(reason)
+
+    def load() -> None:
+        try:
+            r = rec()
+            holder["rec"] = r  # closed by whoever stops the app, even if warming up fails
+            become_ready(r)
+        except Exception as e:
+            log.exception("loading the engine failed")
+            state.set("failed", f"{type(e).__name__}: {e}")
+            die(state.reason or "load failed")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        if isinstance(rec, Recommender):
+            become_ready(rec)
+        else:
+            app.state.loader = threading.Thread(target=load, name="sidrec-load", daemon=True)
+            app.state.loader.start()
+        watcher = asyncio.create_task(watch_engine(lambda: holder["rec"].failure(), state, die))
         try:
             yield
         finally:
-            await asyncio.to_thread(worker.stop)
+            state.set("draining")
+            watcher.cancel()
+            if "worker" in holder:
+                await asyncio.to_thread(holder["worker"].stop)
+
+    def current() -> tuple[Recommender, EngineWorker]:
+        if not state.ready:
+            raise HTTPException(503, str(state.unavailable()), headers={"Retry-After": "1"})
+        return holder["rec"], holder["worker"]
 
     app = FastAPI(title="sidrec", lifespan=lifespan)
-    app.state.worker, app.state.metrics, app.state.settings = worker, metrics, settings
+    app.state.metrics, app.state.settings, app.state.engine, app.state.holder = metrics, settings, state, holder
+    app.state.loader = None
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
+    async def httperror_response(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
                       headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validationerror_response(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts, params = [], []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             params.append(loc)
             parts.append(f"{loc or 'body'}: {str(err.get('msg')).removeprefix('Value error, ')}")
-        return _error(422, "; ".join(parts), param=params[0] if params else None)
+        return error_response(422, "; ".join(parts), param=params[0] if params else None)
 
     @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    async def servererror_response(request: Request, exc: Exception) -> JSONResponse:
         log.error("request failed", exc_info=exc)
-        return _error(500, "internal error (logged on the server)")
+        return error_response(500, "internal error (logged on the server)")
 
     async def decode(requests: list[RecommendationRequest]) -> list[RecommendationList]:
+        _, worker = current()
         try:
             future = worker.submit(requests)
         except queue.Full:
@@ -251,6 +192,11 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
                                 headers={"Retry-After": "1"}) from None
         try:
             return await asyncio.wrap_future(future)
+        except EngineUnavailable as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+        except asyncio.CancelledError:  # the stop's drain deadline passed (or the client left)
+            raise HTTPException(503, "the server stopped before the engine answered; retry on "
+                                     "another replica", headers={"Retry-After": "1"}) from None
         except ValueError as e:
             raise _Rejected(400, str(e), getattr(e, "param", None)) from None
 
@@ -263,11 +209,13 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
+        rec, _ = current()
         return ModelList(data=[_card(rec, c, created) for c in CANVASES])
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest) -> CompletionResponse:
         canvas = canvas_or_404(body.model)
+        rec, _ = current()
         if body.stream:
             raise HTTPException(400, "stream=true is not supported: a recommendation list is returned whole")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -291,6 +239,7 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
                                     semantic_id=r.semantic_id, score=r.score)
                    for j, (i, r) in enumerate(flat)]
         prompt_tokens = sum(res.prompt_tokens for res in results)
+        sid_len = rec.ids.sid_length
         return CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model, choices=choices,
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(choices) * sid_len,
@@ -311,7 +260,13 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
                                        model=model_id(canvas), k=res.k, items=items)
 
     @app.get("/health")
+    @app.get("/health/ready")
     async def health() -> JSONResponse:
+        """Readiness: 200 only while the engine serves (503 loading, draining, dead or failed)."""
+        if not state.ready or holder["rec"].failure() is not None:
+            return JSONResponse({"status": state.status, "reason": state.reason
+                                 or str(state.unavailable())}, status_code=503)
+        rec, worker = holder["rec"], holder["worker"]
         ok = worker.alive
         return JSONResponse({"status": "ok" if ok else "engine stopped", "backend": rec.config.backend,
                              "titles": rec.ids.num_items, "models": [model_id(c) for c in CANVASES],
@@ -320,23 +275,30 @@ def create_app(rec: Recommender, settings: ServerSettings | None = None) -> Fast
                              "max_k": rec.config.max_k, "queue_depth": worker.queue_depth},
                             status_code=200 if ok else 503)
 
+    @app.get("/health/live")
+    async def live() -> JSONResponse:
+        """Liveness: the process answers (also while the engine loads or drains)."""
+        return JSONResponse({"status": "alive", "engine": state.status})
+
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
     return app
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           backend: str = "vllm", data_dir: str | None = None, dataset: str | None = None,
           max_body_bytes: int = 1 << 20, max_queue: int = 256, log_level: str = "info",
-          **config: Any) -> None:
-    """Load ``model_dir`` and serve it until interrupted (``sidrec serve``).
+          drain_seconds: float = 30.0, **config: Any) -> None:
+    """Serve ``model_dir`` until SIGTERM / SIGINT (``sidrec serve``); see the module doc's lifecycle.
 
     ``api_key`` defaults to $SIDREC_API_KEY (keeps the key out of the process list); ``data_dir`` and
     ``dataset`` load the catalog attributes that attribute rules need; ``config`` holds further
-    ``ServingConfig`` fields (num_beams, max_k, enforce_eager, ...). Call it under
+    ``ServingConfig`` fields (num_beams, max_k, enforce_eager, ...). ``drain_seconds`` bounds how
+    long a stop waits for requests in flight. Exits with code 1 (``SystemExit``) when the engine
+    died or failed to load, so a supervisor restarts the server. Call it under
     ``if __name__ == "__main__":``: vLLM starts its workers with spawn.
     """
     import uvicorn
@@ -345,12 +307,36 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
                               max_body_bytes=max_body_bytes, max_queue=max_queue)
     if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can query it", host)
-    rec = Recommender.from_pretrained(model_dir, backend=backend, data_dir=data_dir, dataset=dataset,
-                                      **config)
+    if drain_seconds <= 0:
+        raise ValueError(f"drain_seconds must be > 0, got {drain_seconds}")
+    fatal: list[str] = []
+
+    def on_engine_death(reason: str) -> None:
+        fatal.append(reason)
+        server.should_exit = True
+
+    app = create_app(lambda: Recommender.from_pretrained(model_dir, backend=backend, data_dir=data_dir,
+                                                         dataset=dataset, **config),
+                     settings, on_engine_death=on_engine_death)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=int(max(drain_seconds, 1))))
+    restore = install_sigterm_handler()
     try:
-        uvicorn.run(create_app(rec, settings), host=host, port=port, log_level=log_level)
+        server.run()
+    except (Stopped, KeyboardInterrupt):
+        pass  # a stop signal, after uvicorn drained: clean up below, exit 0
     finally:
-        rec.close()
+        restore()
+        loader = app.state.loader
+        if loader is not None:
+            loader.join(timeout=600)  # an engine still loading is closed once it exists
+        rec = app.state.holder.get("rec")
+        if rec is not None:
+            rec.close()
+        reap_children()
+    if fatal:
+        log.error("exiting with code 1: %s", fatal[0])
+        raise SystemExit(1)
 
 
 def run_in_thread(app: FastAPI, sockets: Sequence[Any],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from serving.lifecycle import EngineUnavailable
 from serving.recommender import RecommendationRequest, Recommender
 
 log = logging.getLogger("sidrec.serving")
@@ -66,6 +67,16 @@ class EngineWorker:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    def fail_queued(self, error: Exception) -> None:
+        """Answer every job still queued with `error` (the engine died: they cannot be served)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the jobs already queued, then end the thread."""
@@ -121,6 +132,11 @@ class EngineWorker:
         self.metrics.batch.observe(len(prepared))
         try:
             results = self.rec.run(prepared)
+        except EngineUnavailable as e:  # the engine is gone: 503 for these, the watchdog stops us
+            log.error("engine unavailable: %s", e)
+            for job, _ in ready:
+                job.future.set_exception(e)
+            return
         except Exception as e:  # an engine failure fails this batch, not the server
             log.exception("engine call failed")
             for job, _ in ready:

@@ -178,7 +178,7 @@ def cmd_serve(args) -> None:
     if args.enforce_eager:
         extra["enforce_eager"] = True
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, backend=args.backend,
-          data_dir=args.data, dataset=args.dataset, **extra)
+          data_dir=args.data, dataset=args.dataset, drain_seconds=args.drain_seconds, **extra)
 
 
 def cmd_quickstart(args) -> None:
@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory: catalog attributes for attribute rules")
     p.add_argument("--dataset", help="sub-folder of --data (default: the model's dataset)")
     p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="ServingConfig field, e.g. num_beams=20, max_k=50")
     p.set_defaults(func=cmd_serve)

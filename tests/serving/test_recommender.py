@@ -145,3 +145,14 @@ def test_config_validation(tiny_model_dir) -> None:
         Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=MAX_HISTORY + 1)
     short = Recommender.from_pretrained(tiny_model_dir, backend="transformers", max_history=2)
     assert short.recommend(TITLES[:5], k=3).history_used == 2
+
+
+def test_a_closed_engine_is_a_clear_error_not_a_hang(tiny_model_dir) -> None:
+    from serving.lifecycle import EngineUnavailable
+
+    rec = Recommender.from_pretrained(tiny_model_dir, backend="transformers", num_beams=5, max_k=10)
+    assert rec.failure() is None and len(rec.recommend(["tt001"], k=3)) == 3
+    rec.close()
+    assert rec.failure() == "the engine was closed"
+    with pytest.raises(EngineUnavailable, match="transformers engine unavailable: the engine was closed"):
+        rec.recommend(["tt001"], k=3)

@@ -1,0 +1,109 @@
+"""The serving process's life: engine loading, readiness, engine death, and a clean stop.
+
+States of the engine behind a server: ``loading`` (the port is open, the model is being loaded:
+liveness 200, readiness 503), ``ready``, ``draining`` (a stop signal came: finish what was accepted,
+readiness 503 so a load balancer stops sending), ``dead`` (the engine is gone, e.g. its vLLM
+``EngineCore`` process was killed: readiness 503 with the reason, requests 503, and the server exits
+non-zero so its supervisor restarts it) and ``failed`` (loading raised).
+
+Why SIGTERM needs care: uvicorn catches SIGTERM and SIGINT, shuts down, then re-raises the signal
+it caught. For SIGINT that is a KeyboardInterrupt that runs the ``finally`` that closes the engine;
+for SIGTERM the default action kills the process on the spot, so the engine's child process was
+left behind (reparented to init). ``serve`` therefore installs a SIGTERM handler that raises
+``Stopped``, so both signals unwind through the same cleanup; ``reap_children`` then ends any child
+process still running after the engine's own shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("sidrec.serving")
+WATCH_SECONDS = 0.5  # how often the server asks the engine whether it is alive
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot answer (loading, stopped, or its process died): HTTP 503, not 500."""
+
+
+class Stopped(SystemExit):
+    """Raised by the SIGTERM handler once uvicorn has drained: unwinds like Ctrl-C, exit code 0."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+class EngineState:
+    """Where the engine is in its life; read by the probes and by every request handler."""
+
+    def __init__(self, status: str = "loading") -> None:
+        self._lock = threading.Lock()
+        self.status = status
+        self.reason: str | None = None
+
+    def set(self, status: str, reason: str | None = None) -> None:
+        with self._lock:
+            if self.status in ("dead", "failed"):  # terminal: a later drain does not hide the cause
+                return
+            self.status, self.reason = status, reason
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    def unavailable(self) -> EngineUnavailable:
+        why = {"loading": "the engine is still loading; retry shortly",
+               "draining": "the server is shutting down",
+               "dead": f"the engine is gone ({self.reason}); the server is restarting",
+               "failed": f"the engine failed to load ({self.reason})"}.get(self.status, self.status)
+        return EngineUnavailable(why)
+
+
+async def watch_engine(failure: Callable[[], str | None], state: EngineState,
+                       on_death: Callable[[str], None], every: float = WATCH_SECONDS) -> None:
+    """Poll the engine; on its death mark the state dead and call `on_death` (which stops the server)."""
+    while True:
+        await asyncio.sleep(every)
+        if state.status != "ready":
+            continue
+        reason = failure()
+        if reason is not None:
+            state.set("dead", reason)
+            log.error("engine died: %s; stopping the server (exit code 1) for the supervisor to restart it",
+                      reason)
+            on_death(reason)
+            return
+
+
+def install_sigterm_handler() -> Callable[[], None]:
+    """SIGTERM raises ``Stopped`` (see the module doc); returns a function restoring the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame) -> None:
+        raise Stopped()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def reap_children(timeout: float = 10.0) -> list[int]:
+    """Terminate (then kill) child processes that outlived the engine's shutdown; returns their pids."""
+    for p in multiprocessing.active_children():
+        p.join(2.0)  # a process the engine's shutdown already ended only needs reaping
+    left = [p for p in multiprocessing.active_children() if p.is_alive()]
+    for p in left:
+        p.terminate()
+    for p in left:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout)
+    if left:
+        log.warning("ended %d engine process(es) left after shutdown: %s", len(left), [p.pid for p in left])
+    return [p.pid for p in left]
