@@ -19,7 +19,7 @@ from eval.machine import machine_info
 from semantic_ids.builder import build_ids
 from semantic_ids.config import SemanticIDConfig
 from sidrec.artifacts import jsonable, write_json
-from sidrec.cli import config_from_args
+from sidrec.overrides import config_from_args
 from sidrec.data import DataConfig, load_data
 
 

@@ -166,26 +166,19 @@ def bench_backend(rec, backend: str, slots, beams, batches, k: int, repeats: int
 
 def bench_unconstrained(rec, slots, b: int, n: int, k: int, repeats: int, warmup: int, log) -> dict[str, Any]:
     """vLLM's built-in (unconstrained) beam search on the prompts of the timed repeats."""
-    from vllm import TokensPrompt
-    from vllm.sampling_params import BeamSearchParams
-
-    llm, trie, L = rec.backend.llm, rec.trie, rec.trie.sid_length
-    params = BeamSearchParams(beam_width=b, max_tokens=L)
+    engine, trie, L = rec.backend, rec.trie, rec.trie.sid_length  # a VLLMBeamSearch
     lat, returned, invalid, in_history, dup = [], 0, 0, 0, 0
     for rnd in range(warmup, warmup + repeats):
         reqs = build_requests(slots[(b, n, rnd)], k)
         prompts = [rec.prepare(r).prompt for r in reqs]
-        if hasattr(llm, "reset_prefix_cache"):
-            llm.reset_prefix_cache()  # the constrained run just cached these prompts
         t0 = time.perf_counter()
-        outs = llm.beam_search([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+        outs = engine.builtin_beam_search(prompts, b, L)
         lat.append(time.perf_counter() - t0)
-        for req, prompt, out in zip(reqs, prompts, outs):
+        for req, beams in zip(reqs, outs):
             history = {rec.ids.index_of(h) for h in req.history}
             seen = set()
-            for seq in out.sequences[:k]:
+            for gen in beams[:k]:
                 returned += 1
-                gen = list(seq.tokens[len(prompt):])
                 row = trie.item_of(gen) if len(gen) == L else -1
                 if row < 0:
                     invalid += 1

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.machine import machine_info
-from eval.metrics import ranking_metrics
+from sidrec.metrics import ranking_metrics
 from sidrec.artifacts import manifest_hash, write_json
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import build_sequences, leave_one_out

@@ -54,7 +54,7 @@ def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "Refr
     History titles without an ID in `ids` are dropped from the prompt (counted); a target without
     one cannot be recommended (a miss): that is what a model on that map can do.
     """
-    from eval.metrics import ranking_metrics
+    from sidrec.metrics import ranking_metrics
     from gen_fm.dataset import catalog_to_sid_rows
     from gen_fm.decode import recommend
     from gen_fm.tokenizer import PromptEncoder

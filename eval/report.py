@@ -132,7 +132,7 @@ def _section_ids(res: Results, out: Path) -> list[str]:
 
 def _section_serving(res: Results, out: Path) -> list[str]:
     md = ["## Serving", ""]
-    if not res.grids and not res.loads:
+    if not res.grids and not res.loads and not res.host_times:
         return md + ["No serving results (`results/serving`) were found.", ""]
     for g in sorted(res.grids, key=lambda g: g.label):
         png = f"latency-{_slug(g.label)}.png"
@@ -143,6 +143,13 @@ def _section_serving(res: Results, out: Path) -> list[str]:
         md += _table(["backend (decoding)", "beams", "batch", "p50 s", "p99 s", "recs/s"],
                      [[p.backend, p.beams, p.batch, _fmt(p.p50_s), _fmt(p.p99_s),
                        _fmt(p.recs_per_s, ".1f")] for p in pts])
+    if res.host_times:
+        md += ["### Training host time per batch", ""]
+        md += _table(["source", "dataset", "batch", "collated per batch (ms)", "per-epoch tensors (ms)",
+                      "augmented, re-cut each epoch (ms)"],
+                     [[f"`{h.source}`", h.dataset, h.batch_size, _fmt(h.collator_ms, ".2f"),
+                       _fmt(h.tensor_ms, ".2f"), _fmt(h.augmented_ms, ".2f")]
+                      for h in sorted(res.host_times, key=lambda h: h.source)])
     if res.loads:
         md += ["### Load tests", ""]
         md += _table(["source", "backend", *(h for h, _ in LOAD_COLUMNS.values())],

@@ -105,6 +105,18 @@ class RefreshResult:
     source: str
 
 
+@dataclass(frozen=True)
+class HostTime:
+    """Host time per training batch: collated per batch vs sliced from per-epoch tensors."""
+
+    dataset: str
+    batch_size: int
+    collator_ms: float | None
+    tensor_ms: float | None
+    augmented_ms: float | None
+    source: str
+
+
 @dataclass
 class Results:
     retrieval: list[Retrieval] = field(default_factory=list)
@@ -113,6 +125,7 @@ class Results:
     loads: list[LoadTest] = field(default_factory=list)
     canvases: list[CanvasResults] = field(default_factory=list)
     refreshes: list[RefreshResult] = field(default_factory=list)
+    host_times: list[HostTime] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # shown name -> sha256
     skipped: dict[str, str] = field(default_factory=dict)  # shown name -> why
 
@@ -214,10 +227,18 @@ def _parse_refresh(d: dict, name: str, stem: str, res: Results) -> None:
                                        {g: int(n) for g, n in d["members"].items()}, k, name))
 
 
+def _parse_host(d: dict, name: str, stem: str, res: Results) -> None:
+    res.host_times.append(HostTime(str(d["dataset"]), int(d["batch_size"]),
+                                   _num(d["collator_ms_per_batch"], "collator_ms_per_batch"),
+                                   _num(d["tensor_slice_ms_per_batch"], "tensor_slice_ms_per_batch"),
+                                   _num(d.get("augmented_ms_per_batch_with_cut_and_build"),
+                                        "augmented_ms_per_batch_with_cut_and_build"), name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
     "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
-    "refresh": _parse_refresh,
+    "refresh": _parse_refresh, "host_batches": _parse_host,
 }
 REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
                     "after": "after the fine-tune"}

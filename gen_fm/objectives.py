@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from semantic_ids.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from gen_fm.config import PretrainConfig
+    from semantic_ids.ids import SemanticIDs
+    from sidrec.data import RecData
 
 IGNORE = -100
 
@@ -158,3 +164,24 @@ class AuxiliaryObjectives(nn.Module):
             soft = self.title_categories[rows]  # (N, C)
             out["category"] = -(soft * F.log_softmax(logits, -1)).sum()
         return out
+
+
+def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData,
+                     sid_rows: np.ndarray):
+    """The training-only heads the config asks for (``gen_fm.objectives``), or None."""
+    if not config.mtp_tokens and not config.category_weight:
+        return None
+    title_categories = None
+    if config.category_weight:
+        cats: list[list[str]] = [[] for _ in range(ids.num_items)]  # by ID-artifact row
+        for row, labels in zip(sid_rows.tolist(), data.catalog["categories"]):
+            if row >= 0:
+                cats[row] = list(labels or [])
+        vocab = category_vocabulary([c for c in cats if c], config.category_min_titles)
+        if not vocab:
+            raise ValueError(f"category_weight {config.category_weight}: the catalog of "
+                             f"{data.name} has no category on >= {config.category_min_titles} "
+                             f"titles (and on at most half of them) to predict")
+        title_categories = category_targets(cats, vocab)
+    return AuxiliaryObjectives(config.hidden_size, layout, config.mtp_tokens, ids.codes,
+                               title_categories, config.mtp_weight, config.category_weight)

@@ -31,6 +31,7 @@ from gen_fm.config import PretrainConfig
 from gen_fm.batches import Augment, EpochTensors, epoch_batches
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
+from gen_fm.objectives import build_objectives
 from gen_fm.selection import choose
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
@@ -63,7 +64,7 @@ def validation_set(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
 @torch.no_grad()
 def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfig) -> dict[str, float]:
     """Constrained beam search on this process's share of the sample; sums reduced over processes."""
-    from eval.metrics import metrics_from_ranks, target_ranks
+    from sidrec.metrics import metrics_from_ranks, target_ranks
     from gen_fm.decode import recommend
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -103,29 +104,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
 
 
 # --------------------------------------------------------------------------- training
-
-
-def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData,
-                     sid_rows: np.ndarray):
-    """The training-only heads the config asks for (``gen_fm.objectives``), or None."""
-    if not config.mtp_tokens and not config.category_weight:
-        return None
-    from gen_fm.objectives import AuxiliaryObjectives, category_targets, category_vocabulary
-
-    title_categories = None
-    if config.category_weight:
-        cats: list[list[str]] = [[] for _ in range(ids.num_items)]  # by ID-artifact row
-        for row, labels in zip(sid_rows.tolist(), data.catalog["categories"]):
-            if row >= 0:
-                cats[row] = list(labels or [])
-        vocab = category_vocabulary([c for c in cats if c], config.category_min_titles)
-        if not vocab:
-            raise ValueError(f"category_weight {config.category_weight}: the catalog of "
-                             f"{data.name} has no category on >= {config.category_min_titles} "
-                             f"titles (and on at most half of them) to predict")
-        title_categories = category_targets(cats, vocab)
-    return AuxiliaryObjectives(config.hidden_size, layout, config.mtp_tokens, ids.codes,
-                               title_categories, config.mtp_weight, config.category_weight)
 
 
 def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors, group, config,
@@ -212,7 +190,7 @@ def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, con
 def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_dir: str | Path,
              out_dir: str | Path, config: PretrainConfig, resume: bool = False,
              init_from: str | Path | None = None, targets_since: int | None = None,
-             replay: float = 0.0) -> Path:
+             replay: float = 0.0, extra_rows: tuple[Any, dict] | None = None) -> Path:
     """Train the foundation model; returns the final model folder (``out_dir/model``).
 
     `data_config` may be an already loaded ``RecData`` (e.g. a derived view such as the refresh
@@ -222,6 +200,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     (a time, as in the data) puts the loss on training events from then on only (the fresh
     interactions of a refresh), earlier events being context, except a `replay` share of them
     (drawn with the seed) that stays a target so that what the model knew is rehearsed.
+    `extra_rows` = (rows with input_ids and labels columns, what they are) are trained on beside the
+    windows every epoch: the canvas mixture that ``config.canvas_mix`` names.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -254,12 +234,13 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     mixture = None
     extra: dict[str, list] = {"input_ids": [], "labels": []}
     if config.canvas_mix:
-        # The canvas formats and their leakage rules are owned by prompt_tuning.canvases (imported
-        # only for a mixture: a plain next-title run does not depend on the canvas stage).
-        from prompt_tuning.canvases import mixture_examples
-
-        rows, mixture = mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
-                                         config.canvas_mix_examples, config.seed)
+        # The canvas formats and their leakage rules belong to the canvas stage, above this one:
+        # its rows come from the caller (``prompt_tuning.canvases.pretraining_mixture``).
+        if extra_rows is None:
+            raise ValueError(f"canvas_mix {list(config.canvas_mix)}: pass the mixture's rows "
+                             f"(extra_rows=prompt_tuning.canvases.pretraining_mixture(...)); "
+                             f"`sidrec pretrain` builds them")
+        rows, mixture = extra_rows
         extra = {"input_ids": list(rows["input_ids"]), "labels": list(rows["labels"])}
     augment = Augment(config.item_dropout, config.window_jitter)
 
@@ -330,7 +311,9 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     halted = None  # max_steps is a halt, not an end: it is not saved, so a resumed run goes on
     saved_step = state.step if resume and checkpoints else -1  # step of the newest checkpoint
     while halted is None and state.stop_reason is None and state.epoch < config.epochs:
+        t0 = time.perf_counter()
         epoch_rows = tensors if tensors is not None else epoch_tensors(state.epoch)
+        state.host_seconds += time.perf_counter() - t0  # augmented epochs: the re-cut, once
         batches = epoch_batches(epoch_rows.lengths, config.batch_size, state.epoch, config.seed,
                                 rank, world)
         batches = [batches[i % len(batches)] for i in range(batches_per_epoch)]

@@ -360,3 +360,16 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
         info[canvas] = {"examples": len(kept), "kinds": dict(Counter(ex.kind for ex in kept)),
                         "dropped_held_out": dropped}
     return datasets.Dataset.from_dict(cols, features=example_features()), info
+
+
+def pretraining_mixture(data: RecData, seq_config, ids_dir: str | Path, config
+                        ) -> tuple["datasets.Dataset", dict]:  # noqa: F821
+    """The rows ``gen_fm.train.pretrain(extra_rows=...)`` needs for ``config.canvas_mix``
+    (a ``PretrainConfig``): the same split and prompt format the pretraining run builds."""
+    from sidrec.sequences import build_sequences, leave_one_out
+
+    split = leave_one_out(build_sequences(data, seq_config), seq_config)
+    ids = SemanticIDs.load(ids_dir)
+    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
+    return mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
+                            config.canvas_mix_examples, config.seed)

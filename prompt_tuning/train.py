@@ -40,7 +40,7 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
 
 def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
                  config: PromptTuningStageConfig, evaluate: bool = True) -> Path:
-    from eval.canvases import evaluate_variant, row_attributes
+    from prompt_tuning.evaluate import evaluate_variant, row_attributes
     from gen_fm.model import load_model
     from prompt_tuning.adapter import save_adapter, train_adapter
     from prompt_tuning.export import attach_soft_prompts

@@ -146,6 +146,20 @@ class VLLMBeamSearch:
                                       k, num_beams, chunk_views)
         return out
 
+    def builtin_beam_search(self, prompts: Sequence[Sequence[int]], num_beams: int,
+                            max_tokens: int) -> list[list[list[int]]]:
+        """vLLM's own ``LLM.beam_search`` without any constraint (the benchmark's reference): per
+        prompt, its beams' generated token ids, best first. The prefix cache is reset first, so a
+        constrained run on the same prompts does not make this one look faster."""
+        from vllm import TokensPrompt
+        from vllm.sampling_params import BeamSearchParams
+
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()
+        outs = self.llm.beam_search([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+                                    BeamSearchParams(beam_width=num_beams, max_tokens=max_tokens))
+        return [[list(seq.tokens[len(p):]) for seq in out.sequences] for p, out in zip(prompts, outs)]
+
     def failure(self) -> str | None:
         """Why this engine cannot answer any more (closed, or its core process died), or None."""
         llm = self.__dict__.get("llm")

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from sidrec.overrides import config_from_args, parse_overrides
 
 console = Console()
 
 
 # --------------------------------------------------------------------------- config plumbing
-
-
-def parse_overrides(preset: str | None, overrides: list[str] | None) -> dict[str, Any]:
-    """Config overrides from a JSON preset file, then `--set key=value` (values parsed as JSON)."""
-    values: dict[str, Any] = {}
-    if preset:
-        path = Path(preset)
-        if not path.is_file():
-            raise SystemExit(f"error: preset file {preset} does not exist")
-        values.update(json.loads(path.read_text()))
-    for item in overrides or []:
-        if "=" not in item:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
-
-
-def config_from_args(cls: type, preset: str | None, overrides: list[str] | None, **explicit: Any):
-    """Build a stage config: defaults <- preset file (JSON of overrides) <- --set key=value <- flags."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = parse_overrides(preset, overrides)
-    values.update({k: v for k, v in explicit.items() if v is not None})
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise SystemExit(f"error: unknown {cls.__name__} field(s): {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(fields))}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: invalid {cls.__name__}: {e}") from e
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +36,7 @@ def cmd_ids_build(args) -> None:
     from semantic_ids.builder import build_ids
     from semantic_ids.config import SemanticIDConfig
     from sidrec.data import load_data
+    from sidrec.pipeline import show_stats
 
     config = config_from_args(SemanticIDConfig, args.preset, args.set, quantizer=args.quantizer)
     data = load_data(_data_config(args))
@@ -95,6 +60,7 @@ def cmd_ids_assign(args) -> None:
 
 def cmd_ids_inspect(args) -> None:
     from semantic_ids.ids import SemanticIDs
+    from sidrec.pipeline import show_stats
 
     ids = SemanticIDs.load(args.dir)
     show_stats(ids)
@@ -108,21 +74,6 @@ def cmd_ids_inspect(args) -> None:
         console.print(f"[bold]{'-'.join(map(str, prefix))}[/bold] ({len(members)} titles)")
         for iid in members[:5]:
             console.print(f"    {ids.layout.sid_string(ids.sid(iid))}  {ids.title(iid)}")
-
-
-def show_stats(ids) -> None:
-    s = ids.stats()
-    t = Table(title=f"semantic IDs: {ids.path}")
-    t.add_column("figure")
-    t.add_column("value")
-    for key in ("num_items", "sid_length", "unique_ids", "collision_rate", "max_collision_group",
-                "dedup_codes_used", "reconstruction_mse"):
-        v = s.get(key)
-        t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
-    t.add_row("codebook_utilization", ", ".join(f"{u:.1%}" for u in s["codebook_utilization"]))
-    t.add_row("perplexity", ", ".join(f"{p:.1f}" for p in s["perplexity"]))
-    t.add_row("map version", str(ids.version))
-    console.print(t)
 
 
 # --------------------------------------------------------------------------- gen_fm / eval
@@ -147,8 +98,15 @@ def cmd_pretrain(args) -> None:
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: invalid PretrainConfig: {e}") from e
     seq = SequenceConfig(max_history=args.max_history)
-    model_dir = pretrain(_data_config(args), seq, args.ids, args.out, config, resume=args.resume,
-                         init_from=args.init_from)
+    data, extra = _data_config(args), None
+    if config.canvas_mix:  # the canvas stage builds the mixture's rows (gen_fm does not know it)
+        from prompt_tuning.canvases import pretraining_mixture
+        from sidrec.data import load_data
+
+        data = load_data(data)
+        extra = pretraining_mixture(data, seq, args.ids, config)
+    model_dir = pretrain(data, seq, args.ids, args.out, config, resume=args.resume,
+                         init_from=args.init_from, extra_rows=extra)
     console.print(f"model folder: {model_dir}")
 
 

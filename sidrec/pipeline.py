@@ -64,7 +64,22 @@ class QuickstartConfig:
 PROMPT_DEFAULTS = dict(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
-def _same_build(artifact: Path, kind: str, config, data_fingerprint: str) -> bool:
+def show_stats(ids) -> None:
+    s = ids.stats()
+    t = Table(title=f"semantic IDs: {ids.path}")
+    t.add_column("figure")
+    t.add_column("value")
+    for key in ("num_items", "sid_length", "unique_ids", "collision_rate", "max_collision_group",
+                "dedup_codes_used", "reconstruction_mse"):
+        v = s.get(key)
+        t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    t.add_row("codebook_utilization", ", ".join(f"{u:.1%}" for u in s["codebook_utilization"]))
+    t.add_row("perplexity", ", ".join(f"{p:.1f}" for p in s["perplexity"]))
+    t.add_row("map version", str(ids.version))
+    console.print(t)
+
+
+def same_build(artifact: Path, kind: str, config, data_fingerprint: str) -> bool:
     """An artifact is reused only if it was built from the same data with the same config."""
     try:
         m = read_manifest(artifact, kind)
@@ -81,22 +96,21 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     data = load_data(data_config)
     for line in data.report.lines():
         console.print(f"[dim]{line}[/dim]")
-    ids = _stage_ids(config, data, out / "ids")
-    model_dir = _stage_pretrain(config, data_config, data, out / "ids", out)
+    ids = stage_ids(config, data, out / "ids")
+    model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
     served = _stage_prompts(config, data_config, model_dir, out / "prompts")
     _stage_examples(config, data, served, ids)
 
 
-def _stage_ids(config: QuickstartConfig, data, ids_dir: Path):
+def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     from semantic_ids.builder import build_ids
     from semantic_ids.config import SemanticIDConfig
     from semantic_ids.ids import SemanticIDs
-    from sidrec.cli import show_stats
 
     console.rule("1/5 semantic IDs")
     id_config = SemanticIDConfig(**{"quantizer": config.quantizer, **(config.id_config or {})})
-    if _same_build(ids_dir, "semantic_ids", id_config, data.fingerprint):
+    if same_build(ids_dir, "semantic_ids", id_config, data.fingerprint):
         console.print(f"reusing {ids_dir} (same data and config)")
         ids = SemanticIDs.load(ids_dir)
     else:
@@ -111,7 +125,7 @@ def _stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     return ids
 
 
-def _stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path,
+def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path,
                     out: Path) -> Path:
     from gen_fm.config import PretrainConfig
     from gen_fm.train import pretrain
@@ -127,7 +141,7 @@ def _stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids
     digest = hashlib.sha256(json.dumps(jsonable(pc), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
-    if (_same_build(model_dir, "gen_fm", pc, data.fingerprint)
+    if (same_build(model_dir, "gen_fm", pc, data.fingerprint)
             and read_manifest(model_dir)["parents"].get("semantic_ids") == manifest_hash(ids_dir)):
         console.print(f"reusing {model_dir} (same data, IDs and config)")
         return model_dir

@@ -276,7 +276,7 @@ def finetune_config(parent_config, config: RefreshConfig):
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
     from gen_fm.train import pretrain
-    from sidrec.pipeline import _same_build
+    from sidrec.pipeline import same_build
 
     pcfg = finetune_config(parent.config, config)
     ids_hash, parent_hash = manifest_hash(out / "ids"), manifest_hash(model_dir)
@@ -286,7 +286,7 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
     key = json.dumps([jsonable(pcfg), ids_hash, parent_hash, targets], sort_keys=True)
     run_dir = out / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     target = run_dir / "model"
-    if _same_build(target, "gen_fm", pcfg, data.fingerprint):
+    if same_build(target, "gen_fm", pcfg, data.fingerprint):
         m = read_manifest(target)
         if (m["parents"].get("semantic_ids") == ids_hash and m["parents"].get("init_from") == parent_hash
                 and m["training"].get("targets") == targets):
@@ -357,7 +357,7 @@ def show(report: dict) -> None:
 def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig,
              results: str | Path | None = None) -> dict[str, Any]:
     """Old world -> IDs and a model on it (the quickstart's stages) -> refresh with the full data."""
-    from sidrec.pipeline import QuickstartConfig, _stage_ids, _stage_pretrain
+    from sidrec.pipeline import QuickstartConfig, stage_ids, stage_pretrain
 
     out = Path(out_dir)
     full = load_data(data_config)
@@ -372,8 +372,8 @@ def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig
                           model_preset=config.model_preset, epochs=config.pretrain_epochs,
                           lr=config.pretrain_lr, batch_size=config.pretrain_batch_size,
                           val_users=config.val_users, id_config=config.id_config)
-    _stage_ids(qs, world.data, out / "old" / "ids")
-    model_dir = _stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
+    stage_ids(qs, world.data, out / "old" / "ids")
+    model_dir = stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
     if config.fresh_since is None:  # fresh = what the old world did not hold
         config = dataclasses.replace(config, fresh_since=world.cutoff)
     return refresh(model_dir, full, out, config, results=results,

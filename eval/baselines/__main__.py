@@ -9,7 +9,7 @@ import torch
 
 from eval.baselines.run import BASELINES, run_baseline
 from eval.config import EvalConfig
-from sidrec.cli import parse_overrides
+from sidrec.overrides import parse_overrides
 from sidrec.data import DataConfig
 from sidrec.sequences import SequenceConfig
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.metrics import RankingMetrics, ranking_metrics, topk_rows
+from sidrec.metrics import RankingMetrics, ranking_metrics, topk_rows
 from sidrec.sequences import Split
 
 

@@ -20,7 +20,7 @@ from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
 from eval.config import EvalConfig
 from eval.machine import machine_info
-from eval.metrics import RankingMetrics, ranking_metrics
+from sidrec.metrics import RankingMetrics, ranking_metrics
 from sidrec.artifacts import jsonable, write_json
 from sidrec.data import DataConfig, load_data
 from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out

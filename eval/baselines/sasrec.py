@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.metrics import topk_rows
+from sidrec.metrics import topk_rows
 from sidrec.sequences import Split
 
 LOSSES = ("bce", "ce")

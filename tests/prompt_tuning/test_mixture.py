@@ -84,6 +84,8 @@ def test_config_validates_the_mixture():
 def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_world, tmp_path):
     from gen_fm.model import load_model
     from gen_fm.train import pretrain
+    from prompt_tuning.canvases import pretraining_mixture
+    from sidrec.data import load_data
     from sidrec.sequences import SequenceConfig
 
     data, split, ids, model_dir, dc = slice_world
@@ -93,8 +95,11 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = pretrain(dc, SequenceConfig(max_history=8), model_dir / "semantic_ids", tmp_path / "run",
-                       config)
+        with pytest.raises(ValueError, match="pass the mixture's rows"):
+            pretrain(dc, SequenceConfig(max_history=8), model_dir / "semantic_ids", tmp_path / "x", config)
+        seq = SequenceConfig(max_history=8)
+        rows = pretraining_mixture(load_data(dc), seq, model_dir / "semantic_ids", config)
+        out = pretrain(dc, seq, model_dir / "semantic_ids", tmp_path / "run", config, extra_rows=rows)
     finally:
         torch.set_num_threads(before)
     gen = load_model(out)

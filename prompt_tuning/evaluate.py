@@ -1,0 +1,97 @@
+"""Held-out evaluation of one canvas: the same constrained beam search and figures for every variant.
+
+Lives with training: ``sidrec prompts train`` compares its adapter with the frozen base through it,
+and the benchmark (``eval.canvases``) calls it for every variant. Canvas-specific figures: search
+reports lexical relevance (share of the top-K whose title contains the query text) per query kind
+and how much the member's history moves the results for tag queries; collection reports the share
+of the row inside the theme.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from gen_fm.decode import recommend
+from gen_fm.tokenizer import PromptEncoder
+from prompt_tuning.canvases import CanvasData, CanvasExample
+from semantic_ids.trie import PrefixTrie
+from sidrec.metrics import metrics_from_ranks, target_ranks
+
+
+def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTrie, k: int,
+                num_beams: int, batch_size: int = 64) -> list[list[int]]:
+    recs = recommend(model, prompts, trie, k=k, num_beams=num_beams, constrained=True,
+                     batch_size=batch_size)
+    return [r.rows for r in recs]
+
+
+def home_prompt(ex: CanvasExample, encoder: PromptEncoder) -> list[int]:
+    """The home question for a canvas example: history (or the t2t source), no context."""
+    hist = ex.history if ex.source is None else np.asarray([ex.source], dtype=np.int64)
+    return encoder.encode(hist, canvas="home", user_id=ex.user)
+
+
+def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequence[str],
+                   row_categories: Sequence[Sequence[str]], k: int,
+                   ranked_anonymous: list[list[int]] | None = None) -> dict[str, Any]:
+    """Recall/NDCG@5,K overall and per example kind, plus the canvas's own figures."""
+    ks = tuple(sorted({min(5, k), k}))
+    targets = [ex.target for ex in data.test]
+    m = metrics_from_ranks(target_ranks(ranked, targets), ks)
+    out: dict[str, Any] = {"num_examples": len(targets)}
+    for kk in ks:
+        out[f"recall@{kk}"], out[f"ndcg@{kk}"] = m.recall[kk], m.ndcg[kk]
+    kinds = sorted({ex.kind for ex in data.test})
+    if len(kinds) > 1:
+        for kind in kinds:
+            idx = [i for i, ex in enumerate(data.test) if ex.kind == kind]
+            mk = metrics_from_ranks(target_ranks([ranked[i] for i in idx], [targets[i] for i in idx]), (k,))
+            out[f"recall@{k}_{kind}"] = mk.recall[k]
+            out[f"examples_{kind}"] = len(idx)
+    if data.canvas == "search":
+        for kind in kinds:
+            shares = [np.mean([ex.text in titles_lower[r] for r in rows[:k]]) if rows else 0.0
+                      for ex, rows in zip(data.test, ranked) if ex.kind == kind]
+            out[f"lexical_relevance_{kind}"] = float(np.mean(shares)) if shares else None
+        if ranked_anonymous is not None:
+            moved = [1.0 - len(set(a[:k]) & set(b[:k])) / k
+                     for ex, a, b in zip(data.test, ranked, ranked_anonymous)
+                     if ex.kind == "tag" and len(ex.history)]
+            out["personalisation_shift_tag"] = float(np.mean(moved)) if moved else None
+    if data.canvas == "collection":
+        shares = [np.mean([ex.text in row_categories[r] for r in rows[:k]]) if rows else 0.0
+                  for ex, rows in zip(data.test, ranked)]
+        out["in_theme_share"] = float(np.mean(shares))
+    return out
+
+
+def evaluate_variant(model: torch.nn.Module, data: CanvasData, encoder: PromptEncoder,
+                     trie: PrefixTrie, titles_lower, row_categories, k: int = 10,
+                     num_beams: int = 10, prefix: Sequence[int] = (), home: bool = False
+                     ) -> dict[str, Any]:
+    """Metrics of one model on a canvas's held-out examples; `prefix` = soft-prompt token ids."""
+    build = (lambda ex, hist=True: home_prompt(ex, encoder)) if home else \
+        (lambda ex, hist=True: ex.prompt(encoder, data.canvas, history=hist))
+    prompts = [list(prefix) + build(ex) for ex in data.test]
+    t0 = time.perf_counter()
+    ranked = decode_rows(model, prompts, trie, k, num_beams)
+    seconds = time.perf_counter() - t0
+    anonymous = None
+    if data.canvas == "search" and not home and any(ex.kind == "tag" for ex in data.test):
+        anonymous = decode_rows(model, [list(prefix) + build(ex, False) for ex in data.test], trie,
+                                k, num_beams)
+    out = canvas_metrics(data, ranked, titles_lower, row_categories, k, anonymous)
+    out["decode_seconds"] = round(seconds, 2)
+    return out
+
+
+def row_attributes(gen, data) -> tuple[list[str], list[list[str]]]:
+    """Lower-cased title and categories per ID-artifact row (from the catalog)."""
+    cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
+    titles = gen.ids.titles or [""] * gen.ids.num_items
+    return [(t or "").lower() for t in titles], [list(cats.get(i, [])) for i in gen.ids.item_ids]
