@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 VENV="${1:-${SIDREC_VENV:-.venv}}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
+# a venv left half-made by an interrupted run has no pip: complete it instead of failing
+"$PY" -m pip --version >/dev/null 2>&1 || "$PY" -m ensurepip -q
 "$PY" -m pip install -q --upgrade pip
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
