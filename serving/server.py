@@ -150,9 +150,10 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         try:
             yield
         finally:
+            dead = state.status in ("dead", "failed")
             state.set("draining")
             watcher.cancel()
-            if "worker" in holder:
+            if "worker" in holder and not dead:  # a dead engine's thread may never return: no join
                 await asyncio.to_thread(holder["worker"].stop)
 
     def current() -> tuple[Recommender, EngineWorker]:

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -56,6 +57,7 @@ class EngineWorker:
         self.max_batch = rec.config.max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="sidrec-engine", daemon=True)
+        self._inflight: list[_Job] = []  # jobs inside the current engine call
 
     @property
     def alive(self) -> bool:
@@ -69,7 +71,10 @@ class EngineWorker:
         return self._queue.qsize()
 
     def fail_queued(self, error: Exception) -> None:
-        """Answer every job still queued with `error` (the engine died: they cannot be served)."""
+        """Answer every job in the engine call and still queued with `error` (the engine died: a
+        call into a dead engine may never return, and its clients must not wait for it)."""
+        for job in list(self._inflight):
+            _settle(job.future, error=error)
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -128,6 +133,13 @@ class EngineWorker:
                 job.future.set_exception(e)
         if not ready:
             return
+        self._inflight = [job for job, _ in ready]
+        try:
+            self._run(ready)
+        finally:
+            self._inflight = []
+
+    def _run(self, ready: list[tuple[_Job, list]]) -> None:
         prepared = [p for _, ps in ready for p in ps]
         self.metrics.batch.observe(len(prepared))
         try:
@@ -135,17 +147,28 @@ class EngineWorker:
         except EngineUnavailable as e:  # the engine is gone: 503 for these, the watchdog stops us
             log.error("engine unavailable: %s", e)
             for job, _ in ready:
-                job.future.set_exception(e)
+                _settle(job.future, error=e)
             return
         except Exception as e:  # an engine failure fails this batch, not the server
             log.exception("engine call failed")
             for job, _ in ready:
-                job.future.set_exception(RuntimeError(f"engine error: {e}"))
+                _settle(job.future, error=RuntimeError(f"engine error: {e}"))
             return
         start = 0
         for job, ps in ready:
-            job.future.set_result(results[start:start + len(ps)])
+            _settle(job.future, result=results[start:start + len(ps)])
             start += len(ps)
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None, error: Exception | None = None) -> None:
+    """Set a job's outcome unless it was settled already (the watchdog fails jobs of a dead engine)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 __all__ = ["EngineWorker", "Metrics"]
