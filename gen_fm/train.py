@@ -7,8 +7,8 @@ RNG states, the scheduler as a registered object) plus a ``trainer_state.json`` 
 (``gen_fm.checkpoints``).
 
 Layout of ``out_dir``: ``checkpoints/step-XXXXXXXX/`` (the last ``keep_checkpoints``),
-``checkpoints/best/`` (weights of the best validation Recall@K) and ``model/``, the final model folder
-(best weights), written atomically at the end.
+``checkpoints/best/`` (the weights ``gen_fm.selection`` chose among the validated epochs) and
+``model/``, the final model folder (those weights), written atomically at the end.
 """
 
 from __future__ import annotations
