@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--ids", required=True, help="ID artifact (sidrec ids build)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/ and the final model/")
-    p.add_argument("--preset", default="small", help="size preset: tiny, small or base")
+    p.add_argument("--preset", default="small", help="preset: tiny, small (sizes), base or large (GPU recipes)")
     p.add_argument("--config", help="JSON file of PretrainConfig overrides")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
