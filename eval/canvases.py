@@ -13,7 +13,9 @@ beam search (beam >= K, a hit is the whole ID):
 Canvas-specific figures: search reports lexical relevance (share of the top-K whose title contains
 the query text) per query kind, and how much the member's history moves the results for tag queries
 (1 - overlap of the top-K with and without the history); collection reports the share of the row
-inside the theme. ``python -m eval.canvases`` writes ``results/prompt_tuning/<dataset>.json``.
+inside the theme. ``--candidates`` adds each variant judged inside the context's candidate set
+(``<variant>_candidates``: the search query's or the theme's titles, as the server decodes by
+default). ``python -m eval.canvases`` writes ``results/prompt_tuning/<dataset>.json``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from typing import Any
 
 import torch
 
-from prompt_tuning.evaluate import evaluate_variant, row_attributes
+from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
 from semantic_ids.trie import PrefixTrie
 
 
 def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k: int = 10,
-                     num_beams: int = 10, full_finetune: bool = True) -> dict[str, Any]:
+                     num_beams: int = 10, full_finetune: bool = True,
+                     candidates: Any = None) -> dict[str, Any]:
     """Every variant of one canvas on the same held-out examples (see the module docstring)."""
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
@@ -49,7 +52,11 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                                                           "num_virtual_tokens": config.num_virtual_tokens,
                                                           "epochs": config.epochs, "lr": config.lr}}
     total = sum(p.numel() for p in {id(p): p for p in gen.model.parameters()}.values())
+    allow = candidate_rows(cd, candidates)
     result["base"] = {**evaluate_variant(gen.model, **common), "trainable_parameters": 0}
+    if allow is not None:
+        result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),
+                                     "trainable_parameters": 0}
     if canvas != "home":
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
@@ -65,6 +72,10 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                          "trainable_parameters": trainable,
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
                          "train_examples": len(pairs)}
+    if allow is not None:
+        result["adapter_candidates"] = {**evaluate_variant(served, prefix=virtual[canvas], allow=allow,
+                                                           **common),
+                                        "trainable_parameters": trainable}
     if full_finetune:
         gen = load_model(model_dir)
         t0 = time.perf_counter()
@@ -73,6 +84,10 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
         result["full_finetune"] = {**evaluate_variant(gen.model, **common),
                                    "trainable_parameters": total, "trainable_share": 1.0,
                                    "train_seconds": round(seconds, 1), "train_examples": len(pairs)}
+        if allow is not None:
+            result["full_finetune_candidates"] = {
+                **evaluate_variant(gen.model, allow=allow, **common),
+                "trainable_parameters": total, "trainable_share": 1.0}
     return result
 
 
@@ -96,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="PromptTuningStageConfig override (repeatable)")
     p.add_argument("--no-full-finetune", action="store_true")
+    p.add_argument("--candidates", action="store_true",
+                   help="also judge every variant inside the context's candidate set (search, "
+                        "collection; prompt_tuning.candidates), as the server decodes by default")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
     args = p.parse_args(argv)
@@ -107,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.model} was trained on other data than {data.path}")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     canvases = [c.strip() for c in args.canvases.split(",") if c.strip()]
+    index = None
+    if args.candidates:
+        from gen_fm.model import IDS_SUBDIR
+        from prompt_tuning.candidates import CandidateIndex
+
+        index = CandidateIndex(Path(args.model) / IDS_SUBDIR)
     out = {"benchmark": "prompt_tuning", "dataset": data.name, "model": str(args.model),
            "command": "python -m eval.canvases " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": machine_info(), "canvases": {}}
@@ -116,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         config = PromptTuningStageConfig(**{**overrides, "canvas": canvas})
         print(f"== {canvas}", flush=True)
         out["canvases"][canvas] = benchmark_canvas(args.model, data, split, canvas, config,
-                                                   full_finetune=not args.no_full_finetune)
+                                                   full_finetune=not args.no_full_finetune,
+                                                   candidates=index)
         out["config"] = dataclasses.asdict(config)
         row = out["canvases"][canvas]
         print(json.dumps({v: {m: row[v].get(m) for m in ("recall@10", "ndcg@10")}

@@ -164,10 +164,12 @@ def _decode_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie
 
 def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie, k: int,
               num_beams: int | None = None, exclude: list[list[int]] | None = None,
-              constrained: bool = True, batch_size: int = 64) -> list[Recommendations]:
+              constrained: bool = True, batch_size: int = 64,
+              allow: list[list[int] | None] | None = None) -> list[Recommendations]:
     """Top-``k`` titles per prompt, by beam search over the L ID tokens.
 
-    ``exclude[i]`` lists item rows prompt ``i`` must never get (watched titles, business rules).
+    ``exclude[i]`` lists item rows prompt ``i`` must never get (watched titles, business rules);
+    ``allow[i]`` (None = every title) the only rows it may get (a canvas context's candidate set).
     ``constrained=False`` runs the model without the trie (for the invalid-ID rate): every beam is
     kept, invalid ones with row -1, and scores are plain full-vocabulary log-probs (EOS is banned so
     every beam has L tokens). A prompt whose
@@ -181,11 +183,12 @@ def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie
                          f"more titles than it keeps beams")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if exclude is not None:
-        if len(exclude) != len(prompts):
-            raise ValueError(f"exclude has {len(exclude)} lists for {len(prompts)} prompts")
-        if not constrained:
-            raise ValueError("exclude needs constrained=True: only the trie can enforce it")
+    for name, lists in (("exclude", exclude), ("allow", allow)):
+        if lists is not None:
+            if len(lists) != len(prompts):
+                raise ValueError(f"{name} has {len(lists)} lists for {len(prompts)} prompts")
+            if not constrained:
+                raise ValueError(f"{name} needs constrained=True: only the trie can enforce it")
     vocab = model.get_output_embeddings().weight.shape[0]
     if vocab < trie.layout.code_end:
         raise ValueError(f"model vocabulary ({vocab}) does not cover the code tokens ({trie.layout.code_end})")
@@ -196,9 +199,11 @@ def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             views = None
-            if exclude is not None:
-                views = [trie.restrict(exclude_rows=e) if len(e) else None
-                         for e in exclude[start:start + batch_size]]
+            if exclude is not None or allow is not None:
+                ex = exclude[start:start + batch_size] if exclude is not None else [()] * len(chunk)
+                al = allow[start:start + batch_size] if allow is not None else [None] * len(chunk)
+                views = [trie.restrict(exclude_rows=e if len(e) else None, allow_rows=a)
+                         if len(e) or a is not None else None for e, a in zip(ex, al)]
             results += _decode_batch(model, chunk, trie, k, num_beams, views, constrained)
         return results
     finally:

@@ -24,10 +24,27 @@ from sidrec.metrics import metrics_from_ranks, target_ranks
 
 
 def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTrie, k: int,
-                num_beams: int, batch_size: int = 64) -> list[list[int]]:
+                num_beams: int, batch_size: int = 64,
+                allow: list[list[int] | None] | None = None) -> list[list[int]]:
     recs = recommend(model, prompts, trie, k=k, num_beams=num_beams, constrained=True,
-                     batch_size=batch_size)
+                     batch_size=batch_size, allow=allow)
     return [r.rows for r in recs]
+
+
+def candidate_rows(data: CanvasData, candidates) -> list[list[int] | None] | None:
+    """Per held-out example, the rows its context makes eligible (``prompt_tuning.candidates``):
+    the query for search, the theme for collection; None for the other canvases."""
+    if candidates is None or data.canvas not in ("search", "collection"):
+        return None
+    memo: dict[str, list[int]] = {}
+    out: list[list[int] | None] = []
+    for ex in data.test:
+        text = ex.text or ""
+        if text not in memo:
+            c = candidates.for_query(text) if data.canvas == "search" else candidates.for_theme(text)
+            memo[text] = c.rows.tolist()
+        out.append(memo[text])
+    return out
 
 
 def home_prompt(ex: CanvasExample, encoder: PromptEncoder) -> list[int]:
@@ -72,21 +89,26 @@ def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequ
 
 def evaluate_variant(model: torch.nn.Module, data: CanvasData, encoder: PromptEncoder,
                      trie: PrefixTrie, titles_lower, row_categories, k: int = 10,
-                     num_beams: int = 10, prefix: Sequence[int] = (), home: bool = False
-                     ) -> dict[str, Any]:
-    """Metrics of one model on a canvas's held-out examples; `prefix` = soft-prompt token ids."""
+                     num_beams: int = 10, prefix: Sequence[int] = (), home: bool = False,
+                     allow: list[list[int] | None] | None = None) -> dict[str, Any]:
+    """Metrics of one model on a canvas's held-out examples; `prefix` = soft-prompt token ids;
+    `allow` = per-example candidate rows (``candidate_rows``): the answer is chosen inside them."""
     build = (lambda ex, hist=True: home_prompt(ex, encoder)) if home else \
         (lambda ex, hist=True: ex.prompt(encoder, data.canvas, history=hist))
     prompts = [list(prefix) + build(ex) for ex in data.test]
     t0 = time.perf_counter()
-    ranked = decode_rows(model, prompts, trie, k, num_beams)
+    ranked = decode_rows(model, prompts, trie, k, num_beams, allow=allow)
     seconds = time.perf_counter() - t0
     anonymous = None
     if data.canvas == "search" and not home and any(ex.kind == "tag" for ex in data.test):
         anonymous = decode_rows(model, [list(prefix) + build(ex, False) for ex in data.test], trie,
-                                k, num_beams)
+                                k, num_beams, allow=allow)
     out = canvas_metrics(data, ranked, titles_lower, row_categories, k, anonymous)
     out["decode_seconds"] = round(seconds, 2)
+    if allow is not None:
+        sizes = [len(a) for a in allow if a is not None]
+        out["candidates_mean"] = float(np.mean(sizes)) if sizes else None
+        out["rows_short_of_k"] = float(np.mean([len(r) < k for r in ranked]))
     return out
 
 

@@ -110,6 +110,8 @@ class ResultInfo(BaseModel):
     reason: str | None  # why fewer than the titles asked for came back
     rules_applied: list[str]
     warnings: list[str]
+    # how the canvas context became the titles the list was chosen from (search, collection)
+    candidates: str | None = None
 
 
 class CompletionChoice(BaseModel):

@@ -72,6 +72,8 @@ class CanvasPrompt:
     soft_prompt: bool  # the canvas's trained soft prompt leads the prompt
     source_row: int | None  # t2t source title: never recommended
     warnings: tuple[str, ...] = ()
+    # the titles the context makes eligible (search, collection; ``prompt_tuning.candidates``)
+    candidates: Any = None
 
 
 class _MemoryTextEncoder:
@@ -105,7 +107,7 @@ class _MemoryTextEncoder:
 class CanvasPrompts:
     """Builds every request's prompt for one model folder (see the module doc)."""
 
-    def __init__(self, gen: GenFM, max_history: int) -> None:
+    def __init__(self, gen: GenFM, max_history: int, candidate_config: Any = None) -> None:
         from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, virtual_token_ids
 
         self.model_dir = Path(gen.path)
@@ -127,6 +129,9 @@ class CanvasPrompts:
                              f"{self.text_problem}")
         self._queries: dict[tuple[str, int], Any] = {}
         self._text: _MemoryTextEncoder | None = None
+        # prompt_tuning.candidates.CandidateConfig, or None: contexts do not restrict the titles
+        self.candidate_config = candidate_config
+        self._candidates: Any = None  # CandidateIndex, built on first use
 
     # ------------------------------------------------------------------ public
     def num_virtual_tokens(self, canvas: str) -> int:
@@ -142,6 +147,8 @@ class CanvasPrompts:
         for canvas in ("search", "collection"):
             if canvas in self.virtual:
                 self._text_tokens(canvas, "warm up")
+        if self.candidate_config is not None and not self.text_problem:
+            self.candidate_index()
 
     def build(self, canvas: str, history: Sequence[int], user_id: str | None, query: Any = None,
               source: Any = None, theme: Any = None) -> CanvasPrompt:
@@ -157,7 +164,7 @@ class CanvasPrompts:
         field = CANVAS_FIELD.get(canvas)
         value = given.get(field) if field else None
         warnings: list[str] = []
-        context, rows, member, source_row = None, list(history), user_id, None
+        context, rows, member, source_row, candidates = None, list(history), user_id, None, None
         if canvas == "t2t" and value is None and adapter:
             if not rows:
                 raise RequestError("the t2t canvas needs a source title (source), or a history whose "
@@ -178,6 +185,9 @@ class CanvasPrompts:
             else:
                 text = value.strip().lower() if canvas == "search" else value.strip()
                 context = self._text_tokens(canvas, text)
+                if self.candidate_config is not None:
+                    index = self.candidate_index()
+                    candidates = index.for_query(value) if canvas == "search" else index.for_theme(value)
         kept = rows[-self.max_history:] if rows else []
         prompt = self.encoder.encode(kept, canvas=canvas, user_id=None if member is None else str(member),
                                      context=context)
@@ -190,7 +200,25 @@ class CanvasPrompts:
                                field)
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
                             context=None if context is None else field, soft_prompt=adapter,
-                            source_row=source_row, warnings=tuple(warnings))
+                            source_row=source_row, warnings=tuple(warnings), candidates=candidates)
+
+    def candidate_index(self) -> Any:
+        """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""
+        if self._candidates is None:
+            from prompt_tuning.candidates import CandidateIndex
+
+            self._candidates = CandidateIndex(self.ids_dir, self._sentence_encoder(),
+                                              self.candidate_config)
+        return self._candidates
+
+    def _sentence_encoder(self) -> _MemoryTextEncoder:
+        if self._text is None:  # one sentence encoder for every use, no disk cache
+            from semantic_ids.embeddings import TextEncoder
+
+            cfg = self.ids.manifest.get("config") or {}
+            spec = TextEncoder(cfg.get("text_model", "bundled"), cfg.get("text_batch_size", 128))
+            self._text = _MemoryTextEncoder(spec.model_path, spec.batch_size)
+        return self._text
 
     # ------------------------------------------------------------------ helpers
     def _text_problem(self) -> str | None:
@@ -215,13 +243,7 @@ class CanvasPrompts:
         if queries is None:
             from prompt_tuning.canvases import QueryEncoder
 
-            if self._text is None:  # one sentence encoder for every mode, no disk cache
-                from semantic_ids.embeddings import TextEncoder
-
-                cfg = self.ids.manifest.get("config") or {}
-                spec = TextEncoder(cfg.get("text_model", "bundled"), cfg.get("text_batch_size", 128))
-                self._text = _MemoryTextEncoder(spec.model_path, spec.batch_size)
-            queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._text)
+            queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._sentence_encoder())
             self._queries[key] = queries
         return queries.encode([text])[0]
 

@@ -97,6 +97,9 @@ class RecommendationList(Sequence[Recommendation]):
     soft_prompt: bool = False  # the canvas's trained soft prompt led the prompt
     context: str | None = None  # the field behind the prompt's context: "query", "source", "theme"
     warnings: tuple[str, ...] = ()  # what the request was turned into (e.g. t2t source fallback)
+    # how the context became the titles this list was chosen from (search, collection), e.g.
+    # "catalog theme 'Western': 167 titles"; None when the context did not restrict the titles
+    candidates: str | None = None
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.items[i]
@@ -169,6 +172,7 @@ class PreparedRequest:
     soft_prompt: bool = False
     context: str | None = None
     warnings: tuple[str, ...] = ()
+    candidates: str | None = None  # how the context's candidate set was found (None: no set)
 
 
 class Recommender:
@@ -187,7 +191,14 @@ class Recommender:
         self.config = config
         self.max_history = config.max_history or trained
         self.ids = gm.ids
-        self.prompts = CanvasPrompts(gm, self.max_history)  # soft prompts and canvas contexts
+        candidate_config = None
+        if config.candidate_sets:
+            from prompt_tuning.candidates import CandidateConfig
+
+            candidate_config = CandidateConfig(search_candidates=config.search_candidates,
+                                               theme_candidates=config.theme_candidates)
+        # soft prompts, canvas contexts and the candidate sets contexts make
+        self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder
         self.trie = PrefixTrie.from_ids(gm.ids)
         self.manifest = gm.manifest
@@ -261,6 +272,9 @@ class Recommender:
                                 theme=r.theme)
         source = {cp.source_row} if cp.source_row is not None else set()  # "more like X" never offers X
         excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()) | source)
+        if cp.candidates is not None:  # the context's candidate set: the model ranks within it
+            cands = cp.candidates.rows.tolist()
+            allow = cands if allow is None else sorted(set(allow) & set(cands))
         view = None
         if excluded or allow is not None:
             view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
@@ -269,7 +283,9 @@ class Recommender:
         k = int(r.k)
         reason = None
         if permitted < k:
-            parts = (["the allow-list"] if allow is not None else []) + \
+            parts = (["the allow-list"] if r.allow is not None else []) + \
+                    ([f"the {r.canvas} context's candidates: {cp.candidates.how}"]
+                     if cp.candidates is not None else []) + \
                     (["minus exclusions"] if exclude else []) + \
                     (["minus the history"] if r.exclude_history and history else []) + \
                     (["minus the source title"] if source else []) + \
@@ -283,7 +299,8 @@ class Recommender:
                                history_used=cp.history_used, history_dropped=cp.history_dropped,
                                num_permitted=permitted, reason=reason, rules_applied=mask.applied,
                                canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
-                               warnings=cp.warnings)
+                               warnings=cp.warnings,
+                               candidates=None if cp.candidates is None else cp.candidates.how)
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.
@@ -379,7 +396,7 @@ class Recommender:
                                   num_permitted=p.num_permitted, reason=reason,
                                   prompt_tokens=len(p.prompt), rules_applied=p.rules_applied,
                                   canvas=p.canvas, soft_prompt=p.soft_prompt, context=p.context,
-                                  warnings=p.warnings)
+                                  warnings=p.warnings, candidates=p.candidates)
 
 
 __all__ = ["PreparedRequest", "Recommendation", "RecommendationList", "RecommendationRequest",

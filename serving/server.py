@@ -92,7 +92,8 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
     return ResultInfo(prompt_index=i, canvas=res.canvas, soft_prompt=res.soft_prompt, context=res.context,
                       cold_start=res.cold_start, history_used=res.history_used,
                       history_dropped=res.history_dropped, num_permitted=res.num_permitted,
-                      reason=res.reason, rules_applied=list(res.rules_applied), warnings=warnings)
+                      reason=res.reason, rules_applied=list(res.rules_applied), warnings=warnings,
+                      candidates=res.candidates)
 
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:

@@ -84,7 +84,8 @@ def test_prompts_are_the_soft_prompt_then_the_canvas_prompt(rec, tiny_exported_d
 
 def test_canvas_switch_changes_the_list_and_says_which_adapter_served(rec, tiny_exported_dir) -> None:
     home = rec.recommend(HISTORY, canvas="home", k=6)
-    search = rec.recommend(HISTORY, canvas="search", query="ocean", k=6)
+    # the search soft prompt's favourite (m17, a "Robot" title) ranks first inside the query's candidates
+    search = rec.recommend(HISTORY, canvas="search", query="robot", k=6)
     t2t = rec.recommend(HISTORY, canvas="t2t", source="m05", k=6)
     coll = rec.recommend(HISTORY, canvas="collection", theme="Drama", k=6)
     titles = {c: rec.ids.item_ids[r] for c, r in TARGETS.items()}
@@ -128,6 +129,26 @@ def test_missing_and_misplaced_contexts_are_named(rec, kwargs, param, words) -> 
     with pytest.raises(RequestError, match=f"^request 1: {words}") as e:  # batches keep the field
         rec.recommend_batch([RecommendationRequest(HISTORY, k=3), RecommendationRequest(HISTORY, k=3, **kwargs)])
     assert e.value.param == param
+
+
+def test_contexts_restrict_the_titles_to_their_candidate_set(rec, tiny_exported_dir) -> None:
+    genre = {f"m{i:02d}": ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")[i % 6]
+             for i in range(40)}
+    res = rec.recommend(HISTORY, canvas="collection", theme="comedy", k=5)
+    assert len(res) == 5 and all(genre[t] == "Comedy" for t in ids_of(res))
+    assert res.candidates == "catalog theme 'Comedy': 7 titles" and res.num_permitted == 6  # m01 watched
+    # fewer candidates than k: the list is short and the reason names the context
+    short = rec.recommend(HISTORY, canvas="collection", theme="Comedy", k=8)
+    assert len(short) == 6 and "the collection context's candidates: catalog theme 'Comedy'" in short.reason
+    paris = rec.recommend([], canvas="search", query="pari", k=5)  # a prefix finds the Paris titles
+    titles = [r.title for r in paris]
+    assert len(paris) == 5 and all("Paris" in t for t in titles), titles
+    assert paris.candidates.startswith("query 'pari':")
+    assert rec.recommend(HISTORY, canvas="home", k=5).candidates is None
+    # the switch off: contexts only add prompt tokens, every title is eligible again
+    off = Recommender.from_pretrained(tiny_exported_dir, backend="transformers", candidate_sets=False, **COMMON)
+    loose = off.recommend(HISTORY, canvas="collection", theme="Comedy", k=8)
+    assert loose.candidates is None and loose.num_permitted == 37 and len(loose) == 8
 
 
 def test_query_encoder_is_built_once(tiny_exported_dir, monkeypatch) -> None:
@@ -258,8 +279,8 @@ def test_vllm_serves_the_soft_prompts_like_transformers(tiny_exported_dir, rec) 
             assert len(b) == 5 and min(-np.diff([r.score for r in b])) > 1e-4, (req, b)  # no near-ties
             assert ids_of(a) == ids_of(b), req
             np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-3, rtol=0)
-            assert (a.soft_prompt, a.context, a.warnings, a.prompt_tokens) == \
-                (b.soft_prompt, b.context, b.warnings, b.prompt_tokens)
+            assert (a.soft_prompt, a.context, a.warnings, a.prompt_tokens, a.candidates) == \
+                (b.soft_prompt, b.context, b.warnings, b.prompt_tokens, b.candidates)
         with serving(vl) as (http, client):
             out = client.completions.create(model="sidrec-search", prompt="m01 m12", n=5,
                                             extra_body={"query": "dragon"})

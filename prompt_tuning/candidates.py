@@ -1,0 +1,215 @@
+"""A canvas's context as a candidate set: the titles a request may be answered with.
+
+The model ranks; the context decides what is eligible. Serving narrows the constrained decoder's
+trie to these rows (the same restriction business rules use), so a "Western" collection holds only
+Westerns and a "star wars" search only titles about the query, ranked by the member's history.
+
+- **collection, catalog theme:** a theme that names a catalog category (genre, category path;
+  case-insensitive) restricts to the titles that have it, all of them.
+- **collection, free-text theme:** otherwise the ``theme_candidates`` titles nearest to the theme's
+  sentence embedding (the ID artifact's own title-text embeddings and encoder).
+- **search:** a BM25 index (``bm25s``) over title words and categories, with the query's unknown
+  words expanded to the vocabulary words they begin ("pari" -> "paris"), fused by reciprocal rank
+  with the sentence-embedding match: the strong lexical matches (BM25 at least ``lexical_cutoff`` of
+  the best), at most ``search_candidates``, filled from the fused ranking up to ``min_candidates``.
+  A query with no lexical match falls back to the embedding match alone and says so.
+
+Everything is read from the ID artifact folder (titles, fused embeddings, embedder state), so a
+model folder's copy of it is all serving needs. Per-title categories are read back from the
+embeddings' metadata block (the multi-hot of the artifact's category vocabulary), so an artifact
+built without the metadata modality has no catalog themes (free-text themes still work).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# the metadata block: multi-hot categories, then a one-hot decade 1900s..2030s (semantic_ids.embeddings)
+_DECADES = 14
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """How large a context's candidate set is (the knobs a canvas exposes)."""
+
+    search_candidates: int = 30  # most titles a search query makes eligible
+    # Titles whose BM25 score is at least this share of the best one are the query's lexical
+    # matches ("star wars" keeps titles with both words before titles with one of them).
+    lexical_cutoff: float = 0.6
+    # A query with fewer lexical matches than this is filled up to it from the fused ranking
+    # (BM25 and sentence embedding). 1 = no filling: a query that matches titles gets those titles
+    # only (fewer than K come back with a reason), since the model would otherwise often prefer a
+    # popular fill title to a match; a query matching none gets its nearest titles by embedding.
+    min_candidates: int = 1
+    theme_candidates: int = 100  # titles a free-text (non-catalog) theme makes eligible
+    rrf_k: int = 20  # reciprocal-rank-fusion constant: smaller favours each list's head
+    prefix_expansions: int = 20  # vocabulary words an unknown query word may expand to
+
+    def __post_init__(self) -> None:
+        for name in ("search_candidates", "theme_candidates", "rrf_k", "prefix_expansions",
+                     "min_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.lexical_cutoff <= 1.0:
+            raise ValueError(f"lexical_cutoff must be in (0, 1], got {self.lexical_cutoff}")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The rows a context makes eligible and how they were found (shown to the caller)."""
+
+    rows: np.ndarray  # (n,) int64 ID-artifact rows, best match first
+    how: str  # e.g. "catalog theme 'Western': 167 titles"
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class CandidateIndex:
+    """Candidate sets for search queries and collection themes over one ID artifact."""
+
+    def __init__(self, ids_dir: str | Path, text_encoder: Any = None,
+                 config: CandidateConfig | None = None) -> None:
+        import bm25s
+        from safetensors.numpy import load_file
+
+        import dataclasses
+
+        from semantic_ids.config import SemanticIDConfig
+        from semantic_ids.embeddings import TextEncoder
+        from semantic_ids.ids import SemanticIDs
+
+        ids_dir = Path(ids_dir)
+        self.config = config or CandidateConfig()
+        self.ids = SemanticIDs.load(ids_dir)
+        names = {f.name for f in dataclasses.fields(SemanticIDConfig)}
+        id_config = SemanticIDConfig(**{k: v for k, v in self.ids.manifest["config"].items() if k in names})
+        if id_config.text_weight <= 0:
+            raise ValueError(f"the ID artifact {ids_dir} has no text modality: queries and themes "
+                             f"cannot be matched to its titles")
+        embedder = json.loads((ids_dir / "embedder.json").read_text())
+        fused = load_file(str(ids_dir / "embeddings.safetensors"))["fused"]  # (N, D)
+        self.categories: list[str] = list(embedder.get("categories") or [])
+        meta = len(self.categories) + _DECADES if id_config.metadata_weight > 0 else 0
+        collab = id_config.collaborative_dim if id_config.collaborative_weight > 0 else 0
+        user = int(embedder.get("user_dim") or 0) if id_config.user_vectors else 0
+        text_dim = fused.shape[1] - meta - collab - user
+        self.title_vecs = _unit(fused[:, :text_dim].astype(np.float32))  # (N, d) title text block
+        # per-row categories and the inverted index of each (lower-cased name -> rows)
+        self.row_categories: list[list[str]] = [[] for _ in range(self.ids.num_items)]
+        self._theme_rows: dict[str, np.ndarray] = {}
+        if meta:
+            hot = fused[:, text_dim: text_dim + len(self.categories)] > 0  # (N, C)
+            for j, name in enumerate(self.categories):
+                rows = np.flatnonzero(hot[:, j]).astype(np.int64)
+                self._theme_rows[name.lower()] = rows
+                for r in rows:
+                    self.row_categories[r].append(name)
+        self.text = text_encoder or TextEncoder(id_config.text_model, id_config.text_batch_size)
+        titles = self.ids.titles or [""] * self.ids.num_items
+        # documents: title words + category words (a query for "horror" finds horror titles)
+        docs = [words(t or "") + [w for c in cats for w in words(c)]
+                for t, cats in zip(titles, self.row_categories)]
+        self._bm25 = bm25s.BM25()
+        self._bm25.index(docs, show_progress=False)
+        vocab = sorted({w for d in docs for w in d})
+        self._vocab = vocab
+        self._vocab_set = set(vocab)
+        df: dict[str, int] = {}
+        for d in docs:
+            for w in set(d):
+                df[w] = df.get(w, 0) + 1
+        self._df = df
+
+    # ------------------------------------------------------------------ themes
+    def is_catalog_theme(self, theme: str) -> bool:
+        return theme.strip().lower() in self._theme_rows
+
+    def for_theme(self, theme: str) -> Candidates:
+        """Titles inside a collection theme (see the module doc)."""
+        key = theme.strip().lower()
+        if not key:
+            raise ValueError("the theme is empty")
+        rows = self._theme_rows.get(key)
+        if rows is not None:
+            name = self.categories[[c.lower() for c in self.categories].index(key)]
+            return Candidates(rows, f"catalog theme {name!r}: {len(rows)} titles")
+        n = self.config.theme_candidates
+        order = self._semantic_order(theme)[:n]
+        return Candidates(order, f"free-text theme {theme.strip()!r} (not a catalog category): "
+                                 f"its {len(order)} nearest titles by sentence embedding")
+
+    # ------------------------------------------------------------------ search
+    def expand(self, query: str) -> list[str]:
+        """Query words in the index's vocabulary; an unknown word becomes the words it begins."""
+        out: list[str] = []
+        for w in words(query):
+            if w in self._vocab_set:
+                out.append(w)
+                continue
+            lo = np.searchsorted(self._vocab, w)
+            hits = []
+            for v in self._vocab[lo:]:
+                if not v.startswith(w):
+                    break
+                hits.append(v)
+            hits.sort(key=lambda v: -self._df[v])
+            out.extend(hits[: self.config.prefix_expansions])
+        return out
+
+    def lexical_scores(self, query: str) -> np.ndarray:
+        """(N,) BM25 score of every title for the (expanded) query; 0 = no word in common."""
+        terms = self.expand(query)
+        if not terms:
+            return np.zeros(self.ids.num_items, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(terms), dtype=np.float32)
+
+    def for_query(self, query: str) -> Candidates:
+        """The best ``search_candidates`` titles for a query: BM25 fused with the embedding match."""
+        if not query.strip():
+            raise ValueError("the query is empty")
+        n, k = self.config.search_candidates, self.config.rrf_k
+        lex = self.lexical_scores(query)
+        semantic = self._semantic_order(query)
+        hits = np.flatnonzero(lex > 0)
+        if hits.size == 0:
+            return Candidates(semantic[:n], f"query {query.strip()!r}: no title shares a word with "
+                                            f"it; its {n} nearest titles by sentence embedding")
+        lexical = hits[np.argsort(-lex[hits], kind="stable")]
+        fused: dict[int, float] = {}
+        for ranking in (lexical[: 4 * n], semantic[: 4 * n]):  # reciprocal rank fusion
+            for rank, r in enumerate(ranking.tolist()):
+                fused[r] = fused.get(r, 0.0) + 1.0 / (k + rank + 1)
+        order = sorted(fused, key=lambda r: (-fused[r], r))
+        strong = lex >= self.config.lexical_cutoff * lex[lexical[0]]
+        # the strong lexical matches (best fused first), then, below min_candidates, the fused rest
+        rows = [r for r in order if strong[r]][:n]
+        filled = max(0, min(self.config.min_candidates, n) - len(rows))
+        rows += [r for r in order if not strong[r]][:filled]
+        matched = int((lex[rows] > 0).sum())
+        return Candidates(np.asarray(rows, dtype=np.int64),
+                          f"query {query.strip()!r}: {len(rows)} titles ({matched} sharing a word "
+                          f"with it; BM25 fused with sentence-embedding similarity)")
+
+    # ------------------------------------------------------------------ helpers
+    def _semantic_order(self, text: str) -> np.ndarray:
+        q = _unit(np.asarray(self.text.encode([text.strip()]), dtype=np.float32))[0]  # (d,)
+        if q.shape[0] != self.title_vecs.shape[1]:
+            raise ValueError(f"the text encoder gives {q.shape[0]}-d vectors, the ID artifact's "
+                             f"title text block is {self.title_vecs.shape[1]}-d")
+        return np.argsort(-(self.title_vecs @ q), kind="stable").astype(np.int64)
+
+
+__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "words"]

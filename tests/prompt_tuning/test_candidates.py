@@ -1,0 +1,92 @@
+"""Canvas contexts as candidate sets, on a real MovieLens slice (titles, genres, sentence embeddings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gen_fm.decode import recommend
+from gen_fm.model import load_model
+from prompt_tuning.candidates import CandidateConfig, CandidateIndex, words
+from prompt_tuning.evaluate import candidate_rows
+from semantic_ids.trie import PrefixTrie
+
+
+@pytest.fixture(scope="module")
+def world(slice_world):
+    data, split, ids, model_dir, _ = slice_world
+    index = CandidateIndex(ids.path, config=CandidateConfig(search_candidates=12, theme_candidates=7,
+                                                            min_candidates=5))
+    cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
+    row_cats = [set(cats.get(i, [])) for i in ids.item_ids]
+    return index, ids, row_cats, model_dir
+
+
+def test_a_catalog_theme_is_every_title_with_that_category(world) -> None:
+    index, ids, row_cats, _ = world
+    genre = "Comedy"
+    expected = {r for r, cs in enumerate(row_cats) if genre in cs}
+    assert expected, "the slice has comedies"
+    for spelling in ("Comedy", "comedy", "  COMEDY "):
+        c = index.for_theme(spelling)
+        assert set(c.rows.tolist()) == expected
+        assert "catalog theme 'Comedy'" in c.how
+    assert index.is_catalog_theme("comedy") and not index.is_catalog_theme("space opera")
+
+
+def test_a_free_text_theme_is_its_semantic_neighbourhood_of_the_configured_size(world) -> None:
+    index, _, _, _ = world
+    c = index.for_theme("a heist that goes wrong")
+    assert len(c.rows) == 7 and len(set(c.rows.tolist())) == 7
+    assert "not a catalog category" in c.how
+    with pytest.raises(ValueError, match="empty"):
+        index.for_theme("  ")
+
+
+def test_search_keeps_the_titles_sharing_the_query_words_and_expands_prefixes(world) -> None:
+    index, ids, _, _ = world
+    # a word of one title that few titles share: its titles must lead the candidates
+    counts: dict[str, int] = {}
+    for t in ids.titles:
+        for w in set(words(t)):
+            counts[w] = counts.get(w, 0) + 1
+    word = next(w for w, n in sorted(counts.items()) if n == 2 and len(w) >= 6 and w.isalpha())
+    with_word = {r for r, t in enumerate(ids.titles) if word in words(t)}
+    c = index.for_query(word)
+    assert with_word <= set(c.rows.tolist())
+    assert len(c.rows) >= 5  # filled up to min_candidates from the fused ranking
+    prefix = word[:4]
+    assert word in index.expand(prefix)  # "pari" -> "paris"
+    assert with_word <= set(index.for_query(prefix).rows.tolist())
+
+
+def test_a_query_sharing_no_word_falls_back_to_the_embedding_and_says_so(world) -> None:
+    index, _, _, _ = world
+    c = index.for_query("zzqxv")
+    assert "no title shares a word" in c.how and len(c.rows) == 12
+
+
+def test_decoding_inside_the_candidate_set_never_leaves_it(world) -> None:
+    index, ids, row_cats, model_dir = world
+    gen = load_model(model_dir)
+    encoder = gen.prompt_encoder()
+    trie = PrefixTrie(ids.codes, encoder.layout)
+    theme = index.for_theme("Drama").rows.tolist()
+    query = index.for_query("the").rows.tolist()
+    prompts = [encoder.encode(np.arange(3), canvas="collection"), encoder.encode(np.arange(3), canvas="search")]
+    recs = recommend(gen.model, prompts, trie, k=5, num_beams=5, allow=[theme, query])
+    assert recs[0].rows and set(recs[0].rows) <= set(theme)
+    assert all("Drama" in row_cats[r] for r in recs[0].rows)
+    assert recs[1].rows and set(recs[1].rows) <= set(query)
+
+
+def test_candidate_rows_follow_each_example_context(world, slice_world) -> None:
+    from prompt_tuning.canvases import CanvasData, CanvasExample
+
+    index, ids, row_cats, _ = world
+    ex = CanvasExample(history=np.arange(2), target=0, user="1", context=[], text="Comedy",
+                       kind="theme")
+    data = CanvasData(canvas="collection", train=[], test=[ex, ex], info={})
+    allow = candidate_rows(data, index)
+    assert allow is not None and allow[0] == allow[1] == index.for_theme("Comedy").rows.tolist()
+    assert candidate_rows(CanvasData(canvas="home", train=[], test=[ex], info={}), index) is None
