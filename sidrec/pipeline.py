@@ -276,7 +276,10 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                     kwargs, label = {"theme": ctx["theme"]}, f"collection '{ctx['theme']}'"
                 res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
                 soft = "soft prompt" if res.soft_prompt else "canvas token only"
-                console.print(f"  [cyan]{label}[/cyan] [dim]({soft})[/dim]")
+                how = f"; ranked within {res.candidates}" if res.candidates else ""
+                console.print(f"  [cyan]{label}[/cyan] [dim]({soft}{how})[/dim]")
+                if res.reason:
+                    console.print(f"   [yellow]{res.reason}[/yellow]")
                 for rank, item in enumerate(res, 1):
                     mark = " [green]<- held-out next title[/green]" if item.item_id == target else ""
                     console.print(f"   {rank:2d}. {item.title}  [dim]{item.semantic_id} "
