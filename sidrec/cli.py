@@ -201,7 +201,10 @@ def cmd_prompts_list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sidrec", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sidrec", description=__doc__,
+        epilog="Every command also takes --verbose (library messages on the screen) and --log-file "
+               "PATH (where they go otherwise: $SIDREC_LOG_FILE, else sidrec.log in the cache folder).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ids = sub.add_parser("ids", help="semantic IDs: build, assign new titles, inspect")
@@ -323,11 +326,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging_flags(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """``--verbose`` and ``--log-file PATH`` anywhere on the line (they apply to every command)."""
+    rest, verbose, log_file = [], False, None
+    it = iter(argv)
+    for a in it:
+        if a == "--verbose":
+            verbose = True
+        elif a == "--log-file":
+            log_file = next(it, None)
+            if log_file is None:
+                raise SystemExit("sidrec: --log-file needs a path")
+        elif a.startswith("--log-file="):
+            log_file = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return rest, verbose, log_file
+
+
 def main(argv: list[str] | None = None) -> int:
     from sidrec.artifacts import ArtifactError
     from sidrec.data import DataError
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, verbose, log_file = _logging_flags(argv)
+    if argv[:1] not in (["-h"], ["--help"], []) and "-h" not in argv and "--help" not in argv:
+        from sidrec.logs import route_library_logs
+
+        path = route_library_logs(log_file, verbose)
+        if path is not None and argv[:1] in (["quickstart"], ["refresh"], ["serve"], ["pretrain"]):
+            console.print(f"[dim]library messages go to {path} (--verbose shows them here)[/dim]")
     if argv[:1] == ["baseline"]:
         from eval.baselines.__main__ import main as baseline_main
 
