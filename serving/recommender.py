@@ -191,6 +191,7 @@ class Recommender:
         self.config = config
         self.max_history = config.max_history or trained
         self.ids = gm.ids
+        self.seq_config = gm.seq_config  # how the model's training sequences were rolled up
         candidate_config = None
         if config.candidate_sets:
             from prompt_tuning.candidates import CandidateConfig

@@ -139,6 +139,38 @@ def cmd_serve(args) -> None:
           data_dir=args.data, dataset=args.dataset, drain_seconds=args.drain_seconds, **extra)
 
 
+def cmd_batch(args) -> None:
+    import json
+
+    from serving.batch import BatchConfig, run_batch
+    from serving.recommender import Recommender
+    from sidrec.data import load_data
+
+    _threads(args)
+    rules = json.loads(args.rules) if args.rules else None
+    config = BatchConfig(canvas=args.canvas, k=args.k, contexts=tuple(args.context or ()), rules=rules,
+                         shard_size=args.shard_size, max_users=args.max_users,
+                         exclude_history=not args.keep_history)
+    rec = Recommender.from_pretrained(args.model, backend=args.backend, num_beams=max(args.k, 10),
+                                      max_k=max(args.k, 10), max_batch=args.shard_size,
+                                      data_dir=args.data if rules else None, dataset=args.dataset)
+    try:
+        data_config = _data_config(args)
+        if data_config.dataset is None:
+            import dataclasses
+
+            data_config = dataclasses.replace(data_config, dataset=rec.manifest["data"]["dataset"])
+        data = load_data(data_config)
+        if data.fingerprint != rec.manifest["data"]["fingerprint"]:
+            console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
+                          f"has no ID for are an error[/yellow]")
+        m = run_batch(rec, data, config, args.out)
+    finally:
+        rec.close()
+    console.print(f"{m['lists']:,} lists ({m['rows']:,} rows) in {args.out}: {m['seconds']} s"
+                  + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else ""))
+
+
 def cmd_quickstart(args) -> None:
     from sidrec.pipeline import QuickstartConfig, quickstart
 
@@ -323,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one RefreshConfig field")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=cmd_refresh)
+    p = sub.add_parser("batch", help="precompute top-K lists for every member to Parquet (resumable)")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="model folder (a pretrain model/ or an exported folder)")
+    p.add_argument("--out", required=True, help="folder of Parquet shards and a manifest")
+    p.add_argument("--canvas", default="home", help="home, search, t2t or collection")
+    p.add_argument("--context", action="append", metavar="TEXT",
+                   help="a search query or collection theme (repeatable): one list per member and context")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--rules", help="business rules as JSON, applied to every list (serving.rules)")
+    p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--shard-size", type=int, default=512, help="lists per Parquet shard and decoding call")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_batch)
+
     return parser
 
 
