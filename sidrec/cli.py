@@ -171,6 +171,25 @@ def cmd_batch(args) -> None:
                   + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else ""))
 
 
+def cmd_embed(args) -> None:
+    import dataclasses
+
+    from serving.embeddings import export_embeddings
+    from sidrec.artifacts import read_manifest
+    from sidrec.data import load_data
+
+    _threads(args)
+    data_config = _data_config(args)
+    if data_config.dataset is None:
+        data_config = dataclasses.replace(data_config,
+                                          dataset=read_manifest(args.model)["data"]["dataset"])
+    data = load_data(data_config)
+    m = export_embeddings(args.model, data, args.out, device=args.device, batch_size=args.batch_size,
+                          max_users=args.max_users)
+    console.print(f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
+                  f"{args.out}: {m['seconds']} s")
+
+
 def cmd_quickstart(args) -> None:
     from sidrec.pipeline import QuickstartConfig, quickstart
 
@@ -355,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one RefreshConfig field")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=cmd_refresh)
+    p = sub.add_parser("embed", help="member and title embeddings to Parquet, with a faiss title index")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_embed)
+
     p = sub.add_parser("batch", help="precompute top-K lists for every member to Parquet (resumable)")
     _add_data_args(p)
     p.add_argument("--model", required=True, help="model folder (a pretrain model/ or an exported folder)")

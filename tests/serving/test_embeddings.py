@@ -1,0 +1,51 @@
+"""Member and title embeddings (``serving.embeddings``): shapes, keys, determinism, API = export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.batch import member_histories
+from serving.embeddings import ModelEmbeddings, export_embeddings, read_embeddings
+
+
+@pytest.fixture(scope="module")
+def data(tiny_catalog_dir, tmp_path_factory):
+    from sidrec.data import load_data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIDREC_CACHE_DIR", str(tmp_path_factory.mktemp("emb_cache")))
+        return load_data(data_dir=str(tiny_catalog_dir))
+
+
+def test_export_matches_the_api_and_is_deterministic(tiny_model_dir, data, tmp_path) -> None:
+    import faiss
+
+    m = export_embeddings(tiny_model_dir, data, tmp_path / "e", batch_size=3)
+    emb = ModelEmbeddings(tiny_model_dir, batch_size=5)
+    users, hists = member_histories(data, emb.ids, emb.gen.seq_config)
+    keys, members = read_embeddings(tmp_path / "e", "members")
+    assert keys == users and members.shape == (len(users), emb.dim) == (m["members"], m["dim"])
+    np.testing.assert_allclose(members, emb.members(hists), atol=1e-5)  # batch size does not matter
+    titles_keys, titles = read_embeddings(tmp_path / "e", "titles")
+    assert titles_keys == list(emb.ids.item_ids) and titles.shape == (emb.ids.num_items, emb.dim)
+    np.testing.assert_allclose(titles[[3, 7]], emb.titles(["tt003", "tt007"]), atol=1e-5)
+    # left padding does not change a history's vector: alone or next to a longer one
+    np.testing.assert_allclose(emb.members([hists[0][-2:]])[0],
+                               emb.members([hists[0][-2:], hists[1]])[0], atol=1e-5)
+    index = faiss.read_index(str(tmp_path / "e" / "titles.faiss"))
+    unit = titles / np.linalg.norm(titles, axis=1, keepdims=True)
+    _, nn = index.search(unit[:2].astype(np.float32), 1)
+    assert nn[:, 0].tolist() == [0, 1]  # each title is its own nearest
+    export_embeddings(tiny_model_dir, data, tmp_path / "e2", batch_size=7)
+    np.testing.assert_allclose(read_embeddings(tmp_path / "e2", "members")[1], members, atol=1e-6)
+
+
+def test_bad_input_is_named(tiny_model_dir) -> None:
+    emb = ModelEmbeddings(tiny_model_dir)
+    with pytest.raises(KeyError, match="unknown title id"):
+        emb.members([["tt001", "nope"]])
+    with pytest.raises(ValueError, match="empty"):
+        emb.members([[]])
+    with pytest.raises(ValueError, match="pooling"):
+        ModelEmbeddings(tiny_model_dir, pooling="max")
