@@ -60,6 +60,9 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     if canvas != "home":
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
+        if allow is not None:  # the member's home ranking, inside the context's candidates
+            result["base_home_prompt_candidates"] = {
+                **evaluate_variant(gen.model, home=True, allow=allow, **common), "trainable_parameters": 0}
     pairs = cd.training_pairs(encoder)
     t0 = time.perf_counter()
     peft_model = train_adapter(gen, pairs, config)
