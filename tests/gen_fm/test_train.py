@@ -204,3 +204,27 @@ def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp
     with pytest.raises(ValueError, match="no category"):
         pretrain(dc, seq_config, ids.path, tmp_path / "c",
                  PretrainConfig.from_preset("tiny", **{**base, "category_min_titles": 10**6}))
+
+
+def test_two_process_cpu_launch_writes_a_loadable_model(setup, data_dir, tmp_path):
+    """``torchrun --nproc_per_node 2`` (the launcher ``accelerate`` reads its world from) on CPU:
+    gradients are averaged over both processes (gloo), the main process writes the model folder."""
+    import os
+    import subprocess
+    import sys
+
+    from gen_fm.model import load_model
+
+    _, ids, _, _ = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "SIDREC_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sidrec.cli",
+           "pretrain", "--dataset", "ml-latest-small", "--max-users", "30", "--ids", str(ids.path),
+           "--out", str(tmp_path / "run"), "--preset", "tiny", "--max-history", "20",
+           "--set", "epochs=1", "--set", "batch_size=16", "--set", "val_users=8"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    gen = load_model(tmp_path / "run" / "model")
+    training = gen.manifest["training"]
+    assert training["world_size"] == 2
+    single = -(-training["train_windows"] // 16)  # steps one process would take
+    assert training["steps_per_epoch"] < single  # each process takes its share of the windows
