@@ -93,11 +93,14 @@ def num_parameters(model: torch.nn.Module) -> int:
 
 def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
                config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
-               dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None) -> Path:
+               dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None,
+               data_end: int | None = None) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
     `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
-    refresh fine-tune started from) beside the ID artifact's."""
+    refresh fine-tune started from) beside the ID artifact's. `data_end` is the newest event time
+    (unix seconds) of the data the model was built from, None for data without timestamps:
+    ``sidrec refresh`` treats later events as fresh."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -116,7 +119,7 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
             semantic_ids_source=str(ids.path),
             layout=layout.to_json(),
             sequence_config=seq_config,
-            data={"dataset": dataset, "fingerprint": data_fingerprint},
+            data={"dataset": dataset, "fingerprint": data_fingerprint, "time_end": data_end},
             num_parameters=num_parameters(model),
             training=training,
             files={name: file_sha256(stage / name) for name in _PAYLOAD},

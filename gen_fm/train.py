@@ -187,6 +187,14 @@ def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, con
             "semantic_ids_map_version": parent.ids.version}
 
 
+def data_end_time(data) -> int | None:
+    """Newest event time (unix seconds) of timestamped data; None when times are positions."""
+    if not data.has_time or len(data.interactions) == 0:
+        return None
+    times = data.interactions.with_format("numpy", columns=["timestamp"])[:]["timestamp"]
+    return int(np.max(times))
+
+
 def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_dir: str | Path,
              out_dir: str | Path, config: PretrainConfig, resume: bool = False,
              init_from: str | Path | None = None, targets_since: int | None = None,
@@ -433,7 +441,8 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
                    "canvas_mix": mixture}
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
                    data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
-                   parents={"init_from": parent["model_manifest"]} if parent else None)
+                   parents={"init_from": parent["model_manifest"]} if parent else None,
+                   data_end=data_end_time(data))
         why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
         accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")
     accelerator.wait_for_everyone()

@@ -199,6 +199,24 @@ def cmd_quickstart(args) -> None:
     quickstart(config, data_dir=args.data)
 
 
+def _since(value: str) -> dict:
+    """--since: unix seconds, an ISO date/time (UTC), or "all" (fine-tune on every event)."""
+    from datetime import datetime, timezone
+
+    if value.strip().lower() == "all":
+        return {"fresh_since": None, "since_from_model": False}
+    if value.strip().lstrip("-").isdigit():
+        return {"fresh_since": int(value)}
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"--since {value!r}: give unix seconds, an ISO date such as 2018-09-01, "
+                         f"or 'all'") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return {"fresh_since": int(when.timestamp())}
+
+
 def cmd_refresh(args) -> None:
     from sidrec.refresh import RefreshConfig, refresh, simulate
 
@@ -208,6 +226,10 @@ def cmd_refresh(args) -> None:
                          "or --simulate (hold out the newest titles, build the old world's model, "
                          "then refresh it)")
     config = config_from_args(RefreshConfig, args.preset, args.set)
+    if args.since is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, **_since(args.since))
     if args.simulate:
         simulate(_data_config(args), args.out, config, results=args.results)
     else:
@@ -370,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "interactions after them, build IDs and a model on the rest, then refresh")
     p.add_argument("--out", required=True, help="folder for ids/, finetune-*/model and report.json")
     p.add_argument("--results", help="also write the report to this JSON file (benchmarks)")
+    p.add_argument("--since", help="events after this are fresh: unix seconds, an ISO date (UTC) or "
+                                   "'all' (every event); default: the newest event the model was built "
+                                   "from, read from its manifest")
     p.add_argument("--preset", help="JSON file of RefreshConfig overrides")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one RefreshConfig field")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

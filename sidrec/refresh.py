@@ -65,9 +65,12 @@ class RefreshConfig:
     val_users: int = 300  # members in the per-epoch validation sample (best epoch kept)
     seed: int = 0  # data order, validation sample, replayed events
     # Events at or after this time (unix seconds) are fresh: the loss is on them (and on the replayed
-    # share of the rest); None = on every training event. --simulate uses its cutoff. The model
-    # folder does not record when its data ended, so a real refresh must name the time itself.
+    # share of the rest). None = just after the newest event of the data the model was built from
+    # (its manifest's data.time_end), or every training event for a model folder without one or data
+    # without timestamps. --simulate uses its cutoff.
     fresh_since: int | None = None
+    # False: with fresh_since unset, fine-tune on every training event (ignore the manifest's time).
+    since_from_model: bool = True
     replay: float = 0.2  # share of the older events kept as targets, so old titles are rehearsed
 
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
@@ -178,6 +181,22 @@ def old_world(data: RecData, new_title_share: float) -> OldWorld:
 # --------------------------------------------------------------------------- refresh
 
 
+def resolve_since(config: RefreshConfig, parent_manifest: dict, has_time: bool
+                  ) -> tuple[RefreshConfig, str | None]:
+    """``fresh_since`` read from the parent model's manifest when the config leaves it unset: events
+    after the newest one the model was built from are fresh. Returns the config and what was done."""
+    if config.fresh_since is not None or not config.since_from_model or not has_time:
+        return config, None
+    end = (parent_manifest.get("data") or {}).get("time_end")
+    if end is None:
+        return config, ("the model folder does not record when its data ended (built before "
+                        "data.time_end existed): fine-tuning on every training event")
+    since = int(end) + 1
+    return dataclasses.replace(config, fresh_since=since), (
+        f"fresh events: after {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(int(end)))} UTC, the "
+        f"newest event of the data the model was built from (its manifest)")
+
+
 def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: str | Path,
             config: RefreshConfig, results: str | Path | None = None,
             simulation: dict | None = None) -> dict[str, Any]:
@@ -192,6 +211,9 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
     if config.fresh_since is not None and not data.has_time:
         raise ValueError(f"fresh_since needs timestamps; {data.name} has sequence positions only: "
                          f"fine-tune on every event instead (leave fresh_since unset)")
+    config, why = resolve_since(config, parent.manifest, data.has_time)
+    if why:
+        console.print(why)
 
     console.rule("refresh 1/3: IDs for the new titles (trained quantizer, existing IDs kept)")
     new_ids, new_titles = _stage_assign(parent, data, out / "ids")

@@ -228,3 +228,5 @@ def test_two_process_cpu_launch_writes_a_loadable_model(setup, data_dir, tmp_pat
     assert training["world_size"] == 2
     single = -(-training["train_windows"] // 16)  # steps one process would take
     assert training["steps_per_epoch"] < single  # each process takes its share of the windows
+    times = setup[0].interactions.with_format("numpy", columns=["timestamp"])[:]["timestamp"]
+    assert gen.manifest["data"]["time_end"] == int(times.max())  # sidrec refresh reads it back

@@ -183,3 +183,25 @@ def test_clear_errors(simulated, data_dir, tmp_path, capsys):
                  "--max-users", "60", "--out", str(tmp_path / "o")]) == 2
     assert "no clock" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
+
+
+def test_fresh_events_start_after_the_models_data_end() -> None:
+    from sidrec.cli import _since
+    from sidrec.refresh import RefreshConfig, resolve_since
+
+    manifest = {"data": {"dataset": "x", "time_end": 1_500_000_000}}
+    config, why = resolve_since(RefreshConfig(), manifest, has_time=True)
+    assert config.fresh_since == 1_500_000_001 and "newest event" in why
+    explicit = RefreshConfig(fresh_since=7)
+    assert resolve_since(explicit, manifest, True) == (explicit, None)  # a given time wins
+    assert resolve_since(RefreshConfig(since_from_model=False), manifest, True)[0].fresh_since is None
+    assert resolve_since(RefreshConfig(), manifest, has_time=False)[0].fresh_since is None
+    old, why = resolve_since(RefreshConfig(), {"data": {"dataset": "x"}}, True)
+    assert old.fresh_since is None and "does not record" in why
+    assert _since("2018-09-01") == {"fresh_since": 1535760000}
+    assert _since("all") == {"fresh_since": None, "since_from_model": False}
+    assert _since("1500000000") == {"fresh_since": 1500000000}
+    import pytest
+
+    with pytest.raises(ValueError, match="--since"):
+        _since("yesterday")
