@@ -16,12 +16,15 @@ from sidrec.artifacts import ArtifactError, read_json
 
 
 def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
-    """The dataset the model was trained on, its split and the canvas's examples."""
+    """The dataset the model was trained on, its split and the canvas's examples (``data_config``:
+    a ``DataConfig``, or data already loaded)."""
     from prompt_tuning.canvases import canvas_data_for
-    from sidrec.data import load_data
+    from sidrec.data import RecData, load_data
     from sidrec.sequences import build_sequences, leave_one_out
 
-    if data_config.dataset is None:  # a folder of datasets: take the one the model was trained on
+    if isinstance(data_config, RecData):
+        data = data_config
+    elif data_config.dataset is None:  # a folder of datasets: take the one the model was trained on
         import dataclasses
         import os
 
@@ -30,7 +33,8 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
         base = Path(data_config.data_dir or os.environ.get(DATA_DIR_ENV, "."))
         if detect_layout(base) is None:
             data_config = dataclasses.replace(data_config, dataset=gen.manifest["data"]["dataset"])
-    data = load_data(data_config)
+    if not isinstance(data_config, RecData):
+        data = load_data(data_config)
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
         raise ValueError(f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
                          f"than {data.path}: canvas examples must come from the model's own split")

@@ -99,7 +99,9 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     ids = stage_ids(config, data, out / "ids")
     model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
-    served = _stage_prompts(config, data_config, model_dir, out / "prompts")
+    console.rule("4/5 soft prompts per canvas (PEFT prompt tuning on the frozen model)")
+    served = stage_prompts(model_dir, data_config, config.canvases,
+                           {**PROMPT_DEFAULTS, **(config.prompt_config or {})}, out / "prompts")
     _stage_examples(config, data, served, ids)
 
 
@@ -164,26 +166,25 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     console.print(f"[dim]report: {out}[/dim]")
 
 
-def _stage_prompts(config: QuickstartConfig, data_config: DataConfig, model_dir: Path,
-                   root: Path) -> Path:
-    """A soft prompt per canvas on the frozen model, then one servable folder with all of them."""
+def stage_prompts(model_dir: Path, data_config, canvases, prompt_config: dict, root: Path) -> Path:
+    """A soft prompt per canvas on the frozen model, then one servable folder with all of them
+    (``root/served``; the model folder itself when no canvas could be trained). Adapters and the
+    folder already on disk for the same model and config are reused. Quickstart and refresh."""
     from prompt_tuning.adapter import read_adapter
     from prompt_tuning.config import PromptTuningStageConfig
     from prompt_tuning.export import export_adapters
     from prompt_tuning.train import train_canvas
     from semantic_ids.ids import SemanticIDs
 
-    console.rule("4/5 soft prompts per canvas (PEFT prompt tuning on the frozen model)")
     base_hash = manifest_hash(model_dir)
     has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
     adapters = []
-    for canvas in config.canvases:
+    for canvas in canvases:
         if canvas in ("search", "collection") and not has_text:
             console.print(f"[yellow]skipping {canvas}: its queries/themes are text and these IDs have "
                           f"no text modality (text_weight=0)[/yellow]")
             continue
-        pc = PromptTuningStageConfig(**{**PROMPT_DEFAULTS, **(config.prompt_config or {}),
-                                        "canvas": canvas})
+        pc = PromptTuningStageConfig(**{**prompt_config, "canvas": canvas})
         target = root / canvas
         try:
             info = read_adapter(target)

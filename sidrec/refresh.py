@@ -73,6 +73,14 @@ class RefreshConfig:
     since_from_model: bool = True
     replay: float = 0.2  # share of the older events kept as targets, so old titles are rehearsed
 
+    # ---- soft prompts (retrained on the refreshed model, exported with it: out/prompts/served) ---
+    # Canvases whose soft prompts are trained on the refreshed model and exported with it, so the
+    # refresh ends with a servable folder; () = none (the refreshed model folder alone). A list or a
+    # comma-separated string, e.g. "home,search,t2t,collection".
+    canvases: tuple[str, ...] = ()
+    # PromptTuningStageConfig overrides for those prompts (the quickstart's defaults otherwise).
+    prompt_config: dict | None = None
+
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
     k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5)
     num_beams: int | None = None  # None = max(k, 10)
@@ -90,6 +98,13 @@ class RefreshConfig:
     pretrain_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        from gen_fm.tokenizer import CANVASES
+
+        raw = self.canvases.split(",") if isinstance(self.canvases, str) else self.canvases
+        object.__setattr__(self, "canvases", tuple(c.strip() for c in raw if c.strip()))
+        unknown = [c for c in self.canvases if c not in CANVASES]
+        if unknown or len(set(self.canvases)) != len(self.canvases):
+            raise ValueError(f"canvases {list(self.canvases)}: each at most once, from {CANVASES}")
         if not 0.0 < self.new_title_share < 1.0:
             raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
         positive = {"epochs": self.epochs, "val_users": self.val_users, "k": self.k,
@@ -230,9 +245,18 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
 
     console.rule("refresh 3/3: recall on new-title and old-title targets, before and after")
     evaluations, members = judge(parent, new_ids, refreshed, data, set(new_titles), config)
+    t_eval = time.perf_counter() - t0 - t_ids - t_ft
+    served = None
+    if config.canvases:
+        from sidrec.pipeline import PROMPT_DEFAULTS, stage_prompts
+
+        console.rule(f"refresh: soft prompts of {', '.join(config.canvases)} on the refreshed model")
+        served = stage_prompts(refreshed_dir, data, config.canvases,
+                               {**PROMPT_DEFAULTS, **(config.prompt_config or {})}, out / "prompts")
     report = _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config,
-                     simulation, seconds={"ids": t_ids, "finetune": t_ft,
-                                          "evaluate": time.perf_counter() - t0 - t_ids - t_ft})
+                     simulation, seconds={"ids": t_ids, "finetune": t_ft, "evaluate": t_eval,
+                                          "prompts": time.perf_counter() - t0 - t_ids - t_ft - t_eval})
+    report["served_model"] = str(served) if served is not None else str(refreshed_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     if results is not None:
@@ -371,6 +395,8 @@ def show(report: dict) -> None:
         t.add_row(g.replace("_", " "), str(report["members_judged"][g]),
                   *("-" if c is None else f"{c:.4f}" for c in cells))
     console.print(t)
+    if report.get("served_model"):
+        console.print(f"serve it: sidrec serve --model {report['served_model']}")
 
 
 # --------------------------------------------------------------------------- simulation

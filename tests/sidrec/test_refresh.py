@@ -205,3 +205,27 @@ def test_fresh_events_start_after_the_models_data_end() -> None:
 
     with pytest.raises(ValueError, match="--since"):
         _since("yesterday")
+
+
+def test_refresh_retrains_the_soft_prompts_into_a_servable_folder(simulated, tmp_path):
+    from serving.recommender import Recommender
+
+    root, argv, _ = simulated
+    tiny_prompts = json.dumps({"max_train_examples": 40, "max_eval_examples": 10, "epochs": 1,
+                               "num_virtual_tokens": 2})
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv + ["--threads", "1", "--set", "canvases=home,t2t",
+                            "--set", f"prompt_config={tiny_prompts}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((root / "run" / "report.json").read_text())
+    served = report["served_model"]
+    assert served.endswith("served") and report["seconds"]["prompts"] > 0
+    rec = Recommender.from_pretrained(served, backend="transformers", num_beams=5, max_k=5)
+    history = rec.ids.item_ids[:3]
+    for canvas in ("home", "t2t"):
+        res = rec.recommend(history, canvas=canvas, k=3)
+        assert len(res) == 3 and res.soft_prompt  # every retrained canvas answers from the folder
+    with pytest.raises(ValueError, match="canvases"):
+        RefreshConfig(canvases="home,nope")
