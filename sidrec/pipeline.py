@@ -26,7 +26,7 @@ class QuickstartConfig:
 
     dataset: str = "ml-latest-small"
     out: str = "runs/quickstart"
-    quantizer: str = "rqvae"
+    quantizer: str = "rqkmeans"  # semantic_ids.config: the default quantizer and why
     model_preset: str = "small"
     epochs: int = 12  # pretraining epochs: the budget the learning-rate schedule spans
     lr: float = 2e-3

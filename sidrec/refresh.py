@@ -90,7 +90,7 @@ class RefreshConfig:
     # ---- simulation only (--simulate): the old world and its model -------------------------------
     # Share of the titles that have interactions held out as "new": the newest by first interaction.
     new_title_share: float = 0.05
-    quantizer: str = "rqvae"
+    quantizer: str = "rqkmeans"
     id_config: dict | None = None  # SemanticIDConfig overrides (tiny configs for tests)
     model_preset: str = "small"
     pretrain_epochs: int = 8  # old-world pretraining epochs (early stopping may end sooner)
