@@ -23,10 +23,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-users", type=int, help="read only the first N members (quick runs)")
 
 
-def _data_config(args):
+def _data_config(args, model_dir: str | None = None):
+    """--data/--dataset/--max-users; with ``model_dir``, the dataset defaults to the model's own."""
     from sidrec.data import DataConfig
 
-    return DataConfig(data_dir=args.data, dataset=args.dataset, max_users=args.max_users)
+    dataset = args.dataset
+    if dataset is None and model_dir is not None:
+        from sidrec.artifacts import read_manifest
+
+        dataset = (read_manifest(model_dir).get("data") or {}).get("dataset")
+    return DataConfig(data_dir=args.data, dataset=dataset, max_users=args.max_users)
 
 
 # --------------------------------------------------------------------------- ids
@@ -155,12 +161,7 @@ def cmd_batch(args) -> None:
                                       max_k=max(args.k, 10), max_batch=args.shard_size,
                                       data_dir=args.data if rules else None, dataset=args.dataset)
     try:
-        data_config = _data_config(args)
-        if data_config.dataset is None:
-            import dataclasses
-
-            data_config = dataclasses.replace(data_config, dataset=rec.manifest["data"]["dataset"])
-        data = load_data(data_config)
+        data = load_data(_data_config(args, args.model))
         if data.fingerprint != rec.manifest["data"]["fingerprint"]:
             console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
                           f"has no ID for are an error[/yellow]")
@@ -172,18 +173,11 @@ def cmd_batch(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    import dataclasses
-
     from serving.embeddings import export_embeddings
-    from sidrec.artifacts import read_manifest
     from sidrec.data import load_data
 
     _threads(args)
-    data_config = _data_config(args)
-    if data_config.dataset is None:
-        data_config = dataclasses.replace(data_config,
-                                          dataset=read_manifest(args.model)["data"]["dataset"])
-    data = load_data(data_config)
+    data = load_data(_data_config(args, args.model))
     m = export_embeddings(args.model, data, args.out, device=args.device, batch_size=args.batch_size,
                           max_users=args.max_users)
     console.print(f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
@@ -199,26 +193,8 @@ def cmd_quickstart(args) -> None:
     quickstart(config, data_dir=args.data)
 
 
-def _since(value: str) -> dict:
-    """--since: unix seconds, an ISO date/time (UTC), or "all" (fine-tune on every event)."""
-    from datetime import datetime, timezone
-
-    if value.strip().lower() == "all":
-        return {"fresh_since": None, "since_from_model": False}
-    if value.strip().lstrip("-").isdigit():
-        return {"fresh_since": int(value)}
-    try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"--since {value!r}: give unix seconds, an ISO date such as 2018-09-01, "
-                         f"or 'all'") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return {"fresh_since": int(when.timestamp())}
-
-
 def cmd_refresh(args) -> None:
-    from sidrec.refresh import RefreshConfig, refresh, simulate
+    from sidrec.refresh import RefreshConfig, parse_since, refresh, simulate
 
     _threads(args)
     if bool(args.model) == args.simulate:
@@ -229,7 +205,7 @@ def cmd_refresh(args) -> None:
     if args.since is not None:
         import dataclasses
 
-        config = dataclasses.replace(config, **_since(args.since))
+        config = dataclasses.replace(config, **parse_since(args.since))
     if args.simulate:
         simulate(_data_config(args), args.out, config, results=args.results)
     else:
@@ -426,33 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logging_flags(argv: list[str]) -> tuple[list[str], bool, str | None]:
-    """``--verbose`` and ``--log-file PATH`` anywhere on the line (they apply to every command)."""
-    rest, verbose, log_file = [], False, None
-    it = iter(argv)
-    for a in it:
-        if a == "--verbose":
-            verbose = True
-        elif a == "--log-file":
-            log_file = next(it, None)
-            if log_file is None:
-                raise SystemExit("sidrec: --log-file needs a path")
-        elif a.startswith("--log-file="):
-            log_file = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-    return rest, verbose, log_file
-
-
 def main(argv: list[str] | None = None) -> int:
     from sidrec.artifacts import ArtifactError
     from sidrec.data import DataError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    argv, verbose, log_file = _logging_flags(argv)
-    if argv[:1] not in (["-h"], ["--help"], []) and "-h" not in argv and "--help" not in argv:
-        from sidrec.logs import route_library_logs
+    from sidrec.logs import route_library_logs, split_logging_flags
 
+    argv, verbose, log_file = split_logging_flags(argv)
+    if argv[:1] not in (["-h"], ["--help"], []) and "-h" not in argv and "--help" not in argv:
         path = route_library_logs(log_file, verbose)
         if path is not None and argv[:1] in (["quickstart"], ["refresh"], ["serve"], ["pretrain"]):
             console.print(f"[dim]library messages go to {path} (--verbose shows them here)[/dim]")

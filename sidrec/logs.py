@@ -29,6 +29,24 @@ LIBRARIES = ("transformers", "accelerate", "datasets", "peft", "sentence_transfo
 _routed: dict[str, logging.Handler] = {}  # path -> its handler (a second call reuses it)
 
 
+def split_logging_flags(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """``--verbose`` and ``--log-file PATH`` anywhere on the line (they apply to every command)."""
+    rest, verbose, log_file = [], False, None
+    it = iter(argv)
+    for a in it:
+        if a == "--verbose":
+            verbose = True
+        elif a == "--log-file":
+            log_file = next(it, None)
+            if log_file is None:
+                raise SystemExit("sidrec: --log-file needs a path")
+        elif a.startswith("--log-file="):
+            log_file = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return rest, verbose, log_file
+
+
 def default_log_file() -> Path:
     from sidrec.data import CACHE_DIR_ENV
 
@@ -75,4 +93,5 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
     return path
 
 
-__all__ = ["LOG_FILE_ENV", "VERBOSE_ENV", "default_log_file", "route_library_logs"]
+__all__ = ["LOG_FILE_ENV", "VERBOSE_ENV", "default_log_file", "route_library_logs",
+           "split_logging_flags"]

@@ -196,6 +196,24 @@ def old_world(data: RecData, new_title_share: float) -> OldWorld:
 # --------------------------------------------------------------------------- refresh
 
 
+def parse_since(value: str) -> dict:
+    """--since: unix seconds, an ISO date/time (UTC), or "all" (fine-tune on every event)."""
+    from datetime import datetime, timezone
+
+    if value.strip().lower() == "all":
+        return {"fresh_since": None, "since_from_model": False}
+    if value.strip().lstrip("-").isdigit():
+        return {"fresh_since": int(value)}
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"--since {value!r}: give unix seconds, an ISO date such as 2018-09-01, "
+                         f"or 'all'") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return {"fresh_since": int(when.timestamp())}
+
+
 def resolve_since(config: RefreshConfig, parent_manifest: dict, has_time: bool
                   ) -> tuple[RefreshConfig, str | None]:
     """``fresh_since`` read from the parent model's manifest when the config leaves it unset: events

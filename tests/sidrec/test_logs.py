@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from sidrec.cli import _logging_flags
+from sidrec.logs import split_logging_flags as _logging_flags
 
 SCRIPT = """
 import logging, sys, warnings

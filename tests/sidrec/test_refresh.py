@@ -186,7 +186,7 @@ def test_clear_errors(simulated, data_dir, tmp_path, capsys):
 
 
 def test_fresh_events_start_after_the_models_data_end() -> None:
-    from sidrec.cli import _since
+    from sidrec.refresh import parse_since as _since
     from sidrec.refresh import RefreshConfig, resolve_since
 
     manifest = {"data": {"dataset": "x", "time_end": 1_500_000_000}}
