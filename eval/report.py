@@ -159,6 +159,19 @@ def _section_serving(res: Results, out: Path) -> list[str]:
     return md
 
 
+def _section_figures(res: Results) -> list[str]:
+    md: list[str] = []
+    titles = {"batch_vs_server": "## Batch lists against the server", "embeddings": "## Embedding probes"}
+    for kind, title in titles.items():
+        rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)
+        if rows:
+            md += [title, ""]
+            for f in rows:
+                md += [f"### {f.dataset} (`{f.source}`)", ""]
+                md += _table(["figure", "value"], [[k, _fmt(v, ".3f")] for k, v in f.figures.items()])
+    return md
+
+
 def _section_sources(res: Results) -> list[str]:
     md = ["## Results files read", ""]
     md += _table(["file", "sha256 (first 16)", "status"],
@@ -208,7 +221,8 @@ def build_report(results_dir: str | Path = "results", out_dir: str | Path = "rep
     style = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
     with atomic_dir(out_dir) as stage, matplotlib.rc_context(style):
         md = [*title, *_section_retrieval(res, stage), *_section_canvases(res, stage),
-              *_section_refresh(res), *_section_ids(res, stage), *_section_serving(res, stage), *_section_sources(res)]
+              *_section_refresh(res), *_section_ids(res, stage), *_section_serving(res, stage),
+              *_section_figures(res), *_section_sources(res)]
         (stage / "README.md").write_text("\n".join(md).rstrip("\n") + "\n")
         write_json(stage / "manifest.json", {
             "kind": "report", "schema_version": SCHEMA_VERSION,

@@ -117,6 +117,16 @@ class HostTime:
     source: str
 
 
+@dataclass(frozen=True)
+class Figures:
+    """A results file shown as one row of named figures (embedding probes, batch vs server)."""
+
+    kind: str  # "embeddings" | "batch_vs_server"
+    dataset: str
+    figures: dict[str, float | None]
+    source: str
+
+
 @dataclass
 class Results:
     retrieval: list[Retrieval] = field(default_factory=list)
@@ -126,6 +136,7 @@ class Results:
     canvases: list[CanvasResults] = field(default_factory=list)
     refreshes: list[RefreshResult] = field(default_factory=list)
     host_times: list[HostTime] = field(default_factory=list)
+    figures: list[Figures] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # shown name -> sha256
     skipped: dict[str, str] = field(default_factory=dict)  # shown name -> why
 
@@ -235,10 +246,36 @@ def _parse_host(d: dict, name: str, stem: str, res: Results) -> None:
                                         "augmented_ms_per_batch_with_cut_and_build"), name))
 
 
+def _parse_sweep(d: dict, name: str, stem: str, res: Results) -> None:
+    """A recipe sweep: one retrieval row per evaluated run (runs cut before evaluation are left out)."""
+    runs = [r for r in d["runs"] if "recall@10" in r]
+    if not runs:
+        raise ValueError("no evaluated runs")
+    for r in runs:
+        res.retrieval.append(Retrieval(str(d["dataset"]), "ours", f"gen-fm sweep ({r['name']})", "test",
+                                       _metrics(r), _num(r.get("parameters"), "parameters"), name))
+
+
+def _parse_embeddings(d: dict, name: str, stem: str, res: Results) -> None:
+    nn = d["neighbours"]["share_co_engaged"]
+    probe = d["next_category_probe"]["accuracy_5fold"]
+    figures = {f"neighbours co-engaged: {k}": _num(v, k) for k, v in nn.items()}
+    figures.update({f"next-theme accuracy: {k}": _num(v, k) for k, v in probe.items()})
+    res.figures.append(Figures("embeddings", f"{d['dataset']} ({d.get('pooling', 'last')} pooling)",
+                               figures, name))
+
+
+def _parse_batch(d: dict, name: str, stem: str, res: Results) -> None:
+    keys = ("members", "batch_lists_per_second", "server_lists_per_second", "speedup", "identical_lists")
+    res.figures.append(Figures("batch_vs_server", str(d["dataset"]),
+                               {k: _num(d[k], k) for k in keys}, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
     "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
-    "refresh": _parse_refresh, "host_batches": _parse_host,
+    "refresh": _parse_refresh, "host_batches": _parse_host, "gen_fm recipe sweep": _parse_sweep,
+    "embeddings": _parse_embeddings, "batch_vs_server": _parse_batch,
 }
 REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
                     "after": "after the fine-tune"}

@@ -263,7 +263,7 @@ def parity_requests() -> list[RecommendationRequest]:
     """Every canvas, with and without members, histories and contexts (and the t2t fallback)."""
     R = RecommendationRequest
     return [R(HISTORY, "home", 5), R(["m07"], "home", 5, user_id="u2"), R([], "search", 5, query="paris"),
-            R(HISTORY, "search", 5, user_id="u1", query="Electric robot"), R(HISTORY, "t2t", 5, source="m33"),
+            R(HISTORY, "search", 5, user_id="u1", query="electric"), R(HISTORY, "t2t", 5, source="m33"),
             R(["m09", "m20"], "t2t", 5), R(HISTORY, "collection", 5, theme="Comedy"),
             R(["m02"], "collection", 5), R(HISTORY, "search", 5, query="harbor", exclude=["m17"])]
 
