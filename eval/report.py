@@ -161,7 +161,8 @@ def _section_serving(res: Results, out: Path) -> list[str]:
 
 def _section_figures(res: Results) -> list[str]:
     md: list[str] = []
-    titles = {"batch_vs_server": "## Batch lists against the server", "embeddings": "## Embedding probes"}
+    titles = {"batch_vs_server": "## Batch lists against the server", "embeddings": "## Embedding probes",
+              "embeddings_export": "## Embedding export"}
     for kind, title in titles.items():
         rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)
         if rows:

@@ -121,7 +121,7 @@ class HostTime:
 class Figures:
     """A results file shown as one row of named figures (embedding probes, batch vs server)."""
 
-    kind: str  # "embeddings" | "batch_vs_server"
+    kind: str  # "embeddings" | "embeddings_export" | "batch_vs_server"
     dataset: str
     figures: dict[str, float | None]
     source: str
@@ -265,6 +265,11 @@ def _parse_embeddings(d: dict, name: str, stem: str, res: Results) -> None:
                                figures, name))
 
 
+def _parse_export(d: dict, name: str, stem: str, res: Results) -> None:
+    keys = ("members", "titles", "dim", "seconds")
+    res.figures.append(Figures("embeddings_export", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name))
+
+
 def _parse_batch(d: dict, name: str, stem: str, res: Results) -> None:
     keys = ("members", "batch_lists_per_second", "server_lists_per_second", "speedup", "identical_lists")
     res.figures.append(Figures("batch_vs_server", str(d["dataset"]),
@@ -276,6 +281,7 @@ PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
     "refresh": _parse_refresh, "host_batches": _parse_host, "gen_fm recipe sweep": _parse_sweep,
     "embeddings": _parse_embeddings, "batch_vs_server": _parse_batch,
+    "embeddings_export": _parse_export,
 }
 REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
                     "after": "after the fine-tune"}
