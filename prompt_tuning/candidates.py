@@ -73,6 +73,12 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN  # the BM25 library's English list ("in", "the", ...)
+
+    return frozenset(STOPWORDS_EN)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -120,7 +126,9 @@ class CandidateIndex:
         self.text = text_encoder or TextEncoder(id_config.text_model, id_config.text_batch_size)
         titles = self.ids.titles or [""] * self.ids.num_items
         # documents: title words + category words (a query for "horror" finds horror titles)
-        docs = [words(t or "") + [w for c in cats for w in words(c)]
+        # stopwords are left out of documents and queries ("in netflix queue" is not about "in")
+        self._stop = _stopwords()
+        docs = [[w for w in words(t or "") + [w for c in cats for w in words(c)] if w not in self._stop]
                 for t, cats in zip(titles, self.row_categories)]
         self._bm25 = bm25s.BM25()
         self._bm25.index(docs, show_progress=False)
@@ -156,6 +164,8 @@ class CandidateIndex:
         """Query words in the index's vocabulary; an unknown word becomes the words it begins."""
         out: list[str] = []
         for w in words(query):
+            if w in self._stop:
+                continue
             if w in self._vocab_set:
                 out.append(w)
                 continue

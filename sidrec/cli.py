@@ -160,8 +160,10 @@ def cmd_batch(args) -> None:
     rec = Recommender.from_pretrained(args.model, backend=args.backend, num_beams=max(args.k, 10),
                                       max_k=max(args.k, 10), max_batch=args.shard_size,
                                       data_dir=args.data if rules else None, dataset=args.dataset)
-    try:
-        data = load_data(_data_config(args, args.model))
+    try:  # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
+        import dataclasses
+
+        data = load_data(dataclasses.replace(_data_config(args, args.model), max_users=None))
         if data.fingerprint != rec.manifest["data"]["fingerprint"]:
             console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
                           f"has no ID for are an error[/yellow]")

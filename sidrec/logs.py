@@ -2,9 +2,9 @@
 
 What this moves off the screen (a quickstart printed pages of it): transformers/accelerate/datasets/
 PEFT/sentence-transformers log records ("Removed shared tensor {'lm_head.weight'} while saving" at
-every checkpoint), vLLM's INFO lines (its own processes too: ``VLLM_CONFIGURE_LOGGING=0`` makes them
-log through Python's logging, where only warnings reach the screen), Python warnings
-(FutureWarning, deprecation notices), and the weight loading/saving progress bars of transformers
+every checkpoint), vLLM's INFO lines (its own processes too: they
+log to the same file through ``VLLM_LOGGING_CONFIG_PATH``), Python warnings
+(FutureWarning, deprecation notices; ignored in child processes), torch's C++ warnings, and the weight loading/saving progress bars of transformers
 and the Hugging Face hub. sidrec's own progress bars (epochs, decoding) and tables stay.
 
 ``--verbose`` (or ``SIDREC_VERBOSE=1``) leaves everything on the screen as the libraries print it.
@@ -14,6 +14,7 @@ The log file is ``--log-file``, else ``$SIDREC_LOG_FILE``, else ``sidrec.log`` i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -77,8 +78,18 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
         lg.propagate = False
         lg.setLevel(logging.INFO)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the file
-    # child processes (vLLM's engine core, dataloader workers) inherit these
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    # child processes (vLLM's engine core, dataloader workers) inherit these: vLLM's loggers write
+    # to the same file through its own logging config, C++ and Python warnings stay quiet there
+    vllm_config = path.with_name(path.name + ".vllm-logging.json")
+    vllm_config.write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path),
+                              "formatter": "plain", "encoding": "utf-8"}},
+        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}))
+    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(vllm_config))
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:  # transformers keeps its own stderr handler: drop it, and its weight-loading bars
