@@ -1,6 +1,6 @@
 """Batch lists against the server: the same members' top-K from ``sidrec batch`` and one by one over HTTP.
 
-    python -m eval.bench_batch --model runs/ml/model --members 300 --k 10 --out results/serving/batch-vs-server.json
+    sidrec bench batch --model runs/ml/model --members 300 --k 10 --out results/serving/batch-vs-server.json
 
 One engine (``--backend``, vLLM by default) is loaded once; then (1) ``serving.batch.run_batch``
 writes the lists of the first ``--members`` members in shards, and (2) the same members are asked
@@ -12,45 +12,36 @@ each and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from eval.machine import machine_info
-from sidrec.artifacts import write_json
+from core.artifacts import write_json
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_batch(*, model: str, out: str, data_dir: str | None = None, members: int = 300, k: int = 10,
+                backend: str = "vllm", shard_size: int = 64, command: str = "") -> dict:
+    """Batch against one-by-one lists of the first ``members`` members; writes ``out``, returns the
+    report (its ``identical_lists`` must equal its ``members``). ``command`` is recorded in it."""
     import httpx
 
     from serving.batch import BatchConfig, member_histories, read_lists, run_batch
     from serving.recommender import Recommender
     from serving.server import ServerSettings, create_app, run_in_thread
-    from sidrec.data import DataConfig, load_data
+    from core.data import DataConfig, load_data
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
-    p.add_argument("--members", type=int, default=300)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-
-    rec = Recommender.from_pretrained(args.model, backend=args.backend, num_beams=max(args.k, 10),
-                                      max_k=max(args.k, 10), max_batch=args.shard_size,
+    rec = Recommender.from_pretrained(model, backend=backend, num_beams=max(k, 10),
+                                      max_k=max(k, 10), max_batch=shard_size,
                                       enforce_eager=True)
     try:
-        data = load_data(DataConfig(data_dir=args.data, dataset=rec.manifest["data"]["dataset"]))
-        users, hists = member_histories(data, rec.ids, rec.seq_config, args.members)
-        rec.recommend(hists[0], k=args.k)  # warm-up: first-call compilation is not throughput
+        data = load_data(DataConfig(data_dir=data_dir, dataset=rec.manifest["data"]["dataset"]))
+        users, hists = member_histories(data, rec.ids, rec.seq_config, members)
+        rec.recommend(hists[0], k=k)  # warm-up: first-call compilation is not throughput
         with tempfile.TemporaryDirectory() as tmp:
-            m = run_batch(rec, data, BatchConfig(k=args.k, shard_size=args.shard_size,
-                                                 max_users=args.members), Path(tmp) / "b", progress=False)
+            m = run_batch(rec, data, BatchConfig(k=k, shard_size=shard_size,
+                                                 max_users=members), Path(tmp) / "b", progress=False)
             table = read_lists(Path(tmp) / "b").to_pylist()
         batch = {}
         for r in table:
@@ -69,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             served, t0 = {}, time.perf_counter()
             for u, h in zip(users, hists):
-                r = client.post("/v1/recommendations", json={"history": h, "k": args.k, "user_id": u})
+                r = client.post("/v1/recommendations", json={"history": h, "k": k, "user_id": u})
                 r.raise_for_status()
                 served[u] = [x["item_id"] for x in r.json()["items"]]
             server_seconds = time.perf_counter() - t0
@@ -79,20 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rec.close()
     same = sum(batch.get(u, []) == served[u] for u in users)
-    report = {"benchmark": "batch_vs_server", "model": args.model, "dataset": data.name,
-              "members": len(users), "k": args.k, "backend": args.backend, "shard_size": args.shard_size,
+    report = {"benchmark": "batch_vs_server", "model": model, "dataset": data.name,
+              "members": len(users), "k": k, "backend": backend, "shard_size": shard_size,
               "batch_seconds": m["seconds"], "batch_lists_per_second": m["lists_per_second"],
               "server_one_by_one_seconds": round(server_seconds, 2),
               "server_lists_per_second": round(len(users) / server_seconds, 2),
               "speedup": round(m["lists_per_second"] * server_seconds / len(users), 2),
-              "identical_lists": same, "command": " ".join(["python -m eval.bench_batch", *sys.argv[1:]]),
+              "identical_lists": same, "command": command,
               "data_fingerprint": data.fingerprint, "machine": machine_info()}
-    write_json(args.out, report)
-    print(f"{len(users)} members, k={args.k}, {args.backend}: batch {report['batch_lists_per_second']} "
+    write_json(out, report)
+    print(f"{len(users)} members, k={k}, {backend}: batch {report['batch_lists_per_second']} "
           f"lists/s, server one by one {report['server_lists_per_second']} lists/s "
           f"({report['speedup']}x); identical lists: {same}/{len(users)}")
-    return 0 if same == len(users) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return report

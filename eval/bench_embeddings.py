@@ -10,20 +10,18 @@
    on the test history) against the mean content embedding of the same history; accuracy of each
    and of the majority class.
 
-    python -m eval.bench_embeddings --model runs/ml/model --out results/embeddings/ml-latest-small.json
+    sidrec bench embeddings --model runs/ml/model --out results/embeddings/ml-latest-small.json
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections import Counter
 
 import numpy as np
 
 from eval.machine import machine_info
-from sidrec.artifacts import write_json
+from core.artifacts import write_json
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -62,29 +60,27 @@ def neighbour_hits(vecs: np.ndarray, queries: list[int], truth: dict[int, set[in
     return float(np.mean(hits))
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_embeddings(*, model: str, out: str, data_dir: str | None = None, min_members: int = 20,
+                     max_members: int = 5000, pooling: str = "last", command: str = "") -> dict:
+    """Both probes (see the module docstring); writes ``out`` and returns the report.
+
+    ``min_members``: a title is judged in probe 1 if at least this many members engaged with it;
+    ``max_members``: members in the category probe; ``pooling``: ``serving.embeddings.POOLINGS``;
+    ``command``: the command line recorded in the report.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
+    from core.data import DataConfig, load_data
+    from core.sequences import build_sequences, leave_one_out
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
     from prompt_tuning.candidates import CandidateIndex
     from serving.embeddings import ModelEmbeddings
-    from sidrec.data import DataConfig, load_data
-    from sidrec.sequences import build_sequences, leave_one_out
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
-    p.add_argument("--min-members", type=int, default=20)
-    p.add_argument("--max-members", type=int, default=5000, help="members in the category probe")
-    p.add_argument("--pooling", default="last", help="serving.embeddings.POOLINGS")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    emb = ModelEmbeddings(args.model, pooling=args.pooling)
+    emb = ModelEmbeddings(model, pooling=pooling)
     gen = emb.gen
-    data = load_data(DataConfig(data_dir=args.data, dataset=gen.manifest["data"]["dataset"]))
+    data = load_data(DataConfig(data_dir=data_dir, dataset=gen.manifest["data"]["dataset"]))
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     N = gen.ids.num_items
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. neighbours against co-engagement
     truth = co_engagement_top(train_hists, N, 50)
     popular = Counter(np.concatenate(train_hists).tolist())
-    queries = [t for t, c in popular.items() if c >= args.min_members and t in truth]
+    queries = [t for t, c in popular.items() if c >= min_members and t in truth]
     model_titles = emb.titles()
     index = CandidateIndex(gen.path / "semantic_ids")
     content = index.title_vecs
@@ -109,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # each title's collection theme: its rarest category with >= 20 titles, on at most half of them
     themes = theme_of([cats.get(i, []) for i in gen.ids.item_ids], 20)
     target_rows = [int(sid_rows[ex.targets[i]]) for i in range(len(ex.users))]
-    keep = [i for i in range(len(ex.users)) if themes[target_rows[i]]][: args.max_members]
+    keep = [i for i in range(len(ex.users)) if themes[target_rows[i]]][:max_members]
     hists = [to_sid_rows(ex.histories[i], sid_rows) for i in keep]
     labels = [themes[target_rows[i]] for i in keep]
     member = emb.members([[gen.ids.item_ids[r] for r in h] for h in hists])
@@ -122,22 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         clf = LogisticRegression(max_iter=2000, C=1.0)
         probe[name] = float(cross_val_score(clf, x, y, cv=5, scoring="accuracy").mean())
     probe["majority_class"] = float(Counter(labels_kept).most_common(1)[0][1] / len(labels_kept))
-    report = {"benchmark": "embeddings", "dataset": data.name, "model": args.model, "dim": emb.dim,
-              "pooling": args.pooling,
+    report = {"benchmark": "embeddings", "dataset": data.name, "model": model, "dim": emb.dim,
+              "pooling": pooling,
               "neighbours": {"titles_judged": len(queries), "k": 10, "truth": "50 most co-engaged",
                              "share_co_engaged": nn},
               "next_category_probe": {"members": len(keep), "classes": int(len(set(labels_kept))),
                                       "accuracy_5fold": probe},
-              "seconds": round(time.perf_counter() - t0, 1),
-              "command": " ".join(["python -m eval.bench_embeddings", *sys.argv[1:]]),
+              "seconds": round(time.perf_counter() - t0, 1), "command": command,
               "data_fingerprint": data.fingerprint, "machine": machine_info()}
-    write_json(args.out, report)
+    write_json(out, report)
     print(f"neighbours in the 50 most co-engaged (k=10, {len(queries)} titles): " +
           ", ".join(f"{k} {v:.3f}" for k, v in nn.items()))
     print(f"next-category probe ({len(keep)} members, {report['next_category_probe']['classes']} classes): " +
           ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return report

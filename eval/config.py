@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidrec.metrics import validate_ks
+from core.metrics import validate_ks
 
 SPLITS = ("valid", "test")
 

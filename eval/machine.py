@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sidrec.artifacts import package_version
+from core.artifacts import package_version
 
 
 def machine_info() -> dict[str, Any]:

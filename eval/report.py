@@ -1,11 +1,11 @@
 """`sidrec report`: every results file as one markdown page with PNG plots.
 
-    python -m eval.report [--results results] [--out report]
+    sidrec report [--results results] [--out report]
 
 Reads each JSON file under the results folder (semantic IDs, baselines, the generative model,
 per-canvas soft prompts, serving grids and load tests) and writes ``README.md``, the plots and a
 ``manifest.json`` naming the sha256 of every file read. A file it cannot interpret is listed in
-the report and skipped, never fatal. The folder is written through ``sidrec.artifacts.atomic_dir``,
+the report and skipped, never fatal. The folder is written through ``core.artifacts.atomic_dir``,
 so a failed build leaves an earlier report as it was, and it is deterministic: files are read in
 sorted order and the PNGs carry neither a date nor a library version. Needs matplotlib
 (``pip install 'sidrec[report]'``).
@@ -13,20 +13,17 @@ sorted order and the PNGs carry neither a date nor a library version. Needs matp
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from eval.anchors import PROTOCOL, published
+from eval.published import PROTOCOL, published
 from eval.report_plots import plot_canvases, plot_codebooks, plot_latency, plot_retrieval
 from eval.report_results import (LOAD_COLUMNS, METRICS, REFRESH_VARIANTS, VARIANTS, ReportError,
                                  Results, Retrieval, load_results)
-from sidrec.artifacts import SCHEMA_VERSION, atomic_dir, package_version, read_json, write_json
+from core.artifacts import SCHEMA_VERSION, atomic_dir, package_version, read_json, write_json
 
-__all__ = ["ReportError", "build_report", "load_results", "main"]
+__all__ = ["ReportError", "build_report", "load_results"]
 
 
 # --------------------------------------------------------------------------- markdown
@@ -66,7 +63,7 @@ def _section_retrieval(res: Results, out: Path) -> list[str]:
     md = ["## Next-title retrieval", "",
           f"Protocol of every row: {PROTOCOL}; a hit is the exact title. `ours` is the generative "
           "model (`results/gen_fm`), `baseline` our runs of the baselines on the same split "
-          "(`results/baselines`), `published` the numbers in `eval/anchors.py` (amazon-beauty "
+          "(`results/baselines`), `published` the numbers in `eval/published.py` (amazon-beauty "
           "only), each with its source.", ""]
     by_dataset = _retrieval_rows(res)
     if not by_dataset:
@@ -233,27 +230,3 @@ def build_report(results_dir: str | Path = "results", out_dir: str | Path = "rep
             "files": sorted(p.name for p in stage.iterdir()),
         })
     return Path(out_dir).resolve() / "README.md"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sidrec report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default="results", metavar="DIR",
-                    help="folder of JSON results files, read recursively (default: results)")
-    ap.add_argument("--out", default="report", metavar="DIR",
-                    help="report folder, replaced as a whole (default: report)")
-    args = ap.parse_args(argv)
-    try:
-        path = build_report(args.results, args.out)
-    except ReportError as e:
-        print(f"sidrec report: error: {e}", file=sys.stderr)
-        return 2
-    skipped = json.loads((path.parent / "manifest.json").read_text()).get("skipped") or {}
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    print(f"report written to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

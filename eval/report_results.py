@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidrec.artifacts import file_sha256, read_json
+from core.artifacts import file_sha256, read_json
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Per-canvas variants in plotting order; other entries that carry metrics are plotted after them,
@@ -301,7 +301,7 @@ def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> 
                    and (skip is None or skip not in p.resolve().parents))
     if not files:
         raise ReportError(f"results folder {root} holds no JSON results files; run the "
-                          f"benchmarks first (sidrec eval / baseline, python -m eval.bench_*)")
+                          f"benchmarks first (sidrec eval, sidrec baseline, sidrec bench ...)")
     res = Results()
     for path in files:
         name = f"{root.resolve().name}/{path.relative_to(root).as_posix()}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gen_fm.config import RESUMABLE_CHANGES, PretrainConfig
-from sidrec.artifacts import atomic_dir, jsonable, write_json
+from core.artifacts import atomic_dir, jsonable, write_json
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"

@@ -22,8 +22,8 @@ from gen_fm.batches import IGNORE, WindowSource  # noqa: F401  (IGNORE: the labe
 from gen_fm.tokenizer import DEFAULT_CANVAS, PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import PAD
-from sidrec.data import RecData
-from sidrec.sequences import Split
+from core.data import RecData
+from core.sequences import Split
 
 
 def catalog_to_sid_rows(data: RecData, ids: SemanticIDs) -> np.ndarray:

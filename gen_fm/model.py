@@ -25,9 +25,9 @@ from gen_fm.config import PretrainConfig
 from gen_fm.tokenizer import PromptEncoder, build_tokenizer, check_tokenizer
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, EOS, PAD, TokenLayout
-from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
+from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
                               read_manifest, require_files, write_json)
-from sidrec.sequences import SequenceConfig
+from core.sequences import SequenceConfig
 
 KIND = "gen_fm"
 IDS_SUBDIR = "semantic_ids"

@@ -34,7 +34,7 @@ from semantic_ids.layout import TokenLayout
 if TYPE_CHECKING:
     from gen_fm.config import PretrainConfig
     from semantic_ids.ids import SemanticIDs
-    from sidrec.data import RecData
+    from core.data import RecData
 
 IGNORE = -100
 

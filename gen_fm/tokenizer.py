@@ -24,6 +24,9 @@ from transformers import PreTrainedTokenizerFast
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, UNK, TokenLayout
 
+# The canvas TOKENS of the vocabulary (part of a trained model's token layout: never reorder).
+# Canvases as product surfaces are specs registered in ``prompt_tuning.canvases``; each names the
+# token its prompts carry, so a canvas added after pretraining reuses one of these.
 CANVASES = ("home", "search", "t2t", "collection")
 DEFAULT_CANVAS = "home"
 # One token is "<...>"; anything else between tokens (other than whitespace) is one unknown token.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,58 +28,18 @@ from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check
                                 list_checkpoints, reduced_sums, save_best, save_checkpoint)
 from gen_fm.config import PretrainConfig
 from gen_fm.batches import Augment, EpochTensors, epoch_batches
-from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows, window_source
+from gen_fm.dataset import catalog_to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
 from gen_fm.objectives import build_objectives
 from gen_fm.selection import choose
 from gen_fm.tokenizer import PromptEncoder
+from gen_fm.validation import evaluate, validation_set
 from semantic_ids.ids import SemanticIDs
-from sidrec.artifacts import jsonable, manifest_hash, read_json
-from sidrec.data import DataConfig, RecData, load_data
-from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
+from core.artifacts import jsonable, manifest_hash, read_json
+from core.data import DataConfig, RecData, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 MODEL = "model"
-
-
-@dataclass
-class ValidationSet:
-    prompts: list[list[int]]
-    targets: np.ndarray  # (N,) ID-artifact rows
-
-
-def validation_set(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
-                   config: PretrainConfig) -> ValidationSet:
-    """A fixed sample of members' validation histories (drawn once with the seed)."""
-    ex = split.examples("valid")
-    idx = np.arange(len(ex.users))
-    if config.val_users is not None and config.val_users < len(idx):
-        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), config.val_users,
-                                                                replace=False))
-    prompts = [encoder.encode(to_sid_rows(ex.histories[i], sid_rows),
-                              user_id=split.sequences.user_ids[ex.users[i]]) for i in idx]
-    return ValidationSet(prompts, to_sid_rows(ex.targets[idx], sid_rows))
-
-
-@torch.no_grad()
-def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfig) -> dict[str, float]:
-    """Constrained beam search on this process's share of the sample; sums reduced over processes."""
-    from sidrec.metrics import metrics_from_ranks, target_ranks
-    from gen_fm.decode import recommend
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    prompts, targets = val.prompts[rank::world], val.targets[rank::world]
-    k = config.eval_k
-    sums = torch.zeros(3, dtype=torch.float64)  # (3,) recall sum, ndcg sum, members
-    if prompts:
-        recs = recommend(accelerator.unwrap_model(model), prompts, trie, k=k,
-                         num_beams=config.beams, constrained=True,
-                         batch_size=config.eval_batch_size)
-        m = metrics_from_ranks(target_ranks([r.rows for r in recs], targets.tolist()), (k,))
-        sums += torch.tensor([m.recall[k] * len(prompts), m.ndcg[k] * len(prompts), len(prompts)],
-                             dtype=torch.float64)
-    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    n = max(float(sums[2]), 1.0)
-    return {f"recall@{k}": float(sums[0]) / n, f"ndcg@{k}": float(sums[1]) / n}
 
 
 def make_optimizer(modules: list[torch.nn.Module], config: PretrainConfig) -> torch.optim.Optimizer:

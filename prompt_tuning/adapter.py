@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from gen_fm.model import GenFM
 from gen_fm.tokenizer import canvas_token
+from prompt_tuning.canvases import get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.layout import PAD
-from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
+from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
                               read_manifest, require_files, write_json)
 
 KIND = "prompt_adapter"
@@ -54,7 +55,8 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     prompt = model.prompt_encoder["default"].embedding.weight  # (n, H)
     with torch.no_grad():
         if config.init == "canvas_token":
-            prompt.copy_(words[gen.layout.extra_id(canvas_token(config.canvas))].expand_as(prompt))
+            token = canvas_token(get_canvas(config.canvas).token)  # the token its prompts carry
+            prompt.copy_(words[gen.layout.extra_id(token)].expand_as(prompt))
         else:  # PEFT's N(0, 1) is ~50x the scale of a trained embedding row
             prompt.normal_(0.0, float(words.std()))
     hidden = gen.model.config.hidden_size

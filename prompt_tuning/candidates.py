@@ -91,8 +91,6 @@ class CandidateIndex:
         import bm25s
         from safetensors.numpy import load_file
 
-        import dataclasses
-
         from semantic_ids.config import SemanticIDConfig
         from semantic_ids.embeddings import TextEncoder
         from semantic_ids.ids import SemanticIDs
@@ -100,8 +98,7 @@ class CandidateIndex:
         ids_dir = Path(ids_dir)
         self.config = config or CandidateConfig()
         self.ids = SemanticIDs.load(ids_dir)
-        names = {f.name for f in dataclasses.fields(SemanticIDConfig)}
-        id_config = SemanticIDConfig(**{k: v for k, v in self.ids.manifest["config"].items() if k in names})
+        id_config = SemanticIDConfig.from_dict(self.ids.manifest["config"])
         if id_config.text_weight <= 0:
             raise ValueError(f"the ID artifact {ids_dir} has no text modality: queries and themes "
                              f"cannot be matched to its titles")

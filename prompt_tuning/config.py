@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gen_fm.tokenizer import CANVASES
-
 INITS = ("random", "canvas_token")
 QUERY_MODES = ("anchors", "quantized")
 
@@ -20,7 +18,7 @@ QUERY_MODES = ("anchors", "quantized")
 class PromptTuningStageConfig:
     """How one canvas's soft prompt is sized, initialised and trained."""
 
-    # Canvas the soft prompt serves (one of gen_fm.tokenizer.CANVASES).
+    # Canvas the soft prompt serves: a registered name (prompt_tuning.canvases.canvas_names()).
     canvas: str = "home"
     # Virtual tokens prepended before <bos>; must fit in the model's position_headroom.
     num_virtual_tokens: int = 8
@@ -29,7 +27,8 @@ class PromptTuningStageConfig:
     batch_size: int = 32  # examples per optimizer step
     seed: int = 0  # seeds initialisation and shuffling
     # "random": N(0, std of the model's embedding rows); "canvas_token": every virtual token starts
-    # as the embedding of <canvas_{canvas}>, so the untrained adapter is close to the base prompt.
+    # as the embedding of the canvas's token (its spec's ``token``), so the untrained adapter is
+    # close to the base prompt.
     init: str = "canvas_token"
 
     # Learning rate of the full fine-tuning baseline (every weight trained on the same examples).
@@ -53,8 +52,9 @@ class PromptTuningStageConfig:
     min_theme_titles: int = 20
 
     def __post_init__(self) -> None:
-        if self.canvas not in CANVASES:
-            raise ValueError(f"unknown canvas {self.canvas!r}; choose one of {CANVASES}")
+        from prompt_tuning.canvases.registry import get_canvas  # the canvases import this module
+
+        get_canvas(self.canvas)  # an unknown canvas is a ValueError naming the registered ones
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("num_virtual_tokens", "epochs", "batch_size"):

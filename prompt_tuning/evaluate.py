@@ -1,10 +1,11 @@
 """Held-out evaluation of one canvas: the same constrained beam search and figures for every variant.
 
 Lives with training: ``sidrec prompts train`` compares its adapter with the frozen base through it,
-and the benchmark (``eval.canvases``) calls it for every variant. Canvas-specific figures: search
-reports lexical relevance (share of the top-K whose title contains the query text) per query kind
-and how much the member's history moves the results for tag queries; collection reports the share
-of the row inside the theme.
+and the benchmark (``eval.bench_canvases``) calls it for every variant. Canvas-specific figures come
+from the canvas's spec (``CanvasSpec.metrics``): search reports lexical relevance (share of the top-K
+whose title contains the query text) per query kind and how much the member's history moves the
+results for tag queries (its ``anonymous_kinds`` are decoded twice); collection reports the share of
+the row inside the theme.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 
 from gen_fm.decode import recommend
-from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.canvases import CanvasData, CanvasExample
+from gen_fm.tokenizer import DEFAULT_CANVAS, PromptEncoder
+from prompt_tuning.canvases import CanvasData, CanvasExample, get_canvas
 from semantic_ids.trie import PrefixTrie
-from sidrec.metrics import metrics_from_ranks, target_ranks
+from core.metrics import metrics_from_ranks, target_ranks
 
 
 def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTrie, k: int,
@@ -32,17 +33,18 @@ def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTr
 
 
 def candidate_rows(data: CanvasData, candidates) -> list[list[int] | None] | None:
-    """Per held-out example, the rows its context makes eligible (``prompt_tuning.candidates``):
-    the query for search, the theme for collection; None for the other canvases."""
-    if candidates is None or data.canvas not in ("search", "collection"):
+    """Per held-out example, the rows its context makes eligible (the spec's ``candidates`` over a
+    ``prompt_tuning.candidates.CandidateIndex``: the query for search, the theme for collection);
+    None for canvases whose context restricts nothing."""
+    spec = get_canvas(data.canvas)
+    if candidates is None or spec.candidates is None:
         return None
     memo: dict[str, list[int]] = {}
     out: list[list[int] | None] = []
     for ex in data.test:
         text = ex.text or ""
         if text not in memo:
-            c = candidates.for_query(text) if data.canvas == "search" else candidates.for_theme(text)
-            memo[text] = c.rows.tolist()
+            memo[text] = spec.candidates(candidates, text).rows.tolist()
         out.append(memo[text])
     return out
 
@@ -50,7 +52,7 @@ def candidate_rows(data: CanvasData, candidates) -> list[list[int] | None] | Non
 def home_prompt(ex: CanvasExample, encoder: PromptEncoder) -> list[int]:
     """The home question for a canvas example: history (or the t2t source), no context."""
     hist = ex.history if ex.source is None else np.asarray([ex.source], dtype=np.int64)
-    return encoder.encode(hist, canvas="home", user_id=ex.user)
+    return encoder.encode(hist, canvas=DEFAULT_CANVAS, user_id=ex.user)
 
 
 def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequence[str],
@@ -70,20 +72,10 @@ def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequ
             mk = metrics_from_ranks(target_ranks([ranked[i] for i in idx], [targets[i] for i in idx]), (k,))
             out[f"recall@{k}_{kind}"] = mk.recall[k]
             out[f"examples_{kind}"] = len(idx)
-    if data.canvas == "search":
-        for kind in kinds:
-            shares = [np.mean([ex.text in titles_lower[r] for r in rows[:k]]) if rows else 0.0
-                      for ex, rows in zip(data.test, ranked) if ex.kind == kind]
-            out[f"lexical_relevance_{kind}"] = float(np.mean(shares)) if shares else None
-        if ranked_anonymous is not None:
-            moved = [1.0 - len(set(a[:k]) & set(b[:k])) / k
-                     for ex, a, b in zip(data.test, ranked, ranked_anonymous)
-                     if ex.kind == "tag" and len(ex.history)]
-            out["personalisation_shift_tag"] = float(np.mean(moved)) if moved else None
-    if data.canvas == "collection":
-        shares = [np.mean([ex.text in row_categories[r] for r in rows[:k]]) if rows else 0.0
-                  for ex, rows in zip(data.test, ranked)]
-        out["in_theme_share"] = float(np.mean(shares))
+    spec = get_canvas(data.canvas)
+    if spec.metrics is not None:
+        out.update(spec.metrics(data, ranked, titles_lower=titles_lower, row_categories=row_categories,
+                                k=k, ranked_anonymous=ranked_anonymous))
     return out
 
 
@@ -100,7 +92,8 @@ def evaluate_variant(model: torch.nn.Module, data: CanvasData, encoder: PromptEn
     ranked = decode_rows(model, prompts, trie, k, num_beams, allow=allow)
     seconds = time.perf_counter() - t0
     anonymous = None
-    if data.canvas == "search" and not home and any(ex.kind == "tag" for ex in data.test):
+    kinds = get_canvas(data.canvas).anonymous_kinds  # the canvas's figures compare these without history
+    if kinds and not home and any(ex.kind in kinds for ex in data.test):
         anonymous = decode_rows(model, [list(prefix) + build(ex, False) for ex in data.test], trie,
                                 k, num_beams, allow=allow)
     out = canvas_metrics(data, ranked, titles_lower, row_categories, k, anonymous)

@@ -25,7 +25,7 @@ from gen_fm.model import GenFM, load_model, save_model
 if TYPE_CHECKING:
     from prompt_tuning.config import PromptTuningStageConfig
     from semantic_ids.layout import TokenLayout
-from sidrec.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json,
+from core.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json,
                               write_json)
 
 ADAPTERS_FILE = "adapters.json"

@@ -1,7 +1,7 @@
 """Train one canvas's soft prompt on a real dataset, judge it, save it: ``sidrec prompts train``.
 
 The held-out judgement written into the adapter's manifest compares the adapter with the frozen base
-on the same examples (the full fine-tuning comparison lives in ``eval.canvases``, a benchmark).
+on the same examples (the full fine-tuning comparison lives in ``eval.bench_canvases``, a benchmark).
 Registry: ``find_adapters`` lists every adapter folder under a root (``sidrec prompts list``).
 """
 
@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from prompt_tuning.config import PromptTuningStageConfig
-from sidrec.artifacts import ArtifactError, read_json
+from core.artifacts import ArtifactError, read_json
 
 
 def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
     """The dataset the model was trained on, its split and the canvas's examples (``data_config``:
     a ``DataConfig``, or data already loaded)."""
     from prompt_tuning.canvases import canvas_data_for
-    from sidrec.data import RecData, load_data
-    from sidrec.sequences import build_sequences, leave_one_out
+    from core.data import RecData, load_data
+    from core.sequences import build_sequences, leave_one_out
 
     if isinstance(data_config, RecData):
         data = data_config
@@ -28,7 +28,7 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
         import dataclasses
         import os
 
-        from sidrec.data import DATA_DIR_ENV, detect_layout
+        from core.data import DATA_DIR_ENV, detect_layout
 
         base = Path(data_config.data_dir or os.environ.get(DATA_DIR_ENV, "."))
         if detect_layout(base) is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -13,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from semantic_ids.config import SemanticIDConfig
 from semantic_ids.embeddings import Embedder
 from semantic_ids.ids import KIND, SemanticIDs
-from semantic_ids.quantizer import Encoded, Quantizer
-from sidrec.artifacts import atomic_dir, make_manifest, read_json, require_files, write_json
-from sidrec.data import RecData
-from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+from semantic_ids.quantizers import Encoded, ResidualQuantizer, quantizer_class
+from core.artifacts import atomic_dir, make_manifest, read_json, require_files, write_json
+from core.data import RecData
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 
 def assign_dedup(enc: Encoded, dedup_size: int, taken: dict[tuple, int] | None = None
@@ -99,7 +98,7 @@ def build_ids(data: RecData, config: SemanticIDConfig, out: str | Path,
     t_embed = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    quantizer = Quantizer(config.quantizer, config, x.shape[1]).fit(x)
+    quantizer = quantizer_class(config.quantizer)(config, x.shape[1]).fit(x)
     enc = quantizer.encode(x)
     codes, spilled = assign_dedup(enc, config.dedup_size)
     t_quant = time.perf_counter() - t1
@@ -117,14 +116,14 @@ def build_ids(data: RecData, config: SemanticIDConfig, out: str | Path,
     return SemanticIDs.load(out)
 
 
-def _write(out, ids: SemanticIDs, config, quantizer: Quantizer, embedder: Embedder, x: np.ndarray,
+def _write(out, ids: SemanticIDs, config, quantizer: ResidualQuantizer, embedder: Embedder, x: np.ndarray,
            stats: dict, data: RecData, map_version: int, parent: dict | None) -> None:
     emb_meta, emb_tensors = embedder.state()
     manifest = make_manifest(
         KIND, config, parents={"data": data.fingerprint},
         dataset=data.name, data_report=data.report.to_json(), map_version=map_version,
         codebook_sizes=list(config.codebook_sizes), input_dim=int(x.shape[1]),
-        quantizer_kind=config.quantizer, history=parent)
+        quantizer_kind=config.quantizer, quantizer=quantizer.describe(), history=parent)
     with atomic_dir(out) as stage:
         save_file(quantizer.state_dict(), str(stage / "quantizer.safetensors"))
         save_file({"fused": torch.as_tensor(x).contiguous()}, str(stage / "embeddings.safetensors"))
@@ -137,14 +136,13 @@ def _write(out, ids: SemanticIDs, config, quantizer: Quantizer, embedder: Embedd
         write_json(stage / "manifest.json", manifest)
 
 
-def load_quantizer(path: str | Path) -> tuple[SemanticIDs, Quantizer, Embedder, SemanticIDConfig]:
+def load_quantizer(path: str | Path) -> tuple[SemanticIDs, ResidualQuantizer, Embedder, SemanticIDConfig]:
     ids = SemanticIDs.load(path)
     path = Path(path)
     require_files(path, ["quantizer.safetensors", "embedder.json", "embeddings.safetensors"])
-    fields = {f.name for f in dataclasses.fields(SemanticIDConfig)}
-    config = SemanticIDConfig(**{k: v for k, v in ids.manifest["config"].items() if k in fields})
+    config = SemanticIDConfig.from_dict(ids.manifest["config"])
     state = load_file(str(path / "quantizer.safetensors"))
-    quantizer = Quantizer.from_state(config.quantizer, config, ids.manifest["input_dim"], state)
+    quantizer = quantizer_class(config.quantizer).from_state(config, ids.manifest["input_dim"], state)
     tensors = {}
     if (path / "embedder.safetensors").is_file():
         tensors = {k: v.numpy() for k, v in load_file(str(path / "embedder.safetensors")).items()}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-QUANTIZERS = ("rqvae", "rqkmeans")
+# Fields of the flat config that artifacts written before the quantizer registry carry; they now
+# belong to the quantizer's own config (``from_dict`` moves them there when an old artifact loads).
+_LEGACY_QUANTIZER_FIELDS = ("latent_dim", "hidden_dims", "epochs", "batch_size", "lr",
+                            "commitment_weight", "kmeans_iters", "dead_code_threshold")
 
 
 @dataclass(frozen=True)
@@ -26,30 +30,24 @@ class SemanticIDConfig:
     collaborative_dim: int = 64  # truncated-SVD rank of the member x title matrix
 
     # ---- quantizer ---------------------------------------------------------------------------
-    # "rqkmeans" (residual k-means, the default) or "rqvae" (vector-quantize-pytorch ResidualVQ).
-    # RQ-KMeans IDs gave the foundation model 4-30% more test recall on amazon-beauty at every size
-    # (BENCHMARKS.md, "Recipe sweep on one GPU") and train in seconds instead of minutes.
+    # A name from ``semantic_ids.quantizers.QUANTIZERS``: "rqkmeans" (residual k-means, the default)
+    # or "rqvae" (vector-quantize-pytorch ResidualVQ inside TIGER's RQ-VAE). RQ-KMeans IDs gave the
+    # foundation model 4-30% more test recall on amazon-beauty at every size (BENCHMARKS.md, "Recipe
+    # sweep on one GPU") and train in seconds instead of minutes.
     quantizer: str = "rqkmeans"
+    # Overrides of the chosen method's own config (``RQKMeansConfig``, ``RQVAEConfig``), e.g.
+    # ``--set quantizer_options.epochs=100`` for the RQ-VAE.
+    quantizer_options: dict = field(default_factory=dict)
     num_levels: int = 3  # semantic levels; one disambiguation position is appended
     codebook_size: int = 256
     # Capacity of the final disambiguation position: titles sharing every semantic code are
     # numbered 0..dedup_size-1. A group that would overflow spills into the next-nearest code of the
     # last semantic level, so IDs stay unique and new titles always find a slot.
     dedup_size: int = 32
-    latent_dim: int = 32  # RQ-VAE: latent the codes quantize (TIGER: 32)
-    hidden_dims: tuple[int, ...] = (512, 256, 128)  # RQ-VAE encoder; decoder mirrors it
-    epochs: int = 150  # RQ-VAE epochs over the catalog (loss plateaus by ~100 on Beauty)
-    batch_size: int = 1024
-    lr: float = 1e-3
-    commitment_weight: float = 0.25
-    kmeans_iters: int = 20  # k-means init (RQ-VAE) / Lloyd iterations per level (RQ-KMeans)
-    dead_code_threshold: float = 2.0  # RQ-VAE: codes used less than this (EMA) are re-seeded
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        self.quantizer_config()  # an unknown method or option is refused here, naming the known ones
         if self.num_levels < 1 or self.codebook_size < 2 or self.dedup_size < 1:
             raise ValueError("num_levels >= 1, codebook_size >= 2 and dedup_size >= 1 are required")
         weights = {"text_weight": self.text_weight, "metadata_weight": self.metadata_weight,
@@ -61,8 +59,41 @@ class SemanticIDConfig:
         active = self.text_weight + self.metadata_weight + self.collaborative_weight
         if active == 0 and not (self.user_vectors and self.user_vectors_weight > 0):
             raise ValueError("every modality has weight 0: nothing to quantize")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+
+    def quantizer_config(self) -> Any:
+        """The chosen method's own config: its defaults, overridden by ``quantizer_options``."""
+        import dataclasses
+
+        from semantic_ids.quantizers import quantizer_class
+
+        cls = quantizer_class(self.quantizer).config_class
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(self.quantizer_options) - known)
+        if unknown:
+            raise ValueError(f"unknown {self.quantizer} option(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**self.quantizer_options)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SemanticIDConfig":
+        """The config an artifact's manifest recorded, including those written before the registry.
+
+        Flat RQ-VAE/RQ-KMeans fields of an old manifest become ``quantizer_options`` of the method
+        it used (those that method has); fields this version does not know are dropped.
+        """
+        import dataclasses
+
+        from semantic_ids.quantizers import quantizer_class
+
+        names = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in values.items() if k in names}
+        legacy = {k: values[k] for k in _LEGACY_QUANTIZER_FIELDS if k in values}
+        if legacy:
+            method = quantizer_class(kept.get("quantizer", cls.quantizer))
+            own = {f.name for f in dataclasses.fields(method.config_class)}
+            kept["quantizer_options"] = {**{k: v for k, v in legacy.items() if k in own},
+                                         **(kept.get("quantizer_options") or {})}
+        return cls(**kept)
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:

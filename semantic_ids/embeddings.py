@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from semantic_ids.config import SemanticIDConfig
-from sidrec.data import cache_root
+from core.data import cache_root
 
 BLOCKS = ("text", "metadata", "collaborative", "user_vectors")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from semantic_ids.layout import TokenLayout
-from sidrec.artifacts import ArtifactError, read_json, read_manifest, require_files, write_json
+from core.artifacts import ArtifactError, read_json, read_manifest, require_files, write_json
 
 KIND = "semantic_ids"
 MAP_FILES = ["item_to_sid.json", "sid_to_item.json"]

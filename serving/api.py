@@ -13,7 +13,7 @@ The empty string is an empty history (a flagged cold start). Bos, member and can
 server's to add: the canvas comes from ``model``, the member from ``user_id`` (or OpenAI's ``user``).
 Soft-prompt virtual tokens and the canvas's context are the server's too: the context comes from
 ``query`` (search), ``source`` (t2t) or ``theme`` (collection), one value for every prompt of the
-request (``serving.contexts`` says which are required, and the t2t fallback to the last title).
+request (``serving.prompts`` says which are required, and the t2t fallback to the last title).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gen_fm.tokenizer import CANVASES
+from prompt_tuning.canvases import canvas_names
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
 from serving.rules import Rules
@@ -40,9 +40,9 @@ def model_id(canvas: str) -> str:
 
 
 def canvas_of(model: str) -> str | None:
-    """Canvas selected by a served model name, None if no adapter has that name."""
+    """Canvas selected by a served model name, None if no registered canvas has that name."""
     canvas = model.removeprefix(f"{MODEL_PREFIX}-")
-    return canvas if model != canvas and canvas in CANVASES else None
+    return canvas if model != canvas and canvas in canvas_names() else None
 
 
 def _valid_rules(value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -39,10 +39,10 @@ _JOB_FILE = ".job.json"  # the job a partly written folder belongs to (resume ch
 class BatchConfig:
     """One batch job: which lists, for whom, and how the work is cut."""
 
-    canvas: str = "home"
+    canvas: str = "home"  # a registered canvas (prompt_tuning.canvases)
     k: int = 50
     # Contexts of the canvas: search queries or collection themes; one list per member and
-    # context. () for canvases without one (home; t2t uses each member's last title).
+    # context. () for canvases that need none (home; t2t uses each member's last title).
     contexts: tuple[str, ...] = ()
     rules: dict[str, Any] | None = None  # business rules (serving.rules JSON shape), every request
     exclude_history: bool = True
@@ -53,10 +53,13 @@ class BatchConfig:
         object.__setattr__(self, "contexts", tuple(self.contexts))
         if self.k < 1 or self.shard_size < 1:
             raise ValueError(f"k and shard_size must be >= 1, got k={self.k}, shard_size={self.shard_size}")
-        if self.canvas in ("search", "collection") and not self.contexts:
+        from prompt_tuning.canvases import get_canvas
+
+        spec = get_canvas(self.canvas)
+        if spec.requires_context and not self.contexts:
             raise ValueError(f"the {self.canvas} canvas needs contexts (--context): one list is made "
-                             f"per member and {'query' if self.canvas == 'search' else 'theme'}")
-        if self.canvas in ("home", "t2t") and self.contexts:
+                             f"per member and {spec.context_field}")
+        if not spec.requires_context and self.contexts:
             raise ValueError(f"the {self.canvas} canvas takes no contexts, got {list(self.contexts)}")
 
 
@@ -64,7 +67,7 @@ def member_histories(data, ids, seq_config, max_users: int | None = None
                      ) -> tuple[list[str], list[list[str]]]:
     """Every member's events as title ids, oldest first (the whole history; prompts keep the tail)."""
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from sidrec.sequences import build_sequences
+    from core.sequences import build_sequences
 
     seqs = build_sequences(data, seq_config)
     sid_rows = catalog_to_sid_rows(data, ids)
@@ -84,8 +87,9 @@ def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: boo
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from prompt_tuning.canvases import get_canvas
     from serving.recommender import RecommendationRequest
-    from sidrec.artifacts import manifest_hash, write_json
+    from core.artifacts import manifest_hash, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,7 @@ def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: boo
     else:
         write_json(job_path, job)
     contexts: Sequence[str | None] = config.contexts or (None,)
-    field_name = {"search": "query", "collection": "theme"}.get(config.canvas)
+    field_name = get_canvas(config.canvas).context_field if config.contexts else None
     pairs = [(u, h, c) for c in contexts for u, h in zip(users, hists)]
     shards = [pairs[i:i + config.shard_size] for i in range(0, len(pairs), config.shard_size)]
     schema = pa.schema([("user_id", pa.string()), ("context", pa.string()), ("rank", pa.int16()),

@@ -99,7 +99,7 @@ def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: 
     import pyarrow.parquet as pq
 
     from serving.batch import member_histories
-    from sidrec.artifacts import atomic_dir, manifest_hash, write_json
+    from core.artifacts import atomic_dir, manifest_hash, write_json
 
     t0 = time.perf_counter()
     emb = ModelEmbeddings(model_dir, device, batch_size)

@@ -11,7 +11,7 @@
 The folder is a foundation model folder, or one exported with its per-canvas soft prompts
 (``prompt_tuning.export``): a canvas with a soft prompt starts its prompts with its virtual tokens.
 Prompts are ``PromptEncoder.encode`` (bos, member token, canvas token, the history's code tokens oldest
-first, then the canvas's context after ``<sep>``), built in one place, ``serving.contexts``, which
+first, then the canvas's context after ``<sep>``), built in one place, ``serving.prompts``, which
 also says which contexts are required. Both backends get the same prompts and the same per-request
 ``Restriction`` of the one ``PrefixTrie``, and rank by the same score, so they return the same titles
 (the vLLM parity tests check it).
@@ -47,10 +47,11 @@ import numpy as np
 
 from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
-from gen_fm.tokenizer import CANVASES, DEFAULT_CANVAS
+from gen_fm.tokenizer import DEFAULT_CANVAS
+from prompt_tuning.canvases import get_canvas
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
-from serving.contexts import CanvasPrompts, RequestError
+from serving.prompts import CanvasPrompts, RequestError
 from serving.lifecycle import EngineUnavailable
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
 
@@ -75,7 +76,7 @@ class RecommendationRequest:
     user_id: str | None = None
     exclude_history: bool = True
     rules: Rules | Mapping[str, Any] | None = None  # serving.rules JSON shape
-    query: str | None = None  # search canvas: the query text (serving.contexts)
+    query: str | None = None  # search canvas: the query text (serving.prompts)
     source: str | None = None  # t2t canvas: the title id the row is about
     theme: str | None = None  # collection canvas: the theme, a category name
 
@@ -235,7 +236,7 @@ class Recommender:
         ``user_id`` selects the member token (ignored by models trained without member tokens);
         ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
         (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
-        (``serving.contexts``: which are required, and the t2t fallback).
+        (``serving.prompts``: which are required, and the t2t fallback).
         """
         return self.recommend_batch([RecommendationRequest(history, canvas, k, exclude, allow, user_id,
                                                            exclude_history, rules, query, source,
@@ -263,8 +264,7 @@ class Recommender:
         max_k = self.config.max_k
         if not isinstance(r.k, (int, np.integer)) or isinstance(r.k, bool) or not 1 <= r.k <= max_k:
             raise ValueError(f"k must be an integer in 1..{max_k} (ServingConfig.max_k), got {r.k!r}")
-        if r.canvas not in CANVASES:
-            raise ValueError(f"unknown canvas {r.canvas!r}; choose one of {CANVASES}")
+        get_canvas(r.canvas)  # a ValueError naming the registered canvases
         history = title_rows(self.ids, r.history, "history")
         exclude = title_rows(self.ids, r.exclude, "exclude")
         allow = title_rows(self.ids, r.allow, "allow") if r.allow is not None else None

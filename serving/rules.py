@@ -13,7 +13,7 @@ beam never enters a forbidden branch and the scores stay renormalised over what 
      "diversity": {"max_per_group": 2, "group_by": "sid_prefix", "prefix_length": 1}}
 
 Decisions a caller should know:
-- Attributes come from the catalog of the data the IDs were built from (``sidrec.data``: ``categories``,
+- Attributes come from the catalog of the data the IDs were built from (``core.data``: ``categories``,
   ``year``), loaded when the server starts (:func:`load_attributes`); the ID artifact stores none.
   An unknown attribute name, an attribute no title has a value for, or a value no title has is an error
   (a typo such as "Horor" must not silently let every horror film through). String values match
@@ -238,8 +238,8 @@ class AttributeTable:
 
 
 def load_attributes(ids: SemanticIDs, data_dir: str | None, dataset: str | None = None) -> AttributeTable:
-    """Attributes of ``ids``'s titles from the data directory the IDs were built from (``sidrec.data``)."""
-    from sidrec.data import DataConfig, load_data
+    """Attributes of ``ids``'s titles from the data directory the IDs were built from (``core.data``)."""
+    from core.data import DataConfig, load_data
 
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
     cat = data.catalog

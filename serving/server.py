@@ -4,7 +4,8 @@
           data_dir="data", dataset="ml-latest-small")
 
 Endpoints (``serving.api`` holds the bodies):
-- ``GET /v1/models``: one model per canvas adapter (``sidrec-home``, ``sidrec-search``, ...), each
+- ``GET /v1/models``: one model per registered canvas (``prompt_tuning.canvases``, read per request:
+  ``sidrec-home``, ``sidrec-search``, ...), each
   card saying whether a trained soft prompt serves it (``soft_prompt``, ``num_virtual_tokens``; else
   the canvas token alone) and which context field it reads (``context``: query, source or theme).
 - ``POST /v1/completions``: OpenAI shape; ``model`` = canvas id, ``prompt`` = a history, ``n`` = titles;
@@ -59,11 +60,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from gen_fm.tokenizer import CANVASES
+from prompt_tuning.canvases import canvas_names, get_canvas
 from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse, Item,
                          ModelCard, ModelList, RecommendationsRequest, RecommendationsResponse, ResultInfo,
                          Usage, canvas_of, model_id, parse_history)
-from serving.contexts import CANVAS_FIELD
 from serving.guard import Guard, ServerSettings, error_response
 from serving.lifecycle import (EngineState, EngineUnavailable, Stopped, install_sigterm_handler,
                                reap_children, watch_engine)
@@ -98,9 +98,9 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
     soft = canvas in rec.prompts.virtual
-    field = CANVAS_FIELD.get(canvas)
     return ModelCard(id=model_id(canvas), created=created, canvas=canvas, soft_prompt=soft,
-                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas), context=field,
+                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas),
+                     context=get_canvas(canvas).context_field,
                      context_required=rec.prompts.context_required(canvas))
 
 
@@ -206,13 +206,13 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         canvas = canvas_of(model)
         if canvas is None:
             raise HTTPException(404, f"the model {model!r} does not exist; served models: "
-                                     f"{[model_id(c) for c in CANVASES]}")
+                                     f"{[model_id(c) for c in canvas_names()]}")
         return canvas
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         rec, _ = current()
-        return ModelList(data=[_card(rec, c, created) for c in CANVASES])
+        return ModelList(data=[_card(rec, c, created) for c in canvas_names()])  # registered now
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest) -> CompletionResponse:
@@ -251,8 +251,8 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
     @app.post("/v1/recommendations", response_model=RecommendationsResponse)
     async def recommendations(body: RecommendationsRequest) -> RecommendationsResponse:
         canvas = body.canvas
-        if canvas not in CANVASES:
-            raise HTTPException(404, f"unknown canvas {canvas!r}; canvases: {list(CANVASES)}")
+        if canvas not in canvas_names():
+            raise HTTPException(404, f"unknown canvas {canvas!r}; canvases: {list(canvas_names())}")
         [res] = await decode([RecommendationRequest(body.history, canvas, body.k, user_id=body.user_id,
                                                     rules=body.rules, exclude_history=body.exclude_history,
                                                     query=body.query, source=body.source, theme=body.theme)])
@@ -271,7 +271,7 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         rec, worker = holder["rec"], holder["worker"]
         ok = worker.alive
         return JSONResponse({"status": "ok" if ok else "engine stopped", "backend": rec.config.backend,
-                             "titles": rec.ids.num_items, "models": [model_id(c) for c in CANVASES],
+                             "titles": rec.ids.num_items, "models": [model_id(c) for c in canvas_names()],
                              "soft_prompts": sorted(rec.prompts.virtual),
                              "attributes": list(rec.attributes.names) if rec.attributes else [],
                              "max_k": rec.config.max_k, "queue_depth": worker.queue_depth},

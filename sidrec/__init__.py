@@ -1,11 +1,19 @@
-"""sidrec: generative retrieval over semantic IDs.
+"""sidrec: generative retrieval over semantic IDs. This package is the top floor: what a person runs.
 
-The pipeline, one package per stage: ``semantic_ids`` -> ``gen_fm`` -> ``prompt_tuning`` ->
-``serving``, judged by ``eval``. This package holds what every stage shares (the ground floor: data
-loading ``sidrec.data``, member sequences ``sidrec.sequences``, artifacts ``sidrec.artifacts``, rank
-metrics ``sidrec.metrics``, config overrides ``sidrec.overrides``; none imports a stage) and what a
-person runs (the top floor: ``sidrec.cli``, the quickstart ``sidrec.pipeline``, ``sidrec.refresh``).
-``tests/test_layers.py`` keeps the floors apart.
+The house, read from the folder names:
+
+    sidrec/         top     the command line (one parser), the quickstart, refresh, benchmark commands
+    eval/           stage 5 offline metrics, baselines, benchmark bodies, the report
+    serving/        stage 4 constrained decoding on vLLM or transformers, the HTTP server, batch lists
+    prompt_tuning/  stage 3 soft prompts per canvas (PEFT)
+    gen_fm/         stage 2 the foundation model over semantic-ID sequences
+    semantic_ids/   stage 1 title embeddings -> quantizer -> unique code tuples
+    core/           ground  data, sequences, artifacts, metrics, config overrides, logs
+
+Each floor imports only the floors below it (a stage only the stages to its left); vLLM is imported
+only inside ``serving/``. ``tests/test_layers.py`` reads the imports and keeps this true.
 """
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

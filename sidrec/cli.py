@@ -1,4 +1,9 @@
-"""The `sidrec` command line. Each subcommand is a thin wrapper over one stage's Python API."""
+"""The `sidrec` command line: one parser for every command a person runs.
+
+The stage commands (``sidrec.stage_commands``) are thin wrappers over each stage's Python API; the
+measuring commands (``sidrec bench ...``, ``sidrec baseline``, ``sidrec report``;
+``sidrec.bench_commands``) over public functions of ``eval``. Shared flags: ``sidrec.arguments``.
+"""
 
 from __future__ import annotations
 
@@ -6,433 +11,42 @@ import argparse
 import os
 import sys
 
-from rich.console import Console
-from rich.table import Table
-
-from sidrec.overrides import config_from_args, parse_overrides
-
-console = Console()
-
-
-# --------------------------------------------------------------------------- config plumbing
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
-    p.add_argument("--dataset", help="sub-folder of --data holding one dataset, e.g. amazon-beauty")
-    p.add_argument("--max-users", type=int, help="read only the first N members (quick runs)")
-
-
-def _data_config(args, model_dir: str | None = None):
-    """--data/--dataset/--max-users; with ``model_dir``, the dataset defaults to the model's own."""
-    from sidrec.data import DataConfig
-
-    dataset = args.dataset
-    if dataset is None and model_dir is not None:
-        from sidrec.artifacts import read_manifest
-
-        dataset = (read_manifest(model_dir).get("data") or {}).get("dataset")
-    return DataConfig(data_dir=args.data, dataset=dataset, max_users=args.max_users)
-
-
-# --------------------------------------------------------------------------- ids
-
-
-def cmd_ids_build(args) -> None:
-    from semantic_ids.builder import build_ids
-    from semantic_ids.config import SemanticIDConfig
-    from sidrec.data import load_data
-    from sidrec.pipeline import show_stats
-
-    config = config_from_args(SemanticIDConfig, args.preset, args.set, quantizer=args.quantizer)
-    data = load_data(_data_config(args))
-    for line in data.report.lines():
-        console.print(f"[dim]{line}[/dim]")
-    ids = build_ids(data, config, args.out)
-    console.print(f"wrote {args.out}")
-    show_stats(ids)
-
-
-def cmd_ids_assign(args) -> None:
-    from semantic_ids.builder import assign_new
-    from sidrec.data import load_data
-
-    data = load_data(_data_config(args))
-    ids, new = assign_new(args.ids, data, args.out)
-    console.print(f"{len(new)} new title(s) got IDs; map version {ids.version} at {args.out or args.ids}")
-    for iid in new[:10]:
-        console.print(f"  {iid}  {ids.layout.sid_string(ids.sid(iid))}  {ids.title(iid)}")
-
-
-def cmd_ids_inspect(args) -> None:
-    from semantic_ids.ids import SemanticIDs
-    from sidrec.pipeline import show_stats
-
-    ids = SemanticIDs.load(args.dir)
-    show_stats(ids)
-    depth = args.depth if args.depth is not None else max(ids.sid_length - 2, 1)
-    groups = [g for g in ids.prefix_groups(depth).items() if len(g[1]) >= 3]
-    groups.sort(key=lambda kv: kv[0])
-    step = max(len(groups) // max(args.groups, 1), 1)
-    console.print(f"\nTitles sharing their first {depth} code(s) (every {step}th group of "
-                  f"{len(groups)} with 3+ titles):")
-    for prefix, members in groups[::step][: args.groups]:
-        console.print(f"[bold]{'-'.join(map(str, prefix))}[/bold] ({len(members)} titles)")
-        for iid in members[:5]:
-            console.print(f"    {ids.layout.sid_string(ids.sid(iid))}  {ids.title(iid)}")
-
-
-# --------------------------------------------------------------------------- gen_fm / eval
-
-
-def _threads(args) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def cmd_pretrain(args) -> None:
-    from gen_fm.config import PretrainConfig
-    from gen_fm.train import pretrain
-    from sidrec.sequences import SequenceConfig
-
-    _threads(args)
-    overrides = parse_overrides(args.config, args.set)
-    try:
-        config = PretrainConfig.from_preset(args.preset, **overrides)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: invalid PretrainConfig: {e}") from e
-    seq = SequenceConfig(max_history=args.max_history)
-    data, extra = _data_config(args), None
-    if config.canvas_mix:  # the canvas stage builds the mixture's rows (gen_fm does not know it)
-        from prompt_tuning.canvases import pretraining_mixture
-        from sidrec.data import load_data
-
-        data = load_data(data)
-        extra = pretraining_mixture(data, seq, args.ids, config)
-    model_dir = pretrain(data, seq, args.ids, args.out, config, resume=args.resume,
-                         init_from=args.init_from, extra_rows=extra)
-    console.print(f"model folder: {model_dir}")
-
-
-def cmd_eval(args) -> None:
-    from eval.config import EvalConfig
-    from eval.generative import evaluate_model
-
-    _threads(args)
-    try:
-        report = evaluate_model(args.model, _data_config(args),
-                                EvalConfig(split=args.split, ks=tuple(args.ks),
-                                           batch_size=args.batch_size, device=args.device),
-                                out=args.out, num_beams=args.beams, max_users=args.eval_users)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
-    keys = [f"{m}@{k}" for k in args.ks for m in ("recall", "ndcg")]
-    console.print(f"{report['dataset']} {args.split} ({report['num_users']} members, beam "
-                  f"{report['num_beams']}): " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
-    console.print(f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
-                  f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
-
-
-def cmd_serve(args) -> None:
-    from serving.server import serve
-
-    extra = parse_overrides(None, args.set)
-    if args.enforce_eager:
-        extra["enforce_eager"] = True
-    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, backend=args.backend,
-          data_dir=args.data, dataset=args.dataset, drain_seconds=args.drain_seconds, **extra)
-
-
-def cmd_batch(args) -> None:
-    import json
-
-    from serving.batch import BatchConfig, run_batch
-    from serving.recommender import Recommender
-    from sidrec.data import load_data
-
-    _threads(args)
-    rules = json.loads(args.rules) if args.rules else None
-    config = BatchConfig(canvas=args.canvas, k=args.k, contexts=tuple(args.context or ()), rules=rules,
-                         shard_size=args.shard_size, max_users=args.max_users,
-                         exclude_history=not args.keep_history)
-    rec = Recommender.from_pretrained(args.model, backend=args.backend, num_beams=max(args.k, 10),
-                                      max_k=max(args.k, 10), max_batch=args.shard_size,
-                                      data_dir=args.data if rules else None, dataset=args.dataset)
-    try:  # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
-        import dataclasses
-
-        data = load_data(dataclasses.replace(_data_config(args, args.model), max_users=None))
-        if data.fingerprint != rec.manifest["data"]["fingerprint"]:
-            console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
-                          f"has no ID for are an error[/yellow]")
-        m = run_batch(rec, data, config, args.out)
-    finally:
-        rec.close()
-    console.print(f"{m['lists']:,} lists ({m['rows']:,} rows) in {args.out}: {m['seconds']} s"
-                  + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else ""))
-
-
-def cmd_embed(args) -> None:
-    from serving.embeddings import export_embeddings
-    from sidrec.data import load_data
-
-    _threads(args)
-    data = load_data(_data_config(args, args.model))
-    m = export_embeddings(args.model, data, args.out, device=args.device, batch_size=args.batch_size,
-                          max_users=args.max_users)
-    console.print(f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
-                  f"{args.out}: {m['seconds']} s")
-
-
-def cmd_quickstart(args) -> None:
-    from sidrec.pipeline import QuickstartConfig, quickstart
-
-    _threads(args)
-    config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset,
-                              out=args.out)
-    quickstart(config, data_dir=args.data)
-
-
-def cmd_refresh(args) -> None:
-    from sidrec.refresh import RefreshConfig, parse_since, refresh, simulate
-
-    _threads(args)
-    if bool(args.model) == args.simulate:
-        raise SystemExit("error: give either --model DIR (refresh a trained model with newer data) "
-                         "or --simulate (hold out the newest titles, build the old world's model, "
-                         "then refresh it)")
-    config = config_from_args(RefreshConfig, args.preset, args.set)
-    if args.since is not None:
-        import dataclasses
-
-        config = dataclasses.replace(config, **parse_since(args.since))
-    if args.simulate:
-        simulate(_data_config(args), args.out, config, results=args.results)
-    else:
-        refresh(args.model, _data_config(args), args.out, config, results=args.results)
-
-
-def cmd_prompts_train(args) -> None:
-    from prompt_tuning.train import train_canvas
-
-    from prompt_tuning.config import PromptTuningStageConfig
-
-    _threads(args)
-    config = config_from_args(PromptTuningStageConfig, args.preset, args.set, canvas=args.canvas)
-    train_canvas(args.model, _data_config(args), args.out, config, evaluate=not args.no_eval)
-
-
-def cmd_prompts_export(args) -> None:
-    from prompt_tuning.export import export_adapters
-
-    out = export_adapters(args.model, args.adapters, args.out)
-    console.print(f"servable folder with {len(args.adapters)} soft prompt(s): {out}")
-
-
-def cmd_prompts_list(args) -> None:
-    from prompt_tuning.train import find_adapters
-
-    rows = find_adapters(args.dir)
-    if not rows:
-        console.print(f"no adapters under {args.dir}")
-        return
-    table = Table("canvas", "path", "base model", "tokens", "trained params", "held-out R@10 adapter",
-                  "base")
-    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-    for r in rows:
-        table.add_row(r["canvas"], r["path"], r["base_model"], str(r["virtual_tokens"]),
-                      f"{r['trainable_parameters']:,}", fmt(r["adapter_recall@10"]),
-                      fmt(r["base_recall@10"]))
-    console.print(table)
-
-
-# --------------------------------------------------------------------------- parser
+from sidrec.arguments import console
+from sidrec.bench_commands import add_bench_commands
+from sidrec.stage_commands import add_stage_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sidrec", description=__doc__,
+        prog="sidrec", description=__doc__.splitlines()[0],
         epilog="Every command also takes --verbose (library messages on the screen) and --log-file "
                "PATH (where they go otherwise: $SIDREC_LOG_FILE, else sidrec.log in the cache folder).")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    ids = sub.add_parser("ids", help="semantic IDs: build, assign new titles, inspect")
-    ids_sub = ids.add_subparsers(dest="ids_command", required=True)
-    p = ids_sub.add_parser("build", help="embed titles, train the quantizer, write an ID artifact")
-    _add_data_args(p)
-    p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
-    p.add_argument("--quantizer", choices=["rqvae", "rqkmeans"])
-    p.add_argument("--preset", help="JSON file of SemanticIDConfig overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
-    p.set_defaults(func=cmd_ids_build)
-
-    p = ids_sub.add_parser("assign", help="give titles new to the catalog IDs without retraining")
-    _add_data_args(p)
-    p.add_argument("--ids", required=True, help="existing ID artifact")
-    p.add_argument("--out", help="write the new version here instead of in place")
-    p.set_defaults(func=cmd_ids_assign)
-
-    p = ids_sub.add_parser("inspect", help="stats and titles that share code prefixes")
-    p.add_argument("dir")
-    p.add_argument("--depth", type=int, help="prefix length to group by (default: semantic levels - 1)")
-    p.add_argument("--groups", type=int, default=6, help="how many groups to show")
-    p.set_defaults(func=cmd_ids_inspect)
-
-    p = sub.add_parser("pretrain", help="pretrain the foundation model on semantic-ID sequences")
-    _add_data_args(p)
-    p.add_argument("--ids", required=True, help="ID artifact (sidrec ids build)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints/ and the final model/")
-    p.add_argument("--preset", default="small", help="preset: tiny, small (sizes), base or large (GPU recipes)")
-    p.add_argument("--config", help="JSON file of PretrainConfig overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
-    p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--init-from", metavar="MODEL_DIR",
-                   help="start from this model folder's weights (same layout and sizes): a warm "
-                        "restart with a new schedule, or fine-tuning on new data")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("eval", help="leave-one-out Recall/NDCG of a model folder, full catalog")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="model folder (run/model)")
-    p.add_argument("--split", default="test", choices=["test", "valid"])
-    p.add_argument("--out", help="JSON report to write")
-    p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
-    p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
-    p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and /v1/recommendations)")
-    p.add_argument("--model", required=True, help="model folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SIDREC_API_KEY)")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--data", help="data directory: catalog attributes for attribute rules")
-    p.add_argument("--dataset", help="sub-folder of --data (default: the model's dataset)")
-    p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
-    p.add_argument("--drain-seconds", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="ServingConfig field, e.g. num_beams=20, max_k=50")
-    p.set_defaults(func=cmd_serve)
-
-    # Parsed by eval.baselines itself (see main); listed here so `sidrec -h` shows it.
-    sub.add_parser("baseline", help="popular / SASRec baselines on the same split "
-                                    "(sidrec baseline -h for its options)", add_help=False)
-
-    prompts = sub.add_parser("prompts", help="soft prompts per canvas: train, export, list")
-    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
-    p = prompts_sub.add_parser("train", help="train one canvas's soft prompt on the frozen model")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="foundation model folder")
-    p.add_argument("--canvas", required=True, help="home, search, t2t or collection")
-    p.add_argument("--out", required=True, help="adapter folder to write (replaced atomically)")
-    p.add_argument("--preset", help="JSON file of PromptTuningStageConfig overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out comparison with the base")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.set_defaults(func=cmd_prompts_train)
-    p = prompts_sub.add_parser("export", help="one servable folder: soft prompts as virtual tokens")
-    p.add_argument("--model", required=True, help="the base model folder the adapters were trained on")
-    p.add_argument("--adapters", required=True, nargs="+", help="adapter folders (one per canvas)")
-    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    p.set_defaults(func=cmd_prompts_export)
-    p = prompts_sub.add_parser("list", help="adapters under a folder, with their held-out figures")
-    p.add_argument("dir")
-    p.set_defaults(func=cmd_prompts_list)
-
-    sub.add_parser("report", help="results files -> a markdown page with PNG plots "
-                                  "(sidrec report -h for its options)", add_help=False)
-
-    p = sub.add_parser("quickstart", help="the main job: every stage on a real dataset, end to end")
-    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
-    p.add_argument("--dataset", help="sub-folder of --data (default: ml-latest-small)")
-    p.add_argument("--out", help="run folder (default: runs/quickstart)")
-    p.add_argument("--preset", help="JSON file of QuickstartConfig overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is fastest on a busy 2-core machine)")
-    p.set_defaults(func=cmd_quickstart)
-
-    p = sub.add_parser("refresh", help="new titles: IDs without retraining the quantizer, a short "
-                                       "fine-tune from the model's weights, recall before/after")
-    _add_data_args(p)
-    p.add_argument("--model", help="model folder to refresh (its data plus newer titles in --data)")
-    p.add_argument("--simulate", action="store_true",
-                   help="instead of --model: hold out the newest titles (new_title_share) and the "
-                        "interactions after them, build IDs and a model on the rest, then refresh")
-    p.add_argument("--out", required=True, help="folder for ids/, finetune-*/model and report.json")
-    p.add_argument("--results", help="also write the report to this JSON file (benchmarks)")
-    p.add_argument("--since", help="events after this are fresh: unix seconds, an ISO date (UTC) or "
-                                   "'all' (every event); default: the newest event the model was built "
-                                   "from, read from its manifest")
-    p.add_argument("--preset", help="JSON file of RefreshConfig overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one RefreshConfig field")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.set_defaults(func=cmd_refresh)
-    p = sub.add_parser("embed", help="member and title embeddings to Parquet, with a faiss title index")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="model folder")
-    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=cmd_embed)
-
-    p = sub.add_parser("batch", help="precompute top-K lists for every member to Parquet (resumable)")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="model folder (a pretrain model/ or an exported folder)")
-    p.add_argument("--out", required=True, help="folder of Parquet shards and a manifest")
-    p.add_argument("--canvas", default="home", help="home, search, t2t or collection")
-    p.add_argument("--context", action="append", metavar="TEXT",
-                   help="a search query or collection theme (repeatable): one list per member and context")
-    p.add_argument("--k", type=int, default=50)
-    p.add_argument("--rules", help="business rules as JSON, applied to every list (serving.rules)")
-    p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--shard-size", type=int, default=512, help="lists per Parquet shard and decoding call")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=cmd_batch)
-
+    add_stage_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sidrec.artifacts import ArtifactError
-    from sidrec.data import DataError
+    from core.artifacts import ArtifactError
+    from core.data import DataError
+    from core.logs import route_library_logs, split_logging_flags
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    from sidrec.logs import route_library_logs, split_logging_flags
-
     argv, verbose, log_file = split_logging_flags(argv)
     if argv[:1] not in (["-h"], ["--help"], []) and "-h" not in argv and "--help" not in argv:
         path = route_library_logs(log_file, verbose)
         if path is not None and argv[:1] in (["quickstart"], ["refresh"], ["serve"], ["pretrain"]):
             console.print(f"[dim]library messages go to {path} (--verbose shows them here)[/dim]")
-    if argv[:1] == ["baseline"]:
-        from eval.baselines.__main__ import main as baseline_main
-
-        return baseline_main(argv[1:])
-    if argv[:1] == ["report"]:
-        from eval.report import main as report_main
-
-        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, for the results files that record it
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (DataError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
         if os.environ.get("SIDREC_DEBUG"):
             raise
         console.print(f"[red]error:[/red] {e}")
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,24 +33,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from eval.refresh import GROUPS, VARIANTS, judge
-from semantic_ids.config import QUANTIZERS
-from sidrec.artifacts import jsonable, manifest_hash, read_manifest, write_json
-from sidrec.data import DataConfig, DataReport, RecData, load_data
+from eval.new_titles import GROUPS, VARIANTS, judge
+from gen_fm.config import PretrainConfig
+from prompt_tuning.config import PromptTuningStageConfig
+from semantic_ids.config import SemanticIDConfig
+from sidrec.quickstart import prompts_default
+from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
+from core.data import DataConfig, RecData, load_data
+from core.timeline import old_world
 
 console = Console()
+
+
+def _old_world_pretrain() -> PretrainConfig:
+    """The quickstart's recipe for 8 epochs, validated on 300 members (simulation only)."""
+    return PretrainConfig.from_preset("small", epochs=8, lr=2e-3, batch_size=64, val_users=300,
+                                      eval_every=1, patience=0)
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,8 @@ class RefreshConfig:
     # refresh ends with a servable folder; () = none (the refreshed model folder alone). A list or a
     # comma-separated string, e.g. "home,search,t2t,collection".
     canvases: tuple[str, ...] = ()
-    # PromptTuningStageConfig overrides for those prompts (the quickstart's defaults otherwise).
-    prompt_config: dict | None = None
+    # The prompt-tuning config of those prompts (the quickstart's; ``--set prompts.epochs=5``).
+    prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
 
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
     k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5)
@@ -90,15 +98,15 @@ class RefreshConfig:
     # ---- simulation only (--simulate): the old world and its model -------------------------------
     # Share of the titles that have interactions held out as "new": the newest by first interaction.
     new_title_share: float = 0.05
-    quantizer: str = "rqkmeans"
-    id_config: dict | None = None  # SemanticIDConfig overrides (tiny configs for tests)
-    model_preset: str = "small"
-    pretrain_epochs: int = 8  # old-world pretraining epochs (early stopping may end sooner)
-    pretrain_lr: float = 2e-3
-    pretrain_batch_size: int = 64
+    # The old world's IDs and pretraining (the quickstart's recipe, 8 epochs, validation on
+    # ``val_users`` members); ``--set ids.quantizer=rqvae``, ``--set pretrain.epochs=12``.
+    ids: SemanticIDConfig = field(default_factory=SemanticIDConfig)
+    pretrain: PretrainConfig = field(default_factory=_old_world_pretrain)
 
     def __post_init__(self) -> None:
-        from gen_fm.tokenizer import CANVASES
+        from prompt_tuning.canvases import canvas_names
+
+        CANVASES = canvas_names()  # the registry: built-in canvases and any registered since
 
         raw = self.canvases.split(",") if isinstance(self.canvases, str) else self.canvases
         object.__setattr__(self, "canvases", tuple(c.strip() for c in raw if c.strip()))
@@ -108,21 +116,18 @@ class RefreshConfig:
         if not 0.0 < self.new_title_share < 1.0:
             raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
         positive = {"epochs": self.epochs, "val_users": self.val_users, "k": self.k,
-                    "eval_batch_size": self.eval_batch_size, "pretrain_epochs": self.pretrain_epochs,
-                    "pretrain_batch_size": self.pretrain_batch_size,
+                    "eval_batch_size": self.eval_batch_size,
                     "batch_size": self.batch_size or 1, "eval_users": self.eval_users or 1}
         bad = [name for name, v in positive.items() if int(v) < 1]
         if bad:
             raise ValueError(f"these must be >= 1: {bad}")
-        if self.lr <= 0 or self.pretrain_lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError("lr and pretrain_lr must be > 0, warmup_ratio in [0, 1)")
+        if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError("lr must be > 0, warmup_ratio in [0, 1)")
         if self.num_beams is not None and self.num_beams < self.k:
             raise ValueError(f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K "
                              f"cannot return K titles")
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {self.replay}")
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
 
     @property
     def beams(self) -> int:
@@ -131,66 +136,6 @@ class RefreshConfig:
     @property
     def ks(self) -> tuple[int, ...]:
         return tuple(sorted({min(5, self.k), self.k}))
-
-
-# --------------------------------------------------------------------------- the old world
-
-
-@dataclass
-class OldWorld:
-    """The data as it stood just before the cutoff, and what was held out of it."""
-
-    data: RecData  # catalog without the new titles, interactions strictly before the cutoff
-    cutoff: int  # first interaction time (unix seconds) of the newest titles
-    new_titles: list[str]  # every title first engaged at or after the cutoff
-    held_out_interactions: int  # interactions at or after the cutoff (any title)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"cutoff": self.cutoff,
-                "cutoff_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff)),
-                "new_titles": len(self.new_titles), "held_out_interactions": self.held_out_interactions,
-                "old_world_interactions": len(self.data.interactions),
-                "old_world_titles": len(self.data.catalog),
-                "old_world_fingerprint": self.data.fingerprint}
-
-
-def old_world(data: RecData, new_title_share: float) -> OldWorld:
-    """Hold out the newest `new_title_share` of the titles that have interactions, by first interaction.
-
-    The cutoff is the first interaction time of the newest ceil(share * titles) titles; every title
-    first engaged at or after it is new (ties at the cutoff included: an interaction at the cutoff is
-    held out, so such a title has no old-world history either). Titles nobody engaged with stay in
-    the old catalog. Clockless data is refused: positions within each member's sequence are not a
-    global time order, and item ids are not release dates, so "newest" has no honest meaning there.
-    """
-    if not 0.0 < new_title_share < 1.0:
-        raise ValueError(f"new_title_share must be in (0, 1), got {new_title_share}")
-    if not data.has_time:
-        raise ValueError(f"{data.name} has no clock (its timestamps are positions in each member's "
-                         f"sequence), so neither 'the newest titles' nor 'interactions after a point "
-                         f"in time' is defined: the refresh simulation needs timestamped data "
-                         f"(e.g. ml-latest-small). A model can still be refreshed with real newer "
-                         f"data: sidrec refresh --model DIR")
-    table = data.interactions.with_format("arrow")[:]  # pyarrow.Table, rows in dataset order
-    first = table.group_by("item_id", use_threads=False).aggregate([("timestamp", "min")])
-    times = np.asarray(first["timestamp_min"].to_numpy(), dtype=np.int64)  # (titles engaged,)
-    n_new = math.ceil(new_title_share * len(times))
-    if n_new >= len(times):
-        raise ValueError(f"new_title_share {new_title_share} would hold out all {len(times)} titles")
-    cutoff = int(np.sort(times)[len(times) - n_new])
-    new = set(np.asarray(first["item_id"].to_pylist(), dtype=object)[times >= cutoff].tolist())
-    keep_int = np.flatnonzero(pc.less(table["timestamp"], cutoff).to_numpy(zero_copy_only=False))
-    keep_cat = [i for i, iid in enumerate(data.catalog["item_id"]) if iid not in new]
-    report = DataReport(rows_read=dict(data.report.rows_read), dropped=data.report.dropped.copy())
-    report.drop("old world: interactions at or after the cutoff", len(table) - len(keep_int))
-    report.drop("old world: titles first engaged at or after the cutoff", len(new))
-    hashes = {**data.source_hashes,
-              "_old_world": json.dumps({"cutoff": cutoff, "new_title_share": new_title_share})}
-    view = dataclasses.replace(data, catalog=data.catalog.select(keep_cat),
-                               interactions=data.interactions.select(keep_int), report=report,
-                               source_hashes=hashes)
-    order = [iid for iid in data.catalog["item_id"] if iid in new]  # catalog order: deterministic
-    return OldWorld(view, cutoff, order, len(table) - len(keep_int))
 
 
 # --------------------------------------------------------------------------- refresh
@@ -266,11 +211,10 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
     t_eval = time.perf_counter() - t0 - t_ids - t_ft
     served = None
     if config.canvases:
-        from sidrec.pipeline import PROMPT_DEFAULTS, stage_prompts
+        from sidrec.quickstart import stage_prompts
 
         console.rule(f"refresh: soft prompts of {', '.join(config.canvases)} on the refreshed model")
-        served = stage_prompts(refreshed_dir, data, config.canvases,
-                               {**PROMPT_DEFAULTS, **(config.prompt_config or {})}, out / "prompts")
+        served = stage_prompts(refreshed_dir, data, config.canvases, config.prompts, out / "prompts")
     report = _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config,
                      simulation, seconds={"ids": t_ids, "finetune": t_ft, "evaluate": t_eval,
                                           "prompts": time.perf_counter() - t0 - t_ids - t_ft - t_eval})
@@ -340,7 +284,7 @@ def finetune_config(parent_config, config: RefreshConfig):
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
     from gen_fm.train import pretrain
-    from sidrec.pipeline import same_build
+    from sidrec.quickstart import same_build
 
     pcfg = finetune_config(parent.config, config)
     ids_hash, parent_hash = manifest_hash(out / "ids"), manifest_hash(model_dir)
@@ -423,7 +367,7 @@ def show(report: dict) -> None:
 def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig,
              results: str | Path | None = None) -> dict[str, Any]:
     """Old world -> IDs and a model on it (the quickstart's stages) -> refresh with the full data."""
-    from sidrec.pipeline import QuickstartConfig, stage_ids, stage_pretrain
+    from sidrec.quickstart import QuickstartConfig, stage_ids, stage_pretrain
 
     out = Path(out_dir)
     full = load_data(data_config)
@@ -434,10 +378,8 @@ def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig
                   f"{info['held_out_interactions']:,} interactions held out; the old world keeps "
                   f"{info['old_world_titles']:,} titles and {info['old_world_interactions']:,} "
                   f"interactions")
-    qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), quantizer=config.quantizer,
-                          model_preset=config.model_preset, epochs=config.pretrain_epochs,
-                          lr=config.pretrain_lr, batch_size=config.pretrain_batch_size,
-                          val_users=config.val_users, id_config=config.id_config)
+    qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), ids=config.ids,
+                          pretrain=config.pretrain)
     stage_ids(qs, world.data, out / "old" / "ids")
     model_dir = stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
     if config.fresh_since is None:  # fresh = what the old world did not hold

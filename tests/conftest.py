@@ -38,13 +38,13 @@ def _isolated_cache(tmp_path_factory) -> None:
 @pytest.fixture(scope="session")
 def ml_small(data_dir):
     """The first 40 MovieLens members: a small, real slice."""
-    from sidrec.data import load_data
+    from core.data import load_data
 
     return load_data(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40)
 
 
 @pytest.fixture(scope="session")
 def beauty_small(data_dir):
-    from sidrec.data import load_data
+    from core.data import load_data
 
     return load_data(data_dir=str(data_dir), dataset="amazon-beauty", max_users=60)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidrec.metrics import RankingMetrics, ranking_metrics, topk_rows
-from sidrec.sequences import Split
+from core.metrics import RankingMetrics, ranking_metrics, topk_rows
+from core.sequences import Split
 
 
 def popularity_counts(split: Split, num_items: int, judged: str) -> np.ndarray:

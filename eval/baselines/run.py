@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
 from eval.config import EvalConfig
 from eval.machine import machine_info
-from sidrec.metrics import RankingMetrics, ranking_metrics
-from sidrec.artifacts import jsonable, write_json
-from sidrec.data import DataConfig, load_data
-from sidrec.sequences import SequenceConfig, Split, build_sequences, leave_one_out
+from core.metrics import RankingMetrics, ranking_metrics
+from core.artifacts import jsonable, write_json
+from core.data import DataConfig, load_data
+from core.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
 BASELINES = ("popular", "sasrec", "sasrec-ce")
 REPORT_SCHEMA = 1
@@ -51,17 +52,19 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
 def command_line() -> list[str]:
     """sys.argv without the checkout's absolute path, so reports carry no personal paths."""
     argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("eval", "baselines", "__main__.py")):
-        return ["python", "-m", "eval.baselines", *argv[1:]]
     if argv and os.path.isabs(argv[0]):
         argv[0] = os.path.basename(argv[0])
     return argv
 
 
 def run_baseline(kind: str, data_config: DataConfig | None, seq_config: SequenceConfig | None,
-                 out_path: str | os.PathLike, eval_config: EvalConfig | None = None,
-                 **hyper: Any) -> dict[str, Any]:
-    """Train (if needed) and evaluate one baseline; write and return the JSON report."""
+                 out_path: str | os.PathLike, eval_config: EvalConfig | None = None, *,
+                 command: Sequence[str] | None = None, **hyper: Any) -> dict[str, Any]:
+    """Train (if needed) and evaluate one baseline; write and return the JSON report.
+
+    ``command``: the command line the report records (``sidrec baseline`` passes its own); default
+    this process's ``sys.argv``. ``hyper``: SASRec hyperparameters (``SASRecConfig`` fields).
+    """
     if kind not in BASELINES:
         raise ValueError(f"kind must be one of {BASELINES}, got {kind!r}")
     data_config = data_config or DataConfig()
@@ -117,7 +120,7 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         "data_config": data_config,
         "sequence_config": seq_config,
         "eval_config": eval_config,
-        "command": command_line(),
+        "command": list(command) if command is not None else command_line(),
         "machine": machine_info(),
     }
     write_json(out_path, jsonable(report))

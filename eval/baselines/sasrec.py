@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sidrec.metrics import topk_rows
-from sidrec.sequences import Split
+from core.metrics import topk_rows
+from core.sequences import Split
 
 LOSSES = ("bce", "ce")
 WINDOWS = ("all", "last")

@@ -11,9 +11,9 @@ from eval.baselines.popular import popular_ranking, popularity_counts
 from eval.baselines.run import evaluate_sasrec, sasrec_config
 from eval.baselines.sasrec import SASRec, SASRecConfig, make_windows, train_sasrec
 from eval.config import EvalConfig
-from sidrec.artifacts import read_json
-from sidrec.data import DataConfig
-from sidrec.sequences import SequenceConfig, Sequences, Split, build_sequences, leave_one_out
+from core.artifacts import read_json
+from core.data import DataConfig
+from core.sequences import SequenceConfig, Sequences, Split, build_sequences, leave_one_out
 
 # Tiny and fast: one window per member (the slice's members have hundreds of events), a raised lr
 # so that a few epochs of a few steps show learning.

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from eval import report  # noqa: E402
-from eval.anchors import PUBLISHED  # noqa: E402
+from eval.published import PUBLISHED  # noqa: E402
+from sidrec.cli import main  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +113,7 @@ def test_empty_results_dir_is_an_error(tmp_path):
     with pytest.raises(report.ReportError, match="nothing-here"):
         report.build_report(empty, tmp_path / "report")
     assert not (tmp_path / "report").exists()
-    assert report.main(["--results", str(empty), "--out", str(tmp_path / "report")]) == 2
+    assert main(["report", "--results", str(empty), "--out", str(tmp_path / "report")]) == 2
 
 
 def test_bad_files_are_skipped(tmp_path, capsys):
@@ -124,7 +125,7 @@ def test_bad_files_are_skipped(tmp_path, capsys):
                                                             "metrics": {"test": "oops"}}))
     (root / "mystery.json").write_text(json.dumps([1, 2, 3]))
     out = tmp_path / "report"
-    assert report.main(["--results", str(root), "--out", str(out)]) == 0
+    assert main(["report", "--results", str(root), "--out", str(out)]) == 0
     text = (out / "README.md").read_text()
     skipped = text[text.index("### Skipped files"):]
     for name in ("broken.json", "odd.json", "mystery.json"):

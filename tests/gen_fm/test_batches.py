@@ -9,8 +9,8 @@ import torch
 from gen_fm.batches import Augment, EpochTensors, epoch_batches, window_bounds
 from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_rows, window_source
 from gen_fm.tokenizer import PromptEncoder
-from sidrec.data import load_data
-from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.data import load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from tests.gen_fm.test_model import write_id_artifact
 
 

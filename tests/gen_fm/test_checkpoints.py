@@ -6,7 +6,7 @@ import pytest
 
 from gen_fm.checkpoints import STATE_FILE, check_resumable, list_checkpoints
 from gen_fm.config import PretrainConfig
-from sidrec.artifacts import jsonable
+from core.artifacts import jsonable
 
 
 def _meta(**config) -> dict:

@@ -15,8 +15,8 @@ from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positi
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
-from sidrec.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_hash, write_json
-from sidrec.sequences import SequenceConfig
+from core.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_hash, write_json
+from core.sequences import SequenceConfig
 
 
 def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...],

@@ -15,9 +15,9 @@ from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_r
 from gen_fm.model import load_model
 from gen_fm.tokenizer import PromptEncoder
 from gen_fm.train import pretrain
-from sidrec.artifacts import manifest_hash
-from sidrec.data import DataConfig, load_data
-from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.artifacts import manifest_hash
+from core.data import DataConfig, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from tests.gen_fm.test_model import write_id_artifact
 
 SIZES = (16, 16, 16, 4)  # room for ml-latest-small's 9,742 titles, a small vocabulary

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 MEMBERS = {"2", "7", "18", "21", "49", "62", "103", "125", "132", "166"}
-ID_CONFIG = dict(text_weight=1.0, metadata_weight=0.5, codebook_size=16, dedup_size=64, epochs=6,
-                 kmeans_iters=5, hidden_dims=(64,), latent_dim=16)
+ID_CONFIG = dict(text_weight=1.0, metadata_weight=0.5, codebook_size=16, dedup_size=64,
+                 quantizer_options={"kmeans_iters": 5})
 
 
 def _write_slice(src: Path, dst: Path) -> Path:
@@ -50,8 +50,8 @@ def slice_world(tag_slice, tmp_path_factory):
     from semantic_ids.builder import build_ids
     from semantic_ids.config import SemanticIDConfig
     from semantic_ids.ids import SemanticIDs
-    from sidrec.data import DataConfig, load_data
-    from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+    from core.data import DataConfig, load_data
+    from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
     root = tmp_path_factory.mktemp("slice-world")
     before = torch.get_num_threads()

@@ -16,8 +16,8 @@ from prompt_tuning.adapter import (adapter_loss, load_adapter, read_adapter, sav
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import export_adapters, virtual_token, virtual_token_ids, with_soft_prompt
 from semantic_ids.trie import PrefixTrie
-from sidrec.artifacts import ArtifactError, read_json
-from sidrec.sequences import SequenceConfig
+from core.artifacts import ArtifactError, read_json
+from core.sequences import SequenceConfig
 from tests.gen_fm.test_model import write_id_artifact
 
 torch.set_num_threads(1)

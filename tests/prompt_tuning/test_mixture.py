@@ -85,8 +85,8 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
     from gen_fm.model import load_model
     from gen_fm.train import pretrain
     from prompt_tuning.canvases import pretraining_mixture
-    from sidrec.data import load_data
-    from sidrec.sequences import SequenceConfig
+    from core.data import load_data
+    from core.sequences import SequenceConfig
 
     data, split, ids, model_dir, dc = slice_world
     config = PretrainConfig.from_preset("tiny", epochs=2, batch_size=32, num_user_buckets=8,

@@ -11,11 +11,20 @@ import pytest
 from semantic_ids.builder import assign_new, build_ids
 from semantic_ids.config import SemanticIDConfig
 from semantic_ids.ids import SemanticIDs
-from sidrec.artifacts import ArtifactError
+from core.artifacts import ArtifactError
 
 # Real modalities that need no sentence encoder: genres + decade and collaborative factors.
 FAST = dict(text_weight=0.0, metadata_weight=1.0, collaborative_weight=1.0, codebook_size=32,
-            dedup_size=64, epochs=4, kmeans_iters=5, hidden_dims=(64,), latent_dim=16)
+            dedup_size=64)
+# Each quantizer's own options, small enough for a test.
+OPTIONS = {"rqkmeans": {"kmeans_iters": 5},
+           "rqvae": {"epochs": 4, "kmeans_iters": 5, "hidden_dims": (64,), "latent_dim": 16}}
+
+
+
+def _config(quantizer: str, **overrides) -> SemanticIDConfig:
+    return SemanticIDConfig(quantizer=quantizer, quantizer_options=OPTIONS[quantizer], **{**FAST, **overrides})
+
 
 STATS_KEYS = {"num_items", "sid_length", "collision_rate", "max_collision_group",
               "codebook_utilization", "perplexity", "reconstruction_mse"}
@@ -23,7 +32,7 @@ STATS_KEYS = {"num_items", "sid_length", "collision_rate", "max_collision_group"
 
 @pytest.mark.parametrize("quantizer", ["rqkmeans", "rqvae"])
 def test_build_unique_ids_and_stats(ml_small, tmp_path, quantizer):
-    config = SemanticIDConfig(quantizer=quantizer, **FAST)
+    config = _config(quantizer)
     ids = build_ids(ml_small, config, tmp_path / "ids")
     assert ids.num_items == ml_small.catalog.num_rows
     assert ids.sid_length == 4 and ids.codebook_sizes == (32, 32, 32, 64)
@@ -40,7 +49,7 @@ def test_build_unique_ids_and_stats(ml_small, tmp_path, quantizer):
 
 
 def test_map_round_trip(ml_small, tmp_path):
-    ids = build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", **FAST), tmp_path / "ids")
+    ids = build_ids(ml_small, _config("rqkmeans"), tmp_path / "ids")
     again = SemanticIDs.load(tmp_path / "ids")
     assert again.item_ids == ids.item_ids and np.array_equal(again.codes, ids.codes)
     for iid in ids.item_ids[:50]:
@@ -51,14 +60,14 @@ def test_map_round_trip(ml_small, tmp_path):
 
 
 def test_deterministic(ml_small, tmp_path):
-    config = SemanticIDConfig(quantizer="rqvae", **FAST)
+    config = _config("rqvae")
     a = build_ids(ml_small, config, tmp_path / "a")
     b = build_ids(ml_small, config, tmp_path / "b")
     assert np.array_equal(a.codes, b.codes)
 
 
 def test_new_titles_get_ids_without_moving_old_ones(ml_small, tmp_path):
-    config = SemanticIDConfig(quantizer="rqvae", **{**FAST, "collaborative_weight": 0.0})
+    config = _config("rqvae", collaborative_weight=0.0)
     old_catalog = ml_small.catalog.select(range(9000))
     old = build_ids(dataclasses.replace(ml_small, catalog=old_catalog), config, tmp_path / "ids")
     new, added = assign_new(tmp_path / "ids", ml_small, tmp_path / "ids-v2")
@@ -75,7 +84,7 @@ def test_new_titles_get_ids_without_moving_old_ones(ml_small, tmp_path):
 
 def test_failed_build_keeps_previous_artifact(ml_small, tmp_path, monkeypatch):
     out = tmp_path / "ids"
-    good = build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", **FAST), out)
+    good = build_ids(ml_small, _config("rqkmeans"), out)
     import semantic_ids.builder as builder
 
     def boom(*a, **k):
@@ -83,15 +92,14 @@ def test_failed_build_keeps_previous_artifact(ml_small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builder, "code_stats", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", **FAST), out)
+        build_ids(ml_small, _config("rqkmeans"), out)
     assert np.array_equal(SemanticIDs.load(out).codes, good.codes)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ids.")]
 
 
 def test_overflow_spills_to_neighbour_code(ml_small, tmp_path):
     # metadata-only MovieLens IDs collide a lot (same genres and decade); a tiny dedup forces spills
-    config = SemanticIDConfig(quantizer="rqkmeans", **{**FAST, "collaborative_weight": 0.0,
-                                                       "dedup_size": 4})
+    config = _config("rqkmeans", collaborative_weight=0.0, dedup_size=4)
     ids = build_ids(ml_small, config, tmp_path / "ids")
     stats = ids.stats()
     assert stats["spilled_to_neighbour_code"] > 0
@@ -105,8 +113,10 @@ def test_loader_rejects_other_artifacts(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="quantizer"):
+    with pytest.raises(ValueError, match="unknown quantizer 'pq'; known: rqkmeans, rqvae"):
         SemanticIDConfig(quantizer="pq")
+    with pytest.raises(ValueError, match="unknown rqkmeans option"):
+        SemanticIDConfig(quantizer="rqkmeans", quantizer_options={"latent_dim": 8})
     with pytest.raises(ValueError, match="nothing to quantize"):
         SemanticIDConfig(text_weight=0, metadata_weight=0, collaborative_weight=0)
     with pytest.raises(ValueError, match=">= 0"):
@@ -140,7 +150,7 @@ def test_user_vectors_modality(ml_small, tmp_path, fmt):
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({"item_id": item_ids, "vector": vecs.tolist()}), path)
-    config = SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(path), **FAST)
+    config = _config("rqkmeans", user_vectors=str(path))
     stats = build_ids(ml_small, config, tmp_path / "ids").stats()
     assert stats["embedding_dims"]["user_vectors"] == 8
     assert stats["missing_user_vectors"] == ml_small.catalog.num_rows - 5000
@@ -150,8 +160,89 @@ def test_user_vectors_bad_file(ml_small, tmp_path):
     bad = tmp_path / "v.npz"
     np.savez(bad, ids=np.array(["1"]), vectors=np.zeros((1, 4)))
     with pytest.raises(ValueError, match="'item_ids' and 'vectors'"):
-        build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(bad), **FAST),
+        build_ids(ml_small, _config("rqkmeans", user_vectors=str(bad)),
                   tmp_path / "ids")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_ids(ml_small, SemanticIDConfig(quantizer="rqkmeans", user_vectors=str(tmp_path / "no.npz"),
+        build_ids(ml_small, _config("rqkmeans", user_vectors=str(tmp_path / "no.npz"),
                                              **FAST), tmp_path / "ids")
+
+
+def test_each_quantizer_has_its_own_config_from_the_registry():
+    from semantic_ids.quantizers import QUANTIZERS
+    from semantic_ids.quantizers.rqkmeans import RQKMeansConfig
+    from semantic_ids.quantizers.rqvae import RQVAEConfig
+
+    assert set(QUANTIZERS) == {"rqkmeans", "rqvae"}
+    assert SemanticIDConfig().quantizer_config() == RQKMeansConfig()
+    vae = SemanticIDConfig(quantizer="rqvae", quantizer_options={"epochs": 3}).quantizer_config()
+    assert vae == RQVAEConfig(epochs=3)
+
+
+def test_a_manifest_written_before_the_registry_still_loads():
+    """Old artifacts carry the RQ-VAE/RQ-KMeans fields flat; they become the method's options."""
+    flat = {"quantizer": "rqvae", "codebook_size": 32, "epochs": 7, "latent_dim": 16,
+            "hidden_dims": [64], "kmeans_iters": 5, "removed_field": 1}
+    config = SemanticIDConfig.from_dict(flat)
+    assert config.codebook_size == 32
+    assert config.quantizer_options == {"epochs": 7, "latent_dim": 16, "hidden_dims": [64], "kmeans_iters": 5}
+    km = SemanticIDConfig.from_dict({**flat, "quantizer": "rqkmeans"})
+    assert km.quantizer_options == {"kmeans_iters": 5}
+
+
+def test_a_quantizer_added_in_one_file_and_a_registry_line_builds_ids(ml_small, tmp_path, monkeypatch):
+    """Residual codes over a random projection, defined here alone: the builder reaches it by name."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from semantic_ids import quantizers
+    from semantic_ids.builder import load_quantizer
+    from semantic_ids.quantizers import ResidualQuantizer
+
+    @dataclass(frozen=True)
+    class ProjectedConfig:
+        dim: int = 8
+
+    class Projected(ResidualQuantizer):
+        name, config_class = "projected", ProjectedConfig
+
+        def fit(self, x):
+            gen = torch.Generator().manual_seed(0)
+            self.proj = torch.randn(x.shape[1], self.config.dim, generator=gen)
+            residual, books = self.latent(x), []
+            for _ in range(self.ids_config.num_levels):  # codewords: residuals of random titles
+                book = residual[torch.randperm(len(residual), generator=gen)[: self.ids_config.codebook_size]]
+                books.append(book)
+                residual = residual - book[torch.cdist(residual, book).argmin(1)]
+            self.books = torch.stack(books)
+            return self
+
+        @property
+        def codebooks(self):
+            return self.books
+
+        def latent(self, x):
+            return torch.as_tensor(x, dtype=torch.float32) @ self.proj
+
+        def reconstruct(self, zq):
+            return zq @ torch.linalg.pinv(self.proj)
+
+        def state_dict(self):
+            return {"proj": self.proj.contiguous(), "books": self.books.contiguous()}
+
+        def load_state(self, state):
+            self.proj, self.books = state["proj"], state["books"]
+
+    monkeypatch.setitem(quantizers.QUANTIZERS, "projected", Projected)
+    config = SemanticIDConfig(quantizer="projected", quantizer_options={"dim": 8}, **FAST)
+    ids = build_ids(ml_small, config, tmp_path / "ids")
+    assert len({tuple(c) for c in ids.codes}) == ids.num_items
+    assert ids.manifest["quantizer"] == {"name": "projected", "dim": 8}
+    _, loaded, _, _ = load_quantizer(tmp_path / "ids")
+    assert isinstance(loaded, Projected) and torch.equal(loaded.books, ids_books(tmp_path / "ids"))
+
+
+def ids_books(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "quantizer.safetensors"))["books"]

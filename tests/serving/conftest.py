@@ -23,7 +23,7 @@ def tiny_catalog_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_attributes_table(tiny_model_dir, tiny_catalog_dir, tmp_path_factory):
-    """The tiny catalog's attributes, loaded with ``sidrec.data`` into a private cache folder."""
+    """The tiny catalog's attributes, loaded with ``core.data`` into a private cache folder."""
     from semantic_ids.ids import SemanticIDs
     from serving.rules import load_attributes
 

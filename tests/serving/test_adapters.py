@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from semantic_ids.layout import SEP
-from serving.contexts import RequestError
+from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
 from serving.server import ServerSettings, create_app, run_in_thread
 from tests.serving.tiny_adapters import NUM_VIRTUAL, TARGETS

@@ -12,7 +12,7 @@ RULES = {"exclude_titles": ["tt003"]}
 
 @pytest.fixture(scope="module")
 def world(tiny_model_dir, tiny_catalog_dir, tmp_path_factory):
-    from sidrec.data import load_data
+    from core.data import load_data
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREC_CACHE_DIR", str(tmp_path_factory.mktemp("batch_cache")))

@@ -11,7 +11,7 @@ from serving.embeddings import ModelEmbeddings, export_embeddings, read_embeddin
 
 @pytest.fixture(scope="module")
 def data(tiny_catalog_dir, tmp_path_factory):
-    from sidrec.data import load_data
+    from core.data import load_data
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREC_CACHE_DIR", str(tmp_path_factory.mktemp("emb_cache")))

@@ -23,8 +23,8 @@ from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import export_adapters
 from semantic_ids.builder import build_ids
 from semantic_ids.config import SemanticIDConfig
-from sidrec.data import load_data
-from sidrec.sequences import SequenceConfig
+from core.data import load_data
+from core.sequences import SequenceConfig
 
 _ADJECTIVES = ("Midnight", "Frozen", "Golden", "Silent", "Electric")
 _NOUNS = ("Paris", "Ocean", "Dragon", "Robot", "Jungle", "Desert", "Harbor", "Castle")
@@ -33,7 +33,7 @@ MAX_HISTORY = 4
 USER_BUCKETS = 3
 NUM_VIRTUAL = 4
 ID_CONFIG = dict(quantizer="rqkmeans", text_weight=1.0, metadata_weight=0.5, num_levels=2,
-                 codebook_size=4, dedup_size=8, kmeans_iters=5)
+                 codebook_size=4, dedup_size=8, quantizer_options={"kmeans_iters": 5})
 TARGETS = {"home": 3, "search": 17, "t2t": 29}  # toy objective: the row each soft prompt wants
 
 

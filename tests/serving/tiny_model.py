@@ -11,8 +11,8 @@ from gen_fm.config import PretrainConfig
 from gen_fm.model import build_model, save_model
 from gen_fm.tokenizer import model_layout
 from semantic_ids.ids import SemanticIDs
-from sidrec.artifacts import atomic_dir, make_manifest, write_json
-from sidrec.sequences import SequenceConfig
+from core.artifacts import atomic_dir, make_manifest, write_json
+from core.sequences import SequenceConfig
 
 # 60 titles in a (4, 4, 4, 3) space: prefixes share branches at every level, some parents have a
 # single child (the engine skips the model there), and the last level is a short "collision" digit.
@@ -63,7 +63,7 @@ def tiny_attributes(i: int) -> tuple[list[str], int | None]:
 
 
 def write_tiny_catalog(root: Path) -> Path:
-    """A MovieLens-layout data folder over the tiny model's titles (``sidrec.data`` reads it), so
+    """A MovieLens-layout data folder over the tiny model's titles (``core.data`` reads it), so
     attribute rules are tested through the real loading path."""
     root.mkdir(parents=True, exist_ok=True)
     lines = ["movieId,title,genres"]

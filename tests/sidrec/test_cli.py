@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import pytest
 
+from sidrec.bench_commands import BASELINE_KINDS, BENCHMARKS
 from sidrec.cli import main
 
 FAST = ["--set", "text_weight=0", "--set", "metadata_weight=1", "--set", "codebook_size=32",
-        "--set", "dedup_size=64", "--set", "epochs=2", "--set", "hidden_dims=[64]",
-        "--set", "latent_dim=16", "--set", "kmeans_iters=5"]
+        "--set", "dedup_size=64", "--set", "quantizer_options.kmeans_iters=5"]
 
 
 def test_ids_build_inspect_assign(data_dir, tmp_path, capsys):
@@ -68,3 +70,67 @@ def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_d
     assert main(["eval", *common, "--model", str(parent), "--device", "cpu", "--eval-users", "5",
                  "--out", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["device"] == "cpu"
+
+
+def test_bench_help_lists_every_benchmark(capsys):
+    assert BENCHMARKS == ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for name in BENCHMARKS:
+        assert re.search(rf"^ +{re.escape(name)}\s", text, re.M), f"{name} not listed:\n{text}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for name in ("bench", "baseline", "report"):  # one parser: the measuring commands are listed too
+        assert re.search(rf"^ +{name}\s", text, re.M), f"{name} not listed:\n{text}"
+
+
+@pytest.mark.parametrize("argv, missing", [
+    (["bench"], "BENCHMARK"),
+    (["bench", "embeddings", "--out", "x.json"], "--model"),
+    (["bench", "ids", "--quantizer", "rqkmeans"], "--dataset"),
+    (["bench", "host-batches", "--dataset", "ml-latest-small", "--out", "x.json"], "--ids"),
+    (["bench", "serving", "--model", "m"], "--out"),
+    (["baseline", "--out", "x.json"], "--kind"),
+])
+def test_a_missing_required_flag_is_a_clear_argparse_error(argv, missing, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    prog = " ".join(argv[:2] if argv[0] == "bench" and len(argv) > 1 else argv[:1])
+    assert f"sidrec {prog}: error: the following arguments are required: {missing}" in capsys.readouterr().err
+
+
+def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
+    from eval.baselines import BASELINES
+
+    assert BASELINE_KINDS == BASELINES
+    out = tmp_path / "popular.json"
+    argv = ["baseline", "--kind", "popular", "--data", str(data_dir), "--dataset", "ml-latest-small",
+            "--max-users", "40", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["baseline"] == "popular" and report["num_users"] == {"valid": 40, "test": 40}
+    assert report["command"] == ["sidrec", *argv]  # the command a person can run again
+    text = capsys.readouterr().out
+    assert "test: recall@5" in text and "params 0" in text
+    assert main([*argv, "--set", "hidden=8"]) == 2  # popular takes no hyperparameters
+    assert "no hyperparameters" in capsys.readouterr().out
+
+
+def test_bench_host_batches_writes_its_report_with_the_command(data_dir, tmp_path, capsys):
+    ids = tmp_path / "ids"
+    common = ["--data", str(data_dir), "--dataset", "ml-latest-small"]
+    assert main(["ids", "build", *common, "--max-users", "20", "--out", str(ids), "--quantizer", "rqkmeans",
+                 *FAST]) == 0
+    capsys.readouterr()
+    argv = ["bench", "host-batches", *common, "--ids", str(ids), "--batch-size", "64",
+            "--out", str(tmp_path / "hb.json")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "hb.json").read_text())
+    assert report["benchmark"] == "host_batches" and report["batch_size"] == 64
+    assert report["command"] == shlex.join(["sidrec", *argv])
+    assert report["collator_ms_per_batch"] > 0 and report["tensor_slice_ms_per_batch"] > 0
+    assert "ms/batch" in capsys.readouterr().out

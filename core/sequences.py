@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sidrec.data import RecData
+from core.data import RecData
 
 
 @dataclass(frozen=True)

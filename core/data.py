@@ -1,4 +1,4 @@
-"""Read a data directory in either supported layout into one common, memory-mapped form.
+"""Read a data directory in any registered layout (``core.layouts``) into one common, memory-mapped form.
 
 Layouts:
 - MovieLens CSV: ``ratings.csv`` (+ ``movies.csv``, optional ``tags.csv``).
@@ -20,28 +20,22 @@ silently, and structural problems (missing files or columns) raise ``DataError``
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import html
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 DATA_DIR_ENV = "SIDREC_DATA_DIR"
 CACHE_DIR_ENV = "SIDREC_CACHE_DIR"
 _CACHE_FORMAT = "v2"
 
 
-class DataError(ValueError):
-    """The data directory cannot be read: a missing file or column, or no usable rows."""
+from core.layouts.base import DataError  # noqa: E402  (raised by the layouts' readers too)
 
 
 @dataclass(frozen=True)
@@ -110,23 +104,10 @@ class RecData:
 
 
 def detect_layout(path: Path) -> str | None:
-    if (path / "ratings.csv").is_file():
-        return "movielens"
-    txts = _sequence_files(path)
-    if txts and _items_file(path) is not None:
-        return "sequence"
-    return None
+    """The name of the first layout in ``core.layouts.LAYOUTS`` that recognises the folder."""
+    from core.layouts import LAYOUTS
 
-
-def _sequence_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.glob("*.txt") if not p.name.lower().startswith("readme"))
-
-
-def _items_file(path: Path) -> Path | None:
-    for name in ("items.jsonl", "items.jsonl.gz"):
-        if (path / name).is_file():
-            return path / name
-    return None
+    return next((name for name, layout in LAYOUTS.items() if layout.detect(path)), None)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str | None = None) -> Path:
@@ -144,8 +125,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str | None = N
         if subs:
             raise DataError(f"{path} holds several datasets ({', '.join(subs)}): choose one with "
                             f"--dataset NAME")
-        raise DataError(f"{path} is neither a MovieLens folder (ratings.csv) nor a sequence folder "
-                        f"(one *.txt plus items.jsonl[.gz])")
+        from core.layouts import LAYOUTS
+
+        kinds = [f"a {lay.description}" for lay in LAYOUTS.values()]
+        raise DataError(f"{path} is neither {', '.join(kinds[:-1])} nor {kinds[-1]}")
     return path
 
 
@@ -159,12 +142,15 @@ def cache_root() -> Path:
 def load_data(config: DataConfig | None = None, **overrides) -> RecData:
     """Load, validate and cache a dataset; see the module docstring for the common form."""
     import datasets
-    from sidrec.artifacts import file_sha256, read_json, write_json
+    from core.artifacts import file_sha256, read_json, write_json
 
     config = config or DataConfig(**overrides)
     path = resolve_data_dir(config.data_dir, config.dataset)
+    from core.layouts import LAYOUTS
+
     layout = detect_layout(path)
-    sources = _source_files(path, layout, config)
+    reader = LAYOUTS[layout]
+    sources = reader.source_files(path, config)
     hashes = {p.name: file_sha256(p) for p in sources}
     hashes["_slice"] = json.dumps({"max_users": config.max_users, "tags": config.include_tags,
                                    "loader": _CACHE_FORMAT})
@@ -177,13 +163,10 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
         inter = datasets.load_from_disk(str(cdir / "interactions"))
     else:
         report = DataReport()
-        if layout == "movielens":
-            cat_t, int_t = _read_movielens(path, config, report)
-        else:
-            cat_t, int_t = _read_sequence(path, report)
+        cat_t, int_t = reader.read(path, config, report)
         int_t = _finish_interactions(cat_t, int_t, config, report)
         cdir.parent.mkdir(parents=True, exist_ok=True)
-        from sidrec.artifacts import atomic_dir
+        from core.artifacts import atomic_dir
 
         was_enabled = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # a save of a few MB needs no bar
@@ -197,149 +180,8 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
                 datasets.enable_progress_bars()
         catalog = datasets.load_from_disk(str(cdir / "catalog"))
         inter = datasets.load_from_disk(str(cdir / "interactions"))
-    return RecData(name=path.name, layout=layout, has_time=(layout == "movielens"), catalog=catalog,
+    return RecData(name=path.name, layout=layout, has_time=reader.has_time, catalog=catalog,
                    interactions=inter, report=report, source_hashes=hashes, path=path)
-
-
-def _source_files(path: Path, layout: str, config: DataConfig) -> list[Path]:
-    if layout == "movielens":
-        files = [path / "ratings.csv", path / "movies.csv"]
-        if config.include_tags and (path / "tags.csv").is_file():
-            files.append(path / "tags.csv")
-        for f in files:
-            if not f.is_file():
-                raise DataError(f"MovieLens folder {path} is missing {f.name}")
-        return files
-    txts = _sequence_files(path)
-    if len(txts) != 1:
-        raise DataError(f"sequence folder {path} must hold exactly one *.txt of member sequences, "
-                        f"found {len(txts)}: {', '.join(p.name for p in txts)}")
-    return [txts[0], _items_file(path)]
-
-
-def _read_csv(file: Path, columns: dict[str, pa.DataType], report: DataReport) -> pa.Table:
-    try:
-        table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(
-            column_types=columns, include_columns=list(columns)))
-    except (pa.ArrowInvalid, KeyError) as e:
-        header = file.open().readline().strip()
-        missing = [c for c in columns if c not in header.split(",")]
-        if missing:
-            raise DataError(f"{file} lacks column(s) {', '.join(missing)} (header: {header})") from e
-        raise DataError(f"{file} could not be parsed: {e}") from e
-    report.rows_read[file.name] = table.num_rows
-    for col in columns:
-        nulls = table[col].null_count
-        if nulls:
-            report.drop(f"{file.name}: empty {col}", nulls)
-            table = table.filter(pc.is_valid(table[col]))
-    return table
-
-
-_YEAR = re.compile(r"\((\d{4})\)\s*$")
-
-
-def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple[pa.Table, pa.Table]:
-    movies = _read_csv(path / "movies.csv",
-                       {"movieId": pa.string(), "title": pa.string(), "genres": pa.string()}, report)
-    ids = movies["movieId"].to_pylist()
-    dup = len(ids) - len(set(ids))
-    if dup:
-        report.drop("movies.csv: duplicate movieId (kept the first)", dup)
-        _, first = np.unique(np.array(ids, dtype=object), return_index=True)
-        movies = movies.take(np.sort(first))
-    titles, years = [], []
-    for t in movies["title"].to_pylist():
-        m = _YEAR.search(t.strip())
-        years.append(int(m.group(1)) if m else None)
-        titles.append(t.strip())
-    genres = [[] if g in ("(no genres listed)", "") else g.split("|")
-              for g in movies["genres"].to_pylist()]
-    catalog = pa.table({"item_id": movies["movieId"], "title": titles,
-                        "categories": pa.array(genres, pa.list_(pa.string())),
-                        "year": pa.array(years, pa.int32())})
-
-    ratings = _read_csv(path / "ratings.csv", {"userId": pa.string(), "movieId": pa.string(),
-                                               "rating": pa.float32(), "timestamp": pa.int64()}, report)
-    parts = [pa.table({"user_id": ratings["userId"], "item_id": ratings["movieId"],
-                       "timestamp": ratings["timestamp"],
-                       "kind": pa.array(["rating"] * ratings.num_rows, pa.string()),
-                       "rating": ratings["rating"],
-                       "tag": pa.nulls(ratings.num_rows, pa.string())})]
-    if config.include_tags and (path / "tags.csv").is_file():
-        tags = _read_csv(path / "tags.csv", {"userId": pa.string(), "movieId": pa.string(),
-                                             "tag": pa.string(), "timestamp": pa.int64()}, report)
-        parts.append(pa.table({"user_id": tags["userId"], "item_id": tags["movieId"],
-                               "timestamp": tags["timestamp"],
-                               "kind": pa.array(["tag"] * tags.num_rows, pa.string()),
-                               "rating": pa.nulls(tags.num_rows, pa.float32()),
-                               "tag": tags["tag"]}))
-    return catalog, pa.concat_tables(parts)
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def _read_sequence(path: Path, report: DataReport) -> tuple[pa.Table, pa.Table]:
-    items_file = _items_file(path)
-    ids, titles, cats, seen = [], [], [], set()
-    with _open_text(items_file) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{items_file.name} line {lineno} is not JSON: {e}") from e
-            for key in ("item_id", "title"):
-                if key not in obj:
-                    raise DataError(f"{items_file.name} line {lineno} has no '{key}'")
-            iid = str(obj["item_id"])
-            if iid in seen:
-                report.drop(f"{items_file.name}: duplicate item_id (kept the first)", 1)
-                continue
-            title = html.unescape(obj["title"] or "").strip()  # Amazon titles carry &amp; etc.
-            if not title:
-                report.drop(f"{items_file.name}: empty title", 1)
-                continue
-            seen.add(iid)
-            ids.append(iid)
-            titles.append(title)
-            cats.append([str(c) for c in obj.get("categories") or []])
-    report.rows_read[items_file.name] = len(ids)
-    catalog = pa.table({"item_id": pa.array(ids, pa.string()), "title": titles,
-                        "categories": pa.array(cats, pa.list_(pa.string())),
-                        "year": pa.nulls(len(ids), pa.int32())})
-
-    seq_file = _sequence_files(path)[0]
-    users, items, pos = [], [], []
-    seen_users: set[str] = set()
-    n_lines = 0
-    with open(seq_file, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if not parts:
-                continue
-            n_lines += 1
-            user, seq = parts[0], parts[1:]
-            if user in seen_users:
-                report.drop(f"{seq_file.name}: repeated member line (kept the first)", 1)
-                continue
-            seen_users.add(user)
-            if not seq:
-                report.drop(f"{seq_file.name}: member with an empty history", 1)
-                continue
-            users.extend([user] * len(seq))
-            items.extend(seq)
-            pos.extend(range(len(seq)))
-    report.rows_read[seq_file.name] = n_lines
-    n = len(items)
-    inter = pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string()),
-                      "timestamp": pa.array(pos, pa.int64()),
-                      "kind": pa.array(["interaction"] * n, pa.string()),
-                      "rating": pa.nulls(n, pa.float32()), "tag": pa.nulls(n, pa.string())})
-    return catalog, inter
 
 
 def _finish_interactions(catalog: pa.Table, inter: pa.Table, config: DataConfig,

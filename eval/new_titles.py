@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sidrec.data import RecData
+from core.data import RecData
 
 if TYPE_CHECKING:
     from sidrec.refresh import RefreshConfig
@@ -26,7 +26,7 @@ GROUPS = ("new_titles", "old_titles")
 def judge(parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: "RefreshConfig"
           ) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
     """Metrics of the three variants on the test split's new-title and old-title targets."""
-    from sidrec.sequences import build_sequences, leave_one_out
+    from core.sequences import build_sequences, leave_one_out
 
     if refreshed.seq_config != parent.seq_config:
         raise ValueError("the refreshed model was trained with another sequence config")
@@ -54,7 +54,7 @@ def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "Refr
     History titles without an ID in `ids` are dropped from the prompt (counted); a target without
     one cannot be recommended (a miss): that is what a model on that map can do.
     """
-    from sidrec.metrics import ranking_metrics
+    from core.metrics import ranking_metrics
     from gen_fm.dataset import catalog_to_sid_rows
     from gen_fm.decode import recommend
     from gen_fm.tokenizer import PromptEncoder

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-from sidrec.logs import split_logging_flags as _logging_flags
+from core.logs import split_logging_flags as _logging_flags
 
 SCRIPT = """
 import logging, sys, warnings
-from sidrec.logs import route_library_logs
+from core.logs import route_library_logs
 path = route_library_logs(sys.argv[1] if sys.argv[1] != "-" else None, verbose=sys.argv[2] == "1")
 logging.getLogger("accelerate.utils.other").warning("Removed shared tensor while saving")
 logging.getLogger("vllm.engine").info("vllm info line")

@@ -31,7 +31,7 @@ class ArtifactError(RuntimeError):
 
 
 def package_version() -> str:
-    from sidrec import __version__
+    from core import __version__
 
     return __version__
 

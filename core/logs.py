@@ -49,7 +49,7 @@ def split_logging_flags(argv: list[str]) -> tuple[list[str], bool, str | None]:
 
 
 def default_log_file() -> Path:
-    from sidrec.data import CACHE_DIR_ENV
+    from core.data import CACHE_DIR_ENV
 
     cache = os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sidrec")
     return Path(cache) / "sidrec.log"

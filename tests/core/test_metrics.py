@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from sidrec.metrics import (RankingMetrics, metrics_from_ranks, ranking_metrics, target_ranks,
+from core.metrics import (RankingMetrics, metrics_from_ranks, ranking_metrics, target_ranks,
                           topk_rows, validate_ks)
 
 

@@ -8,50 +8,76 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from sidrec.artifacts import jsonable, manifest_hash, read_manifest
-from sidrec.data import DataConfig, load_data
+from core.artifacts import jsonable, manifest_hash, read_manifest
+from core.data import DataConfig, load_data
+
+if TYPE_CHECKING:
+    from gen_fm.config import PretrainConfig
+    from prompt_tuning.config import PromptTuningStageConfig
+    from semantic_ids.config import SemanticIDConfig
 
 console = Console()
 
 
+def pretrain_default() -> PretrainConfig:
+    from gen_fm.config import PretrainConfig
+
+    # The quickstart's recipe on ml-latest-small: ~5k training windows, so small batches; every
+    # validation member each epoch, the weights kept the latest epoch within one standard error of
+    # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs.
+    return PretrainConfig.from_preset("small", epochs=12, lr=2e-3, seed=0, batch_size=64,
+                                      val_users=None, eval_every=1, patience=0)
+
+
+def prompts_default() -> PromptTuningStageConfig:
+    from prompt_tuning.config import PromptTuningStageConfig
+
+    # every canvas trains in about a minute on ml-latest-small; ``canvas`` is set per canvas
+    return PromptTuningStageConfig(max_train_examples=2000, max_eval_examples=300, epochs=3)
+
+
+def _ids_default() -> SemanticIDConfig:
+    from semantic_ids.config import SemanticIDConfig
+
+    return SemanticIDConfig()
+
+
 @dataclass(frozen=True)
 class QuickstartConfig:
-    """What the quickstart runs; presets in configs/quickstart-*.json override these."""
+    """What the quickstart runs: the stages' own configs, and the run around them.
+
+    Override a stage's field with ``--set pretrain.lr=0.001``, ``--set ids.quantizer=rqvae`` or
+    ``--set prompts.epochs=5`` (or the same keys nested in a ``--preset`` JSON file).
+    """
 
     dataset: str = "ml-latest-small"
     out: str = "runs/quickstart"
-    quantizer: str = "rqkmeans"  # semantic_ids.config: the default quantizer and why
-    model_preset: str = "small"
-    epochs: int = 12  # pretraining epochs: the budget the learning-rate schedule spans
-    lr: float = 2e-3
-    seed: int = 0  # weights, data order and validation sample of pretraining
-    batch_size: int = 64  # small batches: ml-latest-small has only ~5k training windows
-    # Members judged at each validation (None = all; ml-latest-small has 610). The weights kept are
-    # the latest epoch within one standard error of the best (``gen_fm.selection``); no early stop.
-    val_users: int | None = None
+    max_users: int | None = None  # read only the first N members (smoke runs)
+    ids: SemanticIDConfig = field(default_factory=_ids_default)
+    pretrain: PretrainConfig = field(default_factory=pretrain_default)
+    # Canvases that get a soft prompt (search and collection need a text modality in the IDs), and
+    # the prompt-tuning config every one of them uses (its ``canvas`` is set per canvas).
+    canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
+    prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
     eval_users: int | None = None  # members judged on the test split; None = all
     examples: int = 3  # members whose recommendations are printed
     k: int = 10
-    max_users: int | None = None  # read only the first N members (smoke runs)
-    # SemanticIDConfig overrides, e.g. {"quantizer": "rqkmeans"} or a tiny config for tests.
-    id_config: dict | None = None
-    # Canvases that get a soft prompt (search and collection need a text modality in the IDs).
-    canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
-    # PromptTuningStageConfig overrides for every canvas (the defaults train in about a minute each).
-    prompt_config: dict | None = None
     # Engine that serves the examples: "vllm" (the server's engine) or "transformers".
     backend: str = "vllm"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.k < 1 or self.examples < 0:
-            raise ValueError("epochs and k must be >= 1, examples >= 0")
-        from gen_fm.tokenizer import CANVASES
+        if self.k < 1 or self.examples < 0:
+            raise ValueError("k must be >= 1, examples >= 0")
+        from prompt_tuning.canvases import canvas_names
+
+        CANVASES = canvas_names()  # the registry: built-in canvases and any registered since
 
         object.__setattr__(self, "canvases", tuple(self.canvases))
         unknown = [c for c in self.canvases if c not in CANVASES]
@@ -59,9 +85,6 @@ class QuickstartConfig:
             raise ValueError(f"canvases must be distinct names from {CANVASES}, got {self.canvases}")
         if self.backend not in ("vllm", "transformers"):
             raise ValueError(f"backend must be 'vllm' or 'transformers', got {self.backend!r}")
-
-
-PROMPT_DEFAULTS = dict(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
 def show_stats(ids) -> None:
@@ -100,18 +123,16 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
     console.rule("4/5 soft prompts per canvas (PEFT prompt tuning on the frozen model)")
-    served = stage_prompts(model_dir, data_config, config.canvases,
-                           {**PROMPT_DEFAULTS, **(config.prompt_config or {})}, out / "prompts")
+    served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
     _stage_examples(config, data, served, ids)
 
 
 def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     from semantic_ids.builder import build_ids
-    from semantic_ids.config import SemanticIDConfig
     from semantic_ids.ids import SemanticIDs
 
     console.rule("1/5 semantic IDs")
-    id_config = SemanticIDConfig(**{"quantizer": config.quantizer, **(config.id_config or {})})
+    id_config = config.ids
     if same_build(ids_dir, "semantic_ids", id_config, data.fingerprint):
         console.print(f"reusing {ids_dir} (same data and config)")
         ids = SemanticIDs.load(ids_dir)
@@ -129,15 +150,11 @@ def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
 
 def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path,
                     out: Path) -> Path:
-    from gen_fm.config import PretrainConfig
     from gen_fm.train import pretrain
-    from sidrec.sequences import SequenceConfig
+    from core.sequences import SequenceConfig
 
     console.rule("2/5 pretrain the foundation model")
-    pc = PretrainConfig.from_preset(config.model_preset, epochs=config.epochs, lr=config.lr,
-                                    seed=config.seed,
-                                    batch_size=config.batch_size, val_users=config.val_users,
-                                    eval_every=1, patience=0)
+    pc = config.pretrain
     # One run folder per training config: a rerun with the same config resumes its checkpoints,
     # a changed config trains afresh beside it instead of clashing with them.
     digest = hashlib.sha256(json.dumps(jsonable(pc), sort_keys=True).encode()).hexdigest()[:8]
@@ -152,7 +169,7 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
 
 def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> None:
     from eval.config import EvalConfig
-    from eval.generative import evaluate_model
+    from eval.next_title import evaluate_model
 
     console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
     rep = evaluate_model(model_dir, data_config, EvalConfig(split="test"), out=out,
@@ -166,12 +183,12 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     console.print(f"[dim]report: {out}[/dim]")
 
 
-def stage_prompts(model_dir: Path, data_config, canvases, prompt_config: dict, root: Path) -> Path:
+def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: Path) -> Path:
     """A soft prompt per canvas on the frozen model, then one servable folder with all of them
     (``root/served``; the model folder itself when no canvas could be trained). Adapters and the
     folder already on disk for the same model and config are reused. Quickstart and refresh."""
     from prompt_tuning.adapter import read_adapter
-    from prompt_tuning.config import PromptTuningStageConfig
+    from prompt_tuning.canvases import get_canvas
     from prompt_tuning.export import export_adapters
     from prompt_tuning.train import train_canvas
     from semantic_ids.ids import SemanticIDs
@@ -180,11 +197,11 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config: dict, r
     has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
     adapters = []
     for canvas in canvases:
-        if canvas in ("search", "collection") and not has_text:
+        if get_canvas(canvas).context_kind == "text" and not has_text:
             console.print(f"[yellow]skipping {canvas}: its queries/themes are text and these IDs have "
                           f"no text modality (text_weight=0)[/yellow]")
             continue
-        pc = PromptTuningStageConfig(**{**prompt_config, "canvas": canvas})
+        pc = replace(prompt_config, canvas=canvas)  # a PromptTuningStageConfig
         target = root / canvas
         try:
             info = read_adapter(target)
@@ -211,34 +228,12 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config: dict, r
     return served
 
 
-def _example_queries(data, gen, history_rows: list[int], user: str) -> dict[str, str | None]:
-    """Context of each canvas for one member: a real tag (the member's own if any), the last title
-    as the t2t source, that title's theme as the collection."""
-    from prompt_tuning.canvases import theme_of
-
-    tags = [(u, t) for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"],
-                                      data.interactions["kind"]) if k == "tag" and t]
-    own = [t for u, t in tags if u == user]
-    if own:
-        query = own[-1].strip().lower()
-    elif tags:
-        from collections import Counter
-
-        query = Counter(t.strip().lower() for _, t in tags).most_common(1)[0][0]
-    else:  # no tags in this dataset: a word of a title the member knows, as typed ("pari")
-        words = [w for r in history_rows for w in (gen.ids.titles[r] or "").lower().split() if len(w) >= 5]
-        query = words[-1][:5] if words else "gift"
-    cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
-    themes = theme_of([cats.get(i, []) for i in gen.ids.item_ids], 20)
-    theme = next((themes[r] for r in reversed(history_rows) if themes[r]), None)
-    return {"query": query, "theme": theme}
-
-
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
     from gen_fm.model import load_model
+    from prompt_tuning.canvases import get_canvas
     from serving.recommender import Recommender
-    from sidrec.sequences import build_sequences, leave_one_out
+    from core.sequences import build_sequences, leave_one_out
 
     gen = load_model(model_dir)
     canvases = [c for c in config.canvases if c in _served_canvases(model_dir)] or ["home"]
@@ -262,19 +257,15 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
             user = split.sequences.user_ids[ex.users[i]]
             history = [gen.ids.item_ids[r] for r in hist]
             target = gen.ids.item_ids[to_sid_rows(ex.targets[i: i + 1], sid_rows)[0]]
-            ctx = _example_queries(data, gen, hist, user)
             console.print(f"[bold]member {user}[/bold] recently: "
                           + " | ".join(gen.ids.titles[r] for r in hist[-4:]))
             for canvas in canvases:
-                kwargs, label = {}, canvas
-                if canvas == "search":
-                    kwargs, label = {"query": ctx["query"]}, f"search '{ctx['query']}'"
-                elif canvas == "t2t":
-                    kwargs, label = {"source": history[-1]}, f"more like '{gen.ids.titles[hist[-1]]}'"
-                elif canvas == "collection":
-                    if not ctx["theme"]:
-                        continue
-                    kwargs, label = {"theme": ctx["theme"]}, f"collection '{ctx['theme']}'"
+                spec = get_canvas(canvas)
+                demo = spec.example(data, gen.ids, hist, user)  # the canvas's own demonstration
+                if demo is None:  # e.g. a collection for a member with no themed title
+                    continue
+                kwargs = {spec.context_field: demo.value} if demo.value is not None else {}
+                label = demo.label
                 res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
                 soft = "soft prompt" if res.soft_prompt else "canvas token only"
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
@@ -292,7 +283,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
 
 def _served_canvases(model_dir: Path) -> set[str]:
     from prompt_tuning.export import ADAPTERS_FILE
-    from sidrec.artifacts import read_json
+    from core.artifacts import read_json
 
     path = Path(model_dir) / ADAPTERS_FILE
     return set(read_json(path)) if path.is_file() else {"home"}

@@ -4,7 +4,10 @@ A model folder exported with ``prompt_tuning.export.export_adapters`` holds ``ad
 canvas with a trained soft prompt starts its prompts with that prompt's virtual tokens. A folder
 without it is a plain foundation model: every canvas is its canvas token alone.
 
-Every canvas uses the one prompt format of ``PromptEncoder.encode`` (``prompt_tuning.canvases``):
+Every canvas uses the one prompt format of ``PromptEncoder.encode``; what a canvas reads is its spec in
+the registry (``prompt_tuning.canvases``: context field and kind, whether the prompt keeps the
+history, text normalisation, candidates, the t2t-style fallback), looked up per request, so a canvas
+registered later is served like these built-in ones:
 
 ==========  =================  ==========================================  ===========================
 canvas      request field      prompt after the canvas token               as the adapter was trained
@@ -18,11 +21,11 @@ collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a cat
 ==========  =================  ==========================================  ===========================
 
 Decisions a caller should know:
-- A field belongs to its canvas only: ``query`` on the home canvas is an error, not ignored.
+- A field belongs to the canvases that read it: ``query`` on the home canvas is an error, not ignored.
 - A canvas served by a soft prompt needs its context, since its adapter never saw a prompt without
   one: search without ``query`` and collection without ``theme`` are errors. t2t without ``source``
-  takes the history's last title as the source and says so in the result's warnings (a "because you
-  watched X" row); with no history either it is an error.
+  (``missing_context="last_title"``) takes the history's last title as the source and says so in the
+  result's warnings (a "because you watched X" row); with no history either it is an error.
 - A canvas without a soft prompt (a plain folder, or a canvas no adapter was trained for) uses a
   context when one is given (the eval's "base" prompt) and otherwise keeps the history-only prompt.
 - t2t with a source: the prompt holds the source alone (no history, no member), as trained; the
@@ -46,10 +49,8 @@ from typing import Any
 import numpy as np
 
 from gen_fm.model import IDS_SUBDIR, GenFM
+from prompt_tuning.canvases import CanvasSpec, canvas_names, get_canvas
 
-# request field -> the canvas that takes it
-CONTEXT_FIELDS = {"query": "search", "source": "t2t", "theme": "collection"}
-CANVAS_FIELD = {c: f for f, c in CONTEXT_FIELDS.items()}
 _TEXT_FILES = ("quantizer.safetensors", "embedder.json", "embeddings.safetensors")
 
 
@@ -120,10 +121,15 @@ class CanvasPrompts:
         self.configs: dict[str, Any] = {}  # canvas -> PromptTuningStageConfig of its adapter
         if (self.model_dir / ADAPTERS_FILE).is_file():
             self.virtual = virtual_token_ids(gen)
+            unknown = sorted(set(self.virtual) - set(canvas_names()))
+            if unknown:
+                raise ValueError(f"{self.model_dir} holds soft prompts of canvases {unknown} that are not "
+                                 f"registered here ({list(canvas_names())}): register their CanvasSpec "
+                                 f"(prompt_tuning.canvases.register) before loading the folder")
             self.configs = adapter_configs(gen)
         self.ids_dir = self.model_dir / IDS_SUBDIR  # the folder's copy of the ID artifact
         self.text_problem = self._text_problem()  # why text contexts cannot be encoded, or None
-        needs_text = sorted(c for c in self.virtual if c in ("search", "collection"))
+        needs_text = sorted(c for c in self.virtual if get_canvas(c).context_kind == "text")
         if needs_text and self.text_problem:
             raise ValueError(f"{self.model_dir}: the {needs_text} soft prompt(s) take text, but "
                              f"{self.text_problem}")
@@ -139,58 +145,57 @@ class CanvasPrompts:
 
     def context_required(self, canvas: str) -> bool:
         """Whether requests of ``canvas`` must carry its context field (t2t falls back instead)."""
-        return canvas in self.virtual and canvas in ("search", "collection")
+        return canvas in self.virtual and get_canvas(canvas).requires_context
 
     def warm_up(self) -> None:
         """Build the query encoders the soft prompts need and load the sentence encoder now
         (a server calls this at start-up, so the first search request is not the slow one)."""
-        for canvas in ("search", "collection"):
-            if canvas in self.virtual:
-                self._text_tokens(canvas, "warm up")
+        for spec in map(get_canvas, self.virtual):
+            if spec.context_kind == "text":
+                self._text_tokens(spec, "warm up")
         if self.candidate_config is not None and not self.text_problem:
             self.candidate_index()
 
     def build(self, canvas: str, history: Sequence[int], user_id: str | None, query: Any = None,
               source: Any = None, theme: Any = None) -> CanvasPrompt:
         """The prompt of one request; ``history`` holds ID-map rows, oldest first."""
+        spec = get_canvas(canvas)
         given = {f: v for f, v in (("query", query), ("source", source), ("theme", theme)) if v is not None}
         for field, value in given.items():
-            if CONTEXT_FIELDS[field] != canvas:
-                raise RequestError(f"{field} applies to the {CONTEXT_FIELDS[field]} canvas only, not "
-                                   f"{canvas}", field)
+            if field != spec.context_field:
+                raise RequestError(f"{field} applies to {_readers(field)} only, not {canvas}", field)
             if not isinstance(value, str) or not value.strip():
                 raise RequestError(f"{field} must be a non-empty string, got {value!r}", field)
         adapter = canvas in self.virtual
-        field = CANVAS_FIELD.get(canvas)
+        field = spec.context_field
         value = given.get(field) if field else None
         warnings: list[str] = []
         context, rows, member, source_row, candidates = None, list(history), user_id, None, None
-        if canvas == "t2t" and value is None and adapter:
+        if value is None and adapter and spec.missing_context == "last_title":
             if not rows:
-                raise RequestError("the t2t canvas needs a source title (source), or a history whose "
-                                   "last title is taken as the source", "source")
+                raise RequestError(f"the {canvas} canvas needs a source title ({field}), or a history "
+                                   f"whose last title is taken as the source", field)
             value = self.ids.item_ids[rows[-1]]
-            warnings.append(f"no source given: the last history title {value!r} is the source "
-                            f"(the t2t soft prompt reads one source title, not a history)")
+            warnings.append(f"no {field} given: the last history title {value!r} is the source "
+                            f"(the {canvas} soft prompt reads one source title, not a history)")
         if value is None and adapter and field is not None:
             raise RequestError(f"the {canvas} canvas needs a {field}: its soft prompt was trained on "
                                f"prompts that carry one", field)
         if value is not None:
-            if canvas == "t2t":
+            if spec.context_kind == "title":
                 if value not in self.ids:
-                    raise RequestError(f"unknown source title id {value!r}", "source")
+                    raise RequestError(f"unknown {field} title id {value!r}", field)
                 source_row = self.ids.index_of(value)
                 context = self.encoder.sid_tokens[source_row].tolist()
-                rows, member = [], None  # the t2t prompt is the source alone
             else:
-                text = value.strip().lower() if canvas == "search" else value.strip()
-                context = self._text_tokens(canvas, text)
-                if self.candidate_config is not None:
-                    index = self.candidate_index()
-                    candidates = index.for_query(value) if canvas == "search" else index.for_theme(value)
+                context = self._text_tokens(spec, spec.normalise(value))
+                if self.candidate_config is not None and spec.candidates is not None:
+                    candidates = spec.candidates(self.candidate_index(), value)
+            if not spec.keeps_history:  # e.g. the t2t prompt is the source alone
+                rows, member = [], None
         kept = rows[-self.max_history:] if rows else []
-        prompt = self.encoder.encode(kept, canvas=canvas, user_id=None if member is None else str(member),
-                                     context=context)
+        prompt = self.encoder.encode(kept, canvas=spec.token,
+                                     user_id=None if member is None else str(member), context=context)
         if adapter:
             prompt = self.virtual[canvas] + prompt
         longest = len(prompt) + self.ids.sid_length
@@ -230,9 +235,9 @@ class CanvasPrompts:
             return "its ID artifact was built without the text modality"
         return None
 
-    def _text_tokens(self, canvas: str, text: str) -> list[int]:
+    def _text_tokens(self, spec: CanvasSpec, text: str) -> list[int]:
         """Code tokens of a query or theme, encoded as the canvas's adapter was trained."""
-        field = CANVAS_FIELD[canvas]
+        canvas, field = spec.name, spec.context_field
         if self.text_problem:
             raise RequestError(f"this model cannot take a {field}: {self.text_problem}", field)
         from prompt_tuning.config import PromptTuningStageConfig
@@ -248,4 +253,12 @@ class CanvasPrompts:
         return queries.encode([text])[0]
 
 
-__all__ = ["CANVAS_FIELD", "CONTEXT_FIELDS", "CanvasPrompt", "CanvasPrompts", "RequestError"]
+def _readers(field: str) -> str:
+    """Who reads a request field: 'the search canvas', or 'the collection, genres canvases'."""
+    names = [c for c in canvas_names() if get_canvas(c).context_field == field]
+    if not names:
+        return "no registered canvas"
+    return f"the {names[0]} canvas" if len(names) == 1 else f"the {', '.join(names)} canvases"
+
+
+__all__ = ["CanvasPrompt", "CanvasPrompts", "RequestError"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sidrec.data import DataConfig, load_data
-from sidrec.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.data import DataConfig, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 
 def _ml(tmp_path, ratings: str, tags: str | None = None):

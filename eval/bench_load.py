@@ -1,6 +1,6 @@
 """Loopback load test of the HTTP server: concurrent clients for a fixed time, errors and memory.
 
-    python -m eval.load_test --model runs/beauty-small/model --backend vllm --clients 8 --seconds 180 \
+    sidrec bench load --model runs/beauty-small/model --backend vllm --clients 8 --seconds 180 \
         --out results/serving/load-amazon-beauty-small-cpu.json
 
 The server runs in this process on 127.0.0.1 (an ephemeral port); each client is a thread with its
@@ -12,11 +12,9 @@ and its vLLM engine processes sampled over the run (flat memory = no leak under 
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +24,8 @@ import numpy as np
 
 def _histories(model_dir: str, n: int, seed: int) -> list[dict]:
     from gen_fm.model import load_model
-    from sidrec.data import DataConfig, load_data
-    from sidrec.sequences import build_sequences, leave_one_out
+    from core.data import DataConfig, load_data
+    from core.sequences import build_sequences, leave_one_out
 
     gen = load_model(model_dir, verify=False)
     data = load_data(DataConfig(dataset=gen.manifest["data"]["dataset"]))
@@ -40,55 +38,49 @@ def _histories(model_dir: str, n: int, seed: int) -> list[dict]:
              "user_id": split.sequences.user_ids[ex.users[i]]} for i in picks]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=180.0)
-    ap.add_argument("--max-requests", type=int, default=100_000)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-
+def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8, seconds: float = 180.0,
+               max_requests: int = 100_000, k: int = 10, command: str = "") -> dict:
+    """``clients`` threads against the server for ``seconds`` (at most ``max_requests`` requests);
+    writes ``out`` and returns the report (it passes with ``error_count`` 0 and ``health_after``
+    200). ``command`` is recorded in it."""
     import httpx
     import psutil
 
     from eval.machine import machine_info
     from serving.recommender import Recommender
     from serving.server import ServerSettings, create_app, run_in_thread
-    from sidrec.artifacts import write_json
+    from core.artifacts import write_json
 
-    rec = Recommender.from_pretrained(args.model, backend=args.backend, enforce_eager=True)
+    rec = Recommender.from_pretrained(model, backend=backend, enforce_eager=True)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # loopback only
     port = sock.getsockname()[1]
     server, thread = run_in_thread(create_app(rec, ServerSettings()), [sock])
     url = f"http://127.0.0.1:{port}/v1/recommendations"
-    bodies = _histories(args.model, 500, seed=0)
+    bodies = _histories(model, 500, seed=0)
     proc = psutil.Process(os.getpid())
 
     lock = threading.Lock()
     latencies: list[float] = []
     errors: dict[str, int] = {}
     count = [0]
-    stop_at = time.monotonic() + args.seconds
+    stop_at = time.monotonic() + seconds
 
     def client(cid: int) -> None:
         rng = random.Random(cid)
         with httpx.Client(timeout=120.0) as http:
             while time.monotonic() < stop_at:
                 with lock:
-                    if count[0] >= args.max_requests:
+                    if count[0] >= max_requests:
                         return
                     count[0] += 1
-                body = dict(rng.choice(bodies), k=args.k)
+                body = dict(rng.choice(bodies), k=k)
                 if rng.random() < 0.3:
                     body["rules"] = {"diversity": {"max_per_group": 3, "group_by": "sid_prefix"}}
                 t0 = time.perf_counter()
                 try:
                     r = http.post(url, json=body)
-                    key = None if r.status_code == 200 and len(r.json()["items"]) == args.k \
+                    key = None if r.status_code == 200 and len(r.json()["items"]) == k \
                         else f"http {r.status_code}" if r.status_code != 200 else "short list"
                 except httpx.HTTPError as e:
                     key = type(e).__name__
@@ -107,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return rss
 
     rss = [(0.0, total_rss())]
-    workers = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t_start = time.monotonic()
     for w in workers:
         w.start()
@@ -124,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     lat = np.asarray(latencies)
     mid = [m for t, m in rss if t >= wall / 2] or [rss[-1][1]]
     report = {
-        "benchmark": "serving_load", "command": " ".join(["python -m eval.load_test", *(argv or sys.argv[1:])]),
-        "machine": machine_info(), "backend": args.backend, "clients": args.clients,
+        "benchmark": "serving_load", "command": command,
+        "machine": machine_info(), "backend": backend, "clients": clients,
         "seconds": round(wall, 1), "requests": int(len(lat)), "errors": errors,
         "error_count": int(sum(errors.values())), "health_after": health,
         "throughput_rps": round(len(lat) / wall, 2),
@@ -134,13 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib": [[round(t, 1), round(m / 2**20, 1)] for t, m in rss],
         "rss_growth_second_half_mib": round((max(mid) - min(mid)) / 2**20, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}: {len(lat)} requests, {report['error_count']} errors, "
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, report)
+    print(f"wrote {out}: {len(lat)} requests, {report['error_count']} errors, "
           f"p50 {report['p50_s']}s p99 {report['p99_s']}s, rss growth (2nd half) "
           f"{report['rss_growth_second_half_mib']} MiB")
-    return 0 if report["error_count"] == 0 and health == 200 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return report

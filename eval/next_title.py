@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.machine import machine_info
-from sidrec.metrics import ranking_metrics
-from sidrec.artifacts import manifest_hash, write_json
-from sidrec.data import DataConfig, load_data
-from sidrec.sequences import build_sequences, leave_one_out
+from core.metrics import ranking_metrics
+from core.artifacts import manifest_hash, write_json
+from core.data import DataConfig, load_data
+from core.sequences import build_sequences, leave_one_out
 
 
 def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalConfig,

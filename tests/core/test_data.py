@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sidrec.data import DataConfig, DataError, load_data, resolve_data_dir
+from core.data import DataConfig, DataError, load_data, resolve_data_dir
 
 
 def test_movielens_slice(ml_small):
@@ -120,3 +120,41 @@ def test_cache_reused(tmp_path):
     b = load_data(DataConfig(data_dir=str(d)))
     assert a.fingerprint == b.fingerprint
     assert a.interactions.cache_files == b.interactions.cache_files
+
+
+def test_a_layout_added_in_one_file_and_a_registry_line_is_read(tmp_path, monkeypatch):
+    """A tab-separated layout defined here alone: detection, hashing and reading go through it."""
+    import pyarrow as pa
+
+    from core import layouts
+    from core.data import load_data
+    from core.layouts.base import Layout
+
+    folder = tmp_path / "tsv-data"
+    folder.mkdir()
+    (folder / "events.tsv").write_text("u1\ta\t10\nu1\tb\t20\nu2\ta\t5\nu2\tc\t9\n")
+
+    def read(path, config, report):
+        rows = [line.split("\t") for line in (path / "events.tsv").read_text().splitlines()]
+        report.rows_read["events.tsv"] = len(rows)
+        items = sorted({r[1] for r in rows})
+        catalog = pa.table({"item_id": items, "title": [f"Title {i}" for i in items],
+                            "categories": pa.array([[] for _ in items], pa.list_(pa.string())),
+                            "year": pa.nulls(len(items), pa.int32())})
+        n = len(rows)
+        inter = pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "timestamp": pa.array([int(r[2]) for r in rows], pa.int64()),
+                          "kind": ["interaction"] * n, "rating": pa.nulls(n, pa.float32()),
+                          "tag": pa.nulls(n, pa.string())})
+        return catalog, inter
+
+    tsv = Layout(name="tsv", description="tsv folder (events.tsv)", has_time=True,
+                 detect=lambda p: (p / "events.tsv").is_file(),
+                 source_files=lambda p, c: [p / "events.tsv"], read=read)
+    monkeypatch.setitem(layouts.LAYOUTS, "tsv", tsv)
+    monkeypatch.setenv("SIDREC_CACHE_DIR", str(tmp_path / "cache"))
+    data = load_data(data_dir=str(folder))
+    assert data.layout == "tsv" and data.has_time
+    assert data.catalog["item_id"] == ["a", "b", "c"]
+    assert data.interactions["user_id"] == ["u1", "u1", "u2", "u2"]
+    assert data.interactions["timestamp"] == [10, 20, 5, 9]

@@ -15,19 +15,17 @@ the query text) per query kind, and how much the member's history moves the resu
 (1 - overlap of the top-K with and without the history); collection reports the share of the row
 inside the theme. ``--candidates`` adds each variant judged inside the context's candidate set
 (``<variant>_candidates``: the search query's or the theme's titles, as the server decodes by
-default). ``python -m eval.canvases`` writes ``results/prompt_tuning/<dataset>.json``.
+default). ``sidrec bench canvases`` writes ``results/prompt_tuning/<dataset>.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
 from semantic_ids.trie import PrefixTrie
 
@@ -57,7 +55,7 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     if allow is not None:
         result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),
                                      "trainable_parameters": 0}
-    if canvas != "home":
+    if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
         if allow is not None:  # the member's home ranking, inside the context's candidates
@@ -94,65 +92,51 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None = None,
+                   dataset: str | None = None,
+                   canvases: Sequence[str] = ("home", "search", "t2t", "collection"),
+                   overrides: dict[str, Any] | None = None, full_finetune: bool = True,
+                   candidates: bool = False, command: str = "") -> dict[str, Any]:
+    """Every variant of every canvas (``benchmark_canvas``); returns the report, written to ``out``
+    (default ``results/prompt_tuning/<dataset>.json``) after every canvas.
+
+    ``overrides``: PromptTuningStageConfig fields for every canvas; ``candidates``: also judge every
+    variant inside the context's candidate set; ``command``: recorded in the report.
+    """
     import dataclasses
     import json
 
     from eval.machine import machine_info
     from gen_fm.model import load_model
     from prompt_tuning.config import PromptTuningStageConfig
-    from sidrec.artifacts import write_json
-    from sidrec.overrides import parse_overrides
-    from sidrec.data import DataConfig, load_data
-    from sidrec.sequences import build_sequences, leave_one_out
+    from core.artifacts import write_json
+    from core.data import DataConfig, load_data
+    from core.sequences import build_sequences, leave_one_out
 
-    p = argparse.ArgumentParser(prog="python -m eval.canvases", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="foundation model folder")
-    p.add_argument("--data", help="data directory (default $SIDREC_DATA_DIR)")
-    p.add_argument("--dataset", help="dataset sub-folder")
-    p.add_argument("--canvases", default="home,search,t2t,collection")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="PromptTuningStageConfig override (repeatable)")
-    p.add_argument("--no-full-finetune", action="store_true")
-    p.add_argument("--candidates", action="store_true",
-                   help="also judge every variant inside the context's candidate set (search, "
-                        "collection; prompt_tuning.candidates), as the server decodes by default")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    overrides = parse_overrides(None, args.set)
-    gen = load_model(args.model)
-    data = load_data(DataConfig(data_dir=args.data, dataset=args.dataset or gen.manifest["data"]["dataset"]))
+    gen = load_model(model)
+    data = load_data(DataConfig(data_dir=data_dir, dataset=dataset or gen.manifest["data"]["dataset"]))
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
-        raise SystemExit(f"{args.model} was trained on other data than {data.path}")
+        raise ValueError(f"{model} was trained on other data than {data.path}")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    canvases = [c.strip() for c in args.canvases.split(",") if c.strip()]
     index = None
-    if args.candidates:
+    if candidates:
         from gen_fm.model import IDS_SUBDIR
         from prompt_tuning.candidates import CandidateIndex
 
-        index = CandidateIndex(Path(args.model) / IDS_SUBDIR)
-    out = {"benchmark": "prompt_tuning", "dataset": data.name, "model": str(args.model),
-           "command": "python -m eval.canvases " + " ".join(sys.argv[1:] if argv is None else argv),
-           "machine": machine_info(), "canvases": {}}
-    path = Path(args.out or f"results/prompt_tuning/{data.name}.json")
+        index = CandidateIndex(Path(model) / IDS_SUBDIR)
+    report = {"benchmark": "prompt_tuning", "dataset": data.name, "model": str(model),
+              "command": command, "machine": machine_info(), "canvases": {}}
+    path = Path(out or f"results/prompt_tuning/{data.name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for canvas in canvases:
-        config = PromptTuningStageConfig(**{**overrides, "canvas": canvas})
+        config = PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvas})
         print(f"== {canvas}", flush=True)
-        out["canvases"][canvas] = benchmark_canvas(args.model, data, split, canvas, config,
-                                                   full_finetune=not args.no_full_finetune,
-                                                   candidates=index)
-        out["config"] = dataclasses.asdict(config)
-        row = out["canvases"][canvas]
+        report["canvases"][canvas] = benchmark_canvas(model, data, split, canvas, config,
+                                                      full_finetune=full_finetune, candidates=index)
+        report["config"] = dataclasses.asdict(config)
+        row = report["canvases"][canvas]
         print(json.dumps({v: {m: row[v].get(m) for m in ("recall@10", "ndcg@10")}
                           for v in row if isinstance(row[v], dict) and "recall@10" in row[v]}), flush=True)
-        write_json(path, out)  # after every canvas: a long run keeps what it measured
+        write_json(path, report)  # after every canvas: a long run keeps what it measured
     print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return report

@@ -7,18 +7,18 @@ import json
 import pytest
 
 from eval.config import EvalConfig
-from eval.generative import evaluate_model
+from eval.next_title import evaluate_model
 from gen_fm.config import PretrainConfig
 from gen_fm.train import pretrain
 from sidrec.cli import main
-from sidrec.data import DataConfig
-from sidrec.sequences import SequenceConfig
+from core.data import DataConfig
+from core.sequences import SequenceConfig
 from tests.gen_fm.test_model import write_id_artifact
 
 
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory):
-    from sidrec.data import load_data
+    from core.data import load_data
 
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=20)
     data = load_data(dc)

@@ -1,0 +1,64 @@
+"""Flags that several `sidrec` commands share, declared once: data, config overrides, threads.
+
+Its own module (not ``sidrec.cli``) so that the command modules can use it while ``sidrec.cli``
+imports them to build the one parser, without an import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from rich.console import Console
+
+console = Console()
+
+
+def add_data_args(p: argparse.ArgumentParser, *, dataset: bool = True, dataset_required: bool = False,
+                  dataset_help: str | None = None, max_users: bool = True) -> None:
+    """``--data`` and, as the command needs them, ``--dataset`` and ``--max-users``."""
+    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
+    if dataset or dataset_required:
+        p.add_argument("--dataset", required=dataset_required,
+                       help=dataset_help or "sub-folder of --data holding one dataset, e.g. amazon-beauty")
+    if max_users:
+        p.add_argument("--max-users", type=int, help="read only the first N members (quick runs)")
+
+
+def add_config_args(p: argparse.ArgumentParser, config: str, *, preset: bool = True,
+                    set_help: str | None = None) -> None:
+    """``--preset FILE`` (a JSON file of overrides) and ``--set KEY=VALUE`` (repeatable, JSON values)
+    for the config class named ``config``."""
+    if preset:
+        p.add_argument("--preset", help=f"JSON file of {config} overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=set_help or f"override one {config} field (repeatable; the value is JSON)")
+
+
+def add_threads_arg(p: argparse.ArgumentParser, default: int | None = None,
+                    help_text: str = "torch CPU threads") -> None:
+    p.add_argument("--threads", type=int, default=default, help=help_text)
+
+
+def data_config(args: argparse.Namespace, model_dir: str | None = None):
+    """--data/--dataset/--max-users; with ``model_dir``, the dataset defaults to the model's own."""
+    from core.data import DataConfig
+
+    dataset = getattr(args, "dataset", None)
+    if dataset is None and model_dir is not None:
+        from core.artifacts import read_manifest
+
+        dataset = (read_manifest(model_dir).get("data") or {}).get("dataset")
+    return DataConfig(data_dir=args.data, dataset=dataset, max_users=getattr(args, "max_users", None))
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as a person typed it (``sidrec bench ...``), for the results files to record."""
+    return shlex.join(["sidrec", *getattr(args, "argv", [])])

@@ -1,0 +1,106 @@
+"""The canvas registry: the built-in specs, what a spec may say, and lookups that name the known canvases.
+
+The end-to-end check (a canvas defined in a test file alone, trained, exported and served) is
+tests/serving/test_canvas_registry.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gen_fm.tokenizer import CANVASES as CANVAS_TOKENS
+from gen_fm.tokenizer import PromptEncoder
+from prompt_tuning.canvases import (CANVASES, CanvasData, CanvasExample, CanvasSpec, Examples,
+                                    canvas_names, get_canvas, register, unregister)
+from prompt_tuning.config import PromptTuningStageConfig
+from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import SEP
+
+
+def _nothing(src) -> Examples:
+    return Examples([], [], {})
+
+
+@pytest.fixture
+def temporary():
+    """Register specs for one test; whatever it registered is gone afterwards."""
+    before = dict(CANVASES)
+    yield register
+    CANVASES.clear()
+    CANVASES.update(before)
+
+
+def test_the_built_in_canvases_in_order_with_their_own_tokens():
+    assert canvas_names() == ("home", "search", "t2t", "collection") == CANVAS_TOKENS
+    got = {c: (s.token, s.context_field, s.context_kind, s.keeps_history, s.missing_context,
+               s.requires_context, s.candidates is not None, s.metrics is not None)
+           for c, s in CANVASES.items()}
+    assert got == {"home": ("home", None, None, True, "error", False, False, False),
+                   "search": ("search", "query", "text", True, "error", True, True, True),
+                   "t2t": ("t2t", "source", "title", False, "last_title", False, False, False),
+                   "collection": ("collection", "theme", "text", True, "error", True, True, True)}
+    assert get_canvas("search").normalise("  Star Wars ") == "star wars"
+    assert get_canvas("collection").normalise("  Film-Noir ") == "Film-Noir"
+    assert get_canvas("search").anonymous_kinds == ("tag",)
+
+
+def test_unknown_canvases_are_errors_that_name_the_known_ones():
+    known = r"\['home', 'search', 't2t', 'collection'\]"
+    with pytest.raises(ValueError, match=f"unknown canvas 'tv'; choose one of {known}"):
+        get_canvas("tv")
+    with pytest.raises(ValueError, match=f"unknown canvas 'tv'; choose one of {known}"):
+        PromptTuningStageConfig(canvas="tv")
+    with pytest.raises(ValueError, match="unknown canvas 'tv'"):
+        unregister("tv")
+
+
+def test_register_and_unregister(temporary):
+    spec = temporary(CanvasSpec(name="new-releases", token="home", build_examples=_nothing))
+    assert canvas_names()[-1] == "new-releases" and get_canvas("new-releases") is spec
+    assert PromptTuningStageConfig(canvas="new-releases").canvas == "new-releases"
+    with pytest.raises(ValueError, match="'new-releases' is already registered"):
+        register(CanvasSpec(name="new-releases", token="search", build_examples=_nothing))
+    replaced = register(CanvasSpec(name="new-releases", token="search", build_examples=_nothing),
+                        replace=True)
+    assert get_canvas("new-releases") is replaced
+    with pytest.raises(TypeError, match="takes a CanvasSpec"):
+        register({"name": "x"})
+    assert unregister("new-releases") is replaced and "new-releases" not in canvas_names()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(name="new releases"), "a canvas name is"),
+    (dict(token="new-releases"), "is not a canvas token of the foundation model"),
+    (dict(context_field="query"), "context_field and context_kind go together"),
+    (dict(context_field="q", context_kind="text"), "context_field must be one of"),
+    (dict(context_field="query", context_kind="image"), "context_kind must be one of"),
+    (dict(context_field="query", context_kind="text", missing_context="skip"), "missing_context must be"),
+    (dict(context_field="query", context_kind="text", missing_context="last_title"),
+     "only a title context falls back"),
+    (dict(context_field="source", context_kind="title", lowercase=True), "apply to text contexts"),
+    (dict(candidates=lambda index, value: None), "apply to text contexts"),
+    (dict(keeps_history=False), "keeps_history=False needs a context"),
+])
+def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        CanvasSpec(**{"name": "x", "token": "home", "build_examples": _nothing, **kwargs})
+    with pytest.raises(TypeError):
+        CanvasSpec("x", "home", _nothing)  # keyword-only
+
+
+def test_examples_prompt_with_their_canvas_token(temporary):
+    """A canvas reusing a token prompts like the canvas that owns it; the soft prompt tells them apart."""
+    temporary(CanvasSpec(name="more-like-this", token="t2t", context_field="source", context_kind="title",
+                         keeps_history=False, build_examples=_nothing))
+    flat = np.random.default_rng(0).choice(64, size=6, replace=False)
+    ids = SemanticIDs([f"i{k}" for k in range(6)], np.stack(np.unravel_index(flat, (4, 4, 4)), axis=1),
+                      (4, 4, 4))
+    enc = PromptEncoder.from_ids(ids, 0)
+    ex = CanvasExample(np.zeros(0, np.int64), 2, None, context=enc.sid_tokens[1].tolist(), kind="pair",
+                       source=1)
+    assert ex.prompt(enc, "more-like-this") == ex.prompt(enc, "t2t") == \
+        enc.encode([], canvas="t2t", context=enc.sid_tokens[1].tolist())
+    assert ex.prompt(enc, "more-like-this")[-4] == SEP
+    data = CanvasData("more-like-this", [ex], [ex])
+    assert data.training_pairs(enc) == [(ex.prompt(enc, "t2t"), enc.sid_tokens[2].tolist())]
