@@ -169,7 +169,8 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p = add("ids", cmd_bench_ids, "semantic-ID building: quality figures of the codes and wall time "
                                   "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json")
     add_data_args(p, dataset_required=True, max_users=False)
-    p.add_argument("--quantizer", choices=["rqvae", "rqkmeans"], default="rqvae")
+    p.add_argument("--quantizer", default="rqvae",
+                   help="a name in semantic_ids.quantizers.QUANTIZERS (checked by SemanticIDConfig)")
     add_config_args(p, "SemanticIDConfig", preset=False)
     p.add_argument("--tag", help="suffix of the results file for a variant (e.g. a modality mix)")
     p.add_argument("--runs", default="runs/bench", help="where the ID artifacts are written")

@@ -231,7 +231,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p = ids_sub.add_parser("build", help="embed titles, train the quantizer, write an ID artifact")
     add_data_args(p)
     p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
-    p.add_argument("--quantizer", choices=["rqvae", "rqkmeans"])
+    p.add_argument("--quantizer", help="a name in semantic_ids.quantizers.QUANTIZERS (default: rqkmeans)")
     add_config_args(p, "SemanticIDConfig")
     p.set_defaults(func=cmd_ids_build)
 
