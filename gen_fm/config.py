@@ -102,6 +102,12 @@ class PretrainConfig:
     batch_size: int = 256  # windows per device per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
+    # Exponential moving average of the weights, updated after every optimizer step with this
+    # decay (0.995: about the last 200 steps); validation judges, and the model folder keeps, the
+    # averaged weights, the raw ones being validated beside them (``raw_recall@K`` in the
+    # history). Averaging smooths the epoch-to-epoch swings that make one run land far from
+    # another. 0 = off.
+    ema_decay: float = 0.0
     epochs: int = 50  # the budget the learning-rate schedule spans (warm-up, then decay)
     # Stop after this many optimizer steps in all (smoke runs, throughput); None = run all epochs.
     # The schedule still spans `epochs`, so a stopped run can be resumed to the same end point.
@@ -187,7 +193,7 @@ class PretrainConfig:
                              f"got {self.mixed_precision!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        for name in ("item_dropout", "label_smoothing", "eval_from"):
+        for name in ("item_dropout", "label_smoothing", "eval_from", "ema_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_grad_norm < 0:

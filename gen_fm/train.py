@@ -239,6 +239,12 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     model = build_model(config, encoder.layout, split.max_history)
     parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config)
     add_hidden_dropout(model, config.hidden_dropout)
+    ema = None
+    if config.ema_decay:  # copied before the auxiliary heads hook into the model
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, device=accelerator.device, use_buffers=True,
+                            multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
     aux = build_objectives(config, encoder.layout, ids, data, sid_rows)
     if aux is not None:
         aux.attach(model)
@@ -254,6 +260,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     state = TrainState(aux={n: [0.0, 0] for n in (accelerator.unwrap_model(aux).names
                                                   if aux is not None else [])})
     if resume and checkpoints:
@@ -294,6 +302,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
             t0 = time.perf_counter()
             _train_step(accelerator, model, optimizer, scheduler, epoch_rows, group, config,
                         state, aux)
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
             state.train_seconds += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{state.loss_sum / max(state.loss_tokens, 1):.4f}")
@@ -306,21 +316,24 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
             if saved_step != state.step:
                 save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
             break
-        _end_epoch(accelerator, model, state, val, trie, config, ckpt_root)
+        _end_epoch(accelerator, model, state, val, trie, config, ckpt_root, ema)
         save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
         saved_step = state.step
     if state.stop_reason is None and halted is None:
         state.stop_reason = f"{config.epochs} epochs done"
     state.stop_reason = state.stop_reason or halted
-    return _finish(accelerator, model, state, out_dir, ckpt_root, encoder, ids, config, seq_config,
-                   data, num_rows, split, val, steps_per_epoch, parent,
-                   None if targets is None else {"since": int(targets_since), "replay": replay},
+    return _finish(accelerator, model if ema is None else ema.module, state, out_dir, ckpt_root,
+                   encoder, ids, config, seq_config, data, num_rows, split, val, steps_per_epoch,
+                   parent, None if targets is None else {"since": int(targets_since), "replay": replay},
                    mixture)
 
 
 def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
-               ckpt_root: Path) -> None:
-    """Reduce the epoch's figures, validate, track the best weights, decide on early stopping."""
+               ckpt_root: Path, ema=None) -> None:
+    """Reduce the epoch's figures, validate, track the best weights, decide on early stopping.
+
+    With weight averaging (`ema`) the averaged weights are the ones judged and kept; the raw
+    weights are validated beside them so that the history shows what averaging changed."""
     figs, aux = reduced_sums(accelerator, state)
     row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step,
                            "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
@@ -331,7 +344,11 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
         "".join(f"  {n} {s / max(c, 1.0):.4f}" for n, (s, c) in aux.items())
     if val is not None and config.validates(state.epoch + 1):
         t0 = time.perf_counter()
-        metrics = evaluate(accelerator, model, val, trie, config)
+        judged = model if ema is None else ema.module
+        metrics = evaluate(accelerator, judged, val, trie, config)
+        if ema is not None:
+            raw = evaluate(accelerator, model, val, trie, config)
+            metrics.update({f"raw_{name}": value for name, value in raw.items()})
         row.update(metrics, eval_seconds=round(time.perf_counter() - t0, 3))
         recall, ndcg = metrics[f"recall@{config.eval_k}"], metrics[f"ndcg@{config.eval_k}"]
         if (recall, ndcg) > (state.best_metric, state.best_ndcg):
@@ -348,10 +365,12 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
         if chosen == state.epoch + 1:
             state.chosen_epoch, state.chosen_step = chosen, state.step
             state.chosen_metric, state.chosen_reason = recall, choice.reason
-            save_best(accelerator, model, ckpt_root, state)
+            save_best(accelerator, judged, ckpt_root, state)
         elif chosen != state.chosen_epoch:  # the choice only ever stays or moves to this epoch
             raise AssertionError(f"selection moved back to epoch {chosen}")
         line += f"  val R@{config.eval_k} {recall:.4f}  N@{config.eval_k} {ndcg:.4f}"
+        if ema is not None:
+            line += f" (raw weights: R@{config.eval_k} {metrics[f'raw_recall@{config.eval_k}']:.4f})"
         if config.patience and state.bad_evals >= config.patience:
             state.stop_reason = f"early stop: no better R@{config.eval_k} in {config.patience} validations"
     row["host_seconds"] = round(state.host_seconds, 3)

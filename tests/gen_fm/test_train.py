@@ -158,6 +158,30 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     assert kept == ["best", "step-00000006", "step-00000008"]  # last two + best
 
 
+def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(setup, data_dir, tmp_path,
+                                                                        one_thread):
+    _, ids, _, seq_config = setup
+    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+    base = dict(epochs=2, batch_size=64, lr=5e-3, val_users=8, ema_decay=0.5,
+                selection="last", checkpoint_every_steps=3)
+    full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+    hist = load_model(full).manifest["training"]["history"]
+    assert all({"recall@10", "raw_recall@10", "raw_ndcg@10"} <= set(h) for h in hist)
+    kept = load_file(full / "model.safetensors")
+    raw = load_file(tmp_path / "a" / "checkpoints" / "step-00000008" / "model.safetensors")
+    assert kept.keys() == raw.keys()
+    assert any(not torch.equal(kept[k], raw[k]) for k in kept)  # the average, not the last step
+    # halted inside epoch 2 and resumed: the average is restored with the rest of the state
+    pretrain(dc, seq_config, ids.path, tmp_path / "b",
+             PretrainConfig.from_preset("tiny", max_steps=5, **base))
+    resumed = pretrain(dc, seq_config, ids.path, tmp_path / "b",
+                       PretrainConfig.from_preset("tiny", **base), resume=True)
+    again = load_file(resumed / "model.safetensors")
+    assert all(torch.equal(kept[k], again[k]) for k in kept)
+    with pytest.raises(ValueError, match="ema_decay"):
+        PretrainConfig(ema_decay=1.0)
+
+
 def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one_thread):
     data, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
