@@ -36,7 +36,7 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     """Every variant of one canvas on the same held-out examples (see the module docstring)."""
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
-    from prompt_tuning.canvases import canvas_data_for
+    from prompt_tuning.canvases import canvas_data_for, get_canvas
     from prompt_tuning.export import attach_soft_prompts
 
     gen = load_model(model_dir)
@@ -63,7 +63,10 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                 **evaluate_variant(gen.model, home=True, allow=allow, **common), "trainable_parameters": 0}
     pairs = cd.training_pairs(encoder)
     t0 = time.perf_counter()
-    peft_model = train_adapter(gen, pairs, config)
+    if config.train_in_candidates and candidates is None and get_canvas(canvas).candidates:
+        raise ValueError("train_in_candidates needs the candidate index (--candidates)")
+    train_allow = candidate_rows(cd, candidates, cd.train) if config.train_in_candidates else None
+    peft_model = train_adapter(gen, pairs, config, train_allow)
     seconds = time.perf_counter() - t0
     trainable = trainable_parameters(peft_model)
     prompt = peft_model.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
@@ -72,7 +75,7 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     result["adapter"] = {**evaluate_variant(served, prefix=virtual[canvas], **common),
                          "trainable_parameters": trainable,
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
-                         "train_examples": len(pairs)}
+                         "train_examples": len(pairs), "in_candidates": train_allow is not None}
     if allow is not None:
         result["adapter_candidates"] = {**evaluate_variant(served, prefix=virtual[canvas], allow=allow,
                                                            **common),

@@ -15,8 +15,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
@@ -30,6 +31,9 @@ from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.layout import PAD
 from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
                               read_manifest, require_files, write_json)
+
+if TYPE_CHECKING:
+    from semantic_ids.trie import PrefixTrie, Restriction
 
 KIND = "prompt_adapter"
 BASE_PARENT = "gen_fm"
@@ -89,14 +93,58 @@ def _batch(examples: Sequence[Example], sid_length: int) -> tuple[torch.Tensor, 
 
 
 def _nll(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-         labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over the labelled positions, and their count."""
+         labels: torch.Tensor, inside: "CandidateMasks | None" = None,
+         views: Sequence["Restriction | None"] = ()) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over the labelled positions, and their count. With `inside` and a
+    view per example (None: unrestricted), each target code's softmax runs over the codes that
+    lead to one of that example's permitted titles only."""
     T = ids.shape[1]
     logits = model(input_ids=ids, attention_mask=mask).logits[:, -T:]  # (B, T, V): drop virtual rows
     target = labels[:, 1:]  # (B, T-1)
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+    scores = logits[:, :-1].float()  # (B, T-1, V)
+    if inside is not None and any(v is not None for v in views):
+        scores = scores.masked_fill(~inside.mask(target, views, scores.shape[-1]), float("-inf"))
+    loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1),
                            ignore_index=-100, reduction="sum")
     return loss, int((target != -100).sum())
+
+
+class CandidateMasks:
+    """Which code tokens each target position may take inside an example's candidate set.
+
+    The masks come from the prefix trie's restricted views (``PrefixTrie.restrict``), the same
+    views the constrained decoder serves with, so training and serving agree on what is eligible.
+    """
+
+    def __init__(self, trie: "PrefixTrie") -> None:
+        self.trie = trie
+        self._views: dict[int, tuple[list[int], "Restriction"]] = {}
+
+    def view(self, rows: Sequence[int] | None, target: int) -> "Restriction | None":
+        """The trie narrowed to `rows` plus the target (None: no candidate set)."""
+        if rows is None:
+            return None
+        key = id(rows)  # canvases share one list per distinct context (a theme's titles)
+        if key not in self._views:
+            self._views[key] = (rows, self.trie.restrict(allow_rows=rows))  # keeps `rows` alive
+        view = self._views[key][1]
+        if not view.permits(np.array([target]))[0]:  # a target outside its context's matches
+            view = self.trie.restrict(allow_rows=np.union1d(view.rows, [target]))
+        return view
+
+    def mask(self, target: torch.Tensor, views: Sequence["Restriction | None"], vocab: int
+             ) -> torch.Tensor:
+        """(B, T-1) shifted labels -> (B, T-1, vocab) bool: True where a token may score."""
+        L = self.trie.sid_length
+        allowed = torch.ones(*target.shape, vocab, dtype=torch.bool)  # (B, T-1, V)
+        rows = [i for i, v in enumerate(views) if v is not None]
+        first = torch.stack([torch.nonzero(target[i] != -100)[0, 0] for i in rows])  # (R,)
+        codes = torch.stack([target[i, first[j]: first[j] + L] for j, i in enumerate(rows)])  # (R, L)
+        restriction = self.trie.row_restrictions([views[i] for i in rows])
+        idx = torch.as_tensor(rows)
+        for d in range(L):
+            allowed[idx, first + d] = self.trie.allowed_mask(codes[:, :d], vocab, restriction)
+        return allowed
 
 
 @torch.no_grad()
@@ -116,11 +164,14 @@ def adapter_loss(model: torch.nn.Module, examples: Sequence[Example], sid_length
 
 
 def train_adapter(gen: GenFM, examples: Sequence[Example],
-                  config: PromptTuningStageConfig) -> PeftModel:
+                  config: PromptTuningStageConfig,
+                  allow: Sequence[Sequence[int] | None] | None = None) -> PeftModel:
     """Train one canvas's soft prompt; the loss is on the target's L code tokens only.
 
     The base stays in eval mode (no attention dropout): it is frozen, and the soft prompt should
-    learn against the same network that will serve it.
+    learn against the same network that will serve it. `allow` (one entry per example, None = the
+    whole catalog): the candidate rows each example's softmax is restricted to
+    (``config.train_in_candidates``; see ``CandidateMasks``).
     """
     if not examples:
         raise ValueError("no training examples")
@@ -131,8 +182,23 @@ def train_adapter(gen: GenFM, examples: Sequence[Example],
                          f"{gen.model.config.max_position_embeddings}")
     model = wrap(gen, config)
     model.eval()
-    _fit(model, examples, config, config.lr, L, f"soft prompt {config.canvas}")
+    _fit(model, examples, config, config.lr, L, f"soft prompt {config.canvas}",
+         _restrictions(gen, examples, allow))
     return model
+
+
+def _restrictions(gen: GenFM, examples: Sequence[Example], allow) -> tuple | None:
+    """(CandidateMasks, one trie view per example) when `allow` restricts any example."""
+    if allow is None or all(a is None for a in allow):
+        return None
+    if len(allow) != len(examples):
+        raise ValueError(f"allow has {len(allow)} entries for {len(examples)} examples")
+    from semantic_ids.trie import PrefixTrie
+
+    trie = PrefixTrie(gen.ids.codes, gen.layout)
+    inside = CandidateMasks(trie)
+    views = [inside.view(a, trie.item_of(target)) for a, (_, target) in zip(allow, examples)]
+    return inside, views
 
 
 def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStageConfig
@@ -152,8 +218,10 @@ def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStag
 
 
 def _fit(model: torch.nn.Module, examples: Sequence[Example], config: PromptTuningStageConfig,
-         lr: float, sid_length: int, desc: str) -> None:
-    """AdamW over the model's trainable parameters, seeded shuffles, `config.epochs` passes."""
+         lr: float, sid_length: int, desc: str, restrictions: tuple | None = None) -> None:
+    """AdamW over the model's trainable parameters, seeded shuffles, `config.epochs` passes;
+    `restrictions` = (CandidateMasks, a view per example): softmaxes inside candidate sets."""
+    inside, views = restrictions if restrictions is not None else (None, None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen_rng = torch.Generator().manual_seed(config.seed)
@@ -162,8 +230,9 @@ def _fit(model: torch.nn.Module, examples: Sequence[Example], config: PromptTuni
     for _ in range(config.epochs):
         order = torch.randperm(len(examples), generator=gen_rng).tolist()
         for s in range(0, len(order), config.batch_size):
-            loss, n = _nll(model, *_batch([examples[i] for i in order[s:s + config.batch_size]],
-                                          sid_length))
+            chunk = order[s:s + config.batch_size]
+            loss, n = _nll(model, *_batch([examples[i] for i in chunk], sid_length), inside=inside,
+                           views=[views[i] for i in chunk] if views is not None else ())
             opt.zero_grad(set_to_none=True)
             (loss / n).backward()
             opt.step()

@@ -31,6 +31,12 @@ class PromptTuningStageConfig:
     # close to the base prompt.
     init: str = "canvas_token"
 
+    # Canvases whose context is a candidate set (the spec's ``candidates``: search, collection)
+    # train with the softmax of every target code restricted to the codes that lead to one of the
+    # example's candidates (the target always among them): the task they are served on, ranking
+    # inside the context's titles. False: the softmax over the whole vocabulary.
+    train_in_candidates: bool = False
+
     # Learning rate of the full fine-tuning baseline (every weight trained on the same examples).
     full_finetune_lr: float = 3e-4
 

@@ -32,16 +32,18 @@ def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTr
     return [r.rows for r in recs]
 
 
-def candidate_rows(data: CanvasData, candidates) -> list[list[int] | None] | None:
-    """Per held-out example, the rows its context makes eligible (the spec's ``candidates`` over a
-    ``prompt_tuning.candidates.CandidateIndex``: the query for search, the theme for collection);
-    None for canvases whose context restricts nothing."""
+def candidate_rows(data: CanvasData, candidates, examples: Sequence[CanvasExample] | None = None
+                   ) -> list[list[int] | None] | None:
+    """Per example (default: the held-out ones), the rows its context makes eligible (the spec's
+    ``candidates`` over a ``prompt_tuning.candidates.CandidateIndex``: the query for search, the
+    theme for collection); None for canvases whose context restricts nothing. Examples with the
+    same context share one list."""
     spec = get_canvas(data.canvas)
     if candidates is None or spec.candidates is None:
         return None
     memo: dict[str, list[int]] = {}
     out: list[list[int] | None] = []
-    for ex in data.test:
+    for ex in (data.test if examples is None else examples):
         text = ex.text or ""
         if text not in memo:
             memo[text] = spec.candidates(candidates, text).rows.tolist()

@@ -44,7 +44,8 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
 
 def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
                  config: PromptTuningStageConfig, evaluate: bool = True) -> Path:
-    from prompt_tuning.evaluate import evaluate_variant, row_attributes
+    from prompt_tuning.canvases import get_canvas
+    from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
     from gen_fm.model import load_model
     from prompt_tuning.adapter import save_adapter, train_adapter
     from prompt_tuning.export import attach_soft_prompts
@@ -56,9 +57,17 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     pairs = cd.training_pairs(encoder)
     print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
           f"({cd.info['train_kinds']})", flush=True)
+    index = None
+    if get_canvas(config.canvas).candidates is not None:  # served inside its candidate sets
+        from gen_fm.model import IDS_SUBDIR
+        from prompt_tuning.candidates import CandidateIndex
+
+        index = CandidateIndex(Path(gen.path) / IDS_SUBDIR)
+    allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
     t0 = time.perf_counter()
-    model = train_adapter(gen, pairs, config)
-    training: dict[str, Any] = {"examples": cd.info, "train_seconds": round(time.perf_counter() - t0, 1)}
+    model = train_adapter(gen, pairs, config, allow)
+    training: dict[str, Any] = {"examples": cd.info, "train_seconds": round(time.perf_counter() - t0, 1),
+                                "in_candidates": allow is not None}
     if evaluate:
         prompt = model.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
         base = load_model(model_dir)
@@ -68,8 +77,14 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
         training["heldout"] = {"base": evaluate_variant(base.model, **common)}
         _, served, virtual = attach_soft_prompts(base, {config.canvas: prompt})
         training["heldout"]["adapter"] = evaluate_variant(served, prefix=virtual[config.canvas], **common)
+        held_allow = candidate_rows(cd, index)
+        if held_allow is not None:  # as served: the answer chosen inside the context's titles
+            training["heldout"]["base_candidates"] = evaluate_variant(base.model, allow=held_allow,
+                                                                      **common)
+            training["heldout"]["adapter_candidates"] = evaluate_variant(
+                served, prefix=virtual[config.canvas], allow=held_allow, **common)
         for name, m in training["heldout"].items():
-            print(f"  held-out {name:8s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}", flush=True)
+            print(f"  held-out {name:18s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}", flush=True)
     out = save_adapter(out_dir, model, gen, config, training=training)
     print(f"adapter written to {out}")
     return out

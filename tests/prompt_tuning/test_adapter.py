@@ -91,6 +91,44 @@ def test_training_lowers_loss_and_changes_no_base_weight(world):
         assert torch.equal(v, before_weights[k]), k
 
 
+def test_candidate_masks_allow_exactly_the_codes_of_the_candidates(world):
+    from prompt_tuning.adapter import CandidateMasks, _nll, _batch
+
+    _, _, base, _, _ = world
+    gen = load_model(base)
+    trie = PrefixTrie(gen.ids.codes, gen.layout)
+    inside = CandidateMasks(trie)
+    enc = gen.prompt_encoder()
+    L, V = gen.layout.sid_length, gen.model.config.vocab_size
+    tokens = enc.sid_tokens  # (N, L)
+    cands = [2, 5, 11, 17]
+    examples = [(enc.encode([1, 2], canvas="search"), tokens[17].tolist()),  # inside its set
+                (enc.encode([4], canvas="search"), tokens[9].tolist()),  # outside: added to it
+                (enc.encode([3], canvas="search"), tokens[0].tolist())]  # no candidate set
+    views = [inside.view(cands, 17), inside.view(cands, 9), inside.view(None, 0)]
+    assert views[2] is None and sorted(views[1].rows.tolist()) == [2, 5, 9, 11, 17]
+    ids, mask, labels = _batch(examples, L)
+    target = labels[:, 1:]
+    allowed = inside.mask(target, views, V)  # (B, T-1, V)
+    for i, rows in ((0, cands), (1, cands + [9])):
+        first = int(torch.nonzero(target[i] != -100)[0, 0])
+        t = examples[i][1]
+        for d in range(L):
+            ok = {int(tokens[r][d]) for r in rows if list(tokens[r][:d]) == list(t[:d])}
+            assert set(torch.nonzero(allowed[i, first + d]).flatten().tolist()) == ok
+        assert allowed[i, :first].all()  # context positions: untouched
+    assert allowed[2].all()  # an example without candidates keeps the whole vocabulary
+    with torch.no_grad():  # a softmax over fewer tokens can only give the target more mass
+        full, n = _nll(gen.model, ids, mask, labels)
+        restricted, m = _nll(gen.model, ids, mask, labels, inside=inside, views=views)
+    assert n == m == 3 * L and float(restricted) < float(full)
+    config = PromptTuningStageConfig(canvas="search", num_virtual_tokens=4, lr=0.05, epochs=2,
+                                     batch_size=2)
+    train_adapter(load_model(base), examples, config, allow=[cands, cands, None])
+    with pytest.raises(ValueError, match="allow has 1 entries"):
+        train_adapter(load_model(base), examples, config, allow=[cands])
+
+
 def test_canvas_token_init_and_position_headroom(world):
     _, _, base, _, _ = world
     gen = load_model(base)
