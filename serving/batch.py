@@ -17,8 +17,12 @@ rows (the manifest counts them). A killed job resumes: shards already on disk ar
 is the same (same model, data, canvas, contexts, k, rules, shard size), and a different job in the
 same folder is refused rather than mixed in.
 
-Written by hand because the loop is sidrec's own (shards of requests through ``Recommender``); the
-Parquet files are pyarrow's.
+Two engines write the same shards: ``run_batch``, a loop in this process, and ``run_batch_ray``
+(``--engine ray``), a Ray Data pipeline whose actors each hold a ``Recommender``, on a local Ray
+or the cluster ``ray.init`` finds. Each resumes the other's folder.
+
+The shard loop is written by hand because it is sidrec's own (shards of requests through
+``Recommender``); the Parquet files are pyarrow's, the distribution Ray Data's.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +84,31 @@ def member_histories(data, ids, seq_config, max_users: int | None = None
     return users, hists
 
 
-def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: bool = True
-              ) -> dict[str, Any]:
-    """Write the lists of ``config`` for every member of ``data`` with ``rec`` (a ``Recommender``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
+@dataclass
+class _Plan:
+    """A job cut into shards, checked against what its folder already holds."""
 
-    from prompt_tuning.canvases import get_canvas
-    from serving.recommender import RecommendationRequest
+    out: Path
+    job: dict[str, Any]
+    members: int
+    pairs: list[tuple[str, list[str], str | None]]  # (user, history, context) per list
+    shards: list[list[tuple[str, list[str], str | None]]]
+
+    def path(self, s: int) -> Path:
+        return shard_path(self.out, s)
+
+
+def shard_path(out: Path, s: int) -> Path:
+    return out / f"part-{s:05d}.parquet"
+
+
+def _plan(model_dir: str | Path, ids, seq_config, data, config: BatchConfig, out_dir: str | Path) -> _Plan:
     from core.artifacts import manifest_hash, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    users, hists = member_histories(data, rec.ids, rec.seq_config, config.max_users)
-    job = {"model": str(rec.config.model_dir), "model_manifest": manifest_hash(rec.config.model_dir),
+    users, hists = member_histories(data, ids, seq_config, config.max_users)
+    job = {"model": str(model_dir), "model_manifest": manifest_hash(model_dir),
            "data_fingerprint": data.fingerprint, "dataset": data.name, "config": asdict(config)}
     job_path = out / _JOB_FILE
     if job_path.is_file():
@@ -107,54 +121,158 @@ def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: boo
     else:
         write_json(job_path, job)
     contexts: Sequence[str | None] = config.contexts or (None,)
-    field_name = get_canvas(config.canvas).context_field if config.contexts else None
     pairs = [(u, h, c) for c in contexts for u, h in zip(users, hists)]
     shards = [pairs[i:i + config.shard_size] for i in range(0, len(pairs), config.shard_size)]
+    return _Plan(out, job, len(users), pairs, shards)
+
+
+def write_shard(rec, config: BatchConfig, shard: Sequence[tuple[str, list[str], str | None]],
+                path: Path) -> tuple[int, int]:
+    """Decode one shard's lists with ``rec`` and write them atomically; (rows, short lists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prompt_tuning.canvases import get_canvas
+    from serving.recommender import RecommendationRequest
+
+    field_name = get_canvas(config.canvas).context_field if config.contexts else None
+    reqs = [RecommendationRequest(history=list(h), canvas=config.canvas, k=config.k, user_id=u,
+                                  exclude_history=config.exclude_history, rules=config.rules,
+                                  **({field_name: c} if field_name else {}))
+            for u, h, c in shard]
+    results = rec.recommend_batch(reqs)
     schema = pa.schema([("user_id", pa.string()), ("context", pa.string()), ("rank", pa.int16()),
                         ("item_id", pa.string()), ("title", pa.string()), ("score", pa.float32()),
                         ("semantic_id", pa.string())])
-    t0 = time.perf_counter()
-    done_now, rows_total, short, skipped_shards = 0, 0, 0, 0
-    bar = tqdm(total=len(pairs), desc=f"batch {config.canvas}", unit="list", disable=not progress)
-    for s, shard in enumerate(shards):
-        path = out / f"part-{s:05d}.parquet"
-        if path.is_file():  # resumed: this shard was written by an earlier run of the same job
-            skipped_shards += 1
-            rows_total += pq.read_metadata(path).num_rows
-            bar.update(len(shard))
-            continue
-        reqs = [RecommendationRequest(history=h, canvas=config.canvas, k=config.k, user_id=u,
-                                      exclude_history=config.exclude_history, rules=config.rules,
-                                      **({field_name: c} if field_name else {}))
-                for u, h, c in shard]
-        results = rec.recommend_batch(reqs)
-        cols: dict[str, list] = {name: [] for name in schema.names}
-        for (u, _, c), res in zip(shard, results):
-            short += len(res) < config.k
-            for rank, item in enumerate(res, 1):
-                cols["user_id"].append(u)
-                cols["context"].append(c or "")
-                cols["rank"].append(rank)
-                cols["item_id"].append(item.item_id)
-                cols["title"].append(item.title)
-                cols["score"].append(item.score)
-                cols["semantic_id"].append(item.semantic_id)
-        table = pa.table(cols, schema=schema)
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)  # a killed job never leaves half a shard under the final name
-        rows_total += table.num_rows
-        done_now += len(shard)
-        bar.update(len(shard))
-    bar.close()
+    cols: dict[str, list] = {name: [] for name in schema.names}
+    short = 0
+    for (u, _, c), res in zip(shard, results):
+        short += len(res) < config.k
+        for rank, item in enumerate(res, 1):
+            cols["user_id"].append(u)
+            cols["context"].append(c or "")
+            cols["rank"].append(rank)
+            cols["item_id"].append(item.item_id)
+            cols["title"].append(item.title)
+            cols["score"].append(item.score)
+            cols["semantic_id"].append(item.semantic_id)
+    table = pa.table(cols, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a killed job never leaves half a shard under the final name
+    return table.num_rows, short
+
+
+def _finish(plan: _Plan, config: BatchConfig, t0: float, done_now: int, rows: int, short: int,
+            resumed: int, backend: str, engine: dict[str, Any]) -> dict[str, Any]:
+    from core.artifacts import write_json
+
     seconds = time.perf_counter() - t0
-    manifest = {**job, "kind": "batch_lists", "members": len(users), "contexts": list(config.contexts),
-                "lists": len(pairs), "rows": rows_total, "shards": len(shards),
-                "shards_resumed": skipped_shards, "short_lists_this_run": short,
-                "backend": rec.config.backend, "seconds": round(seconds, 2),
+    manifest = {**plan.job, "kind": "batch_lists", "members": plan.members,
+                "contexts": list(config.contexts), "lists": len(plan.pairs), "rows": rows,
+                "shards": len(plan.shards), "shards_resumed": resumed, "short_lists_this_run": short,
+                "backend": backend, "engine": engine, "seconds": round(seconds, 2),
                 "lists_per_second": round(done_now / seconds, 2) if done_now and seconds > 0 else None}
-    write_json(out / BATCH_MANIFEST, manifest)
+    write_json(plan.out / BATCH_MANIFEST, manifest)
     return manifest
+
+
+def _resumed_rows(plan: _Plan) -> tuple[list[int], int]:
+    """Shards still to write, and the rows of those already on disk (an earlier run of the job)."""
+    import pyarrow.parquet as pq
+
+    todo, rows = [], 0
+    for s in range(len(plan.shards)):
+        if plan.path(s).is_file():
+            rows += pq.read_metadata(plan.path(s)).num_rows
+        else:
+            todo.append(s)
+    return todo, rows
+
+
+def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: bool = True
+              ) -> dict[str, Any]:
+    """Write the lists of ``config`` for every member of ``data`` with ``rec`` (a ``Recommender``),
+    one shard after another in this process."""
+    from tqdm.auto import tqdm
+
+    plan = _plan(rec.config.model_dir, rec.ids, rec.seq_config, data, config, out_dir)
+    todo, rows = _resumed_rows(plan)
+    t0 = time.perf_counter()
+    done_now, short = 0, 0
+    bar = tqdm(total=len(plan.pairs), desc=f"batch {config.canvas}", unit="list", disable=not progress)
+    bar.update(len(plan.pairs) - sum(len(plan.shards[s]) for s in todo))  # resumed shards
+    for s in todo:
+        n, sh = write_shard(rec, config, plan.shards[s], plan.path(s))
+        rows, short, done_now = rows + n, short + sh, done_now + len(plan.shards[s])
+        bar.update(len(plan.shards[s]))
+    bar.close()
+    return _finish(plan, config, t0, done_now, rows, short, len(plan.shards) - len(todo),
+                   rec.config.backend, {"name": "local"})
+
+
+def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: BatchConfig,
+                  out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """The same job as ``run_batch`` as a Ray Data pipeline: the shards still to write are a
+    dataset, mapped by ``workers`` actors that each hold one ``Recommender`` (built from
+    ``model_dir`` and the ``serving`` keyword arguments of ``Recommender.from_pretrained``) and
+    write each shard with ``write_shard``, so both engines leave the same Parquet files and resume
+    each other's folders. This is the pattern vLLM documents for batch inference with Ray Data
+    (a class-based ``map_batches`` holding the engine); the cluster is the one ``ray.init`` finds
+    (``RAY_ADDRESS``), else a local one."""
+    import ray
+
+    from gen_fm.model import load_model
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    gm = load_model(model_dir)
+    plan = _plan(model_dir, gm.ids, gm.seq_config, data, config, out_dir)
+    del gm
+    todo, rows = _resumed_rows(plan)
+    t0 = time.perf_counter()
+    done_now, short = 0, 0
+    if todo:
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        shards = ray.put(plan.shards)  # the actors read the requests from the object store
+        model, folder = str(model_dir), plan.out
+        import torch
+
+        threads = torch.get_num_threads()  # Ray gives an actor 1 thread: keep the driver's sums
+
+        class ShardWriter:  # one per actor: the engine is built once and reused for its shards
+            def __init__(self) -> None:
+                from serving.recommender import Recommender
+
+                import torch
+
+                torch.set_num_threads(threads)
+                self.rec = Recommender.from_pretrained(model, **serving)
+                self.shards = ray.get(shards)
+
+            def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+                out: dict[str, list] = {"shard": [], "rows": [], "short": [], "lists": []}
+                for s in batch["shard"].tolist():
+                    n, sh = write_shard(self.rec, config, self.shards[s], shard_path(folder, s))
+                    for key, value in (("shard", s), ("rows", n), ("short", sh),
+                                       ("lists", len(self.shards[s]))):
+                        out[key].append(value)
+                return out
+
+        done = (ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+                .map_batches(ShardWriter, batch_size=1, concurrency=workers, num_cpus=1)
+                .take_all())
+        if sorted(d["shard"] for d in done) != todo:
+            raise RuntimeError(f"the Ray pipeline wrote {len(done)} of {len(todo)} shards")
+        rows += sum(d["rows"] for d in done)
+        short = sum(d["short"] for d in done)
+        done_now = sum(d["lists"] for d in done)
+    return _finish(plan, config, t0, done_now, rows, short, len(plan.shards) - len(todo),
+                   serving.get("backend", "vllm"), {"name": "ray", "workers": workers,
+                                                    "ray": ray.__version__})
 
 
 def read_lists(out_dir: str | Path):
@@ -167,4 +285,5 @@ def read_lists(out_dir: str | Path):
     return pq.ParquetDataset([str(f) for f in files]).read()
 
 
-__all__ = ["BATCH_MANIFEST", "BatchConfig", "member_histories", "read_lists", "run_batch"]
+__all__ = ["BATCH_MANIFEST", "BatchConfig", "member_histories", "read_lists", "run_batch",
+           "run_batch_ray", "write_shard"]

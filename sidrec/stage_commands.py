@@ -7,6 +7,7 @@ in the one parser (``add_stage_commands``) beside the benchmark commands (``sidr
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.table import Table
 
@@ -130,19 +131,28 @@ def cmd_batch(args) -> None:
     config = BatchConfig(canvas=args.canvas, k=args.k, contexts=tuple(args.context or ()), rules=rules,
                          shard_size=args.shard_size, max_users=args.max_users,
                          exclude_history=not args.keep_history)
-    rec = Recommender.from_pretrained(args.model, backend=args.backend, num_beams=max(args.k, 10),
-                                      max_k=max(args.k, 10), max_batch=args.shard_size,
-                                      data_dir=args.data if rules else None, dataset=args.dataset)
-    try:  # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
-        import dataclasses
+    serving = dict(backend=args.backend, num_beams=max(args.k, 10), max_k=max(args.k, 10),
+                   max_batch=args.shard_size, data_dir=args.data if rules else None,
+                   dataset=args.dataset)
+    import dataclasses
 
-        data = load_data(dataclasses.replace(data_config(args, args.model), max_users=None))
-        if data.fingerprint != rec.manifest["data"]["fingerprint"]:
-            console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
-                          f"has no ID for are an error[/yellow]")
-        m = run_batch(rec, data, config, args.out)
-    finally:
-        rec.close()
+    from core.artifacts import read_json
+
+    # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
+    data = load_data(dataclasses.replace(data_config(args, args.model), max_users=None))
+    if data.fingerprint != read_json(Path(args.model) / "manifest.json")["data"]["fingerprint"]:
+        console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
+                      f"has no ID for are an error[/yellow]")
+    if args.engine == "ray":
+        from serving.batch import run_batch_ray
+
+        m = run_batch_ray(args.model, serving, data, config, args.out, workers=args.workers)
+    else:
+        rec = Recommender.from_pretrained(args.model, **serving)
+        try:
+            m = run_batch(rec, data, config, args.out)
+        finally:
+            rec.close()
     console.print(f"{m['lists']:,} lists ({m['rows']:,} rows) in {args.out}: {m['seconds']} s"
                   + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else ""))
 
@@ -353,6 +363,10 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     p.add_argument("--shard-size", type=int, default=512, help="lists per Parquet shard and decoding call")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors "
+                        "(pip install 'ray[data]'; a local Ray unless RAY_ADDRESS names a cluster)")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own engine")
     add_threads_arg(p)
     p.set_defaults(func=cmd_batch)
 

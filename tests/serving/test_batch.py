@@ -60,3 +60,30 @@ def test_bad_jobs_are_refused_with_a_clear_error(world, tmp_path) -> None:
         BatchConfig(canvas="home", contexts=("x",))
     with pytest.raises(ValueError, match="k and shard_size"):
         BatchConfig(k=0)
+
+
+def test_the_ray_pipeline_writes_the_local_loops_lists_and_resumes_them(world, tmp_path) -> None:
+    """Ray Data in a local Ray: the same shards as the local loop, and each resumes the other."""
+    ray = pytest.importorskip("ray")
+    from serving.batch import run_batch_ray
+
+    rec, data = world
+    config = BatchConfig(k=5, rules=RULES, shard_size=1)
+    serving = dict(backend="transformers", num_beams=6, max_k=6)
+    local = run_batch(rec, data, config, tmp_path / "local", progress=False)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        m = run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "ray", workers=2,
+                          progress=False)
+        assert m["engine"]["name"] == "ray" and m["lists"] == local["lists"] == 4
+        assert m["rows"] == local["rows"] and m["shards_resumed"] == 0
+        assert read_lists(tmp_path / "ray").to_pylist() == read_lists(tmp_path / "local").to_pylist()
+        (tmp_path / "local" / "part-00001.parquet").unlink()  # a killed local job, finished by Ray
+        again = run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "local",
+                              progress=False)
+        assert again["shards_resumed"] == 3
+        assert read_lists(tmp_path / "local").to_pylist() == read_lists(tmp_path / "ray").to_pylist()
+        with pytest.raises(ValueError, match="workers"):
+            run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "x", workers=0)
+    finally:
+        ray.shutdown()
