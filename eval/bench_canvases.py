@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
 from semantic_ids.trie import PrefixTrie
@@ -32,7 +34,7 @@ from semantic_ids.trie import PrefixTrie
 
 def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k: int = 10,
                      num_beams: int = 10, full_finetune: bool = True,
-                     candidates: Any = None) -> dict[str, Any]:
+                     candidates: Any = None, canvas_neighbourhood: int = 0) -> dict[str, Any]:
     """Every variant of one canvas on the same held-out examples (see the module docstring)."""
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
@@ -51,6 +53,16 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                                                           "epochs": config.epochs, "lr": config.lr}}
     total = sum(p.numel() for p in {id(p): p for p in gen.model.parameters()}.values())
     allow = candidate_rows(cd, candidates)
+    if canvas_neighbourhood and candidates is not None and allow is None and \
+            all(ex.source is not None for ex in cd.test):
+        from gen_fm.dataset import catalog_to_sid_rows
+
+        # title contexts (t2t): judged inside the source's neighbourhood, to see whether it helps
+        allow = t2t_neighbourhoods(cd, split, catalog_to_sid_rows(data, gen.ids), candidates,
+                                   canvas_neighbourhood)
+        result["neighbourhood"] = {"size": canvas_neighbourhood,
+                                   "targets_inside": float(np.mean([ex.target in set(a) for ex, a
+                                                                    in zip(cd.test, allow)]))}
     result["base"] = {**evaluate_variant(gen.model, **common), "trainable_parameters": 0}
     if allow is not None:
         result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),
@@ -95,16 +107,54 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     return result
 
 
+def co_engaged(split, sid_rows, window: int = 3) -> dict[int, dict[int, int]]:
+    """Per title (ID row), how often each other title sits within `window` events of it in
+    members' training histories (the co-engagement neighbourhood; test events never count)."""
+    from collections import Counter
+
+    from gen_fm.dataset import to_sid_rows
+
+    counts: dict[int, Counter] = {}
+    for u in range(len(split.sequences)):
+        items = to_sid_rows(split.train_items(u), sid_rows).tolist()
+        for i, a in enumerate(items):
+            near = items[max(0, i - window): i] + items[i + 1: i + 1 + window]
+            counts.setdefault(a, Counter()).update(b for b in near if b != a)
+    return counts
+
+
+def t2t_neighbourhoods(cd, split, sid_rows, index, size: int) -> list[list[int]]:
+    """Per held-out t2t example, the source's neighbourhood: its size // 2 most co-engaged
+    titles, then its nearest titles by title-text embedding up to `size` (content fills in
+    where co-engagement is thin)."""
+    counts = co_engaged(split, sid_rows)
+    out = []
+    for ex in cd.test:
+        rows = [b for b, _ in counts.get(ex.source, {}).most_common(size // 2)]
+        seen = set(rows) | {ex.source}
+        for r in index.for_title(ex.source, size).tolist():
+            if len(rows) >= size:
+                break
+            if r not in seen:
+                rows.append(r)
+                seen.add(r)
+        out.append(rows)
+    return out
+
+
 def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None = None,
                    dataset: str | None = None,
                    canvases: Sequence[str] = ("home", "search", "t2t", "collection"),
                    overrides: dict[str, Any] | None = None, full_finetune: bool = True,
-                   candidates: bool = False, command: str = "") -> dict[str, Any]:
+                   candidates: bool = False, neighbourhood: int = 0,
+                   command: str = "") -> dict[str, Any]:
     """Every variant of every canvas (``benchmark_canvas``); returns the report, written to ``out``
     (default ``results/prompt_tuning/<dataset>.json``) after every canvas.
 
     ``overrides``: PromptTuningStageConfig fields for every canvas; ``candidates``: also judge every
-    variant inside the context's candidate set; ``command``: recorded in the report.
+    variant inside the context's candidate set; ``neighbourhood`` (with ``candidates``): judge a
+    title-context canvas (t2t) inside its source's neighbourhood of that many titles
+    (``t2t_neighbourhoods``; a measurement, not served); ``command``: recorded in the report.
     """
     import dataclasses
     import json
@@ -135,7 +185,8 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
         config = PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvas})
         print(f"== {canvas}", flush=True)
         report["canvases"][canvas] = benchmark_canvas(model, data, split, canvas, config,
-                                                      full_finetune=full_finetune, candidates=index)
+                                                      full_finetune=full_finetune, candidates=index,
+                                                      canvas_neighbourhood=neighbourhood)
         report["config"] = dataclasses.asdict(config)
         row = report["canvases"][canvas]
         print(json.dumps({v: {m: row[v].get(m) for m in ("recall@10", "ndcg@10")}

@@ -156,6 +156,15 @@ class CandidateIndex:
         return Candidates(order, f"free-text theme {theme.strip()!r} (not a catalog category): "
                                  f"its {len(order)} nearest titles by sentence embedding")
 
+    # ------------------------------------------------------------------ titles
+    def for_title(self, row: int, n: int) -> np.ndarray:
+        """The `n` titles nearest to title `row` by title-text embedding (itself left out)."""
+        if not 0 <= row < self.ids.num_items:
+            raise ValueError(f"title row {row} is not in the ID artifact ({self.ids.num_items} titles)")
+        sims = self.title_vecs @ self.title_vecs[row]  # (N,)
+        order = np.argsort(-sims, kind="stable")
+        return order[order != row][:n].astype(np.int64)
+
     # ------------------------------------------------------------------ search
     def expand(self, query: str) -> list[str]:
         """Query words in the index's vocabulary; an unknown word becomes the words it begins."""

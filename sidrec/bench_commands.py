@@ -87,7 +87,8 @@ def cmd_bench_canvases(args) -> int:
     bench_canvases(model=args.model, out=args.out, data_dir=args.data, dataset=args.dataset,
                    canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
                    overrides=parse_overrides(None, args.set), full_finetune=not args.no_full_finetune,
-                   candidates=args.candidates, command=command_line(args))
+                   candidates=args.candidates, neighbourhood=args.neighbourhood,
+                   command=command_line(args))
     return 0
 
 
@@ -216,6 +217,9 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", action="store_true",
                    help="also judge every variant inside the context's candidate set (search, "
                         "collection; prompt_tuning.candidates), as the server decodes by default")
+    p.add_argument("--neighbourhood", type=int, default=0, metavar="N",
+                   help="with --candidates: also judge t2t inside the source's N-title neighbourhood "
+                        "(co-engaged, then nearest by title text): whether restricting helps")
     add_threads_arg(p, 1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
 

@@ -90,3 +90,31 @@ def test_candidate_rows_follow_each_example_context(world, slice_world) -> None:
     allow = candidate_rows(data, index)
     assert allow is not None and allow[0] == allow[1] == index.for_theme("Comedy").rows.tolist()
     assert candidate_rows(CanvasData(canvas="home", train=[], test=[ex], info={}), index) is None
+
+
+def test_a_title_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world, slice_world) -> None:
+    from eval.bench_canvases import co_engaged, t2t_neighbourhoods
+    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+    from prompt_tuning.canvases import CanvasData, CanvasExample
+
+    index, ids, _, _ = world
+    data, split, _, _, _ = slice_world
+    near = index.for_title(0, 5)
+    assert len(near) == 5 and 0 not in near.tolist()
+    sims = index.title_vecs @ index.title_vecs[0]
+    assert sims[near[0]] >= sims[near[-1]]  # nearest first
+    with pytest.raises(ValueError, match="not in the ID artifact"):
+        index.for_title(ids.num_items, 5)
+    sid_rows = catalog_to_sid_rows(data, ids)
+    counts = co_engaged(split, sid_rows, window=1)
+    first = to_sid_rows(split.train_items(0), sid_rows).tolist()
+    assert counts[first[0]][first[1]] >= 1  # neighbours in a training history count
+    trained = {r for u in range(len(split.sequences))
+               for r in to_sid_rows(split.train_items(u), sid_rows).tolist()}
+    assert set(counts) <= trained  # only training events make neighbours (no test leakage)
+    src = first[0]
+    ex = CanvasExample(history=np.zeros(0, np.int64), target=first[1], source=src, kind="pair")
+    cd = CanvasData(canvas="t2t", train=[], test=[ex], info={})
+    (rows,) = t2t_neighbourhoods(cd, split, sid_rows, index, size=6)
+    top = [b for b, _ in co_engaged(split, sid_rows)[src].most_common(3)]
+    assert rows[:len(top)] == top and len(rows) == 6 and src not in rows and len(set(rows)) == 6

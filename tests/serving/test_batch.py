@@ -62,8 +62,10 @@ def test_bad_jobs_are_refused_with_a_clear_error(world, tmp_path) -> None:
         BatchConfig(k=0)
 
 
+@pytest.mark.slow  # a local Ray and two actors each loading a model: minutes on 2 busy cores
 def test_the_ray_pipeline_writes_the_local_loops_lists_and_resumes_them(world, tmp_path) -> None:
-    """Ray Data in a local Ray: the same shards as the local loop, and each resumes the other."""
+    """Ray Data in a local Ray: the same shards as the local loop, and each resumes the other
+    (``pip install -e '.[ray]'``; skipped without Ray)."""
     ray = pytest.importorskip("ray")
     from serving.batch import run_batch_ray
 
