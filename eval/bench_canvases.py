@@ -130,7 +130,8 @@ def t2t_neighbourhoods(cd, split, sid_rows, index, size: int) -> list[list[int]]
     counts = co_engaged(split, sid_rows)
     out = []
     for ex in cd.test:
-        rows = [b for b, _ in counts.get(ex.source, {}).most_common(size // 2)]
+        near = counts.get(ex.source)  # None: the source was never in a training history
+        rows = [b for b, _ in near.most_common(size // 2)] if near is not None else []
         seen = set(rows) | {ex.source}
         for r in index.for_title(ex.source, size).tolist():
             if len(rows) >= size:

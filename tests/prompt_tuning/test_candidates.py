@@ -118,3 +118,8 @@ def test_a_title_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world, 
     (rows,) = t2t_neighbourhoods(cd, split, sid_rows, index, size=6)
     top = [b for b, _ in co_engaged(split, sid_rows)[src].most_common(3)]
     assert rows[:len(top)] == top and len(rows) == 6 and src not in rows and len(set(rows)) == 6
+    unseen = next(r for r in range(ids.num_items) if r not in counts)  # content alone
+    cold = CanvasExample(history=np.zeros(0, np.int64), target=0, source=unseen, kind="pair")
+    (rows,) = t2t_neighbourhoods(CanvasData(canvas="t2t", train=[], test=[cold], info={}), split,
+                                 sid_rows, index, size=4)
+    assert rows == index.for_title(unseen, 4).tolist()
