@@ -34,11 +34,14 @@ from semantic_ids.trie import PrefixTrie
 
 def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k: int = 10,
                      num_beams: int = 10, full_finetune: bool = True,
-                     candidates: Any = None, canvas_neighbourhood: int = 0) -> dict[str, Any]:
-    """Every variant of one canvas on the same held-out examples (see the module docstring)."""
+                     candidates: Any = None, canvas_neighbourhood: int = 0,
+                     train_index: Any = None) -> dict[str, Any]:
+    """Every variant of one canvas on the same held-out examples (see the module docstring).
+    `candidates`: the index the ``_candidates`` variants are judged inside; `train_index`: the
+    index soft prompts train inside (``config.train_in_candidates``; default `candidates`)."""
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
-    from prompt_tuning.canvases import canvas_data_for, get_canvas
+    from prompt_tuning.canvases import canvas_data_for
     from prompt_tuning.export import attach_soft_prompts
 
     gen = load_model(model_dir)
@@ -75,9 +78,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                 **evaluate_variant(gen.model, home=True, allow=allow, **common), "trainable_parameters": 0}
     pairs = cd.training_pairs(encoder)
     t0 = time.perf_counter()
-    if config.train_in_candidates and candidates is None and get_canvas(canvas).candidates:
-        raise ValueError("train_in_candidates needs the candidate index (--candidates)")
-    train_allow = candidate_rows(cd, candidates, cd.train) if config.train_in_candidates else None
+    train_allow = candidate_rows(cd, train_index or candidates, cd.train) \
+        if config.train_in_candidates else None
     peft_model = train_adapter(gen, pairs, config, train_allow)
     seconds = time.perf_counter() - t0
     trainable = trainable_parameters(peft_model)
@@ -173,7 +175,8 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
         raise ValueError(f"{model} was trained on other data than {data.path}")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     index = None
-    if candidates:
+    if candidates or any(PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}).train_in_candidates
+                         for c in canvases):
         from gen_fm.model import IDS_SUBDIR
         from prompt_tuning.candidates import CandidateIndex
 
@@ -186,8 +189,10 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
         config = PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvas})
         print(f"== {canvas}", flush=True)
         report["canvases"][canvas] = benchmark_canvas(model, data, split, canvas, config,
-                                                      full_finetune=full_finetune, candidates=index,
-                                                      canvas_neighbourhood=neighbourhood)
+                                                      full_finetune=full_finetune,
+                                                      candidates=index if candidates else None,
+                                                      canvas_neighbourhood=neighbourhood,
+                                                      train_index=index)
         report["config"] = dataclasses.asdict(config)
         row = report["canvases"][canvas]
         print(json.dumps({v: {m: row[v].get(m) for m in ("recall@10", "ndcg@10")}

@@ -34,8 +34,9 @@ class PromptTuningStageConfig:
     # Canvases whose context is a candidate set (the spec's ``candidates``: search, collection)
     # train with the softmax of every target code restricted to the codes that lead to one of the
     # example's candidates (the target always among them): the task they are served on, ranking
-    # inside the context's titles. False: the softmax over the whole vocabulary.
-    train_in_candidates: bool = False
+    # inside the context's titles (collection on ml-latest-small: R@10 inside the theme 0.125
+    # against 0.112 trained over the whole vocabulary). False: the softmax over every title.
+    train_in_candidates: bool = True
 
     # Learning rate of the full fine-tuning baseline (every weight trained on the same examples).
     full_finetune_lr: float = 3e-4
@@ -87,4 +88,5 @@ class PromptTuningStageConfig:
         unknown = set(obj) - known
         if unknown:
             raise ValueError(f"unknown prompt-tuning config keys: {sorted(unknown)}")
-        return cls(**obj)
+        # adapters written before the field existed trained over the whole vocabulary
+        return cls(**{"train_in_candidates": False, **obj})

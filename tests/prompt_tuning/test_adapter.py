@@ -66,6 +66,8 @@ def world(tmp_path_factory):
 
 def test_config_validation():
     assert PromptTuningStageConfig().num_virtual_tokens == 8
+    assert PromptTuningStageConfig().train_in_candidates  # trained as served
+    assert not PromptTuningStageConfig.from_json({"canvas": "home"}).train_in_candidates  # older
     for bad in (dict(canvas="tv"), dict(init="text"), dict(num_virtual_tokens=0), dict(lr=0.0),
                 dict(epochs=0), dict(batch_size=0), dict(seed=-1)):
         with pytest.raises(ValueError):
