@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from sidrec.refresh import RefreshConfig
 
 VARIANTS = ("before", "old_model_new_trie", "after")
+# Model-free references on the same members: the new titles most engaged in the fresh window's
+# training events, and the new titles nearest the member's history by title-text embedding.
+BASELINES = ("popular_new", "content_nearest_new")
 GROUPS = ("new_titles", "old_titles")
 
 
@@ -44,7 +47,78 @@ def judge(parent, new_ids, refreshed, data: RecData, new_titles: set[str], confi
     for name, (gen, ids) in variants.items():
         out[name] = {g: score(gen, ids, data, split, ex, m, config, f"{name} / {g}")
                      for g, m in groups.items()}
+    out.update(baselines(new_ids, data, split, ex, groups, new_titles, config.ks))
     return out, members
+
+
+def popular_new(train_rows: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray],
+                k: int) -> list[list[int]]:
+    """Per history, the `k` new titles (catalog rows) with most training events (ties: lower
+    row); titles of the history are left out."""
+    size = int(max(new_rows.max(initial=-1), train_rows.max(initial=-1))) + 1
+    counts = np.bincount(train_rows, minlength=size)
+    order = new_rows[np.lexsort((new_rows, -counts[new_rows]))].tolist()  # most engaged first
+    out = []
+    for h in histories:
+        seen = set(h.tolist())
+        out.append([r for r in order if r not in seen][:k])
+    return out
+
+
+def content_nearest_new(vectors: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray],
+                        k: int) -> list[list[int]]:
+    """Per history, the `k` new titles whose vectors (unit rows, indexed by catalog row) are
+    nearest the mean of the history's; an empty history gets none."""
+    out = []
+    for h in histories:
+        if not len(h):
+            out.append([])
+            continue
+        q = vectors[h].mean(axis=0)
+        sims = vectors[new_rows] @ q
+        order = new_rows[np.lexsort((new_rows, -sims))]
+        seen = set(h.tolist())
+        out.append([int(r) for r in order if r not in seen][:k])
+    return out
+
+
+def baselines(new_ids, data: RecData, split, ex, groups: dict[str, np.ndarray], new_titles: set[str],
+              ks: tuple[int, ...]) -> dict[str, dict[str, dict]]:
+    """``BASELINES`` on the same members as the model variants, from the refreshed ID artifact's
+    title-text embeddings and the training events (test events never count)."""
+    from core.metrics import ranking_metrics
+    from gen_fm.dataset import catalog_to_sid_rows
+    from prompt_tuning.candidates import CandidateIndex
+
+    cat = list(data.catalog["item_id"])
+    new_rows = np.asarray(sorted(i for i, t in enumerate(cat) if t in new_titles), dtype=np.int64)
+    _, train_rows = split.train_pairs()
+    sid_rows = catalog_to_sid_rows(data, new_ids)
+    try:
+        text = CandidateIndex(new_ids.path).title_vecs  # (ID rows, d) unit title-text vectors
+        vectors = np.zeros((len(cat), text.shape[1]), dtype=np.float32)
+        vectors[sid_rows >= 0] = text[sid_rows[sid_rows >= 0]]
+    except ValueError:  # IDs built without the text modality: no sentence embeddings to compare
+        vectors = None
+    k = max(ks)
+    out: dict[str, dict[str, dict]] = {name: {} for name in BASELINES}
+    for g, members in groups.items():
+        hists = [np.asarray(ex.histories[i], dtype=np.int64) for i in members]
+        targets = [cat[int(t)] for t in ex.targets[members]]
+        for name in BASELINES:
+            if name == "content_nearest_new" and vectors is None:
+                out[name][g] = {"num_users": len(members), "skipped": "the IDs have no text modality",
+                                **{f"{m}@{kk}": None for kk in ks for m in ("recall", "ndcg")}}
+                continue
+            ranked = popular_new(np.asarray(train_rows), new_rows, hists, k) \
+                if name == "popular_new" else content_nearest_new(vectors, new_rows, hists, k)
+            if not len(members):
+                out[name][g] = {"num_users": 0, **{f"{m}@{kk}": None for kk in ks
+                                                   for m in ("recall", "ndcg")}}
+                continue
+            m = ranking_metrics([[cat[r] for r in rows] for rows in ranked], targets, ks).to_dict()
+            out[name][g] = m
+    return out
 
 
 def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "RefreshConfig",

@@ -284,7 +284,8 @@ PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "embeddings_export": _parse_export,
 }
 REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
-                    "after": "after the fine-tune"}
+                    "after": "after the fine-tune", "popular_new": "most popular new titles",
+                    "content_nearest_new": "new titles nearest the history (content)"}
 
 
 def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> Results:

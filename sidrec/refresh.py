@@ -43,7 +43,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from eval.new_titles import GROUPS, VARIANTS, judge
+from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
 from gen_fm.config import PretrainConfig
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.config import SemanticIDConfig
@@ -317,7 +317,8 @@ def _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, 
     from eval.machine import machine_info
 
     k = config.k
-    summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS} for g in GROUPS}
+    summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS + BASELINES}
+               for g in GROUPS}
     stats = new_ids.stats()
     return {
         "benchmark": "refresh", "dataset": data.name, "split": "test", "k": k,
@@ -350,10 +351,11 @@ def show(report: dict) -> None:
     t = Table(title=f"{report['dataset']} test, Recall@{k} (beam {report['num_beams']})")
     t.add_column("targets")
     t.add_column("members")
-    for v in VARIANTS:
+    shown = [v for v in VARIANTS + BASELINES if v in report[f"recall@{k}"][GROUPS[0]]]
+    for v in shown:
         t.add_column(v.replace("_", " "))
     for g in GROUPS:
-        cells = [report[f"recall@{k}"][g][v] for v in VARIANTS]
+        cells = [report[f"recall@{k}"][g][v] for v in shown]
         t.add_row(g.replace("_", " "), str(report["members_judged"][g]),
                   *("-" if c is None else f"{c:.4f}" for c in cells))
     console.print(t)

@@ -110,6 +110,11 @@ def test_report_before_and_after(simulated, data_dir):
     assert ev["before"]["new_titles"]["history_titles_without_id"] > 0
     for variant in ("old_model_new_trie", "after"):
         assert all(ev[variant][g]["targets_without_id"] == 0 for g in ("new_titles", "old_titles"))
+    # model-free references on the same members (the tiny IDs have no text: no content baseline)
+    assert ev["popular_new"]["new_titles"]["num_users"] == report["members_judged"]["new_titles"]
+    assert ev["popular_new"]["old_titles"]["recall@5"] == 0.0  # it only ever names new titles
+    assert report["recall@5"]["new_titles"]["popular_new"] is not None
+    assert "text" in ev["content_nearest_new"]["new_titles"]["skipped"]
     data = load_data(DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40))
     split = leave_one_out(build_sequences(data))  # the quickstart's default sequence config
     assert sum(report["members"].values()) == int(split.evaluable.sum())  # every evaluable member
