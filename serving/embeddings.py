@@ -89,9 +89,57 @@ class ModelEmbeddings:
         return out
 
 
+def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories: dict[str, list],
+                 workers: int) -> dict[str, np.ndarray]:
+    """The vectors of each named list of histories, computed as a Ray Data pipeline: blocks of
+    whole batches (so every batch is the one the local loop forms: the same vectors) mapped by
+    `workers` actors that each hold a ``ModelEmbeddings``."""
+    import ray
+    import torch
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    block = batch_size * max(1, 4096 // batch_size)
+    items = [{"name": n, "start": s} for n, h in histories.items() for s in range(0, len(h), block)]
+    ref, model, threads = ray.put(histories), str(model_dir), torch.get_num_threads()
+
+    class Embedder:  # one per actor: the model is loaded once and reused for its blocks
+        def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(threads)  # the driver's: the same float sums as the local loop
+            self.emb = ModelEmbeddings(model, device, batch_size)
+            self.histories = ray.get(ref)
+
+        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, list] = {"name": [], "start": [], "vectors": []}
+            for name, start in zip(batch["name"].tolist(), batch["start"].tolist()):
+                vecs = self.emb.members(self.histories[name][start:start + block])
+                out["name"].append(name)
+                out["start"].append(start)
+                out["vectors"].append(vecs.tobytes())
+            return out
+
+    rows = (ray.data.from_items(items, override_num_blocks=len(items))
+            .map_batches(Embedder, batch_size=1, concurrency=workers, num_cpus=1).take_all())
+    out: dict[str, np.ndarray] = {}
+    for name, h in histories.items():
+        parts = sorted((r for r in rows if r["name"] == name), key=lambda r: r["start"])
+        vecs = [np.frombuffer(r["vectors"], dtype=np.float32) for r in parts]
+        flat = np.concatenate(vecs) if vecs else np.zeros(0, np.float32)
+        out[name] = flat.reshape(len(h), -1) if len(h) else np.zeros((0, 0), np.float32)
+    return out
+
+
 def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: str = "cpu",
-                      batch_size: int = 256, max_users: int | None = None) -> dict[str, Any]:
-    """Every member's and title's embedding to Parquet, plus a faiss index over the titles."""
+                      batch_size: int = 256, max_users: int | None = None, engine: str = "local",
+                      workers: int = 1) -> dict[str, Any]:
+    """Every member's and title's embedding to Parquet, plus a faiss index over the titles.
+
+    ``engine="ray"`` computes the vectors as a Ray Data pipeline of ``workers`` actors (a local
+    Ray unless ``RAY_ADDRESS`` names a cluster); the files are the same as the local loop's."""
     import time
 
     import faiss
@@ -101,11 +149,18 @@ def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: 
     from serving.batch import member_histories
     from core.artifacts import atomic_dir, manifest_hash, write_json
 
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     t0 = time.perf_counter()
     emb = ModelEmbeddings(model_dir, device, batch_size)
     users, hists = member_histories(data, emb.ids, emb.gen.seq_config, max_users)
-    members = emb.members(hists)
-    titles = emb.titles()
+    if engine == "ray":
+        vecs = _ray_vectors(model_dir, device, batch_size,
+                            {"members": hists, "titles": [[t] for t in emb.ids.item_ids]}, workers)
+        members, titles = vecs["members"], vecs["titles"]
+    else:
+        members = emb.members(hists)
+        titles = emb.titles()
     seconds = time.perf_counter() - t0
     unit = titles / np.maximum(np.linalg.norm(titles, axis=1, keepdims=True), 1e-12)
     index = faiss.IndexFlatIP(unit.shape[1])
@@ -113,6 +168,7 @@ def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: 
     manifest = {"kind": "embeddings", "model": str(model_dir), "model_manifest": manifest_hash(model_dir),
                 "dataset": data.name, "data_fingerprint": data.fingerprint, "dim": emb.dim,
                 "members": len(users), "titles": len(titles), "seconds": round(seconds, 2),
+                "engine": {"name": engine, **({"workers": workers} if engine == "ray" else {})},
                 "member_vector": "last hidden state (final norm) of the home prompt of the latest "
                                  f"{emb.max_history} titles",
                 "title_vector": "the same for a one-title history",

@@ -107,3 +107,52 @@ def reap_children(timeout: float = 10.0) -> list[int]:
     if left:
         log.warning("ended %d engine process(es) left after shutdown: %s", len(left), [p.pid for p in left])
     return [p.pid for p in left]
+
+
+# Seconds a stopping server keeps accepting what the kernel already queued (after new connection
+# attempts are refused) before it closes its listening sockets.
+ACCEPT_QUEUE_DRAIN = 0.5
+
+
+def refuse_new_connections(sock) -> bool:
+    """Make a listening TCP socket drop new connection attempts while it stays open (Linux).
+
+    Why by hand: closing a listening socket resets every connection the kernel has already
+    completed but the server has not accepted yet; their clients sent a request and see it
+    dropped. A one-instruction BPF socket filter ("drop every packet") on the listener stops new
+    handshakes instead, so the server can still accept and answer the queued connections and
+    only then close (clients that connect after it see the connection refused). Connections
+    accepted before the filter are separate sockets and are not filtered. No library does this;
+    returns False where the platform lacks socket filters (the plain close then applies).
+    """
+    import ctypes
+    import socket
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    so_attach_filter = getattr(socket, "SO_ATTACH_FILTER", 26)
+    drop = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K, k=0
+    program = struct.pack("HL", 1, ctypes.addressof(drop))  # struct sock_fprog {len; filter*}
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, so_attach_filter, program)
+    except OSError as e:
+        log.warning("could not stop new connections before closing the listener: %s", e)
+        return False
+    return True
+
+
+def draining_server(config):
+    """A ``uvicorn.Server`` whose stop first refuses new connections, accepts and answers what the
+    kernel already queued (``ACCEPT_QUEUE_DRAIN`` seconds), then shuts down as uvicorn does."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            listeners = [s for server in self.servers for s in server.sockets] + list(sockets or [])
+            if listeners and all([refuse_new_connections(s) for s in listeners]):
+                await asyncio.sleep(ACCEPT_QUEUE_DRAIN)
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)

@@ -65,8 +65,8 @@ from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse
                          ModelCard, ModelList, RecommendationsRequest, RecommendationsResponse, ResultInfo,
                          Usage, canvas_of, model_id, parse_history)
 from serving.guard import Guard, ServerSettings, error_response
-from serving.lifecycle import (EngineState, EngineUnavailable, Stopped, install_sigterm_handler,
-                               reap_children, watch_engine)
+from serving.lifecycle import (EngineState, EngineUnavailable, Stopped, draining_server,
+                               install_sigterm_handler, reap_children, watch_engine)
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
 
@@ -320,8 +320,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
     app = create_app(lambda: Recommender.from_pretrained(model_dir, backend=backend, data_dir=data_dir,
                                                          dataset=dataset, **config),
                      settings, on_engine_death=on_engine_death)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=int(max(drain_seconds, 1))))
+    server = draining_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                            timeout_graceful_shutdown=int(max(drain_seconds, 1))))
     restore = install_sigterm_handler()
     try:
         server.run()

@@ -164,7 +164,7 @@ def cmd_embed(args) -> None:
     set_threads(args)
     data = load_data(data_config(args, args.model))
     m = export_embeddings(args.model, data, args.out, device=args.device, batch_size=args.batch_size,
-                          max_users=args.max_users)
+                          max_users=args.max_users, engine=args.engine, workers=args.workers)
     console.print(f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
                   f"{args.out}: {m['seconds']} s")
 
@@ -348,6 +348,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model")
     add_threads_arg(p)
     p.set_defaults(func=cmd_embed)
 

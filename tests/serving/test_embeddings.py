@@ -49,3 +49,22 @@ def test_bad_input_is_named(tiny_model_dir) -> None:
         emb.members([[]])
     with pytest.raises(ValueError, match="pooling"):
         ModelEmbeddings(tiny_model_dir, pooling="max")
+
+
+@pytest.mark.slow  # a local Ray and model-loading actors: minutes on 2 busy cores
+def test_the_ray_export_writes_the_local_exports_vectors(tiny_model_dir, data, tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    local = export_embeddings(tiny_model_dir, data, tmp_path / "local", batch_size=3)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        m = export_embeddings(tiny_model_dir, data, tmp_path / "ray", batch_size=3, engine="ray",
+                              workers=2)
+    finally:
+        ray.shutdown()
+    assert m["engine"] == {"name": "ray", "workers": 2} and local["engine"] == {"name": "local"}
+    for which in ("members", "titles"):
+        keys, vecs = read_embeddings(tmp_path / "ray", which)
+        want_keys, want = read_embeddings(tmp_path / "local", which)
+        assert keys == want_keys and np.array_equal(vecs, want)  # same batches, same sums
+    with pytest.raises(ValueError, match="engine"):
+        export_embeddings(tiny_model_dir, data, tmp_path / "x", engine="spark")

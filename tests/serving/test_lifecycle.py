@@ -175,3 +175,28 @@ def test_a_killed_engine_turns_readiness_503_and_the_server_exits_non_zero(tiny_
         assert "engine died" in (tmp_path / "server.log").read_text()
     finally:
         stop(proc)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="socket filters are Linux's")
+def test_a_stopping_listener_refuses_new_connections_but_keeps_the_queued_ones():
+    """What a stop does before closing: no new handshakes, and what the kernel queued still talks."""
+    from serving.lifecycle import refuse_new_connections
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))  # completed, not yet accepted
+    late = socket.socket()
+    late.settimeout(0.5)
+    try:
+        assert refuse_new_connections(listener)
+        with pytest.raises(OSError):  # its handshake is never answered (timeout)
+            late.connect(("127.0.0.1", port))
+        conn, _ = listener.accept()
+        queued.sendall(b"GET")
+        assert conn.recv(3) == b"GET"  # the queued connection was not reset
+        conn.close()
+    finally:
+        for s in (queued, late, listener):
+            s.close()
