@@ -58,7 +58,8 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
           f"({cd.info['train_kinds']})", flush=True)
     index = None
-    if get_canvas(config.canvas).candidates is not None:  # served inside its candidate sets
+    # served inside its candidate sets: trained there, judged there (the index only when needed)
+    if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
         from gen_fm.model import IDS_SUBDIR
         from prompt_tuning.candidates import CandidateIndex
 

@@ -223,6 +223,7 @@ def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: 
     import ray
 
     from gen_fm.model import load_model
+    from serving.ray_data import ray_map, start_ray
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -233,8 +234,7 @@ def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: 
     t0 = time.perf_counter()
     done_now, short = 0, 0
     if todo:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        start_ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         shards = ray.put(plan.shards)  # the actors read the requests from the object store
@@ -262,9 +262,7 @@ def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: 
                         out[key].append(value)
                 return out
 
-        done = (ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
-                .map_batches(ShardWriter, batch_size=1, concurrency=workers, num_cpus=1)
-                .take_all())
+        done = ray_map([{"shard": s} for s in todo], ShardWriter, workers)
         if sorted(d["shard"] for d in done) != todo:
             raise RuntimeError(f"the Ray pipeline wrote {len(done)} of {len(todo)} shards")
         rows += sum(d["rows"] for d in done)

@@ -97,10 +97,11 @@ def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories:
     import ray
     import torch
 
+    from serving.ray_data import ray_map, start_ray
+
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_ray()
     block = batch_size * max(1, 4096 // batch_size)
     items = [{"name": n, "start": s} for n, h in histories.items() for s in range(0, len(h), block)]
     ref, model, threads = ray.put(histories), str(model_dir), torch.get_num_threads()
@@ -122,8 +123,7 @@ def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories:
                 out["vectors"].append(vecs.tobytes())
             return out
 
-    rows = (ray.data.from_items(items, override_num_blocks=len(items))
-            .map_batches(Embedder, batch_size=1, concurrency=workers, num_cpus=1).take_all())
+    rows = ray_map(items, Embedder, workers)
     out: dict[str, np.ndarray] = {}
     for name, h in histories.items():
         parts = sorted((r for r in rows if r["name"] == name), key=lambda r: r["start"])

@@ -40,6 +40,14 @@ def add_threads_arg(p: argparse.ArgumentParser, default: int | None = None,
     p.add_argument("--threads", type=int, default=default, help=help_text)
 
 
+def add_engine_args(p: argparse.ArgumentParser, each: str) -> None:
+    """--engine local|ray and --workers (the platform jobs: batch lists, embeddings)."""
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors "
+                        "(pip install -e '.[ray]'; a local Ray unless RAY_ADDRESS names a cluster)")
+    p.add_argument("--workers", type=int, default=1, help=f"Ray actors, each with its own {each}")
+
+
 def data_config(args: argparse.Namespace, model_dir: str | None = None):
     """--data/--dataset/--max-users; with ``model_dir``, the dataset defaults to the model's own."""
     from core.data import DataConfig

@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.table import Table
 
 from core.overrides import config_from_args, parse_overrides
-from sidrec.arguments import (add_config_args, add_data_args, add_threads_arg, console, data_config,
-                              set_threads)
+from sidrec.arguments import (add_config_args, add_data_args, add_engine_args, add_threads_arg,
+                              console, data_config, set_threads)
 
 
 # --------------------------------------------------------------------------- ids
@@ -348,9 +348,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors")
-    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model")
+    add_engine_args(p, "model")
     add_threads_arg(p)
     p.set_defaults(func=cmd_embed)
 
@@ -366,10 +364,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     p.add_argument("--shard-size", type=int, default=512, help="lists per Parquet shard and decoding call")
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors "
-                        "(pip install 'ray[data]'; a local Ray unless RAY_ADDRESS names a cluster)")
-    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own engine")
+    add_engine_args(p, "engine")
     add_threads_arg(p)
     p.set_defaults(func=cmd_batch)
 
