@@ -75,3 +75,49 @@ def old_world(data: RecData, new_title_share: float) -> OldWorld:
                                source_hashes=hashes)
     order = [iid for iid in data.catalog["item_id"] if iid in new]  # catalog order: deterministic
     return OldWorld(view, cutoff, order, len(table) - len(keep_int))
+
+
+@dataclass(frozen=True)
+class CutoffPool:
+    """At one cutoff: the members a rolling new-title evaluation can judge there."""
+
+    cutoff: int  # unix seconds; the old world is every interaction strictly before it
+    members_with_history: int  # members with an interaction before the cutoff
+    active_after: int  # of those, members with an interaction at or after it
+    next_is_new: list[str]  # of those, members whose first interaction from the cutoff on is a
+    #                        title first engaged at or after the cutoff (a new title)
+
+
+def rolling_pool(data: RecData, quantiles: "np.ndarray | list[float]") -> list[CutoffPool]:
+    """Replay cutoffs at these quantiles of the interaction times: who could be judged on a new
+    title at each (the member's next title after the cutoff, with history before it).
+
+    Only interactions strictly before a cutoff count as history, and a title is new at a cutoff
+    when nobody engaged with it before; so the pool never uses what a model trained at the cutoff
+    could not have known. Ties at the same second are ordered by the dataset's row order.
+    """
+    if not data.has_time:
+        raise ValueError(f"{data.name} has no clock: rolling cutoffs need timestamped data")
+    q = np.asarray(quantiles, dtype=float)
+    if q.size == 0 or np.any((q <= 0.0) | (q >= 1.0)):
+        raise ValueError(f"cutoff quantiles must lie in (0, 1), got {q.tolist()}")
+    table = data.interactions.with_format("arrow")[:]
+    users = np.asarray(table["user_id"].to_pylist(), dtype=object)
+    items = np.asarray(table["item_id"].to_pylist(), dtype=object)
+    times = np.asarray(table["timestamp"].to_numpy(), dtype=np.int64)
+    order = np.argsort(times, kind="stable")  # (N,) time order, row order within a second
+    users, items, times = users[order], items[order], times[order]
+    first_seen: dict[Any, int] = {}
+    for i, t in zip(items, times):
+        first_seen.setdefault(i, int(t))
+    out = []
+    for cutoff in np.quantile(times, q).astype(np.int64).tolist():
+        start = int(np.searchsorted(times, cutoff, side="left"))  # first event at or after cutoff
+        with_history = set(users[:start].tolist())
+        nxt: dict[Any, Any] = {}
+        for u, i in zip(users[start:], items[start:]):
+            if u in with_history and u not in nxt:
+                nxt[u] = i
+        new = sorted(str(u) for u, i in nxt.items() if first_seen[i] >= cutoff)
+        out.append(CutoffPool(int(cutoff), len(with_history), len(nxt), new))
+    return out

@@ -161,3 +161,40 @@ def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "Refr
     metrics = ranking_metrics(ranked, targets, config.ks).to_dict()
     del metrics["num_users"]
     return {**result, **metrics, "history_titles_without_id": dropped}
+
+
+def bench_new_title_pool(*, dataset: str, data_dir: str | None = None,
+                         cutoff_counts: tuple[int, ...] = (10, 20, 40, 80), low: float = 0.2,
+                         high: float = 0.98, out: str | None = None, command: str = "") -> dict[str, Any]:
+    """How many members a rolling-cutoff new-title evaluation can pool on a dataset
+    (``core.timeline.rolling_pool``): for each count of cutoffs spread evenly over the interaction
+    times' quantiles [low, high], the (member, cutoff) pairs whose next title is new and the
+    distinct members among them. Written to ``out`` (default
+    ``results/refresh/<dataset>-new-title-pool.json``)."""
+    from pathlib import Path
+
+    from core.artifacts import write_json
+    from core.data import DataConfig, load_data
+    from core.timeline import rolling_pool
+    from eval.machine import machine_info
+
+    data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
+    rows = []
+    for n in cutoff_counts:
+        pools = rolling_pool(data, np.linspace(low, high, n))
+        members = {m for p in pools for m in p.next_is_new}
+        rows.append({"cutoffs": n, "pairs_next_is_new": sum(len(p.next_is_new) for p in pools),
+                     "distinct_members_next_is_new": len(members),
+                     "mean_active_after_cutoff": float(np.mean([p.active_after for p in pools])),
+                     "mean_next_is_new_per_cutoff": float(np.mean([len(p.next_is_new) for p in pools]))})
+        print(f"{n:3d} cutoffs: {rows[-1]['pairs_next_is_new']:4d} (member, cutoff) pairs whose next "
+              f"title is new, {len(members):3d} distinct members", flush=True)
+    report = {"kind": "new_title_pool", "dataset": data.name, "fingerprint": data.fingerprint,
+              "members": int(len(set(data.interactions["user_id"]))),
+              "quantile_range": [low, high], "rows": rows, "command": command,
+              "machine": machine_info()}
+    path = Path(out or f"results/refresh/{data.name}-new-title-pool.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
+    print(f"wrote {path}")
+    return report

@@ -159,7 +159,8 @@ def _section_serving(res: Results, out: Path) -> list[str]:
 def _section_figures(res: Results) -> list[str]:
     md: list[str] = []
     titles = {"batch_vs_server": "## Batch lists against the server", "embeddings": "## Embedding probes",
-              "embeddings_export": "## Embedding export", "batch_lists": "## Batch lists (full runs)"}
+              "embeddings_export": "## Embedding export", "batch_lists": "## Batch lists (full runs)",
+              "new_title_pool": "## Members a rolling new-title evaluation can pool"}
     for kind, title in titles.items():
         rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)
         if rows:

@@ -121,7 +121,7 @@ class HostTime:
 class Figures:
     """A results file shown as one row of named figures (embedding probes, batch vs server)."""
 
-    kind: str  # "embeddings" | "embeddings_export" | "batch_vs_server" | "batch_lists"
+    kind: str  # "embeddings" | "embeddings_export" | "batch_vs_server" | "batch_lists" | "new_title_pool"
     dataset: str
     figures: dict[str, float | None]
     source: str
@@ -282,12 +282,22 @@ def _parse_batch_lists(d: dict, name: str, stem: str, res: Results) -> None:
                                {k: _num(d[k], k) for k in keys}, name))
 
 
+def _parse_pool(d: dict, name: str, stem: str, res: Results) -> None:
+    figures = {}
+    for r in d["rows"]:
+        n = int(r["cutoffs"])
+        figures[f"{n} cutoffs: pairs"] = _num(r["pairs_next_is_new"], "pairs_next_is_new")
+        figures[f"{n} cutoffs: members"] = _num(r["distinct_members_next_is_new"], "distinct members")
+    res.figures.append(Figures("new_title_pool", str(d["dataset"]), figures, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
     "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
     "refresh": _parse_refresh, "host_batches": _parse_host, "gen_fm recipe sweep": _parse_sweep,
     "embeddings": _parse_embeddings, "batch_vs_server": _parse_batch,
     "embeddings_export": _parse_export, "batch_lists": _parse_batch_lists,
+    "new_title_pool": _parse_pool,
 }
 REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
                     "after": "after the fine-tune", "popular_new": "most popular new titles",

@@ -19,7 +19,8 @@ from sidrec.arguments import (add_config_args, add_data_args, add_threads_arg, c
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
 BASELINE_KINDS = ("popular", "sasrec", "sasrec-ce")
-BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases")
+BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases",
+              "new-title-pool")
 
 
 # --------------------------------------------------------------------------- bench
@@ -69,6 +70,14 @@ def cmd_bench_host_batches(args) -> int:
 
     bench_host_batches(dataset=args.dataset, ids=args.ids, out=args.out, data_dir=args.data,
                        batch_size=args.batch_size, command=command_line(args))
+    return 0
+
+
+def cmd_bench_new_title_pool(args) -> int:
+    from eval.new_titles import bench_new_title_pool
+
+    bench_new_title_pool(dataset=args.dataset, data_dir=args.data, cutoff_counts=tuple(args.cutoffs),
+                         low=args.low, high=args.high, out=args.out, command=command_line(args))
     return 0
 
 
@@ -222,6 +231,17 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
                         "(co-engaged, then nearest by title text): whether restricting helps")
     add_threads_arg(p, 1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
+
+
+    p = add("new-title-pool", cmd_bench_new_title_pool,
+            "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
+            "pairs whose next title is new (core.timeline.rolling_pool)")
+    add_data_args(p, dataset_required=True, max_users=False)
+    p.add_argument("--cutoffs", type=int, nargs="+", default=[10, 20, 40, 80],
+                   help="counts of cutoffs to try, each spread evenly over the time quantiles")
+    p.add_argument("--low", type=float, default=0.2, help="first cutoff's time quantile")
+    p.add_argument("--high", type=float, default=0.98, help="last cutoff's time quantile")
+    p.add_argument("--out", help="results JSON (default results/refresh/<dataset>-new-title-pool.json)")
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:

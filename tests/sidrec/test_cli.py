@@ -73,7 +73,8 @@ def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_d
 
 
 def test_bench_help_lists_every_benchmark(capsys):
-    assert BENCHMARKS == ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases")
+    assert BENCHMARKS == ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases",
+                          "new-title-pool")
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
     assert exit_.value.code == 0
