@@ -42,7 +42,7 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     from gen_fm.model import load_model
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
     from prompt_tuning.canvases import canvas_data_for
-    from prompt_tuning.export import attach_soft_prompts
+    from prompt_tuning.export import as_served
 
     gen = load_model(model_dir)
     encoder = gen.prompt_encoder()
@@ -53,6 +53,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                   k=k, num_beams=num_beams)
     result: dict[str, Any] = {"data": cd.info, "config": {"query_mode": config.query_mode,
                                                           "num_virtual_tokens": config.num_virtual_tokens,
+                                                          "method": config.adapter_method,
+                                                          "lora_rank": config.lora_rank,
                                                           "epochs": config.epochs, "lr": config.lr}}
     total = sum(p.numel() for p in {id(p): p for p in gen.model.parameters()}.values())
     allow = candidate_rows(cd, candidates)
@@ -83,15 +85,13 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     peft_model = train_adapter(gen, pairs, config, train_allow)
     seconds = time.perf_counter() - t0
     trainable = trainable_parameters(peft_model)
-    prompt = peft_model.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
-    gen = load_model(model_dir)  # a clean base for the virtual tokens
-    _, served, virtual = attach_soft_prompts(gen, {canvas: prompt})
-    result["adapter"] = {**evaluate_variant(served, prefix=virtual[canvas], **common),
-                         "trainable_parameters": trainable,
+    served, prefix = as_served(model_dir, peft_model, canvas)
+    result["adapter"] = {**evaluate_variant(served, prefix=prefix, **common),
+                         "method": config.adapter_method, "trainable_parameters": trainable,
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
                          "train_examples": len(pairs), "in_candidates": train_allow is not None}
     if allow is not None:
-        result["adapter_candidates"] = {**evaluate_variant(served, prefix=virtual[canvas], allow=allow,
+        result["adapter_candidates"] = {**evaluate_variant(served, prefix=prefix, allow=allow,
                                                            **common),
                                         "trainable_parameters": trainable}
     if full_finetune:

@@ -1,12 +1,15 @@
-"""A soft prompt per canvas: PEFT prompt tuning on a frozen foundation model, saved in PEFT's format.
+"""An adapter per canvas on a frozen foundation model, saved in PEFT's format: a soft prompt (PEFT
+prompt tuning) or a LoRA (PEFT LoRA on every attention and MLP projection), as the canvas's config
+says (``PromptTuningStageConfig.adapter_method``).
 
 The adapter folder is PEFT's own (``adapter_config.json`` + ``adapter_model.safetensors``, loadable
 by ``PeftModel.from_pretrained``) plus ``manifest.json``: kind ``prompt_adapter``, the
 ``PromptTuningStageConfig``, the canvas, the manifest hash of the model folder it was trained on
 (the loader refuses any other base), the trainable parameter count and the payload hashes.
 
-PEFT prepends the virtual tokens before everything, ``<bos>`` included, so an adapter is the same
-computation as the prompt ``[v_0 .. v_{n-1}] + PromptEncoder.encode(...)`` (see ``export.py``).
+PEFT prepends the virtual tokens before everything, ``<bos>`` included, so a soft prompt is the same
+computation as the prompt ``[v_0 .. v_{n-1}] + PromptEncoder.encode(...)`` (see ``export.py``). A LoRA
+is served as it is saved: vLLM loads PEFT LoRA folders per request.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import (LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType,
+                  get_peft_model)
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -41,10 +45,14 @@ _PAYLOAD = ["adapter_config.json", "adapter_model.safetensors"]
 _PROMPT_KEY = "prompt_embeddings"  # PEFT's key for the soft prompt in adapter_model.safetensors
 
 Example = tuple[list[int], list[int]]  # (prompt token ids, the target title's L code token ids)
+# The Llama projections a LoRA adapts: every one vLLM's LoRA support covers for Llama.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
-    """A fresh soft prompt on ``gen.model``; every base weight is frozen (in place)."""
+    """A fresh adapter (the config's method) on ``gen.model``; every base weight is frozen (in place)."""
+    if config.adapter_method == "lora":
+        return _wrap_lora(gen, config)
     n = config.num_virtual_tokens
     if n > gen.config.position_headroom:
         raise ValueError(f"{n} virtual tokens do not fit the model's position headroom "
@@ -69,6 +77,23 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
         raise RuntimeError(f"{trainable} trainable parameters, expected {n} x {hidden}: a base "
                            f"weight is not frozen")
     return model
+
+
+def _wrap_lora(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
+    for p in gen.model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(config.seed)  # LoRA's A matrices start random (B at zero: the base at first)
+    peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_rank,
+                             lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
+                             target_modules=list(LORA_TARGETS))
+    model = get_peft_model(gen.model, peft_config)
+    if any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n):
+        raise RuntimeError("a base weight is trainable under the LoRA")
+    return model
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return isinstance(model, PeftModel) and isinstance(model.peft_config["default"], LoraConfig)
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
@@ -181,6 +206,11 @@ def train_adapter(gen: GenFM, examples: Sequence[Example],
         raise ValueError(f"an example needs {longest} positions; the model has "
                          f"{gen.model.config.max_position_embeddings}")
     model = wrap(gen, config)
+    if is_lora(model):  # the LoRA's own dropout (and the base's) regularise it, as in fine-tuning
+        model.train()
+        _fit(model, examples, config, config.lora_lr, L, f"LoRA {config.canvas}",
+             _restrictions(gen, examples, allow))
+        return model.eval()
     model.eval()
     _fit(model, examples, config, config.lr, L, f"soft prompt {config.canvas}",
          _restrictions(gen, examples, allow))
@@ -245,14 +275,18 @@ def save_adapter(out_dir: str | Path, model: PeftModel, gen: GenFM, config: Prom
                  training: dict[str, Any] | None = None) -> Path:
     """Write PEFT's adapter files + manifest.json atomically."""
     trainable = trainable_parameters(model)
-    if model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens:
+    method = config.adapter_method
+    if is_lora(model) != (method == "lora"):
+        raise ValueError(f"the config says {method}, the model holds another kind of adapter")
+    if method == "soft_prompt" and model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens:
         raise ValueError("the model's soft prompt is not the size the config says")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         manifest = make_manifest(
             KIND, config, parents={BASE_PARENT: manifest_hash(gen.path)},
-            canvas=config.canvas, num_virtual_tokens=config.num_virtual_tokens,
+            canvas=config.canvas, method=method,
+            num_virtual_tokens=config.num_virtual_tokens if method == "soft_prompt" else 0,
             hidden_size=gen.model.config.hidden_size, trainable_parameters=trainable,
             training=training or {},
             files={name: file_sha256(stage / name) for name in _PAYLOAD},
@@ -267,9 +301,13 @@ class AdapterInfo:
 
     config: PromptTuningStageConfig
     base_hash: str  # manifest hash of the model folder it was trained on
-    prompt: torch.Tensor  # (num_virtual_tokens, hidden) soft prompt
+    prompt: torch.Tensor | None  # (num_virtual_tokens, hidden) soft prompt; None for a LoRA
     manifest: dict[str, Any]
     path: Path
+
+    @property
+    def method(self) -> str:
+        return self.manifest.get("method", "soft_prompt")
 
 
 def read_adapter(path: str | Path) -> AdapterInfo:
@@ -283,6 +321,9 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         if file_sha256(path / name) != digest:
             raise ArtifactError(f"{path}/{name} does not match the hash in manifest.json")
     config = PromptTuningStageConfig.from_json(manifest["config"])
+    if manifest.get("method", "soft_prompt") == "lora":
+        return AdapterInfo(config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=None,
+                           manifest=manifest, path=path)
     prompt = load_file(path / "adapter_model.safetensors")[_PROMPT_KEY]  # (n, H)
     if prompt.shape[0] != config.num_virtual_tokens:
         raise ArtifactError(f"{path}: soft prompt has {prompt.shape[0]} rows, config says "
@@ -296,7 +337,7 @@ def check_base(info: AdapterInfo, gen: GenFM) -> None:
     if info.base_hash != base:
         raise ArtifactError(f"adapter {info.path} was trained on model {info.base_hash[:12]}, not "
                             f"on {gen.path} ({base[:12]})")
-    if info.prompt.shape[1] != gen.model.config.hidden_size:
+    if info.prompt is not None and info.prompt.shape[1] != gen.model.config.hidden_size:
         raise ArtifactError(f"adapter {info.path} has width {info.prompt.shape[1]}, the model "
                             f"{gen.model.config.hidden_size}")
 

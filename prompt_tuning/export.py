@@ -1,4 +1,4 @@
-"""Soft prompts as ordinary tokens: one servable model folder, no PEFT needed to run it.
+"""Adapters in one servable model folder: soft prompts as ordinary tokens, LoRAs beside them.
 
 A PEFT prompt-tuning adapter prepends its n soft-prompt vectors before the input embeddings (before
 ``<bos>`` too). Appending n rows ``<v_{canvas}_{i}>`` to the embedding matrix and starting the prompt
@@ -8,13 +8,18 @@ folder, choosing the canvas by the prompt's first tokens (notes/vllm.md, "Soft p
 Embeddings are tied, so the new rows are output logits too; the ID trie never allows them, so
 constrained decoding cannot produce them. Existing token ids never move (``TokenLayout.with_extra``).
 
+A canvas whose adapter is a LoRA (``PromptTuningStageConfig.adapter_method``) keeps its PEFT folder
+under ``loras/<canvas>/``; vLLM applies it per request (``LoRARequest``), the transformers backend
+through PEFT. Its prompts carry no virtual tokens.
+
 The folder is a ``gen_fm`` model folder (``gen_fm.model.load_model`` reads it) plus
-``adapters.json`` (canvas -> virtual token ids); its manifest also names the base model and the
-adapters it was built from.
+``adapters.json`` (canvas -> method, virtual token ids or LoRA folder, and the adapter's config);
+its manifest also names the base model and the adapters it was built from.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +34,7 @@ from core.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_has
                               write_json)
 
 ADAPTERS_FILE = "adapters.json"
+LORA_DIR = "loras"  # <folder>/loras/<canvas>/: a canvas's LoRA in PEFT's format
 
 
 def virtual_token(canvas: str, i: int) -> str:
@@ -47,18 +53,30 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
         raise ValueError(f"need at least one adapter and one per canvas, got canvases {canvases}")
     for info in infos:
         check_base(info, gen)
-    layout, model, virtual = attach_soft_prompts(gen, {i.config.canvas: i.prompt for i in infos})
+    prompts = {i.config.canvas: i.prompt for i in infos if i.prompt is not None}
+    loras = [i for i in infos if i.prompt is None]
+    layout, model, virtual = attach_soft_prompts(gen, prompts)
     # the adapter's config travels with it: serving must build the context (query mode) as trained
-    mapping = {i.config.canvas: {"virtual_token_ids": virtual[i.config.canvas],
-                                 "adapter": manifest_hash(i.path),
+    mapping = {i.config.canvas: {"adapter": manifest_hash(i.path), "method": i.method,
                                  "config": i.manifest["config"]} for i in infos}
+    for c, ids in virtual.items():
+        mapping[c]["virtual_token_ids"] = ids
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
         save_model(stage, model, layout, gen.ids, gen.config, gen.seq_config,
                    data_fingerprint=gen.manifest["data"]["fingerprint"],
                    dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"])
+        lora_files = {}
+        for info in loras:  # PEFT's LoRA folder as trained: vLLM and PEFT both load it as it is
+            rel = f"{LORA_DIR}/{info.config.canvas}"
+            (stage / rel).mkdir(parents=True)
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(info.path / name, stage / rel / name)
+                lora_files[f"{rel}/{name}"] = file_sha256(stage / rel / name)
+            mapping[info.config.canvas].update(lora=rel, lora_rank=info.config.lora_rank)
         write_json(stage / ADAPTERS_FILE, mapping)
         manifest = read_json(stage / "manifest.json")
+        manifest["files"].update(lora_files)
         manifest["parents"]["base_model"] = manifest_hash(gen.path)
         manifest["parents"].update({f"adapter_{c}": m["adapter"] for c, m in mapping.items()})
         manifest["files"][ADAPTERS_FILE] = file_sha256(stage / ADAPTERS_FILE)
@@ -91,16 +109,48 @@ def attach_soft_prompts(gen: GenFM, prompts: dict[str, torch.Tensor]
     return layout, model, virtual
 
 
+def as_served(model_dir: str | Path, adapter: torch.nn.Module, canvas: str
+              ) -> tuple[torch.nn.Module, list[int]]:
+    """A trained adapter as the server runs it, for judging: (model, prompt prefix). A soft prompt
+    becomes virtual-token rows on a fresh copy of the base (prefix: their ids); a LoRA is merged
+    into a copy of its weights (no prefix: vLLM applies the same low-rank update per request)."""
+    import copy
+
+    from prompt_tuning.adapter import is_lora
+
+    if is_lora(adapter):
+        return copy.deepcopy(adapter).merge_and_unload().eval(), []
+    prompt = adapter.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
+    _, served, virtual = attach_soft_prompts(load_model(model_dir), {canvas: prompt})
+    return served, virtual[canvas]
+
+
 def virtual_token_ids(gen: GenFM) -> dict[str, list[int]]:
     """Canvas -> virtual token ids of an exported folder (load it with ``load_model`` first)."""
     path = gen.path / ADAPTERS_FILE
     if not path.is_file():
         raise ArtifactError(f"{gen.path} holds no soft prompts ({ADAPTERS_FILE} is missing)")
     mapping = read_json(path)
-    out = {c: [int(t) for t in m["virtual_token_ids"]] for c, m in mapping.items()}
+    out = {c: [int(t) for t in m["virtual_token_ids"]] for c, m in mapping.items()
+           if "virtual_token_ids" in m}
     for c, ids in out.items():
         if [gen.layout.extra_id(virtual_token(c, j)) for j in range(len(ids))] != ids:
             raise ArtifactError(f"{path}: ids of canvas {c!r} disagree with the layout")
+    return out
+
+
+def lora_adapters(gen: GenFM) -> dict[str, tuple[Path, int]]:
+    """Canvas -> (LoRA folder, rank) of an exported folder; {} when it holds no LoRA."""
+    path = gen.path / ADAPTERS_FILE
+    if not path.is_file():
+        return {}
+    out = {}
+    for c, m in read_json(path).items():
+        if "lora" in m:
+            folder = gen.path / m["lora"]
+            if not (folder / "adapter_model.safetensors").is_file():
+                raise ArtifactError(f"{path}: the {c!r} LoRA folder {folder} is missing")
+            out[c] = (folder, int(m["lora_rank"]))
     return out
 
 

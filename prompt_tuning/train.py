@@ -48,7 +48,7 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
     from gen_fm.model import load_model
     from prompt_tuning.adapter import save_adapter, train_adapter
-    from prompt_tuning.export import attach_soft_prompts
+    from prompt_tuning.export import as_served
     from semantic_ids.trie import PrefixTrie
 
     gen = load_model(model_dir)
@@ -68,22 +68,21 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)
     training: dict[str, Any] = {"examples": cd.info, "train_seconds": round(time.perf_counter() - t0, 1),
-                                "in_candidates": allow is not None}
+                                "in_candidates": allow is not None, "method": config.adapter_method}
     if evaluate:
-        prompt = model.prompt_encoder["default"].embedding.weight.detach().clone()  # (n, H)
         base = load_model(model_dir)
         trie = PrefixTrie(base.ids.codes, encoder.layout)
         titles, cats = row_attributes(base, data)
         common = dict(data=cd, encoder=encoder, trie=trie, titles_lower=titles, row_categories=cats)
         training["heldout"] = {"base": evaluate_variant(base.model, **common)}
-        _, served, virtual = attach_soft_prompts(base, {config.canvas: prompt})
-        training["heldout"]["adapter"] = evaluate_variant(served, prefix=virtual[config.canvas], **common)
+        served, prefix = as_served(model_dir, model, config.canvas)
+        training["heldout"]["adapter"] = evaluate_variant(served, prefix=prefix, **common)
         held_allow = candidate_rows(cd, index)
         if held_allow is not None:  # as served: the answer chosen inside the context's titles
             training["heldout"]["base_candidates"] = evaluate_variant(base.model, allow=held_allow,
                                                                       **common)
             training["heldout"]["adapter_candidates"] = evaluate_variant(
-                served, prefix=virtual[config.canvas], allow=held_allow, **common)
+                served, prefix=prefix, allow=held_allow, **common)
         for name, m in training["heldout"].items():
             print(f"  held-out {name:18s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}", flush=True)
     out = save_adapter(out_dir, model, gen, config, training=training)
@@ -107,6 +106,7 @@ def find_adapters(root: str | Path) -> list[dict[str, Any]]:
         held = m.get("training", {}).get("heldout", {})
         rows.append({"path": str(manifest.parent), "canvas": m.get("canvas"),
                      "base_model": m.get("parents", {}).get("gen_fm", "")[:12],
+                     "method": m.get("method", "soft_prompt"),
                      "virtual_tokens": m.get("num_virtual_tokens"),
                      "trainable_parameters": m.get("trainable_parameters"),
                      "adapter_recall@10": held.get("adapter", {}).get("recall@10"),

@@ -161,8 +161,10 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = MODEL_PREFIX
     canvas: str
-    soft_prompt: bool  # a trained soft prompt serves this canvas (else its canvas token alone)
+    soft_prompt: bool  # a trained soft prompt serves this canvas
     num_virtual_tokens: int  # length of that soft prompt (0 without one)
+    # the trained adapter serving this canvas: "soft_prompt", "lora", or None (its canvas token alone)
+    adapter: str | None = None
     context: str | None  # request field this canvas reads: "query", "source", "theme" or None
     context_required: bool  # requests without that field are refused (t2t falls back to the last title)
 

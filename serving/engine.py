@@ -23,7 +23,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,14 +90,24 @@ def engine_kwargs(config: ServingConfig, cpu: bool) -> dict[str, Any]:
     return kwargs
 
 
+def _lora_rank_slot(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds ``rank``."""
+    for slot in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= slot:
+            return slot
+    raise ValueError(f"LoRA rank {rank} is above what vLLM serves (512)")
+
+
 class VLLMBeamSearch:
     """A ``vllm.LLM`` over a model folder plus the trie-constrained beam loop that drives it.
 
     Build it inside ``if __name__ == "__main__":`` in scripts: vLLM starts its workers with spawn.
     """
 
-    def __init__(self, config: ServingConfig, trie: PrefixTrie) -> None:
+    def __init__(self, config: ServingConfig, trie: PrefixTrie,
+                 loras: Mapping[str, tuple[Path, int]] | None = None) -> None:
         from vllm import LLM
+        from vllm.lora.request import LoRARequest
 
         cpu = on_cpu_platform()
         if cpu:
@@ -112,6 +122,14 @@ class VLLMBeamSearch:
         self.trie = trie
         self.on_cpu = cpu
         kwargs = engine_kwargs(config, cpu)
+        loras = dict(loras or {})
+        # canvas -> its LoRA, applied per request by vLLM (notes/vllm.md: works with our beam loop;
+        # on CPU it turns torch.compile off and serialises different adapters)
+        self.loras = {c: LoRARequest(lora_name=c, lora_int_id=i + 1, lora_path=str(path))
+                      for i, (c, (path, _)) in enumerate(sorted(loras.items()))}
+        if loras:
+            kwargs.update(enable_lora=True, max_loras=len(loras),
+                          max_lora_rank=_lora_rank_slot(max(r for _, r in loras.values())))
         self.max_logprobs: int = kwargs["max_logprobs"]  # widest exact beam this engine can run
         self.llm = LLM(**kwargs)
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
@@ -121,8 +139,10 @@ class VLLMBeamSearch:
 
     # ------------------------------------------------------------------ public
     def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None = None) -> list[Recommendations]:
-        """Top-``k`` titles per prompt; ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists).
+               views: Sequence[Restriction | None] | None = None, lora: str | None = None
+               ) -> list[Recommendations]:
+        """Top-``k`` titles per prompt; ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists);
+        ``lora``: the canvas whose LoRA scores every prompt (None: the base weights).
 
         A prompt whose view permits fewer than ``k`` titles gets all of them (fewer than ``k``).
         """
@@ -137,13 +157,16 @@ class VLLMBeamSearch:
             raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (e.g. <bos>)")
+        if lora is not None and lora not in self.loras:
+            raise ValueError(f"no LoRA for canvas {lora!r} in this engine; have {sorted(self.loras)}")
+        request = None if lora is None else self.loras[lora]
         self.last_steps = []
         out: list[Recommendations] = []
         step = self.config.max_batch
         for start in range(0, len(prompts), step):
             chunk_views = None if views is None else list(views[start:start + step])
             out += self._search_batch([list(map(int, p)) for p in prompts[start:start + step]],
-                                      k, num_beams, chunk_views)
+                                      k, num_beams, chunk_views, request)
         return out
 
     def builtin_beam_search(self, prompts: Sequence[Sequence[int]], num_beams: int,
@@ -185,7 +208,7 @@ class VLLMBeamSearch:
 
     # ------------------------------------------------------------------ beam loop
     def _search_batch(self, prompts: list[list[int]], k: int, B: int,
-                      views: list[Restriction | None] | None) -> list[Recommendations]:
+                      views: list[Restriction | None] | None, lora: Any = None) -> list[Recommendations]:
         R, L = len(prompts), self.trie.sid_length
         rr = self.trie.row_restrictions(views if views is not None else [None] * R, repeat=B)
         # beams[r]: (score, token path) of request r's live beams, best first
@@ -201,7 +224,7 @@ class VLLMBeamSearch:
                         cands[r].append((score, path + (int(allowed[0]),)))
                     elif len(allowed) > 1:
                         pending.append((r, score, path, allowed))
-            for (r, score, path, allowed), scored in zip(pending, self._score(prompts, pending, B)):
+            for (r, score, path, allowed), scored in zip(pending, self._score(prompts, pending, B, lora)):
                 cands[r] += [(score + lp, path + (tok,)) for tok, lp in scored]
             # keep the best B per request; ties by token path so runs are reproducible
             beams = [sorted(c, key=lambda b: (-b[0], b[1]))[:B] for c in cands]
@@ -227,7 +250,7 @@ class VLLMBeamSearch:
                 for r, request_beams in enumerate(beams)]
 
     def _score(self, prompts: list[list[int]], pending: list[tuple[int, float, tuple[int, ...], np.ndarray]],
-               B: int) -> list[list[tuple[int, float]]]:
+               B: int, lora: Any = None) -> list[list[tuple[int, float]]]:
         """One engine call: the top ``min(B, #allowed)`` renormalised log-probs of every pending beam."""
         if not pending:
             return []
@@ -240,7 +263,7 @@ class VLLMBeamSearch:
                                          allowed_token_ids=allowed.tolist(),
                                          logprobs=min(B, len(allowed)),
                                          skip_clone=True))  # used once: no deep copy per beam
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=lora)
         scored = []
         for (r, _, path, allowed), out in zip(pending, outputs):
             top = out.outputs[0].logprobs[0]  # {token id: Logprob}, top-n plus the sampled token

@@ -70,11 +70,12 @@ class CanvasPrompt:
     history_used: int  # history titles in the prompt
     history_dropped: int  # older titles left out (max_history); 0 when the prompt holds no history
     context: str | None  # the field whose tokens follow <sep>: "query", "source", "theme" or None
-    soft_prompt: bool  # the canvas's trained soft prompt leads the prompt
+    soft_prompt: bool  # the canvas's trained adapter serves it (soft prompt tokens or its LoRA)
     source_row: int | None  # t2t source title: never recommended
     warnings: tuple[str, ...] = ()
     # the titles the context makes eligible (search, collection; ``prompt_tuning.candidates``)
     candidates: Any = None
+    lora: str | None = None  # the canvas whose LoRA decodes this prompt, or None
 
 
 class _MemoryTextEncoder:
@@ -109,7 +110,7 @@ class CanvasPrompts:
     """Builds every request's prompt for one model folder (see the module doc)."""
 
     def __init__(self, gen: GenFM, max_history: int, candidate_config: Any = None) -> None:
-        from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, virtual_token_ids
+        from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, lora_adapters, virtual_token_ids
 
         self.model_dir = Path(gen.path)
         self.ids = gen.ids
@@ -119,9 +120,11 @@ class CanvasPrompts:
         self.max_positions = int(gen.model.config.max_position_embeddings)
         self.virtual: dict[str, list[int]] = {}  # canvas -> virtual token ids of its soft prompt
         self.configs: dict[str, Any] = {}  # canvas -> PromptTuningStageConfig of its adapter
+        self.loras: dict[str, tuple[Path, int]] = {}  # canvas -> (LoRA folder, rank)
         if (self.model_dir / ADAPTERS_FILE).is_file():
             self.virtual = virtual_token_ids(gen)
-            unknown = sorted(set(self.virtual) - set(canvas_names()))
+            self.loras = lora_adapters(gen)
+            unknown = sorted((set(self.virtual) | set(self.loras)) - set(canvas_names()))
             if unknown:
                 raise ValueError(f"{self.model_dir} holds soft prompts of canvases {unknown} that are not "
                                  f"registered here ({list(canvas_names())}): register their CanvasSpec "
@@ -129,7 +132,7 @@ class CanvasPrompts:
             self.configs = adapter_configs(gen)
         self.ids_dir = self.model_dir / IDS_SUBDIR  # the folder's copy of the ID artifact
         self.text_problem = self._text_problem()  # why text contexts cannot be encoded, or None
-        needs_text = sorted(c for c in self.virtual if get_canvas(c).context_kind == "text")
+        needs_text = sorted(c for c in self.adapted if get_canvas(c).context_kind == "text")
         if needs_text and self.text_problem:
             raise ValueError(f"{self.model_dir}: the {needs_text} soft prompt(s) take text, but "
                              f"{self.text_problem}")
@@ -143,14 +146,19 @@ class CanvasPrompts:
     def num_virtual_tokens(self, canvas: str) -> int:
         return len(self.virtual.get(canvas, ()))
 
+    @property
+    def adapted(self) -> list[str]:
+        """Canvases with a trained adapter in this folder (soft prompt or LoRA)."""
+        return [*self.virtual, *(c for c in self.loras if c not in self.virtual)]
+
     def context_required(self, canvas: str) -> bool:
         """Whether requests of ``canvas`` must carry its context field (t2t falls back instead)."""
-        return canvas in self.virtual and get_canvas(canvas).requires_context
+        return canvas in self.adapted and get_canvas(canvas).requires_context
 
     def warm_up(self) -> None:
         """Build the query encoders the soft prompts need and load the sentence encoder now
         (a server calls this at start-up, so the first search request is not the slow one)."""
-        for spec in map(get_canvas, self.virtual):
+        for spec in map(get_canvas, self.adapted):
             if spec.context_kind == "text":
                 self._text_tokens(spec, "warm up")
         if self.candidate_config is not None and not self.text_problem:
@@ -166,7 +174,7 @@ class CanvasPrompts:
                 raise RequestError(f"{field} applies to {_readers(field)} only, not {canvas}", field)
             if not isinstance(value, str) or not value.strip():
                 raise RequestError(f"{field} must be a non-empty string, got {value!r}", field)
-        adapter = canvas in self.virtual
+        adapter = canvas in self.virtual or canvas in self.loras
         field = spec.context_field
         value = given.get(field) if field else None
         warnings: list[str] = []
@@ -196,7 +204,7 @@ class CanvasPrompts:
         kept = rows[-self.max_history:] if rows else []
         prompt = self.encoder.encode(kept, canvas=spec.token,
                                      user_id=None if member is None else str(member), context=context)
-        if adapter:
+        if canvas in self.virtual:
             prompt = self.virtual[canvas] + prompt
         longest = len(prompt) + self.ids.sid_length
         if longest > self.max_positions:
@@ -205,7 +213,8 @@ class CanvasPrompts:
                                field)
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
                             context=None if context is None else field, soft_prompt=adapter,
-                            source_row=source_row, warnings=tuple(warnings), candidates=candidates)
+                            source_row=source_row, warnings=tuple(warnings), candidates=candidates,
+                            lora=canvas if canvas in self.loras else None)
 
     def candidate_index(self) -> Any:
         """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""

@@ -111,7 +111,8 @@ class RecommendationList(Sequence[Recommendation]):
 
 class _Backend(Protocol):
     def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None) -> list[Recommendations]: ...
+               views: Sequence[Restriction | None] | None, lora: str | None = None
+               ) -> list[Recommendations]: ...
 
     def failure(self) -> str | None: ...
 
@@ -121,21 +122,29 @@ class _Backend(Protocol):
 class TransformersBackend:
     """``gen_fm.decode.recommend`` (HF beam search + trie logits processor): the reference path."""
 
-    def __init__(self, model: Any, trie: PrefixTrie, config: ServingConfig) -> None:
+    def __init__(self, model: Any, trie: PrefixTrie, config: ServingConfig,
+                 loras: Mapping[str, Any] | None = None) -> None:
         import torch
 
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype, torch.float32)
-        self.model = model.to(device=config.device, dtype=dtype).eval()
+        self.model = model.eval()
+        # canvas -> the model with that canvas's LoRA merged in: the same low-rank update vLLM applies
+        # per request, with no PEFT in the decoding loop (these models are small enough to copy)
+        self.merged = {c: merge_lora(model, path) for c, path in (loras or {}).items()}
+        self.model = self.model.to(device=config.device, dtype=dtype)
+        self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in self.merged.items()}
         self.trie = trie
         self.batch_size = config.max_batch
 
     def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None) -> list[Recommendations]:
+               views: Sequence[Restriction | None] | None, lora: str | None = None
+               ) -> list[Recommendations]:
         exclude = None
         if views is not None and any(v is not None for v in views):
             # decode.recommend takes exclusion lists; an allow-view is its complement
             exclude = [excluded_rows(v, self.trie.num_items) for v in views]
-        return recommend(self.model, [list(p) for p in prompts], self.trie, k=k, num_beams=num_beams,
+        model = self.model if lora is None else self.merged[lora]
+        return recommend(model, [list(p) for p in prompts], self.trie, k=k, num_beams=num_beams,
                          exclude=exclude, batch_size=self.batch_size)
 
     def failure(self) -> str | None:
@@ -143,6 +152,16 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+        self.merged = {}
+
+
+def merge_lora(model: Any, path: str | Path) -> Any:
+    """A copy of ``model`` with the PEFT LoRA at ``path`` merged into its weights."""
+    import copy
+
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(copy.deepcopy(model), str(path)).merge_and_unload().eval()
 
 
 def excluded_rows(view: Restriction | None, num_items: int) -> list[int]:
@@ -174,6 +193,7 @@ class PreparedRequest:
     context: str | None = None
     warnings: tuple[str, ...] = ()
     candidates: str | None = None  # how the context's candidate set was found (None: no set)
+    lora: str | None = None  # the canvas whose LoRA decodes it (None: the base weights)
 
 
 class Recommender:
@@ -210,13 +230,14 @@ class Recommender:
             raise ValueError(f"attribute table covers {attributes.num_items} titles, the model "
                              f"{gm.ids.num_items}")
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
+        loras = {c: path for c, (path, _) in self.prompts.loras.items()}
         if config.backend == "transformers":
-            self.backend: _Backend = TransformersBackend(gm.model, self.trie, config)
+            self.backend: _Backend = TransformersBackend(gm.model, self.trie, config, loras)
         else:
             del gm.model  # vLLM loads the weights itself
             from serving.engine import VLLMBeamSearch
 
-            self.backend = VLLMBeamSearch(config, self.trie)
+            self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras)
 
     @classmethod
     def from_pretrained(cls, model_dir: str, backend: str = "vllm", attributes: AttributeTable | None = None,
@@ -301,7 +322,8 @@ class Recommender:
                                num_permitted=permitted, reason=reason, rules_applied=mask.applied,
                                canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
                                warnings=cp.warnings,
-                               candidates=None if cp.candidates is None else cp.candidates.how)
+                               candidates=None if cp.candidates is None else cp.candidates.how,
+                               lora=cp.lora)
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.
@@ -332,14 +354,16 @@ class Recommender:
         return [self._result(p, found.get(i)) for i, p in enumerate(prepared)]
 
     def _search(self, prepared: list[PreparedRequest], which: Iterable[int]) -> dict[int, Recommendations]:
-        """Beam search for ``prepared[i]``, i in ``which``, one backend call per beam width."""
+        """Beam search for ``prepared[i]``, i in ``which``, one backend call per beam width and
+        LoRA (None: the base weights first)."""
         which = [i for i in which if prepared[i].num_permitted > 0]
         found: dict[int, Recommendations] = {}
-        for beams in sorted({prepared[i].beams for i in which}):
-            todo = [i for i in which if prepared[i].beams == beams]
+        groups = sorted({(prepared[i].beams, prepared[i].lora or "") for i in which})
+        for beams, lora in groups:
+            todo = [i for i in which if prepared[i].beams == beams and (prepared[i].lora or "") == lora]
             want = max(prepared[i].want for i in todo)
             recs = self.backend.search([prepared[i].prompt for i in todo], want, beams,
-                                       [prepared[i].view for i in todo])
+                                       [prepared[i].view for i in todo], lora=lora or None)
             found.update(zip(todo, recs))
         return found
 

@@ -98,8 +98,9 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
     soft = canvas in rec.prompts.virtual
+    adapter = "soft_prompt" if soft else "lora" if canvas in rec.prompts.loras else None
     return ModelCard(id=model_id(canvas), created=created, canvas=canvas, soft_prompt=soft,
-                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas),
+                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas), adapter=adapter,
                      context=get_canvas(canvas).context_field,
                      context_required=rec.prompts.context_required(canvas))
 
@@ -273,6 +274,7 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         return JSONResponse({"status": "ok" if ok else "engine stopped", "backend": rec.config.backend,
                              "titles": rec.ids.num_items, "models": [model_id(c) for c in canvas_names()],
                              "soft_prompts": sorted(rec.prompts.virtual),
+                             "loras": sorted(rec.prompts.loras),
                              "attributes": list(rec.attributes.names) if rec.attributes else [],
                              "max_k": rec.config.max_k, "queue_depth": worker.queue_depth},
                             status_code=200 if ok else 503)

@@ -64,7 +64,7 @@ class QuickstartConfig:
     max_users: int | None = None  # read only the first N members (smoke runs)
     ids: SemanticIDConfig = field(default_factory=_ids_default)
     pretrain: PretrainConfig = field(default_factory=pretrain_default)
-    # Canvases that get a soft prompt (search and collection need a text modality in the IDs), and
+    # Canvases that get an adapter (search and collection need a text modality in the IDs), and
     # the prompt-tuning config every one of them uses (its ``canvas`` is set per canvas).
     canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
     prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
@@ -124,7 +124,7 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     ids = stage_ids(config, data, out / "ids")
     model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
-    console.rule("4/5 soft prompts per canvas (PEFT prompt tuning on the frozen model)")
+    console.rule("4/5 an adapter per canvas (PEFT soft prompts and LoRA on the frozen model)")
     served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
     _stage_examples(config, data, served, ids)
 
@@ -186,7 +186,7 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
 
 
 def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: Path) -> Path:
-    """A soft prompt per canvas on the frozen model, then one servable folder with all of them
+    """An adapter per canvas (its spec's method) on the frozen model, then one servable folder with all of them
     (``root/served``; the model folder itself when no canvas could be trained). Adapters and the
     folder already on disk for the same model and config are reused. Quickstart and refresh."""
     from prompt_tuning.adapter import read_adapter
@@ -269,7 +269,8 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                 kwargs = {spec.context_field: demo.value} if demo.value is not None else {}
                 label = demo.label
                 res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
-                soft = "soft prompt" if res.soft_prompt else "canvas token only"
+                soft = ("LoRA" if canvas in rec.prompts.loras else "soft prompt") if res.soft_prompt \
+                    else "canvas token only"
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
                 console.print(f"  [cyan]{label}[/cyan] [dim]({soft}{how})[/dim]")
                 if res.reason:

@@ -211,7 +211,7 @@ def cmd_prompts_export(args) -> None:
     from prompt_tuning.export import export_adapters
 
     out = export_adapters(args.model, args.adapters, args.out)
-    console.print(f"servable folder with {len(args.adapters)} soft prompt(s): {out}")
+    console.print(f"servable folder with {len(args.adapters)} adapter(s): {out}")
 
 
 def cmd_prompts_list(args) -> None:
@@ -221,11 +221,11 @@ def cmd_prompts_list(args) -> None:
     if not rows:
         console.print(f"no adapters under {args.dir}")
         return
-    table = Table("canvas", "path", "base model", "tokens", "trained params", "held-out R@10 adapter",
-                  "base")
+    table = Table("canvas", "method", "path", "base model", "tokens", "trained params",
+                  "held-out R@10 adapter", "base")
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in rows:
-        table.add_row(r["canvas"], r["path"], r["base_model"], str(r["virtual_tokens"]),
+        table.add_row(r["canvas"], r["method"], r["path"], r["base_model"], str(r["virtual_tokens"]),
                       f"{r['trainable_parameters']:,}", fmt(r["adapter_recall@10"]),
                       fmt(r["base_recall@10"]))
     console.print(table)
@@ -300,9 +300,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
                     set_help="ServingConfig field, e.g. num_beams=20, max_k=50")
     p.set_defaults(func=cmd_serve)
 
-    prompts = sub.add_parser("prompts", help="soft prompts per canvas: train, export, list")
+    prompts = sub.add_parser("prompts", help="adapters per canvas (soft prompts, LoRA): train, export, list")
     prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
-    p = prompts_sub.add_parser("train", help="train one canvas's soft prompt on the frozen model")
+    p = prompts_sub.add_parser("train", help="train one canvas's adapter on the frozen model (its method: --set method=...)")
     add_data_args(p)
     p.add_argument("--model", required=True, help="foundation model folder")
     p.add_argument("--canvas", required=True, help="home, search, t2t or collection")
@@ -311,7 +311,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the held-out comparison with the base")
     add_threads_arg(p, 1)
     p.set_defaults(func=cmd_prompts_train)
-    p = prompts_sub.add_parser("export", help="one servable folder: soft prompts as virtual tokens")
+    p = prompts_sub.add_parser("export", help="one servable folder: soft prompts as virtual tokens, LoRAs beside them")
     p.add_argument("--model", required=True, help="the base model folder the adapters were trained on")
     p.add_argument("--adapters", required=True, nargs="+", help="adapter folders (one per canvas)")
     p.add_argument("--out", required=True, help="folder to write (replaced atomically)")

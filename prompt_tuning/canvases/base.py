@@ -215,6 +215,9 @@ class CanvasSpec:
     # A demonstration request for a member: (data, ids, history_rows, user) -> ExampleContext, or
     # None to skip that member; unset: no context, labelled with the name.
     example_context: Callable[..., ExampleContext | None] | None = None
+    # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
+    # "soft_prompt" (virtual tokens) or "lora" (where a soft prompt cannot learn to read the context).
+    adapter: str = "soft_prompt"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -236,6 +239,9 @@ class CanvasSpec:
             raise ValueError(f"canvas {self.name!r}: only a title context falls back to the last title")
         if (self.lowercase or self.candidates is not None) and self.context_kind != "text":
             raise ValueError(f"canvas {self.name!r}: lowercase and candidates apply to text contexts")
+        if self.adapter not in ("soft_prompt", "lora"):
+            raise ValueError(f"canvas {self.name!r}: adapter must be 'soft_prompt' or 'lora', got "
+                             f"{self.adapter!r}")
         if not self.keeps_history and self.context_field is None:
             raise ValueError(f"canvas {self.name!r}: keeps_history=False needs a context to prompt with")
 

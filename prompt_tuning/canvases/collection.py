@@ -54,4 +54,8 @@ def example_context(data, ids, history_rows: list[int], user: str) -> ExampleCon
 SPEC = CanvasSpec(name="collection", token="collection", build_examples=build_examples,
                   context_field="theme", context_kind="text",
                   candidates=candidates,
-                  metrics=metrics, example_context=example_context)
+                  metrics=metrics, example_context=example_context,
+                  # a soft prompt on the frozen model cannot learn to read the theme: inside the
+                  # theme it scored R@10 0.125 on ml-latest-small, LoRA rank 16 0.226, full
+                  # fine-tuning 0.220 (BENCHMARKS.md, "Soft prompts per canvas")
+                  adapter="lora")

@@ -74,6 +74,48 @@ def test_config_validation():
             PromptTuningStageConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
         PromptTuningStageConfig.from_json({"canvas": "home", "tokens": 3})
+    # the method: the canvas's own unless the config says; adapters saved before were soft prompts
+    assert PromptTuningStageConfig(canvas="home").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig(canvas="collection").adapter_method == "lora"
+    assert PromptTuningStageConfig(canvas="collection", method="soft_prompt").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig.from_json({"canvas": "collection"}).adapter_method == "soft_prompt"
+    for bad in (dict(method="prefix"), dict(lora_rank=0), dict(lora_lr=0.0)):
+        with pytest.raises(ValueError):
+            PromptTuningStageConfig(**bad)
+
+
+def test_a_lora_learns_its_canvas_keeps_the_base_and_round_trips(world, tmp_path):
+    """method="lora": only the low-rank weights train, the merged copy the server decodes with is
+    the same computation, and the folder exports beside a soft prompt."""
+    from prompt_tuning.export import as_served, lora_adapters
+
+    _, _, base, adapters, _ = world
+    gen = load_model(base)
+    config = PromptTuningStageConfig(canvas="search", method="lora", lora_rank=4, lora_lr=0.02,
+                                     epochs=10, batch_size=16)
+    examples = _examples(gen, "search")
+    L = gen.layout.sid_length
+    untrained = adapter_loss(wrap(load_model(base), config), examples, L)
+    model = train_adapter(gen, examples, config)
+    lora_weights = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert trainable_parameters(model) == lora_weights > 0
+    assert adapter_loss(model, examples, L) < 0.5 * untrained
+    ids = torch.tensor([examples[0][0] + examples[0][1]])
+    with torch.no_grad(), model.disable_adapter():  # the base weights under the LoRA never moved
+        torch.testing.assert_close(model(input_ids=ids).logits, load_model(base).model(input_ids=ids).logits)
+    served, prefix = as_served(base, model, "search")
+    assert prefix == []
+    with torch.no_grad():
+        torch.testing.assert_close(served(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    path = save_adapter(tmp_path / "lora", model, gen, config, training={"examples": 48})
+    info = read_adapter(path)
+    assert info.method == "lora" and info.prompt is None and info.config == config
+    out = export_adapters(base, [adapters["home"], path], tmp_path / "exported")
+    exported = load_model(out)  # verifies every file hash in the manifest, the LoRA's included
+    assert set(virtual_token_ids(exported)) == {"home"}
+    assert {c: r for c, (_, r) in lora_adapters(exported).items()} == {"search": 4}
+    assert read_json(out / "manifest.json")["files"]["loras/search/adapter_model.safetensors"]
 
 
 def test_training_lowers_loss_and_changes_no_base_weight(world):

@@ -5,7 +5,8 @@ Unlike ``tiny_model`` (random codes, no quantizer), the ID artifact is built by
 carries what ``QueryEncoder`` reads (quantizer, embedder state, fused title embeddings) and text
 queries can be served. Each soft prompt is trained on a toy objective (as in
 tests/prompt_tuning/test_adapter.py): its canvas always wants one title, so a canvas switch visibly
-changes the list. The collection canvas has no soft prompt: it is served by its canvas token.
+changes the list. The collection canvas has no adapter there: it is served by its canvas token;
+``write_exported_model(root, lora=True)`` adds a collection LoRA trained the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ NUM_VIRTUAL = 4
 ID_CONFIG = dict(quantizer="rqkmeans", text_weight=1.0, metadata_weight=0.5, num_levels=2,
                  codebook_size=4, dedup_size=8, quantizer_options={"kmeans_iters": 5})
 TARGETS = {"home": 3, "search": 17, "t2t": 29}  # toy objective: the row each soft prompt wants
+LORA_TARGET = 11  # the row the collection LoRA wants
+LORA_RANK = 4
 
 
 def write_catalog(root: Path) -> Path:
@@ -55,12 +58,13 @@ def _examples(gen, canvas: str, n: int = 48, seed: int = 0) -> list[tuple[list[i
     history; search a history (or none) and a 3-title anchors context; t2t a source title alone."""
     rng = np.random.default_rng(seed)
     enc = gen.prompt_encoder()
-    N, target = gen.ids.num_items, enc.sid_tokens[TARGETS[canvas]].tolist()
+    N = gen.ids.num_items
+    target = enc.sid_tokens[TARGETS.get(canvas, LORA_TARGET)].tolist()
     out = []
     for _ in range(n):
         history = rng.integers(0, N, rng.integers(0 if canvas == "search" else 1, MAX_HISTORY + 1))
         user, context = f"u{rng.integers(10)}", None
-        if canvas == "search":
+        if canvas in ("search", "collection"):
             context = enc.sid_tokens[rng.choice(N, 3, replace=False)].reshape(-1).tolist()
         elif canvas == "t2t":
             history, user, context = history[:0], None, enc.sid_tokens[rng.integers(N)].tolist()
@@ -68,8 +72,9 @@ def _examples(gen, canvas: str, n: int = 48, seed: int = 0) -> list[tuple[list[i
     return out
 
 
-def write_exported_model(root: Path) -> Path:
-    """Catalog -> ID artifact (with quantizer) -> tiny base model -> home + search adapters -> export."""
+def write_exported_model(root: Path, lora: bool = False) -> Path:
+    """Catalog -> ID artifact (with quantizer) -> tiny base model -> home, search and t2t soft
+    prompts (and a collection LoRA with `lora`) -> export."""
     data = load_data(data_dir=str(write_catalog(root / "data" / "tinyads")), dataset=None)
     ids = build_ids(data, SemanticIDConfig(**ID_CONFIG), root / "ids")
     config = PretrainConfig.from_preset("tiny", num_user_buckets=USER_BUCKETS, position_headroom=24,
@@ -91,4 +96,12 @@ def write_exported_model(root: Path) -> Path:
         peft_model = train_adapter(gen, _examples(gen, canvas, seed=i), pt)
         adapters.append(save_adapter(root / f"adapter_{canvas}", peft_model, gen, pt,
                                      training={"examples": 48}))
-    return export_adapters(base, adapters, root / "exported")
+    if lora:
+        gen = load_model(base)
+        pt = PromptTuningStageConfig(canvas="collection", method="lora", lora_rank=LORA_RANK,
+                                     lora_lr=0.02, epochs=10, batch_size=16, seed=7,
+                                     query_mode="anchors", num_anchors=3, train_in_candidates=False)
+        peft_model = train_adapter(gen, _examples(gen, "collection", seed=7), pt)
+        adapters.append(save_adapter(root / "adapter_collection", peft_model, gen, pt,
+                                     training={"examples": 48}))
+    return export_adapters(base, adapters, root / ("exported-lora" if lora else "exported"))
