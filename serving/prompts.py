@@ -1,8 +1,10 @@
-"""Per-canvas prompts: the canvas's soft prompt (virtual tokens) and the context the canvas takes.
+"""Per-canvas prompts: the canvas's adapter (soft-prompt virtual tokens, or the LoRA that decodes
+it) and the context the canvas takes.
 
 A model folder exported with ``prompt_tuning.export.export_adapters`` holds ``adapters.json``: each
-canvas with a trained soft prompt starts its prompts with that prompt's virtual tokens. A folder
-without it is a plain foundation model: every canvas is its canvas token alone.
+canvas with a trained soft prompt starts its prompts with that prompt's virtual tokens; a canvas
+with a LoRA keeps the plain prompt and its ``CanvasPrompt.lora`` names the adapter the engine
+applies. A folder without it is a plain foundation model: every canvas is its canvas token alone.
 
 Every canvas uses the one prompt format of ``PromptEncoder.encode``; what a canvas reads is its spec in
 the registry (``prompt_tuning.canvases``: context field and kind, whether the prompt keeps the
@@ -22,7 +24,7 @@ collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a cat
 
 Decisions a caller should know:
 - A field belongs to the canvases that read it: ``query`` on the home canvas is an error, not ignored.
-- A canvas served by a soft prompt needs its context, since its adapter never saw a prompt without
+- A canvas served by an adapter (soft prompt or LoRA) needs its context, since its adapter never saw a prompt without
   one: search without ``query`` and collection without ``theme`` are errors. t2t without ``source``
   (``missing_context="last_title"``) takes the history's last title as the source and says so in the
   result's warnings (a "because you watched X" row); with no history either it is an error.
