@@ -56,6 +56,6 @@ SPEC = CanvasSpec(name="collection", token="collection", build_examples=build_ex
                   candidates=candidates,
                   metrics=metrics, example_context=example_context,
                   # a soft prompt on the frozen model cannot learn to read the theme: inside the
-                  # theme it scored R@10 0.125 on ml-latest-small, LoRA rank 16 0.226, full
+                  # theme it scored R@10 0.125 on ml-latest-small, LoRA rank 4 0.221, full
                   # fine-tuning 0.220 (BENCHMARKS.md, "Soft prompts per canvas")
                   adapter="lora")
