@@ -127,12 +127,11 @@ class TransformersBackend:
         import torch
 
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype, torch.float32)
-        self.model = model.eval()
         # canvas -> the model with that canvas's LoRA merged in: the same low-rank update vLLM applies
         # per request, with no PEFT in the decoding loop (these models are small enough to copy)
-        self.merged = {c: merge_lora(model, path) for c, path in (loras or {}).items()}
-        self.model = self.model.to(device=config.device, dtype=dtype)
-        self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in self.merged.items()}
+        merged = {c: merge_lora(model.eval(), path) for c, path in (loras or {}).items()}
+        self.model = model.to(device=config.device, dtype=dtype)
+        self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in merged.items()}
         self.trie = trie
         self.batch_size = config.max_batch
 
