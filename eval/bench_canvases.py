@@ -34,8 +34,7 @@ from semantic_ids.trie import PrefixTrie
 
 def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k: int = 10,
                      num_beams: int = 10, full_finetune: bool = True,
-                     candidates: Any = None, canvas_neighbourhood: int = 0,
-                     train_index: Any = None) -> dict[str, Any]:
+                     candidates: Any = None, train_index: Any = None) -> dict[str, Any]:
     """Every variant of one canvas on the same held-out examples (see the module docstring).
     `candidates`: the index the ``_candidates`` variants are judged inside; `train_index`: the
     index soft prompts train inside (``config.train_in_candidates``; default `candidates`)."""
@@ -58,14 +57,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                                                           "epochs": config.epochs, "lr": config.lr}}
     total = sum(p.numel() for p in {id(p): p for p in gen.model.parameters()}.values())
     allow = candidate_rows(cd, candidates)
-    if canvas_neighbourhood and candidates is not None and allow is None and \
-            all(ex.source is not None for ex in cd.test):
-        from gen_fm.dataset import catalog_to_sid_rows
-
-        # title contexts (t2t): judged inside the source's neighbourhood, to see whether it helps
-        allow = t2t_neighbourhoods(cd, split, catalog_to_sid_rows(data, gen.ids), candidates,
-                                   canvas_neighbourhood)
-        result["neighbourhood"] = {"size": canvas_neighbourhood,
+    if allow is not None and cd.test[0].source is not None:  # title contexts: the source's neighbourhood
+        result["neighbourhood"] = {"size": candidates.config.source_candidates,
                                    "targets_inside": float(np.mean([ex.target in set(a) for ex, a
                                                                     in zip(cd.test, allow)]))}
     result["base"] = {**evaluate_variant(gen.model, **common), "trainable_parameters": 0}
@@ -79,6 +72,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
             result["base_home_prompt_candidates"] = {
                 **evaluate_variant(gen.model, home=True, allow=allow, **common), "trainable_parameters": 0}
     pairs = cd.training_pairs(encoder)
+    if config.adapter_method == "none":  # served by the frozen model: --set method=... measures one
+        return result
     t0 = time.perf_counter()
     train_allow = candidate_rows(cd, train_index or candidates, cd.train) \
         if config.train_in_candidates else None
@@ -109,55 +104,19 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     return result
 
 
-def co_engaged(split, sid_rows, window: int = 3) -> dict[int, dict[int, int]]:
-    """Per title (ID row), how often each other title sits within `window` events of it in
-    members' training histories (the co-engagement neighbourhood; test events never count)."""
-    from collections import Counter
-
-    from gen_fm.dataset import to_sid_rows
-
-    counts: dict[int, Counter] = {}
-    for u in range(len(split.sequences)):
-        items = to_sid_rows(split.train_items(u), sid_rows).tolist()
-        for i, a in enumerate(items):
-            near = items[max(0, i - window): i] + items[i + 1: i + 1 + window]
-            counts.setdefault(a, Counter()).update(b for b in near if b != a)
-    return counts
-
-
-def t2t_neighbourhoods(cd, split, sid_rows, index, size: int) -> list[list[int]]:
-    """Per held-out t2t example, the source's neighbourhood: its size // 2 most co-engaged
-    titles, then its nearest titles by title-text embedding up to `size` (content fills in
-    where co-engagement is thin)."""
-    counts = co_engaged(split, sid_rows)
-    out = []
-    for ex in cd.test:
-        near = counts.get(ex.source)  # None: the source was never in a training history
-        rows = [b for b, _ in near.most_common(size // 2)] if near is not None else []
-        seen = set(rows) | {ex.source}
-        for r in index.for_title(ex.source, size).tolist():
-            if len(rows) >= size:
-                break
-            if r not in seen:
-                rows.append(r)
-                seen.add(r)
-        out.append(rows)
-    return out
-
-
 def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None = None,
                    dataset: str | None = None,
                    canvases: Sequence[str] = ("home", "search", "t2t", "collection"),
                    overrides: dict[str, Any] | None = None, full_finetune: bool = True,
-                   candidates: bool = False, neighbourhood: int = 0,
+                   candidates: bool = False, neighbourhood: int | None = None,
                    command: str = "") -> dict[str, Any]:
     """Every variant of every canvas (``benchmark_canvas``); returns the report, written to ``out``
     (default ``results/prompt_tuning/<dataset>.json``) after every canvas.
 
     ``overrides``: PromptTuningStageConfig fields for every canvas; ``candidates``: also judge every
-    variant inside the context's candidate set; ``neighbourhood`` (with ``candidates``): judge a
-    title-context canvas (t2t) inside its source's neighbourhood of that many titles
-    (``t2t_neighbourhoods``; a measurement, not served); ``command``: recorded in the report.
+    variant inside the context's candidate set; ``neighbourhood``: the size of a t2t source's
+    candidate set (``CandidateConfig.source_candidates``; None: its default, as served);
+    ``command``: recorded in the report.
     """
     import dataclasses
     import json
@@ -177,10 +136,11 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
     index = None
     if candidates or any(PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}).train_in_candidates
                          for c in canvases):
-        from gen_fm.model import IDS_SUBDIR
-        from prompt_tuning.candidates import CandidateIndex
+        from prompt_tuning.candidates import CandidateConfig
+        from prompt_tuning.train import candidate_index_for
 
-        index = CandidateIndex(Path(model) / IDS_SUBDIR)
+        index = candidate_index_for(gen, data, split, None if neighbourhood is None else
+                                    CandidateConfig(source_candidates=neighbourhood))
     report = {"benchmark": "prompt_tuning", "dataset": data.name, "model": str(model),
               "command": command, "machine": machine_info(), "canvases": {}}
     path = Path(out or f"results/prompt_tuning/{data.name}.json")
@@ -191,7 +151,6 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
         report["canvases"][canvas] = benchmark_canvas(model, data, split, canvas, config,
                                                       full_finetune=full_finetune,
                                                       candidates=index if candidates else None,
-                                                      canvas_neighbourhood=neighbourhood,
                                                       train_index=index)
         report["config"] = dataclasses.asdict(config)
         row = report["canvases"][canvas]

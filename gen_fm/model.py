@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement,
+                                save_co_engagement)
 from gen_fm.config import PretrainConfig
 from gen_fm.tokenizer import PromptEncoder, build_tokenizer, check_tokenizer
 from semantic_ids.ids import SemanticIDs
@@ -94,13 +96,14 @@ def num_parameters(model: torch.nn.Module) -> int:
 def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
                config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
                dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None,
-               data_end: int | None = None) -> Path:
+               data_end: int | None = None, co_engagement: CoEngagement | None = None) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
     `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
     refresh fine-tune started from) beside the ID artifact's. `data_end` is the newest event time
     (unix seconds) of the data the model was built from, None for data without timestamps:
-    ``sidrec refresh`` treats later events as fresh."""
+    ``sidrec refresh`` treats later events as fresh. `co_engagement`: the training data's
+    co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -113,6 +116,13 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
         model.save_pretrained(stage, safe_serialization=True)
         build_tokenizer(layout).save_pretrained(stage)
         shutil.copytree(ids.path, stage / IDS_SUBDIR)
+        payload = list(_PAYLOAD)
+        if co_engagement is not None:
+            if co_engagement.num_items != ids.num_items:
+                raise ValueError(f"the co-engagement table covers {co_engagement.num_items} titles, "
+                                 f"the ID artifact {ids.num_items}")
+            save_co_engagement(stage / CO_ENGAGEMENT_FILE, co_engagement)
+            payload.append(CO_ENGAGEMENT_FILE)
         manifest = make_manifest(
             KIND, config,
             parents={IDS_SUBDIR: manifest_hash(ids.path), **(parents or {})},
@@ -122,7 +132,7 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
             data={"dataset": dataset, "fingerprint": data_fingerprint, "time_end": data_end},
             num_parameters=num_parameters(model),
             training=training,
-            files={name: file_sha256(stage / name) for name in _PAYLOAD},
+            files={name: file_sha256(stage / name) for name in payload},
         )
         write_json(stage / "manifest.json", manifest)
     return out_dir
@@ -143,6 +153,11 @@ class GenFM:
 
     def prompt_encoder(self) -> PromptEncoder:
         return PromptEncoder.from_ids(self.ids, self.config.num_user_buckets, self.layout)
+
+    def co_engagement(self) -> CoEngagement | None:
+        """The training data's co-engagement table, or None for a folder written before it existed."""
+        path = self.path / CO_ENGAGEMENT_FILE
+        return load_co_engagement(path) if path.is_file() else None
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check_resumable,
                                 list_checkpoints, reduced_sums, save_best, save_checkpoint)
+from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from gen_fm.batches import Augment, EpochTensors, epoch_batches
 from gen_fm.dataset import catalog_to_sid_rows, window_source
@@ -420,7 +421,9 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
                    data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
                    parents={"init_from": parent["model_manifest"]} if parent else None,
-                   data_end=data_end_time(data))
+                   data_end=data_end_time(data),
+                   co_engagement=co_engagement_of_split(split, catalog_to_sid_rows(data, ids),
+                                                        ids.num_items))
         why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
         accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")
     accelerator.wait_for_everyone()

@@ -49,8 +49,17 @@ Example = tuple[list[int], list[int]]  # (prompt token ids, the target title's L
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def check_trainable(config: PromptTuningStageConfig) -> None:
+    """A clear error for a canvas served without an adapter (its spec's ``adapter="none"``)."""
+    if config.adapter_method == "none":
+        raise ValueError(f"the {config.canvas} canvas is served by the frozen model (its spec's "
+                         f"adapter='none': every adapter measured for it did worse); to train one "
+                         f"anyway, set method=soft_prompt or method=lora")
+
+
 def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     """A fresh adapter (the config's method) on ``gen.model``; every base weight is frozen (in place)."""
+    check_trainable(config)
     if config.adapter_method == "lora":
         return _wrap_lora(gen, config)
     n = config.num_virtual_tokens

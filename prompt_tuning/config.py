@@ -26,7 +26,8 @@ class PromptTuningStageConfig:
     # every attention and MLP projection, served per request by vLLM's LoRA support). None = the
     # canvas's own choice (its spec's ``adapter``): LoRA where a soft prompt cannot learn to read
     # the context (collection on ml-latest-small: R@10 inside the theme 0.221 for LoRA rank 4,
-    # 0.125 for the soft prompt, 0.220 for full fine-tuning).
+    # 0.125 for the soft prompt, 0.220 for full fine-tuning), "none" where the frozen model is
+    # better than every adapter (t2t).
     method: str | None = None
     # LoRA rank r (alpha = 2r); ignored by soft prompts. Collection on ml-latest-small, inside the
     # theme: rank 4 (47k weights) R@10 0.221, rank 16 (188k) 0.226, within one standard error.
@@ -102,7 +103,8 @@ class PromptTuningStageConfig:
 
     @property
     def adapter_method(self) -> str:
-        """The method this config trains: ``method``, or the canvas's own when that is None."""
+        """The method this config trains: ``method``, or the canvas's own when that is None
+        ("none": the canvas is served without an adapter and none is trained)."""
         from prompt_tuning.canvases.registry import get_canvas
 
         return self.method or getattr(get_canvas(self.canvas), "adapter", "soft_prompt")

@@ -36,18 +36,18 @@ def candidate_rows(data: CanvasData, candidates, examples: Sequence[CanvasExampl
                    ) -> list[list[int] | None] | None:
     """Per example (default: the held-out ones), the rows its context makes eligible (the spec's
     ``candidates`` over a ``prompt_tuning.candidates.CandidateIndex``: the query for search, the
-    theme for collection); None for canvases whose context restricts nothing. Examples with the
-    same context share one list."""
+    theme for collection, the source title for t2t); None for canvases whose context restricts
+    nothing. Examples with the same context share one list."""
     spec = get_canvas(data.canvas)
     if candidates is None or spec.candidates is None:
         return None
-    memo: dict[str, list[int]] = {}
+    memo: dict[Any, list[int]] = {}
     out: list[list[int] | None] = []
     for ex in (data.test if examples is None else examples):
-        text = ex.text or ""
-        if text not in memo:
-            memo[text] = spec.candidates(candidates, text).rows.tolist()
-        out.append(memo[text])
+        value = ex.source if spec.context_kind == "title" else (ex.text or "")
+        if value not in memo:
+            memo[value] = spec.candidates(candidates, value).rows.tolist()
+        out.append(memo[value])
     return out
 
 

@@ -28,6 +28,7 @@ import torch
 
 from gen_fm.model import GenFM, load_model, save_model
 if TYPE_CHECKING:
+    from gen_fm.co_engagement import CoEngagement
     from prompt_tuning.config import PromptTuningStageConfig
     from semantic_ids.layout import TokenLayout
 from core.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json,
@@ -42,8 +43,11 @@ def virtual_token(canvas: str, i: int) -> str:
 
 
 def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
-                    out_dir: str | Path) -> Path:
-    """Write ``out_dir``: the base model with every adapter's soft prompt as virtual-token rows."""
+                    out_dir: str | Path, co_engagement: "CoEngagement | None" = None) -> Path:
+    """Write ``out_dir``: the base model with every adapter's soft prompt as virtual-token rows.
+
+    The base folder's co-engagement table travels with it; `co_engagement` supplies one for a base
+    folder written before pretraining saved it (``prompt_tuning.train.co_engagement_for``)."""
     from prompt_tuning.adapter import check_base, read_adapter  # imports peft: export time only
 
     gen = load_model(model_dir)
@@ -65,7 +69,9 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
     with atomic_dir(out_dir) as stage:
         save_model(stage, model, layout, gen.ids, gen.config, gen.seq_config,
                    data_fingerprint=gen.manifest["data"]["fingerprint"],
-                   dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"])
+                   dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"],
+                   data_end=gen.manifest["data"].get("time_end"),
+                   co_engagement=co_engagement if co_engagement is not None else gen.co_engagement())
         lora_files = {}
         for info in loras:  # PEFT's LoRA folder as trained: vLLM and PEFT both load it as it is
             rel = f"{LORA_DIR}/{info.config.canvas}"

@@ -19,6 +19,35 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
     """The dataset the model was trained on, its split and the canvas's examples (``data_config``:
     a ``DataConfig``, or data already loaded)."""
     from prompt_tuning.canvases import canvas_data_for
+
+    data, split = model_split(gen, data_config)
+    return data, split, canvas_data_for(gen, data, split, config)
+
+
+def co_engagement_for(gen, data, split):
+    """The model folder's co-engagement table, or the same table counted from its split for a
+    folder written before pretraining saved one."""
+    table = gen.co_engagement()
+    if table is None:
+        from gen_fm.co_engagement import co_engagement_of_split
+        from gen_fm.dataset import catalog_to_sid_rows
+
+        table = co_engagement_of_split(split, catalog_to_sid_rows(data, gen.ids), gen.ids.num_items)
+    return table
+
+
+def candidate_index_for(gen, data, split, config=None):
+    """The ``CandidateIndex`` a canvas is trained and judged inside, as serving builds it
+    (`config`: a ``CandidateConfig``, default its defaults)."""
+    from gen_fm.model import IDS_SUBDIR
+    from prompt_tuning.candidates import CandidateIndex
+
+    return CandidateIndex(Path(gen.path) / IDS_SUBDIR, config=config,
+                          co_engagement=co_engagement_for(gen, data, split))
+
+
+def model_split(gen, data_config):
+    """The dataset a model was trained on (checked by fingerprint) and its leave-one-out split."""
     from core.data import RecData, load_data
     from core.sequences import build_sequences, leave_one_out
 
@@ -38,8 +67,7 @@ def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
         raise ValueError(f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
                          f"than {data.path}: canvas examples must come from the model's own split")
-    split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    return data, split, canvas_data_for(gen, data, split, config)
+    return data, leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
 
 
 def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
@@ -47,12 +75,13 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     from prompt_tuning.canvases import get_canvas
     from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
     from gen_fm.model import load_model
-    from prompt_tuning.adapter import save_adapter, train_adapter
+    from prompt_tuning.adapter import check_trainable, save_adapter, train_adapter
     from prompt_tuning.export import as_served
     from semantic_ids.trie import PrefixTrie
 
+    check_trainable(config)  # before any data is read
     gen = load_model(model_dir)
-    data, _, cd = canvas_setup(gen, data_config, config)
+    data, split, cd = canvas_setup(gen, data_config, config)
     encoder = gen.prompt_encoder()
     pairs = cd.training_pairs(encoder)
     print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
@@ -60,10 +89,7 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     index = None
     # served inside its candidate sets: trained there, judged there (the index only when needed)
     if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
-        from gen_fm.model import IDS_SUBDIR
-        from prompt_tuning.candidates import CandidateIndex
-
-        index = CandidateIndex(Path(gen.path) / IDS_SUBDIR)
+        index = candidate_index_for(gen, data, split)
     allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)

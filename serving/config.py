@@ -61,12 +61,15 @@ class ServingConfig:
     # defaults to the one named in the model's manifest when data_dir holds several.
     data_dir: str | None = None
     dataset: str | None = None
-    # Canvas contexts as candidate sets (``prompt_tuning.candidates``): a search query and a
-    # collection theme restrict decoding to the titles they match, and the model ranks within them.
-    # False = the context only adds prompt tokens (the model may answer with any title).
+    # Canvas contexts as candidate sets (``prompt_tuning.candidates``): a search query, a
+    # collection theme and a t2t source restrict decoding to the titles they match (the source: its
+    # neighbourhood), and the model ranks within them. False = the context only adds prompt tokens
+    # (the model may answer with any title).
     candidate_sets: bool = True
     search_candidates: int = 30  # titles a search query makes eligible (BM25 fused with embeddings)
     theme_candidates: int = 100  # titles a free-text theme makes eligible (a catalog theme: all of its)
+    # titles a t2t source makes eligible: half its most co-engaged titles, then content neighbours
+    source_candidates: int = 100
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +86,7 @@ class ServingConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("num_beams", "max_k", "max_batch", "diversity_widen", "search_candidates",
-                     "theme_candidates"):
+                     "theme_candidates", "source_candidates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:

@@ -17,7 +17,9 @@ canvas      request field      prompt after the canvas token               as th
 home        (none)             the member's history                        --
 search      ``query`` (text)   history, <sep>, the query's code tokens     query lower-cased, then
                                                                            ``QueryEncoder``
-t2t         ``source`` (title) <sep>, the source title's ID tokens          no history, no member token
+t2t         ``source`` (title) the member's history, then the source       the frozen model (no
+                               (home's canvas token)                       adapter); inside the
+                                                                           source's neighbourhood
 collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a category name, through
                                                                            ``QueryEncoder``
 ==========  =================  ==========================================  ===========================
@@ -27,11 +29,13 @@ Decisions a caller should know:
 - A canvas served by an adapter (soft prompt or LoRA) needs its context, since its adapter never saw a prompt without
   one: search without ``query`` and collection without ``theme`` are errors. t2t without ``source``
   (``missing_context="last_title"``) takes the history's last title as the source and says so in the
-  result's warnings (a "because you watched X" row); with no history either it is an error.
+  result's warnings (a "because you watched X" row); with no history either it is an error when an
+  adapter serves it, and the plain history-less prompt otherwise.
 - A canvas without a soft prompt (a plain folder, or a canvas no adapter was trained for) uses a
   context when one is given (the eval's "base" prompt) and otherwise keeps the history-only prompt.
-- t2t with a source: the prompt holds the source alone (no history, no member), as trained; the
-  history still excludes titles (``exclude_history``) and the source itself is never recommended.
+- t2t with a source (``title_in_history``): the source is appended to the history as its newest
+  title (an earlier occurrence moves there), and the answer is chosen inside the source's
+  neighbourhood (co-engaged titles, then content neighbours); the source itself is never recommended.
 - Text goes through the ID artifact's quantizer or title embeddings (``QueryEncoder``) with the
   adapter's own ``query_mode`` and ``num_anchors``. The encoder is built on first use, once per mode;
   all of them share one sentence encoder, which keeps recent texts in memory instead of using
@@ -143,6 +147,7 @@ class CanvasPrompts:
         # prompt_tuning.candidates.CandidateConfig, or None: contexts do not restrict the titles
         self.candidate_config = candidate_config
         self._candidates: Any = None  # CandidateIndex, built on first use
+        self._co_engagement = gen.co_engagement()  # t2t neighbourhoods (None: content only)
 
     # ------------------------------------------------------------------ public
     def num_virtual_tokens(self, canvas: str) -> int:
@@ -181,13 +186,12 @@ class CanvasPrompts:
         value = given.get(field) if field else None
         warnings: list[str] = []
         context, rows, member, source_row, candidates = None, list(history), user_id, None, None
-        if value is None and adapter and spec.missing_context == "last_title":
+        if value is None and spec.missing_context == "last_title" and (rows or adapter):
             if not rows:
                 raise RequestError(f"the {canvas} canvas needs a source title ({field}), or a history "
                                    f"whose last title is taken as the source", field)
             value = self.ids.item_ids[rows[-1]]
-            warnings.append(f"no {field} given: the last history title {value!r} is the source "
-                            f"(the {canvas} soft prompt reads one source title, not a history)")
+            warnings.append(f"no {field} given: the last history title {value!r} is the source")
         if value is None and adapter and field is not None:
             raise RequestError(f"the {canvas} canvas needs a {field}: its soft prompt was trained on "
                                f"prompts that carry one", field)
@@ -196,12 +200,22 @@ class CanvasPrompts:
                 if value not in self.ids:
                     raise RequestError(f"unknown {field} title id {value!r}", field)
                 source_row = self.ids.index_of(value)
-                context = self.encoder.sid_tokens[source_row].tolist()
+                if spec.title_in_history:  # the source is the newest title of the history
+                    rows = (rows if spec.keeps_history else []) + [source_row]
+                    rows = [r for i, r in enumerate(rows) if r != source_row or i == len(rows) - 1]
+                else:
+                    context = self.encoder.sid_tokens[source_row].tolist()
+                if self.candidate_config is not None and spec.candidates is not None:
+                    if self.text_problem:  # no content neighbours to build the set from
+                        warnings.append(f"the {canvas} canvas decodes over the whole catalog: "
+                                        f"{self.text_problem}")
+                    else:
+                        candidates = spec.candidates(self.candidate_index(), source_row)
             else:
                 context = self._text_tokens(spec, spec.normalise(value))
                 if self.candidate_config is not None and spec.candidates is not None:
                     candidates = spec.candidates(self.candidate_index(), value)
-            if not spec.keeps_history:  # e.g. the t2t prompt is the source alone
+            if not spec.keeps_history and not spec.title_in_history:  # the context alone
                 rows, member = [], None
         kept = rows[-self.max_history:] if rows else []
         prompt = self.encoder.encode(kept, canvas=spec.token,
@@ -214,7 +228,7 @@ class CanvasPrompts:
                                f"plus one semantic ID exceeds the model's {self.max_positions} positions",
                                field)
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
-                            context=None if context is None else field, soft_prompt=adapter,
+                            context=None if value is None else field, soft_prompt=adapter,
                             source_row=source_row, warnings=tuple(warnings), candidates=candidates,
                             lora=canvas if canvas in self.loras else None)
 
@@ -224,7 +238,7 @@ class CanvasPrompts:
             from prompt_tuning.candidates import CandidateIndex
 
             self._candidates = CandidateIndex(self.ids_dir, self._sentence_encoder(),
-                                              self.candidate_config)
+                                              self.candidate_config, self._co_engagement)
         return self._candidates
 
     def _sentence_encoder(self) -> _MemoryTextEncoder:

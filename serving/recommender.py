@@ -217,7 +217,8 @@ class Recommender:
             from prompt_tuning.candidates import CandidateConfig
 
             candidate_config = CandidateConfig(search_candidates=config.search_candidates,
-                                               theme_candidates=config.theme_candidates)
+                                               theme_candidates=config.theme_candidates,
+                                               source_candidates=config.source_candidates)
         # soft prompts, canvas contexts and the candidate sets contexts make
         self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder

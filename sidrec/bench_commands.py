@@ -225,10 +225,10 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-full-finetune", action="store_true")
     p.add_argument("--candidates", action="store_true",
                    help="also judge every variant inside the context's candidate set (search, "
-                        "collection; prompt_tuning.candidates), as the server decodes by default")
-    p.add_argument("--neighbourhood", type=int, default=0, metavar="N",
-                   help="with --candidates: also judge t2t inside the source's N-title neighbourhood "
-                        "(co-engaged, then nearest by title text): whether restricting helps")
+                        "collection, t2t; prompt_tuning.candidates), as the server decodes by default")
+    p.add_argument("--neighbourhood", type=int, default=None, metavar="N",
+                   help="titles in a t2t source's candidate set (half co-engaged, then nearest by "
+                        "title text; default 100, as served)")
     add_threads_arg(p, 1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_manifest
 from core.data import DataConfig, load_data
+from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 
 if TYPE_CHECKING:
     from gen_fm.config import PretrainConfig
@@ -204,6 +205,10 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
                           f"no text modality (text_weight=0)[/yellow]")
             continue
         pc = replace(prompt_config, canvas=canvas)  # a PromptTuningStageConfig
+        if pc.adapter_method == "none":
+            console.print(f"{canvas}: served by the frozen model, no adapter to train (every adapter "
+                          f"measured for it did worse; BENCHMARKS.md)")
+            continue
         target = root / canvas
         try:
             info = read_adapter(target)
@@ -220,14 +225,26 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
     try:
         parents = read_manifest(served, "gen_fm")["parents"]
-        if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()):
+        if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()) \
+                and (served / CO_ENGAGEMENT_FILE).is_file():
             console.print(f"reusing {served} (same model and soft prompts)")
             return served
     except Exception:
         pass
-    export_adapters(model_dir, adapters, served)
+    export_adapters(model_dir, adapters, served, co_engagement=_co_engagement(model_dir, data_config))
     console.print(f"servable folder, every canvas in one model: {served}")
     return served
+
+
+def _co_engagement(model_dir: Path, data_config):
+    """The base folder's co-engagement table, counted from its data when the folder predates it."""
+    from gen_fm.model import load_model
+    from prompt_tuning.train import co_engagement_for, model_split
+
+    gen = load_model(model_dir)
+    if gen.co_engagement() is not None:
+        return None  # export carries the folder's own
+    return co_engagement_for(gen, *model_split(gen, data_config))
 
 
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:
@@ -270,7 +287,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                 label = demo.label
                 res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
                 soft = ("LoRA" if canvas in rec.prompts.loras else "soft prompt") if res.soft_prompt \
-                    else "canvas token only"
+                    else "the frozen model" if spec.adapter == "none" else "canvas token only"
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
                 console.print(f"  [cyan]{label}[/cyan] [dim]({soft}{how})[/dim]")
                 if res.reason:
@@ -288,5 +305,8 @@ def _served_canvases(model_dir: Path) -> set[str]:
     from prompt_tuning.export import ADAPTERS_FILE
     from core.artifacts import read_json
 
+    from prompt_tuning.canvases import canvas_names, get_canvas
+
     path = Path(model_dir) / ADAPTERS_FILE
-    return set(read_json(path)) if path.is_file() else {"home"}
+    frozen = {c for c in canvas_names() if get_canvas(c).adapter == "none"}  # served without one
+    return (set(read_json(path)) if path.is_file() else {"home"}) | frozen

@@ -19,8 +19,9 @@ canvas      context after <sep>                         history           target
 home        none                                        the member's      the next title
 search      the query (``QueryEncoder``)                 the member's or   a title the query is about
                                                         none (anonymous)
-t2t         the source title's semantic ID              none              a title a member engaged with
-                                                                          right after the source
+t2t         none: the source is the history's newest    the member's,     a title a member engaged with
+            title (home's canvas token), answered       then the source   right after the source
+            inside the source's neighbourhood
 collection  the theme, a category as text               the member's      the next title in that theme
             (``QueryEncoder``)
 ==========  ==========================================  ================  =============================
@@ -104,6 +105,10 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
 
     from gen_fm.dataset import IGNORE, example_features
 
+    same = [c for c in canvases if get_canvas(c).title_in_history]
+    if same:
+        raise ValueError(f"canvas_mix: {same} ask the home question (the source is the history's "
+                         f"newest title): their examples are next-title windows pretraining already holds")
     sid_rows = catalog_to_sid_rows(data, ids)
     held: dict[str, set[int]] = {}  # member -> ID rows of their validation and test targets
     for name in ("valid", "test"):

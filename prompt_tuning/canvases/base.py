@@ -37,6 +37,7 @@ CONTEXT_KINDS = ("text", "title")
 # A request served by the canvas's soft prompt without its context: refused, or the history's last
 # title taken as the context (a "because you watched X" row).
 MISSING_CONTEXT = ("error", "last_title")
+ADAPTERS = ("soft_prompt", "lora", "none")  # CanvasSpec.adapter
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # goes into token names <v_{name}_i> and model ids
 
 
@@ -199,14 +200,18 @@ class CanvasSpec:
     context_field: str | None = None
     # How that value becomes tokens: "text" (QueryEncoder) or "title" (the title's ID tokens).
     context_kind: str | None = None
-    # A prompt with a context still holds the member's history and member token (t2t: the source alone).
+    # A prompt with a context still holds the member's history and member token.
     keeps_history: bool = True
+    # A title context joins the prompt as the history's newest title (the model is asked its own
+    # question, what comes next) instead of following <sep> (t2t).
+    title_in_history: bool = False
     # Text contexts are lower-cased before encoding, as the examples were (search).
     lowercase: bool = False
     # A soft-prompt request without the context: "error", or "last_title" (title contexts only).
     missing_context: str = "error"
-    # The titles a text context makes eligible: (CandidateIndex, raw value) -> Candidates; None: all.
-    candidates: Callable[["CandidateIndex", str], "Candidates"] | None = None
+    # The titles the context makes eligible: (CandidateIndex, value) -> Candidates, the value being
+    # the raw text of a text context or the ID-artifact row of a title context; None: all titles.
+    candidates: Callable[["CandidateIndex", Any], "Candidates"] | None = None
     # Example kinds also decoded without the member's history, for ``metrics``' ranked_anonymous.
     anonymous_kinds: tuple[str, ...] = ()
     # The canvas's own held-out figures: (data, ranked, *, titles_lower, row_categories, k,
@@ -216,7 +221,8 @@ class CanvasSpec:
     # None to skip that member; unset: no context, labelled with the name.
     example_context: Callable[..., ExampleContext | None] | None = None
     # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
-    # "soft_prompt" (virtual tokens) or "lora" (where a soft prompt cannot learn to read the context).
+    # "soft_prompt" (virtual tokens), "lora" (where a soft prompt cannot learn to read the context)
+    # or "none" (served by the frozen model, where every adapter measured does worse: t2t).
     adapter: str = "soft_prompt"
 
     def __post_init__(self) -> None:
@@ -237,11 +243,15 @@ class CanvasSpec:
             raise ValueError(f"canvas {self.name!r}: missing_context must be one of {MISSING_CONTEXT}")
         if self.missing_context == "last_title" and self.context_kind != "title":
             raise ValueError(f"canvas {self.name!r}: only a title context falls back to the last title")
-        if (self.lowercase or self.candidates is not None) and self.context_kind != "text":
-            raise ValueError(f"canvas {self.name!r}: lowercase and candidates apply to text contexts")
-        if self.adapter not in ("soft_prompt", "lora"):
-            raise ValueError(f"canvas {self.name!r}: adapter must be 'soft_prompt' or 'lora', got "
+        if self.lowercase and self.context_kind != "text":
+            raise ValueError(f"canvas {self.name!r}: lowercase applies to text contexts")
+        if self.candidates is not None and self.context_kind is None:
+            raise ValueError(f"canvas {self.name!r}: candidates come from a context; set context_field")
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"canvas {self.name!r}: adapter must be one of {ADAPTERS}, got "
                              f"{self.adapter!r}")
+        if self.title_in_history and self.context_kind != "title":
+            raise ValueError(f"canvas {self.name!r}: title_in_history needs a title context")
         if not self.keeps_history and self.context_field is None:
             raise ValueError(f"canvas {self.name!r}: keeps_history=False needs a context to prompt with")
 

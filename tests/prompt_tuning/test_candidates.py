@@ -92,34 +92,36 @@ def test_candidate_rows_follow_each_example_context(world, slice_world) -> None:
     assert candidate_rows(CanvasData(canvas="home", train=[], test=[ex], info={}), index) is None
 
 
-def test_a_title_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world, slice_world) -> None:
-    from eval.bench_canvases import co_engaged, t2t_neighbourhoods
+def test_a_source_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world, slice_world) -> None:
+    from gen_fm.co_engagement import co_engagement_of_split
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
     from prompt_tuning.canvases import CanvasData, CanvasExample
 
-    index, ids, _, _ = world
+    _, ids, _, _ = world
     data, split, _, _, _ = slice_world
+    sid_rows = catalog_to_sid_rows(data, ids)
+    table = co_engagement_of_split(split, sid_rows, ids.num_items)
+    index = CandidateIndex(ids.path, config=CandidateConfig(source_candidates=6), co_engagement=table)
     near = index.for_title(0, 5)
     assert len(near) == 5 and 0 not in near.tolist()
     sims = index.title_vecs @ index.title_vecs[0]
     assert sims[near[0]] >= sims[near[-1]]  # nearest first
     with pytest.raises(ValueError, match="not in the ID artifact"):
         index.for_title(ids.num_items, 5)
-    sid_rows = catalog_to_sid_rows(data, ids)
-    counts = co_engaged(split, sid_rows, window=1)
     first = to_sid_rows(split.train_items(0), sid_rows).tolist()
-    assert counts[first[0]][first[1]] >= 1  # neighbours in a training history count
-    trained = {r for u in range(len(split.sequences))
-               for r in to_sid_rows(split.train_items(u), sid_rows).tolist()}
-    assert set(counts) <= trained  # only training events make neighbours (no test leakage)
     src = first[0]
-    ex = CanvasExample(history=np.zeros(0, np.int64), target=first[1], source=src, kind="pair")
-    cd = CanvasData(canvas="t2t", train=[], test=[ex], info={})
-    (rows,) = t2t_neighbourhoods(cd, split, sid_rows, index, size=6)
-    top = [b for b, _ in co_engaged(split, sid_rows)[src].most_common(3)]
-    assert rows[:len(top)] == top and len(rows) == 6 and src not in rows and len(set(rows)) == 6
-    unseen = next(r for r in range(ids.num_items) if r not in counts)  # content alone
-    cold = CanvasExample(history=np.zeros(0, np.int64), target=0, source=unseen, kind="pair")
-    (rows,) = t2t_neighbourhoods(CanvasData(canvas="t2t", train=[], test=[cold], info={}), split,
-                                 sid_rows, index, size=4)
-    assert rows == index.for_title(unseen, 4).tolist()
+    c = index.for_source(src)
+    rows = c.rows.tolist()
+    assert rows[:3] == table.of(src, 3).tolist() and first[1] in table.of(src).tolist()
+    assert len(rows) == 6 and src not in rows and len(set(rows)) == 6
+    assert "3 most often watched with it, then 3 nearest by title text" in c.how
+    # a title no training history holds: its content neighbours alone, and the reason says so
+    unseen = next(r for r in range(ids.num_items) if len(table.of(r)) == 0)
+    cold = index.for_source(unseen)
+    assert cold.rows.tolist() == index.for_title(unseen, 6).tolist() and "never watched" in cold.how
+    no_table = CandidateIndex(ids.path, config=CandidateConfig(source_candidates=6)).for_source(src)
+    assert no_table.rows.tolist() == index.for_title(src, 6).tolist()
+    assert "no co-engagement table" in no_table.how
+    # the t2t canvas's held-out examples are judged inside exactly these sets
+    ex = CanvasExample(history=np.asarray(first[:1]), target=first[1], source=src, kind="pair")
+    assert candidate_rows(CanvasData(canvas="t2t", train=[], test=[ex], info={}), index) == [rows]

@@ -52,18 +52,19 @@ def test_home_trains_on_training_events_and_holds_out_test_targets(world):
     assert cd.info["train"] == len(cd.train) and all(ex.context is None for ex in cd.train)
 
 
-def test_t2t_pairs_are_consecutive_and_carry_the_source_id(world):
+def test_t2t_pairs_are_the_history_up_to_the_source_asked_the_home_question(world):
     cd = _build(world, "t2t")
     _, _, _, _, enc, _, _ = world
     for ex in cd.train + cd.test:
-        assert len(ex.history) == 0 and ex.user is None and ex.source != ex.target
-        assert ex.context == enc.sid_tokens[ex.source].tolist()
-        prompt = ex.prompt(enc, "t2t")
-        assert prompt[-enc.layout.sid_length - 1] == SEP
+        assert len(ex.history) and ex.history[-1] == ex.source != ex.target and ex.context is None
+        assert ex.prompt(enc, "t2t") == enc.encode(ex.history, canvas="home", user_id=ex.user)
     train_pairs = {(ex.source, ex.target) for ex in cd.train}
     members = _member_rows(world)
     consecutive = {(int(a), int(b)) for items, _ in members.values() for a, b in zip(items, items[1:])}
     assert train_pairs <= consecutive
+    for ex in cd.test:  # the held-out target is the member's test title, after their whole history
+        _, all_items = members[ex.user]
+        assert ex.target == all_items[-1]
 
 
 def test_collection_themes_are_specific_categories_of_the_target(world):
@@ -125,8 +126,12 @@ def test_prompts_cli_train_list_export(slice_world, tmp_path, capsys):
     _, _, _, model_dir, dc = slice_world
     common = ["--model", str(model_dir), "--data", dc.data_dir, "--threads", "1",
               "--set", "max_train_examples=48", "--set", "max_eval_examples=12", "--set", "epochs=1"]
-    for canvas in ("search", "t2t"):
-        assert main(["prompts", "train", "--canvas", canvas, "--out", str(tmp_path / canvas), *common]) == 0
+    # t2t is served by the frozen model: training its adapter is refused, and says how to anyway
+    assert main(["prompts", "train", "--canvas", "t2t", "--out", str(tmp_path / "t2t"), *common]) == 2
+    assert "served by the frozen model" in capsys.readouterr().out and not (tmp_path / "t2t").exists()
+    assert main(["prompts", "train", "--canvas", "search", "--out", str(tmp_path / "search"), *common]) == 0
+    assert main(["prompts", "train", "--canvas", "t2t", "--out", str(tmp_path / "t2t"), *common,
+                 "--set", "method=soft_prompt"]) == 0
     out = capsys.readouterr().out
     assert "held-out adapter" in out and "held-out base" in out
     assert main(["prompts", "list", str(tmp_path)]) == 0

@@ -19,7 +19,7 @@ def mix(slice_world, tmp_path_factory):
     data, split, ids, model_dir, _ = slice_world
     enc = PromptEncoder.from_ids(ids, 8)
     rows, info = mixture_examples(data, split, ids, model_dir / "semantic_ids", enc,
-                                  ("search", "t2t", "collection"), per_canvas=10_000, seed=0)
+                                  ("search", "collection"), per_canvas=10_000, seed=0)
     return data, split, ids, enc, rows, info
 
 
@@ -27,7 +27,7 @@ def test_rows_are_a_prompt_then_one_target_with_the_loss_on_the_target(mix):
     *_, enc, rows, info = mix
     L = enc.layout.sid_length
     assert len(rows) == sum(m["examples"] for m in info.values()) > 0
-    assert set(info) == {"search", "t2t", "collection"}
+    assert set(info) == {"search", "collection"}
     for ids, labels in zip(rows["input_ids"], rows["labels"]):
         assert len(ids) == len(labels)
         assert labels[-L:] == ids[-L:]  # the target's code tokens carry the loss
@@ -72,6 +72,13 @@ def test_no_held_out_canvas_example_is_mixed_in(mix, slice_world):
         assert tuple(ex.prompt(enc, "search") + enc.sid_tokens[ex.target].tolist()) not in mixed
 
 
+def test_a_canvas_asked_the_home_question_is_not_mixed_in(slice_world):
+    data, split, ids, model_dir, _ = slice_world
+    with pytest.raises(ValueError, match="t2t.*next-title windows pretraining already holds"):
+        mixture_examples(data, split, ids, model_dir / "semantic_ids", PromptEncoder.from_ids(ids, 8),
+                         ("t2t",), per_canvas=10)
+
+
 def test_config_validates_the_mixture():
     assert PretrainConfig(canvas_mix="search, t2t").canvas_mix == ("search", "t2t")
     for bad in (("home",), ("search", "search"), ("nope",)):
@@ -90,7 +97,7 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
 
     data, split, ids, model_dir, dc = slice_world
     config = PretrainConfig.from_preset("tiny", epochs=2, batch_size=32, num_user_buckets=8,
-                                        eval_every=0, lr=3e-3, canvas_mix=("t2t",),
+                                        eval_every=0, lr=3e-3, canvas_mix=("collection",),
                                         canvas_mix_examples=50)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -103,9 +110,9 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
     finally:
         torch.set_num_threads(before)
     gen = load_model(out)
-    assert gen.config.canvas_mix == ("t2t",)
+    assert gen.config.canvas_mix == ("collection",)
     mix = gen.manifest["training"]["canvas_mix"]
-    assert mix["t2t"]["examples"] == 50
+    assert mix["collection"]["examples"] == 50
     # the rows were trained on, next to the same next-title windows as the run without a mixture
     base = load_model(model_dir).manifest["training"]["train_windows"]
     assert gen.manifest["training"]["train_windows"] == base + 50

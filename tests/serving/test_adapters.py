@@ -74,9 +74,17 @@ def test_prompts_are_the_soft_prompt_then_the_canvas_prompt(rec, tiny_exported_d
     assert search.prompt == virtual["search"] + enc.encode(rows(rec, HISTORY), canvas="search", context=context)
     anchors = [rec.ids.item_for_sid(rec.ids.layout.ids_to_sid(context[i:i + 3])) for i in range(0, 9, 3)]
     assert all("Paris" in rec.ids.title(t) for t in anchors)  # lexical anchors come first
-    # t2t: the source alone (no history, no member token), as the t2t adapter was trained
+    # t2t: the member's history with the source as its newest title, under home's canvas token
     t2t = rec.prepare(RecommendationRequest(HISTORY, canvas="t2t", source="m05", user_id="u1"))
-    assert t2t.prompt == virtual["t2t"] + enc.encode([], canvas="t2t", context=enc.sid_tokens[5].tolist())
+    assert t2t.prompt == virtual["t2t"] + enc.encode(rows(rec, HISTORY) + [5], canvas="home", user_id="u1")
+    # inside the source's neighbourhood (the tiny base has no co-engagement table: content alone)
+    assert "source 'Midnight Ocean (1985)'" in t2t.candidates and "no co-engagement table" in t2t.candidates
+    assert t2t.num_permitted == 40 - 1 - len(HISTORY)  # source_candidates (100) > the catalog
+    # a source already in the history moves to its end; an anonymous request is the source alone
+    again = rec.prepare(RecommendationRequest(HISTORY, canvas="t2t", source=HISTORY[0]))
+    assert again.prompt == virtual["t2t"] + enc.encode(rows(rec, HISTORY[1:] + HISTORY[:1]), canvas="home")
+    alone = rec.prepare(RecommendationRequest([], canvas="t2t", source="m05"))
+    assert alone.prompt == virtual["t2t"] + enc.encode([5], canvas="home")
     # collection has no soft prompt: the canvas token, the history and the theme
     coll = rec.prepare(RecommendationRequest(HISTORY, canvas="collection", theme="Comedy"))
     assert coll.prompt[-10] == SEP and coll.prompt[:-10] == enc.encode(rows(rec, HISTORY), canvas="collection")
@@ -94,7 +102,7 @@ def test_canvas_switch_changes_the_list_and_says_which_adapter_served(rec, tiny_
     assert [(x.canvas, x.soft_prompt, x.context) for x in (home, search, t2t, coll)] == [
         ("home", True, None), ("search", True, "query"), ("t2t", True, "source"), ("collection", False, "theme")]
     assert not home.warnings and not home.cold_start and "m05" not in ids_of(t2t)  # never the source
-    assert not set(ids_of(t2t)) & set(HISTORY)  # the history still excludes, though not in the prompt
+    assert not set(ids_of(t2t)) & set(HISTORY)  # the history still excludes
     # the same folder without its soft prompts: the home list is the base model's, and differs
     base = Recommender.from_pretrained(tiny_exported_dir.parent / "base", backend="transformers", **COMMON)
     plain = base.recommend(HISTORY, canvas="home", k=6)
@@ -175,8 +183,11 @@ def test_a_plain_folder_keeps_todays_behaviour(tiny_model_dir) -> None:
     plain = Recommender.from_pretrained(tiny_model_dir, backend="transformers", **COMMON)
     res = plain.recommend(["tt001", "tt002"], canvas="search", k=4)
     assert len(res) == 4 and not res.soft_prompt and res.context is None
-    assert plain.prepare(RecommendationRequest(["tt001"], canvas="t2t", source="tt009")).prompt == \
-        plain.encoder.encode([], canvas="t2t", context=plain.encoder.sid_tokens[9].tolist())
+    t2t = plain.prepare(RecommendationRequest(["tt001"], canvas="t2t", source="tt009"))
+    assert t2t.prompt == plain.encoder.encode([plain.ids.index_of(t) for t in ("tt001", "tt009")],
+                                              canvas="home")
+    # an ID artifact without text embeddings has no content neighbours: the whole catalog, and why
+    assert t2t.candidates is None and "decodes over the whole catalog" in t2t.warnings[0]
     with pytest.raises(RequestError, match="cannot take a query: its ID artifact has no quantizer"):
         plain.recommend(["tt001"], canvas="search", query="paris")
 

@@ -21,6 +21,7 @@ from gen_fm.model import build_model, load_model, save_model
 from gen_fm.tokenizer import model_layout
 from prompt_tuning.adapter import save_adapter, train_adapter
 from prompt_tuning.config import PromptTuningStageConfig
+from prompt_tuning.canvases import get_canvas
 from prompt_tuning.export import export_adapters
 from semantic_ids.builder import build_ids
 from semantic_ids.config import SemanticIDConfig
@@ -55,7 +56,8 @@ def write_catalog(root: Path) -> Path:
 
 def _examples(gen, canvas: str, n: int = 48, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(prompt, target tokens) in each canvas's prompt format (``prompt_tuning.canvases``): home a
-    history; search a history (or none) and a 3-title anchors context; t2t a source title alone."""
+    history; search a history (or none) and a 3-title anchors context; t2t a history ending with
+    its source, under home's canvas token (the t2t spec's ``title_in_history``)."""
     rng = np.random.default_rng(seed)
     enc = gen.prompt_encoder()
     N = gen.ids.num_items
@@ -66,9 +68,8 @@ def _examples(gen, canvas: str, n: int = 48, seed: int = 0) -> list[tuple[list[i
         user, context = f"u{rng.integers(10)}", None
         if canvas in ("search", "collection"):
             context = enc.sid_tokens[rng.choice(N, 3, replace=False)].reshape(-1).tolist()
-        elif canvas == "t2t":
-            history, user, context = history[:0], None, enc.sid_tokens[rng.integers(N)].tolist()
-        out.append((enc.encode(history, canvas=canvas, user_id=user, context=context), target))
+        out.append((enc.encode(history, canvas=get_canvas(canvas).token, user_id=user, context=context),
+                    target))
     return out
 
 
@@ -91,8 +92,11 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     adapters = []
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
+        # t2t is served by the frozen model by default; the folder holds a t2t soft prompt anyway, to
+        # serve a soft prompt on a canvas whose source joins the history
         pt = PromptTuningStageConfig(canvas=canvas, num_virtual_tokens=NUM_VIRTUAL, lr=0.05, epochs=10,
-                                     batch_size=16, seed=i, query_mode="anchors", num_anchors=3)
+                                     batch_size=16, seed=i, query_mode="anchors", num_anchors=3,
+                                     method="soft_prompt")
         peft_model = train_adapter(gen, _examples(gen, canvas, seed=i), pt)
         adapters.append(save_adapter(root / f"adapter_{canvas}", peft_model, gen, pt,
                                      training={"examples": 48}))

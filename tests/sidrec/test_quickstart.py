@@ -27,13 +27,17 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     assert report["num_users"] == 8 and report["invalid_rate"] == 0.0
     assert "recall@10" in report
     assert "5/5 recommendations" in first and " 5. " in first  # k=5 titles printed
-    assert "more like" in first and "soft prompt" in first  # the t2t canvas served its adapter
+    # t2t is served by the frozen model (no adapter trained), its row still shown
+    assert "t2t: served by the frozen model" in first
+    assert "more like" in first and "(the frozen model" in first and "soft prompt" in first
     assert len(list(out.glob("run-*/model/manifest.json"))) == 1
-    assert json.loads((out / "prompts" / "served" / "adapters.json").read_text()).keys() == {"home", "t2t"}
+    served = out / "prompts" / "served"
+    assert json.loads((served / "adapters.json").read_text()).keys() == {"home"}
+    assert (served / "co_engagement.safetensors").is_file()  # pretraining wrote it, export kept it
 
     assert main(argv) == 0  # everything is up to date: reused, not rebuilt
     second = capsys.readouterr().out
-    assert second.count("reusing") == 5  # IDs, model, two soft prompts, the served folder
+    assert second.count("reusing") == 4  # IDs, model, the home soft prompt, the served folder
 
 
 def test_the_quickstart_config_holds_the_stages_configs():

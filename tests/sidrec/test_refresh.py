@@ -203,6 +203,8 @@ def test_refresh_retrains_the_soft_prompts_into_a_servable_folder(simulated, tmp
     history = rec.ids.item_ids[:3]
     for canvas in ("home", "t2t"):
         res = rec.recommend(history, canvas=canvas, k=3)
-        assert len(res) == 3 and res.soft_prompt  # every retrained canvas answers from the folder
+        # every canvas answers from the folder: home with its retrained soft prompt, t2t (served
+        # without an adapter) inside the source's neighbourhood from the refreshed co-engagement
+        assert len(res) == 3 and res.soft_prompt == (canvas == "home")
     with pytest.raises(ValueError, match="canvases"):
         RefreshConfig(canvases="home,nope")

@@ -1,0 +1,70 @@
+"""The co-engagement table: counted by hand on tiny histories, and carried by the model folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, build_co_engagement, load_co_engagement,
+                                  save_co_engagement)
+from gen_fm.config import PretrainConfig
+from gen_fm.model import build_model, load_model, save_model
+from gen_fm.tokenizer import model_layout
+from core.artifacts import ArtifactError
+from core.sequences import SequenceConfig
+from tests.gen_fm.test_model import write_id_artifact
+
+
+def test_counts_titles_within_the_window_either_side() -> None:
+    # member A: 0 1 2 3; member B: 2 1 (no ID) 0 4 -> the title without an ID is skipped
+    table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([2, 1, -1, 0, 4])], 6,
+                                window=1, top=3)
+    # window 1: A gives 0-1, 1-2, 2-3; B gives 2-1, 1-0, 0-4
+    assert table.of(1).tolist() == [0, 2]  # 2 each, both watched twice: the lower row first
+    assert table.counts[1].tolist() == [2, 2, 0]
+    # equal counts: the more watched title first (4 is watched three times, 0 once)
+    tie = build_co_engagement([np.array([0, 1, 2]), np.array([4, 3]), np.array([4, 3])], 5, window=1)
+    assert tie.of(1).tolist() == [0, 2] and tie.of(3).tolist() == [4]
+    tie = build_co_engagement([np.array([0, 1, 2]), np.array([2, 3])], 4, window=1)
+    assert tie.of(1).tolist() == [2, 0]  # 2 watched twice, 0 once
+    assert table.of(0).tolist() == [1, 4] and table.of(3).tolist() == [2]
+    assert table.of(5).tolist() == [] and table.neighbours[5].tolist() == [-1, -1, -1]
+    assert table.of(1, 1).tolist() == [0]
+    wide = build_co_engagement([np.array([0, 1, 2, 3])], 4, window=2, top=3)
+    assert wide.of(0).tolist() == [1, 2]  # two events apart counts with window 2
+    # a title repeated next to itself is not its own neighbour
+    assert build_co_engagement([np.array([3, 3, 1])], 4, window=1).of(3).tolist() == [1]
+    with pytest.raises(ValueError, match="not in the co-engagement table"):
+        table.of(6)
+    with pytest.raises(ValueError, match="beyond the 2 titles"):
+        build_co_engagement([np.array([0, 5])], 2)
+
+
+def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
+    table = build_co_engagement([np.array([0, 1, 2, 3, 1, 0])], 20, window=2, top=4)
+    save_co_engagement(tmp_path / "t.safetensors", table)
+    back = load_co_engagement(tmp_path / "t.safetensors")
+    assert back.window == 2 and (back.neighbours == table.neighbours).all() \
+        and (back.counts == table.counts).all()
+
+    ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (4, 4, 2))
+    config = PretrainConfig.from_preset("tiny")
+    layout = model_layout(ids.layout, config.num_user_buckets)
+    torch.manual_seed(0)
+    model = build_model(config, layout, max_history=5).eval()
+    kw = dict(data_fingerprint="f" * 64, dataset="unit", training={})
+    out = save_model(tmp_path / "model", model, layout, ids, config, SequenceConfig(max_history=5),
+                     co_engagement=table, **kw)
+    gen = load_model(out)
+    assert gen.co_engagement().of(1).tolist() == table.of(1).tolist()
+    assert CO_ENGAGEMENT_FILE in gen.manifest["files"]  # hashed like the weights
+    (out / CO_ENGAGEMENT_FILE).write_bytes((out / CO_ENGAGEMENT_FILE).read_bytes()[:-1] + b" ")
+    with pytest.raises(ArtifactError, match="co_engagement.safetensors does not match"):
+        load_model(out)
+    # a folder from before the table existed loads, and says it has none
+    older = save_model(tmp_path / "older", model, layout, ids, config, SequenceConfig(max_history=5), **kw)
+    assert load_model(older).co_engagement() is None
+    with pytest.raises(ValueError, match="covers 3 titles"):
+        save_model(tmp_path / "bad", model, layout, ids, config, SequenceConfig(max_history=5),
+                   co_engagement=build_co_engagement([], 3), **kw)
