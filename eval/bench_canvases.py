@@ -8,7 +8,10 @@ beam search (beam >= K, a hit is the whole ID):
 - ``base_home_prompt``: the frozen model asked the home question instead (history, plus the source
   title for t2t; the query or theme is dropped): the reuse-the-home-model reference;
 - ``adapter``: the trained soft prompt, attached as virtual tokens exactly as it is served;
-- ``full_finetune``: every weight trained on the same examples.
+- ``full_finetune``: every weight trained on the same examples;
+- ``context_order`` (with ``--candidates``): no model, the first K titles of the candidate set in
+  its own order (a query's BM25 fusion; a t2t source's co-engagement then content neighbours, the
+  item-to-item baseline; a catalog theme's catalog order, a floor).
 
 Canvas-specific figures: search reports lexical relevance (share of the top-K whose title contains
 the query text) per query kind, and how much the member's history moves the results for tag queries
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gen_fm.tokenizer import DEFAULT_CANVAS
-from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
+from prompt_tuning.evaluate import candidate_rows, canvas_metrics, evaluate_variant, row_attributes
 from semantic_ids.trie import PrefixTrie
 
 
@@ -61,6 +64,10 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
         result["neighbourhood"] = {"size": candidates.config.source_candidates,
                                    "targets_inside": float(np.mean([ex.target in set(a) for ex, a
                                                                     in zip(cd.test, allow)]))}
+    if allow is not None:  # no model: the candidate set in its own order (BM25 fusion for a
+        # query, co-engagement then content for a t2t source, catalog order for a theme)
+        result["context_order"] = {**canvas_metrics(cd, [a[:k] for a in allow], titles, cats, k),
+                                   "trainable_parameters": 0}
     result["base"] = {**evaluate_variant(gen.model, **common), "trainable_parameters": 0}
     if allow is not None:
         result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),

@@ -7,7 +7,7 @@ source title's neighbourhood made of these titles, filled with its nearest title
 (``prompt_tuning.candidates.CandidateIndex.for_source``); measured on both datasets, that
 neighbourhood lifts t2t recall by 40-55% (BENCHMARKS.md, "Title-to-title").
 
-The table is written by pretraining into the model folder (``co_engagement.safetensors``, hashed in
+The table is written by pretraining into the model folder (``co_engagement/table.safetensors``, hashed in
 its manifest) because it is a fact of the data the model was trained on, and serving has no data.
 Counting is a few lines of numpy; no library computes windowed co-occurrence over ragged sequences
 any better, and the table is small (titles x top).
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-CO_ENGAGEMENT_FILE = "co_engagement.safetensors"
+# In a sub-folder: vLLM loads every *.safetensors file at the model folder's top level as weights.
+CO_ENGAGEMENT_FILE = "co_engagement/table.safetensors"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def co_engagement_of_split(split, sid_rows: np.ndarray, num_items: int, window: 
 def save_co_engagement(path: str | Path, table: CoEngagement) -> None:
     from safetensors.numpy import save_file
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({"neighbours": table.neighbours, "counts": table.counts}, str(path),
               metadata={"window": str(table.window)})
 

@@ -60,7 +60,7 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     assert gen.co_engagement().of(1).tolist() == table.of(1).tolist()
     assert CO_ENGAGEMENT_FILE in gen.manifest["files"]  # hashed like the weights
     (out / CO_ENGAGEMENT_FILE).write_bytes((out / CO_ENGAGEMENT_FILE).read_bytes()[:-1] + b" ")
-    with pytest.raises(ArtifactError, match="co_engagement.safetensors does not match"):
+    with pytest.raises(ArtifactError, match="co_engagement/table.safetensors does not match"):
         load_model(out)
     # a folder from before the table existed loads, and says it has none
     older = save_model(tmp_path / "older", model, layout, ids, config, SequenceConfig(max_history=5), **kw)

@@ -77,12 +77,14 @@ def test_prompts_are_the_soft_prompt_then_the_canvas_prompt(rec, tiny_exported_d
     # t2t: the member's history with the source as its newest title, under home's canvas token
     t2t = rec.prepare(RecommendationRequest(HISTORY, canvas="t2t", source="m05", user_id="u1"))
     assert t2t.prompt == virtual["t2t"] + enc.encode(rows(rec, HISTORY) + [5], canvas="home", user_id="u1")
-    # inside the source's neighbourhood (the tiny base has no co-engagement table: content alone)
-    assert "source 'Midnight Ocean (1985)'" in t2t.candidates and "no co-engagement table" in t2t.candidates
+    # inside the source's neighbourhood (nobody watched m05 in the tiny ratings: content alone)
+    assert "source 'Midnight Ocean (1985)'" in t2t.candidates and "never watched" in t2t.candidates
     assert t2t.num_permitted == 40 - 1 - len(HISTORY)  # source_candidates (100) > the catalog
     # a source already in the history moves to its end; an anonymous request is the source alone
     again = rec.prepare(RecommendationRequest(HISTORY, canvas="t2t", source=HISTORY[0]))
     assert again.prompt == virtual["t2t"] + enc.encode(rows(rec, HISTORY[1:] + HISTORY[:1]), canvas="home")
+    watched = rec.prepare(RecommendationRequest([], canvas="t2t", source="m02"))  # member u0's
+    assert "4 most often watched with it, then 35 nearest" in watched.candidates
     alone = rec.prepare(RecommendationRequest([], canvas="t2t", source="m05"))
     assert alone.prompt == virtual["t2t"] + enc.encode([5], canvas="home")
     # collection has no soft prompt: the canvas token, the history and the theme

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gen_fm.co_engagement import build_co_engagement
 from gen_fm.config import PretrainConfig
 from gen_fm.model import build_model, load_model, save_model
 from gen_fm.tokenizer import model_layout
@@ -87,8 +88,12 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
         for name, p in model.named_parameters():
             if p.ndim == 2:
                 p.mul_(5.0 if "embed" in name else 8.0)
+    # the members' histories of write_catalog's ratings, as pretraining would count them: every
+    # engine test then loads a folder holding the table (vLLM must not take it for weights)
+    histories = [np.asarray([ids.index_of(f"m{(u * 7 + j) % 40:02d}") for j in range(5)]) for u in range(6)]
     base = save_model(root / "base", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
-                      data_fingerprint=data.fingerprint, dataset="tinyads", training={"steps": 0})
+                      data_fingerprint=data.fingerprint, dataset="tinyads", training={"steps": 0},
+                      co_engagement=build_co_engagement(histories, ids.num_items))
     adapters = []
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
