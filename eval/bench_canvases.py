@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 
 from gen_fm.tokenizer import DEFAULT_CANVAS
-from prompt_tuning.evaluate import candidate_rows, canvas_metrics, evaluate_variant, row_attributes
+from prompt_tuning.canvases import get_canvas
+from prompt_tuning.candidates import fuse_ranks
+from prompt_tuning.evaluate import (candidate_rows, canvas_metrics, decode_rows, evaluate_variant,
+                                    row_attributes)
 from semantic_ids.trie import PrefixTrie
 
 
@@ -72,6 +75,16 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     if allow is not None:
         result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),
                                      "trainable_parameters": 0}
+    if allow is not None and get_canvas(canvas).fuse_candidate_order:  # as served: fused
+        cfg = candidates.config
+        wide = decode_rows(gen.model, [ex.prompt(encoder, canvas) for ex in cd.test], trie, 2 * k,
+                           2 * k, allow=allow)
+        fused = [fuse_ranks(r, a, k, cfg.fusion_k, cfg.fusion_weight) for r, a in zip(wide, allow)]
+        result["base_fused_candidates"] = {**canvas_metrics(cd, fused, titles, cats, k),
+                                           "fusion_k": cfg.fusion_k, "fusion_weight": cfg.fusion_weight,
+                                           "trainable_parameters": 0}
+        result["fusion_selection"] = fusion_selection(gen, data, split, canvas, candidates, encoder,
+                                                      trie, titles, cats, k)
     if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
@@ -109,6 +122,37 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                 **evaluate_variant(gen.model, allow=allow, **common),
                 "trainable_parameters": total, "trainable_share": 1.0}
     return result
+
+
+def fusion_selection(gen, data, split, canvas: str, index, encoder, trie, titles, cats, k: int,
+                     n: int = 1000, seed: int = 1) -> dict[str, Any]:
+    """The fusion constants (``CandidateConfig.fusion_k`` / ``fusion_weight``) judged on the
+    *validation* split: up to `n` members' second-to-last titles after the history before them,
+    the source being that history's last title (the test pairs are never looked at)."""
+    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+    from prompt_tuning.canvases import CanvasData, CanvasExample, sample_examples
+
+    sid_rows = catalog_to_sid_rows(data, gen.ids)
+    ex = split.examples("valid")
+    val = []
+    for u, h, t in zip(ex.users, ex.histories, ex.targets):
+        h, t = to_sid_rows(h, sid_rows), int(to_sid_rows([t], sid_rows)[0])
+        if len(h) and h[-1] != t:
+            val.append(CanvasExample(h[-split.max_history:], t, split.sequences.user_ids[u], kind="pair",
+                                     source=int(h[-1])))
+    vd = CanvasData(canvas, [], sample_examples(val, n, seed))
+    allow = candidate_rows(vd, index)
+    wide = decode_rows(gen.model, [e.prompt(encoder, canvas) for e in vd.test], trie, 2 * k, 2 * k,
+                       allow=allow)
+
+    def judge(ranked):
+        m = canvas_metrics(vd, ranked, titles, cats, k)
+        return [round(m[f"recall@{k}"], 4), round(m[f"ndcg@{k}"], 4)]
+
+    grid = {f"k={c} w={w}": judge([fuse_ranks(r, a, k, c, w) for r, a in zip(wide, allow)])
+            for c in (1, 5, 20, 60) for w in (0.0, 0.5, 1.0, 2.0)}
+    return {"examples": len(vd.test), "recall_ndcg": grid, "order_only": judge([a[:k] for a in allow]),
+            "best": max(grid, key=lambda g: tuple(grid[g]))}
 
 
 def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None = None,

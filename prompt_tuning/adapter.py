@@ -53,7 +53,7 @@ def check_trainable(config: PromptTuningStageConfig) -> None:
     """A clear error for a canvas served without an adapter (its spec's ``adapter="none"``)."""
     if config.adapter_method == "none":
         raise ValueError(f"the {config.canvas} canvas is served by the frozen model (its spec's "
-                         f"adapter='none': every adapter measured for it did worse); to train one "
+                         f"adapter='none': no adapter measured for it beat that beyond noise); to train one "
                          f"anyway, set method=soft_prompt or method=lora")
 
 

@@ -56,6 +56,12 @@ class CandidateConfig:
     theme_candidates: int = 100  # titles a free-text (non-catalog) theme makes eligible
     # Titles a t2t source makes eligible: half its most co-engaged, the rest its content neighbours.
     source_candidates: int = 100
+    # A t2t row fuses the model's ranking with the neighbourhood's own order (co-engagement counts)
+    # by reciprocal rank (``fuse_ranks``): each list adds weight / (fusion_k + rank). The counts
+    # alone rank better than the model inside the neighbourhood, the model personalises; the
+    # constants were chosen on the validation split (BENCHMARKS.md). fusion_weight 0: the model alone.
+    fusion_k: int = 5
+    fusion_weight: float = 1.0
     rrf_k: int = 20  # reciprocal-rank-fusion constant: smaller favours each list's head
     prefix_expansions: int = 20  # vocabulary words an unknown query word may expand to
 
@@ -64,6 +70,9 @@ class CandidateConfig:
                      "prefix_expansions", "min_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fusion_k < 0 or self.fusion_weight < 0:
+            raise ValueError(f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, "
+                             f"{self.fusion_weight}")
         if not 0.0 < self.lexical_cutoff <= 1.0:
             raise ValueError(f"lexical_cutoff must be in (0, 1], got {self.lexical_cutoff}")
 
@@ -74,6 +83,26 @@ class Candidates:
 
     rows: np.ndarray  # (n,) int64 ID-artifact rows, best match first
     how: str  # e.g. "catalog theme 'Western': 167 titles"
+
+
+def fusion_scores(model_rows: list[int], order_rows: list[int], fusion_k: int,
+                  weight: float) -> dict[int, float]:
+    """Two rankings fused by reciprocal rank, best first: the model's list counts
+    1 / (fusion_k + rank), the candidate order weight / (fusion_k + rank); ties keep the model's
+    order. Hand-written: a few lines, where a fusion library would be a dependency for them."""
+    score: dict[int, float] = {}
+    for rank, r in enumerate(model_rows):
+        score[r] = score.get(r, 0.0) + 1.0 / (fusion_k + rank + 1)
+    for rank, r in enumerate(order_rows):
+        score[r] = score.get(r, 0.0) + weight / (fusion_k + rank + 1)
+    first = {r: i for i, r in enumerate(dict.fromkeys([*model_rows, *order_rows]))}
+    return {r: score[r] for r in sorted(score, key=lambda r: (-score[r], first[r]))}
+
+
+def fuse_ranks(model_rows: list[int], order_rows: list[int], k: int, fusion_k: int,
+               weight: float) -> list[int]:
+    """The first `k` titles of ``fusion_scores``."""
+    return list(fusion_scores(model_rows, order_rows, fusion_k, weight))[:k]
 
 
 def words(text: str) -> list[str]:
@@ -258,4 +287,5 @@ class CandidateIndex:
         return np.argsort(-(self.title_vecs @ q), kind="stable").astype(np.int64)
 
 
-__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "words"]
+__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "fuse_ranks", "fusion_scores",
+           "words"]

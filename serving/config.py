@@ -70,6 +70,11 @@ class ServingConfig:
     theme_candidates: int = 100  # titles a free-text theme makes eligible (a catalog theme: all of its)
     # titles a t2t source makes eligible: half its most co-engaged titles, then content neighbours
     source_candidates: int = 100
+    # t2t rows fuse the model's ranking with that set's co-engagement order by reciprocal rank:
+    # weight / (fusion_k + rank) for the order, 1 / (fusion_k + rank) for the model; weight 0 = the
+    # model alone (``prompt_tuning.candidates.CandidateConfig``)
+    fusion_k: int = 5
+    fusion_weight: float = 1.0
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +96,9 @@ class ServingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
+        if self.fusion_k < 0 or self.fusion_weight < 0:
+            raise ValueError(f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, "
+                             f"{self.fusion_weight}")
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -19,7 +19,8 @@ search      ``query`` (text)   history, <sep>, the query's code tokens     query
                                                                            ``QueryEncoder``
 t2t         ``source`` (title) the member's history, then the source       the frozen model (no
                                (home's canvas token)                       adapter); inside the
-                                                                           source's neighbourhood
+                                                                           source's neighbourhood,
+                                                                           fused with its order
 collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a category name, through
                                                                            ``QueryEncoder``
 ==========  =================  ==========================================  ===========================

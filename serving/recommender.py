@@ -29,7 +29,9 @@ Decisions a caller should know:
   starts with a context title), so it is a weak, popularity-like guess; prefer a popularity list.
 - Score: log-probability of the title among the titles this request permits (sum of the L token
   log-probs, each renormalised over the allowed next tokens), so scores of different requests with
-  different exclusions are not comparable.
+  different exclusions are not comparable. A canvas that fuses its candidate set's order with the
+  model (t2t: co-engagement counts, ``CanvasSpec.fuse_candidate_order``) scores by the reciprocal-
+  rank fusion instead (higher is better; titles from the set's order alone are in the list too).
 - Business rules (``rules=``, see ``serving.rules``) narrow the same restriction while decoding, so a
   rule never shortens a list the catalogue could fill; a diversity cap is the beam's final selection.
   Fewer than ``k`` titles always come with a ``reason``.
@@ -49,6 +51,7 @@ from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.canvases import get_canvas
+from prompt_tuning.candidates import fusion_scores
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
 from serving.prompts import CanvasPrompts, RequestError
@@ -193,6 +196,9 @@ class PreparedRequest:
     warnings: tuple[str, ...] = ()
     candidates: str | None = None  # how the context's candidate set was found (None: no set)
     lora: str | None = None  # the canvas whose LoRA decodes it (None: the base weights)
+    # (the candidate set's permitted rows in its own order, fusion_k, fusion_weight): the beam's
+    # titles are fused with that order (``prompt_tuning.candidates.fusion_scores``); None: not fused
+    fusion: tuple[tuple[int, ...], int, float] | None = None
 
 
 class Recommender:
@@ -218,7 +224,9 @@ class Recommender:
 
             candidate_config = CandidateConfig(search_candidates=config.search_candidates,
                                                theme_candidates=config.theme_candidates,
-                                               source_candidates=config.source_candidates)
+                                               source_candidates=config.source_candidates,
+                                               fusion_k=config.fusion_k,
+                                               fusion_weight=config.fusion_weight)
         # soft prompts, canvas contexts and the candidate sets contexts make
         self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder
@@ -316,8 +324,16 @@ class Recommender:
             reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={k}" if permitted
                       else f"no title is permitted ({rule})")
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
+        fusion = None
+        if cp.candidates is not None and get_canvas(r.canvas).fuse_candidate_order:
+            order = cp.candidates.rows
+            if view is not None:
+                order = order[view.permits(order)]
+            cc = self.prompts.candidate_config
+            fusion = (tuple(int(x) for x in order), cc.fusion_k, cc.fusion_weight)
         return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
-                               want=beams if mask.cap is not None else k, cap=mask.cap,
+                               want=beams if mask.cap is not None or fusion is not None else k,
+                               cap=mask.cap, fusion=fusion,
                                history_used=cp.history_used, history_dropped=cp.history_dropped,
                                num_permitted=permitted, reason=reason, rules_applied=mask.applied,
                                canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
@@ -398,6 +414,13 @@ class Recommender:
         rows, sids, scores = (rec.rows, rec.sids, rec.scores) if rec is not None else ([], [], [])
         found = min(len(rows), p.want)
         reason = p.reason
+        if p.fusion is not None:  # the beam's titles fused with the candidate set's own order
+            order, fusion_k, weight = p.fusion
+            fused = fusion_scores(list(rows[:found]), list(order), fusion_k, weight)
+            rows = list(fused)
+            sids = [self.ids.codes[r] for r in rows]
+            scores = list(fused.values())
+            found = len(rows)
         if p.cap is not None:  # the diversity cap picks from every title the beam found
             keep = p.cap.select(rows[:found], p.k)
             rows, sids, scores = ([x[i] for i in keep] for x in (rows, sids, scores))

@@ -206,8 +206,8 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
             continue
         pc = replace(prompt_config, canvas=canvas)  # a PromptTuningStageConfig
         if pc.adapter_method == "none":
-            console.print(f"{canvas}: served by the frozen model, no adapter to train (every adapter "
-                          f"measured for it did worse; BENCHMARKS.md)")
+            console.print(f"{canvas}: served by the frozen model, no adapter to train (no adapter "
+                          f"measured for it beat the frozen model beyond noise; BENCHMARKS.md)")
             continue
         target = root / canvas
         try:
@@ -289,6 +289,8 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                 soft = ("LoRA" if canvas in rec.prompts.loras else "soft prompt") if res.soft_prompt \
                     else "the frozen model" if spec.adapter == "none" else "canvas token only"
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
+                if res.candidates and spec.fuse_candidate_order:
+                    how += "; fused with that order"
                 console.print(f"  [cyan]{label}[/cyan] [dim]({soft}{how})[/dim]")
                 if res.reason:
                     console.print(f"   [yellow]{res.reason}[/yellow]")

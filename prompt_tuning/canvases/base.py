@@ -205,6 +205,10 @@ class CanvasSpec:
     # A title context joins the prompt as the history's newest title (the model is asked its own
     # question, what comes next) instead of following <sep> (t2t).
     title_in_history: bool = False
+    # The answer fuses the model's ranking with the candidate set's own order (``fuse_ranks``, with
+    # ``CandidateConfig.fusion_k`` and ``fusion_weight``): for sets whose order is a ranking of its
+    # own (a t2t source's co-engagement counts).
+    fuse_candidate_order: bool = False
     # Text contexts are lower-cased before encoding, as the examples were (search).
     lowercase: bool = False
     # A soft-prompt request without the context: "error", or "last_title" (title contexts only).
@@ -222,7 +226,7 @@ class CanvasSpec:
     example_context: Callable[..., ExampleContext | None] | None = None
     # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
     # "soft_prompt" (virtual tokens), "lora" (where a soft prompt cannot learn to read the context)
-    # or "none" (served by the frozen model, where every adapter measured does worse: t2t).
+    # or "none" (served by the frozen model, where no adapter measured beats it beyond noise: t2t).
     adapter: str = "soft_prompt"
 
     def __post_init__(self) -> None:
@@ -250,6 +254,8 @@ class CanvasSpec:
         if self.adapter not in ADAPTERS:
             raise ValueError(f"canvas {self.name!r}: adapter must be one of {ADAPTERS}, got "
                              f"{self.adapter!r}")
+        if self.fuse_candidate_order and self.candidates is None:
+            raise ValueError(f"canvas {self.name!r}: fuse_candidate_order needs candidates")
         if self.title_in_history and self.context_kind != "title":
             raise ValueError(f"canvas {self.name!r}: title_in_history needs a title context")
         if not self.keeps_history and self.context_field is None:

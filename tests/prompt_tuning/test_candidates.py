@@ -125,3 +125,16 @@ def test_a_source_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world,
     # the t2t canvas's held-out examples are judged inside exactly these sets
     ex = CanvasExample(history=np.asarray(first[:1]), target=first[1], source=src, kind="pair")
     assert candidate_rows(CanvasData(canvas="t2t", train=[], test=[ex], info={}), index) == [rows]
+
+
+def test_reciprocal_rank_fusion_by_hand() -> None:
+    from prompt_tuning.candidates import fuse_ranks, fusion_scores
+
+    # model [7, 3, 9], order [3, 5]; k=0: model 1/1, 1/2, 1/3; order (weight 1) 1/1, 1/2
+    s = fusion_scores([7, 3, 9], [3, 5], 0, 1.0)
+    assert list(s) == [3, 7, 5, 9] and s[3] == pytest.approx(1.5) and s[5] == pytest.approx(0.5)
+    assert fuse_ranks([7, 3, 9], [3, 5], 2, 0, 1.0) == [3, 7]
+    assert fuse_ranks([7, 3, 9], [3, 5], 3, 0, 0.0) == [7, 3, 9]  # weight 0: the model's order
+    assert fuse_ranks([1, 2], [2, 1], 2, 5, 1.0) == [1, 2]  # a tie keeps the model's order
+    with pytest.raises(ValueError, match="fusion_k and fusion_weight"):
+        CandidateConfig(fusion_weight=-1)

@@ -37,13 +37,15 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
                s.requires_context, s.candidates is not None, s.metrics is not None, s.adapter)
            for c, s in CANVASES.items()}
     # t2t asks the home question (the source as the newest history title) inside the source's
-    # neighbourhood, served by the frozen model: every adapter measured for it did worse
+    # neighbourhood, served by the frozen model: no adapter measured for it beat it beyond noise
     assert got == {"home": ("home", None, None, True, "error", False, False, False, "soft_prompt"),
                    "search": ("search", "query", "text", True, "error", True, True, True, "soft_prompt"),
                    "t2t": ("home", "source", "title", True, "last_title", False, True, False, "none"),
                    "collection": ("collection", "theme", "text", True, "error", True, True, True,
                                   "lora")}
-    assert get_canvas("t2t").title_in_history
+    assert get_canvas("t2t").title_in_history and get_canvas("t2t").fuse_candidate_order
+    with pytest.raises(ValueError, match="fuse_candidate_order needs candidates"):
+        CanvasSpec(name="x", token="home", build_examples=lambda s: None, fuse_candidate_order=True)
     with pytest.raises(ValueError, match="title_in_history needs a title context"):
         CanvasSpec(name="x", token="home", build_examples=lambda s: None, context_field="query",
                    context_kind="text", title_in_history=True)

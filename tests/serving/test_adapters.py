@@ -99,7 +99,9 @@ def test_canvas_switch_changes_the_list_and_says_which_adapter_served(rec, tiny_
     t2t = rec.recommend(HISTORY, canvas="t2t", source="m05", k=6)
     coll = rec.recommend(HISTORY, canvas="collection", theme="Drama", k=6)
     titles = {c: rec.ids.item_ids[r] for c, r in TARGETS.items()}
-    assert (ids_of(home)[0], ids_of(search)[0], ids_of(t2t)[0]) == (titles["home"], titles["search"], titles["t2t"])
+    assert (ids_of(home)[0], ids_of(search)[0]) == (titles["home"], titles["search"])
+    # t2t fuses the soft prompt's ranking with the source's neighbourhood order: its favourite stays
+    assert titles["t2t"] in ids_of(t2t)
     assert len({tuple(ids_of(x)) for x in (home, search, t2t, coll)}) == 4
     assert [(x.canvas, x.soft_prompt, x.context) for x in (home, search, t2t, coll)] == [
         ("home", True, None), ("search", True, "query"), ("t2t", True, "source"), ("collection", False, "theme")]
@@ -112,6 +114,23 @@ def test_canvas_switch_changes_the_list_and_says_which_adapter_served(rec, tiny_
     # a query changes the search list beyond the soft prompt's favourite
     assert ids_of(rec.recommend([], canvas="search", query="castle", k=6)) != \
         ids_of(rec.recommend([], canvas="search", query="jungle", k=6))
+
+
+def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
+    from prompt_tuning.candidates import fuse_ranks
+
+    p = rec.prepare(RecommendationRequest(["m09"], canvas="t2t", source="m02", k=5))
+    order, fusion_k, weight = p.fusion
+    co = [r for r in rec.prompts.candidate_index().co_engagement.of(rec.ids.index_of("m02")).tolist()]
+    assert list(order[:4]) == co and len(co) == 4  # m02's co-engaged titles first (member u0's)
+    assert (fusion_k, weight, p.want) == (5, 1.0, p.beams)  # the whole beam takes part
+    model = rec._search([p], [0])[0]
+    res = rec.run([p])[0]
+    assert [rec.ids.index_of(t) for t in ids_of(res)] == fuse_ranks(list(model.rows), list(order), 5, 5, 1.0)
+    assert [x.score for x in res] == sorted((x.score for x in res), reverse=True)
+    assert "m02" not in ids_of(res) and "m09" not in ids_of(res)
+    home = rec.prepare(RecommendationRequest(["m09"], canvas="home", k=5))
+    assert home.fusion is None and home.want == 5
 
 
 def test_t2t_without_source_takes_the_last_title_and_says_so(rec) -> None:
