@@ -196,9 +196,9 @@ class PreparedRequest:
     warnings: tuple[str, ...] = ()
     candidates: str | None = None  # how the context's candidate set was found (None: no set)
     lora: str | None = None  # the canvas whose LoRA decodes it (None: the base weights)
-    # (the candidate set's permitted rows in its own order, fusion_k, fusion_weight): the beam's
-    # titles are fused with that order (``prompt_tuning.candidates.fusion_scores``); None: not fused
-    fusion: tuple[tuple[int, ...], int, float] | None = None
+    # the candidate set's permitted rows in its own order, which the beam's titles are fused with
+    # (``prompt_tuning.candidates.fusion_scores``); None: not fused
+    fuse_order: tuple[int, ...] | None = None
 
 
 class Recommender:
@@ -324,16 +324,13 @@ class Recommender:
             reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={k}" if permitted
                       else f"no title is permitted ({rule})")
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
-        fusion = None
+        order = None
         if cp.candidates is not None and get_canvas(r.canvas).fuse_candidate_order:
-            order = cp.candidates.rows
-            if view is not None:
-                order = order[view.permits(order)]
-            cc = self.prompts.candidate_config
-            fusion = (tuple(int(x) for x in order), cc.fusion_k, cc.fusion_weight)
+            rows = cp.candidates.rows
+            order = tuple(int(x) for x in (rows if view is None else rows[view.permits(rows)]))
         return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
-                               want=beams if mask.cap is not None or fusion is not None else k,
-                               cap=mask.cap, fusion=fusion,
+                               want=beams if mask.cap is not None or order is not None else k,
+                               cap=mask.cap, fuse_order=order,
                                history_used=cp.history_used, history_dropped=cp.history_dropped,
                                num_permitted=permitted, reason=reason, rules_applied=mask.applied,
                                canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
@@ -414,9 +411,9 @@ class Recommender:
         rows, sids, scores = (rec.rows, rec.sids, rec.scores) if rec is not None else ([], [], [])
         found = min(len(rows), p.want)
         reason = p.reason
-        if p.fusion is not None:  # the beam's titles fused with the candidate set's own order
-            order, fusion_k, weight = p.fusion
-            fused = fusion_scores(list(rows[:found]), list(order), fusion_k, weight)
+        if p.fuse_order is not None:  # the beam's titles fused with the candidate set's own order
+            cc = self.prompts.candidate_config
+            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), cc.fusion_k, cc.fusion_weight)
             rows = list(fused)
             sids = [self.ids.codes[r] for r in rows]
             scores = list(fused.values())

@@ -238,12 +238,12 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
 
 def _co_engagement(model_dir: Path, data_config):
     """The base folder's co-engagement table, counted from its data when the folder predates it."""
+    if (model_dir / CO_ENGAGEMENT_FILE).is_file():
+        return None  # export carries the folder's own
     from gen_fm.model import load_model
     from prompt_tuning.train import co_engagement_for, model_split
 
     gen = load_model(model_dir)
-    if gen.co_engagement() is not None:
-        return None  # export carries the folder's own
     return co_engagement_for(gen, *model_split(gen, data_config))
 
 
@@ -304,10 +304,9 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
 
 
 def _served_canvases(model_dir: Path) -> set[str]:
-    from prompt_tuning.export import ADAPTERS_FILE
     from core.artifacts import read_json
-
     from prompt_tuning.canvases import canvas_names, get_canvas
+    from prompt_tuning.export import ADAPTERS_FILE
 
     path = Path(model_dir) / ADAPTERS_FILE
     frozen = {c for c in canvas_names() if get_canvas(c).adapter == "none"}  # served without one

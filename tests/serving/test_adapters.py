@@ -120,7 +120,8 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     from prompt_tuning.candidates import fuse_ranks
 
     p = rec.prepare(RecommendationRequest(["m09"], canvas="t2t", source="m02", k=5))
-    order, fusion_k, weight = p.fusion
+    order, cc = p.fuse_order, rec.prompts.candidate_config
+    fusion_k, weight = cc.fusion_k, cc.fusion_weight
     co = [r for r in rec.prompts.candidate_index().co_engagement.of(rec.ids.index_of("m02")).tolist()]
     assert list(order[:4]) == co and len(co) == 4  # m02's co-engaged titles first (member u0's)
     assert (fusion_k, weight, p.want) == (5, 1.0, p.beams)  # the whole beam takes part
@@ -130,7 +131,7 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     assert [x.score for x in res] == sorted((x.score for x in res), reverse=True)
     assert "m02" not in ids_of(res) and "m09" not in ids_of(res)
     home = rec.prepare(RecommendationRequest(["m09"], canvas="home", k=5))
-    assert home.fusion is None and home.want == 5
+    assert home.fuse_order is None and home.want == 5
 
 
 def test_t2t_without_source_takes_the_last_title_and_says_so(rec) -> None:
