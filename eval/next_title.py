@@ -60,11 +60,16 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     recs = []
     chunk = config.batch_size * 8
     for start in tqdm(range(0, n, chunk), desc=f"decoding {n} members", unit="chunk"):
-        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=k, num_beams=beams,
+        # the whole beam comes back (its first k are the k-title answer): the home row fuses all of it
+        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=beams, num_beams=beams,
                           constrained=True, batch_size=config.batch_size)
     seconds = time.perf_counter() - t0
-    metrics = ranking_metrics([r.rows for r in recs], targets, config.ks)
+    metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
+    newest = [int(h[-1]) if len(h) else -1 for h in (to_sid_rows(ex.histories[i], sid_rows)
+                                                       for i in range(n))]
+    home_row = served_home_row(gen, split, sid_rows, [list(r.rows) for r in recs], newest, targets,
+                               config.ks)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
     free = recommend(gen.model, prompts[:m], trie, k=k, num_beams=beams, constrained=False,
@@ -74,7 +79,8 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         "benchmark": "gen_fm", "split": config.split, "dataset": data.name,
         **{f"recall@{kk}": metrics.recall[kk] for kk in config.ks},
         **{f"ndcg@{kk}": metrics.ndcg[kk] for kk in config.ks},
-        "invalid_rate": invalid_constrained / max(sum(len(r.rows) for r in recs), 1),
+        "invalid_rate": invalid_constrained / max(sum(len(r.rows[:k]) for r in recs), 1),
+        "home_row": home_row,
         "invalid_rate_unconstrained": sum(r.num_invalid for r in free) / max(returned, 1),
         "unconstrained_users": m,
         "num_users": n, "num_beams": beams, "k": k, "device": config.device,
@@ -90,4 +96,44 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(out, report)
     return report
+
+
+# (fusion_k, fusion_weight) pairs also reported, so the served constants can be chosen on the
+# validation split's report without decoding again
+FUSION_GRID = tuple((fk, w) for fk in (1, 5, 20) for w in (0.5, 1.0, 2.0))
+
+
+def served_home_row(gen, split, sid_rows, beams: list[list[int]], newest: list[int], targets,
+                    ks: tuple[int, ...]) -> dict:
+    """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``): each member's beam
+    fused by reciprocal rank with the titles most co-engaged with their newest history title (the
+    model folder's table; built from the split's training events, as pretraining writes it, for a
+    folder that predates the table), with ``CandidateConfig``'s constants. Also: the co-engaged
+    titles alone (no model), and every pair of ``FUSION_GRID``. A member without history, or whose
+    newest title has no co-engaged titles, gets the model's ranking."""
+    from gen_fm.co_engagement import co_engagement_of_split
+    from prompt_tuning.candidates import CandidateConfig, fuse_ranks
+
+    table, where = gen.co_engagement(), "the model folder"
+    if table is None:
+        table = co_engagement_of_split(split, sid_rows, gen.ids.num_items)
+        where = "built from the split's training events (the folder predates the table)"
+    k, cc = max(ks), CandidateConfig()
+    orders = [table.of(r).tolist() if r >= 0 else [] for r in newest]
+
+    def figures(ranked: list[list[int]]) -> dict[str, float]:
+        m = ranking_metrics(ranked, targets, ks)
+        se = {f"recall@{kk}_se": (m.recall[kk] * (1 - m.recall[kk]) / len(ranked)) ** 0.5 for kk in ks}
+        return {**{f"recall@{kk}": m.recall[kk] for kk in ks}, **{f"ndcg@{kk}": m.ndcg[kk] for kk in ks},
+                **se}
+
+    def fused(fusion_k: int, weight: float) -> list[list[int]]:
+        return [fuse_ranks(b, o, k, fusion_k, weight) for b, o in zip(beams, orders)]
+
+    return {**figures(fused(cc.fusion_k, cc.fusion_weight)), "fusion_k": cc.fusion_k,
+            "fusion_weight": cc.fusion_weight, "co_engagement": where,
+            "members_with_co_engaged_titles": sum(bool(o) for o in orders),
+            "co_engaged_alone": figures([o[:k] for o in orders]),
+            "fusion_grid": [{"fusion_k": fk, "fusion_weight": w, **figures(fused(fk, w))}
+                            for fk, w in FUSION_GRID]}
 

@@ -83,6 +83,10 @@ class CanvasPrompt:
     # the titles the context makes eligible (search, collection; ``prompt_tuning.candidates``)
     candidates: Any = None
     lora: str | None = None  # the canvas whose LoRA decodes this prompt, or None
+    # the ranking the model's beam is fused with (ID rows, best first), or None: the candidate set's
+    # own order (``CanvasSpec.fuse_candidate_order``), or the titles most co-engaged with the
+    # prompt's newest title (``CanvasSpec.fuse_co_engaged``)
+    fuse_order: np.ndarray | None = None
 
 
 class _MemoryTextEncoder:
@@ -148,7 +152,8 @@ class CanvasPrompts:
         # prompt_tuning.candidates.CandidateConfig, or None: contexts do not restrict the titles
         self.candidate_config = candidate_config
         self._candidates: Any = None  # CandidateIndex, built on first use
-        self._co_engagement = gen.co_engagement()  # t2t neighbourhoods (None: content only)
+        # t2t neighbourhoods and the home row's fusion (None: content only, the model alone)
+        self._co_engagement = gen.co_engagement()
 
     # ------------------------------------------------------------------ public
     def num_virtual_tokens(self, canvas: str) -> int:
@@ -228,10 +233,15 @@ class CanvasPrompts:
             raise RequestError(f"the prompt ({len(prompt)} tokens: soft prompt, history and context) "
                                f"plus one semantic ID exceeds the model's {self.max_positions} positions",
                                field)
+        fuse_order = None
+        if spec.fuse_candidate_order and candidates is not None:
+            fuse_order = candidates.rows
+        elif spec.fuse_co_engaged and kept and self._co_engagement is not None:
+            fuse_order = self._co_engagement.of(kept[-1])
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
                             context=None if value is None else field, soft_prompt=adapter,
                             source_row=source_row, warnings=tuple(warnings), candidates=candidates,
-                            lora=canvas if canvas in self.loras else None)
+                            lora=canvas if canvas in self.loras else None, fuse_order=fuse_order)
 
     def candidate_index(self) -> Any:
         """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""

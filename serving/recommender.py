@@ -29,9 +29,11 @@ Decisions a caller should know:
   starts with a context title), so it is a weak, popularity-like guess; prefer a popularity list.
 - Score: log-probability of the title among the titles this request permits (sum of the L token
   log-probs, each renormalised over the allowed next tokens), so scores of different requests with
-  different exclusions are not comparable. A canvas that fuses its candidate set's order with the
-  model (t2t: co-engagement counts, ``CanvasSpec.fuse_candidate_order``) scores by the reciprocal-
-  rank fusion instead (higher is better; titles from the set's order alone are in the list too).
+  different exclusions are not comparable. A canvas that fuses the model's ranking with another
+  (t2t: its candidate set's co-engagement order, ``CanvasSpec.fuse_candidate_order``; home: the
+  titles most co-engaged with the newest history title, ``CanvasSpec.fuse_co_engaged``) scores by
+  the reciprocal-rank fusion instead (higher is better; titles from the other ranking alone are in
+  the list too). ``ServingConfig.fusion_weight=0`` serves the model's ranking alone.
 - Business rules (``rules=``, see ``serving.rules``) narrow the same restriction while decoding, so a
   rule never shortens a list the catalogue could fill; a diversity cap is the beam's final selection.
   Fewer than ``k`` titles always come with a ``reason``.
@@ -325,8 +327,8 @@ class Recommender:
                       else f"no title is permitted ({rule})")
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
         order = None
-        if cp.candidates is not None and get_canvas(r.canvas).fuse_candidate_order:
-            rows = cp.candidates.rows
+        if cp.fuse_order is not None and self.config.fusion_weight > 0:
+            rows = np.asarray(cp.fuse_order, dtype=np.int64)
             order = tuple(int(x) for x in (rows if view is None else rows[view.permits(rows)]))
         return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
                                want=beams if mask.cap is not None or order is not None else k,
@@ -411,9 +413,9 @@ class Recommender:
         rows, sids, scores = (rec.rows, rec.sids, rec.scores) if rec is not None else ([], [], [])
         found = min(len(rows), p.want)
         reason = p.reason
-        if p.fuse_order is not None:  # the beam's titles fused with the candidate set's own order
-            cc = self.prompts.candidate_config
-            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), cc.fusion_k, cc.fusion_weight)
+        if p.fuse_order is not None:  # the beam's titles fused with the canvas's own ranking
+            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.config.fusion_k,
+                                  self.config.fusion_weight)
             rows = list(fused)
             sids = [self.ids.codes[r] for r in rows]
             scores = list(fused.values())

@@ -178,10 +178,12 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     rep = evaluate_model(model_dir, data_config, EvalConfig(split="test"), out=out,
                          max_users=config.eval_users, unconstrained_users=200)
     t = Table(title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}")
-    for col in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "invalid IDs", "unconstrained invalid"):
+    cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+    for col in ("ranking", *cols, "invalid IDs", "unconstrained invalid"):
         t.add_column(col)
-    t.add_row(*(f"{rep[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")),
+    t.add_row("the model alone", *(f"{rep[k]:.4f}" for k in cols),
               f"{rep['invalid_rate']:.1%}", f"{rep['invalid_rate_unconstrained']:.1%}")
+    t.add_row("home row as served (+ co-engaged)", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
     console.print(t)
     console.print(f"[dim]report: {out}[/dim]")
 

@@ -103,8 +103,13 @@ def cmd_eval(args) -> None:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     keys = [f"{m}@{k}" for k in args.ks for m in ("recall", "ndcg")]
+    home = report["home_row"]
     console.print(f"{report['dataset']} {args.split} ({report['num_users']} members, beam "
-                  f"{report['num_beams']}): " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
+                  f"{report['num_beams']}):")
+    console.print("  the model alone:     " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
+    console.print("  the home row served: " + "  ".join(f"{k} {home[k]:.4f}" for k in keys)
+                  + f"  (fused with the newest title's co-engaged titles, k {home['fusion_k']}, "
+                    f"weight {home['fusion_weight']})")
     console.print(f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
                   f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
 

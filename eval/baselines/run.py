@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
@@ -49,6 +50,24 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
     return ranking_metrics(rows, ex.targets, config.ks)
 
 
+def fused_with_co_engagement(model: SASRec, split: Split, num_items: int, judged: str,
+                             config: EvalConfig, beam: int = 20) -> RankingMetrics:
+    """SASRec's top ``beam`` fused with the newest history title's co-engaged titles exactly as
+    sidrec's home row is served (``eval.next_title.served_home_row``: the same table from the
+    split's training events, the same reciprocal-rank constants), so a comparison of served rows
+    gives SASRec the same item-to-item help."""
+    from gen_fm.co_engagement import co_engagement_of_split
+    from prompt_tuning.candidates import CandidateConfig, fuse_ranks
+
+    table = co_engagement_of_split(split, np.arange(num_items), num_items)
+    ex = split.examples(judged)
+    rows = rank_histories(model, ex.histories, max(beam, config.max_k), config.batch_size)
+    cc = CandidateConfig()
+    ranked = [fuse_ranks(r.tolist(), table.of(int(h[-1])).tolist() if len(h) else [], config.max_k,
+                         cc.fusion_k, cc.fusion_weight) for r, h in zip(rows, ex.histories)]
+    return ranking_metrics(ranked, ex.targets, config.ks)
+
+
 def command_line() -> list[str]:
     """sys.argv without the checkout's absolute path, so reports carry no personal paths."""
     argv = list(sys.argv)
@@ -77,6 +96,7 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     num_items = len(data.catalog)
     training: dict[str, Any] | None = None
+    fused: dict[str, RankingMetrics] = {}
     t0 = time.perf_counter()
     if kind == "popular":
         if hyper:
@@ -92,6 +112,8 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
 
         result = train_sasrec(split, num_items, config, validate, device=eval_config.device)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
+        fused = {s: fused_with_co_engagement(result.model, split, num_items, s, eval_config)
+                 for s in ("valid", "test")}
         train_seconds = result.train_seconds
         params = sum(p.numel() for p in result.model.parameters())
         hyperparameters = dataclasses.asdict(config)
@@ -111,6 +133,9 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         "num_users": {s: m.num_users for s, m in metrics.items()},
         "metrics": {s: {k: v for k, v in m.to_dict().items() if k != "num_users"}
                     for s, m in metrics.items()},
+        # the model's top 20 fused with the newest title's co-engaged titles, as sidrec's home row
+        "fused_with_co_engagement": {s: {k: v for k, v in m.to_dict().items() if k != "num_users"}
+                                     for s, m in fused.items()} or None,
         "params": params,
         "train_seconds": round(train_seconds, 2),
         "hyperparameters": hyperparameters,

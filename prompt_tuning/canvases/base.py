@@ -209,6 +209,11 @@ class CanvasSpec:
     # ``CandidateConfig.fusion_k`` and ``fusion_weight``): for sets whose order is a ranking of its
     # own (a t2t source's co-engagement counts).
     fuse_candidate_order: bool = False
+    # The answer fuses the model's ranking, over the whole catalog, with the titles most co-engaged
+    # with the history's newest title (the model folder's ``gen_fm.co_engagement`` table; the same
+    # constants): item-to-item counts and the model are strong on different members, so together
+    # they beat the model alone (home: BENCHMARKS.md, "The home row as served").
+    fuse_co_engaged: bool = False
     # Text contexts are lower-cased before encoding, as the examples were (search).
     lowercase: bool = False
     # A soft-prompt request without the context: "error", or "last_title" (title contexts only).
@@ -256,6 +261,9 @@ class CanvasSpec:
                              f"{self.adapter!r}")
         if self.fuse_candidate_order and self.candidates is None:
             raise ValueError(f"canvas {self.name!r}: fuse_candidate_order needs candidates")
+        if self.fuse_candidate_order and self.fuse_co_engaged:
+            raise ValueError(f"canvas {self.name!r}: fuse with the candidate order or with the newest "
+                             f"title's co-engaged titles, not both")
         if self.title_in_history and self.context_kind != "title":
             raise ValueError(f"canvas {self.name!r}: title_in_history needs a title context")
         if not self.keeps_history and self.context_field is None:

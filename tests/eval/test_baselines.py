@@ -112,6 +112,10 @@ def test_sasrec_run_is_deterministic(data_dir, tmp_path):
     a = run_baseline("sasrec", _data_config(data_dir), None, tmp_path / "a.json", **hyper)
     b = run_baseline("sasrec", _data_config(data_dir), None, tmp_path / "b.json", **hyper)
     assert a["metrics"] == b["metrics"]
+    # SASRec's top 20 fused with the newest title's co-engaged titles, as sidrec's home row
+    assert a["fused_with_co_engagement"] == b["fused_with_co_engagement"]
+    assert set(a["fused_with_co_engagement"]) == {"valid", "test"}
+    assert 0 <= a["fused_with_co_engagement"]["test"]["recall@10"] <= 1
     assert [r["loss"] for r in a["training"]["history"]] == [r["loss"] for r in b["training"]["history"]]
     assert a["params"] == b["params"] > 0 and a["hyperparameters"]["loss"] == "bce"
     assert read_json(tmp_path / "a.json")["training"]["epochs_run"] == 2

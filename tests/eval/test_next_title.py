@@ -63,3 +63,32 @@ def test_cli(model_dir, data_dir, tmp_path, capsys):
     assert rc == 0
     assert "recall@10" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["num_users"] == 3
+
+
+def test_home_row_fuses_the_beam_with_the_newest_titles_co_engaged_titles():
+    """The served home row (``served_home_row``): a target only the co-engagement table knows is
+    found by the fusion, and a member without history keeps the model's ranking."""
+    import numpy as np
+
+    from gen_fm.co_engagement import CoEngagement
+    from eval.next_title import served_home_row
+
+    neighbours = np.full((30, 3), -1, dtype=np.int64)
+    neighbours[7] = [20, 21, 22]  # title 7's most co-engaged titles
+    table = CoEngagement(neighbours, (neighbours >= 0).astype(np.int64), window=3)
+
+    class Gen:
+        def co_engagement(self):
+            return table
+
+    beams = [list(range(10)), list(range(10)), list(range(10))]  # the model's ranking: titles 0..9
+    newest = [7, 7, -1]  # the third member has no history
+    targets = [20, 9, 20]
+    rep = served_home_row(Gen(), None, None, beams, newest, targets, (5, 10))
+    # member 0: 20 (co-engaged rank 1) ties the model's rank 1 and enters the top 10; member 1's
+    # model hit at rank 10 is pushed out by 20, 21, 22; member 2 keeps the model's list (no 20)
+    assert rep["recall@10"] == pytest.approx(1 / 3) and rep["co_engagement"] == "the model folder"
+    assert rep["co_engaged_alone"]["recall@10"] == pytest.approx(1 / 3)  # only member 0
+    assert rep["members_with_co_engaged_titles"] == 2
+    assert {(g["fusion_k"], g["fusion_weight"]) for g in rep["fusion_grid"]} >= {(5, 1.0)}
+    assert 0 < rep["recall@10_se"] < 0.5

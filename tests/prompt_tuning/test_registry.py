@@ -46,6 +46,11 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
     assert get_canvas("t2t").title_in_history and get_canvas("t2t").fuse_candidate_order
     with pytest.raises(ValueError, match="fuse_candidate_order needs candidates"):
         CanvasSpec(name="x", token="home", build_examples=lambda s: None, fuse_candidate_order=True)
+    assert get_canvas("home").fuse_co_engaged and not get_canvas("search").fuse_co_engaged
+    with pytest.raises(ValueError, match="not both"):
+        CanvasSpec(name="x", token="home", build_examples=lambda s: None, context_field="source",
+                   context_kind="title", candidates=lambda i, v: None, fuse_candidate_order=True,
+                   fuse_co_engaged=True)
     with pytest.raises(ValueError, match="title_in_history needs a title context"):
         CanvasSpec(name="x", token="home", build_examples=lambda s: None, context_field="query",
                    context_kind="text", title_in_history=True)
