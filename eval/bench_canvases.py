@@ -9,6 +9,9 @@ beam search (beam >= K, a hit is the whole ID):
   title for t2t; the query or theme is dropped): the reuse-the-home-model reference;
 - ``adapter``: the trained soft prompt, attached as virtual tokens exactly as it is served;
 - ``full_finetune``: every weight trained on the same examples;
+- ``base_fused`` / ``adapter_fused`` (canvases that fuse with the newest title's co-engaged titles,
+  ``CanvasSpec.fuse_co_engaged``: home): the variant as served, its whole-catalog beam fused with
+  that list;
 - ``context_order`` (with ``--candidates``): no model, the first K titles of the candidate set in
   its own order (a query's BM25 fusion; a t2t source's co-engagement then content neighbours, the
   item-to-item baseline; a catalog theme's catalog order, a floor).
@@ -85,6 +88,10 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                                            "trainable_parameters": 0}
         result["fusion_selection"] = fusion_selection(gen, data, split, canvas, candidates, encoder,
                                                       trie, titles, cats, k)
+    fuse_with = co_engaged_orders(gen, data, split, cd) if get_canvas(canvas).fuse_co_engaged else None
+    if fuse_with is not None:  # as served: the whole-catalog beam fused with the newest title's list
+        result["base_fused"] = fused_variant(gen.model, (), cd, encoder, trie, fuse_with, titles,
+                                             cats, k)
     if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
@@ -105,6 +112,9 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                          "method": config.adapter_method, "trainable_parameters": trainable,
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
                          "train_examples": len(pairs), "in_candidates": train_allow is not None}
+    if fuse_with is not None:
+        result["adapter_fused"] = {**fused_variant(served, prefix, cd, encoder, trie, fuse_with, titles,
+                                                   cats, k), "trainable_parameters": trainable}
     if allow is not None:
         result["adapter_candidates"] = {**evaluate_variant(served, prefix=prefix, allow=allow,
                                                            **common),
@@ -122,6 +132,29 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                 **evaluate_variant(gen.model, allow=allow, **common),
                 "trainable_parameters": total, "trainable_share": 1.0}
     return result
+
+
+def co_engaged_orders(gen, data, split, cd) -> list[list[int]]:
+    """Per held-out example, the titles most co-engaged with its history's newest title (the model
+    folder's table, or the split's training events for a folder that predates it)."""
+    from prompt_tuning.train import co_engagement_for
+
+    table = co_engagement_for(gen, data, split)
+    return [table.of(int(ex.history[-1])).tolist() if len(ex.history) else [] for ex in cd.test]
+
+
+def fused_variant(model, prefix, cd, encoder, trie, orders: list[list[int]], titles, cats,
+                  k: int) -> dict[str, Any]:
+    """A variant as a ``fuse_co_engaged`` canvas serves it: its beam of 2K over the whole catalog
+    fused with ``orders`` by reciprocal rank (``CandidateConfig``'s constants)."""
+    from prompt_tuning.candidates import CandidateConfig
+
+    cc = CandidateConfig()
+    wide = decode_rows(model, [list(prefix) + ex.prompt(encoder, cd.canvas) for ex in cd.test], trie,
+                       2 * k, 2 * k)
+    fused = [fuse_ranks(r, o, k, cc.fusion_k, cc.fusion_weight) for r, o in zip(wide, orders)]
+    return {**canvas_metrics(cd, fused, titles, cats, k), "fusion_k": cc.fusion_k,
+            "fusion_weight": cc.fusion_weight, "trainable_parameters": 0}
 
 
 def fusion_selection(gen, data, split, canvas: str, index, encoder, trie, titles, cats, k: int,

@@ -115,7 +115,7 @@ def served_home_row(gen, split, sid_rows, beams: list[list[int]], newest: list[i
     from prompt_tuning.candidates import CandidateConfig, fuse_ranks
 
     table, where = gen.co_engagement(), "the model folder"
-    if table is None:
+    if table is None:  # as ``prompt_tuning.train.co_engagement_for``, with the split at hand
         table = co_engagement_of_split(split, sid_rows, gen.ids.num_items)
         where = "built from the split's training events (the folder predates the table)"
     k, cc = max(ks), CandidateConfig()

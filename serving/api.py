@@ -112,6 +112,8 @@ class ResultInfo(BaseModel):
     warnings: list[str]
     # how the canvas context became the titles the list was chosen from (search, collection)
     candidates: str | None = None
+    # the ranking the model's was fused with (home, t2t); the scores are then the fusion's
+    fused_with: str | None = None
 
 
 class CompletionChoice(BaseModel):

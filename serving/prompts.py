@@ -87,6 +87,7 @@ class CanvasPrompt:
     # own order (``CanvasSpec.fuse_candidate_order``), or the titles most co-engaged with the
     # prompt's newest title (``CanvasSpec.fuse_co_engaged``)
     fuse_order: np.ndarray | None = None
+    fused_with: str | None = None  # what fuse_order is, in words
 
 
 class _MemoryTextEncoder:
@@ -233,15 +234,18 @@ class CanvasPrompts:
             raise RequestError(f"the prompt ({len(prompt)} tokens: soft prompt, history and context) "
                                f"plus one semantic ID exceeds the model's {self.max_positions} positions",
                                field)
-        fuse_order = None
+        fuse_order, fused_with = None, None
         if spec.fuse_candidate_order and candidates is not None:
-            fuse_order = candidates.rows
+            fuse_order, fused_with = candidates.rows, "the candidate set's own order"
         elif spec.fuse_co_engaged and kept and self._co_engagement is not None:
             fuse_order = self._co_engagement.of(kept[-1])
+            newest = self.ids.item_ids[kept[-1]]
+            fused_with = f"the titles most often watched with {self.ids.title(newest) or newest!r}"
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
                             context=None if value is None else field, soft_prompt=adapter,
                             source_row=source_row, warnings=tuple(warnings), candidates=candidates,
-                            lora=canvas if canvas in self.loras else None, fuse_order=fuse_order)
+                            lora=canvas if canvas in self.loras else None, fuse_order=fuse_order,
+                            fused_with=fused_with)
 
     def candidate_index(self) -> Any:
         """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""

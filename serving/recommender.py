@@ -106,6 +106,9 @@ class RecommendationList(Sequence[Recommendation]):
     # how the context became the titles this list was chosen from (search, collection), e.g.
     # "catalog theme 'Western': 167 titles"; None when the context did not restrict the titles
     candidates: str | None = None
+    # the ranking the model's beam was fused with by reciprocal rank (the scores are the fusion's),
+    # e.g. "the titles most often watched with 'Heat (1995)'"; None: the model's ranking alone
+    fused_with: str | None = None
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.items[i]
@@ -201,6 +204,7 @@ class PreparedRequest:
     # the candidate set's permitted rows in its own order, which the beam's titles are fused with
     # (``prompt_tuning.candidates.fusion_scores``); None: not fused
     fuse_order: tuple[int, ...] | None = None
+    fused_with: str | None = None  # what fuse_order is, for the result
 
 
 class Recommender:
@@ -333,6 +337,7 @@ class Recommender:
         return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
                                want=beams if mask.cap is not None or order is not None else k,
                                cap=mask.cap, fuse_order=order,
+                               fused_with=None if order is None else cp.fused_with,
                                history_used=cp.history_used, history_dropped=cp.history_dropped,
                                num_permitted=permitted, reason=reason, rules_applied=mask.applied,
                                canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
@@ -443,7 +448,8 @@ class Recommender:
                                   num_permitted=p.num_permitted, reason=reason,
                                   prompt_tokens=len(p.prompt), rules_applied=p.rules_applied,
                                   canvas=p.canvas, soft_prompt=p.soft_prompt, context=p.context,
-                                  warnings=p.warnings, candidates=p.candidates)
+                                  warnings=p.warnings, candidates=p.candidates,
+                                  fused_with=p.fused_with)
 
 
 __all__ = ["PreparedRequest", "Recommendation", "RecommendationList", "RecommendationRequest",

@@ -93,7 +93,7 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
                       cold_start=res.cold_start, history_used=res.history_used,
                       history_dropped=res.history_dropped, num_permitted=res.num_permitted,
                       reason=res.reason, rules_applied=list(res.rules_applied), warnings=warnings,
-                      candidates=res.candidates)
+                      candidates=res.candidates, fused_with=res.fused_with)
 
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:

@@ -181,10 +181,12 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
     for col in ("ranking", *cols, "invalid IDs", "unconstrained invalid"):
         t.add_column(col)
-    t.add_row("the model alone", *(f"{rep[k]:.4f}" for k in cols),
+    t.add_row("model", *(f"{rep[k]:.4f}" for k in cols),
               f"{rep['invalid_rate']:.1%}", f"{rep['invalid_rate_unconstrained']:.1%}")
-    t.add_row("home row as served (+ co-engaged)", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
+    t.add_row("served", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
     console.print(t)
+    console.print("[dim]model: the model's beam alone; served: the home row, that beam fused with the "
+                  "titles most co-engaged with the member's newest title[/dim]")
     console.print(f"[dim]report: {out}[/dim]")
 
 
@@ -291,8 +293,8 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                 soft = ("LoRA" if canvas in rec.prompts.loras else "soft prompt") if res.soft_prompt \
                     else "the frozen model" if spec.adapter == "none" else "canvas token only"
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
-                if res.candidates and spec.fuse_candidate_order:
-                    how += "; fused with that order"
+                if res.fused_with:
+                    how += "; fused with " + ("that order" if res.candidates else res.fused_with)
                 console.print(f"  [cyan]{label}[/cyan] [dim]({soft}{how})[/dim]")
                 if res.reason:
                     console.print(f"   [yellow]{res.reason}[/yellow]")

@@ -131,16 +131,18 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     assert [rec.ids.index_of(t) for t in ids_of(res)] == fuse_ranks(list(model.rows), list(order), 5, 5, 1.0)
     assert [x.score for x in res] == sorted((x.score for x in res), reverse=True)
     assert "m02" not in ids_of(res) and "m09" not in ids_of(res)
+    assert res.fused_with == "the candidate set's own order"
     # home fuses the whole-catalog beam with the newest history title's co-engaged titles
     home = rec.prepare(RecommendationRequest(["m09"], canvas="home", k=5))
     co9 = rec.prompts.candidate_index().co_engagement.of(rec.ids.index_of("m09")).tolist()
     assert co9 and list(home.fuse_order) == [r for r in co9 if r != rec.ids.index_of("m09")]
     assert home.want == home.beams and home.view.num_permitted == rec.trie.num_items - 1
     res = rec.run([home])[0]
+    assert res.fused_with == f"the titles most often watched with {rec.ids.title('m09')!r}"
     assert [rec.ids.index_of(t) for t in ids_of(res)] == fuse_ranks(
         list(rec._search([home], [0])[0].rows), list(home.fuse_order), 5, 5, 1.0)
     coll = rec.prepare(RecommendationRequest(["m09"], canvas="collection", theme="Drama", k=5))
-    assert coll.fuse_order is None and coll.want == 5
+    assert coll.fuse_order is None and coll.want == 5 and rec.run([coll])[0].fused_with is None
 
 
 def test_t2t_without_source_takes_the_last_title_and_says_so(rec) -> None:
