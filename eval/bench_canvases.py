@@ -35,7 +35,7 @@ import numpy as np
 
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.canvases import get_canvas
-from prompt_tuning.candidates import fuse_ranks
+from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks
 from prompt_tuning.evaluate import (candidate_rows, canvas_metrics, decode_rows, evaluate_variant,
                                     row_attributes)
 from semantic_ids.trie import PrefixTrie
@@ -51,6 +51,7 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
     from prompt_tuning.canvases import canvas_data_for
     from prompt_tuning.export import as_served
+    from prompt_tuning.train import co_engagement_for
 
     gen = load_model(model_dir)
     encoder = gen.prompt_encoder()
@@ -78,20 +79,17 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     if allow is not None:
         result["base_candidates"] = {**evaluate_variant(gen.model, allow=allow, **common),
                                      "trainable_parameters": 0}
+    fuse_args = dict(cd=cd, encoder=encoder, trie=trie, titles=titles, cats=cats, k=k)
     if allow is not None and get_canvas(canvas).fuse_candidate_order:  # as served: fused
-        cfg = candidates.config
-        wide = decode_rows(gen.model, [ex.prompt(encoder, canvas) for ex in cd.test], trie, 2 * k,
-                           2 * k, allow=allow)
-        fused = [fuse_ranks(r, a, k, cfg.fusion_k, cfg.fusion_weight) for r, a in zip(wide, allow)]
-        result["base_fused_candidates"] = {**canvas_metrics(cd, fused, titles, cats, k),
-                                           "fusion_k": cfg.fusion_k, "fusion_weight": cfg.fusion_weight,
-                                           "trainable_parameters": 0}
+        result["base_fused_candidates"] = fused_variant(gen.model, (), orders=allow, allow=allow,
+                                                        config=candidates.config, **fuse_args)
         result["fusion_selection"] = fusion_selection(gen, data, split, canvas, candidates, encoder,
                                                       trie, titles, cats, k)
-    fuse_with = co_engaged_orders(gen, data, split, cd) if get_canvas(canvas).fuse_co_engaged else None
-    if fuse_with is not None:  # as served: the whole-catalog beam fused with the newest title's list
-        result["base_fused"] = fused_variant(gen.model, (), cd, encoder, trie, fuse_with, titles,
-                                             cats, k)
+    fuse_with = None
+    if get_canvas(canvas).fuse_co_engaged:  # as served: the whole-catalog beam fused with the
+        table = co_engagement_for(gen, data, split)  # newest title's co-engaged titles
+        fuse_with = [table.of_newest(ex.history) for ex in cd.test]
+        result["base_fused"] = fused_variant(gen.model, (), orders=fuse_with, **fuse_args)
     if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
@@ -113,8 +111,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
                          "train_examples": len(pairs), "in_candidates": train_allow is not None}
     if fuse_with is not None:
-        result["adapter_fused"] = {**fused_variant(served, prefix, cd, encoder, trie, fuse_with, titles,
-                                                   cats, k), "trainable_parameters": trainable}
+        result["adapter_fused"] = {**fused_variant(served, prefix, orders=fuse_with, **fuse_args),
+                                   "trainable_parameters": trainable}
     if allow is not None:
         result["adapter_candidates"] = {**evaluate_variant(served, prefix=prefix, allow=allow,
                                                            **common),
@@ -134,27 +132,17 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     return result
 
 
-def co_engaged_orders(gen, data, split, cd) -> list[list[int]]:
-    """Per held-out example, the titles most co-engaged with its history's newest title (the model
-    folder's table, or the split's training events for a folder that predates it)."""
-    from prompt_tuning.train import co_engagement_for
-
-    table = co_engagement_for(gen, data, split)
-    return [table.of(int(ex.history[-1])).tolist() if len(ex.history) else [] for ex in cd.test]
-
-
-def fused_variant(model, prefix, cd, encoder, trie, orders: list[list[int]], titles, cats,
-                  k: int) -> dict[str, Any]:
-    """A variant as a ``fuse_co_engaged`` canvas serves it: its beam of 2K over the whole catalog
-    fused with ``orders`` by reciprocal rank (``CandidateConfig``'s constants)."""
-    from prompt_tuning.candidates import CandidateConfig
-
-    cc = CandidateConfig()
+def fused_variant(model, prefix, *, cd, encoder, trie, titles, cats, k: int,
+                  orders: list[list[int]], allow: list[list[int]] | None = None,
+                  config=None) -> dict[str, Any]:
+    """A variant as a fusing canvas serves it: its beam of 2K (inside `allow`, if given) fused with
+    ``orders`` by reciprocal rank (``fuse_all``; `config`: a ``CandidateConfig``, default the
+    served constants)."""
+    cc = config or CandidateConfig()
     wide = decode_rows(model, [list(prefix) + ex.prompt(encoder, cd.canvas) for ex in cd.test], trie,
-                       2 * k, 2 * k)
-    fused = [fuse_ranks(r, o, k, cc.fusion_k, cc.fusion_weight) for r, o in zip(wide, orders)]
-    return {**canvas_metrics(cd, fused, titles, cats, k), "fusion_k": cc.fusion_k,
-            "fusion_weight": cc.fusion_weight, "trainable_parameters": 0}
+                       2 * k, 2 * k, allow=allow)
+    return {**canvas_metrics(cd, fuse_all(wide, orders, k, cc), titles, cats, k),
+            "fusion_k": cc.fusion_k, "fusion_weight": cc.fusion_weight, "trainable_parameters": 0}
 
 
 def fusion_selection(gen, data, split, canvas: str, index, encoder, trie, titles, cats, k: int,

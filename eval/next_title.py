@@ -50,8 +50,9 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     n = len(ex.targets) if max_users is None else min(max_users, len(ex.targets))
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     encoder = gen.prompt_encoder()
-    prompts = [encoder.encode(to_sid_rows(ex.histories[i], sid_rows),
-                              user_id=split.sequences.user_ids[ex.users[i]]) for i in range(n)]
+    histories = [to_sid_rows(ex.histories[i], sid_rows) for i in range(n)]
+    prompts = [encoder.encode(h, user_id=split.sequences.user_ids[ex.users[i]])
+               for i, h in enumerate(histories)]
     targets = to_sid_rows(ex.targets[:n], sid_rows)
     trie = PrefixTrie.from_ids(gen.ids)
 
@@ -66,10 +67,7 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     seconds = time.perf_counter() - t0
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
-    newest = [int(h[-1]) if len(h) else -1 for h in (to_sid_rows(ex.histories[i], sid_rows)
-                                                       for i in range(n))]
-    home_row = served_home_row(gen, split, sid_rows, [list(r.rows) for r in recs], newest, targets,
-                               config.ks)
+    home_row = served_home_row(gen, data, split, [r.rows for r in recs], histories, targets, config.ks)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
     free = recommend(gen.model, prompts[:m], trie, k=k, num_beams=beams, constrained=False,
@@ -79,7 +77,7 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         "benchmark": "gen_fm", "split": config.split, "dataset": data.name,
         **{f"recall@{kk}": metrics.recall[kk] for kk in config.ks},
         **{f"ndcg@{kk}": metrics.ndcg[kk] for kk in config.ks},
-        "invalid_rate": invalid_constrained / max(sum(len(r.rows[:k]) for r in recs), 1),
+        "invalid_rate": invalid_constrained / max(sum(len(r.rows) for r in recs), 1),
         "home_row": home_row,
         "invalid_rate_unconstrained": sum(r.num_invalid for r in free) / max(returned, 1),
         "unconstrained_users": m,
@@ -103,23 +101,23 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
 FUSION_GRID = tuple((fk, w) for fk in (1, 5, 20) for w in (0.5, 1.0, 2.0))
 
 
-def served_home_row(gen, split, sid_rows, beams: list[list[int]], newest: list[int], targets,
+def served_home_row(gen, data, split, beams: list[list[int]], histories: list, targets,
                     ks: tuple[int, ...]) -> dict:
     """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``): each member's beam
     fused by reciprocal rank with the titles most co-engaged with their newest history title (the
-    model folder's table; built from the split's training events, as pretraining writes it, for a
-    folder that predates the table), with ``CandidateConfig``'s constants. Also: the co-engaged
-    titles alone (no model), and every pair of ``FUSION_GRID``. A member without history, or whose
-    newest title has no co-engaged titles, gets the model's ranking."""
-    from gen_fm.co_engagement import co_engagement_of_split
-    from prompt_tuning.candidates import CandidateConfig, fuse_ranks
+    model folder's table, or the same table counted from the split for a folder that predates it:
+    ``prompt_tuning.train.co_engagement_for``), with ``CandidateConfig``'s constants. Also: the
+    co-engaged titles alone (no model), and every pair of ``FUSION_GRID``. A member without
+    history, or whose newest title has no co-engaged titles, gets the model's ranking."""
+    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
+    from prompt_tuning.candidates import CandidateConfig, fuse_all
+    from prompt_tuning.train import co_engagement_for
 
-    table, where = gen.co_engagement(), "the model folder"
-    if table is None:  # as ``prompt_tuning.train.co_engagement_for``, with the split at hand
-        table = co_engagement_of_split(split, sid_rows, gen.ids.num_items)
-        where = "built from the split's training events (the folder predates the table)"
+    table = co_engagement_for(gen, data, split)
+    where = "the model folder" if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file() else \
+        "built from the split's training events (the folder predates the table)"
     k, cc = max(ks), CandidateConfig()
-    orders = [table.of(r).tolist() if r >= 0 else [] for r in newest]
+    orders = [table.of_newest(h) for h in histories]
 
     def figures(ranked: list[list[int]]) -> dict[str, float]:
         m = ranking_metrics(ranked, targets, ks)
@@ -127,13 +125,11 @@ def served_home_row(gen, split, sid_rows, beams: list[list[int]], newest: list[i
         return {**{f"recall@{kk}": m.recall[kk] for kk in ks}, **{f"ndcg@{kk}": m.ndcg[kk] for kk in ks},
                 **se}
 
-    def fused(fusion_k: int, weight: float) -> list[list[int]]:
-        return [fuse_ranks(b, o, k, fusion_k, weight) for b, o in zip(beams, orders)]
-
-    return {**figures(fused(cc.fusion_k, cc.fusion_weight)), "fusion_k": cc.fusion_k,
+    return {**figures(fuse_all(beams, orders, k, cc)), "fusion_k": cc.fusion_k,
             "fusion_weight": cc.fusion_weight, "co_engagement": where,
             "members_with_co_engaged_titles": sum(bool(o) for o in orders),
             "co_engaged_alone": figures([o[:k] for o in orders]),
-            "fusion_grid": [{"fusion_k": fk, "fusion_weight": w, **figures(fused(fk, w))}
+            "fusion_grid": [{"fusion_k": fk, "fusion_weight": w,
+                             **figures(fuse_all(beams, orders, k, CandidateConfig(fusion_k=fk,
+                                                                                   fusion_weight=w)))}
                             for fk, w in FUSION_GRID]}
-

@@ -49,6 +49,11 @@ class CoEngagement:
         near = near[near >= 0]
         return near if n is None else near[:n]
 
+    def of_newest(self, history) -> list[int]:
+        """The titles most co-engaged with the newest title of `history` (ID rows, oldest first);
+        [] for an empty history: what a ``fuse_co_engaged`` canvas fuses the model's ranking with."""
+        return self.of(int(history[-1])).tolist() if len(history) else []
+
 
 def build_co_engagement(sequences: list[np.ndarray], num_items: int, window: int = 3,
                         top: int = 50) -> CoEngagement:

@@ -105,6 +105,15 @@ def fuse_ranks(model_rows: list[int], order_rows: list[int], k: int, fusion_k: i
     return list(fusion_scores(model_rows, order_rows, fusion_k, weight))[:k]
 
 
+def fuse_all(model_rows: list[list[int]], orders: list[list[int]], k: int,
+             config: CandidateConfig | None = None) -> list[list[int]]:
+    """``fuse_ranks`` per member with ``config``'s constants (default: ``CandidateConfig()``, the
+    served ones): what the evaluations of fused rows share."""
+    cc = config or CandidateConfig()
+    return [fuse_ranks(list(m), list(o), k, cc.fusion_k, cc.fusion_weight)
+            for m, o in zip(model_rows, orders)]
+
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -287,5 +296,5 @@ class CandidateIndex:
         return np.argsort(-(self.title_vecs @ q), kind="stable").astype(np.int64)
 
 
-__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "fuse_ranks", "fusion_scores",
+__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "fuse_all", "fuse_ranks", "fusion_scores",
            "words"]

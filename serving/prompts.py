@@ -86,7 +86,7 @@ class CanvasPrompt:
     # the ranking the model's beam is fused with (ID rows, best first), or None: the candidate set's
     # own order (``CanvasSpec.fuse_candidate_order``), or the titles most co-engaged with the
     # prompt's newest title (``CanvasSpec.fuse_co_engaged``)
-    fuse_order: np.ndarray | None = None
+    fuse_order: np.ndarray | list[int] | None = None
     fused_with: str | None = None  # what fuse_order is, in words
 
 
@@ -238,7 +238,7 @@ class CanvasPrompts:
         if spec.fuse_candidate_order and candidates is not None:
             fuse_order, fused_with = candidates.rows, "the candidate set's own order"
         elif spec.fuse_co_engaged and kept and self._co_engagement is not None:
-            fuse_order = self._co_engagement.of(kept[-1])
+            fuse_order = self._co_engagement.of_newest(kept)
             newest = self.ids.item_ids[kept[-1]]
             fused_with = f"the titles most often watched with {self.ids.title(newest) or newest!r}"
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),

@@ -29,11 +29,9 @@ Decisions a caller should know:
   starts with a context title), so it is a weak, popularity-like guess; prefer a popularity list.
 - Score: log-probability of the title among the titles this request permits (sum of the L token
   log-probs, each renormalised over the allowed next tokens), so scores of different requests with
-  different exclusions are not comparable. A canvas that fuses the model's ranking with another
-  (t2t: its candidate set's co-engagement order, ``CanvasSpec.fuse_candidate_order``; home: the
-  titles most co-engaged with the newest history title, ``CanvasSpec.fuse_co_engaged``) scores by
-  the reciprocal-rank fusion instead (higher is better; titles from the other ranking alone are in
-  the list too). ``ServingConfig.fusion_weight=0`` serves the model's ranking alone.
+  different exclusions are not comparable. Where a canvas fuses the model's ranking with another
+  (``res.fused_with``: t2t, home) the scores are the reciprocal-rank fusion's (higher is better);
+  ``ServingConfig.fusion_weight=0`` serves the model's ranking alone.
 - Business rules (``rules=``, see ``serving.rules``) narrow the same restriction while decoding, so a
   rule never shortens a list the catalogue could fill; a diversity cap is the beam's final selection.
   Fewer than ``k`` titles always come with a ``reason``.
@@ -201,8 +199,7 @@ class PreparedRequest:
     warnings: tuple[str, ...] = ()
     candidates: str | None = None  # how the context's candidate set was found (None: no set)
     lora: str | None = None  # the canvas whose LoRA decodes it (None: the base weights)
-    # the candidate set's permitted rows in its own order, which the beam's titles are fused with
-    # (``prompt_tuning.candidates.fusion_scores``); None: not fused
+    # the permitted rows the beam's titles are fused with (``CanvasPrompt.fuse_order``); None: not fused
     fuse_order: tuple[int, ...] | None = None
     fused_with: str | None = None  # what fuse_order is, for the result
 
@@ -230,9 +227,7 @@ class Recommender:
 
             candidate_config = CandidateConfig(search_candidates=config.search_candidates,
                                                theme_candidates=config.theme_candidates,
-                                               source_candidates=config.source_candidates,
-                                               fusion_k=config.fusion_k,
-                                               fusion_weight=config.fusion_weight)
+                                               source_candidates=config.source_candidates)
         # soft prompts, canvas contexts and the candidate sets contexts make
         self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder
@@ -421,10 +416,8 @@ class Recommender:
         if p.fuse_order is not None:  # the beam's titles fused with the canvas's own ranking
             fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.config.fusion_k,
                                   self.config.fusion_weight)
-            rows = list(fused)
-            sids = [self.ids.codes[r] for r in rows]
-            scores = list(fused.values())
-            found = len(rows)
+            rows, scores = list(fused), list(fused.values())
+            sids, found = [self.ids.codes[r] for r in rows], len(rows)
         if p.cap is not None:  # the diversity cap picks from every title the beam found
             keep = p.cap.select(rows[:found], p.k)
             rows, sids, scores = ([x[i] for i in keep] for x in (rows, sids, scores))

@@ -22,6 +22,8 @@ from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
 from eval.config import EvalConfig
 from eval.machine import machine_info
+from gen_fm.co_engagement import co_engagement_of_split
+from prompt_tuning.candidates import fuse_all
 from core.metrics import RankingMetrics, ranking_metrics
 from core.artifacts import jsonable, write_json
 from core.data import DataConfig, load_data
@@ -50,21 +52,15 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
     return ranking_metrics(rows, ex.targets, config.ks)
 
 
-def fused_with_co_engagement(model: SASRec, split: Split, num_items: int, judged: str,
-                             config: EvalConfig, beam: int = 20) -> RankingMetrics:
-    """SASRec's top ``beam`` fused with the newest history title's co-engaged titles exactly as
-    sidrec's home row is served (``eval.next_title.served_home_row``: the same table from the
-    split's training events, the same reciprocal-rank constants), so a comparison of served rows
-    gives SASRec the same item-to-item help."""
-    from gen_fm.co_engagement import co_engagement_of_split
-    from prompt_tuning.candidates import CandidateConfig, fuse_ranks
-
-    table = co_engagement_of_split(split, np.arange(num_items), num_items)
+def fused_with_co_engagement(model: SASRec, split: Split, table, judged: str, config: EvalConfig,
+                             beam: int = 20) -> RankingMetrics:
+    """SASRec's top ``beam`` fused with the newest history title's co-engaged titles (`table`, the
+    split's ``gen_fm.co_engagement``) exactly as sidrec's home row is served
+    (``eval.next_title.served_home_row``), so a comparison of served rows gives SASRec the same
+    item-to-item help."""
     ex = split.examples(judged)
     rows = rank_histories(model, ex.histories, max(beam, config.max_k), config.batch_size)
-    cc = CandidateConfig()
-    ranked = [fuse_ranks(r.tolist(), table.of(int(h[-1])).tolist() if len(h) else [], config.max_k,
-                         cc.fusion_k, cc.fusion_weight) for r, h in zip(rows, ex.histories)]
+    ranked = fuse_all(rows.tolist(), [table.of_newest(h) for h in ex.histories], config.max_k)
     return ranking_metrics(ranked, ex.targets, config.ks)
 
 
@@ -112,7 +108,8 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
 
         result = train_sasrec(split, num_items, config, validate, device=eval_config.device)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
-        fused = {s: fused_with_co_engagement(result.model, split, num_items, s, eval_config)
+        table = co_engagement_of_split(split, np.arange(num_items), num_items)  # catalog rows
+        fused = {s: fused_with_co_engagement(result.model, split, table, s, eval_config)
                  for s in ("valid", "test")}
         train_seconds = result.train_seconds
         params = sum(p.numel() for p in result.model.parameters())

@@ -65,26 +65,30 @@ def test_cli(model_dir, data_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["num_users"] == 3
 
 
-def test_home_row_fuses_the_beam_with_the_newest_titles_co_engaged_titles():
+def test_home_row_fuses_the_beam_with_the_newest_titles_co_engaged_titles(tmp_path):
     """The served home row (``served_home_row``): a target only the co-engagement table knows is
     found by the fusion, and a member without history keeps the model's ranking."""
     import numpy as np
 
-    from gen_fm.co_engagement import CoEngagement
+    from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement,
+                                      save_co_engagement)
     from eval.next_title import served_home_row
 
     neighbours = np.full((30, 3), -1, dtype=np.int64)
     neighbours[7] = [20, 21, 22]  # title 7's most co-engaged titles
-    table = CoEngagement(neighbours, (neighbours >= 0).astype(np.int64), window=3)
+    save_co_engagement(tmp_path / CO_ENGAGEMENT_FILE,
+                       CoEngagement(neighbours, (neighbours >= 0).astype(np.int64), window=3))
 
-    class Gen:
+    class Gen:  # a model folder holding the table
+        path = tmp_path
+
         def co_engagement(self):
-            return table
+            return load_co_engagement(tmp_path / CO_ENGAGEMENT_FILE)
 
     beams = [list(range(10)), list(range(10)), list(range(10))]  # the model's ranking: titles 0..9
-    newest = [7, 7, -1]  # the third member has no history
+    histories = [[3, 7], [7], []]  # newest titles 7, 7; the third member has no history
     targets = [20, 9, 20]
-    rep = served_home_row(Gen(), None, None, beams, newest, targets, (5, 10))
+    rep = served_home_row(Gen(), None, None, beams, histories, targets, (5, 10))
     # member 0: 20 (co-engaged rank 1) ties the model's rank 1 and enters the top 10; member 1's
     # model hit at rank 10 is pushed out by 20, 21, 22; member 2 keeps the model's list (no 20)
     assert rep["recall@10"] == pytest.approx(1 / 3) and rep["co_engagement"] == "the model folder"

@@ -121,7 +121,7 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     from prompt_tuning.candidates import fuse_ranks
 
     p = rec.prepare(RecommendationRequest(["m09"], canvas="t2t", source="m02", k=5))
-    order, cc = p.fuse_order, rec.prompts.candidate_config
+    order, cc = p.fuse_order, rec.config  # the served constants
     fusion_k, weight = cc.fusion_k, cc.fusion_weight
     co = [r for r in rec.prompts.candidate_index().co_engagement.of(rec.ids.index_of("m02")).tolist()]
     assert list(order[:4]) == co and len(co) == 4  # m02's co-engaged titles first (member u0's)
