@@ -9,9 +9,9 @@ beam search (beam >= K, a hit is the whole ID):
   title for t2t; the query or theme is dropped): the reuse-the-home-model reference;
 - ``adapter``: the trained soft prompt, attached as virtual tokens exactly as it is served;
 - ``full_finetune``: every weight trained on the same examples;
-- ``base_fused`` / ``adapter_fused`` (canvases that fuse with the newest title's co-engaged titles,
-  ``CanvasSpec.fuse_co_engaged``: home): the variant as served, its whole-catalog beam fused with
-  that list;
+- ``base_fused`` / ``adapter_fused`` (canvases that fuse with the titles co-engaged with the
+  member's newest titles, ``CanvasSpec.fuse_co_engaged``: home): the variant as served, its
+  whole-catalog beam without the history's titles fused with that list;
 - ``context_order`` (with ``--candidates``): no model, the first K titles of the candidate set in
   its own order (a query's BM25 fusion; a t2t source's co-engagement then content neighbours, the
   item-to-item baseline; a catalog theme's catalog order, a floor).
@@ -88,7 +88,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     fuse_with = None
     if get_canvas(canvas).fuse_co_engaged:  # as served: the whole-catalog beam fused with the
         table = co_engagement_for(gen, data, split)  # newest title's co-engaged titles
-        fuse_with = [table.of_newest(ex.history) for ex in cd.test]
+        fuse_with = [table.of_recent(ex.history) for ex in cd.test]  # without the history's titles
+        fuse_args["drop_history"] = True  # as served (``exclude_history``)
         result["base_fused"] = fused_variant(gen.model, (), orders=fuse_with, **fuse_args)
     if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
@@ -134,13 +135,15 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
 
 def fused_variant(model, prefix, *, cd, encoder, trie, titles, cats, k: int,
                   orders: list[list[int]], allow: list[list[int]] | None = None,
-                  config=None) -> dict[str, Any]:
-    """A variant as a fusing canvas serves it: its beam of 2K (inside `allow`, if given) fused with
-    ``orders`` by reciprocal rank (``fuse_all``; `config`: a ``CandidateConfig``, default the
-    served constants)."""
+                  config=None, drop_history: bool = False) -> dict[str, Any]:
+    """A variant as a fusing canvas serves it: its beam of 2K (inside `allow`, if given; without
+    the example's history titles with `drop_history`) fused with ``orders`` by reciprocal rank
+    (``fuse_all``; `config`: a ``CandidateConfig``, default the served constants)."""
     cc = config or CandidateConfig()
     wide = decode_rows(model, [list(prefix) + ex.prompt(encoder, cd.canvas) for ex in cd.test], trie,
                        2 * k, 2 * k, allow=allow)
+    if drop_history:
+        wide = [[r for r in row if r not in set(ex.history)] for row, ex in zip(wide, cd.test)]
     return {**canvas_metrics(cd, fuse_all(wide, orders, k, cc), titles, cats, k),
             "fusion_k": cc.fusion_k, "fusion_weight": cc.fusion_weight, "trainable_parameters": 0}
 

@@ -99,17 +99,23 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
 # (fusion_k, fusion_weight) pairs also reported, so the served constants can be chosen on the
 # validation split's report without decoding again
 FUSION_GRID = tuple((fk, w) for fk in (1, 5, 20) for w in (0.5, 1.0, 2.0))
+# (titles, decay) of ``CoEngagement.of_recent`` also reported for the co-engaged titles alone
+RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
 
 
 def served_home_row(gen, data, split, beams: list[list[int]], histories: list, targets,
                     ks: tuple[int, ...]) -> dict:
-    """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``): each member's beam
-    fused by reciprocal rank with the titles most co-engaged with their newest history title (the
-    model folder's table, or the same table counted from the split for a folder that predates it:
-    ``prompt_tuning.train.co_engagement_for``), with ``CandidateConfig``'s constants. Also: the
-    co-engaged titles alone (no model), and every pair of ``FUSION_GRID``. A member without
-    history, or whose newest title has no co-engaged titles, gets the model's ranking."""
-    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
+    """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``) with serving's
+    defaults: the history's titles are never recommended (``exclude_history``), and each member's
+    beam is fused by reciprocal rank with the titles most co-engaged with their newest history
+    titles (``CoEngagement.of_recent`` over the model folder's table, or the same table counted
+    from the split for a folder that predates it: ``prompt_tuning.train.co_engagement_for``), with
+    ``CandidateConfig``'s constants. The beam here was decoded without the history excluded and
+    loses its history titles afterwards; serving excludes them inside the search, which refills
+    the beam (so serving's row can only differ by titles past the beam's 20). Also reported: the
+    model's ranking without the history, the co-engaged titles alone (and those of the newest title
+    alone, the earlier served order), every pair of ``FUSION_GRID`` and every ``RECENT_GRID`` order."""
+    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
     from prompt_tuning.candidates import CandidateConfig, fuse_all
     from prompt_tuning.train import co_engagement_for
 
@@ -117,7 +123,9 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
     where = "the model folder" if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file() else \
         "built from the split's training events (the folder predates the table)"
     k, cc = max(ks), CandidateConfig()
-    orders = [table.of_newest(h) for h in histories]
+    seen = [set(int(r) for r in h) for h in histories]
+    beams = [[r for r in b if r not in s] for b, s in zip(beams, seen)]
+    orders = [table.of_recent(h) for h in histories]
 
     def figures(ranked: list[list[int]]) -> dict[str, float]:
         m = ranking_metrics(ranked, targets, ks)
@@ -126,10 +134,17 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
                 **se}
 
     return {**figures(fuse_all(beams, orders, k, cc)), "fusion_k": cc.fusion_k,
-            "fusion_weight": cc.fusion_weight, "co_engagement": where,
+            "fusion_weight": cc.fusion_weight, "recent_titles": RECENT_TITLES,
+            "recent_decay": RECENT_DECAY, "history_excluded": True, "co_engagement": where,
             "members_with_co_engaged_titles": sum(bool(o) for o in orders),
+            "model_history_excluded": figures([b[:k] for b in beams]),
             "co_engaged_alone": figures([o[:k] for o in orders]),
+            "co_engaged_newest_alone": figures([[r for r in table.of_newest(h) if r not in s][:k]
+                                                for h, s in zip(histories, seen)]),
             "fusion_grid": [{"fusion_k": fk, "fusion_weight": w,
                              **figures(fuse_all(beams, orders, k, CandidateConfig(fusion_k=fk,
                                                                                    fusion_weight=w)))}
-                            for fk, w in FUSION_GRID]}
+                            for fk, w in FUSION_GRID],
+            "recent_grid": [{"recent_titles": t, "recent_decay": d,
+                             **figures([table.of_recent(h, t, d)[:k] for h in histories])}
+                            for t, d in RECENT_GRID]}

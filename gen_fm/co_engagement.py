@@ -22,6 +22,10 @@ import numpy as np
 
 # In a sub-folder: vLLM loads every *.safetensors file at the model folder's top level as weights.
 CO_ENGAGEMENT_FILE = "co_engagement/table.safetensors"
+# How many of a member's newest titles ``CoEngagement.of_recent`` sums, and how much less each older
+# one weighs: chosen on the validation split of both datasets (BENCHMARKS.md, "The home row as served").
+RECENT_TITLES = 5
+RECENT_DECAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,41 @@ class CoEngagement:
 
     def of_newest(self, history) -> list[int]:
         """The titles most co-engaged with the newest title of `history` (ID rows, oldest first);
-        [] for an empty history: what a ``fuse_co_engaged`` canvas fuses the model's ranking with."""
+        [] for an empty history."""
         return self.of(int(history[-1])).tolist() if len(history) else []
+
+    def of_recent(self, history, titles: int = RECENT_TITLES, decay: float = RECENT_DECAY,
+                  exclude_history: bool = True) -> list[int]:
+        """The titles most co-engaged with the member's `titles` newest history titles (ID rows,
+        oldest first): each newest title's counts weigh ``decay ** age`` (age 0 = the newest) and are
+        summed per title; ties go to the table's own order (the newest title's first). With
+        `exclude_history` a title of the history is never returned (targets are never re-watched
+        titles on either dataset, and serving excludes the history by default). What a
+        ``fuse_co_engaged`` canvas (home) fuses the model's ranking with; [] for an empty history.
+
+        Summing over several recent titles is item-based session kNN; on both datasets it ranks the
+        next title better than the newest title's list alone (BENCHMARKS.md, "The home row as served")."""
+        if titles < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError(f"titles must be >= 1 and decay in (0, 1], got {titles}, {decay}")
+        rows = [int(r) for r in history if int(r) >= 0]
+        if not rows:
+            return []
+        recent = rows[::-1][:titles]  # newest first
+        bad = [r for r in recent if r >= self.num_items]
+        if bad:
+            raise ValueError(f"title row {bad[0]} is not in the co-engagement table ({self.num_items} titles)")
+        near = self.neighbours[recent]  # (m, top)
+        weight = self.counts[recent] * (decay ** np.arange(len(recent)))[:, None]
+        keep = near >= 0
+        if exclude_history:
+            keep &= ~np.isin(near, rows)
+        near, weight = near[keep], weight[keep]  # flattened newest title first, each most first
+        if not near.size:
+            return []
+        uniq, first, inverse = np.unique(near, return_index=True, return_inverse=True)
+        total = np.bincount(inverse, weights=weight)
+        order = np.lexsort((first, -total))  # most weight first, then the table's own order
+        return uniq[order].tolist()
 
 
 def build_co_engagement(sequences: list[np.ndarray], num_items: int, window: int = 3,
@@ -122,5 +159,5 @@ def load_co_engagement(path: str | Path) -> CoEngagement:
         return CoEngagement(f.get_tensor("neighbours"), f.get_tensor("counts"), int(meta["window"]))
 
 
-__all__ = ["CO_ENGAGEMENT_FILE", "CoEngagement", "build_co_engagement", "co_engagement_of_split",
+__all__ = ["CO_ENGAGEMENT_FILE", "RECENT_DECAY", "RECENT_TITLES", "CoEngagement", "build_co_engagement", "co_engagement_of_split",
            "load_co_engagement", "save_co_engagement"]

@@ -71,7 +71,8 @@ class ServingConfig:
     # titles a t2t source makes eligible: half its most co-engaged titles, then content neighbours
     source_candidates: int = 100
     # t2t rows fuse the model's ranking with that set's co-engagement order by reciprocal rank, home
-    # rows with the titles most co-engaged with the newest history title: weight / (fusion_k + rank)
+    # rows with the titles most co-engaged with the newest history titles (``CoEngagement.of_recent``):
+    # weight / (fusion_k + rank)
     # for the order, 1 / (fusion_k + rank) for the model; weight 0 = the model alone
     # (``prompt_tuning.candidates.CandidateConfig``; chosen on the validation split, BENCHMARKS.md)
     fusion_k: int = 5

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from gen_fm.co_engagement import RECENT_TITLES
 from gen_fm.model import IDS_SUBDIR, GenFM
 from prompt_tuning.canvases import CanvasSpec, canvas_names, get_canvas
 
@@ -85,7 +86,7 @@ class CanvasPrompt:
     lora: str | None = None  # the canvas whose LoRA decodes this prompt, or None
     # the ranking the model's beam is fused with (ID rows, best first), or None: the candidate set's
     # own order (``CanvasSpec.fuse_candidate_order``), or the titles most co-engaged with the
-    # prompt's newest title (``CanvasSpec.fuse_co_engaged``)
+    # prompt's newest titles (``CanvasSpec.fuse_co_engaged``, ``CoEngagement.of_recent``)
     fuse_order: np.ndarray | list[int] | None = None
     fused_with: str | None = None  # what fuse_order is, in words
 
@@ -238,9 +239,12 @@ class CanvasPrompts:
         if spec.fuse_candidate_order and candidates is not None:
             fuse_order, fused_with = candidates.rows, "the candidate set's own order"
         elif spec.fuse_co_engaged and kept and self._co_engagement is not None:
-            fuse_order = self._co_engagement.of_newest(kept)
+            # the request's exclude_history and rules filter this order in ``Recommender.prepare``
+            fuse_order = self._co_engagement.of_recent(kept, exclude_history=False)
             newest = self.ids.item_ids[kept[-1]]
-            fused_with = f"the titles most often watched with {self.ids.title(newest) or newest!r}"
+            before = min(len(kept), RECENT_TITLES) - 1
+            fused_with = (f"the titles most often watched with {self.ids.title(newest) or newest!r}"
+                          + (f" and the {before} title(s) before it" if before else ""))
         return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
                             context=None if value is None else field, soft_prompt=adapter,
                             source_row=source_row, warnings=tuple(warnings), candidates=candidates,

@@ -108,8 +108,8 @@ def cmd_eval(args) -> None:
                   f"{report['num_beams']}):")
     console.print("  the model alone:     " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
     console.print("  the home row served: " + "  ".join(f"{k} {home[k]:.4f}" for k in keys)
-                  + f"  (fused with the newest title's co-engaged titles, k {home['fusion_k']}, "
-                    f"weight {home['fusion_weight']})")
+                  + f"  (history excluded; fused with the titles co-engaged with the "
+                    f"{home['recent_titles']} newest, k {home['fusion_k']}, weight {home['fusion_weight']})")
     console.print(f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
                   f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
 

@@ -53,15 +53,18 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
 
 
 def fused_with_co_engagement(model: SASRec, split: Split, table, judged: str, config: EvalConfig,
-                             beam: int = 20) -> RankingMetrics:
-    """SASRec's top ``beam`` fused with the newest history title's co-engaged titles (`table`, the
-    split's ``gen_fm.co_engagement``) exactly as sidrec's home row is served
-    (``eval.next_title.served_home_row``), so a comparison of served rows gives SASRec the same
-    item-to-item help."""
+                             beam: int = 20) -> dict[str, RankingMetrics]:
+    """SASRec served as sidrec's home row is (``eval.next_title.served_home_row``), so a comparison
+    of served rows gives SASRec the same help: ``history_excluded``, its full-catalog ranking with
+    the member's history titles masked; ``fused``, its top ``beam`` (history masked) fused with the
+    titles co-engaged with the member's newest titles (`table`, the split's
+    ``gen_fm.co_engagement``; ``CoEngagement.of_recent``)."""
     ex = split.examples(judged)
-    rows = rank_histories(model, ex.histories, max(beam, config.max_k), config.batch_size)
-    ranked = fuse_all(rows.tolist(), [table.of_newest(h) for h in ex.histories], config.max_k)
-    return ranking_metrics(ranked, ex.targets, config.ks)
+    rows = rank_histories(model, ex.histories, max(beam, config.max_k), config.batch_size,
+                          exclude_history=True).tolist()
+    ranked = fuse_all(rows, [table.of_recent(h) for h in ex.histories], config.max_k)
+    return {"history_excluded": ranking_metrics([r[:config.max_k] for r in rows], ex.targets, config.ks),
+            "fused": ranking_metrics(ranked, ex.targets, config.ks)}
 
 
 def command_line() -> list[str]:
@@ -92,7 +95,7 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     num_items = len(data.catalog)
     training: dict[str, Any] | None = None
-    fused: dict[str, RankingMetrics] = {}
+    served: dict[str, dict[str, RankingMetrics]] = {}  # split -> history_excluded / fused
     t0 = time.perf_counter()
     if kind == "popular":
         if hyper:
@@ -109,7 +112,7 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         result = train_sasrec(split, num_items, config, validate, device=eval_config.device)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
         table = co_engagement_of_split(split, np.arange(num_items), num_items)  # catalog rows
-        fused = {s: fused_with_co_engagement(result.model, split, table, s, eval_config)
+        served = {s: fused_with_co_engagement(result.model, split, table, s, eval_config)
                  for s in ("valid", "test")}
         train_seconds = result.train_seconds
         params = sum(p.numel() for p in result.model.parameters())
@@ -130,9 +133,12 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         "num_users": {s: m.num_users for s, m in metrics.items()},
         "metrics": {s: {k: v for k, v in m.to_dict().items() if k != "num_users"}
                     for s, m in metrics.items()},
-        # the model's top 20 fused with the newest title's co-engaged titles, as sidrec's home row
-        "fused_with_co_engagement": {s: {k: v for k, v in m.to_dict().items() if k != "num_users"}
-                                     for s, m in fused.items()} or None,
+        # as sidrec's home row is served: the history's titles masked, then the model's top 20 fused
+        # with the titles co-engaged with the member's newest titles
+        **{key: {s: {k: v for k, v in m[part].to_dict().items() if k != "num_users"}
+                 for s, m in served.items()} or None
+           for key, part in (("history_excluded", "history_excluded"),
+                             ("fused_with_co_engagement", "fused"))},
         "params": params,
         "train_seconds": round(train_seconds, 2),
         "hyperparameters": hyperparameters,

@@ -202,8 +202,10 @@ def _batch_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
 
 @torch.no_grad()
 def rank_histories(model: SASRec, histories: list[np.ndarray], k: int,
-                   batch_size: int = 256) -> np.ndarray:
-    """Top-k catalog rows after each history (oldest first), over the full catalog. (U, k) int64."""
+                   batch_size: int = 256, exclude_history: bool = False) -> np.ndarray:
+    """Top-k catalog rows after each history (oldest first), over the full catalog (without the
+    history's own titles, the whole history and not only its capped tail, with
+    `exclude_history`). (U, k) int64."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -217,7 +219,11 @@ def rank_histories(model: SASRec, histories: list[np.ndarray], k: int,
             if len(h):
                 seq[i, t - len(h):] = h
         states = model(torch.from_numpy(seq).to(device))[:, -1]  # (b, d) last position
-        out.append(topk_rows(model.all_item_scores(states).float().cpu(), k, batch_size=batch_size))
+        scores = model.all_item_scores(states).float().cpu()  # (b, N)
+        if exclude_history:
+            for i, h in enumerate(histories[start: start + batch_size]):
+                scores[i, torch.as_tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
+        out.append(topk_rows(scores, k, batch_size=batch_size))
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 

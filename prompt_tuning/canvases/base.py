@@ -210,9 +210,10 @@ class CanvasSpec:
     # own (a t2t source's co-engagement counts).
     fuse_candidate_order: bool = False
     # The answer fuses the model's ranking, over the whole catalog, with the titles most co-engaged
-    # with the history's newest title (the model folder's ``gen_fm.co_engagement`` table; the same
-    # constants): item-to-item counts and the model are strong on different members, so together
-    # they beat the model alone (home: BENCHMARKS.md, "The home row as served").
+    # with the history's newest titles (``CoEngagement.of_recent`` over the model folder's
+    # ``gen_fm.co_engagement`` table; the same constants): item-to-item counts and the model are
+    # strong on different members, so together they beat both (home: BENCHMARKS.md, "The home row
+    # as served").
     fuse_co_engaged: bool = False
     # Text contexts are lower-cased before encoding, as the examples were (search).
     lowercase: bool = False

@@ -3,12 +3,12 @@
 Training examples are every next-title position inside members' training events; held-out examples
 are the leave-one-out test targets, which neither the foundation model nor the adapter trained on.
 
-Served, the model's ranking over the whole catalog is fused by reciprocal rank with the titles most
-co-engaged with the history's newest title (``fuse_co_engaged``: the model folder's co-engagement
-table, training events only). Measured on every member of both datasets, the fused row beats the
-model alone (test R@10 +26% on amazon-beauty, +40-50% on ml-latest-small) and, on amazon-beauty,
-the counts alone too (BENCHMARKS.md, "The home row as served"); ``ServingConfig.fusion_weight=0``
-serves the model alone.
+Served, the model's ranking over the whole catalog, without the history's titles, is fused by
+reciprocal rank with the titles most co-engaged with the history's 5 newest titles
+(``fuse_co_engaged``: ``CoEngagement.of_recent`` over the model folder's co-engagement table,
+training events only). Measured on every member of both datasets, the fused row beats the model
+alone and the counts alone (BENCHMARKS.md, "The home row as served");
+``ServingConfig.fusion_weight=0`` serves the model alone.
 """
 
 from __future__ import annotations

@@ -116,6 +116,8 @@ def test_sasrec_run_is_deterministic(data_dir, tmp_path):
     assert a["fused_with_co_engagement"] == b["fused_with_co_engagement"]
     assert set(a["fused_with_co_engagement"]) == {"valid", "test"}
     assert 0 <= a["fused_with_co_engagement"]["test"]["recall@10"] <= 1
+    # no target is a title of its history, so masking the history can only lift a target
+    assert a["history_excluded"]["test"]["recall@10"] >= a["metrics"]["test"]["recall@10"]
     assert [r["loss"] for r in a["training"]["history"]] == [r["loss"] for r in b["training"]["history"]]
     assert a["params"] == b["params"] > 0 and a["hyperparameters"]["loss"] == "bce"
     assert read_json(tmp_path / "a.json")["training"]["epochs_run"] == 2

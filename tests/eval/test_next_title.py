@@ -65,9 +65,10 @@ def test_cli(model_dir, data_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["num_users"] == 3
 
 
-def test_home_row_fuses_the_beam_with_the_newest_titles_co_engaged_titles(tmp_path):
+def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_path):
     """The served home row (``served_home_row``): a target only the co-engagement table knows is
-    found by the fusion, and a member without history keeps the model's ranking."""
+    found by the fusion, the history's titles leave the beam as serving excludes them, and a member
+    without history keeps the model's ranking."""
     import numpy as np
 
     from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement,
@@ -87,12 +88,18 @@ def test_home_row_fuses_the_beam_with_the_newest_titles_co_engaged_titles(tmp_pa
 
     beams = [list(range(10)), list(range(10)), list(range(10))]  # the model's ranking: titles 0..9
     histories = [[3, 7], [7], []]  # newest titles 7, 7; the third member has no history
-    targets = [20, 9, 20]
+    targets = [20, 9, 5]
     rep = served_home_row(Gen(), None, None, beams, histories, targets, (5, 10))
     # member 0: 20 (co-engaged rank 1) ties the model's rank 1 and enters the top 10; member 1's
-    # model hit at rank 10 is pushed out by 20, 21, 22; member 2 keeps the model's list (no 20)
-    assert rep["recall@10"] == pytest.approx(1 / 3) and rep["co_engagement"] == "the model folder"
+    # model hit at rank 10 (9th without title 7) is pushed out by 20, 21, 22; member 2 keeps the
+    # model's list, 5 at rank 6
+    assert rep["recall@10"] == pytest.approx(2 / 3) and rep["co_engagement"] == "the model folder"
     assert rep["co_engaged_alone"]["recall@10"] == pytest.approx(1 / 3)  # only member 0
-    assert rep["members_with_co_engaged_titles"] == 2
+    assert rep["members_with_co_engaged_titles"] == 2 and rep["history_excluded"]
+    assert rep["model_history_excluded"]["recall@10"] == pytest.approx(2 / 3)  # 9 and 5
+    # a history title in the beam gives its place to the next title: 6 moves from rank 6 to 5
+    one = served_home_row(Gen(), None, None, [[1, 2, 3, 4, 5, 6]], [[1]], [6], (5,))
+    assert one["model_history_excluded"]["recall@5"] == one["recall@5"] == pytest.approx(1.0)
     assert {(g["fusion_k"], g["fusion_weight"]) for g in rep["fusion_grid"]} >= {(5, 1.0)}
+    assert {(g["recent_titles"], g["recent_decay"]) for g in rep["recent_grid"]} >= {(5, 0.5)}
     assert 0 < rep["recall@10_se"] < 0.5

@@ -41,6 +41,28 @@ def test_counts_titles_within_the_window_either_side() -> None:
         build_co_engagement([np.array([0, 5])], 2)
 
 
+def test_recent_titles_sum_their_counts_with_decay_and_skip_the_history() -> None:
+    # window 1 over 0 1 2 3 | 1 2 4 | 2 4 5: title 2's counts 1:2 4:2 3:1; title 1's 2:2 0:1
+    table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([1, 2, 4]), np.array([2, 4, 5])], 6,
+                                window=1)
+    assert table.of_newest([1, 2]) == [1, 4, 3]  # the newest title's own list, history included
+    # 4: 2, 3: 1, 0: 0.5 * 1; 1 and 2 are the history
+    assert table.of_recent([1, 2], titles=2, decay=0.5) == [4, 3, 0]
+    assert table.of_recent([1, 2], titles=1) == [4, 3]  # the newest title alone, minus the history
+    # decay 1: 0 (1) ties 3 (1): the newest title's list comes first, so 3 before 0
+    assert table.of_recent([1, 2], titles=2, decay=1.0) == [4, 3, 0]
+    # 1 (2) ties 4 (2): the table's own order of the newest title's list; 2 counts 0.5 * 2
+    assert table.of_recent([1, 2], titles=2, exclude_history=False) == [1, 4, 3, 2, 0]
+    # 0 is older than the 2 newest titles: its counts do not count, and as history it never returns
+    assert table.of_recent([0, 1, 2], titles=2) == [4, 3]
+    assert table.of_recent([0, 1, 2], titles=3) == [4, 3]
+    assert table.of_recent([]) == [] and table.of_recent([-1]) == []
+    with pytest.raises(ValueError, match="not in the co-engagement table"):
+        table.of_recent([7])
+    with pytest.raises(ValueError, match="decay in"):
+        table.of_recent([1], decay=0.0)
+
+
 def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     table = build_co_engagement([np.array([0, 1, 2, 3, 1, 0])], 20, window=2, top=4)
     save_co_engagement(tmp_path / "t.safetensors", table)

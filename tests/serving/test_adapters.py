@@ -141,6 +141,14 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     assert res.fused_with == f"the titles most often watched with {rec.ids.title('m09')!r}"
     assert [rec.ids.index_of(t) for t in ids_of(res)] == fuse_ranks(
         list(rec._search([home], [0])[0].rows), list(home.fuse_order), 5, 5, 1.0)
+    # a longer history: the counts of its newest titles summed (``of_recent``), the history left out
+    table = rec.prompts.candidate_index().co_engagement
+    two = rec.prepare(RecommendationRequest(["m02", "m09"], canvas="home", k=5))
+    rows = [rec.ids.index_of(t) for t in ("m02", "m09")]
+    assert list(two.fuse_order) == table.of_recent(rows) and not set(rows) & set(two.fuse_order)
+    assert rec.run([two])[0].fused_with.endswith(f"{rec.ids.title('m09')!r} and the 1 title(s) before it")
+    keep = rec.prepare(RecommendationRequest(["m02", "m09"], canvas="home", k=5, exclude_history=False))
+    assert list(keep.fuse_order) == table.of_recent(rows, exclude_history=False)
     coll = rec.prepare(RecommendationRequest(["m09"], canvas="collection", theme="Drama", k=5))
     assert coll.fuse_order is None and coll.want == 5 and rec.run([coll])[0].fused_with is None
 
