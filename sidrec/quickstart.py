@@ -185,8 +185,9 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
               f"{rep['invalid_rate']:.1%}", f"{rep['invalid_rate_unconstrained']:.1%}")
     t.add_row("served", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
     console.print(t)
-    console.print("[dim]model: the model's beam alone; served: the home row, that beam fused with the "
-                  "titles most co-engaged with the member's newest title[/dim]")
+    console.print("[dim]model: the model's beam alone; served: the home row, that beam without the "
+                  "history's titles, fused with the titles most co-engaged with the member's "
+                  f"{rep['home_row']['recent_titles']} newest titles[/dim]")
     console.print(f"[dim]report: {out}[/dim]")
 
 
