@@ -5,7 +5,8 @@ within ``window`` events of it in members' *training* histories (the leave-one-o
 part: a member's validation and test titles never count). The title-to-title canvas serves inside a
 source title's neighbourhood made of these titles, filled with its nearest titles by content
 (``prompt_tuning.candidates.CandidateIndex.for_source``); measured on both datasets, that
-neighbourhood lifts t2t recall by 40-55% (BENCHMARKS.md, "Title-to-title").
+neighbourhood lifts t2t recall by 40-55% (BENCHMARKS.md, "Title-to-title"). The home row fuses the
+model's ranking with the titles co-engaged with the member's newest titles (``of_recent``).
 
 The table is written by pretraining into the model folder (``co_engagement/table.safetensors``, hashed in
 its manifest) because it is a fact of the data the model was trained on, and serving has no data.
