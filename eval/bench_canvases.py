@@ -89,8 +89,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
     if get_canvas(canvas).fuse_co_engaged:  # as served: the whole-catalog beam fused with the
         table = co_engagement_for(gen, data, split)  # newest title's co-engaged titles
         fuse_with = [table.of_recent(ex.history) for ex in cd.test]  # without the history's titles
-        fuse_args["drop_history"] = True  # as served (``exclude_history``)
-        result["base_fused"] = fused_variant(gen.model, (), orders=fuse_with, **fuse_args)
+        result["base_fused"] = fused_variant(gen.model, (), orders=fuse_with, drop_history=True,
+                                             **fuse_args)
     if canvas != DEFAULT_CANVAS:  # the member's home prompt, as a reference for the other canvases
         result["base_home_prompt"] = {**evaluate_variant(gen.model, home=True, **common),
                                       "trainable_parameters": 0}
@@ -112,7 +112,8 @@ def benchmark_canvas(model_dir: str | Path, data, split, canvas: str, config, k:
                          "trainable_share": trainable / total, "train_seconds": round(seconds, 1),
                          "train_examples": len(pairs), "in_candidates": train_allow is not None}
     if fuse_with is not None:
-        result["adapter_fused"] = {**fused_variant(served, prefix, orders=fuse_with, **fuse_args),
+        result["adapter_fused"] = {**fused_variant(served, prefix, orders=fuse_with, drop_history=True,
+                                                   **fuse_args),
                                    "trainable_parameters": trainable}
     if allow is not None:
         result["adapter_candidates"] = {**evaluate_variant(served, prefix=prefix, allow=allow,
@@ -143,7 +144,8 @@ def fused_variant(model, prefix, *, cd, encoder, trie, titles, cats, k: int,
     wide = decode_rows(model, [list(prefix) + ex.prompt(encoder, cd.canvas) for ex in cd.test], trie,
                        2 * k, 2 * k, allow=allow)
     if drop_history:
-        wide = [[r for r in row if r not in set(ex.history)] for row, ex in zip(wide, cd.test)]
+        wide = [[r for r in row if r not in seen] for row, seen in zip(wide, (set(ex.history)
+                                                                            for ex in cd.test))]
     return {**canvas_metrics(cd, fuse_all(wide, orders, k, cc), titles, cats, k),
             "fusion_k": cc.fusion_k, "fusion_weight": cc.fusion_weight, "trainable_parameters": 0}
 

@@ -113,8 +113,8 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
     ``CandidateConfig``'s constants. The beam here was decoded without the history excluded and
     loses its history titles afterwards; serving excludes them inside the search, which refills
     the beam (so serving's row can only differ by titles past the beam's 20). Also reported: the
-    model's ranking without the history, the co-engaged titles alone (and those of the newest title
-    alone, the earlier served order), every pair of ``FUSION_GRID`` and every ``RECENT_GRID`` order."""
+    model's ranking without the history, the co-engaged titles alone, every pair of ``FUSION_GRID``
+    and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list, served before)."""
     from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
     from prompt_tuning.candidates import CandidateConfig, fuse_all
     from prompt_tuning.train import co_engagement_for
@@ -123,8 +123,7 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
     where = "the model folder" if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file() else \
         "built from the split's training events (the folder predates the table)"
     k, cc = max(ks), CandidateConfig()
-    seen = [set(int(r) for r in h) for h in histories]
-    beams = [[r for r in b if r not in s] for b, s in zip(beams, seen)]
+    beams = [[r for r in b if r not in s] for b, s in zip(beams, map(set, histories))]
     orders = [table.of_recent(h) for h in histories]
 
     def figures(ranked: list[list[int]]) -> dict[str, float]:
@@ -139,8 +138,6 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
             "members_with_co_engaged_titles": sum(bool(o) for o in orders),
             "model_history_excluded": figures([b[:k] for b in beams]),
             "co_engaged_alone": figures([o[:k] for o in orders]),
-            "co_engaged_newest_alone": figures([[r for r in table.of_newest(h) if r not in s][:k]
-                                                for h, s in zip(histories, seen)]),
             "fusion_grid": [{"fusion_k": fk, "fusion_weight": w,
                              **figures(fuse_all(beams, orders, k, CandidateConfig(fusion_k=fk,
                                                                                    fusion_weight=w)))}

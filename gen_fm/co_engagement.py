@@ -54,11 +54,6 @@ class CoEngagement:
         near = near[near >= 0]
         return near if n is None else near[:n]
 
-    def of_newest(self, history) -> list[int]:
-        """The titles most co-engaged with the newest title of `history` (ID rows, oldest first);
-        [] for an empty history."""
-        return self.of(int(history[-1])).tolist() if len(history) else []
-
     def of_recent(self, history, titles: int = RECENT_TITLES, decay: float = RECENT_DECAY,
                   exclude_history: bool = True) -> list[int]:
         """The titles most co-engaged with the member's `titles` newest history titles (ID rows,
@@ -160,5 +155,5 @@ def load_co_engagement(path: str | Path) -> CoEngagement:
         return CoEngagement(f.get_tensor("neighbours"), f.get_tensor("counts"), int(meta["window"]))
 
 
-__all__ = ["CO_ENGAGEMENT_FILE", "RECENT_DECAY", "RECENT_TITLES", "CoEngagement", "build_co_engagement", "co_engagement_of_split",
-           "load_co_engagement", "save_co_engagement"]
+__all__ = ["CO_ENGAGEMENT_FILE", "RECENT_DECAY", "RECENT_TITLES", "CoEngagement", "build_co_engagement",
+           "co_engagement_of_split", "load_co_engagement", "save_co_engagement"]

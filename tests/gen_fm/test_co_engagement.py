@@ -45,7 +45,7 @@ def test_recent_titles_sum_their_counts_with_decay_and_skip_the_history() -> Non
     # window 1 over 0 1 2 3 | 1 2 4 | 2 4 5: title 2's counts 1:2 4:2 3:1; title 1's 2:2 0:1
     table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([1, 2, 4]), np.array([2, 4, 5])], 6,
                                 window=1)
-    assert table.of_newest([1, 2]) == [1, 4, 3]  # the newest title's own list, history included
+    assert table.of(2).tolist() == [1, 4, 3]  # the newest title's own list, history included
     # 4: 2, 3: 1, 0: 0.5 * 1; 1 and 2 are the history
     assert table.of_recent([1, 2], titles=2, decay=0.5) == [4, 3, 0]
     assert table.of_recent([1, 2], titles=1) == [4, 3]  # the newest title alone, minus the history
