@@ -26,6 +26,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,6 +99,22 @@ class RecData:
 
     def item_titles(self) -> dict[str, str]:
         return dict(zip(self.catalog["item_id"], self.catalog["title"]))
+
+    def title_tags(self, skip: Callable[[str, str], bool] | None = None) -> dict[str, list[str]]:
+        """What members wrote about each title: item_id -> its distinct tags (stripped, lower-cased),
+        most often written first, then in the data's order; {} for data without tags. `skip(tag,
+        item_id)` leaves pairs out (a benchmark's held-out queries must not describe their answer)."""
+        inter = self.interactions
+        if "tag" not in inter.column_names:
+            return {}
+        tags = inter.filter(lambda k, t: k == "tag" and bool(t and t.strip()),
+                            input_columns=["kind", "tag"])
+        counts: dict[str, Counter] = {}
+        for item, tag in zip(tags["item_id"], tags["tag"]):
+            text = tag.strip().lower()
+            if skip is None or not skip(text, item):
+                counts.setdefault(item, Counter())[text] += 1
+        return {item: [t for t, _ in c.most_common()] for item, c in counts.items()}
 
 
 # --------------------------------------------------------------------------- locating data

@@ -186,13 +186,14 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
                    canvases: Sequence[str] = ("home", "search", "t2t", "collection"),
                    overrides: dict[str, Any] | None = None, full_finetune: bool = True,
                    candidates: bool = False, neighbourhood: int | None = None,
-                   command: str = "") -> dict[str, Any]:
+                   title_tags: bool = True, command: str = "") -> dict[str, Any]:
     """Every variant of every canvas (``benchmark_canvas``); returns the report, written to ``out``
     (default ``results/prompt_tuning/<dataset>.json``) after every canvas.
 
     ``overrides``: PromptTuningStageConfig fields for every canvas; ``candidates``: also judge every
     variant inside the context's candidate set; ``neighbourhood``: the size of a t2t source's
     candidate set (``CandidateConfig.source_candidates``; None: its default, as served);
+    ``title_tags``: False leaves members' tags out of the candidate index (the ablation);
     ``command``: recorded in the report.
     """
     import dataclasses
@@ -216,10 +217,14 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
         from prompt_tuning.candidates import CandidateConfig
         from prompt_tuning.train import candidate_index_for
 
-        index = candidate_index_for(gen, data, split, None if neighbourhood is None else
-                                    CandidateConfig(source_candidates=neighbourhood))
+        # held-out tag pairs depend on the seed and eval_fraction, which every canvas shares
+        index = candidate_index_for(gen, data, split,
+                                    PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvases[0]}),
+                                    None if neighbourhood is None else
+                                    CandidateConfig(source_candidates=neighbourhood),
+                                    title_tags=title_tags)
     report = {"benchmark": "prompt_tuning", "dataset": data.name, "model": str(model),
-              "command": command, "machine": machine_info(), "canvases": {}}
+              "command": command, "machine": machine_info(), "title_tags": title_tags, "canvases": {}}
     path = Path(out or f"results/prompt_tuning/{data.name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for canvas in canvases:

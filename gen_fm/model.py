@@ -6,6 +6,9 @@ as it is. The folder is self-sufficient for serving:
 - ``config.json`` + ``model.safetensors`` (+ ``generation_config.json``): the Llama model;
 - ``tokenizer.json`` + ``tokenizer_config.json``: WordLevel tokenizer over the model's layout;
 - ``semantic_ids/``: a copy of the ID artifact the model was trained with (the title <-> ID map);
+- ``co_engagement/table.safetensors`` and ``title_tags/tags.json``: facts of the training data that
+  serving needs and has no data for (which titles members watch together; what they wrote about
+  each title, for search);
 - ``manifest.json``: kind ``gen_fm``, the ``PretrainConfig``, the token layout, the sequence config,
   the ID artifact's manifest hash (parent), the data fingerprint, the training summary and the
   hashes of the payload files.
@@ -28,12 +31,15 @@ from gen_fm.tokenizer import PromptEncoder, build_tokenizer, check_tokenizer
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, EOS, PAD, TokenLayout
 from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
-                              read_manifest, require_files, write_json)
+                              read_json, read_manifest, require_files, write_json)
 from core.sequences import SequenceConfig
 
 KIND = "gen_fm"
 IDS_SUBDIR = "semantic_ids"
 _PAYLOAD = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+# What members wrote about each title (``RecData.title_tags``: item_id -> tags, most written first):
+# the search canvas's index matches queries against it. Keyed by item ID, so it survives new IDs.
+TITLE_TAGS_FILE = "title_tags/tags.json"
 
 
 def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int) -> int:
@@ -96,14 +102,17 @@ def num_parameters(model: torch.nn.Module) -> int:
 def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
                config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
                dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None,
-               data_end: int | None = None, co_engagement: CoEngagement | None = None) -> Path:
+               data_end: int | None = None, co_engagement: CoEngagement | None = None,
+               title_tags: dict[str, list[str]] | None = None) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
     `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
     refresh fine-tune started from) beside the ID artifact's. `data_end` is the newest event time
     (unix seconds) of the data the model was built from, None for data without timestamps:
     ``sidrec refresh`` treats later events as fresh. `co_engagement`: the training data's
-    co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving."""
+    co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving;
+    `title_tags`: what members wrote about each title (``RecData.title_tags``), likewise ({} or None:
+    the data has no tags, nothing is written)."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -123,6 +132,10 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
                                  f"the ID artifact {ids.num_items}")
             save_co_engagement(stage / CO_ENGAGEMENT_FILE, co_engagement)
             payload.append(CO_ENGAGEMENT_FILE)
+        if title_tags:
+            (stage / TITLE_TAGS_FILE).parent.mkdir(parents=True)
+            write_json(stage / TITLE_TAGS_FILE, title_tags)
+            payload.append(TITLE_TAGS_FILE)
         manifest = make_manifest(
             KIND, config,
             parents={IDS_SUBDIR: manifest_hash(ids.path), **(parents or {})},
@@ -158,6 +171,16 @@ class GenFM:
         """The training data's co-engagement table, or None for a folder written before it existed."""
         path = self.path / CO_ENGAGEMENT_FILE
         return load_co_engagement(path) if path.is_file() else None
+
+    def title_tags(self) -> dict[str, list[str]] | None:
+        """What members wrote about each title, or None (data without tags, or an older folder)."""
+        path = self.path / TITLE_TAGS_FILE
+        if not path.is_file():
+            return None
+        tags = read_json(path)
+        if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
+            raise ArtifactError(f"{path} is not an item_id -> list of tags map")
+        return tags
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -423,7 +423,8 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
                    parents={"init_from": parent["model_manifest"]} if parent else None,
                    data_end=data_end_time(data),
                    co_engagement=co_engagement_of_split(split, catalog_to_sid_rows(data, ids),
-                                                        ids.num_items))
+                                                        ids.num_items),
+                   title_tags=data.title_tags())
         why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
         accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")
     accelerator.wait_for_everyone()

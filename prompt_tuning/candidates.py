@@ -13,11 +13,18 @@ Westerns and a "star wars" search only titles about the query, ranked by the mem
   its nearest titles by title-text embedding up to ``source_candidates`` (content fills in where
   co-engagement is thin: a new or rarely watched source). Measured before it was served: inside a
   100-title neighbourhood t2t R@10 rises 40-55% on both datasets (BENCHMARKS.md).
-- **search:** a BM25 index (``bm25s``) over title words and categories, with the query's unknown
-  words expanded to the vocabulary words they begin ("pari" -> "paris"), fused by reciprocal rank
-  with the sentence-embedding match: the strong lexical matches (BM25 at least ``lexical_cutoff`` of
-  the best), at most ``search_candidates``, filled from the fused ranking up to ``min_candidates``.
-  A query with no lexical match falls back to the embedding match alone and says so.
+- **search:** BM25 indexes (``bm25s``) over title and category words, and over those plus what
+  members tagged each title with (the model folder's ``title_tags``; MovieLens tags), with the
+  query's unknown words expanded to the vocabulary words they begin ("pari" -> "paris"), fused by
+  reciprocal rank with the sentence-embedding match: the strong lexical matches (the titles holding
+  every word of a query of several words when some do, else BM25 at least ``lexical_cutoff`` of the
+  best), found among titles first and among tags only where titles have none, at most
+  ``search_candidates``, filled from the fused ranking up to ``min_candidates``.
+  A query with no lexical match falls back to the embedding match alone and says so. The
+  embedding match scores a title by the better of its title text and its tags (joined), so
+  "atmospheric" reaches titles members called "moody". Measured on the held-out MovieLens tag
+  queries, the tags double the share of results about the query (0.39 -> 0.77) with the same
+  recall (BENCHMARKS.md, "Search on tags").
 
 Everything is read from the ID artifact folder (titles, fused embeddings, embedder state), so a
 model folder's copy of it is all serving needs. Per-title categories are read back from the
@@ -31,7 +38,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -128,14 +135,78 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+class _LexicalField:
+    """One BM25 index (``bm25s``) over one document per title, with prefix expansion of unknown
+    query words ("pari" -> "paris") from its own vocabulary."""
+
+    def __init__(self, docs: list[list[str]], stop: frozenset[str], expansions: int) -> None:
+        import bm25s
+
+        self.stop, self.expansions = stop, expansions
+        self.words = [frozenset(d) for d in docs]
+        self.bm25 = bm25s.BM25()
+        self.bm25.index(docs, show_progress=False)
+        self.vocab = sorted({w for d in docs for w in d})
+        self.vocab_set = set(self.vocab)
+        self.df: dict[str, int] = {}
+        for d in self.words:
+            for w in d:
+                self.df[w] = self.df.get(w, 0) + 1
+
+    def groups(self, query: str) -> list[list[str]]:
+        """Per query word (stopwords left out): itself if the vocabulary has it, else the
+        vocabulary words it begins, most common first ([] when none)."""
+        out: list[list[str]] = []
+        for w in words(query):
+            if w in self.stop:
+                continue
+            if w in self.vocab_set:
+                out.append([w])
+                continue
+            lo = np.searchsorted(self.vocab, w)
+            hits = []
+            for v in self.vocab[lo:]:
+                if not v.startswith(w):
+                    break
+                hits.append(v)
+            hits.sort(key=lambda v: -self.df[v])
+            out.append(hits[: self.expansions])
+        return out
+
+    def scores(self, groups: list[list[str]]) -> np.ndarray:
+        """(N,) BM25 score of every title for the expanded query; 0 = no word in common."""
+        terms = [v for g in groups for v in g]
+        if not terms:
+            return np.zeros(len(self.words), dtype=np.float32)
+        return np.asarray(self.bm25.get_scores(terms), dtype=np.float32)
+
+    def strong(self, query: str, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, strong mask): for a query of several words the titles holding every one of
+        them ("tom hanks" is not any Tom), else those scoring at least `cutoff` of the best; an
+        all-False mask when nothing matches (or no title holds every word of several)."""
+        groups = self.groups(query)
+        lex = self.scores(groups)
+        hits = np.flatnonzero(lex > 0)
+        mask = np.zeros(lex.shape, dtype=bool)
+        if not hits.size:
+            return lex, mask
+        if len(groups) > 1:
+            sets = [set(g) for g in groups]
+            for r in hits.tolist():
+                mask[r] = all(g & self.words[r] for g in sets)
+            return lex, mask
+        return lex, lex >= cutoff * lex.max()
+
+
 class CandidateIndex:
     """Candidate sets for search queries and collection themes over one ID artifact."""
 
     def __init__(self, ids_dir: str | Path, text_encoder: Any = None,
-                 config: CandidateConfig | None = None, co_engagement: Any = None) -> None:
+                 config: CandidateConfig | None = None, co_engagement: Any = None,
+                 tags: Mapping[str, Sequence[str]] | None = None) -> None:
         """`co_engagement`: the model's ``gen_fm.co_engagement.CoEngagement`` (None: a source's
-        neighbourhood is its content neighbours alone, and ``for_source`` says so)."""
-        import bm25s
+        neighbourhood is its content neighbours alone, and ``for_source`` says so); `tags`: item_id
+        -> what members wrote about it (``GenFM.title_tags``; None: titles and categories only)."""
         from safetensors.numpy import load_file
 
         from semantic_ids.config import SemanticIDConfig
@@ -173,21 +244,26 @@ class CandidateIndex:
                     self.row_categories[r].append(name)
         self.text = text_encoder or TextEncoder(id_config.text_model, id_config.text_batch_size)
         titles = self.ids.titles or [""] * self.ids.num_items
-        # documents: title words + category words (a query for "horror" finds horror titles)
-        # stopwords are left out of documents and queries ("in netflix queue" is not about "in")
+        # per-row tags (titles the artifact does not hold are ignored: a tag file may be older)
+        self.row_tags: list[list[str]] = [[] for _ in range(self.ids.num_items)]
+        row_of = {iid: r for r, iid in enumerate(self.ids.item_ids)}
+        for item, item_tags in (tags or {}).items():
+            if item in row_of:
+                self.row_tags[row_of[item]] = [str(t) for t in item_tags]
+        self._tag_vecs: tuple[np.ndarray, np.ndarray] | None = None  # (rows, unit vectors), lazily
+        self._has_tags = any(self.row_tags)
+        # documents: title and category words (a query for "horror" finds horror titles), and a
+        # second field adding what members tagged the title with, which answers the queries the
+        # titles cannot (see ``for_query``). Stopwords are left out of documents and queries
+        # ("in netflix queue" is not about "in").
         self._stop = _stopwords()
         docs = [[w for w in words(t or "") + [w for c in cats for w in words(c)] if w not in self._stop]
                 for t, cats in zip(titles, self.row_categories)]
-        self._bm25 = bm25s.BM25()
-        self._bm25.index(docs, show_progress=False)
-        vocab = sorted({w for d in docs for w in d})
-        self._vocab = vocab
-        self._vocab_set = set(vocab)
-        df: dict[str, int] = {}
-        for d in docs:
-            for w in set(d):
-                df[w] = df.get(w, 0) + 1
-        self._df = df
+        self._fields = [_LexicalField(docs, self._stop, self.config.prefix_expansions)]
+        if self._has_tags:
+            self._fields.append(_LexicalField(
+                [d + [w for tag in row_tags for w in words(tag) if w not in self._stop]
+                 for d, row_tags in zip(docs, self.row_tags)], self._stop, self.config.prefix_expansions))
 
     # ------------------------------------------------------------------ themes
     def is_catalog_theme(self, theme: str) -> bool:
@@ -235,49 +311,45 @@ class CandidateIndex:
 
     # ------------------------------------------------------------------ search
     def expand(self, query: str) -> list[str]:
-        """Query words in the index's vocabulary; an unknown word becomes the words it begins."""
-        out: list[str] = []
-        for w in words(query):
-            if w in self._stop:
-                continue
-            if w in self._vocab_set:
-                out.append(w)
-                continue
-            lo = np.searchsorted(self._vocab, w)
-            hits = []
-            for v in self._vocab[lo:]:
-                if not v.startswith(w):
-                    break
-                hits.append(v)
-            hits.sort(key=lambda v: -self._df[v])
-            out.extend(hits[: self.config.prefix_expansions])
-        return out
-
-    def lexical_scores(self, query: str) -> np.ndarray:
-        """(N,) BM25 score of every title for the (expanded) query; 0 = no word in common."""
-        terms = self.expand(query)
-        if not terms:
-            return np.zeros(self.ids.num_items, dtype=np.float32)
-        return np.asarray(self._bm25.get_scores(terms), dtype=np.float32)
+        """Query words in the title vocabulary; an unknown word becomes the words it begins."""
+        return [v for g in self._fields[0].groups(query) for v in g]
 
     def for_query(self, query: str) -> Candidates:
-        """The best ``search_candidates`` titles for a query: BM25 fused with the embedding match."""
+        """The best ``search_candidates`` titles for a query: its strong lexical matches, best
+        first by BM25 fused with the embedding match.
+
+        Titles come first: the strong matches among title and category words when there are any
+        (a word query finds the titles that hold it, as without tags); else among titles, categories
+        and tags together ("atmospheric", "tom hanks": what members wrote answers what titles
+        cannot); else, for a query of several words that no title holds all of, the titles scoring
+        at least ``lexical_cutoff`` of the best over everything. No lexical match at all: the
+        embedding match alone, and the description says so."""
         if not query.strip():
             raise ValueError("the query is empty")
         n, k = self.config.search_candidates, self.config.rrf_k
-        lex = self.lexical_scores(query)
+        cutoff = self.config.lexical_cutoff
         semantic = self._semantic_order(query)
+        widest = self._fields[-1]
+        lex, strong = self._fields[0].strong(query, cutoff)
+        where = "its title"
+        if not strong.any() and len(self._fields) > 1:
+            lex, strong = widest.strong(query, cutoff)
+            where = "its title or tags"
+        if not strong.any():  # several words, no title holds them all: the best partial matches
+            lex = widest.scores(widest.groups(query))
+            strong = lex >= cutoff * lex.max() if (lex > 0).any() else strong
+            where = "its title or tags" if len(self._fields) > 1 else "its title"
         hits = np.flatnonzero(lex > 0)
         if hits.size == 0:
             return Candidates(semantic[:n], f"query {query.strip()!r}: no title shares a word with "
-                                            f"it; its {n} nearest titles by sentence embedding")
+                                            f"it{' (title, category or tag)' if self._has_tags else ''}; "
+                                            f"its {n} nearest titles by sentence embedding")
         lexical = hits[np.argsort(-lex[hits], kind="stable")]
         fused: dict[int, float] = {}
         for ranking in (lexical[: 4 * n], semantic[: 4 * n]):  # reciprocal rank fusion
             for rank, r in enumerate(ranking.tolist()):
                 fused[r] = fused.get(r, 0.0) + 1.0 / (k + rank + 1)
         order = sorted(fused, key=lambda r: (-fused[r], r))
-        strong = lex >= self.config.lexical_cutoff * lex[lexical[0]]
         # the strong lexical matches (best fused first), then, below min_candidates, the fused rest
         rows = [r for r in order if strong[r]][:n]
         filled = max(0, min(self.config.min_candidates, n) - len(rows))
@@ -285,15 +357,31 @@ class CandidateIndex:
         matched = int((lex[rows] > 0).sum())
         return Candidates(np.asarray(rows, dtype=np.int64),
                           f"query {query.strip()!r}: {len(rows)} titles ({matched} sharing a word "
-                          f"with it; BM25 fused with sentence-embedding similarity)")
+                          f"with it in {where}; BM25 fused with sentence-embedding similarity)")
 
     # ------------------------------------------------------------------ helpers
     def _semantic_order(self, text: str) -> np.ndarray:
+        """Every row, most similar to `text` first: the better of title-text and tag similarity."""
         q = _unit(np.asarray(self.text.encode([text.strip()]), dtype=np.float32))[0]  # (d,)
         if q.shape[0] != self.title_vecs.shape[1]:
             raise ValueError(f"the text encoder gives {q.shape[0]}-d vectors, the ID artifact's "
                              f"title text block is {self.title_vecs.shape[1]}-d")
-        return np.argsort(-(self.title_vecs @ q), kind="stable").astype(np.int64)
+        sims = self.title_vecs @ q  # (N,)
+        rows, vecs = self._tag_vectors()
+        if rows.size:
+            sims[rows] = np.maximum(sims[rows], vecs @ q)
+        return np.argsort(-sims, kind="stable").astype(np.int64)
+
+    def _tag_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with tags, their tags' joined text embedded), built on first use."""
+        if self._tag_vecs is None:
+            rows = np.asarray([r for r, t in enumerate(self.row_tags) if t], dtype=np.int64)
+            vecs = np.zeros((0, self.title_vecs.shape[1]), dtype=np.float32)
+            if rows.size:
+                texts = [", ".join(self.row_tags[r]) for r in rows.tolist()]
+                vecs = _unit(np.asarray(self.text.encode(texts), dtype=np.float32))
+            self._tag_vecs = (rows, vecs)
+        return self._tag_vecs
 
 
 __all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "fuse_all", "fuse_ranks", "fusion_scores",

@@ -43,11 +43,13 @@ def virtual_token(canvas: str, i: int) -> str:
 
 
 def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
-                    out_dir: str | Path, co_engagement: "CoEngagement | None" = None) -> Path:
+                    out_dir: str | Path, co_engagement: "CoEngagement | None" = None,
+                    title_tags: dict[str, list[str]] | None = None) -> Path:
     """Write ``out_dir``: the base model with every adapter's soft prompt as virtual-token rows.
 
-    The base folder's co-engagement table travels with it; `co_engagement` supplies one for a base
-    folder written before pretraining saved it (``prompt_tuning.train.co_engagement_for``)."""
+    The base folder's co-engagement table and title tags travel with it; `co_engagement` and
+    `title_tags` supply them for a base folder written before pretraining saved them
+    (``prompt_tuning.train.co_engagement_for``, ``RecData.title_tags``)."""
     from prompt_tuning.adapter import check_base, read_adapter  # imports peft: export time only
 
     gen = load_model(model_dir)
@@ -71,7 +73,8 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
                    data_fingerprint=gen.manifest["data"]["fingerprint"],
                    dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"],
                    data_end=gen.manifest["data"].get("time_end"),
-                   co_engagement=co_engagement if co_engagement is not None else gen.co_engagement())
+                   co_engagement=co_engagement if co_engagement is not None else gen.co_engagement(),
+                   title_tags=title_tags if title_tags is not None else gen.title_tags())
         lora_files = {}
         for info in loras:  # PEFT's LoRA folder as trained: vLLM and PEFT both load it as it is
             rel = f"{LORA_DIR}/{info.config.canvas}"

@@ -36,14 +36,21 @@ def co_engagement_for(gen, data, split):
     return table
 
 
-def candidate_index_for(gen, data, split, config=None):
+def candidate_index_for(gen, data, split, stage_config, config=None, title_tags: bool = True):
     """The ``CandidateIndex`` a canvas is trained and judged inside, as serving builds it
-    (`config`: a ``CandidateConfig``, default its defaults)."""
+    (`config`: a ``CandidateConfig``, default its defaults), except that its title tags come from
+    `data` without the (tag, title) pairs any canvas holds out under `stage_config` (a
+    ``PromptTuningStageConfig``: its seed and eval_fraction; ``CanvasSpec.holds_out_tag``);
+    `title_tags` False: no tags at all (an ablation)."""
     from gen_fm.model import IDS_SUBDIR
     from prompt_tuning.candidates import CandidateIndex
+    from prompt_tuning.canvases import CANVASES
 
+    rules = [spec.holds_out_tag for spec in CANVASES.values() if spec.holds_out_tag is not None]
+    tags = data.title_tags(lambda tag, item: any(rule(stage_config, tag, item) for rule in rules)) \
+        if title_tags else None
     return CandidateIndex(Path(gen.path) / IDS_SUBDIR, config=config,
-                          co_engagement=co_engagement_for(gen, data, split))
+                          co_engagement=co_engagement_for(gen, data, split), tags=tags)
 
 
 def model_split(gen, data_config):
@@ -89,7 +96,7 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     index = None
     # served inside its candidate sets: trained there, judged there (the index only when needed)
     if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
-        index = candidate_index_for(gen, data, split)
+        index = candidate_index_for(gen, data, split, config)
     allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)

@@ -156,6 +156,7 @@ class CanvasPrompts:
         self._candidates: Any = None  # CandidateIndex, built on first use
         # t2t neighbourhoods and the home row's fusion (None: content only, the model alone)
         self._co_engagement = gen.co_engagement()
+        self._title_tags = gen.title_tags()  # search matches what members wrote about titles
 
     # ------------------------------------------------------------------ public
     def num_virtual_tokens(self, canvas: str) -> int:
@@ -257,7 +258,8 @@ class CanvasPrompts:
             from prompt_tuning.candidates import CandidateIndex
 
             self._candidates = CandidateIndex(self.ids_dir, self._sentence_encoder(),
-                                              self.candidate_config, self._co_engagement)
+                                              self.candidate_config, self._co_engagement,
+                                              tags=self._title_tags)
         return self._candidates
 
     def _sentence_encoder(self) -> _MemoryTextEncoder:

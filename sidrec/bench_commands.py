@@ -97,7 +97,7 @@ def cmd_bench_canvases(args) -> int:
                    canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
                    overrides=parse_overrides(None, args.set), full_finetune=not args.no_full_finetune,
                    candidates=args.candidates, neighbourhood=args.neighbourhood,
-                   command=command_line(args))
+                   title_tags=not args.no_tags, command=command_line(args))
     return 0
 
 
@@ -229,6 +229,9 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbourhood", type=int, default=None, metavar="N",
                    help="titles in a t2t source's candidate set (half co-engaged, then nearest by "
                         "title text; default 100, as served)")
+    p.add_argument("--no-tags", action="store_true",
+                   help="candidate sets without what members tagged titles with (the ablation; "
+                        "served search matches tags)")
     add_threads_arg(p, 1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
 

@@ -226,17 +226,23 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
         adapters.append(train_canvas(model_dir, data_config, target, pc))
     if not adapters:
         return model_dir
+    from gen_fm.model import TITLE_TAGS_FILE
+
     served = root / "served"
+    tags = _title_tags(model_dir, data_config)  # None: the folder carries its own
+    has_tags = bool(tags) or (model_dir / TITLE_TAGS_FILE).is_file()
     want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
     try:
         parents = read_manifest(served, "gen_fm")["parents"]
         if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()) \
-                and (served / CO_ENGAGEMENT_FILE).is_file():
+                and (served / CO_ENGAGEMENT_FILE).is_file() \
+                and ((served / TITLE_TAGS_FILE).is_file() or not has_tags):
             console.print(f"reusing {served} (same model and soft prompts)")
             return served
     except Exception:
         pass
-    export_adapters(model_dir, adapters, served, co_engagement=_co_engagement(model_dir, data_config))
+    export_adapters(model_dir, adapters, served, co_engagement=_co_engagement(model_dir, data_config),
+                    title_tags=tags)
     console.print(f"servable folder, every canvas in one model: {served}")
     return served
 
@@ -250,6 +256,15 @@ def _co_engagement(model_dir: Path, data_config):
 
     gen = load_model(model_dir)
     return co_engagement_for(gen, *model_split(gen, data_config))
+
+
+def _title_tags(model_dir: Path, data_config):
+    """The base folder's title tags, read from its data when the folder predates them."""
+    from gen_fm.model import TITLE_TAGS_FILE
+
+    if (model_dir / TITLE_TAGS_FILE).is_file():
+        return None  # export carries the folder's own
+    return load_data(data_config).title_tags()
 
 
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:

@@ -130,6 +130,9 @@ class CanvasExample:
     text: str | None = None  # query or theme behind the context (search, collection)
     kind: str = ""  # "next", "tag", "word", "pair", "theme"
     source: int | None = None  # t2t source title
+    # Rows judged about the query beyond its words, for relevance figures only, never an input
+    # (search tags: the titles any member tagged with it, held-out pairs included).
+    relevant: frozenset[int] = frozenset()
 
     def prompt(self, encoder: PromptEncoder, canvas: str, history: bool = True) -> list[int]:
         """The prompt of ``canvas`` (a registered name: its spec says which canvas token)."""
@@ -230,6 +233,11 @@ class CanvasSpec:
     # A demonstration request for a member: (data, ids, history_rows, user) -> ExampleContext, or
     # None to skip that member; unset: no context, labelled with the name.
     example_context: Callable[..., ExampleContext | None] | None = None
+    # Held-out queries that are member tags: (PromptTuningStageConfig, tag, item_id) -> True where a
+    # held-out example asks that tag for that title. The candidate index a canvas is trained and
+    # judged inside (``prompt_tuning.train.candidate_index_for``) leaves such pairs out of its
+    # titles' tags, or the index would hold the answer to the question (search).
+    holds_out_tag: Callable[[Any, str, str], bool] | None = None
     # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
     # "soft_prompt" (virtual tokens), "lora" (where a soft prompt cannot learn to read the context)
     # or "none" (served by the frozen model, where no adapter measured beats it beyond noise: t2t).

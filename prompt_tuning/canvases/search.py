@@ -5,14 +5,17 @@ Two kinds of real queries, and why nothing held out leaks into training:
 
 - tags (MovieLens ``tags.csv``: a member typed this text about that title), with the member's
   history before the tag; the held-out part is a seeded share of the distinct (query, title) pairs,
-  so no held-out pair is seen in training;
+  so no held-out pair is seen in training, nor in the tags of the candidate index the canvas is
+  trained and judged inside (``holds_out_tag``; served, the index holds every tag);
 - partial title words ("pari" -> a title containing "Paris"), anonymous, so lexical relevance is
   learned; the held-out part is a seeded share of the *titles*, so a held-out title is never a
   word-query target in training.
 
 Queries are lower-cased (served ones too). Served, the query's titles are the candidates
-(``CandidateIndex.for_query``). Its own figures: lexical relevance per query kind, and how much the
-member's history moves the results of tag queries.
+(``CandidateIndex.for_query``: titles first, then what members tagged them with). Its own figures:
+relevance per query kind (a word query's results hold the word; a tag's were tagged with it by some
+member, or hold its words in their title and categories), and how much the member's history moves
+the results of tag queries.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gen_fm.dataset import to_sid_rows
+from prompt_tuning.candidates import words
 from prompt_tuning.canvases.base import (CanvasExample, CanvasSource, CanvasSpec, ExampleContext,
                                          Examples, hash_fraction, sample_examples)
 
@@ -64,6 +68,10 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
             item_row = {iid: i for i, iid in enumerate(data.catalog["item_id"])}
             member = {u: i for i, u in enumerate(split.sequences.user_ids)}
             seqs = split.sequences
+            tagged: dict[str, set[int]] = {}  # tag -> rows any member tagged with it (judgement)
+            for item, tag in zip(tags["item_id"], tags["tag"]):
+                if sid_rows[item_row[item]] >= 0:
+                    tagged.setdefault(tag.strip().lower(), set()).add(int(sid_rows[item_row[item]]))
             for user, item, tag, ts in zip(tags["user_id"], tags["item_id"], tags["tag"], tags["timestamp"]):
                 u, target = member.get(user), sid_rows[item_row[item]]
                 if u is None or target < 0:
@@ -73,8 +81,8 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
                                                 & (seqs.item_index[lo:hi] != item_row[item])]
                 text = tag.strip().lower()
                 ex = CanvasExample(to_sid_rows(before[-H:], sid_rows), int(target), user,
-                                   text=text, kind="tag")
-                (test if hash_fraction(seed, "tag", text, item) < frac else train).append(ex)
+                                   text=text, kind="tag", relevant=frozenset(tagged[text]))
+                (test if holds_out_tag(config, text, item) else train).append(ex)
     # ---- partial title words, anonymous: lexical relevance
     rng = np.random.default_rng(seed)
     for r, (item, title) in enumerate(zip(data.catalog["item_id"], data.catalog["title"])):
@@ -90,6 +98,11 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
     return train, test
 
 
+def holds_out_tag(config, text: str, item: str) -> bool:
+    """A seeded share (``eval_fraction``) of the distinct (tag, title) pairs is held out."""
+    return hash_fraction(config.seed, "tag", text, item) < config.eval_fraction
+
+
 def candidates(index, query: str):
     """BM25 over title words fused with the sentence-embedding match (``CandidateIndex``)."""
     return index.for_query(query)
@@ -98,12 +111,22 @@ def candidates(index, query: str):
 def metrics(data, ranked: list[list[int]], *, titles_lower, row_categories, k: int,
             ranked_anonymous: list[list[int]] | None = None) -> dict[str, Any]:
     """``lexical_relevance_<kind>``: the share of the top-K whose title contains the query text;
-    ``personalisation_shift_tag``: 1 - overlap of the top-K with and without the history (tags)."""
+    ``relevance_<kind>`` and ``relevance``: the share of the top-K about the query (a word query:
+    the title contains it; a tag: some member tagged the title with it, or its title and
+    categories hold every word of it), per kind and over every held-out query (0 for a query
+    answered with nothing); ``personalisation_shift_tag``: 1 - overlap of the top-K with and
+    without the history (tags)."""
     out: dict[str, Any] = {}
+    about: list[float] = []
     for kind in sorted({ex.kind for ex in data.test}):
         shares = [np.mean([ex.text in titles_lower[r] for r in rows[:k]]) if rows else 0.0
                   for ex, rows in zip(data.test, ranked) if ex.kind == kind]
         out[f"lexical_relevance_{kind}"] = float(np.mean(shares)) if shares else None
+        judged = [np.mean([_about(ex, r, titles_lower, row_categories) for r in rows[:k]])
+                  if rows else 0.0 for ex, rows in zip(data.test, ranked) if ex.kind == kind]
+        out[f"relevance_{kind}"] = float(np.mean(judged)) if judged else None
+        about += judged
+    out["relevance"] = float(np.mean(about)) if about else None
     if ranked_anonymous is not None:
         moved = [1.0 - len(set(a[:k]) & set(b[:k])) / k
                  for ex, a, b in zip(data.test, ranked, ranked_anonymous)
@@ -112,15 +135,29 @@ def metrics(data, ranked: list[list[int]], *, titles_lower, row_categories, k: i
     return out
 
 
+def _about(ex, row: int, titles_lower, row_categories) -> bool:
+    """Is title `row` about the query of `ex` (``metrics``' relevance judgement)?"""
+    if ex.kind != "tag":
+        return ex.text in titles_lower[row]
+    if row in ex.relevant:
+        return True
+    want = [w for w in words(ex.text) if len(w) > 2 and w not in _STOPWORDS]
+    have = set(words(titles_lower[row])) | {w for c in row_categories[row] for w in words(c.lower())}
+    return bool(want) and all(w in have for w in want)
+
+
 def example_context(data, ids, history_rows: list[int], user: str) -> ExampleContext:
-    """A real tag (the member's own if any, else the most common), else a title word as typed."""
-    tags = [(u, t) for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"],
-                                      data.interactions["kind"]) if k == "tag" and t]
+    """A real tag (the member's own if any, else the one the most members wrote: "atmospheric",
+    not one member's "in netflix queue"), else a title word as typed."""
+    tags = [(u, t.strip().lower()) for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"],
+                                                      data.interactions["kind"]) if k == "tag" and t]
     own = [t for u, t in tags if u == user]
     if own:
-        query = own[-1].strip().lower()
+        query = own[-1]
     elif tags:
-        query = Counter(t.strip().lower() for _, t in tags).most_common(1)[0][0]
+        writers = Counter(t for _, t in set(tags))  # distinct members per tag
+        uses = Counter(t for _, t in tags)
+        query = min(writers, key=lambda t: (-writers[t], -uses[t], t))
     else:  # no tags in this dataset: a word of a title the member knows, as typed ("pari")
         words = [w for r in history_rows for w in (ids.titles[r] or "").lower().split() if len(w) >= 5]
         query = words[-1][:5] if words else "gift"
@@ -129,4 +166,4 @@ def example_context(data, ids, history_rows: list[int], user: str) -> ExampleCon
 
 SPEC = CanvasSpec(name="search", token="search", build_examples=build_examples, context_field="query",
                   context_kind="text", lowercase=True, candidates=candidates, anonymous_kinds=("tag",),
-                  metrics=metrics, example_context=example_context)
+                  metrics=metrics, example_context=example_context, holds_out_tag=holds_out_tag)

@@ -29,6 +29,19 @@ def test_sequence_slice(beauty_small):
     assert beauty_small.catalog[0]["categories"][0] == "Beauty"
 
 
+def test_title_tags_say_what_members_wrote_about_each_title(ml_small, beauty_small):
+    tags = ml_small.title_tags()
+    inter = ml_small.interactions
+    raw = [(i, t) for i, t, k in zip(inter["item_id"], inter["tag"], inter["kind"]) if k == "tag"]
+    assert tags and sum(len(v) for v in tags.values()) == len({(i, t.strip().lower()) for i, t in raw})
+    assert all(t == t.strip().lower() and t for v in tags.values() for t in v)
+    item, first = next((i, v[0]) for i, v in tags.items() if len(v) > 1)
+    kept = ml_small.title_tags(skip=lambda tag, i: (tag, i) == (first, item))
+    assert kept[item] == tags[item][1:]  # only that pair left out
+    assert sum(map(len, kept.values())) == sum(map(len, tags.values())) - 1
+    assert beauty_small.title_tags() == {}  # no tags in the sequence layout
+
+
 def test_folder_of_datasets_needs_a_name(data_dir):
     with pytest.raises(DataError, match="holds several datasets"):
         resolve_data_dir(str(data_dir))

@@ -9,7 +9,7 @@ import torch
 from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, build_co_engagement, load_co_engagement,
                                   save_co_engagement)
 from gen_fm.config import PretrainConfig
-from gen_fm.model import build_model, load_model, save_model
+from gen_fm.model import TITLE_TAGS_FILE, build_model, load_model, save_model
 from gen_fm.tokenizer import model_layout
 from core.artifacts import ArtifactError
 from core.sequences import SequenceConfig
@@ -86,7 +86,11 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
         load_model(out)
     # a folder from before the table existed loads, and says it has none
     older = save_model(tmp_path / "older", model, layout, ids, config, SequenceConfig(max_history=5), **kw)
-    assert load_model(older).co_engagement() is None
+    assert load_model(older).co_engagement() is None and load_model(older).title_tags() is None
+    tagged = save_model(tmp_path / "tagged", model, layout, ids, config, SequenceConfig(max_history=5),
+                        title_tags={"t3": ["dark comedy", "funny"]}, **kw)
+    assert load_model(tagged).title_tags() == {"t3": ["dark comedy", "funny"]}
+    assert TITLE_TAGS_FILE in load_model(tagged).manifest["files"]
     with pytest.raises(ValueError, match="covers 3 titles"):
         save_model(tmp_path / "bad", model, layout, ids, config, SequenceConfig(max_history=5),
                    co_engagement=build_co_engagement([], 3), **kw)

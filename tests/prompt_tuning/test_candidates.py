@@ -60,10 +60,59 @@ def test_search_keeps_the_titles_sharing_the_query_words_and_expands_prefixes(wo
     assert with_word <= set(index.for_query(prefix).rows.tolist())
 
 
+def test_a_query_of_several_words_keeps_the_titles_holding_all_of_them_first(world) -> None:
+    index, ids, _, _ = world
+    title_words = [set(words(t)) - index._stop for t in ids.titles]
+    df: dict[str, int] = {}
+    for ws in title_words:
+        for w in ws:
+            df[w] = df.get(w, 0) + 1
+    # two words found together in one title and each also without the other
+    a, b = next((a, b) for ws in title_words for a in sorted(ws) for b in sorted(ws)
+                if a < b and a.isalpha() and b.isalpha() and df[a] > 1 and df[b] > 1)
+    both = {r for r, ws in enumerate(title_words) if {a, b} <= ws}
+    rows = index.for_query(f"{a} {b}").rows.tolist()
+    assert set(rows[: len(both)]) == both  # not every title with one of the words
+    assert len(rows) == max(len(both), 5)  # then filled from the fused ranking (min_candidates)
+
+
 def test_a_query_sharing_no_word_falls_back_to_the_embedding_and_says_so(world) -> None:
     index, _, _, _ = world
     c = index.for_query("zzqxv")
     assert "no title shares a word" in c.how and len(c.rows) == 12
+
+
+def test_tags_make_a_title_findable_by_what_members_wrote_about_it(world, slice_world) -> None:
+    from prompt_tuning.train import candidate_index_for, model_split
+    from prompt_tuning.config import PromptTuningStageConfig
+    from prompt_tuning.canvases.search import holds_out_tag
+
+    index, ids, _, model_dir = world
+    gen = load_model(model_dir)
+    folder_tags = gen.title_tags()  # pretraining wrote what the slice's members tagged
+    assert folder_tags and set(folder_tags) <= set(ids.item_ids)
+    title_words = {w for t in ids.titles for w in words(t)}
+    # a tag word found in no title: without tags the index cannot match it, with them it does
+    item, tag = next((i, t) for i, ts in sorted(folder_tags.items()) for t in ts
+                     if words(t) and all(w not in title_words and len(w) > 4 and w.isalpha() for w in words(t)))
+    row = ids.index_of(item)
+    assert "no title shares a word" in index.for_query(tag).how
+    tagged = CandidateIndex(ids.path, config=index.config, tags=folder_tags)
+    c = tagged.for_query(tag)
+    assert row in c.rows.tolist() and "in its title or tags" in c.how
+    assert all(any(w in words(" ".join(tagged.row_tags[r])) for w in words(tag)) for r in c.rows[:1])
+    # the embedding match reads tags too: the tag's own text puts its title near the top
+    assert row in tagged._semantic_order(tag)[:5].tolist()
+    # judged inside a benchmark: the held-out (tag, title) pairs are not in the index
+    data, split = model_split(gen, slice_world[4])
+    config = PromptTuningStageConfig(canvas="search")
+    judged = candidate_index_for(gen, data, split, config)
+    held = [(t, i) for i, ts in folder_tags.items() for t in ts if holds_out_tag(config, t, i)]
+    assert held
+    for t, i in held:
+        assert t not in judged.row_tags[ids.index_of(i)]
+    kept = sum(map(len, judged.row_tags))
+    assert 0 < kept < sum(map(len, tagged.row_tags))
 
 
 def test_decoding_inside_the_candidate_set_never_leaves_it(world) -> None:

@@ -96,6 +96,47 @@ def test_search_queries_are_real_and_the_heldout_pairs_are_unseen(world):
     assert not word_train & {ex.target for ex in cd.test if ex.kind == "word"}
 
 
+def test_search_relevance_judges_tags_by_what_members_wrote_and_words_by_the_title(world):
+    from prompt_tuning.canvases import CanvasData, get_canvas
+
+    data, _, ids, *_ = world
+    cd = _build(world, "search")
+    tag = next(ex for ex in cd.test if ex.kind == "tag")
+    word = next(ex for ex in cd.test if ex.kind == "word")
+    tagged = {r for r, i in enumerate(ids.item_ids)
+              if any(t.strip().lower() == tag.text for t, it, k in zip(data.interactions["tag"],
+                     data.interactions["item_id"], data.interactions["kind"]) if k == "tag" and it == i)}
+    assert tag.relevant == frozenset(tagged) and tag.target in tag.relevant  # its own pair counts
+    titles = [(t or "").lower() for t in ids.titles]
+    cats = [[] for _ in titles]
+    off_tag = next(r for r in range(len(titles)) if r not in tag.relevant
+                   and not all(w in titles[r] for w in tag.text.split()))
+    off_word = next(r for r in range(len(titles)) if word.text not in titles[r])
+    one = CanvasData(canvas="search", train=[], test=[tag, word], info={})
+    out = get_canvas("search").metrics(one, [[tag.target, off_tag], [word.target, off_word]],
+                                       titles_lower=titles, row_categories=cats, k=10)
+    assert out["relevance_tag"] == 0.5 and out["relevance_word"] == 0.5 and out["relevance"] == 0.5
+    out = get_canvas("search").metrics(one, [[tag.target], []], titles_lower=titles,
+                                       row_categories=cats, k=10)
+    assert out["relevance_tag"] == 1.0 and out["relevance_word"] == 0.0  # nothing answered: 0
+
+
+def test_search_demo_query_is_the_members_own_tag_else_the_one_most_members_wrote(world):
+    from collections import Counter
+
+    from prompt_tuning.canvases import get_canvas
+
+    data, _, ids, *_ = world
+    inter = data.interactions
+    tags = [(u, t.strip().lower()) for u, t, k in zip(inter["user_id"], inter["tag"], inter["kind"])
+            if k == "tag" and t]
+    demo = get_canvas("search").example_context
+    user = tags[0][0]
+    assert demo(data, ids, [], user).value == [t for u, t in tags if u == user][-1]
+    writers = Counter(t for _, t in set(tags))
+    assert writers[demo(data, ids, [], "nobody").value] == max(writers.values())
+
+
 def test_query_encoder_modes(world, slice_world):
     _, _, ids, _, enc, queries, _ = world
     title = next(t for t in ids.titles if t and t.lower().startswith("toy story"))

@@ -42,6 +42,10 @@ LORA_TARGET = 11  # the row the collection LoRA wants
 LORA_RANK = 4
 
 
+# What members wrote about two titles, in words no title holds: search finds them through the tags
+TITLE_TAGS = {"m33": ["heist gone wrong", "twisty"], "m07": ["heist"]}
+
+
 def write_catalog(root: Path) -> Path:
     """40 titles named "<Adjective> <Noun> (year)" (so "paris" matches five of them), MovieLens layout."""
     root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +97,8 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     histories = [np.asarray([ids.index_of(f"m{(u * 7 + j) % 40:02d}") for j in range(5)]) for u in range(6)]
     base = save_model(root / "base", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
                       data_fingerprint=data.fingerprint, dataset="tinyads", training={"steps": 0},
-                      co_engagement=build_co_engagement(histories, ids.num_items))
+                      co_engagement=build_co_engagement(histories, ids.num_items),
+                      title_tags=TITLE_TAGS)
     adapters = []
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
