@@ -94,9 +94,15 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
           f"({cd.info['train_kinds']})", flush=True)
     index = None
-    # served inside its candidate sets: trained there, judged there (the index only when needed)
+    # served inside its candidate sets: trained there, judged there (the index only when needed).
+    # IDs without the text modality have no content neighbours: serving then decodes a title
+    # context over the whole catalog (with a warning), and so the adapter is trained and judged.
     if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
-        index = candidate_index_for(gen, data, split, config)
+        if (gen.ids.manifest.get("config") or {}).get("text_weight", 0) > 0:
+            index = candidate_index_for(gen, data, split, config)
+        else:
+            print(f"{config.canvas}: these IDs have no text modality, so no candidate sets: trained "
+                  f"and judged over the whole catalog, as served", flush=True)
     allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)

@@ -240,7 +240,8 @@ class CanvasSpec:
     holds_out_tag: Callable[[Any, str, str], bool] | None = None
     # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
     # "soft_prompt" (virtual tokens), "lora" (where a soft prompt cannot learn to read the context)
-    # or "none" (served by the frozen model, where no adapter measured beats it beyond noise: t2t).
+    # or "none" (served by the frozen model, where no adapter measured beats it beyond noise: home,
+    # t2t).
     adapter: str = "soft_prompt"
 
     def __post_init__(self) -> None:

@@ -9,6 +9,11 @@ reciprocal rank with the titles most co-engaged with the history's 5 newest titl
 training events only). Measured on every member of both datasets, the fused row beats the model
 alone and the counts alone (BENCHMARKS.md, "The home row as served");
 ``ServingConfig.fusion_weight=0`` serves the model alone.
+
+Served by the frozen model (``adapter="none"``): no home soft prompt has beaten it beyond noise, on
+every training set tried (every training position, which pretraining already fit; each member's
+freshest positions and validation target), with or without the fusion (BENCHMARKS.md, "Home as
+served"). ``--set method=soft_prompt`` trains one anyway.
 """
 
 from __future__ import annotations
@@ -22,4 +27,5 @@ def build_examples(src: CanvasSource) -> Examples:
                     held_out_examples(src.split, src.sid_rows), {})
 
 
-SPEC = CanvasSpec(name="home", token="home", build_examples=build_examples, fuse_co_engaged=True)
+SPEC = CanvasSpec(name="home", token="home", build_examples=build_examples, fuse_co_engaged=True,
+                  adapter="none")

@@ -56,7 +56,7 @@ def world(tmp_path_factory):
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
         config = PromptTuningStageConfig(canvas=canvas, num_virtual_tokens=4, lr=0.05, epochs=10,
-                                         batch_size=16, seed=i, init="canvas_token")
+                                         batch_size=16, seed=i, init="canvas_token", method="soft_prompt")
         model = train_adapter(gen, _examples(gen, canvas), config)
         adapters[canvas] = save_adapter(root / f"adapter_{canvas}", model, gen, config,
                                         training={"examples": 48})
@@ -75,7 +75,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown"):
         PromptTuningStageConfig.from_json({"canvas": "home", "tokens": 3})
     # the method: the canvas's own unless the config says; adapters saved before were soft prompts
-    assert PromptTuningStageConfig(canvas="home").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig(canvas="search").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig(canvas="home").adapter_method == "none"  # served frozen
     assert PromptTuningStageConfig(canvas="collection").adapter_method == "lora"
     assert PromptTuningStageConfig(canvas="collection", method="soft_prompt").adapter_method == "soft_prompt"
     assert PromptTuningStageConfig.from_json({"canvas": "collection"}).adapter_method == "soft_prompt"
@@ -123,7 +124,7 @@ def test_training_lowers_loss_and_changes_no_base_weight(world):
     gen = load_model(base)
     before_weights = {k: v.clone() for k, v in gen.model.state_dict().items()}
     config = PromptTuningStageConfig(canvas="home", num_virtual_tokens=4, lr=0.05, epochs=10,
-                                     batch_size=16)
+                                     batch_size=16, method="soft_prompt")
     examples = _examples(gen, "home")
     L = gen.layout.sid_length
     untrained = adapter_loss(wrap(load_model(base), config), examples, L)
@@ -180,7 +181,9 @@ def test_canvas_token_init_and_position_headroom(world):
     row = gen.model.get_input_embeddings().weight[gen.layout.extra_id("<canvas_search>")]
     assert torch.equal(model.prompt_encoder["default"].embedding.weight, row.expand(3, -1))
     with pytest.raises(ValueError, match="headroom"):
-        wrap(load_model(base), PromptTuningStageConfig(num_virtual_tokens=17))
+        wrap(load_model(base), PromptTuningStageConfig(num_virtual_tokens=17, method="soft_prompt"))
+    with pytest.raises(ValueError, match="served by the frozen model"):
+        wrap(load_model(base), PromptTuningStageConfig(canvas="home"))
 
 
 def test_save_load_round_trip(world):
@@ -279,7 +282,7 @@ def test_export_recommend_parity_and_canvas_switch(world, exported):
 def test_bad_examples_are_refused(world):
     _, _, base, _, _ = world
     gen = load_model(base)
-    config = PromptTuningStageConfig(num_virtual_tokens=2, epochs=1)
+    config = PromptTuningStageConfig(num_virtual_tokens=2, epochs=1, method="soft_prompt")
     prompt = gen.prompt_encoder().encode([1, 2])
     with pytest.raises(ValueError, match="target tokens"):
         train_adapter(gen, [(prompt, [7, 8])], config)

@@ -36,9 +36,9 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
     got = {c: (s.token, s.context_field, s.context_kind, s.keeps_history, s.missing_context,
                s.requires_context, s.candidates is not None, s.metrics is not None, s.adapter)
            for c, s in CANVASES.items()}
-    # t2t asks the home question (the source as the newest history title) inside the source's
-    # neighbourhood, served by the frozen model: no adapter measured for it beat it beyond noise
-    assert got == {"home": ("home", None, None, True, "error", False, False, False, "soft_prompt"),
+    # home and t2t (the home question, the source as the newest history title, inside the source's
+    # neighbourhood) are served by the frozen model: no adapter measured for them beat it beyond noise
+    assert got == {"home": ("home", None, None, True, "error", False, False, False, "none"),
                    "search": ("search", "query", "text", True, "error", True, True, True, "soft_prompt"),
                    "t2t": ("home", "source", "title", True, "last_title", False, True, False, "none"),
                    "collection": ("collection", "theme", "text", True, "error", True, True, True,

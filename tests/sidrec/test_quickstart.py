@@ -17,7 +17,9 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
                                   "max_users": 25, "eval_users": 8, "examples": 1, "k": 5,
                                   "ids": TINY_IDS, "canvases": ["home", "t2t"],
                                   "backend": "transformers",
-                                  "prompts": {"max_train_examples": 64,
+                                  # home and t2t are served by the frozen model by default; a
+                                  # soft prompt each here, to go through training and export
+                                  "prompts": {"max_train_examples": 64, "method": "soft_prompt",
                                               "max_eval_examples": 16, "epochs": 1}}))
     out = tmp_path / "qs"
     argv = ["quickstart", "--data", str(data_dir), "--out", str(out), "--preset", str(preset)]
@@ -27,18 +29,29 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     assert report["num_users"] == 8 and report["invalid_rate"] == 0.0
     assert "recall@10" in report
     assert "5/5 recommendations" in first and " 5. " in first  # k=5 titles printed
-    # t2t is served by the frozen model (no adapter trained), its row still shown
-    assert "t2t: served by the frozen model" in first
-    assert "more like" in first and "(the frozen model" in first and "soft prompt" in first
+    assert "more like" in first and "soft prompt" in first
+    assert "t2t: these IDs have no text modality, so no candidate sets" in first  # as served
     assert len(list(out.glob("run-*/model/manifest.json"))) == 1
     served = out / "prompts" / "served"
-    assert json.loads((served / "adapters.json").read_text()).keys() == {"home"}
+    assert json.loads((served / "adapters.json").read_text()).keys() == {"home", "t2t"}
     assert (served / "co_engagement" / "table.safetensors").is_file()  # pretraining wrote it, export kept it
     assert not list(served.glob("*.safetensors"))[1:]  # vLLM reads every top-level one as weights
 
     assert main(argv) == 0  # everything is up to date: reused, not rebuilt
     second = capsys.readouterr().out
-    assert second.count("reusing") == 4  # IDs, model, the home soft prompt, the served folder
+    assert second.count("reusing") == 5  # IDs, model, the two soft prompts, the served folder
+
+    # by default neither canvas trains an adapter: the model folder itself is served
+    from core.data import DataConfig
+    from prompt_tuning.config import PromptTuningStageConfig
+    from sidrec.quickstart import stage_prompts
+
+    model_dir = next(out.glob("run-*/model"))
+    assert stage_prompts(model_dir, DataConfig(data_dir=str(data_dir), max_users=25), ["home", "t2t"],
+                         PromptTuningStageConfig(), tmp_path / "frozen") == model_dir
+    said = capsys.readouterr().out
+    assert "home: served by the frozen model" in said and "t2t: served by the frozen model" in said
+    assert not (tmp_path / "frozen").exists()
 
 
 def test_the_quickstart_config_holds_the_stages_configs():
