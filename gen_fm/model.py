@@ -111,8 +111,8 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
     (unix seconds) of the data the model was built from, None for data without timestamps:
     ``sidrec refresh`` treats later events as fresh. `co_engagement`: the training data's
     co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving;
-    `title_tags`: what members wrote about each title (``RecData.title_tags``), likewise ({} or None:
-    the data has no tags, nothing is written)."""
+    `title_tags`: what members wrote about each title (``RecData.title_tags``), likewise ({}: the
+    data has no tags, and the folder says so; None: nothing is written, as in older folders)."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -132,7 +132,7 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
                                  f"the ID artifact {ids.num_items}")
             save_co_engagement(stage / CO_ENGAGEMENT_FILE, co_engagement)
             payload.append(CO_ENGAGEMENT_FILE)
-        if title_tags:
+        if title_tags is not None:
             (stage / TITLE_TAGS_FILE).parent.mkdir(parents=True)
             write_json(stage / TITLE_TAGS_FILE, title_tags)
             payload.append(TITLE_TAGS_FILE)
@@ -173,7 +173,8 @@ class GenFM:
         return load_co_engagement(path) if path.is_file() else None
 
     def title_tags(self) -> dict[str, list[str]] | None:
-        """What members wrote about each title, or None (data without tags, or an older folder)."""
+        """What members wrote about each title ({}: the data has none), or None for a folder
+        written before pretraining saved it."""
         path = self.path / TITLE_TAGS_FILE
         if not path.is_file():
             return None

@@ -6,8 +6,12 @@ Westerns and a "star wars" search only titles about the query, ranked by the mem
 
 - **collection, catalog theme:** a theme that names a catalog category (genre, category path;
   case-insensitive) restricts to the titles that have it, all of them.
-- **collection, free-text theme:** otherwise the ``theme_candidates`` titles nearest to the theme's
-  sentence embedding (the ID artifact's own title-text embeddings and encoder).
+- **collection, free-text theme:** otherwise the titles matching its words as a search query's
+  strong matches do (below), but with titles and tags searched together for one word too (at
+  most ``theme_candidates``: "heist" gives the titles named or tagged so), filled up to
+  ``theme_fill`` from the fused ranking; or, when no title matches, the
+  ``theme_candidates`` titles nearest to the theme's sentence embedding (the ID artifact's own
+  title-text embeddings and encoder).
 - **title to title:** a source title's neighbourhood: its ``source_candidates // 2`` most
   co-engaged titles in training histories (the model folder's ``gen_fm.co_engagement`` table), then
   its nearest titles by title-text embedding up to ``source_candidates`` (content fills in where
@@ -16,10 +20,12 @@ Westerns and a "star wars" search only titles about the query, ranked by the mem
 - **search:** BM25 indexes (``bm25s``) over title and category words, and over those plus what
   members tagged each title with (the model folder's ``title_tags``; MovieLens tags), with the
   query's unknown words expanded to the vocabulary words they begin ("pari" -> "paris"), fused by
-  reciprocal rank with the sentence-embedding match: the strong lexical matches (the titles holding
-  every word of a query of several words when some do, else BM25 at least ``lexical_cutoff`` of the
-  best), found among titles first and among tags only where titles have none, at most
-  ``search_candidates``, filled from the fused ranking up to ``min_candidates``.
+  reciprocal rank with the sentence-embedding match: the strong lexical matches, at most
+  ``search_candidates``, filled from the fused ranking up to ``min_candidates``. For one word they
+  are the titles holding it (BM25 at least ``lexical_cutoff`` of the best), found among titles first
+  and among tags only where no title has it, so a word query finds the titles named by it; for
+  several words, the titles holding all of them in title, categories or tags ("time travel" is the
+  titles members tagged so, "tom hanks" not every Tom), else the best partial matches.
   A query with no lexical match falls back to the embedding match alone and says so. The
   embedding match scores a title by the better of its title text and its tags (joined), so
   "atmospheric" reaches titles members called "moody". Measured on the held-out MovieLens tag
@@ -52,15 +58,19 @@ class CandidateConfig:
     """How large a context's candidate set is (the knobs a canvas exposes)."""
 
     search_candidates: int = 30  # most titles a search query makes eligible
-    # Titles whose BM25 score is at least this share of the best one are the query's lexical
-    # matches ("star wars" keeps titles with both words before titles with one of them).
+    # Titles whose BM25 score is at least this share of the best one are a one-word query's lexical
+    # matches (and a query of several words' when no title holds all of them).
     lexical_cutoff: float = 0.6
     # A query with fewer lexical matches than this is filled up to it from the fused ranking
     # (BM25 and sentence embedding). 1 = no filling: a query that matches titles gets those titles
     # only (fewer than K come back with a reason), since the model would otherwise often prefer a
     # popular fill title to a match; a query matching none gets its nearest titles by embedding.
     min_candidates: int = 1
-    theme_candidates: int = 100  # titles a free-text (non-catalog) theme makes eligible
+    theme_candidates: int = 100  # most titles a free-text (non-catalog) theme makes eligible
+    # A free-text theme matching fewer titles is filled up to this from its fused ranking (BM25
+    # and sentence embedding), so a collection row is full; not to theme_candidates, since the
+    # model would then often prefer a popular fill title to a match ("heist": Spider-Man).
+    theme_fill: int = 20
     # Titles a t2t source makes eligible: half its most co-engaged, the rest its content neighbours.
     source_candidates: int = 100
     # A t2t row fuses the model's ranking with the neighbourhood's own order (co-engagement counts)
@@ -74,7 +84,7 @@ class CandidateConfig:
 
     def __post_init__(self) -> None:
         for name in ("search_candidates", "theme_candidates", "source_candidates", "rrf_k",
-                     "prefix_expansions", "min_candidates"):
+                     "prefix_expansions", "min_candidates", "theme_fill"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fusion_k < 0 or self.fusion_weight < 0:
@@ -279,9 +289,18 @@ class CandidateIndex:
             name = self.categories[[c.lower() for c in self.categories].index(key)]
             return Candidates(rows, f"catalog theme {name!r}: {len(rows)} titles")
         n = self.config.theme_candidates
-        order = self._semantic_order(theme)[:n]
-        return Candidates(order, f"free-text theme {theme.strip()!r} (not a catalog category): "
-                                 f"its {len(order)} nearest titles by sentence embedding")
+        semantic = self._semantic_order(theme)
+        rows, rest, where = self._matches(theme, semantic, n, titles_first=False)
+        if rows:  # the words members use for it ("heist") find its titles better than the embedding
+            matched = len(rows)
+            rows += rest[: max(0, min(self.config.theme_fill, n) - matched)]
+            filled = f", then {len(rows) - matched} nearest by BM25 and embedding" if len(rows) > matched else ""
+            return Candidates(np.asarray(rows, dtype=np.int64),
+                              f"free-text theme {theme.strip()!r} (not a catalog category): the "
+                              f"{matched} titles matching it in {where}{filled}")
+        return Candidates(semantic[:n], f"free-text theme {theme.strip()!r} (not a catalog category, "
+                                        f"no title matches its words): its {n} nearest titles by "
+                                        f"sentence embedding")
 
     # ------------------------------------------------------------------ titles
     def for_title(self, row: int, n: int) -> np.ndarray:
@@ -315,49 +334,69 @@ class CandidateIndex:
         return [v for g in self._fields[0].groups(query) for v in g]
 
     def for_query(self, query: str) -> Candidates:
-        """The best ``search_candidates`` titles for a query: its strong lexical matches, best
-        first by BM25 fused with the embedding match.
-
-        Titles come first: the strong matches among title and category words when there are any
-        (a word query finds the titles that hold it, as without tags); else among titles, categories
-        and tags together ("atmospheric", "tom hanks": what members wrote answers what titles
-        cannot); else, for a query of several words that no title holds all of, the titles scoring
-        at least ``lexical_cutoff`` of the best over everything. No lexical match at all: the
-        embedding match alone, and the description says so."""
+        """The best ``search_candidates`` titles for a query: its strong lexical matches (see
+        ``_matches``), best first by BM25 fused with the embedding match, filled from that fused
+        ranking up to ``min_candidates``. No lexical match at all: the embedding match alone, and
+        the description says so."""
         if not query.strip():
             raise ValueError("the query is empty")
-        n, k = self.config.search_candidates, self.config.rrf_k
-        cutoff = self.config.lexical_cutoff
+        n = self.config.search_candidates
         semantic = self._semantic_order(query)
-        widest = self._fields[-1]
-        lex, strong = self._fields[0].strong(query, cutoff)
-        where = "its title"
-        if not strong.any() and len(self._fields) > 1:
-            lex, strong = widest.strong(query, cutoff)
-            where = "its title or tags"
-        if not strong.any():  # several words, no title holds them all: the best partial matches
-            lex = widest.scores(widest.groups(query))
-            strong = lex >= cutoff * lex.max() if (lex > 0).any() else strong
-            where = "its title or tags" if len(self._fields) > 1 else "its title"
-        hits = np.flatnonzero(lex > 0)
-        if hits.size == 0:
+        rows, rest, where = self._matches(query, semantic, n)
+        if not rows:
             return Candidates(semantic[:n], f"query {query.strip()!r}: no title shares a word with "
                                             f"it{' (title, category or tag)' if self._has_tags else ''}; "
                                             f"its {n} nearest titles by sentence embedding")
+        strong = len(rows)
+        rows += rest[: max(0, min(self.config.min_candidates, n) - len(rows))]
+        return Candidates(np.asarray(rows, dtype=np.int64),
+                          f"query {query.strip()!r}: {len(rows)} titles ({strong} matching it in "
+                          f"{where}; BM25 fused with sentence-embedding similarity)")
+
+    def _matches(self, text: str, semantic: np.ndarray, n: int, titles_first: bool = True
+                 ) -> tuple[list[int], list[int], str]:
+        """(strong lexical matches, at most `n`, then the other fused rows; where they matched).
+
+        `titles_first` False (collection themes, sets rather than lookups): one word is matched in
+        titles, categories and tags together.
+
+        Strong matches: for one word, among title and category words when any title holds it (a
+        word query finds the titles that hold it, as without tags; a word that is no title word
+        but a tag, "twist", also gets its tagged titles beside the titles it begins a word of),
+        else among tags ("atmospheric": what members wrote answers what titles cannot); for several
+        words, the titles holding all of them in their title, categories or tags ("time travel",
+        "tom hanks": not every Tom), else those scoring at least ``lexical_cutoff`` of the best over
+        everything. Each list is ordered by BM25 fused by reciprocal rank with the embedding match
+        (``semantic``); every strong match is kept, also one that neither ranking's head holds."""
+        cutoff, k = self.config.lexical_cutoff, self.config.rrf_k
+        titles, widest = self._fields[0], self._fields[-1]
+        query_words = [w for w in words(text) if w not in self._stop]
+        several = len(widest.groups(text)) > 1
+        field = widest if several or not titles_first else titles
+        lex, strong = field.strong(text, cutoff)
+        if field is titles and widest is not titles and len(query_words) == 1 \
+                and query_words[0] not in titles.vocab_set \
+                and query_words[0] in widest.vocab_set:  # a tag word, not a title word: both
+            tag_lex, tag_strong = widest.strong(text, cutoff)
+            lex, strong, field = lex + tag_lex, strong | tag_strong, widest
+        if not strong.any() and field is not widest:
+            field = widest
+            lex, strong = widest.strong(text, cutoff)
+        if not strong.any():  # several words that no title holds together: the best partial matches
+            field = widest
+            lex = widest.scores(widest.groups(text))
+            strong = lex >= cutoff * lex.max() if (lex > 0).any() else strong
+        where = "its title" if field is self._fields[0] or not self._has_tags else "its title or tags"
+        hits = np.flatnonzero(lex > 0)
+        if not hits.size:
+            return [], [], where
         lexical = hits[np.argsort(-lex[hits], kind="stable")]
-        fused: dict[int, float] = {}
+        fused: dict[int, float] = {int(r): 0.0 for r in np.flatnonzero(strong)}  # every strong row
         for ranking in (lexical[: 4 * n], semantic[: 4 * n]):  # reciprocal rank fusion
             for rank, r in enumerate(ranking.tolist()):
                 fused[r] = fused.get(r, 0.0) + 1.0 / (k + rank + 1)
-        order = sorted(fused, key=lambda r: (-fused[r], r))
-        # the strong lexical matches (best fused first), then, below min_candidates, the fused rest
-        rows = [r for r in order if strong[r]][:n]
-        filled = max(0, min(self.config.min_candidates, n) - len(rows))
-        rows += [r for r in order if not strong[r]][:filled]
-        matched = int((lex[rows] > 0).sum())
-        return Candidates(np.asarray(rows, dtype=np.int64),
-                          f"query {query.strip()!r}: {len(rows)} titles ({matched} sharing a word "
-                          f"with it in {where}; BM25 fused with sentence-embedding similarity)")
+        order = sorted(fused, key=lambda r: (-fused[r], -lex[r], r))
+        return [r for r in order if strong[r]][:n], [r for r in order if not strong[r]], where
 
     # ------------------------------------------------------------------ helpers
     def _semantic_order(self, text: str) -> np.ndarray:

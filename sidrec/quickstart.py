@@ -230,13 +230,12 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
 
     served = root / "served"
     tags = _title_tags(model_dir, data_config)  # None: the folder carries its own
-    has_tags = bool(tags) or (model_dir / TITLE_TAGS_FILE).is_file()
     want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
     try:
         parents = read_manifest(served, "gen_fm")["parents"]
         if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()) \
                 and (served / CO_ENGAGEMENT_FILE).is_file() \
-                and ((served / TITLE_TAGS_FILE).is_file() or not has_tags):
+                and (served / TITLE_TAGS_FILE).is_file():
             console.print(f"reusing {served} (same model and soft prompts)")
             return served
     except Exception:
@@ -259,12 +258,15 @@ def _co_engagement(model_dir: Path, data_config):
 
 
 def _title_tags(model_dir: Path, data_config):
-    """The base folder's title tags, read from its data when the folder predates them."""
-    from gen_fm.model import TITLE_TAGS_FILE
+    """The base folder's title tags, read from its data (a ``DataConfig`` or ``RecData``, as
+    ``model_split`` takes) when the folder predates them."""
+    from gen_fm.model import TITLE_TAGS_FILE, load_model
+    from prompt_tuning.train import model_split
 
     if (model_dir / TITLE_TAGS_FILE).is_file():
         return None  # export carries the folder's own
-    return load_data(data_config).title_tags()
+    data, _ = model_split(load_model(model_dir), data_config)
+    return data.title_tags()
 
 
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:

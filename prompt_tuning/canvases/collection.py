@@ -31,7 +31,7 @@ def build_examples(src: CanvasSource) -> Examples:
 
 
 def candidates(index, theme: str):
-    """Every title of a catalog theme; a free-text theme's nearest titles."""
+    """Every title of a catalog theme; a free-text theme's matching titles, else its nearest."""
     return index.for_theme(theme)
 
 

@@ -99,12 +99,15 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
 
 
 def holds_out_tag(config, text: str, item: str) -> bool:
-    """A seeded share (``eval_fraction``) of the distinct (tag, title) pairs is held out."""
-    return hash_fraction(config.seed, "tag", text, item) < config.eval_fraction
+    """A seeded share (``eval_fraction``) of the distinct (tag, title) pairs is held out, a tag
+    keyed by its words: "bad-ass" and "bad ass" on one title are held out together, or one would
+    answer the other through the index (it matches words)."""
+    return hash_fraction(config.seed, "tag", " ".join(words(text)), item) < config.eval_fraction
 
 
 def candidates(index, query: str):
-    """BM25 over title words fused with the sentence-embedding match (``CandidateIndex``)."""
+    """BM25 over titles, categories and members' tags fused with the sentence-embedding match
+    (``CandidateIndex.for_query``)."""
     return index.for_query(query)
 
 

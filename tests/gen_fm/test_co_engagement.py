@@ -91,6 +91,9 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
                         title_tags={"t3": ["dark comedy", "funny"]}, **kw)
     assert load_model(tagged).title_tags() == {"t3": ["dark comedy", "funny"]}
     assert TITLE_TAGS_FILE in load_model(tagged).manifest["files"]
+    untagged = save_model(tmp_path / "untagged", model, layout, ids, config, SequenceConfig(max_history=5),
+                          title_tags={}, **kw)  # data without tags: the folder says so
+    assert load_model(untagged).title_tags() == {}
     with pytest.raises(ValueError, match="covers 3 titles"):
         save_model(tmp_path / "bad", model, layout, ids, config, SequenceConfig(max_history=5),
                    co_engagement=build_co_engagement([], 3), **kw)

@@ -34,11 +34,22 @@ def test_a_catalog_theme_is_every_title_with_that_category(world) -> None:
     assert index.is_catalog_theme("comedy") and not index.is_catalog_theme("space opera")
 
 
-def test_a_free_text_theme_is_its_semantic_neighbourhood_of_the_configured_size(world) -> None:
-    index, _, _, _ = world
-    c = index.for_theme("a heist that goes wrong")
+def test_a_free_text_theme_is_the_titles_matching_it_else_its_semantic_neighbourhood(world) -> None:
+    index, ids, _, _ = world
+    c = index.for_theme("zzqxv qqvzz")  # no title shares a word: the configured neighbourhood size
     assert len(c.rows) == 7 and len(set(c.rows.tolist())) == 7
-    assert "not a catalog category" in c.how
+    assert "not a catalog category, no title matches its words" in c.how
+    # a word of a few titles: those titles first, filled up to theme_fill (here theme_candidates, 7)
+    counts: dict[str, int] = {}
+    for t in ids.titles:
+        for w in set(words(t)) - index._stop:
+            counts[w] = counts.get(w, 0) + 1
+    word = next(w for w, n in sorted(counts.items()) if n == 3 and len(w) >= 5 and w.isalpha())
+    c = index.for_theme(word)
+    assert set(c.rows[:3].tolist()) == {r for r, t in enumerate(ids.titles) if word in words(t)}
+    assert len(c.rows) == 7 and "the 3 titles matching it in its title, then 4 nearest" in c.how
+    with pytest.raises(ValueError, match="theme_fill"):
+        CandidateConfig(theme_fill=0)
     with pytest.raises(ValueError, match="empty"):
         index.for_theme("  ")
 
@@ -101,6 +112,8 @@ def test_tags_make_a_title_findable_by_what_members_wrote_about_it(world, slice_
     c = tagged.for_query(tag)
     assert row in c.rows.tolist() and "in its title or tags" in c.how
     assert all(any(w in words(" ".join(tagged.row_tags[r])) for w in words(tag)) for r in c.rows[:1])
+    # a free-text collection theme in the members' words finds it too
+    assert row in tagged.for_theme(tag).rows.tolist() and "title or tags" in tagged.for_theme(tag).how
     # the embedding match reads tags too: the tag's own text puts its title near the top
     assert row in tagged._semantic_order(tag)[:5].tolist()
     # judged inside a benchmark: the held-out (tag, title) pairs are not in the index

@@ -197,6 +197,8 @@ def test_contexts_restrict_the_titles_to_their_candidate_set(rec, tiny_exported_
     heist = rec.recommend([], canvas="search", query="Heist gone wrong", k=5)
     assert ids_of(heist) == ["m33"] and "in its title or tags" in heist.candidates  # every word: m33 alone
     assert set(ids_of(rec.recommend([], canvas="search", query="heist", k=5))) == {"m07", "m33"}
+    golden = {f"m{i:02d}" for i in range(40) if "Golden" in rec.ids.title(f"m{i:02d}")}
+    assert set(ids_of(rec.recommend([], canvas="search", query="gold", k=10))) == golden | {"m33"}
     assert rec.recommend(HISTORY, canvas="home", k=5).candidates is None
     # the switch off: contexts only add prompt tokens, every title is eligible again
     off = Recommender.from_pretrained(tiny_exported_dir, backend="transformers", candidate_sets=False, **COMMON)

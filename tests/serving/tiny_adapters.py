@@ -43,7 +43,8 @@ LORA_RANK = 4
 
 
 # What members wrote about two titles, in words no title holds: search finds them through the tags
-TITLE_TAGS = {"m33": ["heist gone wrong", "twisty"], "m07": ["heist"]}
+# ("gold" begins "Golden" but is no title word: it gets the Golden titles and m33)
+TITLE_TAGS = {"m33": ["heist gone wrong", "twisty", "gold"], "m07": ["heist"]}
 
 
 def write_catalog(root: Path) -> Path:
