@@ -211,15 +211,14 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
         raise ValueError(f"{model} was trained on other data than {data.path}")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
+    configs = {c: PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}) for c in canvases}
     index = None
-    if candidates or any(PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}).train_in_candidates
-                         for c in canvases):
+    if candidates or any(config.train_in_candidates for config in configs.values()):
         from prompt_tuning.candidates import CandidateConfig
         from prompt_tuning.train import candidate_index_for
 
         # held-out tag pairs depend on the seed and eval_fraction, which every canvas shares
-        index = candidate_index_for(gen, data, split,
-                                    PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvases[0]}),
+        index = candidate_index_for(gen, data, split, configs[canvases[0]],
                                     None if neighbourhood is None else
                                     CandidateConfig(source_candidates=neighbourhood),
                                     title_tags=title_tags)
@@ -228,7 +227,7 @@ def bench_canvases(*, model: str, out: str | None = None, data_dir: str | None =
     path = Path(out or f"results/prompt_tuning/{data.name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     for canvas in canvases:
-        config = PromptTuningStageConfig(**{**(overrides or {}), "canvas": canvas})
+        config = configs[canvas]
         print(f"== {canvas}", flush=True)
         report["canvases"][canvas] = benchmark_canvas(model, data, split, canvas, config,
                                                       full_finetune=full_finetune,

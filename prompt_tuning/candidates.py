@@ -256,12 +256,10 @@ class CandidateIndex:
         titles = self.ids.titles or [""] * self.ids.num_items
         # per-row tags (titles the artifact does not hold are ignored: a tag file may be older)
         self.row_tags: list[list[str]] = [[] for _ in range(self.ids.num_items)]
-        row_of = {iid: r for r, iid in enumerate(self.ids.item_ids)}
         for item, item_tags in (tags or {}).items():
-            if item in row_of:
-                self.row_tags[row_of[item]] = [str(t) for t in item_tags]
+            if item in self.ids:
+                self.row_tags[self.ids.index_of(item)] = [str(t) for t in item_tags]
         self._tag_vecs: tuple[np.ndarray, np.ndarray] | None = None  # (rows, unit vectors), lazily
-        self._has_tags = any(self.row_tags)
         # documents: title and category words (a query for "horror" finds horror titles), and a
         # second field adding what members tagged the title with, which answers the queries the
         # titles cannot (see ``for_query``). Stopwords are left out of documents and queries
@@ -270,10 +268,14 @@ class CandidateIndex:
         docs = [[w for w in words(t or "") + [w for c in cats for w in words(c)] if w not in self._stop]
                 for t, cats in zip(titles, self.row_categories)]
         self._fields = [_LexicalField(docs, self._stop, self.config.prefix_expansions)]
-        if self._has_tags:
+        if any(self.row_tags):  # a second field only where there are tags: self._has_tags
             self._fields.append(_LexicalField(
                 [d + [w for tag in row_tags for w in words(tag) if w not in self._stop]
                  for d, row_tags in zip(docs, self.row_tags)], self._stop, self.config.prefix_expansions))
+
+    @property
+    def _has_tags(self) -> bool:
+        return len(self._fields) > 1
 
     # ------------------------------------------------------------------ themes
     def is_catalog_theme(self, theme: str) -> bool:
@@ -374,7 +376,7 @@ class CandidateIndex:
         several = len(widest.groups(text)) > 1
         field = widest if several or not titles_first else titles
         lex, strong = field.strong(text, cutoff)
-        if field is titles and widest is not titles and len(query_words) == 1 \
+        if field is titles and self._has_tags and len(query_words) == 1 \
                 and query_words[0] not in titles.vocab_set \
                 and query_words[0] in widest.vocab_set:  # a tag word, not a title word: both
             tag_lex, tag_strong = widest.strong(text, cutoff)
@@ -386,7 +388,7 @@ class CandidateIndex:
             field = widest
             lex = widest.scores(widest.groups(text))
             strong = lex >= cutoff * lex.max() if (lex > 0).any() else strong
-        where = "its title" if field is self._fields[0] or not self._has_tags else "its title or tags"
+        where = "its title" if field is titles else "its title or tags"
         hits = np.flatnonzero(lex > 0)
         if not hits.size:
             return [], [], where

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from itertools import groupby
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,27 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from eval.bench_canvases import bench_canvases  # noqa: E402
-from gen_fm.dataset import to_sid_rows  # noqa: E402
 from prompt_tuning.canvases import register  # noqa: E402
 from prompt_tuning.canvases import home  # noqa: E402
-from prompt_tuning.canvases.base import CanvasExample, Examples, held_out_examples  # noqa: E402
+from prompt_tuning.canvases.base import Examples, held_out_examples, next_title_examples  # noqa: E402
 
 
 def recent_examples(positions: int):
     """The home canvas's examples builder, restricted to the freshest positions (see above)."""
 
     def build(src) -> Examples:
-        split, rows, H = src.split, src.sid_rows, src.split.max_history
-        train = []
-        for u in range(len(split.sequences)):
-            items = to_sid_rows(split.train_items(u), rows)
-            user = split.sequences.user_ids[u]
-            for j in range(max(1, len(items) - positions), len(items)):
-                train.append(CanvasExample(items[max(0, j - H): j], int(items[j]), user, kind="next"))
-        val = split.examples("valid")
-        train += [CanvasExample(to_sid_rows(h, rows), int(to_sid_rows([t], rows)[0]),
-                                split.sequences.user_ids[u], kind="next")
-                  for u, h, t in zip(val.users, val.histories, val.targets)]
+        split, rows = src.split, src.sid_rows
+        every = next_title_examples(split, rows, split.max_history)  # each member's, oldest first
+        train = [ex for _, mine in groupby(every, key=lambda ex: ex.user)
+                 for ex in list(mine)[-positions:] if positions]
+        train += held_out_examples(split, rows, "valid")
         return Examples(train, held_out_examples(split, rows), {"recent_positions": positions})
 
     return build

@@ -315,9 +315,10 @@ def next_title_examples(split: Split, sid_rows: np.ndarray, max_history: int) ->
     return out
 
 
-def held_out_examples(split: Split, sid_rows: np.ndarray) -> list[CanvasExample]:
-    """Each member's leave-one-out test target after their history (never trained on)."""
-    ex = split.examples("test")
+def held_out_examples(split: Split, sid_rows: np.ndarray, part: str = "test") -> list[CanvasExample]:
+    """Each member's leave-one-out test target after their history (never trained on); `part`
+    "valid": the validation target instead."""
+    ex = split.examples(part)
     return [CanvasExample(to_sid_rows(h, sid_rows), int(to_sid_rows([t], sid_rows)[0]),
                           split.sequences.user_ids[u], kind="next")
             for u, h, t in zip(ex.users, ex.histories, ex.targets)]

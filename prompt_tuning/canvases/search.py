@@ -69,9 +69,10 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
             member = {u: i for i, u in enumerate(split.sequences.user_ids)}
             seqs = split.sequences
             tagged: dict[str, set[int]] = {}  # tag -> rows any member tagged with it (judgement)
-            for item, tag in zip(tags["item_id"], tags["tag"]):
-                if sid_rows[item_row[item]] >= 0:
-                    tagged.setdefault(tag.strip().lower(), set()).add(int(sid_rows[item_row[item]]))
+            for item, item_tags in data.title_tags().items():
+                for tag in item_tags:
+                    if sid_rows[item_row[item]] >= 0:
+                        tagged.setdefault(tag, set()).add(int(sid_rows[item_row[item]]))
             for user, item, tag, ts in zip(tags["user_id"], tags["item_id"], tags["tag"], tags["timestamp"]):
                 u, target = member.get(user), sid_rows[item_row[item]]
                 if u is None or target < 0:
