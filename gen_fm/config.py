@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SCHEDULES = ("cosine", "linear", "constant")
+# How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
+# token whose embedding is its codes' embeddings summed plus a learned identity.
+HISTORY_TOKENS = ("codes", "titles")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
 SELECTIONS = ("within-se", "best", "last")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -64,6 +67,17 @@ class PretrainConfig:
     # default: on amazon-beauty 2,000 buckets cost 14% of test Recall@10 (0.0364 vs 0.0423, same
     # recipe; BENCHMARKS.md): the token lets the model memorise members' training contexts.
     num_user_buckets: int = 0
+    # How history titles enter the model: "codes" (L code tokens each) or "titles" (one title
+    # token each: codes' embeddings summed plus a learned identity; ``gen_fm.titles``).
+    history_tokens: str = "codes"
+
+    # ---- title identity (history_tokens "titles" only) ------------------------------------------
+    # Chance that a history title enters training by its codes alone (its identity dropped), as a
+    # title added after training does.
+    identity_dropout: float = 0.0
+    # Weight of a full-softmax loss over all titles at every history position (the title rows of
+    # the tied output layer score the next title, as SASRec does); 0 = codes only.
+    title_loss_weight: float = 0.0
 
     # ---- augmentation (re-drawn every epoch from the seed; training events only) --------------
     # Chance that a title is left out of a member's sequence for one epoch (neither context nor
@@ -152,6 +166,17 @@ class PretrainConfig:
                     len(set(self.canvas_mix)) != len(self.canvas_mix):
                 raise ValueError(f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, "
                                  f"from {mixable}")
+        if self.history_tokens not in HISTORY_TOKENS:
+            raise ValueError(f"history_tokens must be one of {HISTORY_TOKENS}, got {self.history_tokens!r}")
+        if self.history_tokens == "titles":
+            clash = [n for n in ("canvas_mix", "mtp_tokens", "category_weight") if getattr(self, n)]
+            if clash:
+                raise ValueError(f"{clash} read code-token histories: set them off with "
+                                 f"history_tokens 'titles'")
+        elif self.identity_dropout or self.title_loss_weight:
+            raise ValueError("identity_dropout and title_loss_weight need history_tokens 'titles'")
+        if self.title_loss_weight < 0:
+            raise ValueError(f"title_loss_weight must be >= 0, got {self.title_loss_weight}")
         if self.category_min_titles < 1:
             raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
         if self.canvas_mix_examples < 1:
@@ -193,7 +218,7 @@ class PretrainConfig:
                              f"got {self.mixed_precision!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        for name in ("item_dropout", "label_smoothing", "eval_from", "ema_decay"):
+        for name in ("item_dropout", "label_smoothing", "eval_from", "ema_decay", "identity_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.max_grad_norm < 0:

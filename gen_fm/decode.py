@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from semantic_ids.layout import PAD
+from semantic_ids.layout import PAD, SPECIAL_TOKENS
 from semantic_ids.trie import PrefixTrie, Restriction, RowRestrictions
 
 # HF beam search parks unused beam slots at -1e9; anything this low is not a real candidate.
@@ -61,6 +61,19 @@ class TrieLogitsProcessor(LogitsProcessor):
         prefixes = input_ids[:, self.prompt_len:]  # (rows, depth)
         mask = self.trie.allowed_mask(prefixes, scores.shape[-1], self.restrictions)  # (rows, V)
         return renormalise(scores, mask)
+
+
+class CodeTokensOnly(LogitsProcessor):
+    """Unconstrained decoding over code tokens: any code of any level, never a special, title or
+    extra token (a title-token model's title rows are output logits too, and would win)."""
+
+    def __init__(self, code_end: int) -> None:
+        self.code_end = code_end
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        mask[len(SPECIAL_TOKENS): self.code_end] = True
+        return renormalise(scores, mask.expand_as(scores))
 
 
 def left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +146,8 @@ def _decode_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie
     if constrained:
         rr = None if views is None else trie.row_restrictions(views, repeat=num_beams).to(device)
         processors.append(TrieLogitsProcessor(trie, T, rr))
+    else:
+        processors.append(CodeTokensOnly(trie.layout.code_end))
     cache = _shared_prompt_cache(model, input_ids, attention_mask, num_beams)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
                          generation_config=_generation_config(trie, k, num_beams),
@@ -171,9 +186,9 @@ def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie
     ``exclude[i]`` lists item rows prompt ``i`` must never get (watched titles, business rules);
     ``allow[i]`` (None = every title) the only rows it may get (a canvas context's candidate set).
     ``constrained=False`` runs the model without the trie (for the invalid-ID rate): every beam is
-    kept, invalid ones with row -1, and scores are plain full-vocabulary log-probs (EOS is banned so
-    every beam has L tokens). A prompt whose
-    permitted titles are fewer than ``k`` gets fewer results.
+    kept, invalid ones with row -1, and scores are log-probs over the code tokens (any level's codes;
+    never a special, title or extra token). A prompt whose permitted titles are fewer than ``k``
+    gets fewer results.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

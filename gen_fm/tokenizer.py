@@ -1,12 +1,14 @@
 """Tokenizer and prompts of the foundation model.
 
 The vocabulary is the ID artifact's ``TokenLayout`` with the model's extra tokens appended (canvas
-tokens, then hashed member tokens), so token ids never depend on this module: ``TokenLayout`` owns
+tokens, hashed member tokens, then one title token per ID-artifact row for models that read
+histories one position per title), so token ids never depend on this module: ``TokenLayout`` owns
 them. The Hugging Face tokenizer is a ``tokenizers`` WordLevel model over that vocabulary: it exists
 so that vLLM and ``AutoTokenizer`` can read the model folder; training and decoding use token ids.
 
 Every stage builds prompts with ``PromptEncoder.encode`` (bos, optional member token, canvas token,
-then the L code tokens of each title, oldest first, then for canvases that take one a context after
+then each title oldest first, as its L code tokens or, when the layout has title tokens, as its one
+title token, then for canvases that take one a context after
 ``<sep>``: a query, a source title or a theme, as code tokens), so a model never sees two prompt
 formats. What a canvas's context holds is defined in ``prompt_tuning.canvases``.
 """
@@ -22,7 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from semantic_ids.ids import SemanticIDs
-from semantic_ids.layout import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, UNK, TokenLayout
+from semantic_ids.layout import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, UNK, TokenLayout, title_token
 
 # The canvas TOKENS of the vocabulary (part of a trained model's token layout: never reorder).
 # Canvases as product surfaces are specs registered in ``prompt_tuning.canvases``; each names the
@@ -43,12 +45,13 @@ def user_token(bucket: int) -> str:
     return f"<user_{int(bucket)}>"
 
 
-def model_layout(base: TokenLayout, num_user_buckets: int) -> TokenLayout:
-    """The ID layout plus canvas and member tokens; existing ids do not move."""
-    if num_user_buckets < 0:
-        raise ValueError(f"num_user_buckets must be >= 0, got {num_user_buckets}")
+def model_layout(base: TokenLayout, num_user_buckets: int, num_titles: int = 0) -> TokenLayout:
+    """The ID layout plus canvas, member and (`num_titles` > 0) title tokens; existing ids do not move."""
+    if num_user_buckets < 0 or num_titles < 0:
+        raise ValueError(f"num_user_buckets and num_titles must be >= 0, got {num_user_buckets}, "
+                         f"{num_titles}")
     extra = [canvas_token(c) for c in CANVASES] + [user_token(b) for b in range(num_user_buckets)]
-    return base.with_extra(extra)
+    return base.with_extra(extra + [title_token(r) for r in range(num_titles)])
 
 
 def user_bucket(user_id: str, num_buckets: int) -> int:
@@ -105,6 +108,8 @@ class PromptEncoder:
     # Member-token buckets; 0 = prompts carry no member token.
     num_user_buckets: int = 0
     _canvas_ids: dict = field(init=False, repr=False, compare=False)
+    # (N,) title token of each row (-1: none yet), or None: histories are written as code tokens.
+    title_ids: np.ndarray | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sid = np.asarray(self.sid_tokens, dtype=np.int64)
@@ -117,13 +122,31 @@ class PromptEncoder:
                            {c: self.layout.extra_id(canvas_token(c)) for c in CANVASES})
         if self.num_user_buckets:
             self.layout.extra_id(user_token(self.num_user_buckets - 1))  # raises if absent
+        object.__setattr__(self, "title_ids", self.layout.title_ids(len(sid)))
 
     @classmethod
     def from_ids(cls, ids: SemanticIDs, num_user_buckets: int,
-                 layout: TokenLayout | None = None) -> "PromptEncoder":
-        """Encoder over an ID artifact; `layout` defaults to its layout plus the model tokens."""
-        layout = layout or model_layout(ids.layout, num_user_buckets)
+                 layout: TokenLayout | None = None, title_tokens: bool = False) -> "PromptEncoder":
+        """Encoder over an ID artifact; `layout` defaults to its layout plus the model tokens (and a
+        title token per row with `title_tokens`)."""
+        layout = layout or model_layout(ids.layout, num_user_buckets,
+                                        ids.num_items if title_tokens else 0)
         return cls(layout, layout.sids_to_ids(ids.codes), num_user_buckets)
+
+    @property
+    def tokens_per_title(self) -> int:
+        """Positions a history title takes: 1 with title tokens, else its L code tokens."""
+        return 1 if self.title_ids is not None else self.layout.sid_length
+
+    def history_tokens(self, rows: np.ndarray) -> list[int]:
+        """The tokens of history titles (ID-artifact rows), oldest first."""
+        if self.title_ids is None:
+            return self.sid_tokens[rows].reshape(-1).tolist()  # (len(rows) * L,)
+        out = self.title_ids[rows]  # (len(rows),)
+        if (out < 0).any():
+            raise ValueError(f"title rows {rows[out < 0][:5].tolist()} have no title token in this "
+                             f"model: add them to the model first (gen_fm.titles.extend_titles)")
+        return out.tolist()
 
     @property
     def max_prefix_length(self) -> int:
@@ -132,7 +155,7 @@ class PromptEncoder:
 
     def max_length(self, titles: int) -> int:
         """Longest prompt that holds `titles` titles."""
-        return self.max_prefix_length + titles * self.layout.sid_length
+        return self.max_prefix_length + titles * self.tokens_per_title
 
     def encode(self, rows: Sequence[int] | np.ndarray, canvas: str = DEFAULT_CANVAS,
                user_id: str | None = None, context: Sequence[int] | None = None) -> list[int]:
@@ -149,7 +172,7 @@ class PromptEncoder:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self.sid_tokens)):
             raise IndexError(f"history rows must be ID-artifact rows in [0, {len(self.sid_tokens)})")
-        out = prefix + self.sid_tokens[rows].reshape(-1).tolist()  # (len(rows) * L,)
+        out = prefix + self.history_tokens(rows)
         if context is not None:
             context = [int(t) for t in context]
             if not context or any(self.layout.level_of(t) is None for t in context):
@@ -162,6 +185,12 @@ class PromptEncoder:
         token_ids = list(token_ids)
         if SEP in token_ids:  # the context after <sep> is not history
             token_ids = token_ids[:token_ids.index(SEP)]
+        if self.title_ids is not None:
+            index = self.__dict__.get("_title_index")
+            if index is None:
+                index = {int(t): r for r, t in enumerate(self.title_ids.tolist()) if t >= 0}
+                object.__setattr__(self, "_title_index", index)
+            return [index[int(t)] for t in token_ids if int(t) in index]
         codes = [t for t in token_ids if self.layout.level_of(int(t)) is not None]
         L = self.layout.sid_length
         if len(codes) % L:

@@ -28,14 +28,16 @@ from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check
                                 list_checkpoints, reduced_sums, save_best, save_checkpoint)
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
-from gen_fm.batches import Augment, EpochTensors, epoch_batches
+from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
 from gen_fm.dataset import catalog_to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
 from gen_fm.objectives import build_objectives
 from gen_fm.selection import choose
+from gen_fm.titles import attach_title_embedding, bake_title_embeddings
 from gen_fm.tokenizer import PromptEncoder
 from gen_fm.validation import evaluate, validation_set
 from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import PAD
 from core.artifacts import jsonable, manifest_hash, read_json
 from core.data import DataConfig, RecData, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
@@ -66,15 +68,58 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
 # --------------------------------------------------------------------------- training
 
 
+class HiddenStates:
+    """Catches the final normed hidden states of every forward of a Llama (a forward hook)."""
+
+    def __init__(self, llama: torch.nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        llama.model.norm.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.value = output
+
+    def take(self) -> torch.Tensor:
+        h, self.value = self.value, None
+        if h is None:
+            raise RuntimeError("no hidden states caught: run the model first")
+        return h
+
+
+def _title_losses(accelerator, model, b: dict, hidden: HiddenStates, config: PretrainConfig,
+                  code_end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed code-token loss (softmax over specials and codes: title rows are never a target)
+    and, with ``title_loss_weight``, the summed full-softmax loss over titles at trunk positions."""
+    net = accelerator.unwrap_model(model)
+    # the forward keeps one position's full-vocabulary logits: the (B, T, V) tensor over every
+    # title row is never built; the code logits come from the caught hidden states
+    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+          position_ids=b["position_ids"], logits_to_keep=1)
+    h = hidden.take()  # (B, T, H)
+    sel = b["targets"] != IGNORE  # (B, T)
+    weight = net.get_output_embeddings().weight  # (V, H), tied to the input embedding
+    logits = F.linear(h[sel], weight[:code_end])  # (n, code_end)
+    loss = F.cross_entropy(logits.float(), b["targets"][sel], reduction="sum",
+                           label_smoothing=config.label_smoothing)
+    if not config.title_loss_weight:
+        return loss, None
+    tsel = b["title_targets"] != IGNORE  # (B, T) trunk positions
+    titles = net.get_input_embeddings().title_matrix()  # (N, H)
+    tl = F.linear(h[tsel], titles)  # (m, N)
+    return loss, F.cross_entropy(tl.float(), b["title_targets"][tsel], reduction="sum")
+
+
 def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors, group, config,
-                state: TrainState, aux=None) -> None:
+                state: TrainState, aux=None, hidden: HiddenStates | None = None,
+                code_end: int = 0) -> None:
     """One optimizer step over `group` micro-batches; each loss normalised by the group's targets
     (the next-token loss by its target tokens, an auxiliary one by its own targets)."""
     t0 = time.perf_counter()
     batches = [tensors.batch(idx) for idx in group]
     state.host_seconds += time.perf_counter() - t0
-    n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    n_targets = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
     n_aux: dict[str, int] = {}
+    if hidden is not None and config.title_loss_weight:
+        n_aux["title"] = sum(int((b["title_targets"] != IGNORE).sum()) for b in batches)
     if aux is not None:
         heads = accelerator.unwrap_model(aux)
         for b in batches:
@@ -87,19 +132,25 @@ def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors,
         state.host_seconds += time.perf_counter() - t0
         sync = i == len(batches) - 1
         with (nullcontext() if sync else accelerator.no_sync(model)):
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            # shift the labels, not the (B, T, V) logits: no copy of the largest tensor
-            target = F.pad(b["labels"][:, 1:], (0, 1), value=-100)  # (B, T): token t+1 at t
-            loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(),
-                                       ignore_index=-100, reduction="sum",
-                                       label_smoothing=config.label_smoothing)
-            loss = loss_sum / max(n_targets, 1)
-            aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
-            for n, v in aux_sums.items():
-                loss = loss + heads.weights[n] * v / max(n_aux[n], 1)
+            aux_sums: dict[str, torch.Tensor] = {}
+            if hidden is not None:
+                loss_sum, title_sum = _title_losses(accelerator, model, b, hidden, config, code_end)
+                loss = loss_sum / max(n_targets, 1)
+                if title_sum is not None:
+                    aux_sums["title"] = title_sum
+                    loss = loss + config.title_loss_weight * title_sum / max(n_aux["title"], 1)
+            else:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(),
+                                           ignore_index=IGNORE, reduction="sum",
+                                           label_smoothing=config.label_smoothing)
+                loss = loss_sum / max(n_targets, 1)
+                aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
+                for n, v in aux_sums.items():
+                    loss = loss + heads.weights[n] * v / max(n_aux[n], 1)
             accelerator.backward(loss)
         state.loss_sum += float(loss_sum.detach())
-        state.tokens += int(b["attention_mask"].sum())
+        state.tokens += int((b["input_ids"] != PAD).sum())  # real tokens, padding left out
         for n, v in aux_sums.items():
             state.aux[n][0] += float(v.detach())
     for n, c in n_aux.items():
@@ -117,7 +168,7 @@ def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors,
 # PretrainConfig fields that shape the weights: a run that starts from another model's weights
 # (``init_from``) must agree with it on every one of them.
 ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                       "rope_theta", "num_user_buckets")
+                       "rope_theta", "num_user_buckets", "history_tokens")
 
 
 def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, config: PretrainConfig
@@ -187,7 +238,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
-    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
+    titles = config.history_tokens == "titles"
+    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets, title_tokens=titles)
     sid_rows = catalog_to_sid_rows(data, ids)
     targets = None
     if targets_since is not None:
@@ -216,6 +268,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         """The epoch's rows as padded arrays (augmented with the epoch's own generator)."""
         cols = source.rows(augment, np.random.default_rng([config.seed, epoch, 7])) \
             if augment.active else fixed
+        if titles:  # no canvas mixture (the config refuses one)
+            return EpochTensors.from_rows(cols["input_ids"], **{k: cols[k] for k in TITLE_COLUMNS})
         return EpochTensors.from_rows(cols["input_ids"] + extra["input_ids"],
                                       cols["labels"] + extra["labels"])
 
@@ -239,6 +293,12 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     set_seed(config.seed)
     model = build_model(config, encoder.layout, split.max_history)
     parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config)
+    hidden = None
+    if titles:  # before the dropout hooks, so the composed rows are what dropout sees
+        emb = attach_title_embedding(model, encoder.layout, encoder.sid_tokens, config.identity_dropout)
+        if parent is not None:
+            emb.identity_from_rows()
+        hidden = HiddenStates(model)
     add_hidden_dropout(model, config.hidden_dropout)
     ema = None
     if config.ema_decay:  # copied before the auxiliary heads hook into the model
@@ -263,8 +323,9 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     accelerator.register_for_checkpointing(scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    state = TrainState(aux={n: [0.0, 0] for n in (accelerator.unwrap_model(aux).names
-                                                  if aux is not None else [])})
+    aux_names = accelerator.unwrap_model(aux).names if aux is not None else []
+    state = TrainState(aux={n: [0.0, 0] for n in aux_names + (["title"] if config.title_loss_weight
+                                                                 else [])})
     if resume and checkpoints:
         saved = read_json(checkpoints[-1] / STATE_FILE)
         check_resumable(saved, meta)
@@ -302,7 +363,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
                 break
             t0 = time.perf_counter()
             _train_step(accelerator, model, optimizer, scheduler, epoch_rows, group, config,
-                        state, aux)
+                        state, aux, hidden, encoder.layout.code_end)
             if ema is not None:
                 ema.update_parameters(accelerator.unwrap_model(model))
             state.train_seconds += time.perf_counter() - t0
@@ -418,6 +479,7 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
                    "world_size": accelerator.num_processes, "history": state.history,
                    "partial_epoch": partial, "init_from": parent, "targets": targets,
                    "canvas_mix": mixture}
+        bake_title_embeddings(net)  # a title-token model's rows become plain embedding rows
         save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
                    data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
                    parents={"init_from": parent["model_manifest"]} if parent else None,

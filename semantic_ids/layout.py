@@ -8,7 +8,9 @@ Vocabulary order, fixed so that appending never moves what a trained model alrea
 - code tokens: level ``l`` code ``c`` is the string ``<{letter(l)}_{c}>`` with id
   ``offsets[l] + c``; every level has its own range, as in TIGER, so a token says which position
   of the ID it is (``<a_12><b_7><c_200><d_0>`` is one title);
-- extra tokens: canvas tokens, context tokens and soft-prompt virtual tokens, appended in order.
+- extra tokens: canvas tokens, member tokens, title tokens (``<title_{row}>``: one token per
+  ID-artifact row, for models that read histories one position per title) and soft-prompt virtual
+  tokens, appended in order.
 
 Worked example with ``codebook_sizes=(4, 4, 2)``: offsets are (5, 9, 13), vocab size 15; the ID
 (3, 0, 1) is tokens (8, 9, 14) = ``<a_3><b_0><c_1>``.
@@ -24,6 +26,11 @@ import numpy as np
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>", "<unk>")
 PAD, BOS, EOS, SEP, UNK = range(len(SPECIAL_TOKENS))
+
+
+def title_token(row: int) -> str:
+    """The extra token that stands for ID-artifact row `row` in a history."""
+    return f"<title_{int(row)}>"
 
 
 def level_letter(level: int) -> str:
@@ -84,6 +91,15 @@ class TokenLayout:
             return self._extra_index[token]
         except KeyError:
             raise KeyError(f"token {token!r} is not in the layout's extra tokens") from None
+
+    def title_ids(self, num_rows: int) -> np.ndarray | None:
+        """(num_rows,) token id of each row's title token, -1 for a row without one (a title added
+        after the model was trained); None when the layout has no title tokens at all."""
+        if title_token(0) not in self._extra_index:
+            return None
+        get = self._extra_index.get
+        return np.fromiter((get(title_token(r), -1) for r in range(num_rows)), dtype=np.int64,
+                           count=num_rows)
 
     def code_token(self, level: int, code: int) -> str:
         self._check(level, code)

@@ -43,7 +43,8 @@ def test_a_tensor_batch_equals_the_collated_one(setup):
     assert tensors.lengths.tolist() == [len(x) for x in ex["input_ids"]]
     for idx in epoch_batches(tensors.lengths, 16, epoch=0, seed=0):
         ours, ref = tensors.batch(idx), PadCollator()(ex[idx.tolist()])
-        assert ours.keys() == ref.keys()
+        assert ours.keys() == ref.keys() | {"targets"}
+        assert torch.equal(ours["targets"][:, :-1], ref["labels"][:, 1:])  # token t+1 at t
         assert all(torch.equal(ours[k], ref[k]) and ours[k].dtype == ref[k].dtype for k in ref)
     with pytest.raises(ValueError, match="labels"):
         EpochTensors.from_rows([[1, 2, 3]], [[1, 2]])

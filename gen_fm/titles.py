@@ -1,0 +1,130 @@
+"""Title identity beside the semantic codes: one history position per title.
+
+A model trained with ``PretrainConfig.history_tokens = "titles"`` reads each history title as one
+title token ``<title_{row}>`` whose embedding is the sum of its L code embeddings plus a learned
+identity row. The codes carry what the title is (so similar titles start close, and a new title
+has a meaningful embedding at once); the identity lets the model memorise what members do with
+this very title. The output stays code tokens under the trie.
+
+During training the title rows are computed (:class:`TitleEmbedding`); before the model folder is
+written they are baked into the plain embedding matrix (:func:`bake_title_embeddings`), so the
+folder is a standard ``LlamaForCausalLM`` that vLLM and transformers load as it is. A title added
+after training gets the row its codes give, with no identity (:func:`extend_titles`).
+
+Written by hand: the composition is a few lines of torch, and no library composes embedding rows
+of a Hugging Face model from other rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from semantic_ids.layout import TokenLayout, title_token
+
+
+def title_block(layout: TokenLayout, num_titles: int) -> int:
+    """Token id of ``<title_0>``; the block of `num_titles` title tokens must be contiguous."""
+    ids = layout.title_ids(num_titles)
+    if ids is None or (ids < 0).any():
+        raise ValueError(f"the layout has no title token for each of the {num_titles} titles")
+    start = int(ids[0])
+    if not np.array_equal(ids, start + np.arange(num_titles)):
+        raise ValueError("the layout's title tokens are not one contiguous block")
+    return start
+
+
+class TitleEmbedding(nn.Module):
+    """The model's token embedding, with title rows composed: codes' rows summed + identity."""
+
+    def __init__(self, base: nn.Embedding, sid_tokens: np.ndarray, start: int,
+                 identity_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base  # (V, H), tied to the output layer; its title rows are unused in training
+        # (N, L) code token ids: a plain attribute, not a buffer (weight averaging lerps buffers)
+        self.codes = torch.as_tensor(np.asarray(sid_tokens), dtype=torch.long)
+        self.start, self.num_titles = int(start), int(self.codes.shape[0])
+        self.identity = nn.Embedding(self.num_titles, base.embedding_dim)  # (N, H)
+        nn.init.normal_(self.identity.weight, std=0.02)
+        self.identity_dropout = float(identity_dropout)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def _codes(self) -> torch.Tensor:
+        if self.codes.device != self.base.weight.device:
+            self.codes = self.codes.to(self.base.weight.device)
+        return self.codes
+
+    def title_matrix(self) -> torch.Tensor:
+        """(N, H) every title's row as the model reads it."""
+        return self.base(self._codes()).sum(-2) + self.identity.weight
+
+    @torch.no_grad()
+    def identity_from_rows(self) -> None:
+        """Set each identity so the composed row equals the base's current title row (a model
+        folder's baked rows, when training starts from one)."""
+        rows = self.base.weight[self.start: self.start + self.num_titles]
+        self.identity.weight.copy_(rows - self.base(self._codes()).sum(-2))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = input_ids - self.start  # (B, T)
+        is_title = (rows >= 0) & (rows < self.num_titles)  # (B, T)
+        out = self.base(torch.where(is_title, 0, input_ids))  # (B, T, H)
+        if not bool(is_title.any()):
+            return out
+        r = rows[is_title]  # (n,)
+        ident = self.identity(r)  # (n, H)
+        if self.training and self.identity_dropout > 0:
+            # a title whose identity is dropped enters by its codes alone, as a new title does
+            keep = torch.rand(len(r), 1, device=ident.device) >= self.identity_dropout
+            ident = ident * keep
+        composed = self.base(self._codes()[r]).sum(-2) + ident  # (n, H)
+        return out.masked_scatter(is_title[..., None], composed.to(out.dtype))
+
+
+def attach_title_embedding(model, layout: TokenLayout, sid_tokens: np.ndarray,
+                           identity_dropout: float = 0.0) -> TitleEmbedding:
+    """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only)."""
+    base = model.get_input_embeddings()
+    if isinstance(base, TitleEmbedding):
+        return base
+    emb = TitleEmbedding(base, sid_tokens, title_block(layout, len(sid_tokens)), identity_dropout)
+    model.model.embed_tokens = emb
+    return emb
+
+
+@torch.no_grad()
+def bake_title_embeddings(model) -> None:
+    """Write every title's composed row into the plain embedding and drop the wrapper (in place)."""
+    emb = model.get_input_embeddings()
+    if not isinstance(emb, TitleEmbedding):
+        return
+    emb.base.weight[emb.start: emb.start + emb.num_titles] = emb.title_matrix().to(emb.base.weight.dtype)
+    model.model.embed_tokens = emb.base
+    if model.get_output_embeddings().weight is not emb.base.weight:
+        raise RuntimeError("input and output embeddings are no longer tied")
+
+
+@torch.no_grad()
+def extend_titles(model, layout: TokenLayout, sid_tokens: np.ndarray) -> TokenLayout:
+    """Give rows without a title token one, whose embedding is the sum of its codes' rows (no
+    identity: nothing was learned about it yet). Returns the extended layout; the model's
+    embedding grows in place. Rows must be appended in ID-artifact order."""
+    sid_tokens = np.asarray(sid_tokens, dtype=np.int64)
+    have = layout.title_ids(len(sid_tokens))
+    if have is None:
+        raise ValueError("this model reads histories as code tokens: it has no title tokens to extend")
+    new = np.flatnonzero(have < 0)
+    if not len(new):
+        return layout
+    layout = layout.with_extra([title_token(r) for r in new])
+    emb = model.get_input_embeddings()
+    old = emb.weight.shape[0]
+    model.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
+    weight = model.get_input_embeddings().weight
+    codes = torch.as_tensor(sid_tokens[new], device=weight.device)  # (n, L)
+    weight[old:] = weight[codes].sum(-2)
+    return layout

@@ -1,0 +1,140 @@
+"""Title tokens: one history position per title, rows composed from codes + identity, baked for serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
+from gen_fm.config import PretrainConfig
+from gen_fm.decode import recommend
+from gen_fm.model import build_model, load_model, save_model
+from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
+from gen_fm.tokenizer import PromptEncoder
+from semantic_ids.ids import SemanticIDs
+from semantic_ids.layout import BOS, title_token
+from semantic_ids.trie import PrefixTrie
+from core.sequences import SequenceConfig
+from tests.gen_fm.test_model import write_id_artifact
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("titles")
+    ids = write_id_artifact(root / "ids", [f"t{i}" for i in range(40)], (8, 8, 4))
+    config = PretrainConfig.from_preset("tiny", history_tokens="titles", dropout=0.0)
+    enc = PromptEncoder.from_ids(ids, 0, title_tokens=True)
+    torch.manual_seed(0)
+    model = build_model(config, enc.layout, max_history=8)
+    emb = attach_title_embedding(model, enc.layout, enc.sid_tokens)
+    torch.nn.init.normal_(emb.identity.weight, std=0.5)  # identities that matter in the checks
+    return root, ids, config, enc, model.eval()
+
+
+def test_history_is_one_title_token_per_title_lined_up_with_the_id_map(tiny):
+    _, ids, _, enc, _ = tiny
+    rows = np.array([3, 0, 17])
+    prompt = enc.encode(rows)
+    assert prompt[0] == BOS and len(prompt) == enc.max_prefix_length + 3
+    assert prompt[-3:] == [enc.layout.extra_id(title_token(r)) for r in rows]
+    assert enc.decode_rows(prompt) == rows.tolist()
+    assert enc.tokens_per_title == 1
+    # codes-only encoders are unchanged
+    assert PromptEncoder.from_ids(ids, 0).tokens_per_title == ids.layout.sid_length
+
+
+def test_a_title_row_is_its_codes_summed_plus_its_identity(tiny):
+    _, ids, _, enc, model = tiny
+    emb = model.get_input_embeddings()
+    r = 11
+    tok = torch.tensor([[enc.layout.extra_id(title_token(r))]])
+    want = emb.base.weight[enc.sid_tokens[r]].sum(0) + emb.identity.weight[r]
+    assert torch.allclose(emb(tok)[0, 0], want, atol=1e-6)
+    assert torch.allclose(emb.title_matrix()[r], want, atol=1e-6)
+
+
+def test_branch_packing_gives_the_logits_of_decoding_after_each_prompt(tiny):
+    """Every target of a window in one pass equals running each prompt and its ID prefix plainly."""
+    _, ids, config, enc, model = tiny
+    rows = np.array([5, 9, 2, 30, 7])
+    ex = make_title_example(enc, rows, None)
+    t = EpochTensors.from_rows([ex["input_ids"]], **{k: [ex[k]] for k in TITLE_COLUMNS})
+    b = t.batch(np.array([0]))
+    with torch.no_grad():
+        packed = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=b["position_ids"]).logits[0]  # (T, V)
+    L = enc.layout.sid_length
+    targets = b["targets"][0]
+    checked = 0
+    for j in range(1, len(rows)):
+        prompt = enc.encode(rows[:j])
+        codes = enc.sid_tokens[rows[j]].tolist()
+        with torch.no_grad():
+            plain = model(input_ids=torch.tensor([prompt + codes[:-1]])).logits[0]  # (T', V)
+        ends = len(prompt) - 1  # predicts the first code
+        trunk_pos = len(enc.encode(rows)) - len(rows) + j - 1
+        assert targets[trunk_pos] == codes[0]
+        assert torch.allclose(packed[trunk_pos], plain[ends], atol=1e-4)
+        branch = [i for i, a in enumerate(ex["branch"]) if a == j]
+        assert len(branch) == L - 1
+        for d, i in enumerate(branch):
+            assert targets[i] == codes[d + 1]
+            assert torch.allclose(packed[i], plain[ends + 1 + d], atol=1e-4)
+            checked += 1
+    assert checked == (len(rows) - 1) * (L - 1)
+    assert ex["title_targets"][len(enc.encode(rows)) - len(rows)] == rows[1]
+
+
+def test_baked_folder_is_a_plain_llama_that_decodes_as_the_trained_model(tiny, tmp_path):
+    root, ids, config, enc, model = tiny
+    trie = PrefixTrie.from_ids(ids)
+    prompts = [enc.encode(np.array(h)) for h in ([1, 2, 3], [4], [39, 0, 8, 8])]
+    before = recommend(model, prompts, trie, k=5, num_beams=5)
+    baked = build_model(config, enc.layout, max_history=8)
+    baked.load_state_dict(model.state_dict(), strict=False)
+    attach_title_embedding(baked, enc.layout, enc.sid_tokens).load_state_dict(
+        model.get_input_embeddings().state_dict())
+    bake_title_embeddings(baked)
+    assert type(baked.get_input_embeddings()) is torch.nn.Embedding
+    out = save_model(tmp_path / "model", baked, enc.layout, ids, config, SequenceConfig(max_history=8),
+                     data_fingerprint="f" * 64, dataset="unit", training={})
+    gen = load_model(out)
+    assert gen.prompt_encoder().encode(np.array([1, 2, 3])) == prompts[0]
+    after = recommend(gen.model, prompts, trie, k=5, num_beams=5)
+    assert [r.rows for r in after] == [r.rows for r in before]
+    assert np.allclose([r.scores for r in after], [r.scores for r in before], atol=1e-4)
+
+
+def test_a_title_added_after_training_enters_by_its_codes_alone(tiny, tmp_path):
+    root, ids, config, enc, model = tiny
+    plain = build_model(config, enc.layout, max_history=8)
+    attach_title_embedding(plain, enc.layout, enc.sid_tokens)
+    bake_title_embeddings(plain)
+    # a new title: the ID map grows by one row with an unused code tuple
+    used = {tuple(c) for c in ids.codes.tolist()}
+    new_code = next((a, b, c) for a in range(8) for b in range(8) for c in range(4)
+                    if (a, b, c) not in used)
+    grown = SemanticIDs(list(ids.item_ids) + ["new"], np.vstack([ids.codes, new_code]),
+                        ids.codebook_sizes)
+    sid = enc.layout.sids_to_ids(grown.codes)
+    with pytest.raises(ValueError, match="no title token"):
+        PromptEncoder(enc.layout, sid).encode(np.array([40]))
+    layout = extend_titles(plain, enc.layout, sid)
+    row = plain.get_input_embeddings().weight[layout.extra_id(title_token(40))]
+    assert torch.allclose(row, plain.get_input_embeddings().weight[sid[40]].sum(0), atol=1e-6)
+    new_enc = PromptEncoder(layout, sid)
+    prompt = new_enc.encode(np.array([3, 40]))
+    assert new_enc.decode_rows(prompt) == [3, 40]
+    # and it can be recommended: it is in the trie
+    recs = recommend(plain, [prompt], PrefixTrie(grown.codes, layout), k=41, num_beams=41)
+    assert 40 in recs[0].rows
+
+
+def test_title_options_need_title_histories():
+    with pytest.raises(ValueError, match="history_tokens"):
+        PretrainConfig(title_loss_weight=1.0)
+    with pytest.raises(ValueError, match="history_tokens"):
+        PretrainConfig(history_tokens="titles", mtp_tokens=1)
+    with pytest.raises(ValueError, match="history_tokens"):
+        PretrainConfig(history_tokens="ids")
