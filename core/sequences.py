@@ -134,10 +134,13 @@ class Split:
         return np.concatenate(users), np.concatenate(items).astype(np.int64)
 
     def examples(self, split: str) -> EvalExamples:
-        if split not in ("valid", "test"):
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-        back = 2 if split == "valid" else 1
-        users = np.flatnonzero(self.evaluable)
+        """The held-out transitions of `split`: "test" (last event), "valid" (the one before), or
+        "train" (the newest training event, a transition the model was trained on: recall there
+        against test tells capacity from generalisation; members with 4 or more events)."""
+        if split not in ("valid", "test", "train"):
+            raise ValueError(f"split must be 'valid', 'test' or 'train', got {split!r}")
+        back = {"test": 1, "valid": 2, "train": 3}[split]
+        users = np.flatnonzero(self.evaluable & (self.sequences.lengths > back))
         hist, tgt = [], []
         for u in users:
             items = self.sequences.items(u)

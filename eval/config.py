@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 from core.metrics import validate_ks
 
-SPLITS = ("valid", "test")
+SPLITS = ("valid", "test", "train")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     # Cut-offs for Recall@K and NDCG@K; the benchmark reports 5 and 10.
     ks: tuple[int, ...] = (5, 10)
-    # Which leave-one-out target is judged: "test" (last event) or "valid" (the one before it).
+    # Which leave-one-out target is judged: "test" (last event), "valid" (the one before it) or
+    # "train" (the newest training event: a transition the model saw, for diagnosis).
     split: str = "test"
     # Seed for anything random in evaluation (sampling members for a quick look); the full
     # evaluation itself is deterministic and does not depend on it.

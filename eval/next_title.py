@@ -12,32 +12,46 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.machine import machine_info
+from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from gen_fm.decode import recommend
+from gen_fm.model import add_fusion, check_device, load_model
+from prompt_tuning.candidates import CandidateConfig, fuse_all
+from prompt_tuning.train import co_engagement_for
+from semantic_ids.trie import PrefixTrie
 from core.metrics import ranking_metrics
 from core.artifacts import manifest_hash, write_json
 from core.data import DataConfig, load_data
 from core.sequences import build_sequences, leave_one_out
 
 
-def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalConfig,
-                   out: str | Path | None = None, num_beams: int | None = None,
-                   max_users: int | None = None, unconstrained_users: int | None = 2000) -> dict:
-    """Judge a model folder on one split and (optionally) write the JSON report."""
-    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from gen_fm.decode import recommend
-    from gen_fm.model import check_device, load_model
-    from semantic_ids.trie import PrefixTrie
+@dataclass
+class Decoded:
+    """A split's members decoded by a model folder: what the reports are computed from."""
 
-    k = max(config.ks)
-    beams = num_beams if num_beams is not None else max(k, 10)
-    if beams < k:
-        raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
+    gen: object  # gen_fm.model.GenFM
+    data: object  # core.data.RecData
+    split: object  # core.sequences.Split
+    histories: list  # per member: ID-artifact rows of the history, oldest first
+    prompts: list[list[int]]
+    targets: object  # (n,) ID-artifact rows
+    recs: list  # gen_fm.decode.Recommendations per member (the whole beam)
+    seconds: float
+
+
+def decode_split(model_dir: str | Path, data_config: DataConfig, config: EvalConfig, beams: int,
+                 max_users: int | None = None, sample_seed: int | None = None) -> Decoded:
+    """Load a model folder and decode `config.split`'s members with beam `beams` (the whole beam
+    kept). `max_users`: the first members, or with `sample_seed` a seeded sample of that many."""
     check_device(config.device)  # before any data is read: a missing GPU is a clear error at once
     gen = load_model(model_dir, device=config.device)
     data = load_data(data_config)
@@ -47,27 +61,44 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
                          f"this data {data.fingerprint[:12]}…): its split would not be held out")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     ex = split.examples(config.split)
-    n = len(ex.targets) if max_users is None else min(max_users, len(ex.targets))
+    idx = np.arange(len(ex.targets))
+    if max_users is not None and max_users < len(idx):
+        idx = idx[:max_users] if sample_seed is None else \
+            np.sort(np.random.default_rng(sample_seed).choice(len(idx), max_users, replace=False))
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     encoder = gen.prompt_encoder()
-    histories = [to_sid_rows(ex.histories[i], sid_rows) for i in range(n)]
+    histories = [to_sid_rows(ex.histories[i], sid_rows) for i in idx]
     prompts = [encoder.encode(h, user_id=split.sequences.user_ids[ex.users[i]])
-               for i, h in enumerate(histories)]
-    targets = to_sid_rows(ex.targets[:n], sid_rows)
+               for i, h in zip(idx, histories)]
+    targets = to_sid_rows(ex.targets[idx], sid_rows)
     trie = PrefixTrie.from_ids(gen.ids)
-
     torch.manual_seed(0)
     t0 = time.perf_counter()
     recs = []
     chunk = config.batch_size * 8
-    for start in tqdm(range(0, n, chunk), desc=f"decoding {n} members", unit="chunk"):
+    for start in tqdm(range(0, len(idx), chunk), desc=f"decoding {len(idx)} members", unit="chunk"):
         # the whole beam comes back (its first k are the k-title answer): the home row fuses all of it
         recs += recommend(gen.model, prompts[start:start + chunk], trie, k=beams, num_beams=beams,
                           constrained=True, batch_size=config.batch_size)
-    seconds = time.perf_counter() - t0
+    return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0)
+
+
+def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalConfig,
+                   out: str | Path | None = None, num_beams: int | None = None,
+                   max_users: int | None = None, unconstrained_users: int | None = 2000) -> dict:
+    """Judge a model folder on one split and (optionally) write the JSON report."""
+    k = max(config.ks)
+    beams = num_beams if num_beams is not None else max(k, 10)
+    if beams < k:
+        raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
+    d = decode_split(model_dir, data_config, config, beams, max_users)
+    gen, data, split, histories, prompts, targets, recs = \
+        d.gen, d.data, d.split, d.histories, d.prompts, d.targets, d.recs
+    n, seconds, trie = len(recs), d.seconds, PrefixTrie.from_ids(d.gen.ids)
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
     home_row = served_home_row(gen, data, split, [r.rows for r in recs], histories, targets, config.ks)
+    diagnosis = diagnose(gen.ids.codes, [r.rows[:k] for r in recs], targets, histories, k)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
     free = recommend(gen.model, prompts[:m], trie, k=k, num_beams=beams, constrained=False,
@@ -79,6 +110,7 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         **{f"ndcg@{kk}": metrics.ndcg[kk] for kk in config.ks},
         "invalid_rate": invalid_constrained / max(sum(len(r.rows) for r in recs), 1),
         "home_row": home_row,
+        "diagnosis": diagnosis,
         "invalid_rate_unconstrained": sum(r.num_invalid for r in free) / max(returned, 1),
         "unconstrained_users": m,
         "num_users": n, "num_beams": beams, "k": k, "device": config.device,
@@ -96,9 +128,44 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     return report
 
 
+HISTORY_BUCKETS = ((1, 2), (3, 5), (6, 10), (11, 20), (21, 1 << 30))
+
+
+def diagnose(codes, ranked: list[list[int]], targets, histories: list, k: int) -> dict:
+    """Where hits are lost: `prefix_hits` [l] is the share of members whose target's first l + 1
+    codes begin one of the top-k titles (the last level is Recall@k: a hit is the whole ID), and
+    Recall@k by history length."""
+    codes = np.asarray(codes)
+    L = codes.shape[1]
+    prefix = [0] * L
+    for rows, t in zip(ranked, targets):
+        if not rows:
+            continue
+        match = codes[rows] == codes[t]  # (k, L)
+        depth = np.cumprod(match, axis=1).sum(1).max()  # longest shared prefix among the top k
+        for lv in range(int(depth)):
+            prefix[lv] += 1
+    n = max(len(ranked), 1)
+    by_len = {}
+    lengths = np.array([len(h) for h in histories])
+    for lo, hi in HISTORY_BUCKETS:
+        sel = np.flatnonzero((lengths >= lo) & (lengths <= hi))
+        if len(sel):
+            hits = sum(targets[i] in ranked[i] for i in sel)
+            by_len[f"{lo}-{hi}" if hi < 1 << 30 else f"{lo}+"] = {
+                "members": int(len(sel)), f"recall@{k}": hits / len(sel)}
+    return {f"prefix_hits@{k}": [p / n for p in prefix], f"recall@{k}_by_history_length": by_len}
+
+
 # (fusion_k, fusion_weight) pairs also reported, so the served constants can be chosen on the
 # validation split's report without decoding again
 FUSION_GRID = tuple((fk, w) for fk in (1, 5, 20) for w in (0.5, 1.0, 2.0))
+# Fusion weights ``choose_fusion`` tries (fusion_k 5): 0 is the model alone; at 64 the counts'
+# head outranks the model's first title (64 / (5 + 20) > 1 / (5 + 1)), so it is the counts alone
+# filled by the model.
+CHOICE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 64.0)
+CHOICE_FUSION_K = 5
+CHOICE_BEAMS = 20  # the serving default's beam for k 10
 # (titles, decay) of ``CoEngagement.of_recent`` also reported for the co-engaged titles alone
 RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
 
@@ -115,14 +182,12 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
     the beam (so serving's row can only differ by titles past the beam's 20). Also reported: the
     model's ranking without the history, the co-engaged titles alone, every pair of ``FUSION_GRID``
     and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list, served before)."""
-    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
-    from prompt_tuning.candidates import CandidateConfig, fuse_all
-    from prompt_tuning.train import co_engagement_for
-
     table = co_engagement_for(gen, data, split)
     where = "the model folder" if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file() else \
         "built from the split's training events (the folder predates the table)"
-    k, cc = max(ks), CandidateConfig()
+    chosen = gen.fusion()
+    k, cc = max(ks), CandidateConfig(**({key: chosen[key] for key in ("fusion_k", "fusion_weight")}
+                                        if chosen else {}))
     beams = [[r for r in b if r not in s] for b, s in zip(beams, map(set, histories))]
     orders = [table.of_recent(h) for h in histories]
 
@@ -133,7 +198,9 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
                 **se}
 
     return {**figures(fuse_all(beams, orders, k, cc)), "fusion_k": cc.fusion_k,
-            "fusion_weight": cc.fusion_weight, "recent_titles": RECENT_TITLES,
+            "fusion_weight": cc.fusion_weight,
+            "fusion_source": "chosen on validation (the model folder)" if chosen else "defaults",
+            "recent_titles": RECENT_TITLES,
             "recent_decay": RECENT_DECAY, "history_excluded": True, "co_engagement": where,
             "members_with_co_engaged_titles": sum(bool(o) for o in orders),
             "model_history_excluded": figures([b[:k] for b in beams]),
@@ -145,3 +212,48 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
             "recent_grid": [{"recent_titles": t, "recent_decay": d,
                              **figures([table.of_recent(h, t, d)[:k] for h in histories])}
                             for t, d in RECENT_GRID]}
+
+
+def choose_fusion(model_dir: str | Path, data_config: DataConfig, config: EvalConfig | None = None,
+                  max_users: int | None = 5000, seed: int = 0, write: bool = True) -> dict:
+    """Choose the home row's fusion weight for a model on the validation split and (with `write`)
+    store it in the model folder, where ``served_home_row`` and serving read it.
+
+    The weights of ``CHOICE_WEIGHTS`` are tried on the same decoded beams (0: the model alone, the
+    largest: the counts alone); the highest Recall@K wins, NDCG@K breaking ties."""
+    config = config or EvalConfig(split="valid", ks=(10,))
+    if config.split != "valid":
+        raise ValueError("the fusion weight is chosen on the validation split, never on test")
+    d = decode_split(model_dir, data_config, config, CHOICE_BEAMS, max_users, sample_seed=seed)
+    k = max(config.ks)
+    table = co_engagement_for(d.gen, d.data, d.split)
+    beams = [[r for r in rec.rows if r not in s] for rec, s in zip(d.recs, map(set, d.histories))]
+    orders = [table.of_recent(h) for h in d.histories]
+    grid = []
+    for w in CHOICE_WEIGHTS:
+        m = ranking_metrics(fuse_all(beams, orders, k, CandidateConfig(fusion_k=CHOICE_FUSION_K,
+                                                                       fusion_weight=w)),
+                            d.targets, config.ks)
+        grid.append({"fusion_weight": w, f"recall@{k}": m.recall[k], f"ndcg@{k}": m.ndcg[k]})
+    best = max(grid, key=lambda g: (g[f"recall@{k}"], g[f"ndcg@{k}"]))
+    n = len(d.recs)
+    fusion = {"fusion_k": CHOICE_FUSION_K, "fusion_weight": best["fusion_weight"],
+              "chosen_on": "valid", "members": n, "seed": seed, "beams": CHOICE_BEAMS,
+              "metric": f"recall@{k}", f"recall@{k}_se": (best[f"recall@{k}"]
+                                                          * (1 - best[f"recall@{k}"]) / n) ** 0.5,
+              "grid": grid, "model_manifest": manifest_hash(model_dir)}
+    if write:
+        add_fusion(model_dir, fusion)
+    return fusion
+
+
+def describe_fusion(fusion: dict) -> list[str]:
+    """What ``choose_fusion`` tried and chose, one line per weight."""
+    metric = fusion["metric"]
+    lines = [f"home row fusion chosen on {fusion['members']:,} validation members (beam "
+             f"{fusion['beams']}; weight 0 = the model alone, "
+             f"{max(g['fusion_weight'] for g in fusion['grid']):g} = the counts first):"]
+    for g in fusion["grid"]:
+        mark = "  <- chosen" if g["fusion_weight"] == fusion["fusion_weight"] else ""
+        lines.append(f"  weight {g['fusion_weight']:>5g}  {metric} {g[metric]:.4f}{mark}")
+    return lines

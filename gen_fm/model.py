@@ -9,6 +9,8 @@ as it is. The folder is self-sufficient for serving:
 - ``co_engagement/table.safetensors`` and ``title_tags/tags.json``: facts of the training data that
   serving needs and has no data for (which titles members watch together; what they wrote about
   each title, for search);
+- ``fusion/fusion.json`` (once chosen): how the served home row fuses this model's ranking with the
+  co-engaged titles, chosen on the validation split (``eval.next_title.choose_fusion``);
 - ``manifest.json``: kind ``gen_fm``, the ``PretrainConfig``, the token layout, the sequence config,
   the ID artifact's manifest hash (parent), the data fingerprint, the training summary and the
   hashes of the payload files.
@@ -40,6 +42,8 @@ _PAYLOAD = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_con
 # What members wrote about each title (``RecData.title_tags``: item_id -> tags, most written first):
 # the search canvas's index matches queries against it. Keyed by item ID, so it survives new IDs.
 TITLE_TAGS_FILE = "title_tags/tags.json"
+# The fusion constants chosen for this model on the validation split, with the figures behind them.
+FUSION_FILE = "fusion/fusion.json"
 
 
 def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int) -> int:
@@ -103,7 +107,7 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
                config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
                dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None,
                data_end: int | None = None, co_engagement: CoEngagement | None = None,
-               title_tags: dict[str, list[str]] | None = None) -> Path:
+               title_tags: dict[str, list[str]] | None = None, fusion: dict | None = None) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
     `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
@@ -112,7 +116,8 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
     ``sidrec refresh`` treats later events as fresh. `co_engagement`: the training data's
     co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving;
     `title_tags`: what members wrote about each title (``RecData.title_tags``), likewise ({}: the
-    data has no tags, and the folder says so; None: nothing is written, as in older folders)."""
+    data has no tags, and the folder says so; None: nothing is written, as in older folders);
+    `fusion`: the home row's fusion constants chosen for these weights (``FUSION_FILE``)."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
                          "copies it and records its manifest hash")
@@ -136,6 +141,10 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
             (stage / TITLE_TAGS_FILE).parent.mkdir(parents=True)
             write_json(stage / TITLE_TAGS_FILE, title_tags)
             payload.append(TITLE_TAGS_FILE)
+        if fusion is not None:
+            (stage / FUSION_FILE).parent.mkdir(parents=True)
+            write_json(stage / FUSION_FILE, fusion)
+            payload.append(FUSION_FILE)
         manifest = make_manifest(
             KIND, config,
             parents={IDS_SUBDIR: manifest_hash(ids.path), **(parents or {})},
@@ -172,6 +181,12 @@ class GenFM:
         path = self.path / CO_ENGAGEMENT_FILE
         return load_co_engagement(path) if path.is_file() else None
 
+    def fusion(self) -> dict[str, Any] | None:
+        """The fusion constants chosen for this model on validation, or None (not chosen yet)."""
+        if FUSION_FILE not in self.manifest.get("files", {}):
+            return None
+        return read_json(self.path / FUSION_FILE)
+
     def title_tags(self) -> dict[str, list[str]] | None:
         """What members wrote about each title ({}: the data has none), or None for a folder
         written before pretraining saved it."""
@@ -182,6 +197,23 @@ class GenFM:
         if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
             raise ArtifactError(f"{path} is not an item_id -> list of tags map")
         return tags
+
+
+def add_fusion(model_dir: str | Path, fusion: dict[str, Any]) -> Path:
+    """Write the chosen fusion constants into a model folder and list them in its manifest.
+
+    The file is written first and the manifest after it (each atomically): a crash in between leaves
+    a file the manifest does not list, which ``GenFM.fusion`` ignores."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir, KIND)
+    for key in ("fusion_k", "fusion_weight"):
+        if key not in fusion:
+            raise ValueError(f"fusion constants need {key!r}")
+    (model_dir / FUSION_FILE).parent.mkdir(exist_ok=True)
+    write_json(model_dir / FUSION_FILE, fusion)
+    manifest["files"][FUSION_FILE] = file_sha256(model_dir / FUSION_FILE)
+    write_json(model_dir / "manifest.json", manifest)
+    return model_dir / FUSION_FILE
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -74,7 +74,8 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
                    dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"],
                    data_end=gen.manifest["data"].get("time_end"),
                    co_engagement=co_engagement if co_engagement is not None else gen.co_engagement(),
-                   title_tags=title_tags if title_tags is not None else gen.title_tags())
+                   title_tags=title_tags if title_tags is not None else gen.title_tags(),
+                   fusion=gen.fusion())
         lora_files = {}
         for info in loras:  # PEFT's LoRA folder as trained: vLLM and PEFT both load it as it is
             rel = f"{LORA_DIR}/{info.config.canvas}"

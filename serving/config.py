@@ -74,9 +74,10 @@ class ServingConfig:
     # rows with the titles most co-engaged with the newest history titles (``CoEngagement.of_recent``):
     # weight / (fusion_k + rank)
     # for the order, 1 / (fusion_k + rank) for the model; weight 0 = the model alone
-    # (``prompt_tuning.candidates.CandidateConfig``; chosen on the validation split, BENCHMARKS.md)
-    fusion_k: int = 5
-    fusion_weight: float = 1.0
+    # (``prompt_tuning.candidates.CandidateConfig``). None = the constants chosen for this model on
+    # the validation split (the folder's ``fusion/fusion.json``), else CandidateConfig's defaults.
+    fusion_k: int | None = None
+    fusion_weight: float | None = None
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +99,7 @@ class ServingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
-        if self.fusion_k < 0 or self.fusion_weight < 0:
+        if (self.fusion_k or 0) < 0 or (self.fusion_weight or 0) < 0:
             raise ValueError(f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, "
                              f"{self.fusion_weight}")
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:

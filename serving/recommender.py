@@ -51,7 +51,7 @@ from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.canvases import get_canvas
-from prompt_tuning.candidates import fusion_scores
+from prompt_tuning.candidates import CandidateConfig, fusion_scores
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
 from serving.prompts import CanvasPrompts, RequestError
@@ -223,8 +223,6 @@ class Recommender:
         self.seq_config = gm.seq_config  # how the model's training sequences were rolled up
         candidate_config = None
         if config.candidate_sets:
-            from prompt_tuning.candidates import CandidateConfig
-
             candidate_config = CandidateConfig(search_candidates=config.search_candidates,
                                                theme_candidates=config.theme_candidates,
                                                source_candidates=config.source_candidates)
@@ -233,6 +231,12 @@ class Recommender:
         self.encoder = self.prompts.encoder
         self.trie = PrefixTrie.from_ids(gm.ids)
         self.manifest = gm.manifest
+        # fusion constants: the request's config, else those chosen for this model on validation
+        chosen, defaults = gm.fusion() or {}, CandidateConfig()
+        self.fusion_k = next(v for v in (config.fusion_k, chosen.get("fusion_k"), defaults.fusion_k)
+                             if v is not None)
+        self.fusion_weight = next(v for v in (config.fusion_weight, chosen.get("fusion_weight"),
+                                              defaults.fusion_weight) if v is not None)
         if attributes is None and config.data_dir is not None:
             attributes = load_attributes(gm.ids, config.data_dir, self._dataset(config))
         if attributes is not None and attributes.num_items != gm.ids.num_items:
@@ -326,7 +330,7 @@ class Recommender:
                       else f"no title is permitted ({rule})")
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
         order = None
-        if cp.fuse_order is not None and self.config.fusion_weight > 0:
+        if cp.fuse_order is not None and self.fusion_weight > 0:
             rows = np.asarray(cp.fuse_order, dtype=np.int64)
             order = tuple(int(x) for x in (rows if view is None else rows[view.permits(rows)]))
         return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
@@ -414,8 +418,8 @@ class Recommender:
         found = min(len(rows), p.want)
         reason = p.reason
         if p.fuse_order is not None:  # the beam's titles fused with the canvas's own ranking
-            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.config.fusion_k,
-                                  self.config.fusion_weight)
+            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.fusion_k,
+                                  self.fusion_weight)
             rows, scores = list(fused), list(fused.values())
             sids, found = [self.ids.codes[r] for r in rows], len(rows)
         if p.cap is not None:  # the diversity cap picks from every title the beam found

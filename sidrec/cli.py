@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # the command line, for the results files that record it
     try:
         return args.func(args) or 0
-    except (DataError, ArtifactError, FileNotFoundError, KeyError, ValueError) as e:
+    except (DataError, ArtifactError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         if os.environ.get("SIDREC_DEBUG"):
             raise
         console.print(f"[red]error:[/red] {e}")

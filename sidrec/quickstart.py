@@ -124,6 +124,7 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
         console.print(f"[dim]{line}[/dim]")
     ids = stage_ids(config, data, out / "ids")
     model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
+    stage_fusion(data_config, model_dir)
     _stage_eval(config, data_config, model_dir, out / "eval-test.json")
     console.rule("4/5 an adapter per canvas (PEFT soft prompts and LoRA on the frozen model)")
     served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
@@ -168,6 +169,18 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
         console.print(f"reusing {model_dir} (same data, IDs and config)")
         return model_dir
     return pretrain(data_config, SequenceConfig(), ids_dir, run_dir, pc, resume=True)
+
+
+def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:
+    """The home row's fusion weight for this model, chosen on the validation split (once)."""
+    from eval.next_title import choose_fusion, describe_fusion
+    from gen_fm.model import FUSION_FILE
+
+    if FUSION_FILE in read_manifest(model_dir)["files"]:
+        console.print(f"reusing the fusion weight chosen for {model_dir}")
+        return
+    for line in describe_fusion(choose_fusion(model_dir, data_config)):
+        console.print(line)
 
 
 def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> None:

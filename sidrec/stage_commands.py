@@ -7,6 +7,7 @@ in the one parser (``add_stage_commands``) beside the benchmark commands (``sidr
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -88,6 +89,17 @@ def cmd_pretrain(args) -> None:
     model_dir = pretrain(data, seq, args.ids, args.out, config, resume=args.resume,
                          init_from=args.init_from, extra_rows=extra)
     console.print(f"model folder: {model_dir}")
+    if not args.no_fusion:
+        from eval.next_title import choose_fusion
+
+        show_fusion(choose_fusion(model_dir, data_config(args)))
+
+
+def show_fusion(fusion: dict) -> None:
+    from eval.next_title import describe_fusion
+
+    for line in describe_fusion(fusion):
+        console.print(line)
 
 
 def cmd_eval(args) -> None:
@@ -95,6 +107,14 @@ def cmd_eval(args) -> None:
     from eval.next_title import evaluate_model
 
     set_threads(args)
+    if args.choose_fusion:
+        from eval.next_title import choose_fusion
+
+        show_fusion(choose_fusion(args.model, data_config(args),
+                                  EvalConfig(split="valid", ks=(max(args.ks),),
+                                             batch_size=args.batch_size, device=args.device),
+                                  max_users=args.eval_users or 5000))
+        return
     try:
         report = evaluate_model(args.model, data_config(args),
                                 EvalConfig(split=args.split, ks=tuple(args.ks),
@@ -274,19 +294,25 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="start from this model folder's weights (same layout and sizes): a warm "
                         "restart with a new schedule, or fine-tuning on new data")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="skip choosing the home row's fusion weight on the validation split")
     add_threads_arg(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="leave-one-out Recall/NDCG of a model folder, full catalog")
     add_data_args(p)
     p.add_argument("--model", required=True, help="model folder (run/model)")
-    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--split", default="test", choices=["test", "valid", "train"],
+                   help="train: the newest training event of each member (seen in training)")
     p.add_argument("--out", help="JSON report to write")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
     p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
+    p.add_argument("--choose-fusion", action="store_true",
+                   help="instead: choose the home row's fusion weight on the validation split and "
+                        "write it into the model folder (pretrain does this after training)")
     add_threads_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -296,7 +322,8 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SIDREC_API_KEY)")
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--data", help="data directory: catalog attributes for attribute rules")
+    p.add_argument("--data", default=os.environ.get("SIDREC_DATA_DIR"),
+                   help="data directory: catalog attributes for attribute rules (default: $SIDREC_DATA_DIR)")
     p.add_argument("--dataset", help="sub-folder of --data (default: the model's dataset)")
     p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
     p.add_argument("--drain-seconds", type=float, default=30.0,

@@ -116,7 +116,8 @@ def test_topk_rows_rejects_bad_input():
 def test_eval_config_validation():
     cfg = EvalConfig(ks=(10, 5), split="valid")
     assert cfg.ks == (5, 10) and cfg.max_k == 10
-    for bad in [dict(split="train"), dict(ks=()), dict(ks=(0,)), dict(batch_size=0), dict(seed=-1)]:
+    assert EvalConfig(split="train").split == "train"  # the diagnosis split
+    for bad in [dict(split="training"), dict(ks=()), dict(ks=(0,)), dict(batch_size=0), dict(seed=-1)]:
         with pytest.raises(ValueError):
             EvalConfig(**bad)
     with pytest.raises(Exception):

@@ -52,8 +52,12 @@ def test_split_and_history_cap(tmp_path):
     assert [ids[i] for i in split.train_items(0)] == ["1", "2", "3", "4", "5"]
     users, items = split.train_pairs()
     assert len(items) == 5 + 2  # member 2 trains on both events
+    train = split.examples("train")  # the newest training event: a transition the model saw
+    assert ids[train.targets[0]] == "5" and [ids[i] for i in train.histories[0]] == ["2", "3", "4"]
+    assert train.targets[0] == split.train_items(0)[-1]
+    assert train.users.tolist() == [0]  # member 2 (two events) has no held-out transition at all
     with pytest.raises(ValueError):
-        split.examples("train")
+        split.examples("training")
 
 
 def test_real_split_is_deterministic(ml_small):
@@ -69,3 +73,4 @@ def test_config_validation():
         SequenceConfig(max_history=0)
     with pytest.raises(ValueError):
         SequenceConfig(rollup_window_seconds=-1)
+

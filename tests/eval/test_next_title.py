@@ -86,6 +86,9 @@ def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_pa
         def co_engagement(self):
             return load_co_engagement(tmp_path / CO_ENGAGEMENT_FILE)
 
+        def fusion(self):  # none chosen: the defaults
+            return None
+
     beams = [list(range(10)), list(range(10)), list(range(10))]  # the model's ranking: titles 0..9
     histories = [[3, 7], [7], []]  # newest titles 7, 7; the third member has no history
     targets = [20, 9, 5]
@@ -103,3 +106,36 @@ def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_pa
     assert {(g["fusion_k"], g["fusion_weight"]) for g in rep["fusion_grid"]} >= {(5, 1.0)}
     assert {(g["recent_titles"], g["recent_decay"]) for g in rep["recent_grid"]} >= {(5, 0.5)}
     assert 0 < rep["recall@10_se"] < 0.5
+
+
+def test_fusion_weight_is_chosen_on_validation_and_read_by_eval_and_serving(model_dir, tmp_path):
+    """``choose_fusion`` writes the validation's best weight into the folder; the served home row
+    of ``sidrec eval`` and the Recommender both use it; an explicit serving config still wins."""
+    import shutil
+
+    from eval.next_title import CHOICE_WEIGHTS, choose_fusion
+    from gen_fm.model import FUSION_FILE, load_model
+    from serving.recommender import Recommender
+
+    dc, path = model_dir
+    folder = tmp_path / "model"
+    shutil.copytree(path, folder)
+    with pytest.raises(ValueError, match="validation"):
+        choose_fusion(folder, dc, EvalConfig(split="test"))
+    fusion = choose_fusion(folder, dc, max_users=8)
+    best = max(fusion["grid"], key=lambda g: (g["recall@10"], g["ndcg@10"]))
+    assert fusion["fusion_weight"] == best["fusion_weight"]
+    assert [g["fusion_weight"] for g in fusion["grid"]] == list(CHOICE_WEIGHTS)
+    assert 0.0 in CHOICE_WEIGHTS  # the model alone is an allowed outcome
+    gen = load_model(folder)  # the manifest lists the file and its hash verifies
+    assert gen.fusion()["fusion_weight"] == fusion["fusion_weight"] and FUSION_FILE in gen.manifest["files"]
+    rep = evaluate_model(folder, dc, EvalConfig(ks=(5, 10)), max_users=4, unconstrained_users=0)
+    assert rep["home_row"]["fusion_weight"] == fusion["fusion_weight"]
+    assert rep["home_row"]["fusion_source"].startswith("chosen on validation")
+    rec = Recommender.from_pretrained(str(folder), backend="transformers")
+    assert (rec.fusion_k, rec.fusion_weight) == (fusion["fusion_k"], fusion["fusion_weight"])
+    rec = Recommender.from_pretrained(str(folder), backend="transformers", fusion_weight=3.0)
+    assert rec.fusion_weight == 3.0
+    # a folder without a choice serves the defaults
+    assert load_model(path).fusion() is None
+    assert Recommender.from_pretrained(str(path), backend="transformers").fusion_weight == 1.0
