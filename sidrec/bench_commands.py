@@ -113,7 +113,8 @@ def cmd_baseline(args) -> int:
     report = run_baseline(args.kind, data_config(args), SequenceConfig(max_history=args.max_history),
                           args.out, EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size,
                                                device=args.device),
-                          command=["sidrec", *getattr(args, "argv", [])], **parse_overrides(None, args.set))
+                          command=["sidrec", *getattr(args, "argv", [])], ids_dir=args.ids,
+                          **parse_overrides(None, args.set))
     for split, m in report["metrics"].items():
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"params {report['params']:,}  train {report['train_seconds']:.1f}s  -> {args.out}")
@@ -260,6 +261,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, dataset_help="sub-folder of --data, e.g. amazon-beauty or ml-latest-small")
     p.add_argument("--max-history", type=int, default=20, help="history cap (benchmark: 20)")
     p.add_argument("--out", required=True, help="JSON report to write")
+    p.add_argument("--ids", help="ID artifact whose codes represent titles (--set items=codes or both)")
     add_config_args(p, "SASRecConfig", preset=False,
                     set_help="SASRec hyperparameter override (JSON value), repeatable; e.g. --set dropout=0.2")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])

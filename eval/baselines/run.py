@@ -23,9 +23,11 @@ from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sa
 from eval.config import EvalConfig
 from eval.machine import machine_info
 from gen_fm.co_engagement import co_engagement_of_split
+from gen_fm.dataset import catalog_to_sid_rows
+from semantic_ids.ids import SemanticIDs
 from prompt_tuning.candidates import fuse_all
 from core.metrics import RankingMetrics, ranking_metrics
-from core.artifacts import jsonable, write_json
+from core.artifacts import jsonable, manifest_hash, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 
@@ -75,13 +77,26 @@ def command_line() -> list[str]:
     return argv
 
 
+def catalog_codes(data, ids_dir: str | os.PathLike) -> np.ndarray:
+    """(num_catalog, L) each catalog row's semantic-ID codes, every level offset into one range."""
+    ids = SemanticIDs.load(ids_dir)
+    rows = catalog_to_sid_rows(data, ids)
+    if (rows < 0).any():
+        raise ValueError(f"{int((rows < 0).sum())} catalog titles have no ID in {ids_dir}: "
+                         f"the ID artifact was built from another catalog")
+    offsets = np.concatenate([[0], np.cumsum(ids.codebook_sizes)[:-1]])
+    return np.asarray(ids.codes, dtype=np.int64)[rows] + offsets
+
+
 def run_baseline(kind: str, data_config: DataConfig | None, seq_config: SequenceConfig | None,
                  out_path: str | os.PathLike, eval_config: EvalConfig | None = None, *,
-                 command: Sequence[str] | None = None, **hyper: Any) -> dict[str, Any]:
+                 command: Sequence[str] | None = None, ids_dir: str | os.PathLike | None = None,
+                 **hyper: Any) -> dict[str, Any]:
     """Train (if needed) and evaluate one baseline; write and return the JSON report.
 
     ``command``: the command line the report records (``sidrec baseline`` passes its own); default
-    this process's ``sys.argv``. ``hyper``: SASRec hyperparameters (``SASRecConfig`` fields).
+    this process's ``sys.argv``. ``ids_dir``: the ID artifact whose codes represent titles when
+    ``items`` is "codes" or "both". ``hyper``: SASRec hyperparameters (``SASRecConfig`` fields).
     """
     if kind not in BASELINES:
         raise ValueError(f"kind must be one of {BASELINES}, got {kind!r}")
@@ -109,7 +124,12 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         def validate(model: SASRec) -> float:
             return evaluate_sasrec(model, split, "valid", eval_config).recall[k_stop]
 
-        result = train_sasrec(split, num_items, config, validate, device=eval_config.device)
+        if (config.items != "id") != (ids_dir is not None):
+            raise ValueError(f"items {config.items!r}: pass the ID artifact (--ids) exactly when "
+                             f"titles are represented by their codes")
+        codes = catalog_codes(data, ids_dir) if ids_dir is not None else None
+        result = train_sasrec(split, num_items, config, validate, device=eval_config.device,
+                              codes=codes)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
         table = co_engagement_of_split(split, np.arange(num_items), num_items)  # catalog rows
         served = {s: fused_with_co_engagement(result.model, split, table, s, eval_config)
@@ -127,6 +147,8 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         "baseline": kind,
         "dataset": data.name,
         "data_fingerprint": data.fingerprint,
+        "semantic_ids": None if ids_dir is None else {"path": str(ids_dir),
+                                                      "manifest": manifest_hash(ids_dir)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "num_items": num_items,
         "num_members": len(split.sequences),

@@ -37,6 +37,9 @@ from core.sequences import Split
 
 LOSSES = ("bce", "ce")
 WINDOWS = ("all", "last")
+# How a title is represented: one learned row ("id"), the sum of its semantic-ID codes' learned
+# rows ("codes", what sidrec's foundation model reads), or both summed.
+ITEMS = ("id", "codes", "both")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class SASRecConfig:
     max_len: int = 20
     # "all": cut long training prefixes into consecutive windows; "last": the most recent only.
     train_windows: str = "all"
+    # Title representation, shared by input and output: "id", "codes" or "both" (needs an ID map).
+    items: str = "id"
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
     weight_decay: float = 0.0  # the paper's l2_emb is 0
@@ -63,6 +68,8 @@ class SASRecConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.items not in ITEMS:
+            raise ValueError(f"items must be one of {ITEMS}, got {self.items!r}")
         if self.train_windows not in WINDOWS:
             raise ValueError(f"train_windows must be one of {WINDOWS}, got {self.train_windows!r}")
         positive = {"hidden": self.hidden, "num_blocks": self.num_blocks, "num_heads": self.num_heads,
@@ -95,13 +102,28 @@ class SASRecBlock(nn.Module):
 
 
 class SASRec(nn.Module):
-    """Causal self-attention over a member's recent titles; item 0 is padding, title row r is r + 1."""
+    """Causal self-attention over a member's recent titles; item 0 is padding, title row r is r + 1.
+
+    `codes` ((num_items, L) int64, each level's codes offset into one shared range) and `items`
+    choose the title representation: its own row, its codes' rows summed, or both summed."""
 
     def __init__(self, *, num_items: int, hidden: int, num_blocks: int, num_heads: int,
-                 dropout: float, max_len: int) -> None:
+                 dropout: float, max_len: int, items: str = "id",
+                 codes: np.ndarray | None = None) -> None:
         super().__init__()
         self.num_items, self.max_len, self.num_heads = num_items, max_len, num_heads
+        if (items != "id") != (codes is not None):
+            raise ValueError(f"items {items!r}: codes are needed exactly when the representation "
+                             f"uses them")
+        self.items = items
         self.item_emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.code_emb = None
+        if codes is not None:
+            codes = torch.as_tensor(np.asarray(codes, dtype=np.int64))  # (N, L)
+            if codes.shape[0] != num_items:
+                raise ValueError(f"codes for {codes.shape[0]} titles, catalog of {num_items}")
+            self.register_buffer("codes", codes, persistent=False)
+            self.code_emb = nn.Embedding(int(codes.max()) + 1, hidden)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(SASRecBlock(hidden, num_heads, dropout) for _ in range(num_blocks))
@@ -112,6 +134,15 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
+    def item_matrix(self) -> torch.Tensor:
+        """(N + 1, d) every title's row (row 0: padding, zeros)."""
+        if self.code_emb is None:
+            return self.item_emb.weight
+        rows = self.code_emb(self.codes).sum(-2)  # (N, d)
+        if self.items == "both":
+            rows = rows + self.item_emb.weight[1:]
+        return torch.cat([torch.zeros_like(rows[:1]), rows])
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded item indices -> (B, T, d) states; state t predicts item t + 1."""
         b, t = seq.shape
@@ -119,7 +150,8 @@ class SASRec(nn.Module):
             raise ValueError(f"window of {t} positions exceeds max_len {self.max_len}")
         keep = (seq != 0).unsqueeze(-1)  # (B, T, 1)
         pos = torch.arange(self.max_len - t, self.max_len, device=seq.device)  # (T,) right-aligned
-        x = self.item_emb(seq) * self.item_emb.embedding_dim ** 0.5 + self.pos_emb(pos)  # (B, T, d)
+        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim ** 0.5 \
+            + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_dropout(x) * keep
         # True = may not attend: future positions and padding (a padded query keeps itself, so no
         # row is fully masked; its output is zeroed anyway).
@@ -133,7 +165,7 @@ class SASRec(nn.Module):
 
     def all_item_scores(self, states: torch.Tensor) -> torch.Tensor:
         """(..., d) states -> (..., N) scores over catalog rows 0..N-1 (shared output embedding)."""
-        return states @ self.item_emb.weight[1:].T
+        return states @ self.item_matrix()[1:].T
 
 
 @dataclass
@@ -194,8 +226,9 @@ def _batch_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
     h = states[real]  # (P, d) one row per real position
     if negatives is None:  # full softmax over the catalog
         return F.cross_entropy(model.all_item_scores(h), targets[real] - 1)  # logits (P, N)
-    pos = (h * model.item_emb(targets[real])).sum(-1)  # (P,)
-    neg = (h * model.item_emb(negatives[real])).sum(-1)  # (P,)
+    items = model.item_matrix()  # (N + 1, d)
+    pos = (h * items[targets[real]]).sum(-1)  # (P,)
+    neg = (h * items[negatives[real]]).sum(-1)  # (P,)
     return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
             + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
 
@@ -239,23 +272,26 @@ class SASRecResult:
 
 
 def train_sasrec(split: Split, num_items: int, config: SASRecConfig,
-                 validate: Callable[[SASRec], float], device: str = "cpu") -> SASRecResult:
-    """Train with early stopping on `validate(model)` (higher is better); keep the best weights."""
+                 validate: Callable[[SASRec], float], device: str = "cpu",
+                 codes: np.ndarray | None = None) -> SASRecResult:
+    """Train with early stopping on `validate(model)` (higher is better); keep the best weights.
+    `codes`: each catalog row's semantic-ID codes (see ``SASRec``), for ``items`` other than "id"."""
     det_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(split, num_items, config, validate, device)
+        return _train(split, num_items, config, validate, device, codes)
     finally:
         torch.use_deterministic_algorithms(det_before)
 
 
 def _train(split: Split, num_items: int, config: SASRecConfig,
-           validate: Callable[[SASRec], float], device: str) -> SASRecResult:
+           validate: Callable[[SASRec], float], device: str, codes: np.ndarray | None) -> SASRecResult:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     windows = make_windows(split, config.max_len, config.train_windows)
     model = SASRec(num_items=num_items, hidden=config.hidden, num_blocks=config.num_blocks,
-                   num_heads=config.num_heads, dropout=config.dropout, max_len=config.max_len).to(device)
+                   num_heads=config.num_heads, dropout=config.dropout, max_len=config.max_len,
+                   items=config.items, codes=codes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                            weight_decay=config.weight_decay)
     seen = None

@@ -133,3 +133,20 @@ def test_sasrec_config_checks():
         SASRecConfig(hidden=10, num_heads=3)
     with pytest.raises(ValueError):
         SASRecConfig(train_windows="every")
+
+
+@pytest.mark.parametrize("items", ["codes", "both"])
+def test_sasrec_titles_by_their_codes_share_input_and_output_rows(items):
+    torch.manual_seed(0)
+    codes = np.array([[0, 4], [1, 4], [0, 5], [2, 6]])  # 4 titles, 2 levels in one code range
+    model = SASRec(num_items=4, hidden=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=3,
+                   items=items, codes=codes).eval()
+    rows = model.item_matrix()  # (5, 8)
+    want = model.code_emb.weight[codes].sum(1) + (model.item_emb.weight[1:] if items == "both" else 0)
+    assert torch.allclose(rows[1:], want) and rows[0].abs().sum() == 0
+    states = model(torch.tensor([[0, 1, 3]]))[:, -1]
+    assert torch.allclose(model.all_item_scores(states), states @ want.T)
+    with pytest.raises(ValueError, match="codes"):
+        SASRec(num_items=4, hidden=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=3, items=items)
+    with pytest.raises(ValueError, match="items"):
+        SASRecConfig(items="text")
