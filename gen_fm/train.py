@@ -33,7 +33,7 @@ from gen_fm.dataset import catalog_to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
 from gen_fm.objectives import build_objectives
 from gen_fm.selection import choose
-from gen_fm.titles import attach_title_embedding, bake_title_embeddings
+from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
 from gen_fm.tokenizer import PromptEncoder
 from gen_fm.validation import evaluate, validation_set
 from semantic_ids.ids import SemanticIDs
@@ -171,17 +171,21 @@ ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
                        "rope_theta", "num_user_buckets", "history_tokens")
 
 
-def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, config: PretrainConfig
-                      ) -> dict[str, Any]:
+def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, config: PretrainConfig,
+                      sid_tokens: np.ndarray | None = None) -> dict[str, Any]:
     """Copy an existing model folder's weights into `model` (a refresh fine-tune, not from scratch).
 
     The token layout must be identical: titles added to the ID map reuse the existing code tokens,
-    so the vocabulary never grows; a different layout means the IDs were rebuilt and the old
-    embeddings would mean something else. Returns the parent's identity for the new manifest.
+    so the code vocabulary never grows (a title-token parent gains title tokens for them, by their
+    codes: `sid_tokens` are the new ID map's); a different layout means the IDs were rebuilt and
+    the old embeddings would mean something else. Returns the parent's identity for the manifest.
     """
     from gen_fm.model import load_model
 
     parent = load_model(init_from)
+    if sid_tokens is not None and parent.layout.title_ids(1) is not None:
+        # titles added to the ID map since the parent was trained enter by their codes' rows
+        parent.layout = extend_titles(parent.model, parent.layout, sid_tokens)
     if parent.layout.to_json() != layout.to_json():
         raise ValueError(f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
                          f"tokens, codebooks {parent.layout.codebook_sizes}) is not this run's "
@@ -292,7 +296,8 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
 
     set_seed(config.seed)
     model = build_model(config, encoder.layout, split.max_history)
-    parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config)
+    parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config,
+                                                              encoder.sid_tokens)
     hidden = None
     if titles:  # before the dropout hooks, so the composed rows are what dropout sees
         emb = attach_title_embedding(model, encoder.layout, encoder.sid_tokens, config.identity_dropout)

@@ -138,3 +138,45 @@ def test_title_options_need_title_histories():
         PretrainConfig(history_tokens="titles", mtp_tokens=1)
     with pytest.raises(ValueError, match="history_tokens"):
         PretrainConfig(history_tokens="ids")
+
+
+
+def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path):
+    """A title-token run writes a plain folder whose prompts use title tokens; a run that starts
+    from it after the ID map grew gives the new title its codes' row and keeps every old row."""
+    from core.artifacts import atomic_dir, make_manifest, write_json
+    from core.data import DataConfig, load_data
+    from gen_fm.train import pretrain
+
+    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=20)
+    data = load_data(dc)
+    rated = set(data.interactions["item_id"])
+    items = list(data.catalog["item_id"])
+    new_item = next(i for i in items if i not in rated)  # in the catalog, never engaged with
+    old_items = [i for i in items if i != new_item]
+    ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
+    config = PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, val_users=4,
+                                        history_tokens="titles", identity_dropout=0.1)
+    model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
+    gen = load_model(model_dir)
+    assert type(gen.model.get_input_embeddings()) is torch.nn.Embedding  # baked: a plain Llama
+    assert gen.prompt_encoder().tokens_per_title == 1
+
+    used = {tuple(c) for c in ids.codes.tolist()}
+    new_code = next(c for c in np.ndindex(16, 16, 16, 4) if c not in used)
+    grown = SemanticIDs(old_items + [new_item], np.vstack([ids.codes, new_code]), ids.codebook_sizes)
+    with atomic_dir(tmp_path / "ids2") as stage:
+        grown.write_map(stage)
+        write_json(stage / "stats.json", {})
+        write_json(stage / "manifest.json", make_manifest("semantic_ids", {}, codebook_sizes=[16, 16, 16, 4],
+                                                          map_version=2))
+    again = pretrain(dc, SequenceConfig(max_history=20), tmp_path / "ids2", tmp_path / "run2",
+                     PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, val_users=4,
+                                                history_tokens="titles", max_steps=1, lr=1e-9,
+                                                eval_every=0),
+                     init_from=model_dir)
+    child = load_model(again)
+    enc = child.prompt_encoder()
+    w_old, w_new = gen.model.get_input_embeddings().weight, child.model.get_input_embeddings().weight
+    assert torch.allclose(w_new[enc.title_ids[:-1]], w_old[gen.prompt_encoder().title_ids], atol=1e-4)
+    assert torch.allclose(w_new[enc.title_ids[-1]], w_new[enc.sid_tokens[-1]].sum(0), atol=1e-4)
