@@ -121,8 +121,8 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     from prompt_tuning.candidates import fuse_ranks
 
     p = rec.prepare(RecommendationRequest(["m09"], canvas="t2t", source="m02", k=5))
-    order, cc = p.fuse_order, rec.config  # the served constants
-    fusion_k, weight = cc.fusion_k, cc.fusion_weight
+    order = p.fuse_order
+    fusion_k, weight = rec.fusion_k, rec.fusion_weight  # the served constants (folder: no choice)
     co = [r for r in rec.prompts.candidate_index().co_engagement.of(rec.ids.index_of("m02")).tolist()]
     assert list(order[:4]) == co and len(co) == 4  # m02's co-engaged titles first (member u0's)
     assert (fusion_k, weight, p.want) == (5, 1.0, p.beams)  # the whole beam takes part
