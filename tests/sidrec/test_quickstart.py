@@ -35,11 +35,13 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     served = out / "prompts" / "served"
     assert json.loads((served / "adapters.json").read_text()).keys() == {"home", "t2t"}
     assert (served / "co_engagement" / "table.safetensors").is_file()  # pretraining wrote it, export kept it
+    assert (served / "fusion" / "fusion.json").is_file()  # chosen on validation, export kept it
     assert not list(served.glob("*.safetensors"))[1:]  # vLLM reads every top-level one as weights
 
     assert main(argv) == 0  # everything is up to date: reused, not rebuilt
     second = capsys.readouterr().out
-    assert second.count("reusing") == 5  # IDs, model, the two soft prompts, the served folder
+    # IDs, model, its fusion weight, the two soft prompts, the served folder
+    assert second.count("reusing") == 6
 
     # by default neither canvas trains an adapter: the model folder itself is served
     from core.data import DataConfig
