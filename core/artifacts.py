@@ -92,8 +92,9 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def make_manifest(kind: str, config: Any, parents: Mapping[str, str] | None = None,
-                  **extra: Any) -> dict[str, Any]:
+def make_manifest(
+    kind: str, config: Any, parents: Mapping[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
@@ -116,8 +117,10 @@ def read_manifest(artifact_dir: str | os.PathLike, kind: str | None = None) -> d
     if kind is not None and manifest["kind"] != kind:
         raise ArtifactError(f"{artifact_dir} holds a '{manifest['kind']}' artifact, expected '{kind}'")
     if manifest["schema_version"] > SCHEMA_VERSION:
-        raise ArtifactError(f"{artifact_dir} was written by a newer sidrec "
-                            f"(schema {manifest['schema_version']} > {SCHEMA_VERSION}); upgrade sidrec")
+        raise ArtifactError(
+            f"{artifact_dir} was written by a newer sidrec "
+            f"(schema {manifest['schema_version']} > {SCHEMA_VERSION}); upgrade sidrec"
+        )
     return manifest
 
 

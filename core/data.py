@@ -107,8 +107,7 @@ class RecData:
         inter = self.interactions
         if "tag" not in inter.column_names:
             return {}
-        tags = inter.filter(lambda k, t: k == "tag" and bool(t and t.strip()),
-                            input_columns=["kind", "tag"])
+        tags = inter.filter(lambda k, t: k == "tag" and bool(t and t.strip()), input_columns=["kind", "tag"])
         counts: dict[str, Counter] = {}
         for item, tag in zip(tags["item_id"], tags["tag"]):
             text = tag.strip().lower()
@@ -140,8 +139,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str | None = N
     if detect_layout(path) is None:
         subs = sorted(p.name for p in path.iterdir() if p.is_dir() and detect_layout(p))
         if subs:
-            raise DataError(f"{path} holds several datasets ({', '.join(subs)}): choose one with "
-                            f"--dataset NAME")
+            raise DataError(
+                f"{path} holds several datasets ({', '.join(subs)}): choose one with --dataset NAME"
+            )
         from core.layouts import LAYOUTS
 
         kinds = [f"a {lay.description}" for lay in LAYOUTS.values()]
@@ -169,8 +169,9 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
     reader = LAYOUTS[layout]
     sources = reader.source_files(path, config)
     hashes = {p.name: file_sha256(p) for p in sources}
-    hashes["_slice"] = json.dumps({"max_users": config.max_users, "tags": config.include_tags,
-                                   "loader": _CACHE_FORMAT})
+    hashes["_slice"] = json.dumps(
+        {"max_users": config.max_users, "tags": config.include_tags, "loader": _CACHE_FORMAT}
+    )
     key = hashlib.sha256(json.dumps([_CACHE_FORMAT, hashes], sort_keys=True).encode()).hexdigest()
     cdir = cache_root() / "data" / f"{path.name}-{key[:16]}"
     if (cdir / "report.json").is_file():
@@ -197,12 +198,21 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
                 datasets.enable_progress_bars()
         catalog = datasets.load_from_disk(str(cdir / "catalog"))
         inter = datasets.load_from_disk(str(cdir / "interactions"))
-    return RecData(name=path.name, layout=layout, has_time=reader.has_time, catalog=catalog,
-                   interactions=inter, report=report, source_hashes=hashes, path=path)
+    return RecData(
+        name=path.name,
+        layout=layout,
+        has_time=reader.has_time,
+        catalog=catalog,
+        interactions=inter,
+        report=report,
+        source_hashes=hashes,
+        path=path,
+    )
 
 
-def _finish_interactions(catalog: pa.Table, inter: pa.Table, config: DataConfig,
-                         report: DataReport) -> pa.Table:
+def _finish_interactions(
+    catalog: pa.Table, inter: pa.Table, config: DataConfig, report: DataReport
+) -> pa.Table:
     """Drop (and count) unknown titles and exact duplicate rows; slice members; sort by (user, time)."""
     known = pc.is_in(inter["item_id"], value_set=catalog["item_id"])
     report.drop("interactions with a title id not in the catalog", inter.num_rows - pc.sum(known).as_py())
@@ -212,14 +222,25 @@ def _finish_interactions(catalog: pa.Table, inter: pa.Table, config: DataConfig,
         inter = inter.filter(pc.is_in(inter["user_id"], value_set=pa.array(users, pa.string())))
     keys = ["user_id", "item_id", "timestamp", "kind", "tag"]
     before = inter.num_rows
-    inter = inter.group_by(keys, use_threads=False).aggregate([("rating", "max")]) \
+    inter = (
+        inter.group_by(keys, use_threads=False)
+        .aggregate([("rating", "max")])
         .rename_columns(keys + ["rating"])
+    )
     report.drop("duplicate interaction rows", before - inter.num_rows)
     if inter.num_rows == 0:
-        raise DataError("no interactions left after validation; see the drop counts: "
-                        + "; ".join(report.lines()))
-    order = pc.sort_indices(inter, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending"),
-                                              ("kind", "ascending"), ("item_id", "ascending")])
+        raise DataError(
+            "no interactions left after validation; see the drop counts: " + "; ".join(report.lines())
+        )
+    order = pc.sort_indices(
+        inter,
+        sort_keys=[
+            ("user_id", "ascending"),
+            ("timestamp", "ascending"),
+            ("kind", "ascending"),
+            ("item_id", "ascending"),
+        ],
+    )
     inter = inter.take(order)
     return inter.select(["user_id", "item_id", "timestamp", "kind", "rating", "tag"])
 

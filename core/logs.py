@@ -25,8 +25,19 @@ LOG_FILE_ENV = "SIDREC_LOG_FILE"
 VERBOSE_ENV = "SIDREC_VERBOSE"
 # Loggers whose records go to the file only (their own handlers, if any, are replaced).
 # ("torch" stays: it logs from atexit hooks, after logging has closed the file.)
-LIBRARIES = ("transformers", "accelerate", "datasets", "peft", "sentence_transformers", "vllm",
-             "huggingface_hub", "urllib3", "httpx", "filelock", "py.warnings")
+LIBRARIES = (
+    "transformers",
+    "accelerate",
+    "datasets",
+    "peft",
+    "sentence_transformers",
+    "vllm",
+    "huggingface_hub",
+    "urllib3",
+    "httpx",
+    "filelock",
+    "py.warnings",
+)
 _routed: dict[str, logging.Handler] = {}  # path -> its handler (a second call reuses it)
 
 
@@ -70,8 +81,7 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
     handler = logging.FileHandler(path, encoding="utf-8")
     _routed[str(path)] = handler
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.stream.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} sidrec "
-                         f"{' '.join(sys.argv[1:])}\n")
+    handler.stream.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} sidrec {' '.join(sys.argv[1:])}\n")
     for name in LIBRARIES:
         lg = logging.getLogger(name)
         lg.handlers = [handler]
@@ -81,12 +91,24 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
     # child processes (vLLM's engine core, dataloader workers) inherit these: vLLM's loggers write
     # to the same file through its own logging config, C++ and Python warnings stay quiet there
     vllm_config = path.with_name(path.name + ".vllm-logging.json")
-    vllm_config.write_text(json.dumps({
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path),
-                              "formatter": "plain", "encoding": "utf-8"}},
-        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}))
+    vllm_config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+                "handlers": {
+                    "file": {
+                        "class": "logging.FileHandler",
+                        "filename": str(path),
+                        "formatter": "plain",
+                        "encoding": "utf-8",
+                    }
+                },
+                "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+            }
+        )
+    )
     os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(vllm_config))
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
@@ -104,5 +126,4 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
     return path
 
 
-__all__ = ["LOG_FILE_ENV", "VERBOSE_ENV", "default_log_file", "route_library_logs",
-           "split_logging_flags"]
+__all__ = ["LOG_FILE_ENV", "VERBOSE_ENV", "default_log_file", "route_library_logs", "split_logging_flags"]

@@ -91,8 +91,10 @@ def target_ranks(ranked: Sequence[Sequence[Hashable]], targets: Sequence[Hashabl
         for x in row:
             kinds.add(_kind(x))
             if len(kinds) > 1:
-                raise TypeError(f"member {u}: ranked items and targets mix catalog rows (int) and "
-                                f"item ids (str); map both to the same kind first")
+                raise TypeError(
+                    f"member {u}: ranked items and targets mix catalog rows (int) and "
+                    f"item ids (str); map both to the same kind first"
+                )
         if len(set(row)) != len(row):
             dup = sorted({x for x in row if row.count(x) > 1}, key=str)
             raise ValueError(f"member {u}: ranked list repeats item(s) {dup[:5]}")
@@ -122,8 +124,9 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Ran
     return RankingMetrics(num_users=len(ranks), recall=recall, ndcg=ndcg)
 
 
-def ranking_metrics(ranked: Sequence[Sequence[Hashable]], targets: Sequence[Hashable],
-                    ks: Sequence[int] = DEFAULT_KS) -> RankingMetrics:
+def ranking_metrics(
+    ranked: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks: Sequence[int] = DEFAULT_KS
+) -> RankingMetrics:
     """Mean Recall@K / NDCG@K of per-member ranked lists against one target title per member."""
     ks = validate_ks(ks)
     if len(_as_list(targets)) == 0:
@@ -153,9 +156,9 @@ def topk_rows(scores: torch.Tensor | np.ndarray, k: int, batch_size: int = 1024)
         raise ValueError("scores contain NaN; ranking would be undefined")
     out = torch.empty((n_rows, k), dtype=torch.int64)
     for start in range(0, n_rows, batch_size):
-        s = scores[start: start + batch_size]  # (b, N)
+        s = scores[start : start + batch_size]  # (b, N)
         vals, cols = s.topk(min(k + 1, n_items), dim=1)  # (b, k + 1) each
-        kth, cols = vals[:, k - 1: k], cols[:, :k]  # (b, 1), (b, k)
+        kth, cols = vals[:, k - 1 : k], cols[:, :k]  # (b, 1), (b, k)
         # A row whose (k+1)-th score equals its k-th has a tie across the cut: which tied columns
         # win must be chosen explicitly.
         if k < n_items:
@@ -170,5 +173,5 @@ def topk_rows(scores: torch.Tensor | np.ndarray, k: int, batch_size: int = 1024)
             cols[crowded] = chosen.nonzero()[:, 1].view(-1, k)
         cols = cols.sort(dim=1).values  # ascending column, then a stable sort by score
         order = s.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
-        out[start: start + len(s)] = cols.gather(1, order).cpu()
+        out[start : start + len(s)] = cols.gather(1, order).cpu()
     return out.numpy()

@@ -55,7 +55,7 @@ class Sequences:
         return len(self.user_ids)
 
     def items(self, u: int) -> np.ndarray:
-        return self.item_index[self.offsets[u]: self.offsets[u + 1]]
+        return self.item_index[self.offsets[u] : self.offsets[u + 1]]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -93,9 +93,16 @@ def build_sequences(data: RecData, config: SequenceConfig | None = None) -> Sequ
     g_last, g_count, g_rating = g_last[order], g_count[order], g_rating[order]
     counts = np.bincount(g_user, minlength=len(users))  # every member has >= 1 row by construction
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Sequences(user_ids=[str(x) for x in users], offsets=offsets,
-                     item_index=g_item.astype(np.int32), first_time=g_first, last_time=g_last,
-                     count=g_count, rating=g_rating, rolled_up=int(len(u) - len(starts)))
+    return Sequences(
+        user_ids=[str(x) for x in users],
+        offsets=offsets,
+        item_index=g_item.astype(np.int32),
+        first_time=g_first,
+        last_time=g_last,
+        count=g_count,
+        rating=g_rating,
+        rolled_up=int(len(u) - len(starts)),
+    )
 
 
 @dataclass
@@ -144,12 +151,11 @@ class Split:
         hist, tgt = [], []
         for u in users:
             items = self.sequences.items(u)
-            hist.append(items[: len(items) - back][-self.max_history:])
+            hist.append(items[: len(items) - back][-self.max_history :])
             tgt.append(items[len(items) - back])
         return EvalExamples(users=users, histories=hist, targets=np.asarray(tgt, dtype=np.int64))
 
 
 def leave_one_out(sequences: Sequences, config: SequenceConfig | None = None) -> Split:
     config = config or SequenceConfig()
-    return Split(sequences=sequences, max_history=config.max_history,
-                 evaluable=sequences.lengths >= 3)
+    return Split(sequences=sequences, max_history=config.max_history, evaluable=sequences.lengths >= 3)

@@ -30,12 +30,15 @@ class OldWorld:
     held_out_interactions: int  # interactions at or after the cutoff (any title)
 
     def to_json(self) -> dict[str, Any]:
-        return {"cutoff": self.cutoff,
-                "cutoff_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff)),
-                "new_titles": len(self.new_titles), "held_out_interactions": self.held_out_interactions,
-                "old_world_interactions": len(self.data.interactions),
-                "old_world_titles": len(self.data.catalog),
-                "old_world_fingerprint": self.data.fingerprint}
+        return {
+            "cutoff": self.cutoff,
+            "cutoff_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.cutoff)),
+            "new_titles": len(self.new_titles),
+            "held_out_interactions": self.held_out_interactions,
+            "old_world_interactions": len(self.data.interactions),
+            "old_world_titles": len(self.data.catalog),
+            "old_world_fingerprint": self.data.fingerprint,
+        }
 
 
 def old_world(data: RecData, new_title_share: float) -> OldWorld:
@@ -50,11 +53,13 @@ def old_world(data: RecData, new_title_share: float) -> OldWorld:
     if not 0.0 < new_title_share < 1.0:
         raise ValueError(f"new_title_share must be in (0, 1), got {new_title_share}")
     if not data.has_time:
-        raise ValueError(f"{data.name} has no clock (its timestamps are positions in each member's "
-                         f"sequence), so neither 'the newest titles' nor 'interactions after a point "
-                         f"in time' is defined: the refresh simulation needs timestamped data "
-                         f"(e.g. ml-latest-small). A model can still be refreshed with real newer "
-                         f"data: sidrec refresh --model DIR")
+        raise ValueError(
+            f"{data.name} has no clock (its timestamps are positions in each member's "
+            f"sequence), so neither 'the newest titles' nor 'interactions after a point "
+            f"in time' is defined: the refresh simulation needs timestamped data "
+            f"(e.g. ml-latest-small). A model can still be refreshed with real newer "
+            f"data: sidrec refresh --model DIR"
+        )
     table = data.interactions.with_format("arrow")[:]  # pyarrow.Table, rows in dataset order
     first = table.group_by("item_id", use_threads=False).aggregate([("timestamp", "min")])
     times = np.asarray(first["timestamp_min"].to_numpy(), dtype=np.int64)  # (titles engaged,)
@@ -68,11 +73,17 @@ def old_world(data: RecData, new_title_share: float) -> OldWorld:
     report = DataReport(rows_read=dict(data.report.rows_read), dropped=data.report.dropped.copy())
     report.drop("old world: interactions at or after the cutoff", len(table) - len(keep_int))
     report.drop("old world: titles first engaged at or after the cutoff", len(new))
-    hashes = {**data.source_hashes,
-              "_old_world": json.dumps({"cutoff": cutoff, "new_title_share": new_title_share})}
-    view = dataclasses.replace(data, catalog=data.catalog.select(keep_cat),
-                               interactions=data.interactions.select(keep_int), report=report,
-                               source_hashes=hashes)
+    hashes = {
+        **data.source_hashes,
+        "_old_world": json.dumps({"cutoff": cutoff, "new_title_share": new_title_share}),
+    }
+    view = dataclasses.replace(
+        data,
+        catalog=data.catalog.select(keep_cat),
+        interactions=data.interactions.select(keep_int),
+        report=report,
+        source_hashes=hashes,
+    )
     order = [iid for iid in data.catalog["item_id"] if iid in new]  # catalog order: deterministic
     return OldWorld(view, cutoff, order, len(table) - len(keep_int))
 

@@ -21,8 +21,17 @@ from eval.machine import machine_info
 from core.artifacts import write_json
 
 
-def bench_batch(*, model: str, out: str, data_dir: str | None = None, members: int = 300, k: int = 10,
-                backend: str = "vllm", shard_size: int = 64, command: str = "") -> dict:
+def bench_batch(
+    *,
+    model: str,
+    out: str,
+    data_dir: str | None = None,
+    members: int = 300,
+    k: int = 10,
+    backend: str = "vllm",
+    shard_size: int = 64,
+    command: str = "",
+) -> dict:
     """Batch against one-by-one lists of the first ``members`` members; writes ``out``, returns the
     report (its ``identical_lists`` must equal its ``members``). ``command`` is recorded in it."""
     import httpx
@@ -32,16 +41,26 @@ def bench_batch(*, model: str, out: str, data_dir: str | None = None, members: i
     from serving.server import ServerSettings, create_app, run_in_thread
     from core.data import DataConfig, load_data
 
-    rec = Recommender.from_pretrained(model, backend=backend, num_beams=max(k, 10),
-                                      max_k=max(k, 10), max_batch=shard_size,
-                                      enforce_eager=True)
+    rec = Recommender.from_pretrained(
+        model,
+        backend=backend,
+        num_beams=max(k, 10),
+        max_k=max(k, 10),
+        max_batch=shard_size,
+        enforce_eager=True,
+    )
     try:
         data = load_data(DataConfig(data_dir=data_dir, dataset=rec.manifest["data"]["dataset"]))
         users, hists = member_histories(data, rec.ids, rec.seq_config, members)
         rec.recommend(hists[0], k=k)  # warm-up: first-call compilation is not throughput
         with tempfile.TemporaryDirectory() as tmp:
-            m = run_batch(rec, data, BatchConfig(k=k, shard_size=shard_size,
-                                                 max_users=members), Path(tmp) / "b", progress=False)
+            m = run_batch(
+                rec,
+                data,
+                BatchConfig(k=k, shard_size=shard_size, max_users=members),
+                Path(tmp) / "b",
+                progress=False,
+            )
             table = read_lists(Path(tmp) / "b").to_pylist()
         batch = {}
         for r in table:
@@ -70,16 +89,28 @@ def bench_batch(*, model: str, out: str, data_dir: str | None = None, members: i
     finally:
         rec.close()
     same = sum(batch.get(u, []) == served[u] for u in users)
-    report = {"benchmark": "batch_vs_server", "model": model, "dataset": data.name,
-              "members": len(users), "k": k, "backend": backend, "shard_size": shard_size,
-              "batch_seconds": m["seconds"], "batch_lists_per_second": m["lists_per_second"],
-              "server_one_by_one_seconds": round(server_seconds, 2),
-              "server_lists_per_second": round(len(users) / server_seconds, 2),
-              "speedup": round(m["lists_per_second"] * server_seconds / len(users), 2),
-              "identical_lists": same, "command": command,
-              "data_fingerprint": data.fingerprint, "machine": machine_info()}
+    report = {
+        "benchmark": "batch_vs_server",
+        "model": model,
+        "dataset": data.name,
+        "members": len(users),
+        "k": k,
+        "backend": backend,
+        "shard_size": shard_size,
+        "batch_seconds": m["seconds"],
+        "batch_lists_per_second": m["lists_per_second"],
+        "server_one_by_one_seconds": round(server_seconds, 2),
+        "server_lists_per_second": round(len(users) / server_seconds, 2),
+        "speedup": round(m["lists_per_second"] * server_seconds / len(users), 2),
+        "identical_lists": same,
+        "command": command,
+        "data_fingerprint": data.fingerprint,
+        "machine": machine_info(),
+    }
     write_json(out, report)
-    print(f"{len(users)} members, k={k}, {backend}: batch {report['batch_lists_per_second']} "
-          f"lists/s, server one by one {report['server_lists_per_second']} lists/s "
-          f"({report['speedup']}x); identical lists: {same}/{len(users)}")
+    print(
+        f"{len(users)} members, k={k}, {backend}: batch {report['batch_lists_per_second']} "
+        f"lists/s, server one by one {report['server_lists_per_second']} lists/s "
+        f"({report['speedup']}x); identical lists: {same}/{len(users)}"
+    )
     return report

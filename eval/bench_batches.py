@@ -20,8 +20,9 @@ from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 
-def bench_host_batches(*, dataset: str, ids: str, out: str, data_dir: str | None = None,
-                       batch_size: int = 256, command: str = "") -> dict:
+def bench_host_batches(
+    *, dataset: str, ids: str, out: str, data_dir: str | None = None, batch_size: int = 256, command: str = ""
+) -> dict:
     """Host milliseconds per batch of both loops over ``dataset`` with the ID artifact ``ids``;
     writes ``out`` and returns the report. ``command`` is recorded in it."""
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
@@ -53,19 +54,26 @@ def bench_host_batches(*, dataset: str, ids: str, out: str, data_dir: str | None
     for idx in batches:
         tensors.batch(idx)
     after = (time.perf_counter() - t0) / len(batches)
-    report = {"benchmark": "host_batches", "dataset": data.name, "rows": len(lengths),
-              "batch_size": batch_size, "batches": len(batches),
-              "collator_ms_per_batch": round(1000 * before, 3),
-              "tensor_slice_ms_per_batch": round(1000 * after, 3),
-              "augmented_cut_seconds_per_epoch": round(cut, 3),
-              "tensor_build_seconds_per_epoch": round(build, 3),
-              "tensor_ms_per_batch_with_build": round(1000 * (after + build / len(batches)), 3),
-              "augmented_ms_per_batch_with_cut_and_build":
-                  round(1000 * (after + (cut + build) / len(batches)), 3),
-              "command": command,
-              "data_fingerprint": data.fingerprint, "machine": machine_info()}
+    report = {
+        "benchmark": "host_batches",
+        "dataset": data.name,
+        "rows": len(lengths),
+        "batch_size": batch_size,
+        "batches": len(batches),
+        "collator_ms_per_batch": round(1000 * before, 3),
+        "tensor_slice_ms_per_batch": round(1000 * after, 3),
+        "augmented_cut_seconds_per_epoch": round(cut, 3),
+        "tensor_build_seconds_per_epoch": round(build, 3),
+        "tensor_ms_per_batch_with_build": round(1000 * (after + build / len(batches)), 3),
+        "augmented_ms_per_batch_with_cut_and_build": round(1000 * (after + (cut + build) / len(batches)), 3),
+        "command": command,
+        "data_fingerprint": data.fingerprint,
+        "machine": machine_info(),
+    }
     write_json(out, report)
-    print(f"{data.name}: {len(batches)} batches of {batch_size}: collator "
-          f"{report['collator_ms_per_batch']} ms/batch, tensor slices {report['tensor_slice_ms_per_batch']} "
-          f"ms/batch (+ {build:.2f} s per epoch to pad, + {cut:.2f} s to cut augmented windows)")
+    print(
+        f"{data.name}: {len(batches)} batches of {batch_size}: collator "
+        f"{report['collator_ms_per_batch']} ms/batch, tensor slices {report['tensor_slice_ms_per_batch']} "
+        f"ms/batch (+ {build:.2f} s per epoch to pad, + {cut:.2f} s to cut augmented windows)"
+    )
     return report

@@ -52,7 +52,7 @@ def neighbour_hits(vecs: np.ndarray, queries: list[int], truth: dict[int, set[in
     u = _unit(vecs)
     hits = []
     for start in range(0, len(queries), 512):
-        q = queries[start:start + 512]
+        q = queries[start : start + 512]
         sims = u[q] @ u.T  # (B, N)
         sims[np.arange(len(q)), q] = -np.inf
         nn = np.argpartition(-sims, k, axis=1)[:, :k]
@@ -60,8 +60,16 @@ def neighbour_hits(vecs: np.ndarray, queries: list[int], truth: dict[int, set[in
     return float(np.mean(hits))
 
 
-def bench_embeddings(*, model: str, out: str, data_dir: str | None = None, min_members: int = 20,
-                     max_members: int = 5000, pooling: str = "last", command: str = "") -> dict:
+def bench_embeddings(
+    *,
+    model: str,
+    out: str,
+    data_dir: str | None = None,
+    min_members: int = 20,
+    max_members: int = 5000,
+    pooling: str = "last",
+    command: str = "",
+) -> dict:
     """Both probes (see the module docstring); writes ``out`` and returns the report.
 
     ``min_members``: a title is judged in probe 1 if at least this many members engaged with it;
@@ -84,8 +92,12 @@ def bench_embeddings(*, model: str, out: str, data_dir: str | None = None, min_m
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     N = gen.ids.num_items
-    train_hists = [to_sid_rows(split.sequences.items(u)[:-2] if split.evaluable[u] else
-                               split.sequences.items(u), sid_rows) for u in range(len(split.sequences))]
+    train_hists = [
+        to_sid_rows(
+            split.sequences.items(u)[:-2] if split.evaluable[u] else split.sequences.items(u), sid_rows
+        )
+        for u in range(len(split.sequences))
+    ]
     # 1. neighbours against co-engagement
     truth = co_engagement_top(train_hists, N, 50)
     popular = Counter(np.concatenate(train_hists).tolist())
@@ -94,9 +106,11 @@ def bench_embeddings(*, model: str, out: str, data_dir: str | None = None, min_m
     index = CandidateIndex(gen.path / "semantic_ids")
     content = index.title_vecs
     rng = np.random.default_rng(0)
-    nn = {"model_title_embedding": neighbour_hits(model_titles, queries, truth),
-          "content_embedding": neighbour_hits(content, queries, truth),
-          "random": neighbour_hits(rng.normal(size=(N, 16)).astype(np.float32), queries, truth)}
+    nn = {
+        "model_title_embedding": neighbour_hits(model_titles, queries, truth),
+        "content_embedding": neighbour_hits(content, queries, truth),
+        "random": neighbour_hits(rng.normal(size=(N, 16)).astype(np.float32), queries, truth),
+    }
     # 2. next-category probe on the test examples
     from prompt_tuning.canvases import theme_of
 
@@ -118,17 +132,35 @@ def bench_embeddings(*, model: str, out: str, data_dir: str | None = None, min_m
         clf = LogisticRegression(max_iter=2000, C=1.0)
         probe[name] = float(cross_val_score(clf, x, y, cv=5, scoring="accuracy").mean())
     probe["majority_class"] = float(Counter(labels_kept).most_common(1)[0][1] / len(labels_kept))
-    report = {"benchmark": "embeddings", "dataset": data.name, "model": model, "dim": emb.dim,
-              "pooling": pooling,
-              "neighbours": {"titles_judged": len(queries), "k": 10, "truth": "50 most co-engaged",
-                             "share_co_engaged": nn},
-              "next_category_probe": {"members": len(keep), "classes": int(len(set(labels_kept))),
-                                      "accuracy_5fold": probe},
-              "seconds": round(time.perf_counter() - t0, 1), "command": command,
-              "data_fingerprint": data.fingerprint, "machine": machine_info()}
+    report = {
+        "benchmark": "embeddings",
+        "dataset": data.name,
+        "model": model,
+        "dim": emb.dim,
+        "pooling": pooling,
+        "neighbours": {
+            "titles_judged": len(queries),
+            "k": 10,
+            "truth": "50 most co-engaged",
+            "share_co_engaged": nn,
+        },
+        "next_category_probe": {
+            "members": len(keep),
+            "classes": int(len(set(labels_kept))),
+            "accuracy_5fold": probe,
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": command,
+        "data_fingerprint": data.fingerprint,
+        "machine": machine_info(),
+    }
     write_json(out, report)
-    print(f"neighbours in the 50 most co-engaged (k=10, {len(queries)} titles): " +
-          ", ".join(f"{k} {v:.3f}" for k, v in nn.items()))
-    print(f"next-category probe ({len(keep)} members, {report['next_category_probe']['classes']} classes): " +
-          ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
+    print(
+        f"neighbours in the 50 most co-engaged (k=10, {len(queries)} titles): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in nn.items())
+    )
+    print(
+        f"next-category probe ({len(keep)} members, {report['next_category_probe']['classes']} classes): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in probe.items())
+    )
     return report

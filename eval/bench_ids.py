@@ -24,13 +24,23 @@ def sample_groups(ids, depth: int, n: int = 5) -> list[dict]:
     """A few groups of titles sharing their first `depth` codes, for a person to judge."""
     groups = sorted((p, m) for p, m in ids.prefix_groups(depth).items() if len(m) >= 3)
     step = max(len(groups) // n, 1)
-    return [{"prefix": list(p), "size": len(m), "titles": [ids.title(i) for i in m[:6]]}
-            for p, m in groups[::step][:n]]
+    return [
+        {"prefix": list(p), "size": len(m), "titles": [ids.title(i) for i in m[:6]]}
+        for p, m in groups[::step][:n]
+    ]
 
 
-def bench_ids(*, dataset: str, config: SemanticIDConfig, data_dir: str | None = None,
-              tag: str | None = None, runs: str = "runs/bench", results: str = "results/semantic_ids",
-              warm: bool = False, command: str = "") -> dict:
+def bench_ids(
+    *,
+    dataset: str,
+    config: SemanticIDConfig,
+    data_dir: str | None = None,
+    tag: str | None = None,
+    runs: str = "runs/bench",
+    results: str = "results/semantic_ids",
+    warm: bool = False,
+    command: str = "",
+) -> dict:
     """Build the IDs of ``dataset`` with ``config`` under ``runs``; write the report to
     ``results/<dataset>-<quantizer>[-<tag>].json`` and return it.
 
@@ -53,15 +63,23 @@ def bench_ids(*, dataset: str, config: SemanticIDConfig, data_dir: str | None = 
             os.environ[CACHE_DIR_ENV] = before
     stats = ids.stats()
     report = {
-        "benchmark": "semantic_ids", "dataset": data.name, "data_fingerprint": data.fingerprint,
-        "command": command, "machine": machine_info(), "config": jsonable(config),
-        "wall_seconds": round(wall, 1), "cache": "warm" if warm else "cold",
-        "stats": stats, "sample_groups": sample_groups(ids, ids.sid_length - 2),
+        "benchmark": "semantic_ids",
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint,
+        "command": command,
+        "machine": machine_info(),
+        "config": jsonable(config),
+        "wall_seconds": round(wall, 1),
+        "cache": "warm" if warm else "cold",
+        "stats": stats,
+        "sample_groups": sample_groups(ids, ids.sid_length - 2),
     }
     out = Path(results) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
-    print(f"wrote {out}: collision_rate {stats['collision_rate']:.3f}, max group "
-          f"{stats['max_collision_group']}, utilization {stats['codebook_utilization']}, "
-          f"perplexity {[round(p, 1) for p in stats['perplexity']]}, {wall:.0f}s")
+    print(
+        f"wrote {out}: collision_rate {stats['collision_rate']:.3f}, max group "
+        f"{stats['max_collision_group']}, utilization {stats['codebook_utilization']}, "
+        f"perplexity {[round(p, 1) for p in stats['perplexity']]}, {wall:.0f}s"
+    )
     return report

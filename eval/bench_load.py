@@ -34,12 +34,23 @@ def _histories(model_dir: str, n: int, seed: int) -> list[dict]:
     ids = data.catalog["item_id"]
     rng = random.Random(seed)
     picks = rng.sample(range(len(ex.users)), min(n, len(ex.users)))
-    return [{"history": [ids[r] for r in ex.histories[i]],
-             "user_id": split.sequences.user_ids[ex.users[i]]} for i in picks]
+    return [
+        {"history": [ids[r] for r in ex.histories[i]], "user_id": split.sequences.user_ids[ex.users[i]]}
+        for i in picks
+    ]
 
 
-def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8, seconds: float = 180.0,
-               max_requests: int = 100_000, k: int = 10, command: str = "") -> dict:
+def bench_load(
+    *,
+    model: str,
+    out: str,
+    backend: str = "vllm",
+    clients: int = 8,
+    seconds: float = 180.0,
+    max_requests: int = 100_000,
+    k: int = 10,
+    command: str = "",
+) -> dict:
     """``clients`` threads against the server for ``seconds`` (at most ``max_requests`` requests);
     writes ``out`` and returns the report (it passes with ``error_count`` 0 and ``health_after``
     200). ``command`` is recorded in it."""
@@ -80,8 +91,13 @@ def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8,
                 t0 = time.perf_counter()
                 try:
                     r = http.post(url, json=body)
-                    key = None if r.status_code == 200 and len(r.json()["items"]) == k \
-                        else f"http {r.status_code}" if r.status_code != 200 else "short list"
+                    key = (
+                        None
+                        if r.status_code == 200 and len(r.json()["items"]) == k
+                        else f"http {r.status_code}"
+                        if r.status_code != 200
+                        else "short list"
+                    )
                 except httpx.HTTPError as e:
                     key = type(e).__name__
                 with lock:
@@ -106,8 +122,11 @@ def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8,
     while any(w.is_alive() for w in workers):
         time.sleep(5)
         rss.append((time.monotonic() - t_start, total_rss()))
-        print(f"[load] {rss[-1][0]:5.0f}s  {len(latencies)} requests  {sum(errors.values())} errors  "
-              f"rss {rss[-1][1] / 2**20:.0f} MiB", flush=True)
+        print(
+            f"[load] {rss[-1][0]:5.0f}s  {len(latencies)} requests  {sum(errors.values())} errors  "
+            f"rss {rss[-1][1] / 2**20:.0f} MiB",
+            flush=True,
+        )
     wall = time.monotonic() - t_start
     health = httpx.get(f"http://127.0.0.1:{port}/health").status_code
     server.should_exit = True
@@ -116,10 +135,16 @@ def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8,
     lat = np.asarray(latencies)
     mid = [m for t, m in rss if t >= wall / 2] or [rss[-1][1]]
     report = {
-        "benchmark": "serving_load", "command": command,
-        "machine": machine_info(), "backend": backend, "clients": clients,
-        "seconds": round(wall, 1), "requests": int(len(lat)), "errors": errors,
-        "error_count": int(sum(errors.values())), "health_after": health,
+        "benchmark": "serving_load",
+        "command": command,
+        "machine": machine_info(),
+        "backend": backend,
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": int(len(lat)),
+        "errors": errors,
+        "error_count": int(sum(errors.values())),
+        "health_after": health,
         "throughput_rps": round(len(lat) / wall, 2),
         "p50_s": round(float(np.percentile(lat, 50)), 4) if len(lat) else None,
         "p99_s": round(float(np.percentile(lat, 99)), 4) if len(lat) else None,
@@ -128,7 +153,9 @@ def bench_load(*, model: str, out: str, backend: str = "vllm", clients: int = 8,
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
-    print(f"wrote {out}: {len(lat)} requests, {report['error_count']} errors, "
-          f"p50 {report['p50_s']}s p99 {report['p99_s']}s, rss growth (2nd half) "
-          f"{report['rss_growth_second_half_mib']} MiB")
+    print(
+        f"wrote {out}: {len(lat)} requests, {report['error_count']} errors, "
+        f"p50 {report['p50_s']}s p99 {report['p99_s']}s, rss growth (2nd half) "
+        f"{report['rss_growth_second_half_mib']} MiB"
+    )
     return report

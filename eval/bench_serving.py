@@ -43,37 +43,59 @@ from core.artifacts import read_manifest, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
-_ENV_KEYS = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
-             "VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES")
+_ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 # --------------------------------------------------------------------------- requests
 
 
-def load_requests(model_dir: str, data_dir: str | None, dataset: str | None, n: int, seed: int
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def load_requests(
+    model_dir: str, data_dir: str | None, dataset: str | None, n: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``n`` test-split requests (history title ids oldest first, user id) from distinct members."""
     manifest = read_manifest(model_dir, "gen_fm")
     dataset = dataset or (manifest.get("data") or {}).get("dataset")
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
     trained_on = (manifest.get("data") or {}).get("fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:
-        raise ValueError(f"{model_dir} was trained on other data (fingerprint {trained_on[:12]}…, "
-                         f"this data {data.fingerprint[:12]}…)")
+        raise ValueError(
+            f"{model_dir} was trained on other data (fingerprint {trained_on[:12]}…, "
+            f"this data {data.fingerprint[:12]}…)"
+        )
     seq_config = SequenceConfig(**manifest["sequence_config"])
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ex = split.examples("test")
     if len(ex.users) < n:
-        raise ValueError(f"{n} requests wanted, the test split has {len(ex.users)} members: lower "
-                         f"--repeats, --batches or --beams")
+        raise ValueError(
+            f"{n} requests wanted, the test split has {len(ex.users)} members: lower "
+            f"--repeats, --batches or --beams"
+        )
     catalog_ids = [str(i) for i in data.catalog["item_id"]]
     pick = np.random.default_rng(seed).choice(len(ex.users), size=n, replace=False)
-    reqs = [{"history": [catalog_ids[r] for r in ex.histories[i]],
-             "user_id": split.sequences.user_ids[ex.users[i]]} for i in pick]
+    reqs = [
+        {
+            "history": [catalog_ids[r] for r in ex.histories[i]],
+            "user_id": split.sequences.user_ids[ex.users[i]],
+        }
+        for i in pick
+    ]
     lengths = [len(r["history"]) for r in reqs]
-    info = {"dataset": data.name, "data_fingerprint": data.fingerprint, "split": "test",
-            "test_members": int(len(ex.users)), "requests_used": n, "sample_seed": seed,
-            "history_len_mean": round(float(np.mean(lengths)), 2), "history_len_max": int(max(lengths))}
+    info = {
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint,
+        "split": "test",
+        "test_members": int(len(ex.users)),
+        "requests_used": n,
+        "sample_seed": seed,
+        "history_len_mean": round(float(np.mean(lengths)), 2),
+        "history_len_max": int(max(lengths)),
+    }
     return reqs, info
 
 
@@ -108,19 +130,23 @@ def check_answers(rec, requests, answers, k: int) -> dict[str, int]:
 
 def summarise(latencies: list[float], requests: int, k: int) -> dict[str, Any]:
     lat = np.asarray(latencies)
-    return {"latency_s": [round(float(x), 4) for x in lat],
-            "p50_s": round(float(np.percentile(lat, 50)), 4),
-            "p99_s": round(float(np.percentile(lat, 99)), 4),
-            "mean_s": round(float(lat.mean()), 4),
-            "recs_per_s": round(requests * k / float(lat.sum()), 2),
-            "requests_per_s": round(requests / float(lat.sum()), 2)}
+    return {
+        "latency_s": [round(float(x), 4) for x in lat],
+        "p50_s": round(float(np.percentile(lat, 50)), 4),
+        "p99_s": round(float(np.percentile(lat, 99)), 4),
+        "mean_s": round(float(lat.mean()), 4),
+        "recs_per_s": round(requests * k / float(lat.sum()), 2),
+        "requests_per_s": round(requests / float(lat.sum()), 2),
+    }
 
 
 def build_requests(raw, k: int):
     from serving.recommender import RecommendationRequest
 
-    return [RecommendationRequest(history=r["history"], k=k, user_id=r["user_id"], exclude_history=True)
-            for r in raw]
+    return [
+        RecommendationRequest(history=r["history"], k=k, user_id=r["user_id"], exclude_history=True)
+        for r in raw
+    ]
 
 
 def slot_requests(raw, beams, batches, repeats: int, warmup: int):
@@ -129,13 +155,14 @@ def slot_requests(raw, beams, batches, repeats: int, warmup: int):
     for b in beams:
         for n in batches:
             for rnd in range(warmup + repeats):
-                slots[(b, n, rnd)] = raw[at:at + n]
+                slots[(b, n, rnd)] = raw[at : at + n]
                 at += n
     return slots, at
 
 
-def bench_backend(rec, backend: str, slots, beams, batches, k: int, repeats: int, warmup: int,
-                  unconstrained: bool, log) -> list[dict[str, Any]]:
+def bench_backend(
+    rec, backend: str, slots, beams, batches, k: int, repeats: int, warmup: int, unconstrained: bool, log
+) -> list[dict[str, Any]]:
     rows = []
     for b in beams:
         for n in batches:
@@ -152,12 +179,23 @@ def bench_backend(rec, backend: str, slots, beams, batches, k: int, repeats: int
                 answered += len(answers)
                 if rnd >= warmup:
                     lat.append(dt)
-            row = {"backend": backend, "constrained": True, "beams": b, "batch": n, "k": k,
-                   "repeats": repeats, **summarise(lat, n, k), "answers_checked": answered, **checks}
+            row = {
+                "backend": backend,
+                "constrained": True,
+                "beams": b,
+                "batch": n,
+                "k": k,
+                "repeats": repeats,
+                **summarise(lat, n, k),
+                "answers_checked": answered,
+                **checks,
+            }
             rows.append(row)
-            log(f"{backend:>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
+            log(
+                f"{backend:>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
                 f"{row['recs_per_s']:8.1f} recs/s, invalid {checks['invalid_ids']}, "
-                f"violations {checks['rule_violations']}")
+                f"violations {checks['rule_violations']}"
+            )
             if unconstrained:
                 rows.append(bench_unconstrained(rec, slots, b, n, k, repeats, warmup, log))
     return rows
@@ -185,13 +223,26 @@ def bench_unconstrained(rec, slots, b: int, n: int, k: int, repeats: int, warmup
                 in_history += row in history
                 dup += row in seen
                 seen.add(row)
-    row = {"backend": "vllm", "constrained": False, "method": "LLM.beam_search", "beams": b, "batch": n,
-           "k": k, "repeats": repeats, **summarise(lat, n, k), "sequences_checked": returned,
-           "invalid_ids": invalid, "invalid_id_rate": round(invalid / max(returned, 1), 4),
-           "history_titles": in_history, "history_title_rate": round(in_history / max(returned, 1), 4),
-           "duplicate_titles": dup}
-    log(f"{'vllm-free':>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
-        f"{row['recs_per_s']:8.1f} recs/s, invalid-ID rate {row['invalid_id_rate']:.3f}")
+    row = {
+        "backend": "vllm",
+        "constrained": False,
+        "method": "LLM.beam_search",
+        "beams": b,
+        "batch": n,
+        "k": k,
+        "repeats": repeats,
+        **summarise(lat, n, k),
+        "sequences_checked": returned,
+        "invalid_ids": invalid,
+        "invalid_id_rate": round(invalid / max(returned, 1), 4),
+        "history_titles": in_history,
+        "history_title_rate": round(in_history / max(returned, 1), 4),
+        "duplicate_titles": dup,
+    }
+    log(
+        f"{'vllm-free':>12} beams {b:3d} batch {n:3d}: p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s "
+        f"{row['recs_per_s']:8.1f} recs/s, invalid-ID rate {row['invalid_id_rate']:.3f}"
+    )
     return row
 
 
@@ -218,12 +269,26 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def bench_serving(*, model: str, out: str, backend: str = "both",
-                  beams: Sequence[int] = (10, 20, 50), batches: Sequence[int] = (1, 16, 64), k: int = 10,
-                  repeats: int = 5, warmup: int = 1, data_dir: str | None = None,
-                  dataset: str | None = None, dtype: str = "float32", torch_compile: bool = False,
-                  device: str | None = None, threads: int | None = None, unconstrained: bool = True,
-                  seed: int = 0, command: str = "") -> dict[str, Any]:
+def bench_serving(
+    *,
+    model: str,
+    out: str,
+    backend: str = "both",
+    beams: Sequence[int] = (10, 20, 50),
+    batches: Sequence[int] = (1, 16, 64),
+    k: int = 10,
+    repeats: int = 5,
+    warmup: int = 1,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    dtype: str = "float32",
+    torch_compile: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    unconstrained: bool = True,
+    seed: int = 0,
+    command: str = "",
+) -> dict[str, Any]:
     """The grid of the module docstring; writes ``out`` and returns the report (it passes with
     ``invalid_ids`` and ``rule_violations`` both 0).
 
@@ -249,8 +314,7 @@ def bench_serving(*, model: str, out: str, backend: str = "both",
     slots, _ = slot_requests(raw, beams, batches, repeats, warmup)
     log(f"{total} test members of {data_info['dataset']}, backends {backends}")
 
-    common = dict(num_beams=max(beams), max_k=max(max(beams), k), max_batch=max(batches),
-                  dtype=dtype)
+    common = dict(num_beams=max(beams), max_k=max(max(beams), k), max_batch=max(batches), dtype=dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict[str, Any]] = []
     startup: dict[str, float] = {}
@@ -268,11 +332,22 @@ def bench_serving(*, model: str, out: str, backend: str = "both",
         rec = Recommender.from_pretrained(model, backend=backend, **common, **extra)
         startup[backend] = round(time.perf_counter() - t0, 2)
         configs[backend] = dataclasses.asdict(rec.config) | (
-            {"torch_threads": torch.get_num_threads()} if backend == "transformers" else {})
+            {"torch_threads": torch.get_num_threads()} if backend == "transformers" else {}
+        )
         log(f"{backend} ready in {startup[backend]:.1f}s")
         try:
-            rows += bench_backend(rec, backend, slots, beams, batches, k, repeats, warmup,
-                                  unconstrained and backend == "vllm", log)
+            rows += bench_backend(
+                rec,
+                backend,
+                slots,
+                beams,
+                batches,
+                k,
+                repeats,
+                warmup,
+                unconstrained and backend == "vllm",
+                log,
+            )
         finally:
             rec.close()
             torch.set_num_threads(threads_before)
@@ -281,18 +356,32 @@ def bench_serving(*, model: str, out: str, backend: str = "both",
     report = {
         "benchmark": "serving",
         "command": command,
-        "machine": machine_info(), "env": {key: os.environ.get(key) for key in _ENV_KEYS},
+        "machine": machine_info(),
+        "env": {key: os.environ.get(key) for key in _ENV_KEYS},
         "versions": _versions(),
-        "model": str(model), "data": data_info,
-        "settings": {"backends": backends, "beams": beams, "batches": batches, "k": k,
-                     "repeats": repeats, "warmup": warmup, "dtype": dtype,
-                     "compile": torch_compile, "transformers_device": device, "threads": threads,
-                     "exclude_history": True, "unconstrained_reference": unconstrained},
+        "model": str(model),
+        "data": data_info,
+        "settings": {
+            "backends": backends,
+            "beams": beams,
+            "batches": batches,
+            "k": k,
+            "repeats": repeats,
+            "warmup": warmup,
+            "dtype": dtype,
+            "compile": torch_compile,
+            "transformers_device": device,
+            "threads": threads,
+            "exclude_history": True,
+            "unconstrained_reference": unconstrained,
+        },
         "config": configs,
         "startup_s": startup,
-        "notes": ("latency = wall time of one batch through Recommender.prepare + run; recs_per_s = "
-                  "batch * k / summed latency of the timed repeats; p99 with few repeats is close to "
-                  "the max; every (beam, batch, repeat) uses distinct members"),
+        "notes": (
+            "latency = wall time of one batch through Recommender.prepare + run; recs_per_s = "
+            "batch * k / summed latency of the timed repeats; p99 with few repeats is close to "
+            "the max; every (beam, batch, repeat) uses distinct members"
+        ),
         "figures": rows,
         "ratios": ratios(rows),
         "invalid_ids": sum(r["invalid_ids"] for r in checked),

@@ -26,8 +26,9 @@ BASELINES = ("popular_new", "content_nearest_new")
 GROUPS = ("new_titles", "old_titles")
 
 
-def judge(parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: "RefreshConfig"
-          ) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
+def judge(
+    parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: "RefreshConfig"
+) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
     """Metrics of the three variants on the test split's new-title and old-title targets."""
     from core.sequences import build_sequences, leave_one_out
 
@@ -41,18 +42,23 @@ def judge(parent, new_ids, refreshed, data: RecData, new_titles: set[str], confi
     members = {g: len(m) for g, m in groups.items()}
     if config.eval_users is not None:
         groups = {g: m[: config.eval_users] for g, m in groups.items()}
-    variants = {"before": (parent, parent.ids), "old_model_new_trie": (parent, new_ids),
-                "after": (refreshed, refreshed.ids)}
+    variants = {
+        "before": (parent, parent.ids),
+        "old_model_new_trie": (parent, new_ids),
+        "after": (refreshed, refreshed.ids),
+    }
     out: dict[str, dict[str, dict]] = {}
     for name, (gen, ids) in variants.items():
-        out[name] = {g: score(gen, ids, data, split, ex, m, config, f"{name} / {g}")
-                     for g, m in groups.items()}
+        out[name] = {
+            g: score(gen, ids, data, split, ex, m, config, f"{name} / {g}") for g, m in groups.items()
+        }
     out.update(baselines(new_ids, data, split, ex, groups, new_titles, config.ks))
     return out, members
 
 
-def popular_new(train_rows: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray],
-                k: int) -> list[list[int]]:
+def popular_new(
+    train_rows: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray], k: int
+) -> list[list[int]]:
     """Per history, the `k` new titles (catalog rows) with most training events (ties: lower
     row); titles of the history are left out."""
     size = int(max(new_rows.max(initial=-1), train_rows.max(initial=-1))) + 1
@@ -65,8 +71,9 @@ def popular_new(train_rows: np.ndarray, new_rows: np.ndarray, histories: list[np
     return out
 
 
-def content_nearest_new(vectors: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray],
-                        k: int) -> list[list[int]]:
+def content_nearest_new(
+    vectors: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray], k: int
+) -> list[list[int]]:
     """Per history, the `k` new titles whose vectors (unit rows, indexed by catalog row) are
     nearest the mean of the history's; an empty history gets none."""
     out = []
@@ -82,8 +89,15 @@ def content_nearest_new(vectors: np.ndarray, new_rows: np.ndarray, histories: li
     return out
 
 
-def baselines(new_ids, data: RecData, split, ex, groups: dict[str, np.ndarray], new_titles: set[str],
-              ks: tuple[int, ...]) -> dict[str, dict[str, dict]]:
+def baselines(
+    new_ids,
+    data: RecData,
+    split,
+    ex,
+    groups: dict[str, np.ndarray],
+    new_titles: set[str],
+    ks: tuple[int, ...],
+) -> dict[str, dict[str, dict]]:
     """``BASELINES`` on the same members as the model variants, from the refreshed ID artifact's
     title-text embeddings and the training events (test events never count)."""
     from core.metrics import ranking_metrics
@@ -107,22 +121,31 @@ def baselines(new_ids, data: RecData, split, ex, groups: dict[str, np.ndarray], 
         targets = [cat[int(t)] for t in ex.targets[members]]
         for name in BASELINES:
             if name == "content_nearest_new" and vectors is None:
-                out[name][g] = {"num_users": len(members), "skipped": "the IDs have no text modality",
-                                **{f"{m}@{kk}": None for kk in ks for m in ("recall", "ndcg")}}
+                out[name][g] = {
+                    "num_users": len(members),
+                    "skipped": "the IDs have no text modality",
+                    **{f"{m}@{kk}": None for kk in ks for m in ("recall", "ndcg")},
+                }
                 continue
-            ranked = popular_new(np.asarray(train_rows), new_rows, hists, k) \
-                if name == "popular_new" else content_nearest_new(vectors, new_rows, hists, k)
+            ranked = (
+                popular_new(np.asarray(train_rows), new_rows, hists, k)
+                if name == "popular_new"
+                else content_nearest_new(vectors, new_rows, hists, k)
+            )
             if not len(members):
-                out[name][g] = {"num_users": 0, **{f"{m}@{kk}": None for kk in ks
-                                                   for m in ("recall", "ndcg")}}
+                out[name][g] = {
+                    "num_users": 0,
+                    **{f"{m}@{kk}": None for kk in ks for m in ("recall", "ndcg")},
+                }
                 continue
             m = ranking_metrics([[cat[r] for r in rows] for rows in ranked], targets, ks).to_dict()
             out[name][g] = m
     return out
 
 
-def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "RefreshConfig",
-          desc: str = "decoding") -> dict[str, Any]:
+def score(
+    gen, ids, data: RecData, split, ex, members: np.ndarray, config: "RefreshConfig", desc: str = "decoding"
+) -> dict[str, Any]:
     """Recall/NDCG of `gen` for `members` of `ex`, prompts and trie both from the ID map `ids`.
 
     History titles without an ID in `ids` are dropped from the prompt (counted); a target without
@@ -135,15 +158,21 @@ def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "Refr
     from semantic_ids.trie import PrefixTrie
 
     if ids.codebook_sizes != gen.layout.codebook_sizes:
-        raise ValueError(f"the ID map's codebooks {ids.codebook_sizes} are not the model's "
-                         f"{gen.layout.codebook_sizes}")
+        raise ValueError(
+            f"the ID map's codebooks {ids.codebook_sizes} are not the model's {gen.layout.codebook_sizes}"
+        )
     cat = list(data.catalog["item_id"])
     targets = [cat[int(t)] for t in ex.targets[members]]
-    result: dict[str, Any] = {"num_users": len(members),
-                              "targets_without_id": sum(t not in ids for t in targets)}
+    result: dict[str, Any] = {
+        "num_users": len(members),
+        "targets_without_id": sum(t not in ids for t in targets),
+    }
     if not len(members):
-        return {**result, **{f"{m}@{k}": None for k in config.ks for m in ("recall", "ndcg")},
-                "history_titles_without_id": 0}
+        return {
+            **result,
+            **{f"{m}@{k}": None for k in config.ks for m in ("recall", "ndcg")},
+            "history_titles_without_id": 0,
+        }
     encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, gen.layout)
     sid_rows = catalog_to_sid_rows(data, ids)
     prompts, dropped = [], 0
@@ -155,17 +184,30 @@ def score(gen, ids, data: RecData, split, ex, members: np.ndarray, config: "Refr
     recs = []
     chunk = config.eval_batch_size * 4
     for start in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk", leave=False):
-        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=config.k,
-                          num_beams=config.beams, batch_size=config.eval_batch_size)
+        recs += recommend(
+            gen.model,
+            prompts[start : start + chunk],
+            trie,
+            k=config.k,
+            num_beams=config.beams,
+            batch_size=config.eval_batch_size,
+        )
     ranked = [[ids.item_ids[r] for r in rec.rows] for rec in recs]
     metrics = ranking_metrics(ranked, targets, config.ks).to_dict()
     del metrics["num_users"]
     return {**result, **metrics, "history_titles_without_id": dropped}
 
 
-def bench_new_title_pool(*, dataset: str, data_dir: str | None = None,
-                         cutoff_counts: tuple[int, ...] = (10, 20, 40, 80), low: float = 0.2,
-                         high: float = 0.98, out: str | None = None, command: str = "") -> dict[str, Any]:
+def bench_new_title_pool(
+    *,
+    dataset: str,
+    data_dir: str | None = None,
+    cutoff_counts: tuple[int, ...] = (10, 20, 40, 80),
+    low: float = 0.2,
+    high: float = 0.98,
+    out: str | None = None,
+    command: str = "",
+) -> dict[str, Any]:
     """How many members a rolling-cutoff new-title evaluation can pool on a dataset
     (``core.timeline.rolling_pool``): for each count of cutoffs spread evenly over the interaction
     times' quantiles [low, high], the (member, cutoff) pairs whose next title is new and the
@@ -183,16 +225,30 @@ def bench_new_title_pool(*, dataset: str, data_dir: str | None = None,
     for n in cutoff_counts:
         pools = rolling_pool(data, np.linspace(low, high, n))
         members = {m for p in pools for m in p.next_is_new}
-        rows.append({"cutoffs": n, "pairs_next_is_new": sum(len(p.next_is_new) for p in pools),
-                     "distinct_members_next_is_new": len(members),
-                     "mean_active_after_cutoff": float(np.mean([p.active_after for p in pools])),
-                     "mean_next_is_new_per_cutoff": float(np.mean([len(p.next_is_new) for p in pools]))})
-        print(f"{n:3d} cutoffs: {rows[-1]['pairs_next_is_new']:4d} (member, cutoff) pairs whose next "
-              f"title is new, {len(members):3d} distinct members", flush=True)
-    report = {"kind": "new_title_pool", "dataset": data.name, "fingerprint": data.fingerprint,
-              "members": int(len(set(data.interactions["user_id"]))),
-              "quantile_range": [low, high], "rows": rows, "command": command,
-              "machine": machine_info()}
+        rows.append(
+            {
+                "cutoffs": n,
+                "pairs_next_is_new": sum(len(p.next_is_new) for p in pools),
+                "distinct_members_next_is_new": len(members),
+                "mean_active_after_cutoff": float(np.mean([p.active_after for p in pools])),
+                "mean_next_is_new_per_cutoff": float(np.mean([len(p.next_is_new) for p in pools])),
+            }
+        )
+        print(
+            f"{n:3d} cutoffs: {rows[-1]['pairs_next_is_new']:4d} (member, cutoff) pairs whose next "
+            f"title is new, {len(members):3d} distinct members",
+            flush=True,
+        )
+    report = {
+        "kind": "new_title_pool",
+        "dataset": data.name,
+        "fingerprint": data.fingerprint,
+        "members": int(len(set(data.interactions["user_id"]))),
+        "quantile_range": [low, high],
+        "rows": rows,
+        "command": command,
+        "machine": machine_info(),
+    }
     path = Path(out or f"results/refresh/{data.name}-new-title-pool.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)

@@ -48,8 +48,14 @@ class Decoded:
     seconds: float
 
 
-def decode_split(model_dir: str | Path, data_config: DataConfig, config: EvalConfig, beams: int,
-                 max_users: int | None = None, sample_seed: int | None = None) -> Decoded:
+def decode_split(
+    model_dir: str | Path,
+    data_config: DataConfig,
+    config: EvalConfig,
+    beams: int,
+    max_users: int | None = None,
+    sample_seed: int | None = None,
+) -> Decoded:
     """Load a model folder and decode `config.split`'s members with beam `beams` (the whole beam
     kept). `max_users`: the first members, or with `sample_seed` a seeded sample of that many."""
     check_device(config.device)  # before any data is read: a missing GPU is a clear error at once
@@ -57,19 +63,25 @@ def decode_split(model_dir: str | Path, data_config: DataConfig, config: EvalCon
     data = load_data(data_config)
     trained_on = gen.manifest.get("data", {}).get("fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:
-        raise ValueError(f"{model_dir} was trained on other data (fingerprint {trained_on[:12]}…, "
-                         f"this data {data.fingerprint[:12]}…): its split would not be held out")
+        raise ValueError(
+            f"{model_dir} was trained on other data (fingerprint {trained_on[:12]}…, "
+            f"this data {data.fingerprint[:12]}…): its split would not be held out"
+        )
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
     ex = split.examples(config.split)
     idx = np.arange(len(ex.targets))
     if max_users is not None and max_users < len(idx):
-        idx = idx[:max_users] if sample_seed is None else \
-            np.sort(np.random.default_rng(sample_seed).choice(len(idx), max_users, replace=False))
+        idx = (
+            idx[:max_users]
+            if sample_seed is None
+            else np.sort(np.random.default_rng(sample_seed).choice(len(idx), max_users, replace=False))
+        )
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     encoder = gen.prompt_encoder()
     histories = [to_sid_rows(ex.histories[i], sid_rows) for i in idx]
-    prompts = [encoder.encode(h, user_id=split.sequences.user_ids[ex.users[i]])
-               for i, h in zip(idx, histories)]
+    prompts = [
+        encoder.encode(h, user_id=split.sequences.user_ids[ex.users[i]]) for i, h in zip(idx, histories)
+    ]
     targets = to_sid_rows(ex.targets[idx], sid_rows)
     trie = PrefixTrie.from_ids(gen.ids)
     torch.manual_seed(0)
@@ -78,22 +90,42 @@ def decode_split(model_dir: str | Path, data_config: DataConfig, config: EvalCon
     chunk = config.batch_size * 8
     for start in tqdm(range(0, len(idx), chunk), desc=f"decoding {len(idx)} members", unit="chunk"):
         # the whole beam comes back (its first k are the k-title answer): the home row fuses all of it
-        recs += recommend(gen.model, prompts[start:start + chunk], trie, k=beams, num_beams=beams,
-                          constrained=True, batch_size=config.batch_size)
+        recs += recommend(
+            gen.model,
+            prompts[start : start + chunk],
+            trie,
+            k=beams,
+            num_beams=beams,
+            constrained=True,
+            batch_size=config.batch_size,
+        )
     return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0)
 
 
-def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalConfig,
-                   out: str | Path | None = None, num_beams: int | None = None,
-                   max_users: int | None = None, unconstrained_users: int | None = 2000) -> dict:
+def evaluate_model(
+    model_dir: str | Path,
+    data_config: DataConfig,
+    config: EvalConfig,
+    out: str | Path | None = None,
+    num_beams: int | None = None,
+    max_users: int | None = None,
+    unconstrained_users: int | None = 2000,
+) -> dict:
     """Judge a model folder on one split and (optionally) write the JSON report."""
     k = max(config.ks)
     beams = num_beams if num_beams is not None else max(k, 10)
     if beams < k:
         raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
     d = decode_split(model_dir, data_config, config, beams, max_users)
-    gen, data, split, histories, prompts, targets, recs = \
-        d.gen, d.data, d.split, d.histories, d.prompts, d.targets, d.recs
+    gen, data, split, histories, prompts, targets, recs = (
+        d.gen,
+        d.data,
+        d.split,
+        d.histories,
+        d.prompts,
+        d.targets,
+        d.recs,
+    )
     n, seconds, trie = len(recs), d.seconds, PrefixTrie.from_ids(d.gen.ids)
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
@@ -101,11 +133,24 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
     diagnosis = diagnose(gen.ids.codes, [r.rows[:k] for r in recs], targets, histories, k)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
-    free = recommend(gen.model, prompts[:m], trie, k=k, num_beams=beams, constrained=False,
-                     batch_size=config.batch_size) if m else []
+    free = (
+        recommend(
+            gen.model,
+            prompts[:m],
+            trie,
+            k=k,
+            num_beams=beams,
+            constrained=False,
+            batch_size=config.batch_size,
+        )
+        if m
+        else []
+    )
     returned = sum(len(r.rows) for r in free)
     report = {
-        "benchmark": "gen_fm", "split": config.split, "dataset": data.name,
+        "benchmark": "gen_fm",
+        "split": config.split,
+        "dataset": data.name,
         **{f"recall@{kk}": metrics.recall[kk] for kk in config.ks},
         **{f"ndcg@{kk}": metrics.ndcg[kk] for kk in config.ks},
         "invalid_rate": invalid_constrained / max(sum(len(r.rows) for r in recs), 1),
@@ -113,14 +158,22 @@ def evaluate_model(model_dir: str | Path, data_config: DataConfig, config: EvalC
         "diagnosis": diagnosis,
         "invalid_rate_unconstrained": sum(r.num_invalid for r in free) / max(returned, 1),
         "unconstrained_users": m,
-        "num_users": n, "num_beams": beams, "k": k, "device": config.device,
-        "decode_seconds": round(seconds, 1), "users_per_second": round(n / max(seconds, 1e-9), 2),
+        "num_users": n,
+        "num_beams": beams,
+        "k": k,
+        "device": config.device,
+        "decode_seconds": round(seconds, 1),
+        "users_per_second": round(n / max(seconds, 1e-9), 2),
         "parameters": gen.manifest.get("num_parameters"),
         "training": gen.manifest.get("training"),
-        "artifacts": {"model": str(model_dir), "model_manifest": manifest_hash(model_dir),
-                      "semantic_ids_manifest": manifest_hash(Path(model_dir) / "semantic_ids"),
-                      "data_fingerprint": data.fingerprint},
-        "command": " ".join(["sidrec", *sys.argv[1:]]), "machine": machine_info(),
+        "artifacts": {
+            "model": str(model_dir),
+            "model_manifest": manifest_hash(model_dir),
+            "semantic_ids_manifest": manifest_hash(Path(model_dir) / "semantic_ids"),
+            "data_fingerprint": data.fingerprint,
+        },
+        "command": " ".join(["sidrec", *sys.argv[1:]]),
+        "machine": machine_info(),
     }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +206,9 @@ def diagnose(codes, ranked: list[list[int]], targets, histories: list, k: int) -
         if len(sel):
             hits = sum(targets[i] in ranked[i] for i in sel)
             by_len[f"{lo}-{hi}" if hi < 1 << 30 else f"{lo}+"] = {
-                "members": int(len(sel)), f"recall@{k}": hits / len(sel)}
+                "members": int(len(sel)),
+                f"recall@{k}": hits / len(sel),
+            }
     return {f"prefix_hits@{k}": [p / n for p in prefix], f"recall@{k}_by_history_length": by_len}
 
 
@@ -170,8 +225,9 @@ CHOICE_BEAMS = 20  # the serving default's beam for k 10
 RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
 
 
-def served_home_row(gen, data, split, beams: list[list[int]], histories: list, targets,
-                    ks: tuple[int, ...]) -> dict:
+def served_home_row(
+    gen, data, split, beams: list[list[int]], histories: list, targets, ks: tuple[int, ...]
+) -> dict:
     """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``) with serving's
     defaults: the history's titles are never recommended (``exclude_history``), and each member's
     beam is fused by reciprocal rank with the titles most co-engaged with their newest history
@@ -183,39 +239,67 @@ def served_home_row(gen, data, split, beams: list[list[int]], histories: list, t
     model's ranking without the history, the co-engaged titles alone, every pair of ``FUSION_GRID``
     and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list, served before)."""
     table = co_engagement_for(gen, data, split)
-    where = "the model folder" if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file() else \
-        "built from the split's training events (the folder predates the table)"
+    where = (
+        "the model folder"
+        if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file()
+        else "built from the split's training events (the folder predates the table)"
+    )
     chosen = gen.fusion()
-    k, cc = max(ks), CandidateConfig(**({key: chosen[key] for key in ("fusion_k", "fusion_weight")}
-                                        if chosen else {}))
+    k, cc = (
+        max(ks),
+        CandidateConfig(**({key: chosen[key] for key in ("fusion_k", "fusion_weight")} if chosen else {})),
+    )
     beams = [[r for r in b if r not in s] for b, s in zip(beams, map(set, histories))]
     orders = [table.of_recent(h) for h in histories]
 
     def figures(ranked: list[list[int]]) -> dict[str, float]:
         m = ranking_metrics(ranked, targets, ks)
         se = {f"recall@{kk}_se": (m.recall[kk] * (1 - m.recall[kk]) / len(ranked)) ** 0.5 for kk in ks}
-        return {**{f"recall@{kk}": m.recall[kk] for kk in ks}, **{f"ndcg@{kk}": m.ndcg[kk] for kk in ks},
-                **se}
+        return {
+            **{f"recall@{kk}": m.recall[kk] for kk in ks},
+            **{f"ndcg@{kk}": m.ndcg[kk] for kk in ks},
+            **se,
+        }
 
-    return {**figures(fuse_all(beams, orders, k, cc)), "fusion_k": cc.fusion_k,
-            "fusion_weight": cc.fusion_weight,
-            "fusion_source": "chosen on validation (the model folder)" if chosen else "defaults",
-            "recent_titles": RECENT_TITLES,
-            "recent_decay": RECENT_DECAY, "history_excluded": True, "co_engagement": where,
-            "members_with_co_engaged_titles": sum(bool(o) for o in orders),
-            "model_history_excluded": figures([b[:k] for b in beams]),
-            "co_engaged_alone": figures([o[:k] for o in orders]),
-            "fusion_grid": [{"fusion_k": fk, "fusion_weight": w,
-                             **figures(fuse_all(beams, orders, k, CandidateConfig(fusion_k=fk,
-                                                                                   fusion_weight=w)))}
-                            for fk, w in FUSION_GRID],
-            "recent_grid": [{"recent_titles": t, "recent_decay": d,
-                             **figures([table.of_recent(h, t, d)[:k] for h in histories])}
-                            for t, d in RECENT_GRID]}
+    return {
+        **figures(fuse_all(beams, orders, k, cc)),
+        "fusion_k": cc.fusion_k,
+        "fusion_weight": cc.fusion_weight,
+        "fusion_source": "chosen on validation (the model folder)" if chosen else "defaults",
+        "recent_titles": RECENT_TITLES,
+        "recent_decay": RECENT_DECAY,
+        "history_excluded": True,
+        "co_engagement": where,
+        "members_with_co_engaged_titles": sum(bool(o) for o in orders),
+        "model_history_excluded": figures([b[:k] for b in beams]),
+        "co_engaged_alone": figures([o[:k] for o in orders]),
+        "fusion_grid": [
+            {
+                "fusion_k": fk,
+                "fusion_weight": w,
+                **figures(fuse_all(beams, orders, k, CandidateConfig(fusion_k=fk, fusion_weight=w))),
+            }
+            for fk, w in FUSION_GRID
+        ],
+        "recent_grid": [
+            {
+                "recent_titles": t,
+                "recent_decay": d,
+                **figures([table.of_recent(h, t, d)[:k] for h in histories]),
+            }
+            for t, d in RECENT_GRID
+        ],
+    }
 
 
-def choose_fusion(model_dir: str | Path, data_config: DataConfig, config: EvalConfig | None = None,
-                  max_users: int | None = 5000, seed: int = 0, write: bool = True) -> dict:
+def choose_fusion(
+    model_dir: str | Path,
+    data_config: DataConfig,
+    config: EvalConfig | None = None,
+    max_users: int | None = 5000,
+    seed: int = 0,
+    write: bool = True,
+) -> dict:
     """Choose the home row's fusion weight for a model on the validation split and (with `write`)
     store it in the model folder, where ``served_home_row`` and serving read it.
 
@@ -231,17 +315,26 @@ def choose_fusion(model_dir: str | Path, data_config: DataConfig, config: EvalCo
     orders = [table.of_recent(h) for h in d.histories]
     grid = []
     for w in CHOICE_WEIGHTS:
-        m = ranking_metrics(fuse_all(beams, orders, k, CandidateConfig(fusion_k=CHOICE_FUSION_K,
-                                                                       fusion_weight=w)),
-                            d.targets, config.ks)
+        m = ranking_metrics(
+            fuse_all(beams, orders, k, CandidateConfig(fusion_k=CHOICE_FUSION_K, fusion_weight=w)),
+            d.targets,
+            config.ks,
+        )
         grid.append({"fusion_weight": w, f"recall@{k}": m.recall[k], f"ndcg@{k}": m.ndcg[k]})
     best = max(grid, key=lambda g: (g[f"recall@{k}"], g[f"ndcg@{k}"]))
     n = len(d.recs)
-    fusion = {"fusion_k": CHOICE_FUSION_K, "fusion_weight": best["fusion_weight"],
-              "chosen_on": "valid", "members": n, "seed": seed, "beams": CHOICE_BEAMS,
-              "metric": f"recall@{k}", f"recall@{k}_se": (best[f"recall@{k}"]
-                                                          * (1 - best[f"recall@{k}"]) / n) ** 0.5,
-              "grid": grid, "model_manifest": manifest_hash(model_dir)}
+    fusion = {
+        "fusion_k": CHOICE_FUSION_K,
+        "fusion_weight": best["fusion_weight"],
+        "chosen_on": "valid",
+        "members": n,
+        "seed": seed,
+        "beams": CHOICE_BEAMS,
+        "metric": f"recall@{k}",
+        f"recall@{k}_se": (best[f"recall@{k}"] * (1 - best[f"recall@{k}"]) / n) ** 0.5,
+        "grid": grid,
+        "model_manifest": manifest_hash(model_dir),
+    }
     if write:
         add_fusion(model_dir, fusion)
     return fusion
@@ -250,9 +343,11 @@ def choose_fusion(model_dir: str | Path, data_config: DataConfig, config: EvalCo
 def describe_fusion(fusion: dict) -> list[str]:
     """What ``choose_fusion`` tried and chose, one line per weight."""
     metric = fusion["metric"]
-    lines = [f"home row fusion chosen on {fusion['members']:,} validation members (beam "
-             f"{fusion['beams']}; weight 0 = the model alone, "
-             f"{max(g['fusion_weight'] for g in fusion['grid']):g} = the counts first):"]
+    lines = [
+        f"home row fusion chosen on {fusion['members']:,} validation members (beam "
+        f"{fusion['beams']}; weight 0 = the model alone, "
+        f"{max(g['fusion_weight'] for g in fusion['grid']):g} = the counts first):"
+    ]
     for g in fusion["grid"]:
         mark = "  <- chosen" if g["fusion_weight"] == fusion["fusion_weight"] else ""
         lines.append(f"  weight {g['fusion_weight']:>5g}  {metric} {g[metric]:.4f}{mark}")

@@ -11,29 +11,42 @@ from __future__ import annotations
 
 from typing import Any
 
-PROTOCOL = ("leave-one-out (last item test); history capped at 20 items; "
-            "full-catalog ranking, no sampled negatives")
+PROTOCOL = (
+    "leave-one-out (last item test); history capped at 20 items; full-catalog ranking, no sampled negatives"
+)
 
 # dataset -> published model -> figures and their source.
 PUBLISHED: dict[str, dict[str, dict[str, Any]]] = {
     "amazon-beauty": {
         "TIGER (paper)": {
             "source": "Rajput et al., Recommender Systems with Generative Retrieval "
-                      "(TIGER), NeurIPS 2023, Table 1",
-            "recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384,
+            "(TIGER), NeurIPS 2023, Table 1",
+            "recall@5": 0.0454,
+            "ndcg@5": 0.0321,
+            "recall@10": 0.0648,
+            "ndcg@10": 0.0384,
         },
         "SASRec (reported by TIGER)": {
             "source": "SASRec row of the TIGER paper, NeurIPS 2023, Table 1",
-            "recall@5": 0.0387, "ndcg@5": 0.0249, "recall@10": 0.0605, "ndcg@10": 0.0318,
+            "recall@5": 0.0387,
+            "ndcg@5": 0.0249,
+            "recall@10": 0.0605,
+            "ndcg@10": 0.0318,
         },
         "SASRec (tuned reproduction)": {
             "source": "tuned public reproduction of SASRec (shared/notes/anchors.md)",
-            "recall@5": 0.0508, "ndcg@5": 0.0348, "recall@10": 0.0740, "ndcg@10": 0.0423,
+            "recall@5": 0.0508,
+            "ndcg@5": 0.0348,
+            "recall@10": 0.0740,
+            "ndcg@10": 0.0423,
         },
         "SASRec full-softmax": {
             "source": "SASRec trained with a full-softmax (cross-entropy) loss, independent "
-                      "report (shared/notes/anchors.md); Recall@10 only",
-            "recall@5": None, "ndcg@5": None, "recall@10": 0.0859, "ndcg@10": None,
+            "report (shared/notes/anchors.md); Recall@10 only",
+            "recall@5": None,
+            "ndcg@5": None,
+            "recall@10": 0.0859,
+            "ndcg@10": None,
         },
     },
 }

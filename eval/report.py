@@ -19,8 +19,16 @@ from typing import Any
 
 from eval.published import PROTOCOL, published
 from eval.report_plots import plot_canvases, plot_codebooks, plot_latency, plot_retrieval
-from eval.report_results import (LOAD_COLUMNS, METRICS, REFRESH_VARIANTS, VARIANTS, ReportError,
-                                 Results, Retrieval, load_results)
+from eval.report_results import (
+    LOAD_COLUMNS,
+    METRICS,
+    REFRESH_VARIANTS,
+    VARIANTS,
+    ReportError,
+    Results,
+    Retrieval,
+    load_results,
+)
 from core.artifacts import SCHEMA_VERSION, atomic_dir, package_version, read_json, write_json
 
 __all__ = ["ReportError", "build_report", "load_results"]
@@ -39,8 +47,12 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows], ""]
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows],
+        "",
+    ]
 
 
 def _slug(text: str) -> str:
@@ -53,18 +65,25 @@ def _retrieval_rows(res: Results) -> dict[str, list[Retrieval]]:
     for r in sorted(res.retrieval, key=lambda r: (order[r.group], r.model, r.source)):
         by_dataset.setdefault(r.dataset, []).append(r)
     for dataset, rows in by_dataset.items():
-        rows += [Retrieval(dataset, "published", model, "test",
-                           {k: row.get(k) for k in METRICS}, None, row["source"])
-                 for model, row in published(dataset).items()]
+        rows += [
+            Retrieval(
+                dataset, "published", model, "test", {k: row.get(k) for k in METRICS}, None, row["source"]
+            )
+            for model, row in published(dataset).items()
+        ]
     return dict(sorted(by_dataset.items()))
 
 
 def _section_retrieval(res: Results, out: Path) -> list[str]:
-    md = ["## Next-title retrieval", "",
-          f"Protocol of every row: {PROTOCOL}; a hit is the exact title. `ours` is the generative "
-          "model (`results/gen_fm`), `baseline` our runs of the baselines on the same split "
-          "(`results/baselines`), `published` the numbers in `eval/published.py` (amazon-beauty "
-          "only), each with its source.", ""]
+    md = [
+        "## Next-title retrieval",
+        "",
+        f"Protocol of every row: {PROTOCOL}; a hit is the exact title. `ours` is the generative "
+        "model (`results/gen_fm`), `baseline` our runs of the baselines on the same split "
+        "(`results/baselines`), `published` the numbers in `eval/published.py` (amazon-beauty "
+        "only), each with its source.",
+        "",
+    ]
     by_dataset = _retrieval_rows(res)
     if not by_dataset:
         return md + ["No retrieval results (`gen_fm` or `baseline` files) were found.", ""]
@@ -72,10 +91,20 @@ def _section_retrieval(res: Results, out: Path) -> list[str]:
         png = f"retrieval-{_slug(dataset)}.png"
         plot_retrieval(dataset, rows, out / png)
         md += [f"### {dataset}", "", f"![{dataset}: recall@10 and ndcg@10]({png})", ""]
-        md += _table(["group", "model", "split", *METRICS, "params", "source"],
-                     [[r.group, r.model, r.split, *(_fmt(r.metrics.get(k)) for k in METRICS),
-                       _fmt(r.params, ",.0f"), f"`{r.source}`" if r.group != "published"
-                       else r.source] for r in rows])
+        md += _table(
+            ["group", "model", "split", *METRICS, "params", "source"],
+            [
+                [
+                    r.group,
+                    r.model,
+                    r.split,
+                    *(_fmt(r.metrics.get(k)) for k in METRICS),
+                    _fmt(r.params, ",.0f"),
+                    f"`{r.source}`" if r.group != "published" else r.source,
+                ]
+                for r in rows
+            ],
+        )
     return md
 
 
@@ -87,13 +116,20 @@ def _section_canvases(res: Results, out: Path) -> list[str]:
         png = f"canvases-{_slug(c.label)}.png"
         plot_canvases(c, out / png)
         keys = [k for k in METRICS if any(r.metrics.get(k) is not None for r in c.rows)]
-        md += [f"### {c.dataset} (`{c.source}`)", "", f"![{c.dataset}: per-canvas metrics]({png})",
-               ""]
-        md += _table(["canvas", "variant", *keys, "trainable parameters", "train s"],
-                     [[r.canvas, VARIANTS.get(r.variant, r.variant),
-                       *(_fmt(r.metrics.get(k)) for k in keys),
-                       _fmt(r.metrics.get("trainable_parameters"), ",.0f"),
-                       _fmt(r.metrics.get("train_seconds"), ".1f")] for r in c.rows])
+        md += [f"### {c.dataset} (`{c.source}`)", "", f"![{c.dataset}: per-canvas metrics]({png})", ""]
+        md += _table(
+            ["canvas", "variant", *keys, "trainable parameters", "train s"],
+            [
+                [
+                    r.canvas,
+                    VARIANTS.get(r.variant, r.variant),
+                    *(_fmt(r.metrics.get(k)) for k in keys),
+                    _fmt(r.metrics.get("trainable_parameters"), ",.0f"),
+                    _fmt(r.metrics.get("train_seconds"), ".1f"),
+                ]
+                for r in c.rows
+            ],
+        )
     return md
 
 
@@ -104,9 +140,13 @@ def _section_refresh(res: Results) -> list[str]:
     for r in sorted(res.refreshes, key=lambda r: (r.dataset, r.source)):
         variants = [v for v in REFRESH_VARIANTS if any(v in g for g in r.recall.values())]
         md += [f"### {r.dataset} (`{r.source}`), Recall@{r.k}", ""]
-        md += _table(["test targets", "members", *(REFRESH_VARIANTS[v] for v in variants)],
-                     [[g.replace("_", " "), r.members.get(g, "-"),
-                       *(_fmt(r.recall[g].get(v)) for v in variants)] for g in sorted(r.recall)])
+        md += _table(
+            ["test targets", "members", *(REFRESH_VARIANTS[v] for v in variants)],
+            [
+                [g.replace("_", " "), r.members.get(g, "-"), *(_fmt(r.recall[g].get(v)) for v in variants)]
+                for g in sorted(r.recall)
+            ],
+        )
     return md
 
 
@@ -119,12 +159,32 @@ def _section_ids(res: Results, out: Path) -> list[str]:
     md += ["![codebook utilization and perplexity per level](codebooks.png)", ""]
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     return md + _table(
-        ["dataset", "quantizer", "titles", "collision rate", "largest group", "codebook size",
-         "utilization per level", "perplexity per level", "source"],
-        [[r.dataset, r.quantizer, _fmt(r.num_items, ",.0f"), pct(r.collision_rate),
-          _fmt(r.max_group, ".0f"), _fmt(r.codebook_size),
-          " / ".join(pct(u) for u in r.utilization),
-          " / ".join(_fmt(p, ".0f") for p in r.perplexity), f"`{r.source}`"] for r in rows])
+        [
+            "dataset",
+            "quantizer",
+            "titles",
+            "collision rate",
+            "largest group",
+            "codebook size",
+            "utilization per level",
+            "perplexity per level",
+            "source",
+        ],
+        [
+            [
+                r.dataset,
+                r.quantizer,
+                _fmt(r.num_items, ",.0f"),
+                pct(r.collision_rate),
+                _fmt(r.max_group, ".0f"),
+                _fmt(r.codebook_size),
+                " / ".join(pct(u) for u in r.utilization),
+                " / ".join(_fmt(p, ".0f") for p in r.perplexity),
+                f"`{r.source}`",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _section_serving(res: Results, out: Path) -> list[str]:
@@ -134,33 +194,66 @@ def _section_serving(res: Results, out: Path) -> list[str]:
     for g in sorted(res.grids, key=lambda g: g.label):
         png = f"latency-{_slug(g.label)}.png"
         plot_latency(g, out / png)
-        md += [f"### Speed grid `{g.source}`", "", f"Machine: {g.machine}.", "",
-               f"![latency against beam width and batch size]({png})", ""]
+        md += [
+            f"### Speed grid `{g.source}`",
+            "",
+            f"Machine: {g.machine}.",
+            "",
+            f"![latency against beam width and batch size]({png})",
+            "",
+        ]
         pts = sorted(g.points, key=lambda p: (p.backend, p.beams, p.batch))
-        md += _table(["backend (decoding)", "beams", "batch", "p50 s", "p99 s", "recs/s"],
-                     [[p.backend, p.beams, p.batch, _fmt(p.p50_s), _fmt(p.p99_s),
-                       _fmt(p.recs_per_s, ".1f")] for p in pts])
+        md += _table(
+            ["backend (decoding)", "beams", "batch", "p50 s", "p99 s", "recs/s"],
+            [
+                [p.backend, p.beams, p.batch, _fmt(p.p50_s), _fmt(p.p99_s), _fmt(p.recs_per_s, ".1f")]
+                for p in pts
+            ],
+        )
     if res.host_times:
         md += ["### Training host time per batch", ""]
-        md += _table(["source", "dataset", "batch", "collated per batch (ms)", "per-epoch tensors (ms)",
-                      "augmented, re-cut each epoch (ms)"],
-                     [[f"`{h.source}`", h.dataset, h.batch_size, _fmt(h.collator_ms, ".2f"),
-                       _fmt(h.tensor_ms, ".2f"), _fmt(h.augmented_ms, ".2f")]
-                      for h in sorted(res.host_times, key=lambda h: h.source)])
+        md += _table(
+            [
+                "source",
+                "dataset",
+                "batch",
+                "collated per batch (ms)",
+                "per-epoch tensors (ms)",
+                "augmented, re-cut each epoch (ms)",
+            ],
+            [
+                [
+                    f"`{h.source}`",
+                    h.dataset,
+                    h.batch_size,
+                    _fmt(h.collator_ms, ".2f"),
+                    _fmt(h.tensor_ms, ".2f"),
+                    _fmt(h.augmented_ms, ".2f"),
+                ]
+                for h in sorted(res.host_times, key=lambda h: h.source)
+            ],
+        )
     if res.loads:
         md += ["### Load tests", ""]
-        md += _table(["source", "backend", *(h for h, _ in LOAD_COLUMNS.values())],
-                     [[f"`{t.source}`", t.backend,
-                       *(_fmt(t.figures[k], f) for k, (_, f) in LOAD_COLUMNS.items())]
-                      for t in sorted(res.loads, key=lambda t: t.source)])
+        md += _table(
+            ["source", "backend", *(h for h, _ in LOAD_COLUMNS.values())],
+            [
+                [f"`{t.source}`", t.backend, *(_fmt(t.figures[k], f) for k, (_, f) in LOAD_COLUMNS.items())]
+                for t in sorted(res.loads, key=lambda t: t.source)
+            ],
+        )
     return md
 
 
 def _section_figures(res: Results) -> list[str]:
     md: list[str] = []
-    titles = {"batch_vs_server": "## Batch lists against the server", "embeddings": "## Embedding probes",
-              "embeddings_export": "## Embedding export", "batch_lists": "## Batch lists (full runs)",
-              "new_title_pool": "## Members a rolling new-title evaluation can pool"}
+    titles = {
+        "batch_vs_server": "## Batch lists against the server",
+        "embeddings": "## Embedding probes",
+        "embeddings_export": "## Embedding export",
+        "batch_lists": "## Batch lists (full runs)",
+        "new_title_pool": "## Members a rolling new-title evaluation can pool",
+    }
     for kind, title in titles.items():
         rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)
         if rows:
@@ -173,13 +266,22 @@ def _section_figures(res: Results) -> list[str]:
 
 def _section_sources(res: Results) -> list[str]:
     md = ["## Results files read", ""]
-    md += _table(["file", "sha256 (first 16)", "status"],
-                 [[f"`{n}`", res.hashes.get(n, "–")[:16],
-                   "skipped" if n in res.skipped else "used"]
-                  for n in sorted({**res.hashes, **res.skipped})])
+    md += _table(
+        ["file", "sha256 (first 16)", "status"],
+        [
+            [f"`{n}`", res.hashes.get(n, "–")[:16], "skipped" if n in res.skipped else "used"]
+            for n in sorted({**res.hashes, **res.skipped})
+        ],
+    )
     if res.skipped:
-        md += ["### Skipped files", "", "These files could not be interpreted and are left out:",
-               "", *[f"- `{n}`: {why}" for n, why in res.skipped.items()], ""]
+        md += [
+            "### Skipped files",
+            "",
+            "These files could not be interpreted and are left out:",
+            "",
+            *[f"- `{n}`: {why}" for n, why in res.skipped.items()],
+            "",
+        ]
     return md
 
 
@@ -199,8 +301,9 @@ def _check_out(out: Path, results: Path) -> None:
         except (OSError, ValueError, AttributeError):
             kind = None
         if kind != "report":
-            raise ReportError(f"output folder {out} exists and is not an earlier sidrec report; "
-                              f"refusing to replace it")
+            raise ReportError(
+                f"output folder {out} exists and is not an earlier sidrec report; refusing to replace it"
+            )
 
 
 def build_report(results_dir: str | Path = "results", out_dir: str | Path = "report") -> Path:
@@ -211,23 +314,39 @@ def build_report(results_dir: str | Path = "results", out_dir: str | Path = "rep
         raise ReportError("sidrec report needs matplotlib: pip install 'sidrec[report]'") from e
     _check_out(Path(out_dir), Path(results_dir))
     res = load_results(results_dir, exclude=out_dir)
-    title = ["# sidrec results", "",
-             f"Built by `sidrec report` from {len({**res.hashes, **res.skipped})} files under "
-             f"`{Path(results_dir).resolve().name}/` ({len(res.skipped)} skipped). Every figure "
-             "below comes from the results file named beside it; each file records the command, "
-             "config, data fingerprint and machine that produced it. Rebuild with "
-             "`sidrec report --results results --out report`.", ""]
+    title = [
+        "# sidrec results",
+        "",
+        f"Built by `sidrec report` from {len({**res.hashes, **res.skipped})} files under "
+        f"`{Path(results_dir).resolve().name}/` ({len(res.skipped)} skipped). Every figure "
+        "below comes from the results file named beside it; each file records the command, "
+        "config, data fingerprint and machine that produced it. Rebuild with "
+        "`sidrec report --results results --out report`.",
+        "",
+    ]
     style = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
     with atomic_dir(out_dir) as stage, matplotlib.rc_context(style):
-        md = [*title, *_section_retrieval(res, stage), *_section_canvases(res, stage),
-              *_section_refresh(res), *_section_ids(res, stage), *_section_serving(res, stage),
-              *_section_figures(res), *_section_sources(res)]
+        md = [
+            *title,
+            *_section_retrieval(res, stage),
+            *_section_canvases(res, stage),
+            *_section_refresh(res),
+            *_section_ids(res, stage),
+            *_section_serving(res, stage),
+            *_section_figures(res),
+            *_section_sources(res),
+        ]
         (stage / "README.md").write_text("\n".join(md).rstrip("\n") + "\n")
-        write_json(stage / "manifest.json", {
-            "kind": "report", "schema_version": SCHEMA_VERSION,
-            "config": {"results_dir": Path(results_dir).resolve().name},
-            "versions": {"sidrec": package_version(), "matplotlib": matplotlib.__version__},
-            "parents": res.hashes, "skipped": res.skipped,
-            "files": sorted(p.name for p in stage.iterdir()),
-        })
+        write_json(
+            stage / "manifest.json",
+            {
+                "kind": "report",
+                "schema_version": SCHEMA_VERSION,
+                "config": {"results_dir": Path(results_dir).resolve().name},
+                "versions": {"sidrec": package_version(), "matplotlib": matplotlib.__version__},
+                "parents": res.hashes,
+                "skipped": res.skipped,
+                "files": sorted(p.name for p in stage.iterdir()),
+            },
+        )
     return Path(out_dir).resolve() / "README.md"

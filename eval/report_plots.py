@@ -37,8 +37,13 @@ def plot_retrieval(dataset: str, rows: list[Retrieval], path: Path) -> None:
             if v is None:
                 ax.text(0, i, " not reported", va="center", fontsize=8, color="gray")
                 continue
-            ax.barh(i, v, color=GROUP_COLORS.get(r.group, "#333333"), edgecolor="white",
-                    hatch="//" if r.group == "published" else None)
+            ax.barh(
+                i,
+                v,
+                color=GROUP_COLORS.get(r.group, "#333333"),
+                edgecolor="white",
+                hatch="//" if r.group == "published" else None,
+            )
             ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
         ax.set_xlim(0, top * 1.28)
         ax.set_title(metric)
@@ -46,8 +51,12 @@ def plot_retrieval(dataset: str, rows: list[Retrieval], path: Path) -> None:
     axes[0].set_yticks(range(len(rows)), [row_label(r) for r in rows])
     axes[0].invert_yaxis()
     groups = [g for g in GROUP_COLORS if any(r.group == g for r in rows)]
-    fig.legend(handles=[Patch(color=GROUP_COLORS[g], label=g) for g in groups],
-               loc="outside lower center", ncol=len(groups), fontsize=8)
+    fig.legend(
+        handles=[Patch(color=GROUP_COLORS[g], label=g) for g in groups],
+        loc="outside lower center",
+        ncol=len(groups),
+        fontsize=8,
+    )
     fig.suptitle(f"{dataset}: next-title retrieval, full-catalog ranking")
     _save(fig, path)
 
@@ -60,8 +69,9 @@ def plot_codebooks(rows: list[IDStats], path: Path) -> None:
     for j, r in enumerate(rows):
         offset = (j - (len(rows) - 1) / 2) * width
         for ax, values in zip(axes, ([100 * u for u in r.utilization], r.perplexity)):
-            ax.bar([lv + offset for lv in range(len(values))], values, width, label=r.label,
-                   color=f"C{j % 10}")
+            ax.bar(
+                [lv + offset for lv in range(len(values))], values, width, label=r.label, color=f"C{j % 10}"
+            )
     levels = max(len(r.perplexity) for r in rows)
     sizes = {r.codebook_size for r in rows if isinstance(r.codebook_size, int)}
     if len(sizes) == 1:
@@ -71,8 +81,7 @@ def plot_codebooks(rows: list[IDStats], path: Path) -> None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylim(0, 105)
-    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=5,
-               fontsize=8)
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=8)
     fig.suptitle("semantic IDs: codebook usage per level")
     _save(fig, path)
 
@@ -90,11 +99,13 @@ def plot_latency(grid: ServingGrid, path: Path) -> None:
         others = sorted({getattr(p, other) for p in grid.points})
         for b, backend in enumerate(backends):
             for o, value in enumerate(others):
-                pts = sorted((getattr(p, xkey), p.p50_s) for p in grid.points
-                             if p.backend == backend and getattr(p, other) == value)
+                pts = sorted(
+                    (getattr(p, xkey), p.p50_s)
+                    for p in grid.points
+                    if p.backend == backend and getattr(p, other) == value
+                )
                 if pts:
-                    ax.plot(*zip(*pts), color=f"C{b % 10}", ls=styles[o % 4],
-                            marker=markers[o % 5])
+                    ax.plot(*zip(*pts), color=f"C{b % 10}", ls=styles[o % 4], marker=markers[o % 5])
         xs = sorted({getattr(p, xkey) for p in grid.points})
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -104,8 +115,10 @@ def plot_latency(grid: ServingGrid, path: Path) -> None:
         ax.set_ylabel("p50 batch latency (s)")
         ax.grid(alpha=0.3, which="both")
         handles = [Line2D([], [], color=f"C{b % 10}", label=n) for b, n in enumerate(backends)]
-        handles += [Line2D([], [], color="black", ls=styles[o % 4], marker=markers[o % 5],
-                           label=f"{other} {v}") for o, v in enumerate(others)]
+        handles += [
+            Line2D([], [], color="black", ls=styles[o % 4], marker=markers[o % 5], label=f"{other} {v}")
+            for o, v in enumerate(others)
+        ]
         ax.legend(handles=handles, fontsize=7)
     fig.suptitle(f"serving latency ({grid.label}; {grid.machine})", fontsize=10)
     _save(fig, path)
@@ -120,16 +133,21 @@ def plot_canvases(result: CanvasResults, path: Path) -> None:
     width = 0.8 / len(variants)
     for ax, metric in zip(axes, PLOTTED):
         for j, v in enumerate(variants):
-            pts = [(c, r.metrics.get(metric)) for c, canvas in enumerate(canvases)
-                   for r in result.rows if r.canvas == canvas and r.variant == v]
+            pts = [
+                (c, r.metrics.get(metric))
+                for c, canvas in enumerate(canvases)
+                for r in result.rows
+                if r.canvas == canvas and r.variant == v
+            ]
             pts = [(c + (j - (len(variants) - 1) / 2) * width, y) for c, y in pts if y is not None]
             if pts:
                 ax.bar(*zip(*pts), width, label=VARIANTS.get(v, v), color=f"C{j % 10}")
         ax.set_xticks(range(len(canvases)), canvases)
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
-               ncol=len(variants), fontsize=8)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(variants), fontsize=8
+    )
     tag = "" if result.label == result.dataset else f" ({result.label})"
     fig.suptitle(f"{result.dataset}: per-canvas soft prompts{tag}")
     _save(fig, path)

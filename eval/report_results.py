@@ -14,8 +14,12 @@ from core.artifacts import file_sha256, read_json
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Per-canvas variants in plotting order; other entries that carry metrics are plotted after them,
 # entries without metrics (the canvas's "data", "config") are not variants.
-VARIANTS = {"adapter": "soft prompt (adapter)", "base": "frozen base",
-            "base_home_prompt": "frozen base, home prompt", "full_finetune": "full fine-tune"}
+VARIANTS = {
+    "adapter": "soft prompt (adapter)",
+    "base": "frozen base",
+    "base_home_prompt": "frozen base, home prompt",
+    "full_finetune": "full fine-tune",
+}
 CANVAS_EXTRAS = ("trainable_parameters", "train_seconds")
 
 
@@ -67,11 +71,16 @@ class ServingGrid:
 
 
 # Load-test columns: results key -> (table header, number format).
-LOAD_COLUMNS = {"clients": ("clients", ".0f"), "seconds": ("seconds", ".0f"),
-                "requests": ("requests", ",.0f"), "error_count": ("errors", ".0f"),
-                "throughput_rps": ("req/s", ".2f"), "p50_s": ("p50 s", ".4f"),
-                "p99_s": ("p99 s", ".4f"),
-                "rss_growth_second_half_mib": ("RSS growth, 2nd half (MiB)", ".0f")}
+LOAD_COLUMNS = {
+    "clients": ("clients", ".0f"),
+    "seconds": ("seconds", ".0f"),
+    "requests": ("requests", ",.0f"),
+    "error_count": ("errors", ".0f"),
+    "throughput_rps": ("req/s", ".2f"),
+    "p50_s": ("p50 s", ".4f"),
+    "p99_s": ("p99 s", ".4f"),
+    "rss_growth_second_half_mib": ("RSS growth, 2nd half (MiB)", ".0f"),
+}
 
 
 @dataclass(frozen=True)
@@ -157,23 +166,40 @@ def _metrics(d: dict[str, Any], keys: tuple[str, ...] = METRICS) -> dict[str, fl
 
 
 def _tag(stem: str, dataset: str) -> str:
-    return stem[len(dataset):].strip("-_") if stem.startswith(dataset) else stem
+    return stem[len(dataset) :].strip("-_") if stem.startswith(dataset) else stem
 
 
 def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
     split = (d.get("eval_config") or {}).get("split", "test")
     m = d["metrics"]
     m = m[split] if isinstance(m.get(split), dict) else m
-    res.retrieval.append(Retrieval(str(d["dataset"]), "baseline", str(d.get("baseline", stem)),
-                                   str(split), _metrics(m), _num(d.get("params"), "params"), name))
+    res.retrieval.append(
+        Retrieval(
+            str(d["dataset"]),
+            "baseline",
+            str(d.get("baseline", stem)),
+            str(split),
+            _metrics(m),
+            _num(d.get("params"), "params"),
+            name,
+        )
+    )
 
 
 def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
     dataset = str(d["dataset"])
     tag = _tag(stem, dataset)
-    res.retrieval.append(Retrieval(dataset, "ours", f"gen-fm ({tag})" if tag else "gen-fm",
-                                   str(d.get("split", "test")), _metrics(d),
-                                   _num(d.get("parameters"), "parameters"), name))
+    res.retrieval.append(
+        Retrieval(
+            dataset,
+            "ours",
+            f"gen-fm ({tag})" if tag else "gen-fm",
+            str(d.get("split", "test")),
+            _metrics(d),
+            _num(d.get("parameters"), "parameters"),
+            name,
+        )
+    )
 
 
 def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:
@@ -182,12 +208,20 @@ def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:
     if util is None or perp is None:  # older files: per-level records only
         util = [lv["codebook_utilization"] for lv in stats["levels"]]
         perp = [lv["perplexity"] for lv in stats["levels"]]
-    res.ids.append(IDStats(
-        stem, str(d["dataset"]), str(config.get("quantizer", "?")),
-        _num(stats.get("num_items"), "num_items"), _num(stats.get("collision_rate"), "collision"),
-        _num(stats.get("max_collision_group"), "max_collision_group"),
-        config.get("codebook_size"), tuple(_num(u, "utilization") for u in util),
-        tuple(_num(p, "perplexity") for p in perp), name))
+    res.ids.append(
+        IDStats(
+            stem,
+            str(d["dataset"]),
+            str(config.get("quantizer", "?")),
+            _num(stats.get("num_items"), "num_items"),
+            _num(stats.get("collision_rate"), "collision"),
+            _num(stats.get("max_collision_group"), "max_collision_group"),
+            config.get("codebook_size"),
+            tuple(_num(u, "utilization") for u in util),
+            tuple(_num(p, "perplexity") for p in perp),
+            name,
+        )
+    )
 
 
 def _machine(d: dict) -> str:
@@ -201,10 +235,16 @@ def _parse_serving(d: dict, name: str, stem: str, res: Results) -> None:
     points = []
     for row in d["figures"]:
         decoding = "trie" if row.get("constrained", True) else "built-in, no trie"
-        points.append(Latency(f"{row['backend']} ({decoding})", int(row["beams"]),
-                              int(row["batch"]), _num(row["p50_s"], "p50_s"),
-                              _num(row.get("p99_s"), "p99_s"),
-                              _num(row.get("recs_per_s"), "recs_per_s")))
+        points.append(
+            Latency(
+                f"{row['backend']} ({decoding})",
+                int(row["beams"]),
+                int(row["batch"]),
+                _num(row["p50_s"], "p50_s"),
+                _num(row.get("p99_s"), "p99_s"),
+                _num(row.get("recs_per_s"), "recs_per_s"),
+            )
+        )
     if not points:
         raise ValueError("no figures in the serving grid")
     res.grids.append(ServingGrid(stem, _machine(d), tuple(points), name))
@@ -212,15 +252,17 @@ def _parse_serving(d: dict, name: str, stem: str, res: Results) -> None:
 
 def _parse_load(d: dict, name: str, stem: str, res: Results) -> None:
     _num(d["throughput_rps"], "throughput_rps")  # the one figure a load test must have
-    res.loads.append(LoadTest(str(d.get("backend", "?")),
-                              {k: _num(d.get(k), k) for k in LOAD_COLUMNS}, name))
+    res.loads.append(LoadTest(str(d.get("backend", "?")), {k: _num(d.get(k), k) for k in LOAD_COLUMNS}, name))
 
 
 def _parse_canvases(d: dict, name: str, stem: str, res: Results) -> None:
     rows = []
     for canvas, entries in d["canvases"].items():
-        variants = {k: v for k, v in entries.items() if isinstance(v, dict)
-                    and any(str(m).startswith(("recall@", "ndcg@")) for m in v)}
+        variants = {
+            k: v
+            for k, v in entries.items()
+            if isinstance(v, dict) and any(str(m).startswith(("recall@", "ndcg@")) for m in v)
+        }
         order = [v for v in VARIANTS if v in variants] + [v for v in variants if v not in VARIANTS]
         for v in order:
             extra = {k: _num(variants[v].get(k), k) for k in CANVAS_EXTRAS}
@@ -232,18 +274,28 @@ def _parse_canvases(d: dict, name: str, stem: str, res: Results) -> None:
 
 def _parse_refresh(d: dict, name: str, stem: str, res: Results) -> None:
     k = int(d["k"])
-    recall = {g: {v: _num(x, f"{g}/{v}") for v, x in variants.items()}
-              for g, variants in d[f"recall@{k}"].items()}
-    res.refreshes.append(RefreshResult(str(d["dataset"]), recall,
-                                       {g: int(n) for g, n in d["members"].items()}, k, name))
+    recall = {
+        g: {v: _num(x, f"{g}/{v}") for v, x in variants.items()} for g, variants in d[f"recall@{k}"].items()
+    }
+    res.refreshes.append(
+        RefreshResult(str(d["dataset"]), recall, {g: int(n) for g, n in d["members"].items()}, k, name)
+    )
 
 
 def _parse_host(d: dict, name: str, stem: str, res: Results) -> None:
-    res.host_times.append(HostTime(str(d["dataset"]), int(d["batch_size"]),
-                                   _num(d["collator_ms_per_batch"], "collator_ms_per_batch"),
-                                   _num(d["tensor_slice_ms_per_batch"], "tensor_slice_ms_per_batch"),
-                                   _num(d.get("augmented_ms_per_batch_with_cut_and_build"),
-                                        "augmented_ms_per_batch_with_cut_and_build"), name))
+    res.host_times.append(
+        HostTime(
+            str(d["dataset"]),
+            int(d["batch_size"]),
+            _num(d["collator_ms_per_batch"], "collator_ms_per_batch"),
+            _num(d["tensor_slice_ms_per_batch"], "tensor_slice_ms_per_batch"),
+            _num(
+                d.get("augmented_ms_per_batch_with_cut_and_build"),
+                "augmented_ms_per_batch_with_cut_and_build",
+            ),
+            name,
+        )
+    )
 
 
 def _parse_sweep(d: dict, name: str, stem: str, res: Results) -> None:
@@ -252,8 +304,17 @@ def _parse_sweep(d: dict, name: str, stem: str, res: Results) -> None:
     if not runs:
         raise ValueError("no evaluated runs")
     for r in runs:
-        res.retrieval.append(Retrieval(str(d["dataset"]), "ours", f"gen-fm sweep ({r['name']})", "test",
-                                       _metrics(r), _num(r.get("parameters"), "parameters"), name))
+        res.retrieval.append(
+            Retrieval(
+                str(d["dataset"]),
+                "ours",
+                f"gen-fm sweep ({r['name']})",
+                "test",
+                _metrics(r),
+                _num(r.get("parameters"), "parameters"),
+                name,
+            )
+        )
 
 
 def _parse_embeddings(d: dict, name: str, stem: str, res: Results) -> None:
@@ -261,25 +322,33 @@ def _parse_embeddings(d: dict, name: str, stem: str, res: Results) -> None:
     probe = d["next_category_probe"]["accuracy_5fold"]
     figures = {f"neighbours co-engaged: {k}": _num(v, k) for k, v in nn.items()}
     figures.update({f"next-theme accuracy: {k}": _num(v, k) for k, v in probe.items()})
-    res.figures.append(Figures("embeddings", f"{d['dataset']} ({d.get('pooling', 'last')} pooling)",
-                               figures, name))
+    res.figures.append(
+        Figures("embeddings", f"{d['dataset']} ({d.get('pooling', 'last')} pooling)", figures, name)
+    )
 
 
 def _parse_export(d: dict, name: str, stem: str, res: Results) -> None:
     keys = ("members", "titles", "dim", "seconds")
-    res.figures.append(Figures("embeddings_export", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name))
+    res.figures.append(
+        Figures("embeddings_export", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name)
+    )
 
 
 def _parse_batch(d: dict, name: str, stem: str, res: Results) -> None:
     keys = ("members", "batch_lists_per_second", "server_lists_per_second", "speedup", "identical_lists")
-    res.figures.append(Figures("batch_vs_server", str(d["dataset"]),
-                               {k: _num(d[k], k) for k in keys}, name))
+    res.figures.append(Figures("batch_vs_server", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name))
 
 
 def _parse_batch_lists(d: dict, name: str, stem: str, res: Results) -> None:
     keys = ("members", "lists", "rows", "seconds", "lists_per_second")
-    res.figures.append(Figures("batch_lists", f"{d['dataset']} ({d['engine']['name']} engine)",
-                               {k: _num(d[k], k) for k in keys}, name))
+    res.figures.append(
+        Figures(
+            "batch_lists",
+            f"{d['dataset']} ({d['engine']['name']} engine)",
+            {k: _num(d[k], k) for k in keys},
+            name,
+        )
+    )
 
 
 def _parse_pool(d: dict, name: str, stem: str, res: Results) -> None:
@@ -292,16 +361,28 @@ def _parse_pool(d: dict, name: str, stem: str, res: Results) -> None:
 
 
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
-    "baseline": _parse_baseline, "gen_fm": _parse_gen_fm, "semantic_ids": _parse_ids,
-    "serving": _parse_serving, "serving_load": _parse_load, "prompt_tuning": _parse_canvases,
-    "refresh": _parse_refresh, "host_batches": _parse_host, "gen_fm recipe sweep": _parse_sweep,
-    "embeddings": _parse_embeddings, "batch_vs_server": _parse_batch,
-    "embeddings_export": _parse_export, "batch_lists": _parse_batch_lists,
+    "baseline": _parse_baseline,
+    "gen_fm": _parse_gen_fm,
+    "semantic_ids": _parse_ids,
+    "serving": _parse_serving,
+    "serving_load": _parse_load,
+    "prompt_tuning": _parse_canvases,
+    "refresh": _parse_refresh,
+    "host_batches": _parse_host,
+    "gen_fm recipe sweep": _parse_sweep,
+    "embeddings": _parse_embeddings,
+    "batch_vs_server": _parse_batch,
+    "embeddings_export": _parse_export,
+    "batch_lists": _parse_batch_lists,
     "new_title_pool": _parse_pool,
 }
-REFRESH_VARIANTS = {"before": "before (old model, old IDs)", "old_model_new_trie": "old model + new IDs",
-                    "after": "after the fine-tune", "popular_new": "most popular new titles",
-                    "content_nearest_new": "new titles nearest the history (content)"}
+REFRESH_VARIANTS = {
+    "before": "before (old model, old IDs)",
+    "old_model_new_trie": "old model + new IDs",
+    "after": "after the fine-tune",
+    "popular_new": "most popular new titles",
+    "content_nearest_new": "new titles nearest the history (content)",
+}
 
 
 def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> Results:
@@ -313,12 +394,18 @@ def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> 
     if not root.is_dir():
         raise ReportError(f"results folder {root} does not exist or is not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
-    files = sorted(p for p in root.rglob("*.json") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
-                   and (skip is None or skip not in p.resolve().parents))
+    files = sorted(
+        p
+        for p in root.rglob("*.json")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
+        and (skip is None or skip not in p.resolve().parents)
+    )
     if not files:
-        raise ReportError(f"results folder {root} holds no JSON results files; run the "
-                          f"benchmarks first (sidrec eval, sidrec baseline, sidrec bench ...)")
+        raise ReportError(
+            f"results folder {root} holds no JSON results files; run the "
+            f"benchmarks first (sidrec eval, sidrec baseline, sidrec bench ...)"
+        )
     res = Results()
     for path in files:
         name = f"{root.resolve().name}/{path.relative_to(root).as_posix()}"
@@ -329,8 +416,9 @@ def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> 
                 raise ValueError("the top level is not a JSON object")
             kind = d.get("benchmark") or d.get("kind")
             if kind not in PARSERS:
-                raise ValueError(f"unknown results kind {kind!r} (no 'benchmark' or 'kind' key "
-                                 f"this report knows)")
+                raise ValueError(
+                    f"unknown results kind {kind!r} (no 'benchmark' or 'kind' key this report knows)"
+                )
             PARSERS[kind](d, name, path.stem, res)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             why = f"missing key {e}" if isinstance(e, KeyError) else str(e)

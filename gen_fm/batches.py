@@ -55,8 +55,13 @@ def window_bounds(n: int, size: int, shift: int = 0) -> list[tuple[int, int]]:
     return out
 
 
-def make_title_example(encoder: PromptEncoder, rows: np.ndarray, user_id: str | None,
-                       canvas: str = DEFAULT_CANVAS, keep: np.ndarray | None = None) -> dict[str, list]:
+def make_title_example(
+    encoder: PromptEncoder,
+    rows: np.ndarray,
+    user_id: str | None,
+    canvas: str = DEFAULT_CANVAS,
+    keep: np.ndarray | None = None,
+) -> dict[str, list]:
     """One window of a title-token model, every target trained in one pass, as at inference.
 
     The trunk is the prompt (prefix, then one title token per title). The hidden state of title
@@ -85,12 +90,19 @@ def make_title_example(encoder: PromptEncoder, rows: np.ndarray, user_id: str | 
         pos += list(range(a + 1, a + L))
         branch += [j] * (L - 1)
         anchor += [a] * (L - 1)
-    return {"input_ids": ids, "targets": targets, "title_targets": title_targets,
-            "position_ids": pos, "branch": branch, "anchor": anchor}
+    return {
+        "input_ids": ids,
+        "targets": targets,
+        "title_targets": title_targets,
+        "position_ids": pos,
+        "branch": branch,
+        "anchor": anchor,
+    }
 
 
-def make_example(encoder: PromptEncoder, rows: np.ndarray, user_id: str | None,
-                 canvas: str = DEFAULT_CANVAS) -> tuple[list[int], list[int]]:
+def make_example(
+    encoder: PromptEncoder, rows: np.ndarray, user_id: str | None, canvas: str = DEFAULT_CANVAS
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one window: loss on the code tokens of every title but the first."""
     input_ids = encoder.encode(rows, canvas=canvas, user_id=user_id)
     L = encoder.layout.sid_length
@@ -118,9 +130,16 @@ class Augment:
 class WindowSource:
     """Members' training titles (ID-artifact rows), from which every epoch's windows are cut."""
 
-    def __init__(self, items: list[np.ndarray], first: np.ndarray, user_ids: Sequence[str],
-                 max_history: int, encoder: PromptEncoder, canvas: str = DEFAULT_CANVAS,
-                 targets: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        items: list[np.ndarray],
+        first: np.ndarray,
+        user_ids: Sequence[str],
+        max_history: int,
+        encoder: PromptEncoder,
+        canvas: str = DEFAULT_CANVAS,
+        targets: np.ndarray | None = None,
+    ) -> None:
         self.items = items  # per member: (n,) ID-artifact rows of the training titles, in order
         self.first = np.asarray(first, dtype=np.int64)  # (U,) event index of each member's first title
         self.user_ids = user_ids
@@ -128,8 +147,7 @@ class WindowSource:
         self.encoder, self.canvas = encoder, canvas
         self.targets = targets  # (E,) bool over the Sequences' events, or None (all are targets)
 
-    def rows(self, augment: Augment = Augment(), rng: np.random.Generator | None = None
-             ) -> dict[str, list]:
+    def rows(self, augment: Augment = Augment(), rng: np.random.Generator | None = None) -> dict[str, list]:
         """Columns input_ids, labels, member of one epoch's windows (`rng` drives the augmentation).
 
         With `targets`, titles whose event is not a target keep their place as context with labels
@@ -141,8 +159,18 @@ class WindowSource:
         titles = self.encoder.title_ids is not None
         cols: dict[str, list] = {"input_ids": [], "labels": [], "member": []}
         if titles:
-            cols = {k: [] for k in ("input_ids", "targets", "title_targets", "position_ids",
-                                    "branch", "anchor", "member")}
+            cols = {
+                k: []
+                for k in (
+                    "input_ids",
+                    "targets",
+                    "title_targets",
+                    "position_ids",
+                    "branch",
+                    "anchor",
+                    "member",
+                )
+            }
         for u, items in enumerate(self.items):
             events = self.first[u] + np.arange(len(items))  # (n,) event index of each title
             if augment.item_dropout and len(items) > 2:
@@ -152,23 +180,24 @@ class WindowSource:
             shift = int(rng.integers(0, self.size - 1)) if augment.jitter and len(items) > self.size else 0
             for start, end in window_bounds(len(items), self.size, shift):
                 if titles:
-                    keep_t = None if self.targets is None else self.targets[events[start + 1: end]]
+                    keep_t = None if self.targets is None else self.targets[events[start + 1 : end]]
                     if keep_t is not None and not keep_t.any():
                         continue
-                    row = make_title_example(self.encoder, items[start:end], self.user_ids[u],
-                                             self.canvas, keep_t)
+                    row = make_title_example(
+                        self.encoder, items[start:end], self.user_ids[u], self.canvas, keep_t
+                    )
                     for k, v in row.items():
                         cols[k].append(v)
                     cols["member"].append(u)
                     continue
                 ids, labels = make_example(self.encoder, items[start:end], self.user_ids[u], self.canvas)
                 if self.targets is not None:
-                    keep_t = self.targets[events[start + 1: end]]  # (W-1,) titles 2..W
+                    keep_t = self.targets[events[start + 1 : end]]  # (W-1,) titles 2..W
                     if not keep_t.any():
                         continue
                     tail = len(labels) - len(keep_t) * L  # where title 2's code tokens start
                     for j in np.flatnonzero(~keep_t):
-                        labels[tail + j * L: tail + (j + 1) * L] = [IGNORE] * L
+                        labels[tail + j * L : tail + (j + 1) * L] = [IGNORE] * L
                 cols["input_ids"].append(ids)
                 cols["labels"].append(labels)
                 cols["member"].append(u)
@@ -193,8 +222,12 @@ class EpochTensors:
     anchor: np.ndarray | None = None  # (N, T) last trunk index each token sees
 
     @classmethod
-    def from_rows(cls, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None,
-                  **title_columns: Sequence[Sequence[int]]) -> "EpochTensors":
+    def from_rows(
+        cls,
+        input_ids: Sequence[Sequence[int]],
+        labels: Sequence[Sequence[int]] | None = None,
+        **title_columns: Sequence[Sequence[int]],
+    ) -> "EpochTensors":
         lengths = np.fromiter((len(s) for s in input_ids), dtype=np.int64, count=len(input_ids))
         if not len(lengths):
             raise ValueError("no training rows")
@@ -208,14 +241,22 @@ class EpochTensors:
 
         def pad(rows, fill):
             out = np.full((len(lengths), T), fill, dtype=np.int64)
-            out[mask] = np.fromiter((t for s in rows for t in s), dtype=np.int64,
-                                    count=int(lengths.sum()))
+            out[mask] = np.fromiter((t for s in rows for t in s), dtype=np.int64, count=int(lengths.sum()))
             return out
 
-        fills = {"labels": IGNORE, "targets": IGNORE, "title_targets": IGNORE, "position_ids": 0,
-                 "branch": -1, "anchor": 0}
-        return cls(pad(input_ids, PAD), lengths=lengths,
-                   **{"labels": None, **{k: pad(v, fills[k]) for k, v in columns.items()}})
+        fills = {
+            "labels": IGNORE,
+            "targets": IGNORE,
+            "title_targets": IGNORE,
+            "position_ids": 0,
+            "branch": -1,
+            "anchor": 0,
+        }
+        return cls(
+            pad(input_ids, PAD),
+            lengths=lengths,
+            **{"labels": None, **{k: pad(v, fills[k]) for k, v in columns.items()}},
+        )
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -230,27 +271,41 @@ class EpochTensors:
         real = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
         if self.labels is not None:
             labels = torch.from_numpy(self.labels[idx, :T])
-            return {"input_ids": torch.from_numpy(self.input_ids[idx, :T]),
-                    "attention_mask": torch.from_numpy(real.astype(np.int64)),
-                    "labels": labels,
-                    "targets": torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)}
+            return {
+                "input_ids": torch.from_numpy(self.input_ids[idx, :T]),
+                "attention_mask": torch.from_numpy(real.astype(np.int64)),
+                "labels": labels,
+                "targets": torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE),
+            }
         branch = torch.from_numpy(self.branch[idx, :T])  # (B, T)
         anchor = torch.from_numpy(self.anchor[idx, :T])  # (B, T)
         t = torch.arange(T)
         trunk_key = (branch == 0)[:, None, :] & (t[None, None, :] <= anchor[:, :, None])  # (B, T, T)
-        same = (branch[:, :, None] == branch[:, None, :]) & (branch[:, :, None] > 0) \
-            & (t[None, None, :] <= t[None, :, None])  # (B, T, T) own branch, causally
+        same = (
+            (branch[:, :, None] == branch[:, None, :])
+            & (branch[:, :, None] > 0)
+            & (t[None, None, :] <= t[None, :, None])
+        )  # (B, T, T) own branch, causally
         allowed = (trunk_key | same) & torch.from_numpy(real)[:, None, :]
         allowed |= torch.eye(T, dtype=torch.bool)[None]  # padding rows see themselves (no NaN)
-        return {"input_ids": torch.from_numpy(self.input_ids[idx, :T]),
-                "attention_mask": allowed[:, None],  # (B, 1, T, T)
-                "position_ids": torch.from_numpy(self.position_ids[idx, :T]),
-                "targets": torch.from_numpy(self.targets[idx, :T]),
-                "title_targets": torch.from_numpy(self.title_targets[idx, :T])}
+        return {
+            "input_ids": torch.from_numpy(self.input_ids[idx, :T]),
+            "attention_mask": allowed[:, None],  # (B, 1, T, T)
+            "position_ids": torch.from_numpy(self.position_ids[idx, :T]),
+            "targets": torch.from_numpy(self.targets[idx, :T]),
+            "title_targets": torch.from_numpy(self.title_targets[idx, :T]),
+        }
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int = 0,
-                  world: int = 1, group: int = LENGTH_GROUP) -> list[np.ndarray]:
+def epoch_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    group: int = LENGTH_GROUP,
+) -> list[np.ndarray]:
     """This process's batches (row indices) of one epoch, from one seeded global order.
 
     Groups of `group` global batches are sorted by length to cut padding, then the batch order is
@@ -262,7 +317,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, r
     perm = np.resize(rng.permutation(n), n + (-n) % world)
     gb = batch_size * world
     if group > 1:
-        chunks = [perm[i: i + gb * group] for i in range(0, len(perm), gb * group)]
+        chunks = [perm[i : i + gb * group] for i in range(0, len(perm), gb * group)]
         perm = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in chunks])
-    batches = [perm[i: i + gb] for i in range(0, len(perm), gb)]
+    batches = [perm[i : i + gb] for i in range(0, len(perm), gb)]
     return [batches[j][rank::world] for j in rng.permutation(len(batches))]

@@ -59,11 +59,17 @@ class TrainState:
 def reduced_sums(accelerator, state: TrainState) -> tuple[list[float], dict[str, list[float]]]:
     """The epoch sums added over processes: [loss, target tokens, tokens] and the auxiliary ones."""
     names = sorted(state.aux)
-    values = [state.loss_sum, state.loss_tokens, state.tokens] + \
-        [float(x) for name in names for x in state.aux[name]]
-    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device),
-                               reduction="sum").cpu().tolist()
-    return total[:3], {name: total[3 + 2 * i: 5 + 2 * i] for i, name in enumerate(names)}
+    values = [state.loss_sum, state.loss_tokens, state.tokens] + [
+        float(x) for name in names for x in state.aux[name]
+    ]
+    total = (
+        accelerator.reduce(
+            torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum"
+        )
+        .cpu()
+        .tolist()
+    )
+    return total[:3], {name: total[3 + 2 * i : 5 + 2 * i] for i, name in enumerate(names)}
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -76,8 +82,9 @@ def save_checkpoint(accelerator, root: Path, state: TrainState, meta: dict, keep
     tmp, final = root / f".{name}.tmp", root / name
     figs, aux = reduced_sums(accelerator, state)
     # saved as global sums; on resume rank 0 carries them and the other ranks start from zero
-    saved = dataclasses.replace(state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]),
-                                aux=aux)
+    saved = dataclasses.replace(
+        state, loss_sum=figs[0], loss_tokens=int(figs[1]), tokens=int(figs[2]), aux=aux
+    )
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -100,9 +107,15 @@ def save_best(accelerator, model, root: Path, state: TrainState) -> None:
     if accelerator.is_main_process:
         with atomic_dir(root / BEST) as stage:
             save_weights(accelerator.unwrap_model(model), str(stage / "model.safetensors"))
-            write_json(stage / "best.json", {"step": state.step, "epoch": state.chosen_epoch,
-                                             "metric": state.chosen_metric,
-                                             "reason": state.chosen_reason})
+            write_json(
+                stage / "best.json",
+                {
+                    "step": state.step,
+                    "epoch": state.chosen_epoch,
+                    "metric": state.chosen_metric,
+                    "reason": state.chosen_reason,
+                },
+            )
     accelerator.wait_for_everyone()
 
 
@@ -111,11 +124,19 @@ def check_resumable(saved: dict, meta: dict) -> None:
     defaults = jsonable(PretrainConfig())
     old = {**defaults, **saved["config"]}
     new = {**defaults, **meta["config"]}
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+    )
     if changed:
         raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")
-    for key in ("semantic_ids", "data_fingerprint", "sequence_config", "world_size", "init_from",
-                "targets_since", "replay"):
+    for key in (
+        "semantic_ids",
+        "data_fingerprint",
+        "sequence_config",
+        "world_size",
+        "init_from",
+        "targets_since",
+        "replay",
+    ):
         if saved.get(key) != meta.get(key):
             raise ValueError(f"cannot resume: {key} differs from the checkpoint's")

@@ -39,8 +39,10 @@ class CoEngagement:
 
     def __post_init__(self) -> None:
         if self.neighbours.ndim != 2 or self.neighbours.shape != self.counts.shape:
-            raise ValueError(f"neighbours {self.neighbours.shape} and counts {self.counts.shape} must "
-                             f"be the same (titles, top) shape")
+            raise ValueError(
+                f"neighbours {self.neighbours.shape} and counts {self.counts.shape} must "
+                f"be the same (titles, top) shape"
+            )
 
     @property
     def num_items(self) -> int:
@@ -54,8 +56,9 @@ class CoEngagement:
         near = near[near >= 0]
         return near if n is None else near[:n]
 
-    def of_recent(self, history, titles: int = RECENT_TITLES, decay: float = RECENT_DECAY,
-                  exclude_history: bool = True) -> list[int]:
+    def of_recent(
+        self, history, titles: int = RECENT_TITLES, decay: float = RECENT_DECAY, exclude_history: bool = True
+    ) -> list[int]:
         """The titles most co-engaged with the member's `titles` newest history titles (ID rows,
         oldest first): each newest title's counts weigh ``decay ** age`` (age 0 = the newest) and are
         summed per title; ties go to the table's own order (the newest title's first). With
@@ -73,7 +76,9 @@ class CoEngagement:
         recent = rows[::-1][:titles]  # newest first
         bad = [r for r in recent if r >= self.num_items]
         if bad:
-            raise ValueError(f"title row {bad[0]} is not in the co-engagement table ({self.num_items} titles)")
+            raise ValueError(
+                f"title row {bad[0]} is not in the co-engagement table ({self.num_items} titles)"
+            )
         near = self.neighbours[recent]  # (m, top)
         weight = self.counts[recent] * (decay ** np.arange(len(recent)))[:, None]
         keep = near >= 0
@@ -88,8 +93,9 @@ class CoEngagement:
         return uniq[order].tolist()
 
 
-def build_co_engagement(sequences: list[np.ndarray], num_items: int, window: int = 3,
-                        top: int = 50) -> CoEngagement:
+def build_co_engagement(
+    sequences: list[np.ndarray], num_items: int, window: int = 3, top: int = 50
+) -> CoEngagement:
     """The table from members' training sequences of ID rows (oldest first; -1 = a title without
     an ID, skipped). Equal counts are frequent (most pairs are seen once or twice), so ties go to
     the more watched title, then the lower row: deterministic, and a likelier next title first."""
@@ -123,13 +129,14 @@ def build_co_engagement(sequences: list[np.ndarray], num_items: int, window: int
     ends = np.searchsorted(src, np.arange(num_items), side="right")
     for row in np.flatnonzero(ends > starts):
         m = min(top, ends[row] - starts[row])
-        neighbours[row, :m] = dst[starts[row]: starts[row] + m]
-        counts[row, :m] = n[starts[row]: starts[row] + m]
+        neighbours[row, :m] = dst[starts[row] : starts[row] + m]
+        counts[row, :m] = n[starts[row] : starts[row] + m]
     return CoEngagement(neighbours, counts, window)
 
 
-def co_engagement_of_split(split, sid_rows: np.ndarray, num_items: int, window: int = 3,
-                           top: int = 50) -> CoEngagement:
+def co_engagement_of_split(
+    split, sid_rows: np.ndarray, num_items: int, window: int = 3, top: int = 50
+) -> CoEngagement:
     """``build_co_engagement`` over a leave-one-out split's training events (``core.sequences``)."""
     from gen_fm.dataset import to_sid_rows
 
@@ -141,8 +148,11 @@ def save_co_engagement(path: str | Path, table: CoEngagement) -> None:
     from safetensors.numpy import save_file
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"neighbours": table.neighbours, "counts": table.counts}, str(path),
-              metadata={"window": str(table.window)})
+    save_file(
+        {"neighbours": table.neighbours, "counts": table.counts},
+        str(path),
+        metadata={"window": str(table.window)},
+    )
 
 
 def load_co_engagement(path: str | Path) -> CoEngagement:
@@ -155,5 +165,13 @@ def load_co_engagement(path: str | Path) -> CoEngagement:
         return CoEngagement(f.get_tensor("neighbours"), f.get_tensor("counts"), int(meta["window"]))
 
 
-__all__ = ["CO_ENGAGEMENT_FILE", "RECENT_DECAY", "RECENT_TITLES", "CoEngagement", "build_co_engagement",
-           "co_engagement_of_split", "load_co_engagement", "save_co_engagement"]
+__all__ = [
+    "CO_ENGAGEMENT_FILE",
+    "RECENT_DECAY",
+    "RECENT_TITLES",
+    "CoEngagement",
+    "build_co_engagement",
+    "co_engagement_of_split",
+    "load_co_engagement",
+    "save_co_engagement",
+]

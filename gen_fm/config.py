@@ -19,8 +19,7 @@ HISTORY_TOKENS = ("codes", "titles")
 SELECTIONS = ("within-se", "best", "last")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Fields that may differ between a run and the run it resumes (they do not change the weights).
-RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints",
-                               "eval_batch_size"})
+RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
 # Presets: overrides of the dataclass defaults, nothing else. `tiny` and `small` set sizes only;
 # `base` and `large` are the GPU recipes measured on amazon-beauty (BENCHMARKS.md, "Recipe sweep on
@@ -34,11 +33,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     # About TIGER's width (128) and depth (4 decoder layers): the CPU size (~1 s a step of 256 on 1 core).
     "small": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
     # Twice the width, six layers (6.5M weights): ~7 s a step on this 2-core CPU, so a GPU recipe.
-    "base": dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024,
-                 hidden_dropout=0.15, lr=1e-3, **_GPU_RECIPE),
+    "base": dict(
+        hidden_size=256,
+        num_layers=6,
+        num_heads=8,
+        intermediate_size=1024,
+        hidden_dropout=0.15,
+        lr=1e-3,
+        **_GPU_RECIPE,
+    ),
     # 512 wide x 8 layers (34M weights): the best amazon-beauty recipe so far (GPU).
-    "large": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048,
-                  hidden_dropout=0.2, lr=5e-4, **_GPU_RECIPE),
+    "large": dict(
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        intermediate_size=2048,
+        hidden_dropout=0.2,
+        lr=5e-4,
+        **_GPU_RECIPE,
+    ),
 }
 
 
@@ -162,17 +175,20 @@ class PretrainConfig:
             from gen_fm.tokenizer import CANVASES  # transformers: only when a mixture is asked for
 
             mixable = [c for c in CANVASES if c != "home"]  # home is the windows themselves
-            if any(c not in mixable for c in self.canvas_mix) or \
-                    len(set(self.canvas_mix)) != len(self.canvas_mix):
-                raise ValueError(f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, "
-                                 f"from {mixable}")
+            if any(c not in mixable for c in self.canvas_mix) or len(set(self.canvas_mix)) != len(
+                self.canvas_mix
+            ):
+                raise ValueError(
+                    f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, from {mixable}"
+                )
         if self.history_tokens not in HISTORY_TOKENS:
             raise ValueError(f"history_tokens must be one of {HISTORY_TOKENS}, got {self.history_tokens!r}")
         if self.history_tokens == "titles":
             clash = [n for n in ("canvas_mix", "mtp_tokens", "category_weight") if getattr(self, n)]
             if clash:
-                raise ValueError(f"{clash} read code-token histories: set them off with "
-                                 f"history_tokens 'titles'")
+                raise ValueError(
+                    f"{clash} read code-token histories: set them off with history_tokens 'titles'"
+                )
         elif self.identity_dropout or self.title_loss_weight:
             raise ValueError("identity_dropout and title_loss_weight need history_tokens 'titles'")
         if self.title_loss_weight < 0:
@@ -181,24 +197,42 @@ class PretrainConfig:
             raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
         if self.canvas_mix_examples < 1:
             raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
-        ints = {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "num_heads": self.num_heads, "intermediate_size": self.intermediate_size,
-                "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                "epochs": self.epochs, "eval_k": self.eval_k,
-                "eval_batch_size": self.eval_batch_size, "keep_checkpoints": self.keep_checkpoints}
+        ints = {
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "epochs": self.epochs,
+            "eval_k": self.eval_k,
+            "eval_batch_size": self.eval_batch_size,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
         bad = [k for k, v in ints.items() if int(v) < 1]
         if bad:
             raise ValueError(f"these must be >= 1: {bad}")
-        for name in ("num_user_buckets", "position_headroom", "eval_every", "patience",
-                     "checkpoint_every_steps", "mtp_tokens", "mtp_weight", "category_weight"):
+        for name in (
+            "num_user_buckets",
+            "position_headroom",
+            "eval_every",
+            "patience",
+            "checkpoint_every_steps",
+            "mtp_tokens",
+            "mtp_weight",
+            "category_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads "
-                             f"{self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
         if self.head_dim < 32 or self.head_dim % 16:
-            raise ValueError(f"head size {self.head_dim} (hidden_size / num_heads): vLLM needs a "
-                             f"multiple of 16 that is >= 32 (32, 64, 80, ...)")
+            raise ValueError(
+                f"head size {self.head_dim} (hidden_size / num_heads): vLLM needs a "
+                f"multiple of 16 that is >= 32 (32, 64, 80, ...)"
+            )
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
@@ -214,8 +248,9 @@ class PretrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, "
-                             f"got {self.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         for name in ("item_dropout", "label_smoothing", "eval_from", "ema_decay", "identity_dropout"):
@@ -228,8 +263,10 @@ class PretrainConfig:
         if self.val_users is not None and self.val_users < 1:
             raise ValueError(f"val_users must be >= 1 or None, got {self.val_users}")
         if self.num_beams is not None and self.num_beams < self.eval_k:
-            raise ValueError(f"num_beams {self.num_beams} < eval_k {self.eval_k}: a beam narrower "
-                             f"than K cannot return K titles")
+            raise ValueError(
+                f"num_beams {self.num_beams} < eval_k {self.eval_k}: a beam narrower "
+                f"than K cannot return K titles"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -243,8 +280,7 @@ class PretrainConfig:
         """Whether 1-based `epoch` is validated: every `eval_every` after `eval_from`, and the last."""
         if not self.eval_every:
             return False
-        return epoch == self.epochs or (epoch > self.eval_from * self.epochs
-                                        and epoch % self.eval_every == 0)
+        return epoch == self.epochs or (epoch > self.eval_from * self.epochs and epoch % self.eval_every == 0)
 
     @property
     def beams(self) -> int:

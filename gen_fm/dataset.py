@@ -39,22 +39,40 @@ def to_sid_rows(catalog_rows: np.ndarray, sid_rows: np.ndarray) -> np.ndarray:
     """Map catalog rows to ID-artifact rows; a title without an ID is an error, not a silent drop."""
     mapped = sid_rows[np.asarray(catalog_rows, dtype=np.int64)]
     if (mapped < 0).any():
-        raise KeyError(f"{int((mapped < 0).sum())} title(s) in the sequences have no semantic ID: "
-                       f"the ID artifact was built from another catalog (assign them first)")
+        raise KeyError(
+            f"{int((mapped < 0).sum())} title(s) in the sequences have no semantic ID: "
+            f"the ID artifact was built from another catalog (assign them first)"
+        )
     return mapped
 
 
-def window_source(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
-                  canvas: str = DEFAULT_CANVAS, targets: np.ndarray | None = None) -> WindowSource:
+def window_source(
+    split: Split,
+    sid_rows: np.ndarray,
+    encoder: PromptEncoder,
+    canvas: str = DEFAULT_CANVAS,
+    targets: np.ndarray | None = None,
+) -> WindowSource:
     """Every member's training titles as ID-artifact rows, ready to be cut into windows."""
     items = [to_sid_rows(split.train_items(u), sid_rows) for u in range(len(split.sequences))]
-    return WindowSource(items, split.sequences.offsets[:-1], split.sequences.user_ids,
-                        split.max_history, encoder, canvas, targets)
+    return WindowSource(
+        items,
+        split.sequences.offsets[:-1],
+        split.sequences.user_ids,
+        split.max_history,
+        encoder,
+        canvas,
+        targets,
+    )
 
 
-def build_examples(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
-                   canvas: str = DEFAULT_CANVAS,
-                   targets: np.ndarray | None = None) -> "datasets.Dataset":  # noqa: F821
+def build_examples(
+    split: Split,
+    sid_rows: np.ndarray,
+    encoder: PromptEncoder,
+    canvas: str = DEFAULT_CANVAS,
+    targets: np.ndarray | None = None,
+) -> "datasets.Dataset":  # noqa: F821
     """One row per window (the fixed, un-augmented cut): input_ids, labels (both variable length),
     member (row in Sequences).
 
@@ -74,9 +92,13 @@ def example_features() -> "datasets.Features":  # noqa: F821
     """Columns of every pretraining row (windows and canvas-mixture rows alike, so they concatenate)."""
     import datasets
 
-    return datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                              "labels": datasets.Sequence(datasets.Value("int32")),
-                              "member": datasets.Value("int64")})
+    return datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "member": datasets.Value("int64"),
+        }
+    )
 
 
 @dataclass(frozen=True)

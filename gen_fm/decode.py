@@ -51,14 +51,15 @@ def renormalise(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TrieLogitsProcessor(LogitsProcessor):
     """Masks every beam row to the trie children of its generated prefix (and its prompt's restriction)."""
 
-    def __init__(self, trie: PrefixTrie, prompt_len: int,
-                 restrictions: RowRestrictions | Restriction | None = None) -> None:
+    def __init__(
+        self, trie: PrefixTrie, prompt_len: int, restrictions: RowRestrictions | Restriction | None = None
+    ) -> None:
         self.trie = trie
         self.prompt_len = prompt_len  # padded prompt width: everything after it is the ID prefix
         self.restrictions = restrictions
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        prefixes = input_ids[:, self.prompt_len:]  # (rows, depth)
+        prefixes = input_ids[:, self.prompt_len :]  # (rows, depth)
         mask = self.trie.allowed_mask(prefixes, scores.shape[-1], self.restrictions)  # (rows, V)
         return renormalise(scores, mask)
 
@@ -72,7 +73,7 @@ class CodeTokensOnly(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        mask[len(SPECIAL_TOKENS): self.code_end] = True
+        mask[len(SPECIAL_TOKENS) : self.code_end] = True
         return renormalise(scores, mask.expand_as(scores))
 
 
@@ -85,8 +86,8 @@ def left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[to
     ids = torch.full((len(prompts), width), PAD, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -98,15 +99,25 @@ def _generation_config(trie: PrefixTrie, k: int, num_beams: int) -> GenerationCo
     """
     L = trie.sid_length
     return GenerationConfig(
-        num_beams=num_beams, num_return_sequences=k, do_sample=False,
-        max_new_tokens=L, min_new_tokens=L,  # min_new_tokens bans EOS, so no beam stops short
-        length_penalty=0.0, early_stopping=False, repetition_penalty=1.0, no_repeat_ngram_size=0,
-        pad_token_id=PAD, output_scores=True, return_dict_in_generate=True, use_cache=True,
+        num_beams=num_beams,
+        num_return_sequences=k,
+        do_sample=False,
+        max_new_tokens=L,
+        min_new_tokens=L,  # min_new_tokens bans EOS, so no beam stops short
+        length_penalty=0.0,
+        early_stopping=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        pad_token_id=PAD,
+        output_scores=True,
+        return_dict_in_generate=True,
+        use_cache=True,
     )
 
 
-def _shared_prompt_cache(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         num_beams: int) -> DynamicCache | None:
+def _shared_prompt_cache(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int
+) -> DynamicCache | None:
     """KV cache of every prompt but its last token, computed once per prompt and copied per beam.
 
     ``generate`` copies the prompt ``num_beams`` times *before* its prefill, so the prompt would be
@@ -120,8 +131,14 @@ def _shared_prompt_cache(model: PreTrainedModel, input_ids: torch.Tensor, attent
     position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, T-1), as generate computes them
     cache = DynamicCache(config=model.config)
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=position_ids,
-          past_key_values=cache, use_cache=True, **extra)
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        **extra,
+    )
     cache.batch_repeat_interleave(num_beams)  # (B * num_beams, ...), the row order generate uses
     return cache
 
@@ -136,9 +153,15 @@ def _sid_of(trie: PrefixTrie, tokens: list[int]) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def _decode_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie: PrefixTrie, k: int,
-                  num_beams: int, views: Sequence[Restriction | None] | None,
-                  constrained: bool) -> list[Recommendations]:
+def _decode_batch(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    trie: PrefixTrie,
+    k: int,
+    num_beams: int,
+    views: Sequence[Restriction | None] | None,
+    constrained: bool,
+) -> list[Recommendations]:
     device = model.device
     input_ids, attention_mask = left_pad(prompts, device)  # (B, T)
     B, T = input_ids.shape
@@ -149,9 +172,13 @@ def _decode_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie
     else:
         processors.append(CodeTokensOnly(trie.layout.code_end))
     cache = _shared_prompt_cache(model, input_ids, attention_mask, num_beams)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                         generation_config=_generation_config(trie, k, num_beams),
-                         logits_processor=processors)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        generation_config=_generation_config(trie, k, num_beams),
+        logits_processor=processors,
+    )
     seqs = out.sequences[:, T:].reshape(B, k, -1).cpu()  # (B, k, <=L) generated tokens per beam
     scores = out.sequences_scores.reshape(B, k).float().cpu()  # (B, k)
     gen = seqs if seqs.shape[-1] == trie.sid_length else torch.full((B, k, trie.sid_length), -1)
@@ -163,24 +190,36 @@ def _decode_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], trie
             s, row = float(scores[b, j]), int(rows[b, j])
             if s <= _NOT_A_BEAM or s != s:
                 continue  # an unused beam slot (fewer permitted titles than beams)
-            if constrained and (row < 0 or (views is not None and views[b] is not None
-                                            and views[b].item_of(gen[b, j]) < 0)):
+            if constrained and (
+                row < 0 or (views is not None and views[b] is not None and views[b].item_of(gen[b, j]) < 0)
+            ):
                 raise RuntimeError(f"constrained beam search produced a forbidden path {gen[b, j].tolist()}")
             cands.append((s, row, gen[b, j].tolist()))
         cands.sort(key=lambda c: (-c[0], c[1] if c[1] >= 0 else 1 << 62, c[2]))
         if constrained and len({c[1] for c in cands}) != len(cands):
             raise RuntimeError("constrained beam search returned the same title twice")
-        result.append(Recommendations(rows=[c[1] for c in cands],
-                                      sids=[_sid_of(trie, c[2]) for c in cands],
-                                      scores=[c[0] for c in cands],
-                                      num_invalid=sum(c[1] < 0 for c in cands)))
+        result.append(
+            Recommendations(
+                rows=[c[1] for c in cands],
+                sids=[_sid_of(trie, c[2]) for c in cands],
+                scores=[c[0] for c in cands],
+                num_invalid=sum(c[1] < 0 for c in cands),
+            )
+        )
     return result
 
 
-def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie, k: int,
-              num_beams: int | None = None, exclude: list[list[int]] | None = None,
-              constrained: bool = True, batch_size: int = 64,
-              allow: list[list[int] | None] | None = None) -> list[Recommendations]:
+def recommend(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    trie: PrefixTrie,
+    k: int,
+    num_beams: int | None = None,
+    exclude: list[list[int]] | None = None,
+    constrained: bool = True,
+    batch_size: int = 64,
+    allow: list[list[int] | None] | None = None,
+) -> list[Recommendations]:
     """Top-``k`` titles per prompt, by beam search over the L ID tokens.
 
     ``exclude[i]`` lists item rows prompt ``i`` must never get (watched titles, business rules);
@@ -194,8 +233,10 @@ def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie
         raise ValueError(f"k must be >= 1, got {k}")
     num_beams = k if num_beams is None else num_beams
     if num_beams < k:
-        raise ValueError(f"num_beams ({num_beams}) must be >= k ({k}): beam search cannot return "
-                         f"more titles than it keeps beams")
+        raise ValueError(
+            f"num_beams ({num_beams}) must be >= k ({k}): beam search cannot return "
+            f"more titles than it keeps beams"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for name, lists in (("exclude", exclude), ("allow", allow)):
@@ -206,19 +247,25 @@ def recommend(model: PreTrainedModel, prompts: list[list[int]], trie: PrefixTrie
                 raise ValueError(f"{name} needs constrained=True: only the trie can enforce it")
     vocab = model.get_output_embeddings().weight.shape[0]
     if vocab < trie.layout.code_end:
-        raise ValueError(f"model vocabulary ({vocab}) does not cover the code tokens ({trie.layout.code_end})")
+        raise ValueError(
+            f"model vocabulary ({vocab}) does not cover the code tokens ({trie.layout.code_end})"
+        )
     was_training = model.training
     model.eval()
     try:
         results: list[Recommendations] = []
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             views = None
             if exclude is not None or allow is not None:
-                ex = exclude[start:start + batch_size] if exclude is not None else [()] * len(chunk)
-                al = allow[start:start + batch_size] if allow is not None else [None] * len(chunk)
-                views = [trie.restrict(exclude_rows=e if len(e) else None, allow_rows=a)
-                         if len(e) or a is not None else None for e, a in zip(ex, al)]
+                ex = exclude[start : start + batch_size] if exclude is not None else [()] * len(chunk)
+                al = allow[start : start + batch_size] if allow is not None else [None] * len(chunk)
+                views = [
+                    trie.restrict(exclude_rows=e if len(e) else None, allow_rows=a)
+                    if len(e) or a is not None
+                    else None
+                    for e, a in zip(ex, al)
+                ]
             results += _decode_batch(model, chunk, trie, k, num_beams, views, constrained)
         return results
     finally:

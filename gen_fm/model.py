@@ -26,14 +26,22 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement,
-                                save_co_engagement)
+from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement, save_co_engagement
 from gen_fm.config import PretrainConfig
 from gen_fm.tokenizer import PromptEncoder, build_tokenizer, check_tokenizer
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, EOS, PAD, TokenLayout
-from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
-                              read_json, read_manifest, require_files, write_json)
+from core.artifacts import (
+    ArtifactError,
+    atomic_dir,
+    file_sha256,
+    make_manifest,
+    manifest_hash,
+    read_json,
+    read_manifest,
+    require_files,
+    write_json,
+)
 from core.sequences import SequenceConfig
 
 KIND = "gen_fm"
@@ -65,7 +73,9 @@ def llama_config(config: PretrainConfig, layout: TokenLayout, max_history: int) 
         rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
         attention_dropout=config.dropout,
         tie_word_embeddings=True,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
         dtype="float32",
     )
 
@@ -93,8 +103,9 @@ def add_hidden_dropout(model: LlamaForCausalLM, p: float) -> list:
         return torch.nn.functional.dropout(output, p, training=module.training)
 
     base = model.model
-    modules = [base.embed_tokens] + [m for layer in base.layers
-                                     for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
+    modules = [base.embed_tokens] + [
+        m for layer in base.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)
+    ]
     return [m.register_forward_hook(hook) for m in modules]
 
 
@@ -103,11 +114,23 @@ def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout, ids: SemanticIDs,
-               config: PretrainConfig, seq_config: SequenceConfig, *, data_fingerprint: str,
-               dataset: str, training: dict[str, Any], parents: dict[str, str] | None = None,
-               data_end: int | None = None, co_engagement: CoEngagement | None = None,
-               title_tags: dict[str, list[str]] | None = None, fusion: dict | None = None) -> Path:
+def save_model(
+    out_dir: str | Path,
+    model: LlamaForCausalLM,
+    layout: TokenLayout,
+    ids: SemanticIDs,
+    config: PretrainConfig,
+    seq_config: SequenceConfig,
+    *,
+    data_fingerprint: str,
+    dataset: str,
+    training: dict[str, Any],
+    parents: dict[str, str] | None = None,
+    data_end: int | None = None,
+    co_engagement: CoEngagement | None = None,
+    title_tags: dict[str, list[str]] | None = None,
+    fusion: dict | None = None,
+) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
     `parents` adds manifest hashes of further parent artifacts (e.g. ``init_from``: the model a
@@ -119,8 +142,10 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
     data has no tags, and the folder says so; None: nothing is written, as in older folders);
     `fusion`: the home row's fusion constants chosen for these weights (``FUSION_FILE``)."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
-        raise ValueError("the ID artifact must be on disk (SemanticIDs.load): the model folder "
-                         "copies it and records its manifest hash")
+        raise ValueError(
+            "the ID artifact must be on disk (SemanticIDs.load): the model folder "
+            "copies it and records its manifest hash"
+        )
     if model.config.vocab_size != layout.vocab_size:
         raise ValueError(f"model vocab {model.config.vocab_size} != layout vocab {layout.vocab_size}")
     if layout.codebook_sizes != ids.codebook_sizes:
@@ -133,8 +158,10 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
         payload = list(_PAYLOAD)
         if co_engagement is not None:
             if co_engagement.num_items != ids.num_items:
-                raise ValueError(f"the co-engagement table covers {co_engagement.num_items} titles, "
-                                 f"the ID artifact {ids.num_items}")
+                raise ValueError(
+                    f"the co-engagement table covers {co_engagement.num_items} titles, "
+                    f"the ID artifact {ids.num_items}"
+                )
             save_co_engagement(stage / CO_ENGAGEMENT_FILE, co_engagement)
             payload.append(CO_ENGAGEMENT_FILE)
         if title_tags is not None:
@@ -146,7 +173,8 @@ def save_model(out_dir: str | Path, model: LlamaForCausalLM, layout: TokenLayout
             write_json(stage / FUSION_FILE, fusion)
             payload.append(FUSION_FILE)
         manifest = make_manifest(
-            KIND, config,
+            KIND,
+            config,
             parents={IDS_SUBDIR: manifest_hash(ids.path), **(parents or {})},
             semantic_ids_source=str(ids.path),
             layout=layout.to_json(),
@@ -225,8 +253,10 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {device!r}: this machine has no CUDA GPU visible to torch "
-                             f"(torch {torch.__version__}); use --device cpu")
+            raise ValueError(
+                f"device {device!r}: this machine has no CUDA GPU visible to torch "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r}: only {count} CUDA device(s) here (0..{count - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
@@ -253,15 +283,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
     layout = TokenLayout.from_json(manifest["layout"])
     ids = SemanticIDs.load(path / IDS_SUBDIR)
     if ids.codebook_sizes != layout.codebook_sizes:
-        raise ArtifactError(f"{path}: layout codebooks {layout.codebook_sizes} differ from the ID "
-                            f"map's {ids.codebook_sizes}")
+        raise ArtifactError(
+            f"{path}: layout codebooks {layout.codebook_sizes} differ from the ID map's {ids.codebook_sizes}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer(tokenizer, layout)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(check_device(device)).eval()
     if model.config.vocab_size != layout.vocab_size:
-        raise ArtifactError(f"{path}: model vocab {model.config.vocab_size} != layout "
-                            f"{layout.vocab_size}")
-    return GenFM(model=model, tokenizer=tokenizer, ids=ids, layout=layout,
-                 config=PretrainConfig.from_json(manifest["config"]),
-                 seq_config=SequenceConfig(**manifest["sequence_config"]),
-                 manifest=manifest, path=path)
+        raise ArtifactError(f"{path}: model vocab {model.config.vocab_size} != layout {layout.vocab_size}")
+    return GenFM(
+        model=model,
+        tokenizer=tokenizer,
+        ids=ids,
+        layout=layout,
+        config=PretrainConfig.from_json(manifest["config"]),
+        seq_config=SequenceConfig(**manifest["sequence_config"]),
+        manifest=manifest,
+        path=path,
+    )

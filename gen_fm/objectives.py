@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 IGNORE = -100
 
 
-def category_vocabulary(categories: Sequence[Sequence[str]], min_titles: int,
-                        max_share: float = 0.5) -> list[str]:
+def category_vocabulary(
+    categories: Sequence[Sequence[str]], min_titles: int, max_share: float = 0.5
+) -> list[str]:
     """Labels on at least `min_titles` titles and at most `max_share` of them (a label every title
     has, such as Amazon's root "Beauty", says nothing), sorted for a stable order."""
     counts = Counter(c for cats in categories for c in set(cats))
@@ -69,18 +70,25 @@ class AuxiliaryObjectives(nn.Module):
     ID artifact's ``(num_ID_rows, L)`` codes, to recognise which title a label span names.
     """
 
-    def __init__(self, hidden_size: int, layout: TokenLayout, mtp_tokens: int,
-                 codes: np.ndarray | None = None, title_categories: torch.Tensor | None = None,
-                 mtp_weight: float = 1.0, category_weight: float = 1.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        layout: TokenLayout,
+        mtp_tokens: int,
+        codes: np.ndarray | None = None,
+        title_categories: torch.Tensor | None = None,
+        mtp_weight: float = 1.0,
+        category_weight: float = 1.0,
+    ):
         super().__init__()
         self.layout = layout
         self.mtp_tokens = int(mtp_tokens)
         # residual MLP per extra depth, then an RMSNorm, then the tied output embeddings
-        self.mtp = nn.ModuleList(nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(),
-                                               nn.Linear(hidden_size, hidden_size))
-                                 for _ in range(self.mtp_tokens))
-        self.mtp_norm = nn.ModuleList(nn.RMSNorm(hidden_size, eps=1e-6)
-                                      for _ in range(self.mtp_tokens))
+        self.mtp = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            for _ in range(self.mtp_tokens)
+        )
+        self.mtp_norm = nn.ModuleList(nn.RMSNorm(hidden_size, eps=1e-6) for _ in range(self.mtp_tokens))
         self.category = None
         if title_categories is not None:
             if codes is None or len(codes) != len(title_categories):
@@ -93,8 +101,10 @@ class AuxiliaryObjectives(nn.Module):
             self.register_buffer("key_rows", order, persistent=False)
         self._hidden: torch.Tensor | None = None
         # weight of each objective against the next-token loss, in the order of `names`
-        self.weights = {**{f"mtp_{k + 2}": float(mtp_weight) for k in range(self.mtp_tokens)},
-                        **({"category": float(category_weight)} if self.category is not None else {})}
+        self.weights = {
+            **{f"mtp_{k + 2}": float(mtp_weight) for k in range(self.mtp_tokens)},
+            **({"category": float(category_weight)} if self.category is not None else {}),
+        }
 
     @property
     def names(self) -> list[str]:
@@ -109,6 +119,7 @@ class AuxiliaryObjectives(nn.Module):
 
     def attach(self, llama: nn.Module):
         """Catch the final normed hidden states of every forward; returns the hook handle."""
+
         def keep(module, inputs, output):
             self._hidden = output
 
@@ -138,7 +149,7 @@ class AuxiliaryObjectives(nn.Module):
 
     def counts(self, labels: torch.Tensor) -> dict[str, int]:
         """Targets per objective in a batch (to normalise over an accumulation group)."""
-        out = {f"mtp_{k + 2}": int((labels[:, 2 + k:] != IGNORE).sum()) for k in range(self.mtp_tokens)}
+        out = {f"mtp_{k + 2}": int((labels[:, 2 + k :] != IGNORE).sum()) for k in range(self.mtp_tokens)}
         if self.category is not None:
             out["category"] = len(self.category_positions(labels)[1])
         return out
@@ -166,8 +177,7 @@ class AuxiliaryObjectives(nn.Module):
         return out
 
 
-def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData,
-                     sid_rows: np.ndarray):
+def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData, sid_rows: np.ndarray):
     """The training-only heads the config asks for (``gen_fm.objectives``), or None."""
     if not config.mtp_tokens and not config.category_weight:
         return None
@@ -179,9 +189,18 @@ def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: Rec
                 cats[row] = list(labels or [])
         vocab = category_vocabulary([c for c in cats if c], config.category_min_titles)
         if not vocab:
-            raise ValueError(f"category_weight {config.category_weight}: the catalog of "
-                             f"{data.name} has no category on >= {config.category_min_titles} "
-                             f"titles (and on at most half of them) to predict")
+            raise ValueError(
+                f"category_weight {config.category_weight}: the catalog of "
+                f"{data.name} has no category on >= {config.category_min_titles} "
+                f"titles (and on at most half of them) to predict"
+            )
         title_categories = category_targets(cats, vocab)
-    return AuxiliaryObjectives(config.hidden_size, layout, config.mtp_tokens, ids.codes,
-                               title_categories, config.mtp_weight, config.category_weight)
+    return AuxiliaryObjectives(
+        config.hidden_size,
+        layout,
+        config.mtp_tokens,
+        ids.codes,
+        title_categories,
+        config.mtp_weight,
+        config.category_weight,
+    )

@@ -40,7 +40,12 @@ def choose(recalls: Sequence[float], ndcgs: Sequence[float], n: int, rule: str) 
     se = standard_error(recalls[best], n)
     latest = max(i for i in range(len(recalls)) if recalls[i] >= recalls[best] - se)
     if latest == best:
-        return Choice(best, f"highest validation recall ({recalls[best]:.4f}, one standard error "
-                            f"{se:.4f} on {n:,} members)")
-    return Choice(latest, f"latest epoch within one standard error ({se:.4f}, {n:,} members) of "
-                          f"the best validation recall {recalls[best]:.4f}: {recalls[latest]:.4f}")
+        return Choice(
+            best,
+            f"highest validation recall ({recalls[best]:.4f}, one standard error {se:.4f} on {n:,} members)",
+        )
+    return Choice(
+        latest,
+        f"latest epoch within one standard error ({se:.4f}, {n:,} members) of "
+        f"the best validation recall {recalls[best]:.4f}: {recalls[latest]:.4f}",
+    )

@@ -38,8 +38,9 @@ def title_block(layout: TokenLayout, num_titles: int) -> int:
 class TitleEmbedding(nn.Module):
     """The model's token embedding, with title rows composed: codes' rows summed + identity."""
 
-    def __init__(self, base: nn.Embedding, sid_tokens: np.ndarray, start: int,
-                 identity_dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Embedding, sid_tokens: np.ndarray, start: int, identity_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.base = base  # (V, H), tied to the output layer; its title rows are unused in training
         # (N, L) code token ids: a plain attribute, not a buffer (weight averaging lerps buffers)
@@ -66,7 +67,7 @@ class TitleEmbedding(nn.Module):
     def identity_from_rows(self) -> None:
         """Set each identity so the composed row equals the base's current title row (a model
         folder's baked rows, when training starts from one)."""
-        rows = self.base.weight[self.start: self.start + self.num_titles]
+        rows = self.base.weight[self.start : self.start + self.num_titles]
         self.identity.weight.copy_(rows - self.base(self._codes()).sum(-2))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -85,8 +86,9 @@ class TitleEmbedding(nn.Module):
         return out.masked_scatter(is_title[..., None], composed.to(out.dtype))
 
 
-def attach_title_embedding(model, layout: TokenLayout, sid_tokens: np.ndarray,
-                           identity_dropout: float = 0.0) -> TitleEmbedding:
+def attach_title_embedding(
+    model, layout: TokenLayout, sid_tokens: np.ndarray, identity_dropout: float = 0.0
+) -> TitleEmbedding:
     """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only)."""
     base = model.get_input_embeddings()
     if isinstance(base, TitleEmbedding):
@@ -102,7 +104,7 @@ def bake_title_embeddings(model) -> None:
     emb = model.get_input_embeddings()
     if not isinstance(emb, TitleEmbedding):
         return
-    emb.base.weight[emb.start: emb.start + emb.num_titles] = emb.title_matrix().to(emb.base.weight.dtype)
+    emb.base.weight[emb.start : emb.start + emb.num_titles] = emb.title_matrix().to(emb.base.weight.dtype)
     model.model.embed_tokens = emb.base
     if model.get_output_embeddings().weight is not emb.base.weight:
         raise RuntimeError("input and output embeddings are no longer tied")

@@ -48,8 +48,9 @@ def user_token(bucket: int) -> str:
 def model_layout(base: TokenLayout, num_user_buckets: int, num_titles: int = 0) -> TokenLayout:
     """The ID layout plus canvas, member and (`num_titles` > 0) title tokens; existing ids do not move."""
     if num_user_buckets < 0 or num_titles < 0:
-        raise ValueError(f"num_user_buckets and num_titles must be >= 0, got {num_user_buckets}, "
-                         f"{num_titles}")
+        raise ValueError(
+            f"num_user_buckets and num_titles must be >= 0, got {num_user_buckets}, {num_titles}"
+        )
     extra = [canvas_token(c) for c in CANVASES] + [user_token(b) for b in range(num_user_buckets)]
     return base.with_extra(extra + [title_token(r) for r in range(num_titles)])
 
@@ -67,15 +68,20 @@ def build_tokenizer(layout: TokenLayout) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(layout.vocab())}
     core = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK]))
     # Whitespace is ignored; "<a_3><b_0>" splits into "<a_3>", "<b_0>".
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Split(Regex(_TOKEN_PATTERN), behavior="isolated"),
-    ])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(_TOKEN_PATTERN), behavior="isolated"),
+        ]
+    )
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        pad_token=SPECIAL_TOKENS[PAD], bos_token=SPECIAL_TOKENS[BOS], eos_token=SPECIAL_TOKENS[EOS],
-        sep_token=SPECIAL_TOKENS[SEP], unk_token=SPECIAL_TOKENS[UNK],
+        pad_token=SPECIAL_TOKENS[PAD],
+        bos_token=SPECIAL_TOKENS[BOS],
+        eos_token=SPECIAL_TOKENS[EOS],
+        sep_token=SPECIAL_TOKENS[SEP],
+        unk_token=SPECIAL_TOKENS[UNK],
         model_input_names=["input_ids", "attention_mask"],
         padding_side="left",  # decoder-only generation pads on the left
         clean_up_tokenization_spaces=False,
@@ -83,8 +89,9 @@ def build_tokenizer(layout: TokenLayout) -> PreTrainedTokenizerFast:
     )
     ids = [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.sep_token_id, tok.unk_token_id]
     if ids != [PAD, BOS, EOS, SEP, UNK] or len(tok) != layout.vocab_size:
-        raise RuntimeError(f"tokenizer ids disagree with the layout: specials {ids}, "
-                           f"size {len(tok)} vs {layout.vocab_size}")
+        raise RuntimeError(
+            f"tokenizer ids disagree with the layout: specials {ids}, size {len(tok)} vs {layout.vocab_size}"
+        )
     return tok
 
 
@@ -93,8 +100,9 @@ def check_tokenizer(tok: PreTrainedTokenizerFast, layout: TokenLayout) -> None:
     vocab = tok.get_vocab()
     want = layout.vocab()
     if len(vocab) != len(want) or any(vocab.get(t) != i for i, t in enumerate(want)):
-        raise ValueError(f"tokenizer vocabulary ({len(vocab)} tokens) is not the model's token "
-                         f"layout ({len(want)} tokens)")
+        raise ValueError(
+            f"tokenizer vocabulary ({len(vocab)} tokens) is not the model's token layout ({len(want)} tokens)"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,19 +126,22 @@ class PromptEncoder:
         if sid.size and (sid.min() < len(SPECIAL_TOKENS) or sid.max() >= self.layout.code_end):
             raise ValueError("sid_tokens holds ids that are not code tokens")
         object.__setattr__(self, "sid_tokens", sid)
-        object.__setattr__(self, "_canvas_ids",
-                           {c: self.layout.extra_id(canvas_token(c)) for c in CANVASES})
+        object.__setattr__(self, "_canvas_ids", {c: self.layout.extra_id(canvas_token(c)) for c in CANVASES})
         if self.num_user_buckets:
             self.layout.extra_id(user_token(self.num_user_buckets - 1))  # raises if absent
         object.__setattr__(self, "title_ids", self.layout.title_ids(len(sid)))
 
     @classmethod
-    def from_ids(cls, ids: SemanticIDs, num_user_buckets: int,
-                 layout: TokenLayout | None = None, title_tokens: bool = False) -> "PromptEncoder":
+    def from_ids(
+        cls,
+        ids: SemanticIDs,
+        num_user_buckets: int,
+        layout: TokenLayout | None = None,
+        title_tokens: bool = False,
+    ) -> "PromptEncoder":
         """Encoder over an ID artifact; `layout` defaults to its layout plus the model tokens (and a
         title token per row with `title_tokens`)."""
-        layout = layout or model_layout(ids.layout, num_user_buckets,
-                                        ids.num_items if title_tokens else 0)
+        layout = layout or model_layout(ids.layout, num_user_buckets, ids.num_items if title_tokens else 0)
         return cls(layout, layout.sids_to_ids(ids.codes), num_user_buckets)
 
     @property
@@ -144,8 +155,10 @@ class PromptEncoder:
             return self.sid_tokens[rows].reshape(-1).tolist()  # (len(rows) * L,)
         out = self.title_ids[rows]  # (len(rows),)
         if (out < 0).any():
-            raise ValueError(f"title rows {rows[out < 0][:5].tolist()} have no title token in this "
-                             f"model: add them to the model first (gen_fm.titles.extend_titles)")
+            raise ValueError(
+                f"title rows {rows[out < 0][:5].tolist()} have no title token in this "
+                f"model: add them to the model first (gen_fm.titles.extend_titles)"
+            )
         return out.tolist()
 
     @property
@@ -157,8 +170,13 @@ class PromptEncoder:
         """Longest prompt that holds `titles` titles."""
         return self.max_prefix_length + titles * self.tokens_per_title
 
-    def encode(self, rows: Sequence[int] | np.ndarray, canvas: str = DEFAULT_CANVAS,
-               user_id: str | None = None, context: Sequence[int] | None = None) -> list[int]:
+    def encode(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        canvas: str = DEFAULT_CANVAS,
+        user_id: str | None = None,
+        context: Sequence[int] | None = None,
+    ) -> list[int]:
         """bos, <user_b> (when buckets are on and a member is given), <canvas_c>, codes of each row,
         then, when `context` is given, <sep> and the context's code tokens (query, source title or
         theme of the canvas; next-title windows never have one, a canvas mixture's rows do)."""
@@ -166,8 +184,7 @@ class PromptEncoder:
             raise ValueError(f"unknown canvas {canvas!r}; choose one of {CANVASES}")
         prefix = [BOS]
         if self.num_user_buckets and user_id is not None:
-            prefix.append(self.layout.extra_id(user_token(user_bucket(user_id,
-                                                                     self.num_user_buckets))))
+            prefix.append(self.layout.extra_id(user_token(user_bucket(user_id, self.num_user_buckets))))
         prefix.append(self._canvas_ids[canvas])
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self.sid_tokens)):
@@ -184,7 +201,7 @@ class PromptEncoder:
         """Inverse of `encode` for the title part: ID-artifact rows of the code tokens, in order."""
         token_ids = list(token_ids)
         if SEP in token_ids:  # the context after <sep> is not history
-            token_ids = token_ids[:token_ids.index(SEP)]
+            token_ids = token_ids[: token_ids.index(SEP)]
         if self.title_ids is not None:
             index = self.__dict__.get("_title_index")
             if index is None:
@@ -199,4 +216,4 @@ class PromptEncoder:
         if index is None:  # built on first use only: serving never needs it
             index = {tuple(r): i for i, r in enumerate(self.sid_tokens.tolist())}
             object.__setattr__(self, "_row_index", index)
-        return [index[tuple(int(t) for t in codes[i:i + L])] for i in range(0, len(codes), L)]
+        return [index[tuple(int(t) for t in codes[i : i + L])] for i in range(0, len(codes), L)]

@@ -24,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gen_fm.checkpoints import (BEST, CHECKPOINTS, STATE_FILE, TrainState, check_resumable,
-                                list_checkpoints, reduced_sums, save_best, save_checkpoint)
+from gen_fm.checkpoints import (
+    BEST,
+    CHECKPOINTS,
+    STATE_FILE,
+    TrainState,
+    check_resumable,
+    list_checkpoints,
+    reduced_sums,
+    save_best,
+    save_checkpoint,
+)
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
@@ -47,22 +56,26 @@ MODEL = "model"
 
 def make_optimizer(modules: list[torch.nn.Module], config: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW over the modules' parameters, with weight decay on matrices only (not on norm gains)."""
-    params = {id(p): (n, p) for m in modules for n, p in m.named_parameters()
-              if p.requires_grad}.values()
+    params = {id(p): (n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad}.values()
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=config.lr, betas=config.betas)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=config.betas,
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, total_steps: int):
     from transformers import get_scheduler
 
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    return get_scheduler(name[config.schedule], optimizer,
-                         num_warmup_steps=int(config.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        name[config.schedule],
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -85,21 +98,27 @@ class HiddenStates:
         return h
 
 
-def _title_losses(accelerator, model, b: dict, hidden: HiddenStates, config: PretrainConfig,
-                  code_end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _title_losses(
+    accelerator, model, b: dict, hidden: HiddenStates, config: PretrainConfig, code_end: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed code-token loss (softmax over specials and codes: title rows are never a target)
     and, with ``title_loss_weight``, the summed full-softmax loss over titles at trunk positions."""
     net = accelerator.unwrap_model(model)
     # the forward keeps one position's full-vocabulary logits: the (B, T, V) tensor over every
     # title row is never built; the code logits come from the caught hidden states
-    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-          position_ids=b["position_ids"], logits_to_keep=1)
+    model(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        position_ids=b["position_ids"],
+        logits_to_keep=1,
+    )
     h = hidden.take()  # (B, T, H)
     sel = b["targets"] != IGNORE  # (B, T)
     weight = net.get_output_embeddings().weight  # (V, H), tied to the input embedding
     logits = F.linear(h[sel], weight[:code_end])  # (n, code_end)
-    loss = F.cross_entropy(logits.float(), b["targets"][sel], reduction="sum",
-                           label_smoothing=config.label_smoothing)
+    loss = F.cross_entropy(
+        logits.float(), b["targets"][sel], reduction="sum", label_smoothing=config.label_smoothing
+    )
     if not config.title_loss_weight:
         return loss, None
     tsel = b["title_targets"] != IGNORE  # (B, T) trunk positions
@@ -108,9 +127,19 @@ def _title_losses(accelerator, model, b: dict, hidden: HiddenStates, config: Pre
     return loss, F.cross_entropy(tl.float(), b["title_targets"][tsel], reduction="sum")
 
 
-def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors, group, config,
-                state: TrainState, aux=None, hidden: HiddenStates | None = None,
-                code_end: int = 0) -> None:
+def _train_step(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    tensors: EpochTensors,
+    group,
+    config,
+    state: TrainState,
+    aux=None,
+    hidden: HiddenStates | None = None,
+    code_end: int = 0,
+) -> None:
     """One optimizer step over `group` micro-batches; each loss normalised by the group's targets
     (the next-token loss by its target tokens, an auxiliary one by its own targets)."""
     t0 = time.perf_counter()
@@ -131,7 +160,7 @@ def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors,
         b = {k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()}
         state.host_seconds += time.perf_counter() - t0
         sync = i == len(batches) - 1
-        with (nullcontext() if sync else accelerator.no_sync(model)):
+        with nullcontext() if sync else accelerator.no_sync(model):
             aux_sums: dict[str, torch.Tensor] = {}
             if hidden is not None:
                 loss_sum, title_sum = _title_losses(accelerator, model, b, hidden, config, code_end)
@@ -141,9 +170,13 @@ def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors,
                     loss = loss + config.title_loss_weight * title_sum / max(n_aux["title"], 1)
             else:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(),
-                                           ignore_index=IGNORE, reduction="sum",
-                                           label_smoothing=config.label_smoothing)
+                loss_sum = F.cross_entropy(
+                    logits.flatten(0, 1).float(),
+                    b["targets"].flatten(),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                    label_smoothing=config.label_smoothing,
+                )
                 loss = loss_sum / max(n_targets, 1)
                 aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
                 for n, v in aux_sums.items():
@@ -167,12 +200,25 @@ def _train_step(accelerator, model, optimizer, scheduler, tensors: EpochTensors,
 
 # PretrainConfig fields that shape the weights: a run that starts from another model's weights
 # (``init_from``) must agree with it on every one of them.
-ARCHITECTURE_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                       "rope_theta", "num_user_buckets", "history_tokens")
+ARCHITECTURE_FIELDS = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "rope_theta",
+    "num_user_buckets",
+    "history_tokens",
+)
 
 
-def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, config: PretrainConfig,
-                      sid_tokens: np.ndarray | None = None) -> dict[str, Any]:
+def load_init_weights(
+    model: torch.nn.Module,
+    init_from: str | Path,
+    layout,
+    config: PretrainConfig,
+    sid_tokens: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Copy an existing model folder's weights into `model` (a refresh fine-tune, not from scratch).
 
     The token layout must be identical: titles added to the ID map reuse the existing code tokens,
@@ -187,19 +233,24 @@ def load_init_weights(model: torch.nn.Module, init_from: str | Path, layout, con
         # titles added to the ID map since the parent was trained enter by their codes' rows
         parent.layout = extend_titles(parent.model, parent.layout, sid_tokens)
     if parent.layout.to_json() != layout.to_json():
-        raise ValueError(f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
-                         f"tokens, codebooks {parent.layout.codebook_sizes}) is not this run's "
-                         f"({layout.vocab_size} tokens, codebooks {layout.codebook_sizes}); new titles "
-                         f"must reuse the existing code tokens (assign them, do not rebuild the IDs)")
-    changed = [f for f in ARCHITECTURE_FIELDS
-               if getattr(parent.config, f) != getattr(config, f)]
+        raise ValueError(
+            f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
+            f"tokens, codebooks {parent.layout.codebook_sizes}) is not this run's "
+            f"({layout.vocab_size} tokens, codebooks {layout.codebook_sizes}); new titles "
+            f"must reuse the existing code tokens (assign them, do not rebuild the IDs)"
+        )
+    changed = [f for f in ARCHITECTURE_FIELDS if getattr(parent.config, f) != getattr(config, f)]
     if changed:
-        raise ValueError(f"cannot start from {init_from}: these fields differ from its config: "
-                         + ", ".join(f"{f} {getattr(parent.config, f)} -> {getattr(config, f)}"
-                                     for f in changed))
+        raise ValueError(
+            f"cannot start from {init_from}: these fields differ from its config: "
+            + ", ".join(f"{f} {getattr(parent.config, f)} -> {getattr(config, f)}" for f in changed)
+        )
     model.load_state_dict(parent.model.state_dict(), strict=True)
-    return {"model": str(init_from), "model_manifest": manifest_hash(init_from),
-            "semantic_ids_map_version": parent.ids.version}
+    return {
+        "model": str(init_from),
+        "model_manifest": manifest_hash(init_from),
+        "semantic_ids_map_version": parent.ids.version,
+    }
 
 
 def data_end_time(data) -> int | None:
@@ -210,10 +261,18 @@ def data_end_time(data) -> int | None:
     return int(np.max(times))
 
 
-def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_dir: str | Path,
-             out_dir: str | Path, config: PretrainConfig, resume: bool = False,
-             init_from: str | Path | None = None, targets_since: int | None = None,
-             replay: float = 0.0, extra_rows: tuple[Any, dict] | None = None) -> Path:
+def pretrain(
+    data_config: DataConfig | RecData,
+    seq_config: SequenceConfig,
+    ids_dir: str | Path,
+    out_dir: str | Path,
+    config: PretrainConfig,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    targets_since: int | None = None,
+    replay: float = 0.0,
+    extra_rows: tuple[Any, dict] | None = None,
+) -> Path:
     """Train the foundation model; returns the final model folder (``out_dir/model``).
 
     `data_config` may be an already loaded ``RecData`` (e.g. a derived view such as the refresh
@@ -237,8 +296,10 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
 
     checkpoints = list_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
     if checkpoints and not resume:
-        raise FileExistsError(f"{ckpt_root} holds checkpoints of an earlier run: resume it "
-                              f"(resume=True / --resume) or choose another output folder")
+        raise FileExistsError(
+            f"{ckpt_root} holds checkpoints of an earlier run: resume it "
+            f"(resume=True / --resume) or choose another output folder"
+        )
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
@@ -261,21 +322,25 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         # The canvas formats and their leakage rules belong to the canvas stage, above this one:
         # its rows come from the caller (``prompt_tuning.canvases.pretraining_mixture``).
         if extra_rows is None:
-            raise ValueError(f"canvas_mix {list(config.canvas_mix)}: pass the mixture's rows "
-                             f"(extra_rows=prompt_tuning.canvases.pretraining_mixture(...)); "
-                             f"`sidrec pretrain` builds them")
+            raise ValueError(
+                f"canvas_mix {list(config.canvas_mix)}: pass the mixture's rows "
+                f"(extra_rows=prompt_tuning.canvases.pretraining_mixture(...)); "
+                f"`sidrec pretrain` builds them"
+            )
         rows, mixture = extra_rows
         extra = {"input_ids": list(rows["input_ids"]), "labels": list(rows["labels"])}
     augment = Augment(config.item_dropout, config.window_jitter)
 
     def epoch_tensors(epoch: int) -> EpochTensors:
         """The epoch's rows as padded arrays (augmented with the epoch's own generator)."""
-        cols = source.rows(augment, np.random.default_rng([config.seed, epoch, 7])) \
-            if augment.active else fixed
+        cols = (
+            source.rows(augment, np.random.default_rng([config.seed, epoch, 7])) if augment.active else fixed
+        )
         if titles:  # no canvas mixture (the config refuses one)
             return EpochTensors.from_rows(cols["input_ids"], **{k: cols[k] for k in TITLE_COLUMNS})
-        return EpochTensors.from_rows(cols["input_ids"] + extra["input_ids"],
-                                      cols["labels"] + extra["labels"])
+        return EpochTensors.from_rows(
+            cols["input_ids"] + extra["input_ids"], cols["labels"] + extra["labels"]
+        )
 
     tensors = epoch_tensors(0) if not augment.active else None  # the same for every epoch
     num_rows = len(fixed["input_ids"]) + len(extra["input_ids"])
@@ -286,9 +351,13 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
 
         trie = PrefixTrie(ids.codes, encoder.layout)
 
-    meta = {"config": jsonable(config), "semantic_ids": manifest_hash(ids_dir),
-            "data_fingerprint": data.fingerprint, "sequence_config": jsonable(seq_config),
-            "world_size": world}
+    meta = {
+        "config": jsonable(config),
+        "semantic_ids": manifest_hash(ids_dir),
+        "data_fingerprint": data.fingerprint,
+        "sequence_config": jsonable(seq_config),
+        "world_size": world,
+    }
     if init_from is not None:
         meta["init_from"] = manifest_hash(init_from)
     if targets_since is not None:
@@ -296,8 +365,11 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
 
     set_seed(config.seed)
     model = build_model(config, encoder.layout, split.max_history)
-    parent = None if init_from is None else load_init_weights(model, init_from, encoder.layout, config,
-                                                              encoder.sid_tokens)
+    parent = (
+        None
+        if init_from is None
+        else load_init_weights(model, init_from, encoder.layout, config, encoder.sid_tokens)
+    )
     hidden = None
     if titles:  # before the dropout hooks, so the composed rows are what dropout sees
         emb = attach_title_embedding(model, encoder.layout, encoder.sid_tokens, config.identity_dropout)
@@ -309,8 +381,12 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     if config.ema_decay:  # copied before the auxiliary heads hook into the model
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, device=accelerator.device, use_buffers=True,
-                            multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        ema = AveragedModel(
+            model,
+            device=accelerator.device,
+            use_buffers=True,
+            multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+        )
     aux = build_objectives(config, encoder.layout, ids, data, sid_rows)
     if aux is not None:
         aux.attach(model)
@@ -329,8 +405,7 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     aux_names = accelerator.unwrap_model(aux).names if aux is not None else []
-    state = TrainState(aux={n: [0.0, 0] for n in aux_names + (["title"] if config.title_loss_weight
-                                                                 else [])})
+    state = TrainState(aux={n: [0.0, 0] for n in aux_names + (["title"] if config.title_loss_weight else [])})
     if resume and checkpoints:
         saved = read_json(checkpoints[-1] / STATE_FILE)
         check_resumable(saved, meta)
@@ -338,16 +413,18 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         state = TrainState(**saved["state"])
         if rank:  # epoch sums were saved reduced over processes: rank 0 carries them
             state.reset_sums()
-        accelerator.print(f"resumed from {checkpoints[-1].name} (epoch {state.epoch + 1}, "
-                          f"step {state.step})")
+        accelerator.print(f"resumed from {checkpoints[-1].name} (epoch {state.epoch + 1}, step {state.step})")
     elif resume:
         accelerator.print(f"nothing to resume in {ckpt_root}: starting from scratch")
     if mixture:
-        accelerator.print("canvas mixture: " + ", ".join(f"{c} {m['examples']:,}"
-                                                         for c, m in mixture.items()))
-    accelerator.print(f"{num_rows:,} windows from {len(split.sequences):,} members; "
-                      f"{steps_per_epoch} steps/epoch; "
-                      f"{sum(p.numel() for p in set(model.parameters())):,} parameters")
+        accelerator.print(
+            "canvas mixture: " + ", ".join(f"{c} {m['examples']:,}" for c, m in mixture.items())
+        )
+    accelerator.print(
+        f"{num_rows:,} windows from {len(split.sequences):,} members; "
+        f"{steps_per_epoch} steps/epoch; "
+        f"{sum(p.numel() for p in set(model.parameters())):,} parameters"
+    )
 
     model.train()
     halted = None  # max_steps is a halt, not an end: it is not saved, so a resumed run goes on
@@ -356,19 +433,34 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
         t0 = time.perf_counter()
         epoch_rows = tensors if tensors is not None else epoch_tensors(state.epoch)
         state.host_seconds += time.perf_counter() - t0  # augmented epochs: the re-cut, once
-        batches = epoch_batches(epoch_rows.lengths, config.batch_size, state.epoch, config.seed,
-                                rank, world)
+        batches = epoch_batches(epoch_rows.lengths, config.batch_size, state.epoch, config.seed, rank, world)
         batches = [batches[i % len(batches)] for i in range(batches_per_epoch)]
-        groups = [batches[i: i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
-        bar = tqdm(total=len(groups), initial=state.epoch_step, disable=not main, leave=False,
-                   desc=f"epoch {state.epoch + 1}/{config.epochs}")
-        for group in groups[state.epoch_step:]:
+        groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        bar = tqdm(
+            total=len(groups),
+            initial=state.epoch_step,
+            disable=not main,
+            leave=False,
+            desc=f"epoch {state.epoch + 1}/{config.epochs}",
+        )
+        for group in groups[state.epoch_step :]:
             if config.max_steps is not None and state.step >= config.max_steps:
                 halted = f"max_steps {config.max_steps} reached"
                 break
             t0 = time.perf_counter()
-            _train_step(accelerator, model, optimizer, scheduler, epoch_rows, group, config,
-                        state, aux, hidden, encoder.layout.code_end)
+            _train_step(
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                epoch_rows,
+                group,
+                config,
+                state,
+                aux,
+                hidden,
+                encoder.layout.code_end,
+            )
             if ema is not None:
                 ema.update_parameters(accelerator.unwrap_model(model))
             state.train_seconds += time.perf_counter() - t0
@@ -389,26 +481,46 @@ def pretrain(data_config: DataConfig | RecData, seq_config: SequenceConfig, ids_
     if state.stop_reason is None and halted is None:
         state.stop_reason = f"{config.epochs} epochs done"
     state.stop_reason = state.stop_reason or halted
-    return _finish(accelerator, model if ema is None else ema.module, state, out_dir, ckpt_root,
-                   encoder, ids, config, seq_config, data, num_rows, split, val, steps_per_epoch,
-                   parent, None if targets is None else {"since": int(targets_since), "replay": replay},
-                   mixture)
+    return _finish(
+        accelerator,
+        model if ema is None else ema.module,
+        state,
+        out_dir,
+        ckpt_root,
+        encoder,
+        ids,
+        config,
+        seq_config,
+        data,
+        num_rows,
+        split,
+        val,
+        steps_per_epoch,
+        parent,
+        None if targets is None else {"since": int(targets_since), "replay": replay},
+        mixture,
+    )
 
 
-def _end_epoch(accelerator, model, state: TrainState, val, trie, config: PretrainConfig,
-               ckpt_root: Path, ema=None) -> None:
+def _end_epoch(
+    accelerator, model, state: TrainState, val, trie, config: PretrainConfig, ckpt_root: Path, ema=None
+) -> None:
     """Reduce the epoch's figures, validate, track the best weights, decide on early stopping.
 
     With weight averaging (`ema`) the averaged weights are the ones judged and kept; the raw
     weights are validated beside them so that the history shows what averaging changed."""
     figs, aux = reduced_sums(accelerator, state)
-    row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step,
-                           "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
-                           "train_seconds": round(state.train_seconds, 3),
-                           "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1)}
+    row: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
+        "train_seconds": round(state.train_seconds, 3),
+        "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1),
+    }
     row.update({f"{n}_loss": s / max(c, 1.0) for n, (s, c) in aux.items()})
-    line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}" + \
-        "".join(f"  {n} {s / max(c, 1.0):.4f}" for n, (s, c) in aux.items())
+    line = f"epoch {state.epoch + 1:3d}  loss {row['train_loss']:.4f}" + "".join(
+        f"  {n} {s / max(c, 1.0):.4f}" for n, (s, c) in aux.items()
+    )
     if val is not None and config.validates(state.epoch + 1):
         t0 = time.perf_counter()
         judged = model if ema is None else ema.module
@@ -425,9 +537,12 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
         else:
             state.bad_evals += 1
         validated = [h for h in state.history if f"recall@{config.eval_k}" in h] + [row]
-        choice = choose([h[f"recall@{config.eval_k}"] for h in validated],
-                        [h[f"ndcg@{config.eval_k}"] for h in validated], len(val.prompts),
-                        config.selection)
+        choice = choose(
+            [h[f"recall@{config.eval_k}"] for h in validated],
+            [h[f"ndcg@{config.eval_k}"] for h in validated],
+            len(val.prompts),
+            config.selection,
+        )
         chosen = validated[choice.index]["epoch"]
         if chosen == state.epoch + 1:
             state.chosen_epoch, state.chosen_step = chosen, state.step
@@ -441,7 +556,9 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
         if config.patience and state.bad_evals >= config.patience:
             state.stop_reason = f"early stop: no better R@{config.eval_k} in {config.patience} validations"
     row["host_seconds"] = round(state.host_seconds, 3)
-    line += f"  {row['train_seconds'] + row.get('eval_seconds', 0.0):.1f}s  {row['tokens_per_second']:,.0f} tok/s"
+    line += (
+        f"  {row['train_seconds'] + row.get('eval_seconds', 0.0):.1f}s  {row['tokens_per_second']:,.0f} tok/s"
+    )
     accelerator.print(line)
     state.history.append(row)
     state.epoch += 1
@@ -450,20 +567,38 @@ def _end_epoch(accelerator, model, state: TrainState, val, trie, config: Pretrai
     state.train_seconds = state.host_seconds = 0.0
 
 
-def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Path, encoder, ids,
-            config, seq_config, data, num_rows: int, split, val, steps_per_epoch,
-            parent: dict[str, Any] | None = None, targets: dict | None = None,
-            mixture: dict | None = None) -> Path:
+def _finish(
+    accelerator,
+    model,
+    state: TrainState,
+    out_dir: Path,
+    ckpt_root: Path,
+    encoder,
+    ids,
+    config,
+    seq_config,
+    data,
+    num_rows: int,
+    split,
+    val,
+    steps_per_epoch,
+    parent: dict[str, Any] | None = None,
+    targets: dict | None = None,
+    mixture: dict | None = None,
+) -> Path:
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
     from safetensors.torch import load_model as load_weights
 
     partial = None
     if state.epoch_step:  # halted inside an epoch: its figures so far (throughput of short runs)
         figs, _ = reduced_sums(accelerator, state)
-        partial = {"epoch": state.epoch + 1, "steps": state.epoch_step,
-                   "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
-                   "train_seconds": round(state.train_seconds, 3),
-                   "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1)}
+        partial = {
+            "epoch": state.epoch + 1,
+            "steps": state.epoch_step,
+            "train_loss": float(figs[0] / max(float(figs[1]), 1.0)),
+            "train_seconds": round(state.train_seconds, 3),
+            "tokens_per_second": round(float(figs[2]) / max(state.train_seconds, 1e-9), 1),
+        }
     accelerator.wait_for_everyone()
     target = out_dir / MODEL
     if accelerator.is_main_process:
@@ -473,25 +608,45 @@ def _finish(accelerator, model, state: TrainState, out_dir: Path, ckpt_root: Pat
         if state.chosen_epoch > 0 and best.is_file():
             load_weights(net, str(best), device=str(next(net.parameters()).device))
             used = "selected"
-        summary = {"weights": used, "stop_reason": state.stop_reason, "steps": state.step,
-                   "steps_per_epoch": steps_per_epoch, "epochs_done": len(state.history),
-                   "best_epoch": state.best_epoch, "best_step": state.best_step,
-                   "selection": config.selection, "chosen_epoch": state.chosen_epoch,
-                   "chosen_step": state.chosen_step, "chosen_reason": state.chosen_reason,
-                   f"best_val_recall@{config.eval_k}": state.best_metric if state.best_epoch > 0 else None,
-                   "val_members": len(val.prompts) if val is not None else 0,
-                   "train_windows": num_rows, "train_members": len(split.sequences),
-                   "world_size": accelerator.num_processes, "history": state.history,
-                   "partial_epoch": partial, "init_from": parent, "targets": targets,
-                   "canvas_mix": mixture}
+        summary = {
+            "weights": used,
+            "stop_reason": state.stop_reason,
+            "steps": state.step,
+            "steps_per_epoch": steps_per_epoch,
+            "epochs_done": len(state.history),
+            "best_epoch": state.best_epoch,
+            "best_step": state.best_step,
+            "selection": config.selection,
+            "chosen_epoch": state.chosen_epoch,
+            "chosen_step": state.chosen_step,
+            "chosen_reason": state.chosen_reason,
+            f"best_val_recall@{config.eval_k}": state.best_metric if state.best_epoch > 0 else None,
+            "val_members": len(val.prompts) if val is not None else 0,
+            "train_windows": num_rows,
+            "train_members": len(split.sequences),
+            "world_size": accelerator.num_processes,
+            "history": state.history,
+            "partial_epoch": partial,
+            "init_from": parent,
+            "targets": targets,
+            "canvas_mix": mixture,
+        }
         bake_title_embeddings(net)  # a title-token model's rows become plain embedding rows
-        save_model(target, net.to(torch.float32), encoder.layout, ids, config, seq_config,
-                   data_fingerprint=data.fingerprint, dataset=data.name, training=summary,
-                   parents={"init_from": parent["model_manifest"]} if parent else None,
-                   data_end=data_end_time(data),
-                   co_engagement=co_engagement_of_split(split, catalog_to_sid_rows(data, ids),
-                                                        ids.num_items),
-                   title_tags=data.title_tags())
+        save_model(
+            target,
+            net.to(torch.float32),
+            encoder.layout,
+            ids,
+            config,
+            seq_config,
+            data_fingerprint=data.fingerprint,
+            dataset=data.name,
+            training=summary,
+            parents={"init_from": parent["model_manifest"]} if parent else None,
+            data_end=data_end_time(data),
+            co_engagement=co_engagement_of_split(split, catalog_to_sid_rows(data, ids), ids.num_items),
+            title_tags=data.title_tags(),
+        )
         why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
         accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")
     accelerator.wait_for_everyone()

@@ -20,16 +20,18 @@ class ValidationSet:
     targets: np.ndarray  # (N,) ID-artifact rows
 
 
-def validation_set(split: Split, sid_rows: np.ndarray, encoder: PromptEncoder,
-                   config: PretrainConfig) -> ValidationSet:
+def validation_set(
+    split: Split, sid_rows: np.ndarray, encoder: PromptEncoder, config: PretrainConfig
+) -> ValidationSet:
     """A fixed sample of members' validation histories (drawn once with the seed)."""
     ex = split.examples("valid")
     idx = np.arange(len(ex.users))
     if config.val_users is not None and config.val_users < len(idx):
-        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), config.val_users,
-                                                                replace=False))
-    prompts = [encoder.encode(to_sid_rows(ex.histories[i], sid_rows),
-                              user_id=split.sequences.user_ids[ex.users[i]]) for i in idx]
+        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), config.val_users, replace=False))
+    prompts = [
+        encoder.encode(to_sid_rows(ex.histories[i], sid_rows), user_id=split.sequences.user_ids[ex.users[i]])
+        for i in idx
+    ]
     return ValidationSet(prompts, to_sid_rows(ex.targets[idx], sid_rows))
 
 
@@ -44,12 +46,19 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
     k = config.eval_k
     sums = torch.zeros(3, dtype=torch.float64)  # (3,) recall sum, ndcg sum, members
     if prompts:
-        recs = recommend(accelerator.unwrap_model(model), prompts, trie, k=k,
-                         num_beams=config.beams, constrained=True,
-                         batch_size=config.eval_batch_size)
+        recs = recommend(
+            accelerator.unwrap_model(model),
+            prompts,
+            trie,
+            k=k,
+            num_beams=config.beams,
+            constrained=True,
+            batch_size=config.eval_batch_size,
+        )
         m = metrics_from_ranks(target_ranks([r.rows for r in recs], targets.tolist()), (k,))
-        sums += torch.tensor([m.recall[k] * len(prompts), m.ndcg[k] * len(prompts), len(prompts)],
-                             dtype=torch.float64)
+        sums += torch.tensor(
+            [m.recall[k] * len(prompts), m.ndcg[k] * len(prompts), len(prompts)], dtype=torch.float64
+        )
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
     n = max(float(sums[2]), 1.0)
     return {f"recall@{k}": float(sums[0]) / n, f"ndcg@{k}": float(sums[1]) / n}

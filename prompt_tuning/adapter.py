@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import (LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType,
-                  get_peft_model)
+from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -33,8 +32,16 @@ from gen_fm.tokenizer import canvas_token
 from prompt_tuning.canvases import get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.layout import PAD
-from core.artifacts import (ArtifactError, atomic_dir, file_sha256, make_manifest, manifest_hash,
-                              read_manifest, require_files, write_json)
+from core.artifacts import (
+    ArtifactError,
+    atomic_dir,
+    file_sha256,
+    make_manifest,
+    manifest_hash,
+    read_manifest,
+    require_files,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from semantic_ids.trie import PrefixTrie, Restriction
@@ -52,9 +59,11 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def check_trainable(config: PromptTuningStageConfig) -> None:
     """A clear error for a canvas served without an adapter (its spec's ``adapter="none"``)."""
     if config.adapter_method == "none":
-        raise ValueError(f"the {config.canvas} canvas is served by the frozen model (its spec's "
-                         f"adapter='none': no adapter measured for it beat that beyond noise); to train one "
-                         f"anyway, set method=soft_prompt or method=lora")
+        raise ValueError(
+            f"the {config.canvas} canvas is served by the frozen model (its spec's "
+            f"adapter='none': no adapter measured for it beat that beyond noise); to train one "
+            f"anyway, set method=soft_prompt or method=lora"
+        )
 
 
 def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
@@ -64,13 +73,15 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
         return _wrap_lora(gen, config)
     n = config.num_virtual_tokens
     if n > gen.config.position_headroom:
-        raise ValueError(f"{n} virtual tokens do not fit the model's position headroom "
-                         f"({gen.config.position_headroom})")
+        raise ValueError(
+            f"{n} virtual tokens do not fit the model's position headroom ({gen.config.position_headroom})"
+        )
     for p in gen.model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(config.seed)
-    peft_config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n,
-                                     prompt_tuning_init=PromptTuningInit.RANDOM)
+    peft_config = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, prompt_tuning_init=PromptTuningInit.RANDOM
+    )
     model = get_peft_model(gen.model, peft_config)
     words = gen.model.get_input_embeddings().weight  # (V, H)
     prompt = model.prompt_encoder["default"].embedding.weight  # (n, H)
@@ -83,8 +94,9 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     hidden = gen.model.config.hidden_size
     trainable = trainable_parameters(model)
     if trainable != n * hidden:
-        raise RuntimeError(f"{trainable} trainable parameters, expected {n} x {hidden}: a base "
-                           f"weight is not frozen")
+        raise RuntimeError(
+            f"{trainable} trainable parameters, expected {n} x {hidden}: a base weight is not frozen"
+        )
     return model
 
 
@@ -92,9 +104,13 @@ def _wrap_lora(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     for p in gen.model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(config.seed)  # LoRA's A matrices start random (B at zero: the base at first)
-    peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_rank,
-                             lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
-                             target_modules=list(LORA_TARGETS))
+    peft_config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=config.lora_rank,
+        lora_alpha=2 * config.lora_rank,
+        lora_dropout=0.05,
+        target_modules=list(LORA_TARGETS),
+    )
     model = get_peft_model(gen.model, peft_config)
     if any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n):
         raise RuntimeError("a base weight is trainable under the LoRA")
@@ -117,18 +133,25 @@ def _batch(examples: Sequence[Example], sid_length: int) -> tuple[torch.Tensor, 
     labels = torch.full((len(examples), width), -100, dtype=torch.long)  # (B, T)
     for i, (prompt, target) in enumerate(examples):
         if len(target) != sid_length or not prompt:
-            raise ValueError(f"an example needs a non-empty prompt and {sid_length} target tokens, "
-                             f"got {len(prompt)} and {len(target)}")
+            raise ValueError(
+                f"an example needs a non-empty prompt and {sid_length} target tokens, "
+                f"got {len(prompt)} and {len(target)}"
+            )
         seq = list(prompt) + list(target)
-        ids[i, :len(seq)] = torch.as_tensor(seq)
-        mask[i, :len(seq)] = 1
-        labels[i, len(prompt):len(seq)] = torch.as_tensor(list(target))
+        ids[i, : len(seq)] = torch.as_tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(prompt) : len(seq)] = torch.as_tensor(list(target))
     return ids, mask, labels
 
 
-def _nll(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-         labels: torch.Tensor, inside: "CandidateMasks | None" = None,
-         views: Sequence["Restriction | None"] = ()) -> tuple[torch.Tensor, int]:
+def _nll(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    inside: "CandidateMasks | None" = None,
+    views: Sequence["Restriction | None"] = (),
+) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over the labelled positions, and their count. With `inside` and a
     view per example (None: unrestricted), each target code's softmax runs over the codes that
     lead to one of that example's permitted titles only."""
@@ -138,8 +161,9 @@ def _nll(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     scores = logits[:, :-1].float()  # (B, T-1, V)
     if inside is not None and any(v is not None for v in views):
         scores = scores.masked_fill(~inside.mask(target, views, scores.shape[-1]), float("-inf"))
-    loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    loss = F.cross_entropy(
+        scores.reshape(-1, scores.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return loss, int((target != -100).sum())
 
 
@@ -166,14 +190,13 @@ class CandidateMasks:
             view = self.trie.restrict(allow_rows=np.union1d(view.rows, [target]))
         return view
 
-    def mask(self, target: torch.Tensor, views: Sequence["Restriction | None"], vocab: int
-             ) -> torch.Tensor:
+    def mask(self, target: torch.Tensor, views: Sequence["Restriction | None"], vocab: int) -> torch.Tensor:
         """(B, T-1) shifted labels -> (B, T-1, vocab) bool: True where a token may score."""
         L = self.trie.sid_length
         allowed = torch.ones(*target.shape, vocab, dtype=torch.bool)  # (B, T-1, V)
         rows = [i for i, v in enumerate(views) if v is not None]
         first = torch.stack([torch.nonzero(target[i] != -100)[0, 0] for i in rows])  # (R,)
-        codes = torch.stack([target[i, first[j]: first[j] + L] for j, i in enumerate(rows)])  # (R, L)
+        codes = torch.stack([target[i, first[j] : first[j] + L] for j, i in enumerate(rows)])  # (R, L)
         restriction = self.trie.row_restrictions([views[i] for i in rows])
         idx = torch.as_tensor(rows)
         for d in range(L):
@@ -182,24 +205,28 @@ class CandidateMasks:
 
 
 @torch.no_grad()
-def adapter_loss(model: torch.nn.Module, examples: Sequence[Example], sid_length: int,
-                 batch_size: int = 64) -> float:
+def adapter_loss(
+    model: torch.nn.Module, examples: Sequence[Example], sid_length: int, batch_size: int = 64
+) -> float:
     """Mean NLL per target code token (the training objective), with or without a soft prompt."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         for s in range(0, len(examples), batch_size):
-            loss, n = _nll(model, *_batch(examples[s:s + batch_size], sid_length))
+            loss, n = _nll(model, *_batch(examples[s : s + batch_size], sid_length))
             total, count = total + float(loss), count + n
     finally:
         model.train(was_training)
     return total / max(count, 1)
 
 
-def train_adapter(gen: GenFM, examples: Sequence[Example],
-                  config: PromptTuningStageConfig,
-                  allow: Sequence[Sequence[int] | None] | None = None) -> PeftModel:
+def train_adapter(
+    gen: GenFM,
+    examples: Sequence[Example],
+    config: PromptTuningStageConfig,
+    allow: Sequence[Sequence[int] | None] | None = None,
+) -> PeftModel:
     """Train one canvas's soft prompt; the loss is on the target's L code tokens only.
 
     The base stays in eval mode (no attention dropout): it is frozen, and the soft prompt should
@@ -212,17 +239,32 @@ def train_adapter(gen: GenFM, examples: Sequence[Example],
     L = gen.layout.sid_length
     longest = max(len(p) for p, _ in examples) + L + config.num_virtual_tokens
     if longest > gen.model.config.max_position_embeddings:
-        raise ValueError(f"an example needs {longest} positions; the model has "
-                         f"{gen.model.config.max_position_embeddings}")
+        raise ValueError(
+            f"an example needs {longest} positions; the model has {gen.model.config.max_position_embeddings}"
+        )
     model = wrap(gen, config)
     if is_lora(model):  # the LoRA's own dropout (and the base's) regularise it, as in fine-tuning
         model.train()
-        _fit(model, examples, config, config.lora_lr, L, f"LoRA {config.canvas}",
-             _restrictions(gen, examples, allow))
+        _fit(
+            model,
+            examples,
+            config,
+            config.lora_lr,
+            L,
+            f"LoRA {config.canvas}",
+            _restrictions(gen, examples, allow),
+        )
         return model.eval()
     model.eval()
-    _fit(model, examples, config, config.lr, L, f"soft prompt {config.canvas}",
-         _restrictions(gen, examples, allow))
+    _fit(
+        model,
+        examples,
+        config,
+        config.lr,
+        L,
+        f"soft prompt {config.canvas}",
+        _restrictions(gen, examples, allow),
+    )
     return model
 
 
@@ -240,8 +282,7 @@ def _restrictions(gen: GenFM, examples: Sequence[Example], allow) -> tuple | Non
     return inside, views
 
 
-def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStageConfig
-               ) -> torch.nn.Module:
+def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStageConfig) -> torch.nn.Module:
     """The baseline an adapter is judged against: every weight of ``gen.model`` trained (in place)
     on the same examples, loss and schedule, at ``config.full_finetune_lr``."""
     if not examples:
@@ -251,27 +292,43 @@ def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStag
         p.requires_grad_(True)
     model.train()
     torch.manual_seed(config.seed)
-    _fit(model, examples, config, config.full_finetune_lr, gen.layout.sid_length,
-         f"full fine-tune {config.canvas}")
+    _fit(
+        model,
+        examples,
+        config,
+        config.full_finetune_lr,
+        gen.layout.sid_length,
+        f"full fine-tune {config.canvas}",
+    )
     return model.eval()
 
 
-def _fit(model: torch.nn.Module, examples: Sequence[Example], config: PromptTuningStageConfig,
-         lr: float, sid_length: int, desc: str, restrictions: tuple | None = None) -> None:
+def _fit(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    config: PromptTuningStageConfig,
+    lr: float,
+    sid_length: int,
+    desc: str,
+    restrictions: tuple | None = None,
+) -> None:
     """AdamW over the model's trainable parameters, seeded shuffles, `config.epochs` passes;
     `restrictions` = (CandidateMasks, a view per example): softmaxes inside candidate sets."""
     inside, views = restrictions if restrictions is not None else (None, None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen_rng = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size), leave=False,
-               desc=desc)
+    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size), leave=False, desc=desc)
     for _ in range(config.epochs):
         order = torch.randperm(len(examples), generator=gen_rng).tolist()
         for s in range(0, len(order), config.batch_size):
-            chunk = order[s:s + config.batch_size]
-            loss, n = _nll(model, *_batch([examples[i] for i in chunk], sid_length), inside=inside,
-                           views=[views[i] for i in chunk] if views is not None else ())
+            chunk = order[s : s + config.batch_size]
+            loss, n = _nll(
+                model,
+                *_batch([examples[i] for i in chunk], sid_length),
+                inside=inside,
+                views=[views[i] for i in chunk] if views is not None else (),
+            )
             opt.zero_grad(set_to_none=True)
             (loss / n).backward()
             opt.step()
@@ -280,23 +337,35 @@ def _fit(model: torch.nn.Module, examples: Sequence[Example], config: PromptTuni
     bar.close()
 
 
-def save_adapter(out_dir: str | Path, model: PeftModel, gen: GenFM, config: PromptTuningStageConfig,
-                 training: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    out_dir: str | Path,
+    model: PeftModel,
+    gen: GenFM,
+    config: PromptTuningStageConfig,
+    training: dict[str, Any] | None = None,
+) -> Path:
     """Write PEFT's adapter files + manifest.json atomically."""
     trainable = trainable_parameters(model)
     method = config.adapter_method
     if is_lora(model) != (method == "lora"):
         raise ValueError(f"the config says {method}, the model holds another kind of adapter")
-    if method == "soft_prompt" and model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens:
+    if (
+        method == "soft_prompt"
+        and model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens
+    ):
         raise ValueError("the model's soft prompt is not the size the config says")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         manifest = make_manifest(
-            KIND, config, parents={BASE_PARENT: manifest_hash(gen.path)},
-            canvas=config.canvas, method=method,
+            KIND,
+            config,
+            parents={BASE_PARENT: manifest_hash(gen.path)},
+            canvas=config.canvas,
+            method=method,
             num_virtual_tokens=config.num_virtual_tokens if method == "soft_prompt" else 0,
-            hidden_size=gen.model.config.hidden_size, trainable_parameters=trainable,
+            hidden_size=gen.model.config.hidden_size,
+            trainable_parameters=trainable,
             training=training or {},
             files={name: file_sha256(stage / name) for name in _PAYLOAD},
         )
@@ -331,24 +400,33 @@ def read_adapter(path: str | Path) -> AdapterInfo:
             raise ArtifactError(f"{path}/{name} does not match the hash in manifest.json")
     config = PromptTuningStageConfig.from_json(manifest["config"])
     if manifest.get("method", "soft_prompt") == "lora":
-        return AdapterInfo(config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=None,
-                           manifest=manifest, path=path)
+        return AdapterInfo(
+            config=config,
+            base_hash=manifest["parents"][BASE_PARENT],
+            prompt=None,
+            manifest=manifest,
+            path=path,
+        )
     prompt = load_file(path / "adapter_model.safetensors")[_PROMPT_KEY]  # (n, H)
     if prompt.shape[0] != config.num_virtual_tokens:
-        raise ArtifactError(f"{path}: soft prompt has {prompt.shape[0]} rows, config says "
-                            f"{config.num_virtual_tokens}")
-    return AdapterInfo(config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=prompt,
-                       manifest=manifest, path=path)
+        raise ArtifactError(
+            f"{path}: soft prompt has {prompt.shape[0]} rows, config says {config.num_virtual_tokens}"
+        )
+    return AdapterInfo(
+        config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=prompt, manifest=manifest, path=path
+    )
 
 
 def check_base(info: AdapterInfo, gen: GenFM) -> None:
     base = manifest_hash(gen.path)
     if info.base_hash != base:
-        raise ArtifactError(f"adapter {info.path} was trained on model {info.base_hash[:12]}, not "
-                            f"on {gen.path} ({base[:12]})")
+        raise ArtifactError(
+            f"adapter {info.path} was trained on model {info.base_hash[:12]}, not on {gen.path} ({base[:12]})"
+        )
     if info.prompt is not None and info.prompt.shape[1] != gen.model.config.hidden_size:
-        raise ArtifactError(f"adapter {info.path} has width {info.prompt.shape[1]}, the model "
-                            f"{gen.model.config.hidden_size}")
+        raise ArtifactError(
+            f"adapter {info.path} has width {info.prompt.shape[1]}, the model {gen.model.config.hidden_size}"
+        )
 
 
 def load_adapter(gen: GenFM, path: str | Path) -> PeftModel:

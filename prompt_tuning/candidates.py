@@ -83,13 +83,21 @@ class CandidateConfig:
     prefix_expansions: int = 20  # vocabulary words an unknown query word may expand to
 
     def __post_init__(self) -> None:
-        for name in ("search_candidates", "theme_candidates", "source_candidates", "rrf_k",
-                     "prefix_expansions", "min_candidates", "theme_fill"):
+        for name in (
+            "search_candidates",
+            "theme_candidates",
+            "source_candidates",
+            "rrf_k",
+            "prefix_expansions",
+            "min_candidates",
+            "theme_fill",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fusion_k < 0 or self.fusion_weight < 0:
-            raise ValueError(f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, "
-                             f"{self.fusion_weight}")
+            raise ValueError(
+                f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"
+            )
         if not 0.0 < self.lexical_cutoff <= 1.0:
             raise ValueError(f"lexical_cutoff must be in (0, 1], got {self.lexical_cutoff}")
 
@@ -102,8 +110,9 @@ class Candidates:
     how: str  # e.g. "catalog theme 'Western': 167 titles"
 
 
-def fusion_scores(model_rows: list[int], order_rows: list[int], fusion_k: int,
-                  weight: float) -> dict[int, float]:
+def fusion_scores(
+    model_rows: list[int], order_rows: list[int], fusion_k: int, weight: float
+) -> dict[int, float]:
     """Two rankings fused by reciprocal rank, best first: the model's list counts
     1 / (fusion_k + rank), the candidate order weight / (fusion_k + rank); ties keep the model's
     order. Hand-written: a few lines, where a fusion library would be a dependency for them."""
@@ -116,19 +125,22 @@ def fusion_scores(model_rows: list[int], order_rows: list[int], fusion_k: int,
     return {r: score[r] for r in sorted(score, key=lambda r: (-score[r], first[r]))}
 
 
-def fuse_ranks(model_rows: list[int], order_rows: list[int], k: int, fusion_k: int,
-               weight: float) -> list[int]:
+def fuse_ranks(
+    model_rows: list[int], order_rows: list[int], k: int, fusion_k: int, weight: float
+) -> list[int]:
     """The first `k` titles of ``fusion_scores``."""
     return list(fusion_scores(model_rows, order_rows, fusion_k, weight))[:k]
 
 
-def fuse_all(model_rows: list[list[int]], orders: list[list[int]], k: int,
-             config: CandidateConfig | None = None) -> list[list[int]]:
+def fuse_all(
+    model_rows: list[list[int]], orders: list[list[int]], k: int, config: CandidateConfig | None = None
+) -> list[list[int]]:
     """``fuse_ranks`` per member with ``config``'s constants (default: ``CandidateConfig()``, the
     served ones): what the evaluations of fused rows share."""
     cc = config or CandidateConfig()
-    return [fuse_ranks(list(m), list(o), k, cc.fusion_k, cc.fusion_weight)
-            for m, o in zip(model_rows, orders)]
+    return [
+        fuse_ranks(list(m), list(o), k, cc.fusion_k, cc.fusion_weight) for m, o in zip(model_rows, orders)
+    ]
 
 
 def words(text: str) -> list[str]:
@@ -211,9 +223,14 @@ class _LexicalField:
 class CandidateIndex:
     """Candidate sets for search queries and collection themes over one ID artifact."""
 
-    def __init__(self, ids_dir: str | Path, text_encoder: Any = None,
-                 config: CandidateConfig | None = None, co_engagement: Any = None,
-                 tags: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self,
+        ids_dir: str | Path,
+        text_encoder: Any = None,
+        config: CandidateConfig | None = None,
+        co_engagement: Any = None,
+        tags: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         """`co_engagement`: the model's ``gen_fm.co_engagement.CoEngagement`` (None: a source's
         neighbourhood is its content neighbours alone, and ``for_source`` says so); `tags`: item_id
         -> what members wrote about it (``GenFM.title_tags``; None: titles and categories only)."""
@@ -227,13 +244,17 @@ class CandidateIndex:
         self.config = config or CandidateConfig()
         self.ids = SemanticIDs.load(ids_dir)
         if co_engagement is not None and co_engagement.num_items != self.ids.num_items:
-            raise ValueError(f"the co-engagement table covers {co_engagement.num_items} titles, the "
-                             f"ID artifact {ids_dir} {self.ids.num_items}")
+            raise ValueError(
+                f"the co-engagement table covers {co_engagement.num_items} titles, the "
+                f"ID artifact {ids_dir} {self.ids.num_items}"
+            )
         self.co_engagement = co_engagement
         id_config = SemanticIDConfig.from_dict(self.ids.manifest["config"])
         if id_config.text_weight <= 0:
-            raise ValueError(f"the ID artifact {ids_dir} has no text modality: queries and themes "
-                             f"cannot be matched to its titles")
+            raise ValueError(
+                f"the ID artifact {ids_dir} has no text modality: queries and themes "
+                f"cannot be matched to its titles"
+            )
         embedder = json.loads((ids_dir / "embedder.json").read_text())
         fused = load_file(str(ids_dir / "embeddings.safetensors"))["fused"]  # (N, D)
         self.categories: list[str] = list(embedder.get("categories") or [])
@@ -246,7 +267,7 @@ class CandidateIndex:
         self.row_categories: list[list[str]] = [[] for _ in range(self.ids.num_items)]
         self._theme_rows: dict[str, np.ndarray] = {}
         if meta:
-            hot = fused[:, text_dim: text_dim + len(self.categories)] > 0  # (N, C)
+            hot = fused[:, text_dim : text_dim + len(self.categories)] > 0  # (N, C)
             for j, name in enumerate(self.categories):
                 rows = np.flatnonzero(hot[:, j]).astype(np.int64)
                 self._theme_rows[name.lower()] = rows
@@ -265,13 +286,22 @@ class CandidateIndex:
         # titles cannot (see ``for_query``). Stopwords are left out of documents and queries
         # ("in netflix queue" is not about "in").
         self._stop = _stopwords()
-        docs = [[w for w in words(t or "") + [w for c in cats for w in words(c)] if w not in self._stop]
-                for t, cats in zip(titles, self.row_categories)]
+        docs = [
+            [w for w in words(t or "") + [w for c in cats for w in words(c)] if w not in self._stop]
+            for t, cats in zip(titles, self.row_categories)
+        ]
         self._fields = [_LexicalField(docs, self._stop, self.config.prefix_expansions)]
         if any(self.row_tags):  # a second field only where there are tags: self._has_tags
-            self._fields.append(_LexicalField(
-                [d + [w for tag in row_tags for w in words(tag) if w not in self._stop]
-                 for d, row_tags in zip(docs, self.row_tags)], self._stop, self.config.prefix_expansions))
+            self._fields.append(
+                _LexicalField(
+                    [
+                        d + [w for tag in row_tags for w in words(tag) if w not in self._stop]
+                        for d, row_tags in zip(docs, self.row_tags)
+                    ],
+                    self._stop,
+                    self.config.prefix_expansions,
+                )
+            )
 
     @property
     def _has_tags(self) -> bool:
@@ -296,13 +326,20 @@ class CandidateIndex:
         if rows:  # the words members use for it ("heist") find its titles better than the embedding
             matched = len(rows)
             rows += rest[: max(0, min(self.config.theme_fill, n) - matched)]
-            filled = f", then {len(rows) - matched} nearest by BM25 and embedding" if len(rows) > matched else ""
-            return Candidates(np.asarray(rows, dtype=np.int64),
-                              f"free-text theme {theme.strip()!r} (not a catalog category): the "
-                              f"{matched} titles matching it in {where}{filled}")
-        return Candidates(semantic[:n], f"free-text theme {theme.strip()!r} (not a catalog category, "
-                                        f"no title matches its words): its {n} nearest titles by "
-                                        f"sentence embedding")
+            filled = (
+                f", then {len(rows) - matched} nearest by BM25 and embedding" if len(rows) > matched else ""
+            )
+            return Candidates(
+                np.asarray(rows, dtype=np.int64),
+                f"free-text theme {theme.strip()!r} (not a catalog category): the "
+                f"{matched} titles matching it in {where}{filled}",
+            )
+        return Candidates(
+            semantic[:n],
+            f"free-text theme {theme.strip()!r} (not a catalog category, "
+            f"no title matches its words): its {n} nearest titles by "
+            f"sentence embedding",
+        )
 
     # ------------------------------------------------------------------ titles
     def for_title(self, row: int, n: int) -> np.ndarray:
@@ -317,8 +354,11 @@ class CandidateIndex:
         """A t2t source title's neighbourhood (see the module doc), the source left out."""
         n = self.config.source_candidates
         name = (self.ids.titles[row] if self.ids.titles else None) or self.ids.item_ids[row]
-        together = [] if self.co_engagement is None else \
-            [r for r in self.co_engagement.of(row, n // 2).tolist() if r != row]
+        together = (
+            []
+            if self.co_engagement is None
+            else [r for r in self.co_engagement.of(row, n // 2).tolist() if r != row]
+        )
         seen = set(together) | {row}
         content = [r for r in self.for_title(row, n).tolist() if r not in seen][: n - len(together)]
         if self.co_engagement is None:
@@ -327,8 +367,10 @@ class CandidateIndex:
             why = "never watched with another title in training: "
         else:
             why = f"{len(together)} most often watched with it, then "
-        return Candidates(np.asarray(together + content, dtype=np.int64),
-                          f"source {name!r}: {why}{len(content)} nearest by title text")
+        return Candidates(
+            np.asarray(together + content, dtype=np.int64),
+            f"source {name!r}: {why}{len(content)} nearest by title text",
+        )
 
     # ------------------------------------------------------------------ search
     def expand(self, query: str) -> list[str]:
@@ -346,17 +388,23 @@ class CandidateIndex:
         semantic = self._semantic_order(query)
         rows, rest, where = self._matches(query, semantic, n)
         if not rows:
-            return Candidates(semantic[:n], f"query {query.strip()!r}: no title shares a word with "
-                                            f"it{' (title, category or tag)' if self._has_tags else ''}; "
-                                            f"its {n} nearest titles by sentence embedding")
+            return Candidates(
+                semantic[:n],
+                f"query {query.strip()!r}: no title shares a word with "
+                f"it{' (title, category or tag)' if self._has_tags else ''}; "
+                f"its {n} nearest titles by sentence embedding",
+            )
         strong = len(rows)
         rows += rest[: max(0, min(self.config.min_candidates, n) - len(rows))]
-        return Candidates(np.asarray(rows, dtype=np.int64),
-                          f"query {query.strip()!r}: {len(rows)} titles ({strong} matching it in "
-                          f"{where}; BM25 fused with sentence-embedding similarity)")
+        return Candidates(
+            np.asarray(rows, dtype=np.int64),
+            f"query {query.strip()!r}: {len(rows)} titles ({strong} matching it in "
+            f"{where}; BM25 fused with sentence-embedding similarity)",
+        )
 
-    def _matches(self, text: str, semantic: np.ndarray, n: int, titles_first: bool = True
-                 ) -> tuple[list[int], list[int], str]:
+    def _matches(
+        self, text: str, semantic: np.ndarray, n: int, titles_first: bool = True
+    ) -> tuple[list[int], list[int], str]:
         """(strong lexical matches, at most `n`, then the other fused rows; where they matched).
 
         `titles_first` False (collection themes, sets rather than lookups): one word is matched in
@@ -376,9 +424,13 @@ class CandidateIndex:
         several = len(widest.groups(text)) > 1
         field = widest if several or not titles_first else titles
         lex, strong = field.strong(text, cutoff)
-        if field is titles and self._has_tags and len(query_words) == 1 \
-                and query_words[0] not in titles.vocab_set \
-                and query_words[0] in widest.vocab_set:  # a tag word, not a title word: both
+        if (
+            field is titles
+            and self._has_tags
+            and len(query_words) == 1
+            and query_words[0] not in titles.vocab_set
+            and query_words[0] in widest.vocab_set
+        ):  # a tag word, not a title word: both
             tag_lex, tag_strong = widest.strong(text, cutoff)
             lex, strong, field = lex + tag_lex, strong | tag_strong, widest
         if not strong.any() and field is not widest:
@@ -405,8 +457,10 @@ class CandidateIndex:
         """Every row, most similar to `text` first: the better of title-text and tag similarity."""
         q = _unit(np.asarray(self.text.encode([text.strip()]), dtype=np.float32))[0]  # (d,)
         if q.shape[0] != self.title_vecs.shape[1]:
-            raise ValueError(f"the text encoder gives {q.shape[0]}-d vectors, the ID artifact's "
-                             f"title text block is {self.title_vecs.shape[1]}-d")
+            raise ValueError(
+                f"the text encoder gives {q.shape[0]}-d vectors, the ID artifact's "
+                f"title text block is {self.title_vecs.shape[1]}-d"
+            )
         sims = self.title_vecs @ q  # (N,)
         rows, vecs = self._tag_vectors()
         if rows.size:
@@ -425,5 +479,12 @@ class CandidateIndex:
         return self._tag_vecs
 
 
-__all__ = ["CandidateConfig", "CandidateIndex", "Candidates", "fuse_all", "fuse_ranks", "fusion_scores",
-           "words"]
+__all__ = [
+    "CandidateConfig",
+    "CandidateIndex",
+    "Candidates",
+    "fuse_all",
+    "fuse_ranks",
+    "fusion_scores",
+    "words",
+]

@@ -76,19 +76,18 @@ class PromptTuningStageConfig:
 
         get_canvas(self.canvas)  # an unknown canvas is a ValueError naming the registered ones
         if self.method is not None and self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS} or None (the canvas's own), got "
-                             f"{self.method!r}")
+            raise ValueError(
+                f"method must be one of {METHODS} or None (the canvas's own), got {self.method!r}"
+            )
         if self.lora_rank < 1 or not self.lora_lr > 0:
-            raise ValueError(f"lora_rank must be >= 1 and lora_lr > 0, got {self.lora_rank}, "
-                             f"{self.lora_lr}")
+            raise ValueError(f"lora_rank must be >= 1 and lora_lr > 0, got {self.lora_rank}, {self.lora_lr}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("num_virtual_tokens", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and self.full_finetune_lr > 0):
-            raise ValueError(f"lr and full_finetune_lr must be > 0, got {self.lr}, "
-                             f"{self.full_finetune_lr}")
+            raise ValueError(f"lr and full_finetune_lr must be > 0, got {self.lr}, {self.full_finetune_lr}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.query_mode not in QUERY_MODES:

@@ -24,16 +24,24 @@ from semantic_ids.trie import PrefixTrie
 from core.metrics import metrics_from_ranks, target_ranks
 
 
-def decode_rows(model: torch.nn.Module, prompts: list[list[int]], trie: PrefixTrie, k: int,
-                num_beams: int, batch_size: int = 64,
-                allow: list[list[int] | None] | None = None) -> list[list[int]]:
-    recs = recommend(model, prompts, trie, k=k, num_beams=num_beams, constrained=True,
-                     batch_size=batch_size, allow=allow)
+def decode_rows(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    trie: PrefixTrie,
+    k: int,
+    num_beams: int,
+    batch_size: int = 64,
+    allow: list[list[int] | None] | None = None,
+) -> list[list[int]]:
+    recs = recommend(
+        model, prompts, trie, k=k, num_beams=num_beams, constrained=True, batch_size=batch_size, allow=allow
+    )
     return [r.rows for r in recs]
 
 
-def candidate_rows(data: CanvasData, candidates, examples: Sequence[CanvasExample] | None = None
-                   ) -> list[list[int] | None] | None:
+def candidate_rows(
+    data: CanvasData, candidates, examples: Sequence[CanvasExample] | None = None
+) -> list[list[int] | None] | None:
     """Per example (default: the held-out ones), the rows its context makes eligible (the spec's
     ``candidates`` over a ``prompt_tuning.candidates.CandidateIndex``: the query for search, the
     theme for collection, the source title for t2t); None for canvases whose context restricts
@@ -43,7 +51,7 @@ def candidate_rows(data: CanvasData, candidates, examples: Sequence[CanvasExampl
         return None
     memo: dict[Any, list[int]] = {}
     out: list[list[int] | None] = []
-    for ex in (data.test if examples is None else examples):
+    for ex in data.test if examples is None else examples:
         value = ex.source if spec.context_kind == "title" else (ex.text or "")
         if value not in memo:
             memo[value] = spec.candidates(candidates, value).rows.tolist()
@@ -57,9 +65,14 @@ def home_prompt(ex: CanvasExample, encoder: PromptEncoder) -> list[int]:
     return encoder.encode(hist, canvas=DEFAULT_CANVAS, user_id=ex.user)
 
 
-def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequence[str],
-                   row_categories: Sequence[Sequence[str]], k: int,
-                   ranked_anonymous: list[list[int]] | None = None) -> dict[str, Any]:
+def canvas_metrics(
+    data: CanvasData,
+    ranked: list[list[int]],
+    titles_lower: Sequence[str],
+    row_categories: Sequence[Sequence[str]],
+    k: int,
+    ranked_anonymous: list[list[int]] | None = None,
+) -> dict[str, Any]:
     """Recall/NDCG@5,K overall and per example kind, plus the canvas's own figures."""
     ks = tuple(sorted({min(5, k), k}))
     targets = [ex.target for ex in data.test]
@@ -76,19 +89,39 @@ def canvas_metrics(data: CanvasData, ranked: list[list[int]], titles_lower: Sequ
             out[f"examples_{kind}"] = len(idx)
     spec = get_canvas(data.canvas)
     if spec.metrics is not None:
-        out.update(spec.metrics(data, ranked, titles_lower=titles_lower, row_categories=row_categories,
-                                k=k, ranked_anonymous=ranked_anonymous))
+        out.update(
+            spec.metrics(
+                data,
+                ranked,
+                titles_lower=titles_lower,
+                row_categories=row_categories,
+                k=k,
+                ranked_anonymous=ranked_anonymous,
+            )
+        )
     return out
 
 
-def evaluate_variant(model: torch.nn.Module, data: CanvasData, encoder: PromptEncoder,
-                     trie: PrefixTrie, titles_lower, row_categories, k: int = 10,
-                     num_beams: int = 10, prefix: Sequence[int] = (), home: bool = False,
-                     allow: list[list[int] | None] | None = None) -> dict[str, Any]:
+def evaluate_variant(
+    model: torch.nn.Module,
+    data: CanvasData,
+    encoder: PromptEncoder,
+    trie: PrefixTrie,
+    titles_lower,
+    row_categories,
+    k: int = 10,
+    num_beams: int = 10,
+    prefix: Sequence[int] = (),
+    home: bool = False,
+    allow: list[list[int] | None] | None = None,
+) -> dict[str, Any]:
     """Metrics of one model on a canvas's held-out examples; `prefix` = soft-prompt token ids;
     `allow` = per-example candidate rows (``candidate_rows``): the answer is chosen inside them."""
-    build = (lambda ex, hist=True: home_prompt(ex, encoder)) if home else \
-        (lambda ex, hist=True: ex.prompt(encoder, data.canvas, history=hist))
+    build = (
+        (lambda ex, hist=True: home_prompt(ex, encoder))
+        if home
+        else (lambda ex, hist=True: ex.prompt(encoder, data.canvas, history=hist))
+    )
     prompts = [list(prefix) + build(ex) for ex in data.test]
     t0 = time.perf_counter()
     ranked = decode_rows(model, prompts, trie, k, num_beams, allow=allow)
@@ -96,8 +129,9 @@ def evaluate_variant(model: torch.nn.Module, data: CanvasData, encoder: PromptEn
     anonymous = None
     kinds = get_canvas(data.canvas).anonymous_kinds  # the canvas's figures compare these without history
     if kinds and not home and any(ex.kind in kinds for ex in data.test):
-        anonymous = decode_rows(model, [list(prefix) + build(ex, False) for ex in data.test], trie,
-                                k, num_beams, allow=allow)
+        anonymous = decode_rows(
+            model, [list(prefix) + build(ex, False) for ex in data.test], trie, k, num_beams, allow=allow
+        )
     out = canvas_metrics(data, ranked, titles_lower, row_categories, k, anonymous)
     out["decode_seconds"] = round(seconds, 2)
     if allow is not None:

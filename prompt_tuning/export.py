@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from gen_fm.model import GenFM, load_model, save_model
+
 if TYPE_CHECKING:
     from gen_fm.co_engagement import CoEngagement
     from prompt_tuning.config import PromptTuningStageConfig
     from semantic_ids.layout import TokenLayout
-from core.artifacts import (ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json,
-                              write_json)
+from core.artifacts import ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json, write_json
 
 ADAPTERS_FILE = "adapters.json"
 LORA_DIR = "loras"  # <folder>/loras/<canvas>/: a canvas's LoRA in PEFT's format
@@ -42,9 +42,13 @@ def virtual_token(canvas: str, i: int) -> str:
     return f"<v_{canvas}_{i}>"
 
 
-def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
-                    out_dir: str | Path, co_engagement: "CoEngagement | None" = None,
-                    title_tags: dict[str, list[str]] | None = None) -> Path:
+def export_adapters(
+    model_dir: str | Path,
+    adapter_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    co_engagement: "CoEngagement | None" = None,
+    title_tags: dict[str, list[str]] | None = None,
+) -> Path:
     """Write ``out_dir``: the base model with every adapter's soft prompt as virtual-token rows.
 
     The base folder's co-engagement table and title tags travel with it; `co_engagement` and
@@ -63,19 +67,33 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
     loras = [i for i in infos if i.prompt is None]
     layout, model, virtual = attach_soft_prompts(gen, prompts)
     # the adapter's config travels with it: serving must build the context (query mode) as trained
-    mapping = {i.config.canvas: {"adapter": manifest_hash(i.path), "method": i.method,
-                                 "config": i.manifest["config"]} for i in infos}
+    mapping = {
+        i.config.canvas: {
+            "adapter": manifest_hash(i.path),
+            "method": i.method,
+            "config": i.manifest["config"],
+        }
+        for i in infos
+    }
     for c, ids in virtual.items():
         mapping[c]["virtual_token_ids"] = ids
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
-        save_model(stage, model, layout, gen.ids, gen.config, gen.seq_config,
-                   data_fingerprint=gen.manifest["data"]["fingerprint"],
-                   dataset=gen.manifest["data"]["dataset"], training=gen.manifest["training"],
-                   data_end=gen.manifest["data"].get("time_end"),
-                   co_engagement=co_engagement if co_engagement is not None else gen.co_engagement(),
-                   title_tags=title_tags if title_tags is not None else gen.title_tags(),
-                   fusion=gen.fusion())
+        save_model(
+            stage,
+            model,
+            layout,
+            gen.ids,
+            gen.config,
+            gen.seq_config,
+            data_fingerprint=gen.manifest["data"]["fingerprint"],
+            dataset=gen.manifest["data"]["dataset"],
+            training=gen.manifest["training"],
+            data_end=gen.manifest["data"].get("time_end"),
+            co_engagement=co_engagement if co_engagement is not None else gen.co_engagement(),
+            title_tags=title_tags if title_tags is not None else gen.title_tags(),
+            fusion=gen.fusion(),
+        )
         lora_files = {}
         for info in loras:  # PEFT's LoRA folder as trained: vLLM and PEFT both load it as it is
             rel = f"{LORA_DIR}/{info.config.canvas}"
@@ -94,8 +112,9 @@ def export_adapters(model_dir: str | Path, adapter_dirs: Sequence[str | Path],
     return out_dir
 
 
-def attach_soft_prompts(gen: GenFM, prompts: dict[str, torch.Tensor]
-                        ) -> tuple["TokenLayout", torch.nn.Module, dict[str, list[int]]]:
+def attach_soft_prompts(
+    gen: GenFM, prompts: dict[str, torch.Tensor]
+) -> tuple["TokenLayout", torch.nn.Module, dict[str, list[int]]]:
     """Append each canvas's soft prompt ((n, H) rows) to ``gen.model``'s embeddings, in place.
 
     Returns the extended layout, the model and canvas -> virtual token ids. Evaluation uses this too,
@@ -119,8 +138,9 @@ def attach_soft_prompts(gen: GenFM, prompts: dict[str, torch.Tensor]
     return layout, model, virtual
 
 
-def as_served(model_dir: str | Path, adapter: torch.nn.Module, canvas: str
-              ) -> tuple[torch.nn.Module, list[int]]:
+def as_served(
+    model_dir: str | Path, adapter: torch.nn.Module, canvas: str
+) -> tuple[torch.nn.Module, list[int]]:
     """A trained adapter as the server runs it, for judging: (model, prompt prefix). A soft prompt
     becomes virtual-token rows on a fresh copy of the base (prefix: their ids); a LoRA is merged
     into a copy of its weights (no prefix: vLLM applies the same low-rank update per request)."""
@@ -141,8 +161,9 @@ def virtual_token_ids(gen: GenFM) -> dict[str, list[int]]:
     if not path.is_file():
         raise ArtifactError(f"{gen.path} holds no soft prompts ({ADAPTERS_FILE} is missing)")
     mapping = read_json(path)
-    out = {c: [int(t) for t in m["virtual_token_ids"]] for c, m in mapping.items()
-           if "virtual_token_ids" in m}
+    out = {
+        c: [int(t) for t in m["virtual_token_ids"]] for c, m in mapping.items() if "virtual_token_ids" in m
+    }
     for c, ids in out.items():
         if [gen.layout.extra_id(virtual_token(c, j)) for j in range(len(ids))] != ids:
             raise ArtifactError(f"{path}: ids of canvas {c!r} disagree with the layout")
@@ -169,8 +190,7 @@ def adapter_configs(gen: GenFM) -> dict[str, "PromptTuningStageConfig"]:
     from prompt_tuning.config import PromptTuningStageConfig
 
     mapping = read_json(gen.path / ADAPTERS_FILE)
-    return {c: PromptTuningStageConfig.from_json(m["config"]) for c, m in mapping.items()
-            if "config" in m}
+    return {c: PromptTuningStageConfig.from_json(m["config"]) for c, m in mapping.items() if "config" in m}
 
 
 def with_soft_prompt(virtual: dict[str, list[int]], canvas: str, prompt: Sequence[int]) -> list[int]:

@@ -47,10 +47,17 @@ def candidate_index_for(gen, data, split, stage_config, config=None, title_tags:
     from prompt_tuning.canvases import CANVASES
 
     rules = [spec.holds_out_tag for spec in CANVASES.values() if spec.holds_out_tag is not None]
-    tags = data.title_tags(lambda tag, item: any(rule(stage_config, tag, item) for rule in rules)) \
-        if title_tags else None
-    return CandidateIndex(Path(gen.path) / IDS_SUBDIR, config=config,
-                          co_engagement=co_engagement_for(gen, data, split), tags=tags)
+    tags = (
+        data.title_tags(lambda tag, item: any(rule(stage_config, tag, item) for rule in rules))
+        if title_tags
+        else None
+    )
+    return CandidateIndex(
+        Path(gen.path) / IDS_SUBDIR,
+        config=config,
+        co_engagement=co_engagement_for(gen, data, split),
+        tags=tags,
+    )
 
 
 def model_split(gen, data_config):
@@ -72,13 +79,20 @@ def model_split(gen, data_config):
     if not isinstance(data_config, RecData):
         data = load_data(data_config)
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
-        raise ValueError(f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
-                         f"than {data.path}: canvas examples must come from the model's own split")
+        raise ValueError(
+            f"{gen.path} was trained on other data ({gen.manifest['data']['dataset']}) "
+            f"than {data.path}: canvas examples must come from the model's own split"
+        )
     return data, leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
 
 
-def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
-                 config: PromptTuningStageConfig, evaluate: bool = True) -> Path:
+def train_canvas(
+    model_dir: str | Path,
+    data_config,
+    out_dir: str | Path,
+    config: PromptTuningStageConfig,
+    evaluate: bool = True,
+) -> Path:
     from prompt_tuning.canvases import get_canvas
     from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
     from gen_fm.model import load_model
@@ -91,8 +105,11 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
     data, split, cd = canvas_setup(gen, data_config, config)
     encoder = gen.prompt_encoder()
     pairs = cd.training_pairs(encoder)
-    print(f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
-          f"({cd.info['train_kinds']})", flush=True)
+    print(
+        f"{config.canvas}: {len(pairs):,} training and {len(cd.test):,} held-out examples "
+        f"({cd.info['train_kinds']})",
+        flush=True,
+    )
     index = None
     # served inside its candidate sets: trained there, judged there (the index only when needed).
     # IDs without the text modality have no content neighbours: serving then decodes a title
@@ -101,13 +118,20 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
         if (gen.ids.manifest.get("config") or {}).get("text_weight", 0) > 0:
             index = candidate_index_for(gen, data, split, config)
         else:
-            print(f"{config.canvas}: these IDs have no text modality, so no candidate sets: trained "
-                  f"and judged over the whole catalog, as served", flush=True)
+            print(
+                f"{config.canvas}: these IDs have no text modality, so no candidate sets: trained "
+                f"and judged over the whole catalog, as served",
+                flush=True,
+            )
     allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)
-    training: dict[str, Any] = {"examples": cd.info, "train_seconds": round(time.perf_counter() - t0, 1),
-                                "in_candidates": allow is not None, "method": config.adapter_method}
+    training: dict[str, Any] = {
+        "examples": cd.info,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "in_candidates": allow is not None,
+        "method": config.adapter_method,
+    }
     if evaluate:
         base = load_model(model_dir)
         trie = PrefixTrie(base.ids.codes, encoder.layout)
@@ -118,10 +142,10 @@ def train_canvas(model_dir: str | Path, data_config, out_dir: str | Path,
         training["heldout"]["adapter"] = evaluate_variant(served, prefix=prefix, **common)
         held_allow = candidate_rows(cd, index)
         if held_allow is not None:  # as served: the answer chosen inside the context's titles
-            training["heldout"]["base_candidates"] = evaluate_variant(base.model, allow=held_allow,
-                                                                      **common)
+            training["heldout"]["base_candidates"] = evaluate_variant(base.model, allow=held_allow, **common)
             training["heldout"]["adapter_candidates"] = evaluate_variant(
-                served, prefix=prefix, allow=held_allow, **common)
+                served, prefix=prefix, allow=held_allow, **common
+            )
         for name, m in training["heldout"].items():
             print(f"  held-out {name:18s} R@10 {m['recall@10']:.4f}  N@10 {m['ndcg@10']:.4f}", flush=True)
     out = save_adapter(out_dir, model, gen, config, training=training)
@@ -143,12 +167,17 @@ def find_adapters(root: str | Path) -> list[dict[str, Any]]:
         if m.get("kind") != "prompt_adapter":
             continue
         held = m.get("training", {}).get("heldout", {})
-        rows.append({"path": str(manifest.parent), "canvas": m.get("canvas"),
-                     "base_model": m.get("parents", {}).get("gen_fm", "")[:12],
-                     "method": m.get("method", "soft_prompt"),
-                     "virtual_tokens": m.get("num_virtual_tokens"),
-                     "trainable_parameters": m.get("trainable_parameters"),
-                     "adapter_recall@10": held.get("adapter", {}).get("recall@10"),
-                     "base_recall@10": held.get("base", {}).get("recall@10"),
-                     "created": m.get("created")})
+        rows.append(
+            {
+                "path": str(manifest.parent),
+                "canvas": m.get("canvas"),
+                "base_model": m.get("parents", {}).get("gen_fm", "")[:12],
+                "method": m.get("method", "soft_prompt"),
+                "virtual_tokens": m.get("num_virtual_tokens"),
+                "trainable_parameters": m.get("trainable_parameters"),
+                "adapter_recall@10": held.get("adapter", {}).get("recall@10"),
+                "base_recall@10": held.get("base", {}).get("recall@10"),
+                "created": m.get("created"),
+            }
+        )
     return rows

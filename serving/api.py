@@ -50,15 +50,21 @@ def _valid_rules(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-RulesField = Annotated[dict[str, Any] | None, AfterValidator(_valid_rules),
-                       Field(description="business rules, see serving.rules (applied while decoding)")]
+RulesField = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(_valid_rules),
+    Field(description="business rules, see serving.rules (applied while decoding)"),
+]
 MAX_TEXT = 1000  # characters of a query or theme (the sentence encoder reads ~256 word pieces anyway)
-QueryField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
-                                         description="search canvas: the query text")]
-SourceField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
-                                          description="t2t canvas: the title id the row is about")]
-ThemeField = Annotated[str | None, Field(None, max_length=MAX_TEXT,
-                                         description="collection canvas: the theme (a category name)")]
+QueryField = Annotated[
+    str | None, Field(None, max_length=MAX_TEXT, description="search canvas: the query text")
+]
+SourceField = Annotated[
+    str | None, Field(None, max_length=MAX_TEXT, description="t2t canvas: the title id the row is about")
+]
+ThemeField = Annotated[
+    str | None, Field(None, max_length=MAX_TEXT, description="collection canvas: the theme (a category name)")
+]
 
 
 class _Body(BaseModel):
@@ -199,8 +205,9 @@ def parse_history(prompt: str, ids: SemanticIDs, layout: TokenLayout) -> list[st
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"prompt starts with '[' but is not a JSON list of title ids: {e}") from None
-        if not isinstance(items, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool)
-                                                  for i in items):
+        if not isinstance(items, list) or not all(
+            isinstance(i, (str, int)) and not isinstance(i, bool) for i in items
+        ):
             raise ValueError("a JSON prompt must be a list of title ids (strings or integers)")
         return [str(i) for i in items]
     if "<" in text or ">" in text:
@@ -210,8 +217,10 @@ def parse_history(prompt: str, ids: SemanticIDs, layout: TokenLayout) -> list[st
 
 def _titles_of_tokens(text: str, ids: SemanticIDs, layout: TokenLayout) -> list[str]:
     if not _ONLY_TOKENS.fullmatch(text):
-        raise ValueError("prompt mixes semantic-ID tokens with other text: send either title ids or "
-                         "only tokens such as <a_1><b_2>...")
+        raise ValueError(
+            "prompt mixes semantic-ID tokens with other text: send either title ids or "
+            "only tokens such as <a_1><b_2>..."
+        )
     vocab = {tok: i for i, tok in enumerate(layout.vocab())}
     L = layout.sid_length
     tokens = _TOKEN.findall(text)
@@ -219,15 +228,19 @@ def _titles_of_tokens(text: str, ids: SemanticIDs, layout: TokenLayout) -> list[
     for pos, tok in enumerate(tokens):
         level = layout.level_of(vocab[tok]) if tok in vocab else None
         if level is None:
-            raise ValueError(f"prompt token {pos} {tok!r} is not a semantic-ID code token (bos, member and "
-                             f"canvas tokens are added by the server)")
+            raise ValueError(
+                f"prompt token {pos} {tok!r} is not a semantic-ID code token (bos, member and "
+                f"canvas tokens are added by the server)"
+            )
         if level != pos % L:
-            raise ValueError(f"prompt token {pos} {tok!r} is a level-{level} code where a level-{pos % L} "
-                             f"code must come: every title is {L} tokens, one per level")
+            raise ValueError(
+                f"prompt token {pos} {tok!r} is a level-{level} code where a level-{pos % L} "
+                f"code must come: every title is {L} tokens, one per level"
+            )
     if len(tokens) % L:
         raise ValueError(f"prompt has {len(tokens)} code tokens, not a whole number of {L}-token IDs")
     for start in range(0, len(tokens), L):
-        sid_text = "".join(tokens[start:start + L])
+        sid_text = "".join(tokens[start : start + L])
         item = ids.item_for_sid(layout.parse_sid_string(sid_text))
         if item is None:
             raise ValueError(f"semantic ID {sid_text} (prompt title {start // L}) is no title of this model")

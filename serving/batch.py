@@ -61,14 +61,17 @@ class BatchConfig:
 
         spec = get_canvas(self.canvas)
         if spec.requires_context and not self.contexts:
-            raise ValueError(f"the {self.canvas} canvas needs contexts (--context): one list is made "
-                             f"per member and {spec.context_field}")
+            raise ValueError(
+                f"the {self.canvas} canvas needs contexts (--context): one list is made "
+                f"per member and {spec.context_field}"
+            )
         if not spec.requires_context and self.contexts:
             raise ValueError(f"the {self.canvas} canvas takes no contexts, got {list(self.contexts)}")
 
 
-def member_histories(data, ids, seq_config, max_users: int | None = None
-                     ) -> tuple[list[str], list[list[str]]]:
+def member_histories(
+    data, ids, seq_config, max_users: int | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Every member's events as title ids, oldest first (the whole history; prompts keep the tail)."""
     from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
     from core.sequences import build_sequences
@@ -108,26 +111,34 @@ def _plan(model_dir: str | Path, ids, seq_config, data, config: BatchConfig, out
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     users, hists = member_histories(data, ids, seq_config, config.max_users)
-    job = {"model": str(model_dir), "model_manifest": manifest_hash(model_dir),
-           "data_fingerprint": data.fingerprint, "dataset": data.name, "config": asdict(config)}
+    job = {
+        "model": str(model_dir),
+        "model_manifest": manifest_hash(model_dir),
+        "data_fingerprint": data.fingerprint,
+        "dataset": data.name,
+        "config": asdict(config),
+    }
     job_path = out / _JOB_FILE
     if job_path.is_file():
         before = json.loads(job_path.read_text())
         if before != json.loads(json.dumps(job)):
-            raise ValueError(f"{out} holds shards of another batch job (model, data or settings "
-                             f"differ): use a new --out, or delete it to start over")
+            raise ValueError(
+                f"{out} holds shards of another batch job (model, data or settings "
+                f"differ): use a new --out, or delete it to start over"
+            )
     elif any(out.glob("part-*.parquet")):
         raise ValueError(f"{out} holds Parquet shards of an unknown job: use a new --out")
     else:
         write_json(job_path, job)
     contexts: Sequence[str | None] = config.contexts or (None,)
     pairs = [(u, h, c) for c in contexts for u, h in zip(users, hists)]
-    shards = [pairs[i:i + config.shard_size] for i in range(0, len(pairs), config.shard_size)]
+    shards = [pairs[i : i + config.shard_size] for i in range(0, len(pairs), config.shard_size)]
     return _Plan(out, job, len(users), pairs, shards)
 
 
-def write_shard(rec, config: BatchConfig, shard: Sequence[tuple[str, list[str], str | None]],
-                path: Path) -> tuple[int, int]:
+def write_shard(
+    rec, config: BatchConfig, shard: Sequence[tuple[str, list[str], str | None]], path: Path
+) -> tuple[int, int]:
     """Decode one shard's lists with ``rec`` and write them atomically; (rows, short lists)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -136,14 +147,30 @@ def write_shard(rec, config: BatchConfig, shard: Sequence[tuple[str, list[str], 
     from serving.recommender import RecommendationRequest
 
     field_name = get_canvas(config.canvas).context_field if config.contexts else None
-    reqs = [RecommendationRequest(history=list(h), canvas=config.canvas, k=config.k, user_id=u,
-                                  exclude_history=config.exclude_history, rules=config.rules,
-                                  **({field_name: c} if field_name else {}))
-            for u, h, c in shard]
+    reqs = [
+        RecommendationRequest(
+            history=list(h),
+            canvas=config.canvas,
+            k=config.k,
+            user_id=u,
+            exclude_history=config.exclude_history,
+            rules=config.rules,
+            **({field_name: c} if field_name else {}),
+        )
+        for u, h, c in shard
+    ]
     results = rec.recommend_batch(reqs)
-    schema = pa.schema([("user_id", pa.string()), ("context", pa.string()), ("rank", pa.int16()),
-                        ("item_id", pa.string()), ("title", pa.string()), ("score", pa.float32()),
-                        ("semantic_id", pa.string())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("context", pa.string()),
+            ("rank", pa.int16()),
+            ("item_id", pa.string()),
+            ("title", pa.string()),
+            ("score", pa.float32()),
+            ("semantic_id", pa.string()),
+        ]
+    )
     cols: dict[str, list] = {name: [] for name in schema.names}
     short = 0
     for (u, _, c), res in zip(shard, results):
@@ -163,16 +190,35 @@ def write_shard(rec, config: BatchConfig, shard: Sequence[tuple[str, list[str], 
     return table.num_rows, short
 
 
-def _finish(plan: _Plan, config: BatchConfig, t0: float, done_now: int, rows: int, short: int,
-            resumed: int, backend: str, engine: dict[str, Any]) -> dict[str, Any]:
+def _finish(
+    plan: _Plan,
+    config: BatchConfig,
+    t0: float,
+    done_now: int,
+    rows: int,
+    short: int,
+    resumed: int,
+    backend: str,
+    engine: dict[str, Any],
+) -> dict[str, Any]:
     from core.artifacts import write_json
 
     seconds = time.perf_counter() - t0
-    manifest = {**plan.job, "kind": "batch_lists", "members": plan.members,
-                "contexts": list(config.contexts), "lists": len(plan.pairs), "rows": rows,
-                "shards": len(plan.shards), "shards_resumed": resumed, "short_lists_this_run": short,
-                "backend": backend, "engine": engine, "seconds": round(seconds, 2),
-                "lists_per_second": round(done_now / seconds, 2) if done_now and seconds > 0 else None}
+    manifest = {
+        **plan.job,
+        "kind": "batch_lists",
+        "members": plan.members,
+        "contexts": list(config.contexts),
+        "lists": len(plan.pairs),
+        "rows": rows,
+        "shards": len(plan.shards),
+        "shards_resumed": resumed,
+        "short_lists_this_run": short,
+        "backend": backend,
+        "engine": engine,
+        "seconds": round(seconds, 2),
+        "lists_per_second": round(done_now / seconds, 2) if done_now and seconds > 0 else None,
+    }
     write_json(plan.out / BATCH_MANIFEST, manifest)
     return manifest
 
@@ -190,8 +236,7 @@ def _resumed_rows(plan: _Plan) -> tuple[list[int], int]:
     return todo, rows
 
 
-def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: bool = True
-              ) -> dict[str, Any]:
+def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Write the lists of ``config`` for every member of ``data`` with ``rec`` (a ``Recommender``),
     one shard after another in this process."""
     from tqdm.auto import tqdm
@@ -207,12 +252,28 @@ def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: boo
         rows, short, done_now = rows + n, short + sh, done_now + len(plan.shards[s])
         bar.update(len(plan.shards[s]))
     bar.close()
-    return _finish(plan, config, t0, done_now, rows, short, len(plan.shards) - len(todo),
-                   rec.config.backend, {"name": "local"})
+    return _finish(
+        plan,
+        config,
+        t0,
+        done_now,
+        rows,
+        short,
+        len(plan.shards) - len(todo),
+        rec.config.backend,
+        {"name": "local"},
+    )
 
 
-def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: BatchConfig,
-                  out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def run_batch_ray(
+    model_dir: str | Path,
+    serving: dict[str, Any],
+    data,
+    config: BatchConfig,
+    out_dir: str | Path,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The same job as ``run_batch`` as a Ray Data pipeline: the shards still to write are a
     dataset, mapped by ``workers`` actors that each hold one ``Recommender`` (built from
     ``model_dir`` and the ``serving`` keyword arguments of ``Recommender.from_pretrained``) and
@@ -257,8 +318,12 @@ def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: 
                 out: dict[str, list] = {"shard": [], "rows": [], "short": [], "lists": []}
                 for s in batch["shard"].tolist():
                     n, sh = write_shard(self.rec, config, self.shards[s], shard_path(folder, s))
-                    for key, value in (("shard", s), ("rows", n), ("short", sh),
-                                       ("lists", len(self.shards[s]))):
+                    for key, value in (
+                        ("shard", s),
+                        ("rows", n),
+                        ("short", sh),
+                        ("lists", len(self.shards[s])),
+                    ):
                         out[key].append(value)
                 return out
 
@@ -268,9 +333,17 @@ def run_batch_ray(model_dir: str | Path, serving: dict[str, Any], data, config: 
         rows += sum(d["rows"] for d in done)
         short = sum(d["short"] for d in done)
         done_now = sum(d["lists"] for d in done)
-    return _finish(plan, config, t0, done_now, rows, short, len(plan.shards) - len(todo),
-                   serving.get("backend", "vllm"), {"name": "ray", "workers": workers,
-                                                    "ray": ray.__version__})
+    return _finish(
+        plan,
+        config,
+        t0,
+        done_now,
+        rows,
+        short,
+        len(plan.shards) - len(todo),
+        serving.get("backend", "vllm"),
+        {"name": "ray", "workers": workers, "ray": ray.__version__},
+    )
 
 
 def read_lists(out_dir: str | Path):
@@ -283,5 +356,12 @@ def read_lists(out_dir: str | Path):
     return pq.ParquetDataset([str(f) for f in files]).read()
 
 
-__all__ = ["BATCH_MANIFEST", "BatchConfig", "member_histories", "read_lists", "run_batch",
-           "run_batch_ray", "write_shard"]
+__all__ = [
+    "BATCH_MANIFEST",
+    "BatchConfig",
+    "member_histories",
+    "read_lists",
+    "run_batch",
+    "run_batch_ray",
+    "write_shard",
+]

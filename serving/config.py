@@ -13,10 +13,20 @@ from typing import Any
 BACKENDS = ("vllm", "transformers")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # vllm.LLM arguments the beam loop depends on: set from the fields below, never through vllm_kwargs.
-_RESERVED_VLLM_KWARGS = frozenset({
-    "model", "tokenizer", "dtype", "block_size", "enable_prefix_caching", "logprobs_mode",
-    "max_logprobs", "enforce_eager", "kv_cache_memory_bytes", "gpu_memory_utilization",
-})
+_RESERVED_VLLM_KWARGS = frozenset(
+    {
+        "model",
+        "tokenizer",
+        "dtype",
+        "block_size",
+        "enable_prefix_caching",
+        "logprobs_mode",
+        "max_logprobs",
+        "enforce_eager",
+        "kv_cache_memory_bytes",
+        "gpu_memory_utilization",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -93,15 +103,23 @@ class ServingConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for name in ("num_beams", "max_k", "max_batch", "diversity_widen", "search_candidates",
-                     "theme_candidates", "source_candidates"):
+        for name in (
+            "num_beams",
+            "max_k",
+            "max_batch",
+            "diversity_widen",
+            "search_candidates",
+            "theme_candidates",
+            "source_candidates",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
         if (self.fusion_k or 0) < 0 or (self.fusion_weight or 0) < 0:
-            raise ValueError(f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, "
-                             f"{self.fusion_weight}")
+            raise ValueError(
+                f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"
+            )
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

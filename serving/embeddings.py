@@ -31,8 +31,9 @@ POOLINGS = ("last", "mean")
 class ModelEmbeddings:
     """Hidden-state embeddings of one model folder (see the module doc)."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 256,
-                 pooling: str = "last") -> None:
+    def __init__(
+        self, model_dir: str | Path, device: str = "cpu", batch_size: int = 256, pooling: str = "last"
+    ) -> None:
         import torch
 
         from gen_fm.model import check_device, load_model
@@ -59,7 +60,7 @@ class ModelEmbeddings:
                 raise KeyError(f"history {i}: unknown title id(s) {missing[:5]}")
             if not hist:
                 raise ValueError(f"history {i} is empty: a member embedding needs at least one title")
-            rows = np.asarray([self.ids.index_of(t) for t in hist][-self.max_history:], dtype=np.int64)
+            rows = np.asarray([self.ids.index_of(t) for t in hist][-self.max_history :], dtype=np.int64)
             prompts.append(self.encoder.encode(rows, canvas="home"))
         return self._last_states(prompts)
 
@@ -76,21 +77,23 @@ class ModelEmbeddings:
         out = np.zeros((len(prompts), self.dim), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
-                ids, mask = left_pad(prompts[start:start + self.batch_size], self.device)  # (B, T)
+                ids, mask = left_pad(prompts[start : start + self.batch_size], self.device)  # (B, T)
                 pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
-                h = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                               output_hidden_states=True).hidden_states[-1]  # (B, T, H), normed
+                h = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True
+                ).hidden_states[-1]  # (B, T, H), normed
                 if self.pooling == "last":
                     v = h[:, -1]
                 else:
                     m = mask.unsqueeze(-1).to(h.dtype)
                     v = (h * m).sum(1) / m.sum(1).clamp(min=1)
-                out[start:start + len(ids)] = v.float().cpu().numpy()
+                out[start : start + len(ids)] = v.float().cpu().numpy()
         return out
 
 
-def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories: dict[str, list],
-                 workers: int) -> dict[str, np.ndarray]:
+def _ray_vectors(
+    model_dir: str | Path, device: str, batch_size: int, histories: dict[str, list], workers: int
+) -> dict[str, np.ndarray]:
     """The vectors of each named list of histories, computed as a Ray Data pipeline: blocks of
     whole batches (so every batch is the one the local loop forms: the same vectors) mapped by
     `workers` actors that each hold a ``ModelEmbeddings``."""
@@ -117,7 +120,7 @@ def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories:
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
             out: dict[str, list] = {"name": [], "start": [], "vectors": []}
             for name, start in zip(batch["name"].tolist(), batch["start"].tolist()):
-                vecs = self.emb.members(self.histories[name][start:start + block])
+                vecs = self.emb.members(self.histories[name][start : start + block])
                 out["name"].append(name)
                 out["start"].append(start)
                 out["vectors"].append(vecs.tobytes())
@@ -133,9 +136,16 @@ def _ray_vectors(model_dir: str | Path, device: str, batch_size: int, histories:
     return out
 
 
-def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: str = "cpu",
-                      batch_size: int = 256, max_users: int | None = None, engine: str = "local",
-                      workers: int = 1) -> dict[str, Any]:
+def export_embeddings(
+    model_dir: str | Path,
+    data,
+    out_dir: str | Path,
+    device: str = "cpu",
+    batch_size: int = 256,
+    max_users: int | None = None,
+    engine: str = "local",
+    workers: int = 1,
+) -> dict[str, Any]:
     """Every member's and title's embedding to Parquet, plus a faiss index over the titles.
 
     ``engine="ray"`` computes the vectors as a Ray Data pipeline of ``workers`` actors (a local
@@ -155,8 +165,13 @@ def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: 
     emb = ModelEmbeddings(model_dir, device, batch_size)
     users, hists = member_histories(data, emb.ids, emb.gen.seq_config, max_users)
     if engine == "ray":
-        vecs = _ray_vectors(model_dir, device, batch_size,
-                            {"members": hists, "titles": [[t] for t in emb.ids.item_ids]}, workers)
+        vecs = _ray_vectors(
+            model_dir,
+            device,
+            batch_size,
+            {"members": hists, "titles": [[t] for t in emb.ids.item_ids]},
+            workers,
+        )
         members, titles = vecs["members"], vecs["titles"]
     else:
         members = emb.members(hists)
@@ -165,24 +180,42 @@ def export_embeddings(model_dir: str | Path, data, out_dir: str | Path, device: 
     unit = titles / np.maximum(np.linalg.norm(titles, axis=1, keepdims=True), 1e-12)
     index = faiss.IndexFlatIP(unit.shape[1])
     index.add(unit.astype(np.float32))
-    manifest = {"kind": "embeddings", "model": str(model_dir), "model_manifest": manifest_hash(model_dir),
-                "dataset": data.name, "data_fingerprint": data.fingerprint, "dim": emb.dim,
-                "members": len(users), "titles": len(titles), "seconds": round(seconds, 2),
-                "engine": {"name": engine, **({"workers": workers} if engine == "ray" else {})},
-                "member_vector": "last hidden state (final norm) of the home prompt of the latest "
-                                 f"{emb.max_history} titles",
-                "title_vector": "the same for a one-title history",
-                "faiss_index": "titles.faiss: IndexFlatIP over unit-normalised title vectors"}
+    manifest = {
+        "kind": "embeddings",
+        "model": str(model_dir),
+        "model_manifest": manifest_hash(model_dir),
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint,
+        "dim": emb.dim,
+        "members": len(users),
+        "titles": len(titles),
+        "seconds": round(seconds, 2),
+        "engine": {"name": engine, **({"workers": workers} if engine == "ray" else {})},
+        "member_vector": "last hidden state (final norm) of the home prompt of the latest "
+        f"{emb.max_history} titles",
+        "title_vector": "the same for a one-title history",
+        "faiss_index": "titles.faiss: IndexFlatIP over unit-normalised title vectors",
+    }
     with atomic_dir(out_dir) as stage:
-        pq.write_table(pa.table({"user_id": pa.array(users, pa.string()),
-                                 "embedding": pa.FixedSizeListArray.from_arrays(
-                                     pa.array(members.reshape(-1)), emb.dim)}),
-                       stage / "members.parquet")
-        pq.write_table(pa.table({"item_id": pa.array(list(emb.ids.item_ids), pa.string()),
-                                 "title": pa.array(list(emb.ids.titles or [None] * len(titles)), pa.string()),
-                                 "embedding": pa.FixedSizeListArray.from_arrays(
-                                     pa.array(titles.reshape(-1)), emb.dim)}),
-                       stage / "titles.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": pa.array(users, pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(members.reshape(-1)), emb.dim),
+                }
+            ),
+            stage / "members.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "item_id": pa.array(list(emb.ids.item_ids), pa.string()),
+                    "title": pa.array(list(emb.ids.titles or [None] * len(titles)), pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(titles.reshape(-1)), emb.dim),
+                }
+            ),
+            stage / "titles.parquet",
+        )
         faiss.write_index(index, str(stage / "titles.faiss"))
         write_json(stage / EMBEDDINGS_MANIFEST, manifest)
     return manifest

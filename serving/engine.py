@@ -76,11 +76,15 @@ def on_cpu_platform() -> bool:
 def engine_kwargs(config: ServingConfig, cpu: bool) -> dict[str, Any]:
     """Arguments for ``vllm.LLM``: the settings the beam loop relies on plus the config's sizing."""
     kwargs: dict[str, Any] = dict(
-        model=config.model_dir, tokenizer=config.model_dir, dtype=config.dtype,
-        block_size=config.block_size, enable_prefix_caching=True,
+        model=config.model_dir,
+        tokenizer=config.model_dir,
+        dtype=config.dtype,
+        block_size=config.block_size,
+        enable_prefix_caching=True,
         logprobs_mode="processed_logprobs",  # log-probs after the allowed-token mask
         max_logprobs=max(config.max_beams, 20),  # 20 = vLLM's default
-        enforce_eager=config.enforce_eager, seed=0,
+        enforce_eager=config.enforce_eager,
+        seed=0,
     )
     if config.kv_cache_gib is not None:
         kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * (1 << 30))
@@ -104,16 +108,18 @@ class VLLMBeamSearch:
     Build it inside ``if __name__ == "__main__":`` in scripts: vLLM starts its workers with spawn.
     """
 
-    def __init__(self, config: ServingConfig, trie: PrefixTrie,
-                 loras: Mapping[str, tuple[Path, int]] | None = None) -> None:
+    def __init__(
+        self, config: ServingConfig, trie: PrefixTrie, loras: Mapping[str, tuple[Path, int]] | None = None
+    ) -> None:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
         cpu = on_cpu_platform()
         if cpu:
             if config.block_size % 32:
-                raise ValueError(f"vLLM on CPU needs a block_size that is a multiple of 32, "
-                                 f"got {config.block_size}")
+                raise ValueError(
+                    f"vLLM on CPU needs a block_size that is a multiple of 32, got {config.block_size}"
+                )
             if config.kv_cache_gib is None:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM takes 92% of RAM
         if not Path(config.model_dir, "config.json").is_file():
@@ -125,11 +131,16 @@ class VLLMBeamSearch:
         loras = dict(loras or {})
         # canvas -> its LoRA, applied per request by vLLM (notes/vllm.md: works with our beam loop;
         # on CPU it turns torch.compile off and serialises different adapters)
-        self.loras = {c: LoRARequest(lora_name=c, lora_int_id=i + 1, lora_path=str(path))
-                      for i, (c, (path, _)) in enumerate(sorted(loras.items()))}
+        self.loras = {
+            c: LoRARequest(lora_name=c, lora_int_id=i + 1, lora_path=str(path))
+            for i, (c, (path, _)) in enumerate(sorted(loras.items()))
+        }
         if loras:
-            kwargs.update(enable_lora=True, max_loras=len(loras),
-                          max_lora_rank=_lora_rank_slot(max(r for _, r in loras.values())))
+            kwargs.update(
+                enable_lora=True,
+                max_loras=len(loras),
+                max_lora_rank=_lora_rank_slot(max(r for _, r in loras.values())),
+            )
         self.max_logprobs: int = kwargs["max_logprobs"]  # widest exact beam this engine can run
         self.llm = LLM(**kwargs)
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
@@ -138,9 +149,14 @@ class VLLMBeamSearch:
         self.last_steps: list[StepStats] = []  # steps of the latest `search` call
 
     # ------------------------------------------------------------------ public
-    def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None = None, lora: str | None = None
-               ) -> list[Recommendations]:
+    def search(
+        self,
+        prompts: Sequence[Sequence[int]],
+        k: int,
+        num_beams: int,
+        views: Sequence[Restriction | None] | None = None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
         """Top-``k`` titles per prompt; ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists);
         ``lora``: the canvas whose LoRA scores every prompt (None: the base weights).
 
@@ -151,8 +167,10 @@ class VLLMBeamSearch:
         if num_beams < k:
             raise ValueError(f"num_beams ({num_beams}) must be >= k ({k})")
         if num_beams > self.max_logprobs:
-            raise ValueError(f"num_beams {num_beams} exceeds the engine's max_logprobs "
-                             f"{self.max_logprobs} (raise ServingConfig.max_k or num_beams)")
+            raise ValueError(
+                f"num_beams {num_beams} exceeds the engine's max_logprobs "
+                f"{self.max_logprobs} (raise ServingConfig.max_k or num_beams)"
+            )
         if views is not None and len(views) != len(prompts):
             raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
         if any(len(p) == 0 for p in prompts):
@@ -164,13 +182,15 @@ class VLLMBeamSearch:
         out: list[Recommendations] = []
         step = self.config.max_batch
         for start in range(0, len(prompts), step):
-            chunk_views = None if views is None else list(views[start:start + step])
-            out += self._search_batch([list(map(int, p)) for p in prompts[start:start + step]],
-                                      k, num_beams, chunk_views, request)
+            chunk_views = None if views is None else list(views[start : start + step])
+            out += self._search_batch(
+                [list(map(int, p)) for p in prompts[start : start + step]], k, num_beams, chunk_views, request
+            )
         return out
 
-    def builtin_beam_search(self, prompts: Sequence[Sequence[int]], num_beams: int,
-                            max_tokens: int) -> list[list[list[int]]]:
+    def builtin_beam_search(
+        self, prompts: Sequence[Sequence[int]], num_beams: int, max_tokens: int
+    ) -> list[list[list[int]]]:
         """vLLM's own ``LLM.beam_search`` without any constraint (the benchmark's reference): per
         prompt, its beams' generated token ids, best first. The prefix cache is reset first, so a
         constrained run on the same prompts does not make this one look faster."""
@@ -179,9 +199,11 @@ class VLLMBeamSearch:
 
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
-        outs = self.llm.beam_search([TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
-                                    BeamSearchParams(beam_width=num_beams, max_tokens=max_tokens))
-        return [[list(seq.tokens[len(p):]) for seq in out.sequences] for p, out in zip(prompts, outs)]
+        outs = self.llm.beam_search(
+            [TokensPrompt(prompt_token_ids=list(map(int, p))) for p in prompts],
+            BeamSearchParams(beam_width=num_beams, max_tokens=max_tokens),
+        )
+        return [[list(seq.tokens[len(p) :]) for seq in out.sequences] for p, out in zip(prompts, outs)]
 
     def failure(self) -> str | None:
         """Why this engine cannot answer any more (closed, or its core process died), or None."""
@@ -207,8 +229,14 @@ class VLLMBeamSearch:
         self.close()
 
     # ------------------------------------------------------------------ beam loop
-    def _search_batch(self, prompts: list[list[int]], k: int, B: int,
-                      views: list[Restriction | None] | None, lora: Any = None) -> list[Recommendations]:
+    def _search_batch(
+        self,
+        prompts: list[list[int]],
+        k: int,
+        B: int,
+        views: list[Restriction | None] | None,
+        lora: Any = None,
+    ) -> list[Recommendations]:
         R, L = len(prompts), self.trie.sid_length
         rr = self.trie.row_restrictions(views if views is not None else [None] * R, repeat=B)
         # beams[r]: (score, token path) of request r's live beams, best first
@@ -228,12 +256,14 @@ class VLLMBeamSearch:
                 cands[r] += [(score + lp, path + (tok,)) for tok, lp in scored]
             # keep the best B per request; ties by token path so runs are reproducible
             beams = [sorted(c, key=lambda b: (-b[0], b[1]))[:B] for c in cands]
-            self.last_steps.append(StepStats(depth, sum(len(c) for c in children), len(pending),
-                                             time.perf_counter() - t0))
+            self.last_steps.append(
+                StepStats(depth, sum(len(c) for c in children), len(pending), time.perf_counter() - t0)
+            )
         return [self._finish(beams[r], k, None if views is None else views[r]) for r in range(R)]
 
-    def _children(self, beams: list[list[tuple[float, tuple[int, ...]]]], depth: int, B: int,
-                  rr: RowRestrictions) -> list[list[np.ndarray]]:
+    def _children(
+        self, beams: list[list[tuple[float, tuple[int, ...]]]], depth: int, B: int, rr: RowRestrictions
+    ) -> list[list[np.ndarray]]:
         """Allowed next tokens of every live beam, from one batched trie query over all requests.
 
         ``allowed_mask`` wants ``B`` rows per request (row r belongs to request r // B), so requests
@@ -246,11 +276,18 @@ class VLLMBeamSearch:
         prefixes = torch.tensor(rows, dtype=torch.long).reshape(len(rows), depth)  # (R * B, depth)
         with _one_thread():
             mask = self.trie.allowed_mask(prefixes, self.trie.stride, rr).numpy()  # (R * B, stride)
-        return [[np.flatnonzero(mask[r * B + j]) for j in range(len(request_beams))]
-                for r, request_beams in enumerate(beams)]
+        return [
+            [np.flatnonzero(mask[r * B + j]) for j in range(len(request_beams))]
+            for r, request_beams in enumerate(beams)
+        ]
 
-    def _score(self, prompts: list[list[int]], pending: list[tuple[int, float, tuple[int, ...], np.ndarray]],
-               B: int, lora: Any = None) -> list[list[tuple[int, float]]]:
+    def _score(
+        self,
+        prompts: list[list[int]],
+        pending: list[tuple[int, float, tuple[int, ...], np.ndarray]],
+        B: int,
+        lora: Any = None,
+    ) -> list[list[tuple[int, float]]]:
         """One engine call: the top ``min(B, #allowed)`` renormalised log-probs of every pending beam."""
         if not pending:
             return []
@@ -259,10 +296,16 @@ class VLLMBeamSearch:
         requests, params = [], []
         for r, _, path, allowed in pending:
             requests.append(TokensPrompt(prompt_token_ids=prompts[r] + list(path)))
-            params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
-                                         allowed_token_ids=allowed.tolist(),
-                                         logprobs=min(B, len(allowed)),
-                                         skip_clone=True))  # used once: no deep copy per beam
+            params.append(
+                SamplingParams(
+                    max_tokens=1,
+                    temperature=0.0,
+                    detokenize=False,
+                    allowed_token_ids=allowed.tolist(),
+                    logprobs=min(B, len(allowed)),
+                    skip_clone=True,
+                )
+            )  # used once: no deep copy per beam
         outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=lora)
         scored = []
         for (r, _, path, allowed), out in zip(pending, outputs):
@@ -271,18 +314,23 @@ class VLLMBeamSearch:
             permitted = set(allowed.tolist())
             bad = [t for t, _ in got if t not in permitted]
             if bad:
-                raise RuntimeError(f"vLLM returned tokens {bad} outside the allowed set after "
-                                   f"prefix {path}: the allowed_token_ids mask was not applied")
+                raise RuntimeError(
+                    f"vLLM returned tokens {bad} outside the allowed set after "
+                    f"prefix {path}: the allowed_token_ids mask was not applied"
+                )
             if len(got) == len(allowed):  # every child came back: their probabilities must sum to 1
                 total = float(np.logaddexp.reduce([lp for _, lp in got]))
                 if abs(total) > _RENORM_TOLERANCE:
-                    raise RuntimeError(f"allowed-token log-probs sum to exp({total:.4f}), not 1: the "
-                                       f"engine is not running with logprobs_mode=processed_logprobs")
+                    raise RuntimeError(
+                        f"allowed-token log-probs sum to exp({total:.4f}), not 1: the "
+                        f"engine is not running with logprobs_mode=processed_logprobs"
+                    )
             scored.append(got)
         return scored
 
-    def _finish(self, beams: list[tuple[float, tuple[int, ...]]], k: int,
-                view: Restriction | None) -> Recommendations:
+    def _finish(
+        self, beams: list[tuple[float, tuple[int, ...]]], k: int, view: Restriction | None
+    ) -> Recommendations:
         """Full paths -> item rows, best first, ties by item row (as ``gen_fm.decode``)."""
         cands = []
         for score, path in beams:
@@ -293,5 +341,9 @@ class VLLMBeamSearch:
         cands.sort(key=lambda c: (-c[0], c[1]))
         cands = cands[:k]
         layout = self.trie.layout
-        return Recommendations(rows=[c[1] for c in cands], sids=[layout.ids_to_sid(c[2]) for c in cands],
-                               scores=[c[0] for c in cands], num_invalid=0)
+        return Recommendations(
+            rows=[c[1] for c in cands],
+            sids=[layout.ids_to_sid(c[2]) for c in cands],
+            scores=[c[0] for c in cands],
+            num_invalid=0,
+        )

@@ -17,10 +17,23 @@ from fastapi.responses import JSONResponse
 from serving.api import ErrorResponse
 from serving.worker import Metrics
 
-ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/recommendations", "/health", "/health/live",
-              "/health/ready", "/metrics")
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                413: "request_too_large", 422: "invalid_request_error", 503: "overloaded_error"}
+ENDPOINTS = (
+    "/v1/models",
+    "/v1/completions",
+    "/v1/recommendations",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+)
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    503: "overloaded_error",
+}
 
 
 @dataclass(frozen=True)
@@ -40,9 +53,17 @@ class ServerSettings:
             raise ValueError("api_key must not be empty (use None for no key)")
 
 
-def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error={"message": message, "type": ERROR_TYPES.get(status, "server_error"),
-                                "param": param, "code": status})
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    body = ErrorResponse(
+        error={
+            "message": message,
+            "type": ERROR_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": status,
+        }
+    )
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -100,12 +121,17 @@ class Guard:
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
             return None
-        return error_response(401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
-                      headers={"WWW-Authenticate": "Bearer"})
+        return error_response(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes, JSONResponse | None]:
         limit = self.settings.max_body_bytes
-        too_big = error_response(413, f"request body exceeds the {limit}-byte limit (ServerSettings.max_body_bytes)")
+        too_big = error_response(
+            413, f"request body exceeds the {limit}-byte limit (ServerSettings.max_body_bytes)"
+        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():

@@ -57,15 +57,21 @@ class EngineState:
         return self.status == "ready"
 
     def unavailable(self) -> EngineUnavailable:
-        why = {"loading": "the engine is still loading; retry shortly",
-               "draining": "the server is shutting down",
-               "dead": f"the engine is gone ({self.reason}); the server is restarting",
-               "failed": f"the engine failed to load ({self.reason})"}.get(self.status, self.status)
+        why = {
+            "loading": "the engine is still loading; retry shortly",
+            "draining": "the server is shutting down",
+            "dead": f"the engine is gone ({self.reason}); the server is restarting",
+            "failed": f"the engine failed to load ({self.reason})",
+        }.get(self.status, self.status)
         return EngineUnavailable(why)
 
 
-async def watch_engine(failure: Callable[[], str | None], state: EngineState,
-                       on_death: Callable[[str], None], every: float = WATCH_SECONDS) -> None:
+async def watch_engine(
+    failure: Callable[[], str | None],
+    state: EngineState,
+    on_death: Callable[[str], None],
+    every: float = WATCH_SECONDS,
+) -> None:
     """Poll the engine; on its death mark the state dead and call `on_death` (which stops the server)."""
     while True:
         await asyncio.sleep(every)
@@ -74,8 +80,9 @@ async def watch_engine(failure: Callable[[], str | None], state: EngineState,
         reason = failure()
         if reason is not None:
             state.set("dead", reason)
-            log.error("engine died: %s; stopping the server (exit code 1) for the supervisor to restart it",
-                      reason)
+            log.error(
+                "engine died: %s; stopping the server (exit code 1) for the supervisor to restart it", reason
+            )
             on_death(reason)
             return
 

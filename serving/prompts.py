@@ -107,8 +107,13 @@ class _MemoryTextEncoder:
                 from sentence_transformers import SentenceTransformer
 
                 self._model = SentenceTransformer(self.model_path, device="cpu")
-            vecs = self._model.encode(missing, batch_size=self.batch_size, show_progress_bar=False,
-                                      convert_to_numpy=True, normalize_embeddings=False)  # (M, d)
+            vecs = self._model.encode(
+                missing,
+                batch_size=self.batch_size,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+            )  # (M, d)
             for t, v in zip(missing, vecs.astype(np.float32)):
                 self._cache[t] = v
         for t in texts:
@@ -139,16 +144,19 @@ class CanvasPrompts:
             self.loras = lora_adapters(gen)
             unknown = sorted((set(self.virtual) | set(self.loras)) - set(canvas_names()))
             if unknown:
-                raise ValueError(f"{self.model_dir} holds soft prompts of canvases {unknown} that are not "
-                                 f"registered here ({list(canvas_names())}): register their CanvasSpec "
-                                 f"(prompt_tuning.canvases.register) before loading the folder")
+                raise ValueError(
+                    f"{self.model_dir} holds soft prompts of canvases {unknown} that are not "
+                    f"registered here ({list(canvas_names())}): register their CanvasSpec "
+                    f"(prompt_tuning.canvases.register) before loading the folder"
+                )
             self.configs = adapter_configs(gen)
         self.ids_dir = self.model_dir / IDS_SUBDIR  # the folder's copy of the ID artifact
         self.text_problem = self._text_problem()  # why text contexts cannot be encoded, or None
         needs_text = sorted(c for c in self.adapted if get_canvas(c).context_kind == "text")
         if needs_text and self.text_problem:
-            raise ValueError(f"{self.model_dir}: the {needs_text} soft prompt(s) take text, but "
-                             f"{self.text_problem}")
+            raise ValueError(
+                f"{self.model_dir}: the {needs_text} soft prompt(s) take text, but {self.text_problem}"
+            )
         self._queries: dict[tuple[str, int], Any] = {}
         self._text: _MemoryTextEncoder | None = None
         # prompt_tuning.candidates.CandidateConfig, or None: contexts do not restrict the titles
@@ -180,8 +188,15 @@ class CanvasPrompts:
         if self.candidate_config is not None and not self.text_problem:
             self.candidate_index()
 
-    def build(self, canvas: str, history: Sequence[int], user_id: str | None, query: Any = None,
-              source: Any = None, theme: Any = None) -> CanvasPrompt:
+    def build(
+        self,
+        canvas: str,
+        history: Sequence[int],
+        user_id: str | None,
+        query: Any = None,
+        source: Any = None,
+        theme: Any = None,
+    ) -> CanvasPrompt:
         """The prompt of one request; ``history`` holds ID-map rows, oldest first."""
         spec = get_canvas(canvas)
         given = {f: v for f, v in (("query", query), ("source", source), ("theme", theme)) if v is not None}
@@ -197,13 +212,18 @@ class CanvasPrompts:
         context, rows, member, source_row, candidates = None, list(history), user_id, None, None
         if value is None and spec.missing_context == "last_title" and (rows or adapter):
             if not rows:
-                raise RequestError(f"the {canvas} canvas needs a source title ({field}), or a history "
-                                   f"whose last title is taken as the source", field)
+                raise RequestError(
+                    f"the {canvas} canvas needs a source title ({field}), or a history "
+                    f"whose last title is taken as the source",
+                    field,
+                )
             value = self.ids.item_ids[rows[-1]]
             warnings.append(f"no {field} given: the last history title {value!r} is the source")
         if value is None and adapter and field is not None:
-            raise RequestError(f"the {canvas} canvas needs a {field}: its soft prompt was trained on "
-                               f"prompts that carry one", field)
+            raise RequestError(
+                f"the {canvas} canvas needs a {field}: its soft prompt was trained on prompts that carry one",
+                field,
+            )
         if value is not None:
             if spec.context_kind == "title":
                 if value not in self.ids:
@@ -216,8 +236,9 @@ class CanvasPrompts:
                     context = self.encoder.sid_tokens[source_row].tolist()
                 if self.candidate_config is not None and spec.candidates is not None:
                     if self.text_problem:  # no content neighbours to build the set from
-                        warnings.append(f"the {canvas} canvas decodes over the whole catalog: "
-                                        f"{self.text_problem}")
+                        warnings.append(
+                            f"the {canvas} canvas decodes over the whole catalog: {self.text_problem}"
+                        )
                     else:
                         candidates = spec.candidates(self.candidate_index(), source_row)
             else:
@@ -226,16 +247,19 @@ class CanvasPrompts:
                     candidates = spec.candidates(self.candidate_index(), value)
             if not spec.keeps_history and not spec.title_in_history:  # the context alone
                 rows, member = [], None
-        kept = rows[-self.max_history:] if rows else []
-        prompt = self.encoder.encode(kept, canvas=spec.token,
-                                     user_id=None if member is None else str(member), context=context)
+        kept = rows[-self.max_history :] if rows else []
+        prompt = self.encoder.encode(
+            kept, canvas=spec.token, user_id=None if member is None else str(member), context=context
+        )
         if canvas in self.virtual:
             prompt = self.virtual[canvas] + prompt
         longest = len(prompt) + self.ids.sid_length
         if longest > self.max_positions:
-            raise RequestError(f"the prompt ({len(prompt)} tokens: soft prompt, history and context) "
-                               f"plus one semantic ID exceeds the model's {self.max_positions} positions",
-                               field)
+            raise RequestError(
+                f"the prompt ({len(prompt)} tokens: soft prompt, history and context) "
+                f"plus one semantic ID exceeds the model's {self.max_positions} positions",
+                field,
+            )
         fuse_order, fused_with = None, None
         if spec.fuse_candidate_order and candidates is not None:
             fuse_order, fused_with = candidates.rows, "the candidate set's own order"
@@ -244,22 +268,35 @@ class CanvasPrompts:
             fuse_order = self._co_engagement.of_recent(kept, exclude_history=False)
             newest = self.ids.item_ids[kept[-1]]
             before = min(len(kept), RECENT_TITLES) - 1
-            fused_with = (f"the titles most often watched with {self.ids.title(newest) or newest!r}"
-                          + (f" and the {before} title(s) before it" if before else ""))
-        return CanvasPrompt(prompt=prompt, history_used=len(kept), history_dropped=len(rows) - len(kept),
-                            context=None if value is None else field, soft_prompt=adapter,
-                            source_row=source_row, warnings=tuple(warnings), candidates=candidates,
-                            lora=canvas if canvas in self.loras else None, fuse_order=fuse_order,
-                            fused_with=fused_with)
+            fused_with = f"the titles most often watched with {self.ids.title(newest) or newest!r}" + (
+                f" and the {before} title(s) before it" if before else ""
+            )
+        return CanvasPrompt(
+            prompt=prompt,
+            history_used=len(kept),
+            history_dropped=len(rows) - len(kept),
+            context=None if value is None else field,
+            soft_prompt=adapter,
+            source_row=source_row,
+            warnings=tuple(warnings),
+            candidates=candidates,
+            lora=canvas if canvas in self.loras else None,
+            fuse_order=fuse_order,
+            fused_with=fused_with,
+        )
 
     def candidate_index(self) -> Any:
         """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""
         if self._candidates is None:
             from prompt_tuning.candidates import CandidateIndex
 
-            self._candidates = CandidateIndex(self.ids_dir, self._sentence_encoder(),
-                                              self.candidate_config, self._co_engagement,
-                                              tags=self._title_tags)
+            self._candidates = CandidateIndex(
+                self.ids_dir,
+                self._sentence_encoder(),
+                self.candidate_config,
+                self._co_engagement,
+                tags=self._title_tags,
+            )
         return self._candidates
 
     def _sentence_encoder(self) -> _MemoryTextEncoder:

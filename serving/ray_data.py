@@ -23,5 +23,8 @@ def ray_map(items: list[dict[str, Any]], actor: type, workers: int) -> list[dict
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     start_ray()
-    return (ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-            .map_batches(actor, batch_size=1, concurrency=workers, num_cpus=1).take_all())
+    return (
+        ray.data.from_items(items, override_num_blocks=max(len(items), 1))
+        .map_batches(actor, batch_size=1, concurrency=workers, num_cpus=1)
+        .take_all()
+    )

@@ -116,9 +116,14 @@ class RecommendationList(Sequence[Recommendation]):
 
 
 class _Backend(Protocol):
-    def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None, lora: str | None = None
-               ) -> list[Recommendations]: ...
+    def search(
+        self,
+        prompts: Sequence[Sequence[int]],
+        k: int,
+        num_beams: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]: ...
 
     def failure(self) -> str | None: ...
 
@@ -128,8 +133,9 @@ class _Backend(Protocol):
 class TransformersBackend:
     """``gen_fm.decode.recommend`` (HF beam search + trie logits processor): the reference path."""
 
-    def __init__(self, model: Any, trie: PrefixTrie, config: ServingConfig,
-                 loras: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: Any, trie: PrefixTrie, config: ServingConfig, loras: Mapping[str, Any] | None = None
+    ) -> None:
         import torch
 
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype, torch.float32)
@@ -141,16 +147,28 @@ class TransformersBackend:
         self.trie = trie
         self.batch_size = config.max_batch
 
-    def search(self, prompts: Sequence[Sequence[int]], k: int, num_beams: int,
-               views: Sequence[Restriction | None] | None, lora: str | None = None
-               ) -> list[Recommendations]:
+    def search(
+        self,
+        prompts: Sequence[Sequence[int]],
+        k: int,
+        num_beams: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
         exclude = None
         if views is not None and any(v is not None for v in views):
             # decode.recommend takes exclusion lists; an allow-view is its complement
             exclude = [excluded_rows(v, self.trie.num_items) for v in views]
         model = self.model if lora is None else self.merged[lora]
-        return recommend(model, [list(p) for p in prompts], self.trie, k=k, num_beams=num_beams,
-                         exclude=exclude, batch_size=self.batch_size)
+        return recommend(
+            model,
+            [list(p) for p in prompts],
+            self.trie,
+            k=k,
+            num_beams=num_beams,
+            exclude=exclude,
+            batch_size=self.batch_size,
+        )
 
     def failure(self) -> str | None:
         return None if self.model is not None else "the engine was closed"
@@ -215,17 +233,20 @@ class Recommender:
         gm = load_model(config.model_dir)
         trained = gm.seq_config.max_history
         if config.max_history is not None and config.max_history > trained:
-            raise ValueError(f"max_history {config.max_history} exceeds the {trained} titles the model "
-                             f"was trained with")
+            raise ValueError(
+                f"max_history {config.max_history} exceeds the {trained} titles the model was trained with"
+            )
         self.config = config
         self.max_history = config.max_history or trained
         self.ids = gm.ids
         self.seq_config = gm.seq_config  # how the model's training sequences were rolled up
         candidate_config = None
         if config.candidate_sets:
-            candidate_config = CandidateConfig(search_candidates=config.search_candidates,
-                                               theme_candidates=config.theme_candidates,
-                                               source_candidates=config.source_candidates)
+            candidate_config = CandidateConfig(
+                search_candidates=config.search_candidates,
+                theme_candidates=config.theme_candidates,
+                source_candidates=config.source_candidates,
+            )
         # soft prompts, canvas contexts and the candidate sets contexts make
         self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder
@@ -233,15 +254,20 @@ class Recommender:
         self.manifest = gm.manifest
         # fusion constants: the request's config, else those chosen for this model on validation
         chosen, defaults = gm.fusion() or {}, CandidateConfig()
-        self.fusion_k = next(v for v in (config.fusion_k, chosen.get("fusion_k"), defaults.fusion_k)
-                             if v is not None)
-        self.fusion_weight = next(v for v in (config.fusion_weight, chosen.get("fusion_weight"),
-                                              defaults.fusion_weight) if v is not None)
+        self.fusion_k = next(
+            v for v in (config.fusion_k, chosen.get("fusion_k"), defaults.fusion_k) if v is not None
+        )
+        self.fusion_weight = next(
+            v
+            for v in (config.fusion_weight, chosen.get("fusion_weight"), defaults.fusion_weight)
+            if v is not None
+        )
         if attributes is None and config.data_dir is not None:
             attributes = load_attributes(gm.ids, config.data_dir, self._dataset(config))
         if attributes is not None and attributes.num_items != gm.ids.num_items:
-            raise ValueError(f"attribute table covers {attributes.num_items} titles, the model "
-                             f"{gm.ids.num_items}")
+            raise ValueError(
+                f"attribute table covers {attributes.num_items} titles, the model {gm.ids.num_items}"
+            )
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
         loras = {c: path for c, (path, _) in self.prompts.loras.items()}
         if config.backend == "transformers":
@@ -253,17 +279,28 @@ class Recommender:
             self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, backend: str = "vllm", attributes: AttributeTable | None = None,
-                        **config: Any) -> "Recommender":
+    def from_pretrained(
+        cls, model_dir: str, backend: str = "vllm", attributes: AttributeTable | None = None, **config: Any
+    ) -> "Recommender":
         """Load ``model_dir``; ``config`` holds further ``ServingConfig`` fields (num_beams=, data_dir=, ...);
         ``attributes`` is a ready attribute table (else one is loaded from ``data_dir`` when set)."""
         return cls(ServingConfig.create(str(model_dir), backend=backend, **config), attributes)
 
-    def recommend(self, history: Sequence[str], canvas: str = DEFAULT_CANVAS, k: int = 10,
-                  exclude: Sequence[str] | None = None, allow: Sequence[str] | None = None,
-                  user_id: str | None = None, exclude_history: bool = True,
-                  rules: Rules | Mapping[str, Any] | None = None, *, query: str | None = None,
-                  source: str | None = None, theme: str | None = None) -> RecommendationList:
+    def recommend(
+        self,
+        history: Sequence[str],
+        canvas: str = DEFAULT_CANVAS,
+        k: int = 10,
+        exclude: Sequence[str] | None = None,
+        allow: Sequence[str] | None = None,
+        user_id: str | None = None,
+        exclude_history: bool = True,
+        rules: Rules | Mapping[str, Any] | None = None,
+        *,
+        query: str | None = None,
+        source: str | None = None,
+        theme: str | None = None,
+    ) -> RecommendationList:
         """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
@@ -272,12 +309,17 @@ class Recommender:
         (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
         (``serving.prompts``: which are required, and the t2t fallback).
         """
-        return self.recommend_batch([RecommendationRequest(history, canvas, k, exclude, allow, user_id,
-                                                           exclude_history, rules, query, source,
-                                                           theme)])[0]
+        return self.recommend_batch(
+            [
+                RecommendationRequest(
+                    history, canvas, k, exclude, allow, user_id, exclude_history, rules, query, source, theme
+                )
+            ]
+        )[0]
 
-    def recommend_batch(self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
-                        ) -> list[RecommendationList]:
+    def recommend_batch(
+        self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
+    ) -> list[RecommendationList]:
         """Many requests decoded together; every request is validated before any decoding starts."""
         reqs = [r if isinstance(r, RecommendationRequest) else RecommendationRequest(**r) for r in requests]
         prepared = []
@@ -303,8 +345,7 @@ class Recommender:
         exclude = title_rows(self.ids, r.exclude, "exclude")
         allow = title_rows(self.ids, r.allow, "allow") if r.allow is not None else None
         mask = compile_rules(r.rules, self.ids, self.attributes)
-        cp = self.prompts.build(r.canvas, history, r.user_id, query=r.query, source=r.source,
-                                theme=r.theme)
+        cp = self.prompts.build(r.canvas, history, r.user_id, query=r.query, source=r.source, theme=r.theme)
         source = {cp.source_row} if cp.source_row is not None else set()  # "more like X" never offers X
         excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()) | source)
         if cp.candidates is not None:  # the context's candidate set: the model ranks within it
@@ -318,31 +359,50 @@ class Recommender:
         k = int(r.k)
         reason = None
         if permitted < k:
-            parts = (["the allow-list"] if r.allow is not None else []) + \
-                    ([f"the {r.canvas} context's candidates: {cp.candidates.how}"]
-                     if cp.candidates is not None else []) + \
-                    (["minus exclusions"] if exclude else []) + \
-                    (["minus the history"] if r.exclude_history and history else []) + \
-                    (["minus the source title"] if source else []) + \
-                    [f"rule {name}" for name in mask.applied if name != "diversity"]
+            parts = (
+                (["the allow-list"] if r.allow is not None else [])
+                + (
+                    [f"the {r.canvas} context's candidates: {cp.candidates.how}"]
+                    if cp.candidates is not None
+                    else []
+                )
+                + (["minus exclusions"] if exclude else [])
+                + (["minus the history"] if r.exclude_history and history else [])
+                + (["minus the source title"] if source else [])
+                + [f"rule {name}" for name in mask.applied if name != "diversity"]
+            )
             rule = ", ".join(parts) or "the catalogue"
-            reason = (f"only {permitted} title(s) permitted ({rule}), fewer than k={k}" if permitted
-                      else f"no title is permitted ({rule})")
+            reason = (
+                f"only {permitted} title(s) permitted ({rule}), fewer than k={k}"
+                if permitted
+                else f"no title is permitted ({rule})"
+            )
         beams = self.config.beams_for(k, diverse=mask.cap is not None)
         order = None
         if cp.fuse_order is not None and self.fusion_weight > 0:
             rows = np.asarray(cp.fuse_order, dtype=np.int64)
             order = tuple(int(x) for x in (rows if view is None else rows[view.permits(rows)]))
-        return PreparedRequest(prompt=cp.prompt, view=view, k=k, beams=beams,
-                               want=beams if mask.cap is not None or order is not None else k,
-                               cap=mask.cap, fuse_order=order,
-                               fused_with=None if order is None else cp.fused_with,
-                               history_used=cp.history_used, history_dropped=cp.history_dropped,
-                               num_permitted=permitted, reason=reason, rules_applied=mask.applied,
-                               canvas=r.canvas, soft_prompt=cp.soft_prompt, context=cp.context,
-                               warnings=cp.warnings,
-                               candidates=None if cp.candidates is None else cp.candidates.how,
-                               lora=cp.lora)
+        return PreparedRequest(
+            prompt=cp.prompt,
+            view=view,
+            k=k,
+            beams=beams,
+            want=beams if mask.cap is not None or order is not None else k,
+            cap=mask.cap,
+            fuse_order=order,
+            fused_with=None if order is None else cp.fused_with,
+            history_used=cp.history_used,
+            history_dropped=cp.history_dropped,
+            num_permitted=permitted,
+            reason=reason,
+            rules_applied=mask.applied,
+            canvas=r.canvas,
+            soft_prompt=cp.soft_prompt,
+            context=cp.context,
+            warnings=cp.warnings,
+            candidates=None if cp.candidates is None else cp.candidates.how,
+            lora=cp.lora,
+        )
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.
@@ -361,9 +421,14 @@ class Recommender:
             raise
         widest = self.config.max_beams
         while True:  # a diversity cap the beam could not fill: search again, twice as wide
-            short = [i for i, p in enumerate(prepared)
-                     if p.cap is not None and p.beams < widest and i in found
-                     and len(p.cap.select(found[i].rows, p.k)) < min(p.k, p.num_permitted)]
+            short = [
+                i
+                for i, p in enumerate(prepared)
+                if p.cap is not None
+                and p.beams < widest
+                and i in found
+                and len(p.cap.select(found[i].rows, p.k)) < min(p.k, p.num_permitted)
+            ]
             if not short:
                 break
             for i in short:
@@ -381,8 +446,13 @@ class Recommender:
         for beams, lora in groups:
             todo = [i for i in which if prepared[i].beams == beams and (prepared[i].lora or "") == lora]
             want = max(prepared[i].want for i in todo)
-            recs = self.backend.search([prepared[i].prompt for i in todo], want, beams,
-                                       [prepared[i].view for i in todo], lora=lora or None)
+            recs = self.backend.search(
+                [prepared[i].prompt for i in todo],
+                want,
+                beams,
+                [prepared[i].view for i in todo],
+                lora=lora or None,
+            )
             found.update(zip(todo, recs))
         return found
 
@@ -418,8 +488,7 @@ class Recommender:
         found = min(len(rows), p.want)
         reason = p.reason
         if p.fuse_order is not None:  # the beam's titles fused with the canvas's own ranking
-            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.fusion_k,
-                                  self.fusion_weight)
+            fused = fusion_scores(list(rows[:found]), list(p.fuse_order), self.fusion_k, self.fusion_weight)
             rows, scores = list(fused), list(fused.values())
             sids, found = [self.ids.codes[r] for r in rows], len(rows)
         if p.cap is not None:  # the diversity cap picks from every title the beam found
@@ -430,24 +499,49 @@ class Recommender:
                     f"the diversity rule (at most {p.cap.max_per_group} per {p.cap.label}) kept "
                     f"{len(rows)} of the {found} titles the beam search found (beam width {p.beams}, "
                     f"the widest this server runs: ServingConfig.max_k * diversity_widen); the cap picks "
-                    f"from the beam's titles only")
+                    f"from the beam's titles only"
+                )
         items: list[Recommendation] = []
         layout = self.ids.layout
-        for row, sid, score in zip(rows[:p.k], sids, scores):
+        for row, sid, score in zip(rows[: p.k], sids, scores):
             item = self.ids.item_ids[row]
-            items.append(Recommendation(item_id=item, title=self.ids.title(item), score=float(score),
-                                        semantic_id=layout.sid_string(sid)))
+            items.append(
+                Recommendation(
+                    item_id=item,
+                    title=self.ids.title(item),
+                    score=float(score),
+                    semantic_id=layout.sid_string(sid),
+                )
+            )
         if reason is None and len(items) < p.k:  # cannot happen with beam >= k; say so if it does
             reason = f"beam search returned {len(items)} of {p.k} titles"
-        return RecommendationList(items=tuple(items), k=p.k,
-                                  cold_start=p.history_used == 0 and p.context is None,
-                                  history_used=p.history_used, history_dropped=p.history_dropped,
-                                  num_permitted=p.num_permitted, reason=reason,
-                                  prompt_tokens=len(p.prompt), rules_applied=p.rules_applied,
-                                  canvas=p.canvas, soft_prompt=p.soft_prompt, context=p.context,
-                                  warnings=p.warnings, candidates=p.candidates,
-                                  fused_with=p.fused_with)
+        return RecommendationList(
+            items=tuple(items),
+            k=p.k,
+            cold_start=p.history_used == 0 and p.context is None,
+            history_used=p.history_used,
+            history_dropped=p.history_dropped,
+            num_permitted=p.num_permitted,
+            reason=reason,
+            prompt_tokens=len(p.prompt),
+            rules_applied=p.rules_applied,
+            canvas=p.canvas,
+            soft_prompt=p.soft_prompt,
+            context=p.context,
+            warnings=p.warnings,
+            candidates=p.candidates,
+            fused_with=p.fused_with,
+        )
 
 
-__all__ = ["PreparedRequest", "Recommendation", "RecommendationList", "RecommendationRequest",
-           "Recommender", "RequestError", "ServingConfig", "TransformersBackend", "excluded_rows"]
+__all__ = [
+    "PreparedRequest",
+    "Recommendation",
+    "RecommendationList",
+    "RecommendationRequest",
+    "Recommender",
+    "RequestError",
+    "ServingConfig",
+    "TransformersBackend",
+    "excluded_rows",
+]

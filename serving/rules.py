@@ -44,8 +44,15 @@ from semantic_ids.trie import PrefixTrie, Restriction
 
 YEAR = "year"  # the attribute min_year/max_year bound
 SID_PREFIX = "sid_prefix"  # diversity by the first `prefix_length` codes of the semantic ID
-_RULE_KEYS = ("exclude_titles", "allow_titles", "exclude_attributes", "require_attributes",
-              "min_year", "max_year", "diversity")
+_RULE_KEYS = (
+    "exclude_titles",
+    "allow_titles",
+    "exclude_attributes",
+    "require_attributes",
+    "min_year",
+    "max_year",
+    "diversity",
+)
 _UNKNOWN_GROUP = ("<unknown>",)
 
 
@@ -75,8 +82,11 @@ def _value_map(value: Any, what: str) -> dict[str, tuple[Any, ...]]:
         raise RuleError(f"{what} must be an object of attribute -> list of values, got {value!r}")
     out = {}
     for name, vals in value.items():
-        if not isinstance(vals, (list, tuple)) or not vals or not all(
-                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in vals):
+        if (
+            not isinstance(vals, (list, tuple))
+            or not vals
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in vals)
+        ):
             raise RuleError(f"{what}[{name!r}] must be a non-empty list of strings or numbers, got {vals!r}")
         out[str(name)] = tuple(vals)
     return out
@@ -96,8 +106,9 @@ class Diversity:
             raise RuleError(f"diversity must be an object, got {obj!r}")
         unknown = sorted(set(obj) - {"max_per_group", "group_by", "prefix_length"})
         if unknown:
-            raise RuleError(f"unknown diversity field(s) {unknown}; valid: max_per_group, group_by, "
-                            f"prefix_length")
+            raise RuleError(
+                f"unknown diversity field(s) {unknown}; valid: max_per_group, group_by, prefix_length"
+            )
         if "max_per_group" not in obj:
             raise RuleError("diversity needs max_per_group")
         m = _strict_int(obj["max_per_group"], "diversity.max_per_group")
@@ -139,12 +150,14 @@ class Rules:
             raise RuleError(f"min_year {years['min_year']} is after max_year {years['max_year']}")
         return cls(
             exclude_titles=_str_list(obj.get("exclude_titles") or [], "exclude_titles"),
-            allow_titles=None if obj.get("allow_titles") is None
+            allow_titles=None
+            if obj.get("allow_titles") is None
             else _str_list(obj["allow_titles"], "allow_titles"),
             exclude_attributes=_value_map(obj.get("exclude_attributes") or {}, "exclude_attributes"),
             require_attributes=_value_map(obj.get("require_attributes") or {}, "require_attributes"),
             diversity=None if obj.get("diversity") is None else Diversity.from_dict(obj["diversity"]),
-            **years)
+            **years,
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -157,8 +170,13 @@ class AttributeTable:
     Built once at start-up; rules then cost one dictionary lookup per value (an inverted index).
     """
 
-    def __init__(self, num_items: int, values: Mapping[str, Sequence[tuple[Any, ...]]],
-                 source: str = "", matched: int | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        values: Mapping[str, Sequence[tuple[Any, ...]]],
+        source: str = "",
+        matched: int | None = None,
+    ) -> None:
         self.num_items = num_items
         self.source = source  # where the table came from (for /health and errors)
         self.matched = num_items if matched is None else matched  # titles found in the catalog
@@ -177,8 +195,9 @@ class AttributeTable:
             self._index[name] = {k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in rows.items()}
 
     @classmethod
-    def from_records(cls, item_ids: Sequence[str], records: Mapping[str, Mapping[str, Any]],
-                     source: str = "") -> "AttributeTable":
+    def from_records(
+        cls, item_ids: Sequence[str], records: Mapping[str, Mapping[str, Any]], source: str = ""
+    ) -> "AttributeTable":
         """``records[item_id][attribute]`` -> table over ``item_ids``; a list value is multi-valued,
         ``None`` or a missing title is unknown."""
         names = sorted({a for rec in records.values() for a in rec if a not in ("item_id", "title")})
@@ -207,8 +226,7 @@ class AttributeTable:
         if missing:
             known = sorted(self._shown[name].values(), key=str)
             shown = ", ".join(repr(v) for v in known[:12]) + (" ..." if len(known) > 12 else "")
-            raise RuleError(f"no title has {name} = {', '.join(repr(v) for v in missing)} "
-                            f"(values: {shown})")
+            raise RuleError(f"no title has {name} = {', '.join(repr(v) for v in missing)} (values: {shown})")
         return np.unique(np.concatenate([index[_norm(v)] for v in values]))
 
     def numbers(self, name: str) -> np.ndarray:
@@ -230,8 +248,10 @@ class AttributeTable:
 
     def _check(self, name: str) -> str:
         if name not in self._values:
-            raise RuleError(f"unknown attribute {name!r}; this catalog has {list(self.names) or 'none'}"
-                            + ("" if self.names else " (start the server with --data to load one)"))
+            raise RuleError(
+                f"unknown attribute {name!r}; this catalog has {list(self.names) or 'none'}"
+                + ("" if self.names else " (start the server with --data to load one)")
+            )
         if name not in self._index or not self._index[name]:
             raise RuleError(f"attribute {name!r} is unknown for every title of this catalog")
         return name
@@ -244,12 +264,15 @@ def load_attributes(ids: SemanticIDs, data_dir: str | None, dataset: str | None 
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
     cat = data.catalog
     columns = [c for c in cat.column_names if c not in ("item_id", "title")]
-    records = {iid: dict(zip(columns, vals))
-               for iid, *vals in zip(cat["item_id"], *(cat[c] for c in columns))}
+    records = {
+        iid: dict(zip(columns, vals)) for iid, *vals in zip(cat["item_id"], *(cat[c] for c in columns))
+    }
     table = AttributeTable.from_records(ids.item_ids, records, source=str(data.path))
     if table.matched == 0:
-        raise ValueError(f"none of the model's {ids.num_items} titles is in the catalog of {data.path}: "
-                         f"is it the dataset the model was trained on (--dataset)?")
+        raise ValueError(
+            f"none of the model's {ids.num_items} titles is in the catalog of {data.path}: "
+            f"is it the dataset the model was trained on (--dataset)?"
+        )
     return table
 
 
@@ -262,8 +285,10 @@ def title_rows(ids: SemanticIDs, titles: Sequence[str] | None, what: str) -> lis
     unknown = [t for t in titles if t not in ids]
     if unknown:
         shown = ", ".join(repr(t) for t in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise ValueError(f"{len(unknown)} unknown title id(s) in {what}: {shown} (titles without a "
-                         f"semantic ID must be assigned one first: `sidrec ids assign`)")
+        raise ValueError(
+            f"{len(unknown)} unknown title id(s) in {what}: {shown} (titles without a "
+            f"semantic ID must be assigned one first: `sidrec ids assign`)"
+        )
     return [ids.index_of(t) for t in titles]
 
 
@@ -306,8 +331,9 @@ class RuleMask:
         return base.restrict(exclude_rows=self.exclude_rows, allow_rows=self.allow_rows)
 
 
-def compile_rules(rules: Rules | Mapping[str, Any] | None, ids: SemanticIDs,
-                  attributes: AttributeTable | None) -> RuleMask:
+def compile_rules(
+    rules: Rules | Mapping[str, Any] | None, ids: SemanticIDs, attributes: AttributeTable | None
+) -> RuleMask:
     """Rows each rule forbids or permits, checked against the ID map and the attribute table."""
     rules = Rules.from_dict(rules)
     n = ids.num_items
@@ -344,9 +370,11 @@ def compile_rules(rules: Rules | Mapping[str, Any] | None, ids: SemanticIDs,
 def _cap(d: Diversity, ids: SemanticIDs, table: AttributeTable) -> DiversityCap:
     if d.group_by == SID_PREFIX:
         if d.prefix_length > ids.sid_length:
-            raise RuleError(f"diversity.prefix_length {d.prefix_length} exceeds the {ids.sid_length} "
-                            f"codes of a semantic ID")
-        codes = ids.codes[:, :d.prefix_length]
+            raise RuleError(
+                f"diversity.prefix_length {d.prefix_length} exceeds the {ids.sid_length} "
+                f"codes of a semantic ID"
+            )
+        codes = ids.codes[:, : d.prefix_length]
         label = "first code" if d.prefix_length == 1 else f"first {d.prefix_length} codes"
         # one group per title: its code prefix
         return DiversityCap(d.max_per_group, label, lambda rows: [(tuple(codes[r].tolist()),) for r in rows])
@@ -354,5 +382,14 @@ def _cap(d: Diversity, ids: SemanticIDs, table: AttributeTable) -> DiversityCap:
     return DiversityCap(d.max_per_group, d.group_by, lambda rows: table.groups(d.group_by, rows))
 
 
-__all__ = ["AttributeTable", "Diversity", "DiversityCap", "RuleError", "RuleMask", "Rules",
-           "compile_rules", "load_attributes", "title_rows"]
+__all__ = [
+    "AttributeTable",
+    "Diversity",
+    "DiversityCap",
+    "RuleError",
+    "RuleMask",
+    "Rules",
+    "compile_rules",
+    "load_attributes",
+    "title_rows",
+]

@@ -61,17 +61,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from prompt_tuning.canvases import canvas_names, get_canvas
-from serving.api import (CompletionChoice, CompletionRequest, CompletionResponse, Item,
-                         ModelCard, ModelList, RecommendationsRequest, RecommendationsResponse, ResultInfo,
-                         Usage, canvas_of, model_id, parse_history)
+from serving.api import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Item,
+    ModelCard,
+    ModelList,
+    RecommendationsRequest,
+    RecommendationsResponse,
+    ResultInfo,
+    Usage,
+    canvas_of,
+    model_id,
+    parse_history,
+)
 from serving.guard import Guard, ServerSettings, error_response
-from serving.lifecycle import (EngineState, EngineUnavailable, Stopped, draining_server,
-                               install_sigterm_handler, reap_children, watch_engine)
+from serving.lifecycle import (
+    EngineState,
+    EngineUnavailable,
+    Stopped,
+    draining_server,
+    install_sigterm_handler,
+    reap_children,
+    watch_engine,
+)
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
 
 log = logging.getLogger("sidrec.serving")
 API_KEY_ENV = "SIDREC_API_KEY"
+
+
 class _Rejected(HTTPException):
     """An HTTP error that names the request field at fault (OpenAI's ``param``)."""
 
@@ -83,30 +104,53 @@ class _Rejected(HTTPException):
 def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
     warnings = list(res.warnings)
     if res.cold_start:
-        warnings.append("empty history: ranked from the canvas and member tokens alone (cold start), "
-                        "a weak, popularity-like guess")
+        warnings.append(
+            "empty history: ranked from the canvas and member tokens alone (cold start), "
+            "a weak, popularity-like guess"
+        )
     if res.history_dropped:
-        warnings.append(f"history has {res.history_used + res.history_dropped} titles; the prompt holds the "
-                        f"most recent {res.history_used} ({res.history_dropped} older left out"
-                        + (", still excluded)" if exclude_history else ")"))
-    return ResultInfo(prompt_index=i, canvas=res.canvas, soft_prompt=res.soft_prompt, context=res.context,
-                      cold_start=res.cold_start, history_used=res.history_used,
-                      history_dropped=res.history_dropped, num_permitted=res.num_permitted,
-                      reason=res.reason, rules_applied=list(res.rules_applied), warnings=warnings,
-                      candidates=res.candidates, fused_with=res.fused_with)
+        warnings.append(
+            f"history has {res.history_used + res.history_dropped} titles; the prompt holds the "
+            f"most recent {res.history_used} ({res.history_dropped} older left out"
+            + (", still excluded)" if exclude_history else ")")
+        )
+    return ResultInfo(
+        prompt_index=i,
+        canvas=res.canvas,
+        soft_prompt=res.soft_prompt,
+        context=res.context,
+        cold_start=res.cold_start,
+        history_used=res.history_used,
+        history_dropped=res.history_dropped,
+        num_permitted=res.num_permitted,
+        reason=res.reason,
+        rules_applied=list(res.rules_applied),
+        warnings=warnings,
+        candidates=res.candidates,
+        fused_with=res.fused_with,
+    )
 
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
     soft = canvas in rec.prompts.virtual
     adapter = "soft_prompt" if soft else "lora" if canvas in rec.prompts.loras else None
-    return ModelCard(id=model_id(canvas), created=created, canvas=canvas, soft_prompt=soft,
-                     num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas), adapter=adapter,
-                     context=get_canvas(canvas).context_field,
-                     context_required=rec.prompts.context_required(canvas))
+    return ModelCard(
+        id=model_id(canvas),
+        created=created,
+        canvas=canvas,
+        soft_prompt=soft,
+        num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas),
+        adapter=adapter,
+        context=get_canvas(canvas).context_field,
+        context_required=rec.prompts.context_required(canvas),
+    )
 
 
-def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSettings | None = None,
-               on_engine_death: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    rec: Recommender | Callable[[], Recommender],
+    settings: ServerSettings | None = None,
+    on_engine_death: Callable[[str], None] | None = None,
+) -> FastAPI:
     """A FastAPI app over a Recommender, or over a function that loads one (called in a background
     thread at start-up, so the port answers liveness probes while the engine loads). The engine
     thread runs while the app's lifespan does; `on_engine_death(reason)` is called if the engine
@@ -164,13 +208,22 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         return holder["rec"], holder["worker"]
 
     app = FastAPI(title="sidrec", lifespan=lifespan)
-    app.state.metrics, app.state.settings, app.state.engine, app.state.holder = metrics, settings, state, holder
+    app.state.metrics, app.state.settings, app.state.engine, app.state.holder = (
+        metrics,
+        settings,
+        state,
+        holder,
+    )
     app.state.loader = None
 
     @app.exception_handler(HTTPException)
     async def httperror_response(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
-                      headers=getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code,
+            str(exc.detail),
+            param=getattr(exc, "param", None),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validationerror_response(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -191,23 +244,29 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
         try:
             future = worker.submit(requests)
         except queue.Full:
-            raise HTTPException(503, "server busy: the engine queue is full, retry later",
-                                headers={"Retry-After": "1"}) from None
+            raise HTTPException(
+                503, "server busy: the engine queue is full, retry later", headers={"Retry-After": "1"}
+            ) from None
         try:
             return await asyncio.wrap_future(future)
         except EngineUnavailable as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except asyncio.CancelledError:  # the stop's drain deadline passed (or the client left)
-            raise HTTPException(503, "the server stopped before the engine answered; retry on "
-                                     "another replica", headers={"Retry-After": "1"}) from None
+            raise HTTPException(
+                503,
+                "the server stopped before the engine answered; retry on another replica",
+                headers={"Retry-After": "1"},
+            ) from None
         except ValueError as e:
             raise _Rejected(400, str(e), getattr(e, "param", None)) from None
 
     def canvas_or_404(model: str) -> str:
         canvas = canvas_of(model)
         if canvas is None:
-            raise HTTPException(404, f"the model {model!r} does not exist; served models: "
-                                     f"{[model_id(c) for c in canvas_names()]}")
+            raise HTTPException(
+                404,
+                f"the model {model!r} does not exist; served models: {[model_id(c) for c in canvas_names()]}",
+            )
         return canvas
 
     @app.get("/v1/models", response_model=ModelList)
@@ -223,8 +282,9 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
             raise HTTPException(400, "stream=true is not supported: a recommendation list is returned whole")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not 1 <= len(prompts) <= settings.max_prompts:
-            raise HTTPException(400, f"prompt must hold 1..{settings.max_prompts} histories, "
-                                     f"got {len(prompts)}")
+            raise HTTPException(
+                400, f"prompt must hold 1..{settings.max_prompts} histories, got {len(prompts)}"
+            )
         histories = []
         for i, p in enumerate(prompts):
             try:
@@ -232,52 +292,101 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
             except ValueError as e:
                 raise HTTPException(400, f"prompt {i}: {e}" if len(prompts) > 1 else str(e)) from None
         member = body.user_id if body.user_id is not None else body.user
-        results = await decode([RecommendationRequest(h, canvas, body.n, user_id=member, rules=body.rules,
-                                                      exclude_history=body.exclude_history,
-                                                      query=body.query, source=body.source,
-                                                      theme=body.theme)
-                                for h in histories])
+        results = await decode(
+            [
+                RecommendationRequest(
+                    h,
+                    canvas,
+                    body.n,
+                    user_id=member,
+                    rules=body.rules,
+                    exclude_history=body.exclude_history,
+                    query=body.query,
+                    source=body.source,
+                    theme=body.theme,
+                )
+                for h in histories
+            ]
+        )
         flat = [(i, r) for i, res in enumerate(results) for r in res]
-        choices = [CompletionChoice(index=j, text=r.item_id, prompt_index=i, title=r.title,
-                                    semantic_id=r.semantic_id, score=r.score)
-                   for j, (i, r) in enumerate(flat)]
+        choices = [
+            CompletionChoice(
+                index=j,
+                text=r.item_id,
+                prompt_index=i,
+                title=r.title,
+                semantic_id=r.semantic_id,
+                score=r.score,
+            )
+            for j, (i, r) in enumerate(flat)
+        ]
         prompt_tokens = sum(res.prompt_tokens for res in results)
         sid_len = rec.ids.sid_length
         return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model, choices=choices,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(choices) * sid_len,
-                        total_tokens=prompt_tokens + len(choices) * sid_len),
-            sidrec=[_info(i, res, body.exclude_history) for i, res in enumerate(results)])
+            id=f"cmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=body.model,
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=len(choices) * sid_len,
+                total_tokens=prompt_tokens + len(choices) * sid_len,
+            ),
+            sidrec=[_info(i, res, body.exclude_history) for i, res in enumerate(results)],
+        )
 
     @app.post("/v1/recommendations", response_model=RecommendationsResponse)
     async def recommendations(body: RecommendationsRequest) -> RecommendationsResponse:
         canvas = body.canvas
         if canvas not in canvas_names():
             raise HTTPException(404, f"unknown canvas {canvas!r}; canvases: {list(canvas_names())}")
-        [res] = await decode([RecommendationRequest(body.history, canvas, body.k, user_id=body.user_id,
-                                                    rules=body.rules, exclude_history=body.exclude_history,
-                                                    query=body.query, source=body.source, theme=body.theme)])
-        items = [Item(rank=i + 1, item_id=r.item_id, title=r.title, semantic_id=r.semantic_id, score=r.score)
-                 for i, r in enumerate(res)]
-        return RecommendationsResponse(**_info(0, res, body.exclude_history).model_dump(),
-                                       model=model_id(canvas), k=res.k, items=items)
+        [res] = await decode(
+            [
+                RecommendationRequest(
+                    body.history,
+                    canvas,
+                    body.k,
+                    user_id=body.user_id,
+                    rules=body.rules,
+                    exclude_history=body.exclude_history,
+                    query=body.query,
+                    source=body.source,
+                    theme=body.theme,
+                )
+            ]
+        )
+        items = [
+            Item(rank=i + 1, item_id=r.item_id, title=r.title, semantic_id=r.semantic_id, score=r.score)
+            for i, r in enumerate(res)
+        ]
+        return RecommendationsResponse(
+            **_info(0, res, body.exclude_history).model_dump(), model=model_id(canvas), k=res.k, items=items
+        )
 
     @app.get("/health")
     @app.get("/health/ready")
     async def health() -> JSONResponse:
         """Readiness: 200 only while the engine serves (503 loading, draining, dead or failed)."""
         if not state.ready or holder["rec"].failure() is not None:
-            return JSONResponse({"status": state.status, "reason": state.reason
-                                 or str(state.unavailable())}, status_code=503)
+            return JSONResponse(
+                {"status": state.status, "reason": state.reason or str(state.unavailable())}, status_code=503
+            )
         rec, worker = holder["rec"], holder["worker"]
         ok = worker.alive
-        return JSONResponse({"status": "ok" if ok else "engine stopped", "backend": rec.config.backend,
-                             "titles": rec.ids.num_items, "models": [model_id(c) for c in canvas_names()],
-                             "soft_prompts": sorted(rec.prompts.virtual),
-                             "loras": sorted(rec.prompts.loras),
-                             "attributes": list(rec.attributes.names) if rec.attributes else [],
-                             "max_k": rec.config.max_k, "queue_depth": worker.queue_depth},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "engine stopped",
+                "backend": rec.config.backend,
+                "titles": rec.ids.num_items,
+                "models": [model_id(c) for c in canvas_names()],
+                "soft_prompts": sorted(rec.prompts.virtual),
+                "loras": sorted(rec.prompts.loras),
+                "attributes": list(rec.attributes.names) if rec.attributes else [],
+                "max_k": rec.config.max_k,
+                "queue_depth": worker.queue_depth,
+            },
+            status_code=200 if ok else 503,
+        )
 
     @app.get("/health/live")
     async def live() -> JSONResponse:
@@ -292,10 +401,20 @@ def create_app(rec: Recommender | Callable[[], Recommender], settings: ServerSet
     return app
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          backend: str = "vllm", data_dir: str | None = None, dataset: str | None = None,
-          max_body_bytes: int = 1 << 20, max_queue: int = 256, log_level: str = "info",
-          drain_seconds: float = 30.0, **config: Any) -> None:
+def serve(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    backend: str = "vllm",
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    max_body_bytes: int = 1 << 20,
+    max_queue: int = 256,
+    log_level: str = "info",
+    drain_seconds: float = 30.0,
+    **config: Any,
+) -> None:
     """Serve ``model_dir`` until SIGTERM / SIGINT (``sidrec serve``); see the module doc's lifecycle.
 
     ``api_key`` defaults to $SIDREC_API_KEY (keeps the key out of the process list); ``data_dir`` and
@@ -307,8 +426,11 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
     """
     import uvicorn
 
-    settings = ServerSettings(api_key=api_key or os.environ.get(API_KEY_ENV) or None,
-                              max_body_bytes=max_body_bytes, max_queue=max_queue)
+    settings = ServerSettings(
+        api_key=api_key or os.environ.get(API_KEY_ENV) or None,
+        max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
+    )
     if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can query it", host)
     if drain_seconds <= 0:
@@ -319,11 +441,22 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
         fatal.append(reason)
         server.should_exit = True
 
-    app = create_app(lambda: Recommender.from_pretrained(model_dir, backend=backend, data_dir=data_dir,
-                                                         dataset=dataset, **config),
-                     settings, on_engine_death=on_engine_death)
-    server = draining_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                            timeout_graceful_shutdown=int(max(drain_seconds, 1))))
+    app = create_app(
+        lambda: Recommender.from_pretrained(
+            model_dir, backend=backend, data_dir=data_dir, dataset=dataset, **config
+        ),
+        settings,
+        on_engine_death=on_engine_death,
+    )
+    server = draining_server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=int(max(drain_seconds, 1)),
+        )
+    )
     restore = install_sigterm_handler()
     try:
         server.run()
@@ -343,8 +476,9 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
         raise SystemExit(1)
 
 
-def run_in_thread(app: FastAPI, sockets: Sequence[Any],
-                  log_level: str = "warning") -> tuple[Any, threading.Thread]:
+def run_in_thread(
+    app: FastAPI, sockets: Sequence[Any], log_level: str = "warning"
+) -> tuple[Any, threading.Thread]:
     """Start uvicorn on already-bound sockets in a background thread (tests, notebooks); returns
     (server, thread): set ``server.should_exit = True`` and join the thread to stop it."""
     import uvicorn

@@ -30,15 +30,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sidrec_http_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
-        self.errors = Counter("sidrec_http_errors", "HTTP answers with a 4xx or 5xx status",
-                              ["endpoint", "code"], registry=r)
-        self.latency = Histogram("sidrec_http_request_duration_seconds", "HTTP request latency",
-                                 ["endpoint"], registry=r,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.batch = Histogram("sidrec_engine_batch_requests", "requests decoded in one engine call",
-                               registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.requests = Counter(
+            "sidrec_http_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "sidrec_http_errors", "HTTP answers with a 4xx or 5xx status", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "sidrec_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch = Histogram(
+            "sidrec_engine_batch_requests",
+            "requests decoded in one engine call",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.queue = Gauge("sidrec_engine_queue_depth", "engine jobs waiting", registry=r)
 
 
@@ -156,7 +169,7 @@ class EngineWorker:
             return
         start = 0
         for job, ps in ready:
-            _settle(job.future, result=results[start:start + len(ps)])
+            _settle(job.future, result=results[start : start + len(ps)])
             start += len(ps)
 
 

@@ -14,37 +14,56 @@ from rich.console import Console
 console = Console()
 
 
-def add_data_args(p: argparse.ArgumentParser, *, dataset: bool = True, dataset_required: bool = False,
-                  dataset_help: str | None = None, max_users: bool = True) -> None:
+def add_data_args(
+    p: argparse.ArgumentParser,
+    *,
+    dataset: bool = True,
+    dataset_required: bool = False,
+    dataset_help: str | None = None,
+    max_users: bool = True,
+) -> None:
     """``--data`` and, as the command needs them, ``--dataset`` and ``--max-users``."""
     p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
     if dataset or dataset_required:
-        p.add_argument("--dataset", required=dataset_required,
-                       help=dataset_help or "sub-folder of --data holding one dataset, e.g. amazon-beauty")
+        p.add_argument(
+            "--dataset",
+            required=dataset_required,
+            help=dataset_help or "sub-folder of --data holding one dataset, e.g. amazon-beauty",
+        )
     if max_users:
         p.add_argument("--max-users", type=int, help="read only the first N members (quick runs)")
 
 
-def add_config_args(p: argparse.ArgumentParser, config: str, *, preset: bool = True,
-                    set_help: str | None = None) -> None:
+def add_config_args(
+    p: argparse.ArgumentParser, config: str, *, preset: bool = True, set_help: str | None = None
+) -> None:
     """``--preset FILE`` (a JSON file of overrides) and ``--set KEY=VALUE`` (repeatable, JSON values)
     for the config class named ``config``."""
     if preset:
         p.add_argument("--preset", help=f"JSON file of {config} overrides")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=set_help or f"override one {config} field (repeatable; the value is JSON)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help=set_help or f"override one {config} field (repeatable; the value is JSON)",
+    )
 
 
-def add_threads_arg(p: argparse.ArgumentParser, default: int | None = None,
-                    help_text: str = "torch CPU threads") -> None:
+def add_threads_arg(
+    p: argparse.ArgumentParser, default: int | None = None, help_text: str = "torch CPU threads"
+) -> None:
     p.add_argument("--threads", type=int, default=default, help=help_text)
 
 
 def add_engine_args(p: argparse.ArgumentParser, each: str) -> None:
     """--engine local|ray and --workers (the platform jobs: batch lists, embeddings)."""
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors "
-                        "(pip install -e '.[ray]'; a local Ray unless RAY_ADDRESS names a cluster)")
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: one loop in this process; ray: a Ray Data pipeline of --workers actors "
+        "(pip install -e '.[ray]'; a local Ray unless RAY_ADDRESS names a cluster)",
+    )
     p.add_argument("--workers", type=int, default=1, help=f"Ray actors, each with its own {each}")
 
 

@@ -13,14 +13,19 @@ import json
 import sys
 
 from core.overrides import config_from_args, parse_overrides
-from sidrec.arguments import (add_config_args, add_data_args, add_threads_arg, command_line,
-                              data_config, set_threads)
+from sidrec.arguments import (
+    add_config_args,
+    add_data_args,
+    add_threads_arg,
+    command_line,
+    data_config,
+    set_threads,
+)
 
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
 BASELINE_KINDS = ("popular", "sasrec", "sasrec-ce")
-BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases",
-              "new-title-pool")
+BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases", "new-title-pool")
 
 
 # --------------------------------------------------------------------------- bench
@@ -29,20 +34,41 @@ BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "
 def cmd_bench_serving(args) -> int:
     from eval.bench_serving import bench_serving
 
-    report = bench_serving(model=args.model, out=args.out, backend=args.backend, beams=args.beams,
-                           batches=args.batches, k=args.k, repeats=args.repeats, warmup=args.warmup,
-                           data_dir=args.data, dataset=args.dataset, dtype=args.dtype,
-                           torch_compile=args.compile, device=args.device, threads=args.threads,
-                           unconstrained=args.unconstrained, seed=args.seed, command=command_line(args))
+    report = bench_serving(
+        model=args.model,
+        out=args.out,
+        backend=args.backend,
+        beams=args.beams,
+        batches=args.batches,
+        k=args.k,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        data_dir=args.data,
+        dataset=args.dataset,
+        dtype=args.dtype,
+        torch_compile=args.compile,
+        device=args.device,
+        threads=args.threads,
+        unconstrained=args.unconstrained,
+        seed=args.seed,
+        command=command_line(args),
+    )
     return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
 
 
 def cmd_bench_load(args) -> int:
     from eval.bench_load import bench_load
 
-    report = bench_load(model=args.model, out=args.out, backend=args.backend, clients=args.clients,
-                        seconds=args.seconds, max_requests=args.max_requests, k=args.k,
-                        command=command_line(args))
+    report = bench_load(
+        model=args.model,
+        out=args.out,
+        backend=args.backend,
+        clients=args.clients,
+        seconds=args.seconds,
+        max_requests=args.max_requests,
+        k=args.k,
+        command=command_line(args),
+    )
     return 0 if report["error_count"] == 0 and report["health_after"] == 200 else 1
 
 
@@ -51,41 +77,76 @@ def cmd_bench_ids(args) -> int:
     from semantic_ids.config import SemanticIDConfig
 
     config = config_from_args(SemanticIDConfig, None, args.set, quantizer=args.quantizer)
-    bench_ids(dataset=args.dataset, config=config, data_dir=args.data, tag=args.tag, runs=args.runs,
-              results=args.results, warm=args.warm, command=command_line(args))
+    bench_ids(
+        dataset=args.dataset,
+        config=config,
+        data_dir=args.data,
+        tag=args.tag,
+        runs=args.runs,
+        results=args.results,
+        warm=args.warm,
+        command=command_line(args),
+    )
     return 0
 
 
 def cmd_bench_batch(args) -> int:
     from eval.bench_batch import bench_batch
 
-    report = bench_batch(model=args.model, out=args.out, data_dir=args.data, members=args.members,
-                         k=args.k, backend=args.backend, shard_size=args.shard_size,
-                         command=command_line(args))
+    report = bench_batch(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        members=args.members,
+        k=args.k,
+        backend=args.backend,
+        shard_size=args.shard_size,
+        command=command_line(args),
+    )
     return 0 if report["identical_lists"] == report["members"] else 1
 
 
 def cmd_bench_host_batches(args) -> int:
     from eval.bench_batches import bench_host_batches
 
-    bench_host_batches(dataset=args.dataset, ids=args.ids, out=args.out, data_dir=args.data,
-                       batch_size=args.batch_size, command=command_line(args))
+    bench_host_batches(
+        dataset=args.dataset,
+        ids=args.ids,
+        out=args.out,
+        data_dir=args.data,
+        batch_size=args.batch_size,
+        command=command_line(args),
+    )
     return 0
 
 
 def cmd_bench_new_title_pool(args) -> int:
     from eval.new_titles import bench_new_title_pool
 
-    bench_new_title_pool(dataset=args.dataset, data_dir=args.data, cutoff_counts=tuple(args.cutoffs),
-                         low=args.low, high=args.high, out=args.out, command=command_line(args))
+    bench_new_title_pool(
+        dataset=args.dataset,
+        data_dir=args.data,
+        cutoff_counts=tuple(args.cutoffs),
+        low=args.low,
+        high=args.high,
+        out=args.out,
+        command=command_line(args),
+    )
     return 0
 
 
 def cmd_bench_embeddings(args) -> int:
     from eval.bench_embeddings import bench_embeddings
 
-    bench_embeddings(model=args.model, out=args.out, data_dir=args.data, min_members=args.min_members,
-                     max_members=args.max_members, pooling=args.pooling, command=command_line(args))
+    bench_embeddings(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        min_members=args.min_members,
+        max_members=args.max_members,
+        pooling=args.pooling,
+        command=command_line(args),
+    )
     return 0
 
 
@@ -93,11 +154,19 @@ def cmd_bench_canvases(args) -> int:
     from eval.bench_canvases import bench_canvases
 
     set_threads(args)
-    bench_canvases(model=args.model, out=args.out, data_dir=args.data, dataset=args.dataset,
-                   canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
-                   overrides=parse_overrides(None, args.set), full_finetune=not args.no_full_finetune,
-                   candidates=args.candidates, neighbourhood=args.neighbourhood,
-                   title_tags=not args.no_tags, command=command_line(args))
+    bench_canvases(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        dataset=args.dataset,
+        canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
+        overrides=parse_overrides(None, args.set),
+        full_finetune=not args.no_full_finetune,
+        candidates=args.candidates,
+        neighbourhood=args.neighbourhood,
+        title_tags=not args.no_tags,
+        command=command_line(args),
+    )
     return 0
 
 
@@ -110,11 +179,16 @@ def cmd_baseline(args) -> int:
     from eval.config import EvalConfig
 
     set_threads(args)
-    report = run_baseline(args.kind, data_config(args), SequenceConfig(max_history=args.max_history),
-                          args.out, EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size,
-                                               device=args.device),
-                          command=["sidrec", *getattr(args, "argv", [])], ids_dir=args.ids,
-                          **parse_overrides(None, args.set))
+    report = run_baseline(
+        args.kind,
+        data_config(args),
+        SequenceConfig(max_history=args.max_history),
+        args.out,
+        EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
+        command=["sidrec", *getattr(args, "argv", [])],
+        ids_dir=args.ids,
+        **parse_overrides(None, args.set),
+    )
     for split, m in report["metrics"].items():
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"params {report['params']:,}  train {report['train_seconds']:.1f}s  -> {args.out}")
@@ -145,8 +219,11 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
         return p
 
-    p = add("serving", cmd_bench_serving, "throughput and batch latency of the decoding backends on "
-                                          "real member histories (eval.bench_serving)")
+    p = add(
+        "serving",
+        cmd_bench_serving,
+        "throughput and batch latency of the decoding backends on real member histories (eval.bench_serving)",
+    )
     p.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
     p.add_argument("--backend", choices=["vllm", "transformers", "both"], default="both")
     p.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
@@ -156,19 +233,35 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed batches before them")
     add_data_args(p, dataset_help="default: the dataset in the model's manifest", max_users=False)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    p.add_argument("--compile", action="store_true",
-                   help="vLLM: torch.compile / CUDA graphs (default enforce_eager=True)")
-    p.add_argument("--device", default=None,
-                   help="transformers backend device (default: cuda when available, else cpu)")
-    add_threads_arg(p, None, "torch threads of this process for the transformers backend (vLLM's CPU "
-                             "workers follow VLLM_CPU_OMP_THREADS_BIND)")
-    p.add_argument("--no-unconstrained", dest="unconstrained", action="store_false",
-                   help="skip vLLM's built-in unconstrained beam search reference")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="vLLM: torch.compile / CUDA graphs (default enforce_eager=True)",
+    )
+    p.add_argument(
+        "--device", default=None, help="transformers backend device (default: cuda when available, else cpu)"
+    )
+    add_threads_arg(
+        p,
+        None,
+        "torch threads of this process for the transformers backend (vLLM's CPU "
+        "workers follow VLLM_CPU_OMP_THREADS_BIND)",
+    )
+    p.add_argument(
+        "--no-unconstrained",
+        dest="unconstrained",
+        action="store_false",
+        help="skip vLLM's built-in unconstrained beam search reference",
+    )
     p.add_argument("--seed", type=int, default=0, help="member sample")
     p.add_argument("--out", required=True, help="results JSON (e.g. results/serving/NAME.json)")
 
-    p = add("load", cmd_bench_load, "loopback load test of the HTTP server: concurrent clients for a "
-                                    "fixed time, errors and memory (eval.bench_load)")
+    p = add(
+        "load",
+        cmd_bench_load,
+        "loopback load test of the HTTP server: concurrent clients for a "
+        "fixed time, errors and memory (eval.bench_load)",
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     p.add_argument("--clients", type=int, default=8)
@@ -177,21 +270,35 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", required=True)
 
-    p = add("ids", cmd_bench_ids, "semantic-ID building: quality figures of the codes and wall time "
-                                  "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json")
+    p = add(
+        "ids",
+        cmd_bench_ids,
+        "semantic-ID building: quality figures of the codes and wall time "
+        "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json",
+    )
     add_data_args(p, dataset_required=True, max_users=False)
-    p.add_argument("--quantizer", default="rqvae",
-                   help="a name in semantic_ids.quantizers.QUANTIZERS (checked by SemanticIDConfig)")
+    p.add_argument(
+        "--quantizer",
+        default="rqvae",
+        help="a name in semantic_ids.quantizers.QUANTIZERS (checked by SemanticIDConfig)",
+    )
     add_config_args(p, "SemanticIDConfig", preset=False)
     p.add_argument("--tag", help="suffix of the results file for a variant (e.g. a modality mix)")
     p.add_argument("--runs", default="runs/bench", help="where the ID artifacts are written")
     p.add_argument("--results", default="results/semantic_ids")
-    p.add_argument("--warm", action="store_true",
-                   help="reuse the on-disk caches (default: a cold, empty cache, so the sentence "
-                        "encoder's time is measured)")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="reuse the on-disk caches (default: a cold, empty cache, so the sentence "
+        "encoder's time is measured)",
+    )
 
-    p = add("batch", cmd_bench_batch, "batch lists against the server: the same members' top-K from "
-                                      "`sidrec batch` and one by one over HTTP (eval.bench_batch)")
+    p = add(
+        "batch",
+        cmd_bench_batch,
+        "batch lists against the server: the same members' top-K from "
+        "`sidrec batch` and one by one over HTTP (eval.bench_batch)",
+    )
     p.add_argument("--model", required=True)
     add_data_args(p, dataset=False, max_users=False)
     p.add_argument("--members", type=int, default=300)
@@ -200,16 +307,23 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--out", required=True)
 
-    p = add("host-batches", cmd_bench_host_batches,
-            "host time per training step: collated batches against slices of the epoch's padded "
-            "tensors (eval.bench_batches)")
+    p = add(
+        "host-batches",
+        cmd_bench_host_batches,
+        "host time per training step: collated batches against slices of the epoch's padded "
+        "tensors (eval.bench_batches)",
+    )
     add_data_args(p, dataset_required=True, max_users=False)
     p.add_argument("--ids", required=True, help="ID artifact")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", required=True)
 
-    p = add("embeddings", cmd_bench_embeddings, "do the model's embeddings carry signal? two probes "
-                                                "against the content embedding (eval.bench_embeddings)")
+    p = add(
+        "embeddings",
+        cmd_bench_embeddings,
+        "do the model's embeddings carry signal? two probes "
+        "against the content embedding (eval.bench_embeddings)",
+    )
     p.add_argument("--model", required=True)
     add_data_args(p, dataset=False, max_users=False)
     p.add_argument("--min-members", type=int, default=20)
@@ -217,32 +331,53 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", default="last", help="serving.embeddings.POOLINGS")
     p.add_argument("--out", required=True)
 
-    p = add("canvases", cmd_bench_canvases, "per-canvas soft prompt against the frozen base and full "
-                                            "fine-tuning (eval.bench_canvases)")
+    p = add(
+        "canvases",
+        cmd_bench_canvases,
+        "per-canvas soft prompt against the frozen base and full fine-tuning (eval.bench_canvases)",
+    )
     p.add_argument("--model", required=True, help="foundation model folder")
     add_data_args(p, dataset_help="dataset sub-folder (default: the model's)", max_users=False)
     p.add_argument("--canvases", default="home,search,t2t,collection")
     add_config_args(p, "PromptTuningStageConfig", preset=False)
     p.add_argument("--no-full-finetune", action="store_true")
-    p.add_argument("--candidates", action="store_true",
-                   help="also judge every variant inside the context's candidate set (search, "
-                        "collection, t2t; prompt_tuning.candidates), as the server decodes by default")
-    p.add_argument("--neighbourhood", type=int, default=None, metavar="N",
-                   help="titles in a t2t source's candidate set (half co-engaged, then nearest by "
-                        "title text; default 100, as served)")
-    p.add_argument("--no-tags", action="store_true",
-                   help="candidate sets without what members tagged titles with (the ablation; "
-                        "served search matches tags)")
+    p.add_argument(
+        "--candidates",
+        action="store_true",
+        help="also judge every variant inside the context's candidate set (search, "
+        "collection, t2t; prompt_tuning.candidates), as the server decodes by default",
+    )
+    p.add_argument(
+        "--neighbourhood",
+        type=int,
+        default=None,
+        metavar="N",
+        help="titles in a t2t source's candidate set (half co-engaged, then nearest by "
+        "title text; default 100, as served)",
+    )
+    p.add_argument(
+        "--no-tags",
+        action="store_true",
+        help="candidate sets without what members tagged titles with (the ablation; "
+        "served search matches tags)",
+    )
     add_threads_arg(p, 1)
     p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
 
-
-    p = add("new-title-pool", cmd_bench_new_title_pool,
-            "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
-            "pairs whose next title is new (core.timeline.rolling_pool)")
+    p = add(
+        "new-title-pool",
+        cmd_bench_new_title_pool,
+        "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
+        "pairs whose next title is new (core.timeline.rolling_pool)",
+    )
     add_data_args(p, dataset_required=True, max_users=False)
-    p.add_argument("--cutoffs", type=int, nargs="+", default=[10, 20, 40, 80],
-                   help="counts of cutoffs to try, each spread evenly over the time quantiles")
+    p.add_argument(
+        "--cutoffs",
+        type=int,
+        nargs="+",
+        default=[10, 20, 40, 80],
+        help="counts of cutoffs to try, each spread evenly over the time quantiles",
+    )
     p.add_argument("--low", type=float, default=0.2, help="first cutoff's time quantile")
     p.add_argument("--high", type=float, default=0.98, help="last cutoff's time quantile")
     p.add_argument("--out", help="results JSON (default results/refresh/<dataset>-new-title-pool.json)")
@@ -250,10 +385,12 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     """``bench`` (one subcommand per benchmark), ``baseline`` and ``report`` on the top parser's ``sub``."""
-    bench = sub.add_parser("bench", help="benchmarks, each writing one results file: "
-                                         + ", ".join(BENCHMARKS),
-                           description="Benchmarks; each writes one JSON results file recording its "
-                                       "command, config, data fingerprint and machine.")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks, each writing one results file: " + ", ".join(BENCHMARKS),
+        description="Benchmarks; each writes one JSON results file recording its "
+        "command, config, data fingerprint and machine.",
+    )
     _add_bench_parsers(bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK"))
 
     p = sub.add_parser("baseline", help="popular / SASRec baselines on the same split")
@@ -262,19 +399,31 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-history", type=int, default=20, help="history cap (benchmark: 20)")
     p.add_argument("--out", required=True, help="JSON report to write")
     p.add_argument("--ids", help="ID artifact whose codes represent titles (--set items=codes or both)")
-    add_config_args(p, "SASRecConfig", preset=False,
-                    set_help="SASRec hyperparameter override (JSON value), repeatable; e.g. --set dropout=0.2")
+    add_config_args(
+        p,
+        "SASRecConfig",
+        preset=False,
+        set_help="SASRec hyperparameter override (JSON value), repeatable; e.g. --set dropout=0.2",
+    )
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--batch-size", type=int, default=256, help="members per scoring batch")
     p.add_argument("--device", default="cpu")
     add_threads_arg(p, None, "torch CPU threads (results can differ by thread count)")
     p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("report", help="results files -> a markdown page with PNG plots",
-                       description="Every results file as one markdown page with PNG plots "
-                                   "(eval.report); a file it cannot read is listed and skipped.")
-    p.add_argument("--results", default="results", metavar="DIR",
-                   help="folder of JSON results files, read recursively (default: results)")
-    p.add_argument("--out", default="report", metavar="DIR",
-                   help="report folder, replaced as a whole (default: report)")
+    p = sub.add_parser(
+        "report",
+        help="results files -> a markdown page with PNG plots",
+        description="Every results file as one markdown page with PNG plots "
+        "(eval.report); a file it cannot read is listed and skipped.",
+    )
+    p.add_argument(
+        "--results",
+        default="results",
+        metavar="DIR",
+        help="folder of JSON results files, read recursively (default: results)",
+    )
+    p.add_argument(
+        "--out", default="report", metavar="DIR", help="report folder, replaced as a whole (default: report)"
+    )
     p.set_defaults(func=cmd_report)

@@ -18,9 +18,11 @@ from sidrec.stage_commands import add_stage_commands
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sidrec", description=__doc__.splitlines()[0],
+        prog="sidrec",
+        description=__doc__.splitlines()[0],
         epilog="Every command also takes --verbose (library messages on the screen) and --log-file "
-               "PATH (where they go otherwise: $SIDREC_LOG_FILE, else sidrec.log in the cache folder).")
+        "PATH (where they go otherwise: $SIDREC_LOG_FILE, else sidrec.log in the cache folder).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_stage_commands(sub)
     add_bench_commands(sub)

@@ -35,8 +35,17 @@ def pretrain_default() -> PretrainConfig:
     # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
     # judged and kept are an exponential moving average (decay 0.995, ~200 of the 996 steps): over
     # seeds 0-2 and 1-2 threads it narrowed test R@10 from 0.054-0.071 to 0.061-0.072 (BENCHMARKS).
-    return PretrainConfig.from_preset("small", epochs=12, lr=2e-3, seed=0, batch_size=64,
-                                      val_users=None, eval_every=1, patience=0, ema_decay=0.995)
+    return PretrainConfig.from_preset(
+        "small",
+        epochs=12,
+        lr=2e-3,
+        seed=0,
+        batch_size=64,
+        val_users=None,
+        eval_every=1,
+        patience=0,
+        ema_decay=0.995,
+    )
 
 
 def prompts_default() -> PromptTuningStageConfig:
@@ -95,8 +104,15 @@ def show_stats(ids) -> None:
     t = Table(title=f"semantic IDs: {ids.path}")
     t.add_column("figure")
     t.add_column("value")
-    for key in ("num_items", "sid_length", "unique_ids", "collision_rate", "max_collision_group",
-                "dedup_codes_used", "reconstruction_mse"):
+    for key in (
+        "num_items",
+        "sid_length",
+        "unique_ids",
+        "collision_rate",
+        "max_collision_group",
+        "dedup_codes_used",
+        "reconstruction_mse",
+    ):
         v = s.get(key)
         t.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
     t.add_row("codebook_utilization", ", ".join(f"{u:.1%}" for u in s["codebook_utilization"]))
@@ -147,13 +163,13 @@ def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     groups = sorted((p, m) for p, m in ids.prefix_groups(depth).items() if len(m) >= 3)
     console.print(f"Titles that share their first {depth} codes (semantic neighbours):")
     for prefix, members in groups[:: max(len(groups) // 4, 1)][:4]:
-        console.print(f"  [bold]{'-'.join(map(str, prefix))}[/bold]: "
-                      + " | ".join(ids.title(m) for m in members[:4]))
+        console.print(
+            f"  [bold]{'-'.join(map(str, prefix))}[/bold]: " + " | ".join(ids.title(m) for m in members[:4])
+        )
     return ids
 
 
-def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path,
-                    out: Path) -> Path:
+def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path, out: Path) -> Path:
     from gen_fm.train import pretrain
     from core.sequences import SequenceConfig
 
@@ -164,8 +180,9 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
     digest = hashlib.sha256(json.dumps(jsonable(pc), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
-    if (same_build(model_dir, "gen_fm", pc, data.fingerprint)
-            and read_manifest(model_dir)["parents"].get("semantic_ids") == manifest_hash(ids_dir)):
+    if same_build(model_dir, "gen_fm", pc, data.fingerprint) and read_manifest(model_dir)["parents"].get(
+        "semantic_ids"
+    ) == manifest_hash(ids_dir):
         console.print(f"reusing {model_dir} (same data, IDs and config)")
         return model_dir
     return pretrain(data_config, SequenceConfig(), ids_dir, run_dir, pc, resume=True)
@@ -188,19 +205,31 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
     from eval.next_title import evaluate_model
 
     console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
-    rep = evaluate_model(model_dir, data_config, EvalConfig(split="test"), out=out,
-                         max_users=config.eval_users, unconstrained_users=200)
+    rep = evaluate_model(
+        model_dir,
+        data_config,
+        EvalConfig(split="test"),
+        out=out,
+        max_users=config.eval_users,
+        unconstrained_users=200,
+    )
     t = Table(title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}")
     cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
     for col in ("ranking", *cols, "invalid IDs", "unconstrained invalid"):
         t.add_column(col)
-    t.add_row("model", *(f"{rep[k]:.4f}" for k in cols),
-              f"{rep['invalid_rate']:.1%}", f"{rep['invalid_rate_unconstrained']:.1%}")
+    t.add_row(
+        "model",
+        *(f"{rep[k]:.4f}" for k in cols),
+        f"{rep['invalid_rate']:.1%}",
+        f"{rep['invalid_rate_unconstrained']:.1%}",
+    )
     t.add_row("served", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
     console.print(t)
-    console.print("[dim]model: the model's beam alone; served: the home row, that beam without the "
-                  "history's titles, fused with the titles most co-engaged with the member's "
-                  f"{rep['home_row']['recent_titles']} newest titles[/dim]")
+    console.print(
+        "[dim]model: the model's beam alone; served: the home row, that beam without the "
+        "history's titles, fused with the titles most co-engaged with the member's "
+        f"{rep['home_row']['recent_titles']} newest titles[/dim]"
+    )
     console.print(f"[dim]report: {out}[/dim]")
 
 
@@ -219,13 +248,17 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     adapters = []
     for canvas in canvases:
         if get_canvas(canvas).context_kind == "text" and not has_text:
-            console.print(f"[yellow]skipping {canvas}: its queries/themes are text and these IDs have "
-                          f"no text modality (text_weight=0)[/yellow]")
+            console.print(
+                f"[yellow]skipping {canvas}: its queries/themes are text and these IDs have "
+                f"no text modality (text_weight=0)[/yellow]"
+            )
             continue
         pc = replace(prompt_config, canvas=canvas)  # a PromptTuningStageConfig
         if pc.adapter_method == "none":
-            console.print(f"{canvas}: served by the frozen model, no adapter to train (no adapter "
-                          f"measured for it beat the frozen model beyond noise; BENCHMARKS.md)")
+            console.print(
+                f"{canvas}: served by the frozen model, no adapter to train (no adapter "
+                f"measured for it beat the frozen model beyond noise; BENCHMARKS.md)"
+            )
             continue
         target = root / canvas
         try:
@@ -246,15 +279,19 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
     try:
         parents = read_manifest(served, "gen_fm")["parents"]
-        if parents.get("base_model") == base_hash and all(parents.get(k) == v for k, v in want.items()) \
-                and (served / CO_ENGAGEMENT_FILE).is_file() \
-                and (served / TITLE_TAGS_FILE).is_file():
+        if (
+            parents.get("base_model") == base_hash
+            and all(parents.get(k) == v for k, v in want.items())
+            and (served / CO_ENGAGEMENT_FILE).is_file()
+            and (served / TITLE_TAGS_FILE).is_file()
+        ):
             console.print(f"reusing {served} (same model and soft prompts)")
             return served
     except Exception:
         pass
-    export_adapters(model_dir, adapters, served, co_engagement=_co_engagement(model_dir, data_config),
-                    title_tags=tags)
+    export_adapters(
+        model_dir, adapters, served, co_engagement=_co_engagement(model_dir, data_config), title_tags=tags
+    )
     console.print(f"servable folder, every canvas in one model: {served}")
     return served
 
@@ -296,8 +333,10 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            console.print("[yellow]vLLM is not installed (pip install 'sidrec[serving]'): serving the "
-                          "examples with the transformers backend[/yellow]")
+            console.print(
+                "[yellow]vLLM is not installed (pip install 'sidrec[serving]'): serving the "
+                "examples with the transformers backend[/yellow]"
+            )
             backend = "transformers"
     console.rule(f"5/5 recommendations per canvas for a few members ({backend} engine)")
     rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=max(config.k, 10))
@@ -305,14 +344,17 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
         split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
         ex = split.examples("test")
         sid_rows = catalog_to_sid_rows(data, gen.ids)
-        picks = list(range(0, len(ex.users), max(len(ex.users) // max(config.examples, 1), 1)))[: config.examples]
+        picks = list(range(0, len(ex.users), max(len(ex.users) // max(config.examples, 1), 1)))[
+            : config.examples
+        ]
         for i in picks:
             hist = to_sid_rows(ex.histories[i], sid_rows).tolist()
             user = split.sequences.user_ids[ex.users[i]]
             history = [gen.ids.item_ids[r] for r in hist]
-            target = gen.ids.item_ids[to_sid_rows(ex.targets[i: i + 1], sid_rows)[0]]
-            console.print(f"[bold]member {user}[/bold] recently: "
-                          + " | ".join(gen.ids.titles[r] for r in hist[-4:]))
+            target = gen.ids.item_ids[to_sid_rows(ex.targets[i : i + 1], sid_rows)[0]]
+            console.print(
+                f"[bold]member {user}[/bold] recently: " + " | ".join(gen.ids.titles[r] for r in hist[-4:])
+            )
             for canvas in canvases:
                 spec = get_canvas(canvas)
                 demo = spec.example(data, gen.ids, hist, user)  # the canvas's own demonstration
@@ -321,8 +363,13 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                 kwargs = {spec.context_field: demo.value} if demo.value is not None else {}
                 label = demo.label
                 res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
-                soft = ("LoRA" if canvas in rec.prompts.loras else "soft prompt") if res.soft_prompt \
-                    else "the frozen model" if spec.adapter == "none" else "canvas token only"
+                soft = (
+                    ("LoRA" if canvas in rec.prompts.loras else "soft prompt")
+                    if res.soft_prompt
+                    else "the frozen model"
+                    if spec.adapter == "none"
+                    else "canvas token only"
+                )
                 how = f"; ranked within {res.candidates}" if res.candidates else ""
                 if res.fused_with:
                     how += "; fused with " + ("that order" if res.candidates else res.fused_with)
@@ -331,8 +378,9 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                     console.print(f"   [yellow]{res.reason}[/yellow]")
                 for rank, item in enumerate(res, 1):
                     mark = " [green]<- held-out next title[/green]" if item.item_id == target else ""
-                    console.print(f"   {rank:2d}. {item.title}  [dim]{item.semantic_id} "
-                                  f"{item.score:.2f}[/dim]{mark}")
+                    console.print(
+                        f"   {rank:2d}. {item.title}  [dim]{item.semantic_id} {item.score:.2f}[/dim]{mark}"
+                    )
     finally:
         rec.close()
     console.print(f"served model folder: {model_dir}  (sidrec serve --model {model_dir})")

@@ -57,8 +57,9 @@ console = Console()
 
 def _old_world_pretrain() -> PretrainConfig:
     """The quickstart's recipe for 8 epochs, validated on 300 members (simulation only)."""
-    return PretrainConfig.from_preset("small", epochs=8, lr=2e-3, batch_size=64, val_users=300,
-                                      eval_every=1, patience=0)
+    return PretrainConfig.from_preset(
+        "small", epochs=8, lr=2e-3, batch_size=64, val_users=300, eval_every=1, patience=0
+    )
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,23 @@ class RefreshConfig:
             raise ValueError(f"canvases {list(self.canvases)}: each at most once, from {CANVASES}")
         if not 0.0 < self.new_title_share < 1.0:
             raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
-        positive = {"epochs": self.epochs, "val_users": self.val_users, "k": self.k,
-                    "eval_batch_size": self.eval_batch_size,
-                    "batch_size": self.batch_size or 1, "eval_users": self.eval_users or 1}
+        positive = {
+            "epochs": self.epochs,
+            "val_users": self.val_users,
+            "k": self.k,
+            "eval_batch_size": self.eval_batch_size,
+            "batch_size": self.batch_size or 1,
+            "eval_users": self.eval_users or 1,
+        }
         bad = [name for name, v in positive.items() if int(v) < 1]
         if bad:
             raise ValueError(f"these must be >= 1: {bad}")
         if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("lr must be > 0, warmup_ratio in [0, 1)")
         if self.num_beams is not None and self.num_beams < self.k:
-            raise ValueError(f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K "
-                             f"cannot return K titles")
+            raise ValueError(
+                f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K cannot return K titles"
+            )
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {self.replay}")
 
@@ -152,32 +159,42 @@ def parse_since(value: str) -> dict:
     try:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValueError(f"--since {value!r}: give unix seconds, an ISO date such as 2018-09-01, "
-                         f"or 'all'") from None
+        raise ValueError(
+            f"--since {value!r}: give unix seconds, an ISO date such as 2018-09-01, or 'all'"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return {"fresh_since": int(when.timestamp())}
 
 
-def resolve_since(config: RefreshConfig, parent_manifest: dict, has_time: bool
-                  ) -> tuple[RefreshConfig, str | None]:
+def resolve_since(
+    config: RefreshConfig, parent_manifest: dict, has_time: bool
+) -> tuple[RefreshConfig, str | None]:
     """``fresh_since`` read from the parent model's manifest when the config leaves it unset: events
     after the newest one the model was built from are fresh. Returns the config and what was done."""
     if config.fresh_since is not None or not config.since_from_model or not has_time:
         return config, None
     end = (parent_manifest.get("data") or {}).get("time_end")
     if end is None:
-        return config, ("the model folder does not record when its data ended (built before "
-                        "data.time_end existed): fine-tuning on every training event")
+        return config, (
+            "the model folder does not record when its data ended (built before "
+            "data.time_end existed): fine-tuning on every training event"
+        )
     since = int(end) + 1
     return dataclasses.replace(config, fresh_since=since), (
         f"fresh events: after {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(int(end)))} UTC, the "
-        f"newest event of the data the model was built from (its manifest)")
+        f"newest event of the data the model was built from (its manifest)"
+    )
 
 
-def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: str | Path,
-            config: RefreshConfig, results: str | Path | None = None,
-            simulation: dict | None = None) -> dict[str, Any]:
+def refresh(
+    model_dir: str | Path,
+    data_config: DataConfig | RecData,
+    out_dir: str | Path,
+    config: RefreshConfig,
+    results: str | Path | None = None,
+    simulation: dict | None = None,
+) -> dict[str, Any]:
     """Assign IDs to the new titles, fine-tune from `model_dir`, judge before/after; returns the report."""
     from gen_fm.model import load_model
 
@@ -187,16 +204,20 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     console.rule(f"[bold]refresh[/bold] {model_dir} with {data.name} -> {out}")
     if config.fresh_since is not None and not data.has_time:
-        raise ValueError(f"fresh_since needs timestamps; {data.name} has sequence positions only: "
-                         f"fine-tune on every event instead (leave fresh_since unset)")
+        raise ValueError(
+            f"fresh_since needs timestamps; {data.name} has sequence positions only: "
+            f"fine-tune on every event instead (leave fresh_since unset)"
+        )
     config, why = resolve_since(config, parent.manifest, data.has_time)
     if why:
         console.print(why)
 
     console.rule("refresh 1/3: IDs for the new titles (trained quantizer, existing IDs kept)")
     new_ids, new_titles = _stage_assign(parent, data, out / "ids")
-    console.print(f"{len(new_titles):,} new title(s) got IDs; map version {parent.ids.version} -> "
-                  f"{new_ids.version}; {parent.ids.num_items:,} existing IDs unchanged")
+    console.print(
+        f"{len(new_titles):,} new title(s) got IDs; map version {parent.ids.version} -> "
+        f"{new_ids.version}; {parent.ids.num_items:,} existing IDs unchanged"
+    )
     for iid in new_titles[:3]:
         console.print(f"  {new_ids.layout.sid_string(new_ids.sid(iid))}  {new_ids.title(iid)}")
     t_ids = time.perf_counter() - t0
@@ -215,9 +236,23 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
 
         console.rule(f"refresh: soft prompts of {', '.join(config.canvases)} on the refreshed model")
         served = stage_prompts(refreshed_dir, data, config.canvases, config.prompts, out / "prompts")
-    report = _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config,
-                     simulation, seconds={"ids": t_ids, "finetune": t_ft, "evaluate": t_eval,
-                                          "prompts": time.perf_counter() - t0 - t_ids - t_ft - t_eval})
+    report = _report(
+        parent,
+        refreshed,
+        new_ids,
+        new_titles,
+        data,
+        evaluations,
+        members,
+        config,
+        simulation,
+        seconds={
+            "ids": t_ids,
+            "finetune": t_ft,
+            "evaluate": t_eval,
+            "prompts": time.perf_counter() - t0 - t_ids - t_ft - t_eval,
+        },
+    )
     report["served_model"] = str(served) if served is not None else str(refreshed_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -225,8 +260,9 @@ def refresh(model_dir: str | Path, data_config: DataConfig | RecData, out_dir: s
         Path(results).parent.mkdir(parents=True, exist_ok=True)
         write_json(results, report)
     show(report)
-    console.print(f"[dim]report: {out / 'report.json'}"
-                  + (f" and {results}" if results is not None else "") + "[/dim]")
+    console.print(
+        f"[dim]report: {out / 'report.json'}" + (f" and {results}" if results is not None else "") + "[/dim]"
+    )
     return report
 
 
@@ -239,8 +275,10 @@ def check_ids_kept(old, new) -> None:
     if len(moved):
         raise ValueError(f"{len(moved)} existing ID(s) moved, e.g. title {old.item_ids[moved[0]]}")
     if new.codebook_sizes != old.codebook_sizes:
-        raise ValueError(f"codebook sizes changed {old.codebook_sizes} -> {new.codebook_sizes}: the "
-                         f"model's vocabulary would change")
+        raise ValueError(
+            f"codebook sizes changed {old.codebook_sizes} -> {new.codebook_sizes}: the "
+            f"model's vocabulary would change"
+        )
 
 
 def _stage_assign(parent, data: RecData, ids_dir: Path):
@@ -250,13 +288,16 @@ def _stage_assign(parent, data: RecData, ids_dir: Path):
     catalog = list(data.catalog["item_id"])
     new_titles = [i for i in catalog if i not in parent.ids]
     if not new_titles:
-        raise ValueError(f"every title of {data.name} already has an ID in {parent.path}: "
-                         f"no new titles to refresh with")
+        raise ValueError(
+            f"every title of {data.name} already has an ID in {parent.path}: no new titles to refresh with"
+        )
     try:
         ids = SemanticIDs.load(ids_dir)
-        reuse = (ids.manifest["parents"].get("data") == data.fingerprint
-                 and ids.version == parent.ids.version + 1
-                 and set(ids.item_ids) == set(parent.ids.item_ids) | set(catalog))
+        reuse = (
+            ids.manifest["parents"].get("data") == data.fingerprint
+            and ids.version == parent.ids.version + 1
+            and set(ids.item_ids) == set(parent.ids.item_ids) | set(catalog)
+        )
         check_ids_kept(parent.ids, ids)
     except Exception:
         reuse = False
@@ -274,9 +315,18 @@ def finetune_config(parent_config, config: RefreshConfig):
     """The parent's PretrainConfig (architecture, regularisation) with the refresh's schedule."""
     from gen_fm.config import PretrainConfig
 
-    over = dict(epochs=config.epochs, lr=config.lr, warmup_ratio=config.warmup_ratio,
-                val_users=config.val_users, eval_every=1, patience=0, max_steps=None,
-                seed=config.seed, eval_k=config.k, num_beams=config.num_beams)
+    over = dict(
+        epochs=config.epochs,
+        lr=config.lr,
+        warmup_ratio=config.warmup_ratio,
+        val_users=config.val_users,
+        eval_every=1,
+        patience=0,
+        max_steps=None,
+        seed=config.seed,
+        eval_k=config.k,
+        num_beams=config.num_beams,
+    )
     if config.batch_size is not None:
         over["batch_size"] = config.batch_size
     return PretrainConfig.from_json({**jsonable(parent_config), **over})
@@ -296,53 +346,94 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
     target = run_dir / "model"
     if same_build(target, "gen_fm", pcfg, data.fingerprint):
         m = read_manifest(target)
-        if (m["parents"].get("semantic_ids") == ids_hash and m["parents"].get("init_from") == parent_hash
-                and m["training"].get("targets") == targets):
+        if (
+            m["parents"].get("semantic_ids") == ids_hash
+            and m["parents"].get("init_from") == parent_hash
+            and m["training"].get("targets") == targets
+        ):
             console.print(f"reusing {target} (same data, IDs, parent and config)")
             return target
-    what = ("every training event" if since is None else
-            f"the events since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC plus "
-            f"{config.replay:.0%} of the older ones (the rest is context)")
+    what = (
+        "every training event"
+        if since is None
+        else f"the events since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC plus "
+        f"{config.replay:.0%} of the older ones (the rest is context)"
+    )
     console.print(f"{pcfg.epochs} epoch(s) at lr {pcfg.lr:g} from {model_dir}; loss on {what}")
-    return pretrain(data, parent.seq_config, out / "ids", run_dir, pcfg, resume=True,
-                    init_from=model_dir, targets_since=since,
-                    replay=config.replay if since is not None else 0.0)
+    return pretrain(
+        data,
+        parent.seq_config,
+        out / "ids",
+        run_dir,
+        pcfg,
+        resume=True,
+        init_from=model_dir,
+        targets_since=since,
+        replay=config.replay if since is not None else 0.0,
+    )
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _report(parent, refreshed, new_ids, new_titles, data, evaluations, members, config, simulation,
-            seconds) -> dict[str, Any]:
+def _report(
+    parent, refreshed, new_ids, new_titles, data, evaluations, members, config, simulation, seconds
+) -> dict[str, Any]:
     from eval.machine import machine_info
 
     k = config.k
-    summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS + BASELINES}
-               for g in GROUPS}
+    summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS + BASELINES} for g in GROUPS}
     stats = new_ids.stats()
     return {
-        "benchmark": "refresh", "dataset": data.name, "split": "test", "k": k,
-        "num_beams": config.beams, f"recall@{k}": summary,
-        "members": members, "members_judged": {g: evaluations["after"][g]["num_users"] for g in GROUPS},
+        "benchmark": "refresh",
+        "dataset": data.name,
+        "split": "test",
+        "k": k,
+        "num_beams": config.beams,
+        f"recall@{k}": summary,
+        "members": members,
+        "members_judged": {g: evaluations["after"][g]["num_users"] for g in GROUPS},
         "evaluations": evaluations,
-        "ids": {"parent_map_version": parent.ids.version, "map_version": new_ids.version,
-                "existing_titles": parent.ids.num_items, "new_titles": len(new_titles),
-                "existing_ids_unchanged": True, "vocab_unchanged":
-                    refreshed.layout.to_json() == parent.layout.to_json(),
-                "new_titles_spilled": stats.get("new_titles_spilled"),
-                "collision_rate": stats.get("collision_rate")},
+        "ids": {
+            "parent_map_version": parent.ids.version,
+            "map_version": new_ids.version,
+            "existing_titles": parent.ids.num_items,
+            "new_titles": len(new_titles),
+            "existing_ids_unchanged": True,
+            "vocab_unchanged": refreshed.layout.to_json() == parent.layout.to_json(),
+            "new_titles_spilled": stats.get("new_titles_spilled"),
+            "collision_rate": stats.get("collision_rate"),
+        },
         "simulation": simulation,
-        "finetune": {k2: refreshed.manifest["training"].get(k2) for k2 in
-                     ("steps", "epochs_done", "best_epoch", "weights", "stop_reason",
-                      f"best_val_recall@{k}", "train_windows", "targets", "history", "init_from")},
+        "finetune": {
+            k2: refreshed.manifest["training"].get(k2)
+            for k2 in (
+                "steps",
+                "epochs_done",
+                "best_epoch",
+                "weights",
+                "stop_reason",
+                f"best_val_recall@{k}",
+                "train_windows",
+                "targets",
+                "history",
+                "init_from",
+            )
+        },
         "config": jsonable(config),
-        "artifacts": {"parent_model": str(parent.path), "parent_manifest": manifest_hash(parent.path),
-                      "parent_data_fingerprint": parent.manifest.get("data", {}).get("fingerprint"),
-                      "model": str(refreshed.path), "model_manifest": manifest_hash(refreshed.path),
-                      "semantic_ids": str(new_ids.path), "semantic_ids_manifest":
-                          manifest_hash(new_ids.path), "data_fingerprint": data.fingerprint},
+        "artifacts": {
+            "parent_model": str(parent.path),
+            "parent_manifest": manifest_hash(parent.path),
+            "parent_data_fingerprint": parent.manifest.get("data", {}).get("fingerprint"),
+            "model": str(refreshed.path),
+            "model_manifest": manifest_hash(refreshed.path),
+            "semantic_ids": str(new_ids.path),
+            "semantic_ids_manifest": manifest_hash(new_ids.path),
+            "data_fingerprint": data.fingerprint,
+        },
         "seconds": {s: round(v, 1) for s, v in seconds.items()},
-        "command": " ".join(["sidrec", *sys.argv[1:]]), "machine": machine_info(),
+        "command": " ".join(["sidrec", *sys.argv[1:]]),
+        "machine": machine_info(),
     }
 
 
@@ -356,8 +447,11 @@ def show(report: dict) -> None:
         t.add_column(v.replace("_", " "))
     for g in GROUPS:
         cells = [report[f"recall@{k}"][g][v] for v in shown]
-        t.add_row(g.replace("_", " "), str(report["members_judged"][g]),
-                  *("-" if c is None else f"{c:.4f}" for c in cells))
+        t.add_row(
+            g.replace("_", " "),
+            str(report["members_judged"][g]),
+            *("-" if c is None else f"{c:.4f}" for c in cells),
+        )
     console.print(t)
     if report.get("served_model"):
         console.print(f"serve it: sidrec serve --model {report['served_model']}")
@@ -366,8 +460,9 @@ def show(report: dict) -> None:
 # --------------------------------------------------------------------------- simulation
 
 
-def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig,
-             results: str | Path | None = None) -> dict[str, Any]:
+def simulate(
+    data_config: DataConfig, out_dir: str | Path, config: RefreshConfig, results: str | Path | None = None
+) -> dict[str, Any]:
     """Old world -> IDs and a model on it (the quickstart's stages) -> refresh with the full data."""
     from sidrec.quickstart import QuickstartConfig, stage_ids, stage_pretrain
 
@@ -376,16 +471,22 @@ def simulate(data_config: DataConfig, out_dir: str | Path, config: RefreshConfig
     world = old_world(full, config.new_title_share)
     info = world.to_json()
     console.rule(f"[bold]refresh simulation[/bold] on {full.name} -> {out}")
-    console.print(f"cutoff {info['cutoff_utc']}: {info['new_titles']:,} new titles and "
-                  f"{info['held_out_interactions']:,} interactions held out; the old world keeps "
-                  f"{info['old_world_titles']:,} titles and {info['old_world_interactions']:,} "
-                  f"interactions")
-    qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), ids=config.ids,
-                          pretrain=config.pretrain)
+    console.print(
+        f"cutoff {info['cutoff_utc']}: {info['new_titles']:,} new titles and "
+        f"{info['held_out_interactions']:,} interactions held out; the old world keeps "
+        f"{info['old_world_titles']:,} titles and {info['old_world_interactions']:,} "
+        f"interactions"
+    )
+    qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), ids=config.ids, pretrain=config.pretrain)
     stage_ids(qs, world.data, out / "old" / "ids")
     model_dir = stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
     if config.fresh_since is None:  # fresh = what the old world did not hold
         config = dataclasses.replace(config, fresh_since=world.cutoff)
-    return refresh(model_dir, full, out, config, results=results,
-                   simulation={**info, "new_title_share": config.new_title_share,
-                               "old_model": str(model_dir)})
+    return refresh(
+        model_dir,
+        full,
+        out,
+        config,
+        results=results,
+        simulation={**info, "new_title_share": config.new_title_share, "old_model": str(model_dir)},
+    )

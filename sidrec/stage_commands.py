@@ -13,8 +13,15 @@ from pathlib import Path
 from rich.table import Table
 
 from core.overrides import config_from_args, parse_overrides
-from sidrec.arguments import (add_config_args, add_data_args, add_engine_args, add_threads_arg,
-                              console, data_config, set_threads)
+from sidrec.arguments import (
+    add_config_args,
+    add_data_args,
+    add_engine_args,
+    add_threads_arg,
+    console,
+    data_config,
+    set_threads,
+)
 
 
 # --------------------------------------------------------------------------- ids
@@ -56,8 +63,10 @@ def cmd_ids_inspect(args) -> None:
     groups = [g for g in ids.prefix_groups(depth).items() if len(g[1]) >= 3]
     groups.sort(key=lambda kv: kv[0])
     step = max(len(groups) // max(args.groups, 1), 1)
-    console.print(f"\nTitles sharing their first {depth} code(s) (every {step}th group of "
-                  f"{len(groups)} with 3+ titles):")
+    console.print(
+        f"\nTitles sharing their first {depth} code(s) (every {step}th group of "
+        f"{len(groups)} with 3+ titles):"
+    )
     for prefix, members in groups[::step][: args.groups]:
         console.print(f"[bold]{'-'.join(map(str, prefix))}[/bold] ({len(members)} titles)")
         for iid in members[:5]:
@@ -86,8 +95,9 @@ def cmd_pretrain(args) -> None:
 
         data = load_data(data)
         extra = pretraining_mixture(data, seq, args.ids, config)
-    model_dir = pretrain(data, seq, args.ids, args.out, config, resume=args.resume,
-                         init_from=args.init_from, extra_rows=extra)
+    model_dir = pretrain(
+        data, seq, args.ids, args.out, config, resume=args.resume, init_from=args.init_from, extra_rows=extra
+    )
     console.print(f"model folder: {model_dir}")
     if not args.no_fusion:
         from eval.next_title import choose_fusion
@@ -110,28 +120,42 @@ def cmd_eval(args) -> None:
     if args.choose_fusion:
         from eval.next_title import choose_fusion
 
-        show_fusion(choose_fusion(args.model, data_config(args),
-                                  EvalConfig(split="valid", ks=(max(args.ks),),
-                                             batch_size=args.batch_size, device=args.device),
-                                  max_users=args.eval_users or 5000))
+        show_fusion(
+            choose_fusion(
+                args.model,
+                data_config(args),
+                EvalConfig(split="valid", ks=(max(args.ks),), batch_size=args.batch_size, device=args.device),
+                max_users=args.eval_users or 5000,
+            )
+        )
         return
     try:
-        report = evaluate_model(args.model, data_config(args),
-                                EvalConfig(split=args.split, ks=tuple(args.ks),
-                                           batch_size=args.batch_size, device=args.device),
-                                out=args.out, num_beams=args.beams, max_users=args.eval_users)
+        report = evaluate_model(
+            args.model,
+            data_config(args),
+            EvalConfig(split=args.split, ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
+            out=args.out,
+            num_beams=args.beams,
+            max_users=args.eval_users,
+        )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     keys = [f"{m}@{k}" for k in args.ks for m in ("recall", "ndcg")]
     home = report["home_row"]
-    console.print(f"{report['dataset']} {args.split} ({report['num_users']} members, beam "
-                  f"{report['num_beams']}):")
+    console.print(
+        f"{report['dataset']} {args.split} ({report['num_users']} members, beam {report['num_beams']}):"
+    )
     console.print("  the model alone:     " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
-    console.print("  the home row served: " + "  ".join(f"{k} {home[k]:.4f}" for k in keys)
-                  + f"  (history excluded; fused with the titles co-engaged with the "
-                    f"{home['recent_titles']} newest, k {home['fusion_k']}, weight {home['fusion_weight']})")
-    console.print(f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
-                  f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else ""))
+    console.print(
+        "  the home row served: "
+        + "  ".join(f"{k} {home[k]:.4f}" for k in keys)
+        + f"  (history excluded; fused with the titles co-engaged with the "
+        f"{home['recent_titles']} newest, k {home['fusion_k']}, weight {home['fusion_weight']})"
+    )
+    console.print(
+        f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "
+        f"{report['invalid_rate_unconstrained']:.2%}" + (f"  -> {args.out}" if args.out else "")
+    )
 
 
 def cmd_serve(args) -> None:
@@ -140,8 +164,17 @@ def cmd_serve(args) -> None:
     extra = parse_overrides(None, args.set)
     if args.enforce_eager:
         extra["enforce_eager"] = True
-    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, backend=args.backend,
-          data_dir=args.data, dataset=args.dataset, drain_seconds=args.drain_seconds, **extra)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        backend=args.backend,
+        data_dir=args.data,
+        dataset=args.dataset,
+        drain_seconds=args.drain_seconds,
+        **extra,
+    )
 
 
 def cmd_batch(args) -> None:
@@ -153,12 +186,23 @@ def cmd_batch(args) -> None:
 
     set_threads(args)
     rules = json.loads(args.rules) if args.rules else None
-    config = BatchConfig(canvas=args.canvas, k=args.k, contexts=tuple(args.context or ()), rules=rules,
-                         shard_size=args.shard_size, max_users=args.max_users,
-                         exclude_history=not args.keep_history)
-    serving = dict(backend=args.backend, num_beams=max(args.k, 10), max_k=max(args.k, 10),
-                   max_batch=args.shard_size, data_dir=args.data if rules else None,
-                   dataset=args.dataset)
+    config = BatchConfig(
+        canvas=args.canvas,
+        k=args.k,
+        contexts=tuple(args.context or ()),
+        rules=rules,
+        shard_size=args.shard_size,
+        max_users=args.max_users,
+        exclude_history=not args.keep_history,
+    )
+    serving = dict(
+        backend=args.backend,
+        num_beams=max(args.k, 10),
+        max_k=max(args.k, 10),
+        max_batch=args.shard_size,
+        data_dir=args.data if rules else None,
+        dataset=args.dataset,
+    )
     import dataclasses
 
     from core.artifacts import read_json
@@ -166,8 +210,10 @@ def cmd_batch(args) -> None:
     # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
     data = load_data(dataclasses.replace(data_config(args, args.model), max_users=None))
     if data.fingerprint != read_json(Path(args.model) / "manifest.json")["data"]["fingerprint"]:
-        console.print(f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
-                      f"has no ID for are an error[/yellow]")
+        console.print(
+            f"[yellow]{args.model} was trained on other data than {data.path}: titles it "
+            f"has no ID for are an error[/yellow]"
+        )
     if args.engine == "ray":
         from serving.batch import run_batch_ray
 
@@ -178,8 +224,10 @@ def cmd_batch(args) -> None:
             m = run_batch(rec, data, config, args.out)
         finally:
             rec.close()
-    console.print(f"{m['lists']:,} lists ({m['rows']:,} rows) in {args.out}: {m['seconds']} s"
-                  + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else ""))
+    console.print(
+        f"{m['lists']:,} lists ({m['rows']:,} rows) in {args.out}: {m['seconds']} s"
+        + (f", {m['lists_per_second']} lists/s" if m["lists_per_second"] else "")
+    )
 
 
 def cmd_embed(args) -> None:
@@ -188,18 +236,27 @@ def cmd_embed(args) -> None:
 
     set_threads(args)
     data = load_data(data_config(args, args.model))
-    m = export_embeddings(args.model, data, args.out, device=args.device, batch_size=args.batch_size,
-                          max_users=args.max_users, engine=args.engine, workers=args.workers)
-    console.print(f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
-                  f"{args.out}: {m['seconds']} s")
+    m = export_embeddings(
+        args.model,
+        data,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_users=args.max_users,
+        engine=args.engine,
+        workers=args.workers,
+    )
+    console.print(
+        f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
+        f"{args.out}: {m['seconds']} s"
+    )
 
 
 def cmd_quickstart(args) -> None:
     from sidrec.quickstart import QuickstartConfig, quickstart
 
     set_threads(args)
-    config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset,
-                              out=args.out)
+    config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset, out=args.out)
     quickstart(config, data_dir=args.data)
 
 
@@ -208,9 +265,11 @@ def cmd_refresh(args) -> None:
 
     set_threads(args)
     if bool(args.model) == args.simulate:
-        raise SystemExit("error: give either --model DIR (refresh a trained model with newer data) "
-                         "or --simulate (hold out the newest titles, build the old world's model, "
-                         "then refresh it)")
+        raise SystemExit(
+            "error: give either --model DIR (refresh a trained model with newer data) "
+            "or --simulate (hold out the newest titles, build the old world's model, "
+            "then refresh it)"
+        )
     config = config_from_args(RefreshConfig, args.preset, args.set)
     if args.since is not None:
         import dataclasses
@@ -246,13 +305,21 @@ def cmd_prompts_list(args) -> None:
     if not rows:
         console.print(f"no adapters under {args.dir}")
         return
-    table = Table("canvas", "method", "path", "base model", "tokens", "trained params",
-                  "held-out R@10 adapter", "base")
+    table = Table(
+        "canvas", "method", "path", "base model", "tokens", "trained params", "held-out R@10 adapter", "base"
+    )
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for r in rows:
-        table.add_row(r["canvas"], r["method"], r["path"], r["base_model"], str(r["virtual_tokens"]),
-                      f"{r['trainable_parameters']:,}", fmt(r["adapter_recall@10"]),
-                      fmt(r["base_recall@10"]))
+        table.add_row(
+            r["canvas"],
+            r["method"],
+            r["path"],
+            r["base_model"],
+            str(r["virtual_tokens"]),
+            f"{r['trainable_parameters']:,}",
+            fmt(r["adapter_recall@10"]),
+            fmt(r["base_recall@10"]),
+        )
     console.print(table)
 
 
@@ -286,33 +353,48 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--ids", required=True, help="ID artifact (sidrec ids build)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/ and the final model/")
-    p.add_argument("--preset", default="small", help="preset: tiny, small (sizes), base or large (GPU recipes)")
+    p.add_argument(
+        "--preset", default="small", help="preset: tiny, small (sizes), base or large (GPU recipes)"
+    )
     p.add_argument("--config", help="JSON file of PretrainConfig overrides")
     add_config_args(p, "PretrainConfig", preset=False)
     p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--init-from", metavar="MODEL_DIR",
-                   help="start from this model folder's weights (same layout and sizes): a warm "
-                        "restart with a new schedule, or fine-tuning on new data")
-    p.add_argument("--no-fusion", action="store_true",
-                   help="skip choosing the home row's fusion weight on the validation split")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        help="start from this model folder's weights (same layout and sizes): a warm "
+        "restart with a new schedule, or fine-tuning on new data",
+    )
+    p.add_argument(
+        "--no-fusion",
+        action="store_true",
+        help="skip choosing the home row's fusion weight on the validation split",
+    )
     add_threads_arg(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="leave-one-out Recall/NDCG of a model folder, full catalog")
     add_data_args(p)
     p.add_argument("--model", required=True, help="model folder (run/model)")
-    p.add_argument("--split", default="test", choices=["test", "valid", "train"],
-                   help="train: the newest training event of each member (seen in training)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "valid", "train"],
+        help="train: the newest training event of each member (seen in training)",
+    )
     p.add_argument("--out", help="JSON report to write")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
     p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
-    p.add_argument("--choose-fusion", action="store_true",
-                   help="instead: choose the home row's fusion weight on the validation split and "
-                        "write it into the model folder (pretrain does this after training)")
+    p.add_argument(
+        "--choose-fusion",
+        action="store_true",
+        help="instead: choose the home row's fusion weight on the validation split and "
+        "write it into the model folder (pretrain does this after training)",
+    )
     add_threads_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -322,19 +404,29 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SIDREC_API_KEY)")
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
-    p.add_argument("--data", default=os.environ.get("SIDREC_DATA_DIR"),
-                   help="data directory: catalog attributes for attribute rules (default: $SIDREC_DATA_DIR)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("SIDREC_DATA_DIR"),
+        help="data directory: catalog attributes for attribute rules (default: $SIDREC_DATA_DIR)",
+    )
     p.add_argument("--dataset", help="sub-folder of --data (default: the model's dataset)")
     p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start)")
-    p.add_argument("--drain-seconds", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
-    add_config_args(p, "ServingConfig", preset=False,
-                    set_help="ServingConfig field, e.g. num_beams=20, max_k=50")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
+    )
+    add_config_args(
+        p, "ServingConfig", preset=False, set_help="ServingConfig field, e.g. num_beams=20, max_k=50"
+    )
     p.set_defaults(func=cmd_serve)
 
     prompts = sub.add_parser("prompts", help="adapters per canvas (soft prompts, LoRA): train, export, list")
     prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
-    p = prompts_sub.add_parser("train", help="train one canvas's adapter on the frozen model (its method: --set method=...)")
+    p = prompts_sub.add_parser(
+        "train", help="train one canvas's adapter on the frozen model (its method: --set method=...)"
+    )
     add_data_args(p)
     p.add_argument("--model", required=True, help="foundation model folder")
     p.add_argument("--canvas", required=True, help="home, search, t2t or collection")
@@ -343,7 +435,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the held-out comparison with the base")
     add_threads_arg(p, 1)
     p.set_defaults(func=cmd_prompts_train)
-    p = prompts_sub.add_parser("export", help="one servable folder: soft prompts as virtual tokens, LoRAs beside them")
+    p = prompts_sub.add_parser(
+        "export", help="one servable folder: soft prompts as virtual tokens, LoRAs beside them"
+    )
     p.add_argument("--model", required=True, help="the base model folder the adapters were trained on")
     p.add_argument("--adapters", required=True, nargs="+", help="adapter folders (one per canvas)")
     p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
@@ -359,18 +453,27 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_threads_arg(p, 1, "torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("refresh", help="new titles: IDs without retraining the quantizer, a short "
-                                       "fine-tune from the model's weights, recall before/after")
+    p = sub.add_parser(
+        "refresh",
+        help="new titles: IDs without retraining the quantizer, a short "
+        "fine-tune from the model's weights, recall before/after",
+    )
     add_data_args(p)
     p.add_argument("--model", help="model folder to refresh (its data plus newer titles in --data)")
-    p.add_argument("--simulate", action="store_true",
-                   help="instead of --model: hold out the newest titles (new_title_share) and the "
-                        "interactions after them, build IDs and a model on the rest, then refresh")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="instead of --model: hold out the newest titles (new_title_share) and the "
+        "interactions after them, build IDs and a model on the rest, then refresh",
+    )
     p.add_argument("--out", required=True, help="folder for ids/, finetune-*/model and report.json")
     p.add_argument("--results", help="also write the report to this JSON file (benchmarks)")
-    p.add_argument("--since", help="events after this are fresh: unix seconds, an ISO date (UTC) or "
-                                   "'all' (every event); default: the newest event the model was built "
-                                   "from, read from its manifest")
+    p.add_argument(
+        "--since",
+        help="events after this are fresh: unix seconds, an ISO date (UTC) or "
+        "'all' (every event); default: the newest event the model was built "
+        "from, read from its manifest",
+    )
     add_config_args(p, "RefreshConfig")
     add_threads_arg(p, 1)
     p.set_defaults(func=cmd_refresh)
@@ -389,8 +492,12 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder (a pretrain model/ or an exported folder)")
     p.add_argument("--out", required=True, help="folder of Parquet shards and a manifest")
     p.add_argument("--canvas", default="home", help="home, search, t2t or collection")
-    p.add_argument("--context", action="append", metavar="TEXT",
-                   help="a search query or collection theme (repeatable): one list per member and context")
+    p.add_argument(
+        "--context",
+        action="append",
+        metavar="TEXT",
+        help="a search query or collection theme (repeatable): one list per member and context",
+    )
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--rules", help="business rules as JSON, applied to every list (serving.rules)")
     p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
@@ -399,4 +506,3 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_engine_args(p, "engine")
     add_threads_arg(p)
     p.set_defaults(func=cmd_batch)
-

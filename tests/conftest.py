@@ -21,8 +21,10 @@ def _data_root() -> Path | None:
 def data_dir() -> Path:
     root = _data_root()
     if root is None or not root.is_dir():
-        pytest.skip("real data not found: set SIDREC_DATA_DIR to the folder holding "
-                    "ml-latest-small/ and amazon-beauty/")
+        pytest.skip(
+            "real data not found: set SIDREC_DATA_DIR to the folder holding "
+            "ml-latest-small/ and amazon-beauty/"
+        )
     return root
 
 

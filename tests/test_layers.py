@@ -44,8 +44,12 @@ def modules() -> dict[str, Path]:
 
 def imports(path: Path, module: str) -> list[str]:
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-            and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     names = []
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -79,8 +83,7 @@ def graph() -> tuple[dict[str, set[str]], list[str]]:
 
 def test_no_import_runs_up_a_floor_or_into_vllm_outside_serving():
     edges, vllm = graph()
-    upward = [f"{a} imports {b}" for a, targets in edges.items() for b in targets
-              if floor(b) > floor(a)]
+    upward = [f"{a} imports {b}" for a, targets in edges.items() for b in targets if floor(b) > floor(a)]
     assert upward == [] and vllm == []
 
 
@@ -93,7 +96,7 @@ def test_no_import_cycle():
         state[m] = 1
         for n in sorted(edges[m]):
             if state.get(n) == 1:
-                cycles.append(" -> ".join(path[path.index(n):] + [m, n]) if n in path else f"{m} -> {n}")
+                cycles.append(" -> ".join(path[path.index(n) :] + [m, n]) if n in path else f"{m} -> {n}")
             elif n not in state:
                 visit(n, path + [m])
         state[m] = 2

@@ -33,8 +33,9 @@ def _source_files(path: Path, config: DataConfig) -> list[Path]:
 
 def _read_csv(file: Path, columns: dict[str, pa.DataType], report: DataReport) -> pa.Table:
     try:
-        table = pacsv.read_csv(file, convert_options=pacsv.ConvertOptions(
-            column_types=columns, include_columns=list(columns)))
+        table = pacsv.read_csv(
+            file, convert_options=pacsv.ConvertOptions(column_types=columns, include_columns=list(columns))
+        )
     except (pa.ArrowInvalid, KeyError) as e:
         header = file.open().readline().strip()
         missing = [c for c in columns if c not in header.split(",")]
@@ -54,8 +55,9 @@ _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
 def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple[pa.Table, pa.Table]:
-    movies = _read_csv(path / "movies.csv",
-                       {"movieId": pa.string(), "title": pa.string(), "genres": pa.string()}, report)
+    movies = _read_csv(
+        path / "movies.csv", {"movieId": pa.string(), "title": pa.string(), "genres": pa.string()}, report
+    )
     ids = movies["movieId"].to_pylist()
     dup = len(ids) - len(set(ids))
     if dup:
@@ -67,29 +69,59 @@ def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple
         m = _YEAR.search(t.strip())
         years.append(int(m.group(1)) if m else None)
         titles.append(t.strip())
-    genres = [[] if g in ("(no genres listed)", "") else g.split("|")
-              for g in movies["genres"].to_pylist()]
-    catalog = pa.table({"item_id": movies["movieId"], "title": titles,
-                        "categories": pa.array(genres, pa.list_(pa.string())),
-                        "year": pa.array(years, pa.int32())})
+    genres = [[] if g in ("(no genres listed)", "") else g.split("|") for g in movies["genres"].to_pylist()]
+    catalog = pa.table(
+        {
+            "item_id": movies["movieId"],
+            "title": titles,
+            "categories": pa.array(genres, pa.list_(pa.string())),
+            "year": pa.array(years, pa.int32()),
+        }
+    )
 
-    ratings = _read_csv(path / "ratings.csv", {"userId": pa.string(), "movieId": pa.string(),
-                                               "rating": pa.float32(), "timestamp": pa.int64()}, report)
-    parts = [pa.table({"user_id": ratings["userId"], "item_id": ratings["movieId"],
-                       "timestamp": ratings["timestamp"],
-                       "kind": pa.array(["rating"] * ratings.num_rows, pa.string()),
-                       "rating": ratings["rating"],
-                       "tag": pa.nulls(ratings.num_rows, pa.string())})]
+    ratings = _read_csv(
+        path / "ratings.csv",
+        {"userId": pa.string(), "movieId": pa.string(), "rating": pa.float32(), "timestamp": pa.int64()},
+        report,
+    )
+    parts = [
+        pa.table(
+            {
+                "user_id": ratings["userId"],
+                "item_id": ratings["movieId"],
+                "timestamp": ratings["timestamp"],
+                "kind": pa.array(["rating"] * ratings.num_rows, pa.string()),
+                "rating": ratings["rating"],
+                "tag": pa.nulls(ratings.num_rows, pa.string()),
+            }
+        )
+    ]
     if config.include_tags and (path / "tags.csv").is_file():
-        tags = _read_csv(path / "tags.csv", {"userId": pa.string(), "movieId": pa.string(),
-                                             "tag": pa.string(), "timestamp": pa.int64()}, report)
-        parts.append(pa.table({"user_id": tags["userId"], "item_id": tags["movieId"],
-                               "timestamp": tags["timestamp"],
-                               "kind": pa.array(["tag"] * tags.num_rows, pa.string()),
-                               "rating": pa.nulls(tags.num_rows, pa.float32()),
-                               "tag": tags["tag"]}))
+        tags = _read_csv(
+            path / "tags.csv",
+            {"userId": pa.string(), "movieId": pa.string(), "tag": pa.string(), "timestamp": pa.int64()},
+            report,
+        )
+        parts.append(
+            pa.table(
+                {
+                    "user_id": tags["userId"],
+                    "item_id": tags["movieId"],
+                    "timestamp": tags["timestamp"],
+                    "kind": pa.array(["tag"] * tags.num_rows, pa.string()),
+                    "rating": pa.nulls(tags.num_rows, pa.float32()),
+                    "tag": tags["tag"],
+                }
+            )
+        )
     return catalog, pa.concat_tables(parts)
 
 
-MOVIELENS = Layout(name="movielens", description="MovieLens folder (ratings.csv, movies.csv)",
-                   has_time=True, detect=_detect, source_files=_source_files, read=_read_movielens)
+MOVIELENS = Layout(
+    name="movielens",
+    description="MovieLens folder (ratings.csv, movies.csv)",
+    has_time=True,
+    detect=_detect,
+    source_files=_source_files,
+    read=_read_movielens,
+)

@@ -36,8 +36,10 @@ def _items_file(path: Path) -> Path | None:
 def _source_files(path: Path, config: DataConfig) -> list[Path]:
     txts = _sequence_files(path)
     if len(txts) != 1:
-        raise DataError(f"sequence folder {path} must hold exactly one *.txt of member sequences, "
-                        f"found {len(txts)}: {', '.join(p.name for p in txts)}")
+        raise DataError(
+            f"sequence folder {path} must hold exactly one *.txt of member sequences, "
+            f"found {len(txts)}: {', '.join(p.name for p in txts)}"
+        )
     return [txts[0], _items_file(path)]
 
 
@@ -72,9 +74,14 @@ def _read_sequence(path: Path, config: DataConfig, report: DataReport) -> tuple[
             titles.append(title)
             cats.append([str(c) for c in obj.get("categories") or []])
     report.rows_read[items_file.name] = len(ids)
-    catalog = pa.table({"item_id": pa.array(ids, pa.string()), "title": titles,
-                        "categories": pa.array(cats, pa.list_(pa.string())),
-                        "year": pa.nulls(len(ids), pa.int32())})
+    catalog = pa.table(
+        {
+            "item_id": pa.array(ids, pa.string()),
+            "title": titles,
+            "categories": pa.array(cats, pa.list_(pa.string())),
+            "year": pa.nulls(len(ids), pa.int32()),
+        }
+    )
 
     seq_file = _sequence_files(path)[0]
     users, items, pos = [], [], []
@@ -99,12 +106,24 @@ def _read_sequence(path: Path, config: DataConfig, report: DataReport) -> tuple[
             pos.extend(range(len(seq)))
     report.rows_read[seq_file.name] = n_lines
     n = len(items)
-    inter = pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string()),
-                      "timestamp": pa.array(pos, pa.int64()),
-                      "kind": pa.array(["interaction"] * n, pa.string()),
-                      "rating": pa.nulls(n, pa.float32()), "tag": pa.nulls(n, pa.string())})
+    inter = pa.table(
+        {
+            "user_id": pa.array(users, pa.string()),
+            "item_id": pa.array(items, pa.string()),
+            "timestamp": pa.array(pos, pa.int64()),
+            "kind": pa.array(["interaction"] * n, pa.string()),
+            "rating": pa.nulls(n, pa.float32()),
+            "tag": pa.nulls(n, pa.string()),
+        }
+    )
     return catalog, inter
 
 
-SEQUENCE = Layout(name="sequence", description="sequence folder (one *.txt plus items.jsonl[.gz])",
-                  has_time=False, detect=_detect, source_files=_source_files, read=_read_sequence)
+SEQUENCE = Layout(
+    name="sequence",
+    description="sequence folder (one *.txt plus items.jsonl[.gz])",
+    has_time=False,
+    detect=_detect,
+    source_files=_source_files,
+    read=_read_sequence,
+)

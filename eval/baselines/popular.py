@@ -34,8 +34,9 @@ def popular_ranking(counts: np.ndarray, k: int) -> np.ndarray:
     return topk_rows(counts[None, :].astype(np.float64), k)[0]
 
 
-def evaluate_popular(split: Split, num_items: int, judged: str,
-                     ks: tuple[int, ...] = (5, 10)) -> RankingMetrics:
+def evaluate_popular(
+    split: Split, num_items: int, judged: str, ks: tuple[int, ...] = (5, 10)
+) -> RankingMetrics:
     """Recall / NDCG of the most-popular list, the same list for every member."""
     examples = split.examples(judged)
     top = popular_ranking(popularity_counts(split, num_items, judged), max(ks))

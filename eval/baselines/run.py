@@ -54,19 +54,23 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
     return ranking_metrics(rows, ex.targets, config.ks)
 
 
-def fused_with_co_engagement(model: SASRec, split: Split, table, judged: str, config: EvalConfig,
-                             beam: int = 20) -> dict[str, RankingMetrics]:
+def fused_with_co_engagement(
+    model: SASRec, split: Split, table, judged: str, config: EvalConfig, beam: int = 20
+) -> dict[str, RankingMetrics]:
     """SASRec served as sidrec's home row is (``eval.next_title.served_home_row``), so a comparison
     of served rows gives SASRec the same help: ``history_excluded``, its full-catalog ranking with
     the member's history titles masked; ``fused``, its top ``beam`` (history masked) fused with the
     titles co-engaged with the member's newest titles (`table`, the split's
     ``gen_fm.co_engagement``; ``CoEngagement.of_recent``)."""
     ex = split.examples(judged)
-    rows = rank_histories(model, ex.histories, max(beam, config.max_k), config.batch_size,
-                          exclude_history=True).tolist()
+    rows = rank_histories(
+        model, ex.histories, max(beam, config.max_k), config.batch_size, exclude_history=True
+    ).tolist()
     ranked = fuse_all(rows, [table.of_recent(h) for h in ex.histories], config.max_k)
-    return {"history_excluded": ranking_metrics([r[:config.max_k] for r in rows], ex.targets, config.ks),
-            "fused": ranking_metrics(ranked, ex.targets, config.ks)}
+    return {
+        "history_excluded": ranking_metrics([r[: config.max_k] for r in rows], ex.targets, config.ks),
+        "fused": ranking_metrics(ranked, ex.targets, config.ks),
+    }
 
 
 def command_line() -> list[str]:
@@ -82,16 +86,25 @@ def catalog_codes(data, ids_dir: str | os.PathLike) -> np.ndarray:
     ids = SemanticIDs.load(ids_dir)
     rows = catalog_to_sid_rows(data, ids)
     if (rows < 0).any():
-        raise ValueError(f"{int((rows < 0).sum())} catalog titles have no ID in {ids_dir}: "
-                         f"the ID artifact was built from another catalog")
+        raise ValueError(
+            f"{int((rows < 0).sum())} catalog titles have no ID in {ids_dir}: "
+            f"the ID artifact was built from another catalog"
+        )
     offsets = np.concatenate([[0], np.cumsum(ids.codebook_sizes)[:-1]])
     return np.asarray(ids.codes, dtype=np.int64)[rows] + offsets
 
 
-def run_baseline(kind: str, data_config: DataConfig | None, seq_config: SequenceConfig | None,
-                 out_path: str | os.PathLike, eval_config: EvalConfig | None = None, *,
-                 command: Sequence[str] | None = None, ids_dir: str | os.PathLike | None = None,
-                 **hyper: Any) -> dict[str, Any]:
+def run_baseline(
+    kind: str,
+    data_config: DataConfig | None,
+    seq_config: SequenceConfig | None,
+    out_path: str | os.PathLike,
+    eval_config: EvalConfig | None = None,
+    *,
+    command: Sequence[str] | None = None,
+    ids_dir: str | os.PathLike | None = None,
+    **hyper: Any,
+) -> dict[str, Any]:
     """Train (if needed) and evaluate one baseline; write and return the JSON report.
 
     ``command``: the command line the report records (``sidrec baseline`` passes its own); default
@@ -125,21 +138,27 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
             return evaluate_sasrec(model, split, "valid", eval_config).recall[k_stop]
 
         if (config.items != "id") != (ids_dir is not None):
-            raise ValueError(f"items {config.items!r}: pass the ID artifact (--ids) exactly when "
-                             f"titles are represented by their codes")
+            raise ValueError(
+                f"items {config.items!r}: pass the ID artifact (--ids) exactly when "
+                f"titles are represented by their codes"
+            )
         codes = catalog_codes(data, ids_dir) if ids_dir is not None else None
-        result = train_sasrec(split, num_items, config, validate, device=eval_config.device,
-                              codes=codes)
+        result = train_sasrec(split, num_items, config, validate, device=eval_config.device, codes=codes)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
         table = co_engagement_of_split(split, np.arange(num_items), num_items)  # catalog rows
-        served = {s: fused_with_co_engagement(result.model, split, table, s, eval_config)
-                 for s in ("valid", "test")}
+        served = {
+            s: fused_with_co_engagement(result.model, split, table, s, eval_config) for s in ("valid", "test")
+        }
         train_seconds = result.train_seconds
         params = sum(p.numel() for p in result.model.parameters())
         hyperparameters = dataclasses.asdict(config)
-        training = {"early_stopping_metric": f"valid recall@{k_stop}", "best_epoch": result.best_epoch,
-                    "epochs_run": result.epochs_run, "converged": result.converged,
-                    "history": result.history}
+        training = {
+            "early_stopping_metric": f"valid recall@{k_stop}",
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "converged": result.converged,
+            "history": result.history,
+        }
 
     report = {
         "schema": REPORT_SCHEMA,
@@ -147,26 +166,31 @@ def run_baseline(kind: str, data_config: DataConfig | None, seq_config: Sequence
         "baseline": kind,
         "dataset": data.name,
         "data_fingerprint": data.fingerprint,
-        "semantic_ids": None if ids_dir is None else {"path": str(ids_dir),
-                                                      "manifest": manifest_hash(ids_dir)},
+        "semantic_ids": None
+        if ids_dir is None
+        else {"path": str(ids_dir), "manifest": manifest_hash(ids_dir)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "num_items": num_items,
         "num_members": len(split.sequences),
         "num_users": {s: m.num_users for s, m in metrics.items()},
-        "metrics": {s: {k: v for k, v in m.to_dict().items() if k != "num_users"}
-                    for s, m in metrics.items()},
+        "metrics": {
+            s: {k: v for k, v in m.to_dict().items() if k != "num_users"} for s, m in metrics.items()
+        },
         # as sidrec's home row is served: the history's titles masked, then the model's top 20 fused
         # with the titles co-engaged with the member's newest titles
-        **{key: {s: {k: v for k, v in m[part].to_dict().items() if k != "num_users"}
-                 for s, m in served.items()} or None
-           for key, part in (("history_excluded", "history_excluded"),
-                             ("fused_with_co_engagement", "fused"))},
+        **{
+            key: {
+                s: {k: v for k, v in m[part].to_dict().items() if k != "num_users"} for s, m in served.items()
+            }
+            or None
+            for key, part in (("history_excluded", "history_excluded"), ("fused_with_co_engagement", "fused"))
+        },
         "params": params,
         "train_seconds": round(train_seconds, 2),
         "hyperparameters": hyperparameters,
         "training": training,
         "protocol": "leave-one-out; full-catalog ranking; history titles not excluded; "
-                    "ties broken by lower catalog row",
+        "ties broken by lower catalog row",
         "data_config": data_config,
         "sequence_config": seq_config,
         "eval_config": eval_config,

@@ -72,10 +72,16 @@ class SASRecConfig:
             raise ValueError(f"items must be one of {ITEMS}, got {self.items!r}")
         if self.train_windows not in WINDOWS:
             raise ValueError(f"train_windows must be one of {WINDOWS}, got {self.train_windows!r}")
-        positive = {"hidden": self.hidden, "num_blocks": self.num_blocks, "num_heads": self.num_heads,
-                    "max_len": self.max_len, "batch_size": self.batch_size,
-                    "max_epochs": self.max_epochs, "patience": self.patience,
-                    "eval_every": self.eval_every}
+        positive = {
+            "hidden": self.hidden,
+            "num_blocks": self.num_blocks,
+            "num_heads": self.num_heads,
+            "max_len": self.max_len,
+            "batch_size": self.batch_size,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "eval_every": self.eval_every,
+        }
         bad = [k for k, v in positive.items() if v < 1]
         if bad:
             raise ValueError(f"must be >= 1: {bad}")
@@ -91,8 +97,13 @@ class SASRecBlock(nn.Module):
         self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.attn = nn.MultiheadAttention(hidden, num_heads, dropout=dropout, batch_first=True)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, hidden), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.attn_norm(x)  # (B, T, d)
@@ -107,14 +118,22 @@ class SASRec(nn.Module):
     `codes` ((num_items, L) int64, each level's codes offset into one shared range) and `items`
     choose the title representation: its own row, its codes' rows summed, or both summed."""
 
-    def __init__(self, *, num_items: int, hidden: int, num_blocks: int, num_heads: int,
-                 dropout: float, max_len: int, items: str = "id",
-                 codes: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_items: int,
+        hidden: int,
+        num_blocks: int,
+        num_heads: int,
+        dropout: float,
+        max_len: int,
+        items: str = "id",
+        codes: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.num_items, self.max_len, self.num_heads = num_items, max_len, num_heads
         if (items != "id") != (codes is not None):
-            raise ValueError(f"items {items!r}: codes are needed exactly when the representation "
-                             f"uses them")
+            raise ValueError(f"items {items!r}: codes are needed exactly when the representation uses them")
         self.items = items
         self.item_emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
         self.code_emb = None
@@ -150,8 +169,9 @@ class SASRec(nn.Module):
             raise ValueError(f"window of {t} positions exceeds max_len {self.max_len}")
         keep = (seq != 0).unsqueeze(-1)  # (B, T, 1)
         pos = torch.arange(self.max_len - t, self.max_len, device=seq.device)  # (T,) right-aligned
-        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim ** 0.5 \
-            + self.pos_emb(pos)  # (B, T, d)
+        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim**0.5 + self.pos_emb(
+            pos
+        )  # (B, T, d)
         x = self.emb_dropout(x) * keep
         # True = may not attend: future positions and padding (a padded query keeps itself, so no
         # row is fully masked; its output is zeroed anyway).
@@ -187,11 +207,11 @@ def make_windows(split: Split, max_len: int, mode: str = "all") -> TrainWindows:
         else:
             ends = [len(s)] if len(s) > 1 else []
         for end in ends:
-            w = s[max(0, end - max_len - 1): end]  # up to max_len + 1 titles
+            w = s[max(0, end - max_len - 1) : end]  # up to max_len + 1 titles
             row_in = np.zeros(max_len, dtype=np.int64)
             row_tg = np.zeros(max_len, dtype=np.int64)
-            row_in[max_len - len(w) + 1:] = w[:-1]
-            row_tg[max_len - len(w) + 1:] = w[1:]
+            row_in[max_len - len(w) + 1 :] = w[:-1]
+            row_tg[max_len - len(w) + 1 :] = w[1:]
             inputs.append(row_in)
             targets.append(row_tg)
             owner.append(u)
@@ -200,12 +220,14 @@ def make_windows(split: Split, max_len: int, mode: str = "all") -> TrainWindows:
     return TrainWindows(np.stack(inputs), np.stack(targets), np.asarray(owner, dtype=np.int64))
 
 
-def _sample_negatives(rng: np.random.Generator, owner: np.ndarray, shape: tuple[int, int],
-                      num_items: int, seen: np.ndarray) -> np.ndarray:
+def _sample_negatives(
+    rng: np.random.Generator, owner: np.ndarray, shape: tuple[int, int], num_items: int, seen: np.ndarray
+) -> np.ndarray:
     """Uniform titles (index 1..N) outside the owner's training set, as in the paper's sampler.
 
     `seen` holds sorted keys member * (N + 1) + item of every training event.
     """
+
     def collides(neg: np.ndarray) -> np.ndarray:
         keys = owner[:, None] * (num_items + 1) + neg  # (B, T)
         at = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
@@ -219,8 +241,9 @@ def _sample_negatives(rng: np.random.Generator, owner: np.ndarray, shape: tuple[
     return neg
 
 
-def _batch_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
-                negatives: torch.Tensor | None) -> torch.Tensor:
+def _batch_loss(
+    model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
+) -> torch.Tensor:
     states = model(inputs)  # (B, T, d)
     real = targets != 0  # (B, T)
     h = states[real]  # (P, d) one row per real position
@@ -229,13 +252,15 @@ def _batch_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor,
     items = model.item_matrix()  # (N + 1, d)
     pos = (h * items[targets[real]]).sum(-1)  # (P,)
     neg = (h * items[negatives[real]]).sum(-1)  # (P,)
-    return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
-            + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
+    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
+        neg, torch.zeros_like(neg)
+    )
 
 
 @torch.no_grad()
-def rank_histories(model: SASRec, histories: list[np.ndarray], k: int,
-                   batch_size: int = 256, exclude_history: bool = False) -> np.ndarray:
+def rank_histories(
+    model: SASRec, histories: list[np.ndarray], k: int, batch_size: int = 256, exclude_history: bool = False
+) -> np.ndarray:
     """Top-k catalog rows after each history (oldest first), over the full catalog (without the
     history's own titles, the whole history and not only its capped tail, with
     `exclude_history`). (U, k) int64."""
@@ -244,17 +269,18 @@ def rank_histories(model: SASRec, histories: list[np.ndarray], k: int,
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(histories), batch_size):
-        chunk = [np.asarray(h, dtype=np.int64)[-model.max_len:] + 1
-                 for h in histories[start: start + batch_size]]
+        chunk = [
+            np.asarray(h, dtype=np.int64)[-model.max_len :] + 1 for h in histories[start : start + batch_size]
+        ]
         t = max(1, max(len(h) for h in chunk))
         seq = np.zeros((len(chunk), t), dtype=np.int64)  # (b, T) left-padded
         for i, h in enumerate(chunk):
             if len(h):
-                seq[i, t - len(h):] = h
+                seq[i, t - len(h) :] = h
         states = model(torch.from_numpy(seq).to(device))[:, -1]  # (b, d) last position
         scores = model.all_item_scores(states).float().cpu()  # (b, N)
         if exclude_history:
-            for i, h in enumerate(histories[start: start + batch_size]):
+            for i, h in enumerate(histories[start : start + batch_size]):
                 scores[i, torch.as_tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
         out.append(topk_rows(scores, k, batch_size=batch_size))
     model.train(was_training)
@@ -271,9 +297,14 @@ class SASRecResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, seconds, valid metric
 
 
-def train_sasrec(split: Split, num_items: int, config: SASRecConfig,
-                 validate: Callable[[SASRec], float], device: str = "cpu",
-                 codes: np.ndarray | None = None) -> SASRecResult:
+def train_sasrec(
+    split: Split,
+    num_items: int,
+    config: SASRecConfig,
+    validate: Callable[[SASRec], float],
+    device: str = "cpu",
+    codes: np.ndarray | None = None,
+) -> SASRecResult:
     """Train with early stopping on `validate(model)` (higher is better); keep the best weights.
     `codes`: each catalog row's semantic-ID codes (see ``SASRec``), for ``items`` other than "id"."""
     det_before = torch.are_deterministic_algorithms_enabled()
@@ -284,16 +315,30 @@ def train_sasrec(split: Split, num_items: int, config: SASRecConfig,
         torch.use_deterministic_algorithms(det_before)
 
 
-def _train(split: Split, num_items: int, config: SASRecConfig,
-           validate: Callable[[SASRec], float], device: str, codes: np.ndarray | None) -> SASRecResult:
+def _train(
+    split: Split,
+    num_items: int,
+    config: SASRecConfig,
+    validate: Callable[[SASRec], float],
+    device: str,
+    codes: np.ndarray | None,
+) -> SASRecResult:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     windows = make_windows(split, config.max_len, config.train_windows)
-    model = SASRec(num_items=num_items, hidden=config.hidden, num_blocks=config.num_blocks,
-                   num_heads=config.num_heads, dropout=config.dropout, max_len=config.max_len,
-                   items=config.items, codes=codes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
-                           weight_decay=config.weight_decay)
+    model = SASRec(
+        num_items=num_items,
+        hidden=config.hidden,
+        num_blocks=config.num_blocks,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+        max_len=config.max_len,
+        items=config.items,
+        codes=codes,
+    ).to(device)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
     seen = None
     if config.loss == "bce":
         users, items = split.train_pairs()
@@ -307,16 +352,26 @@ def _train(split: Split, num_items: int, config: SASRecConfig,
         model.train()
         order = rng.permutation(len(windows.owner))
         losses = []
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}", leave=False,
-                   disable=None, mininterval=2.0)
+        bar = tqdm(
+            range(0, len(order), config.batch_size),
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=None,
+            mininterval=2.0,
+        )
         for b in bar:
-            idx = order[b: b + config.batch_size]
+            idx = order[b : b + config.batch_size]
             negatives = None
             if seen is not None:
-                negatives = torch.from_numpy(_sample_negatives(
-                    rng, windows.owner[idx], windows.targets[idx].shape, num_items, seen)).to(device)
-            loss = _batch_loss(model, torch.from_numpy(windows.inputs[idx]).to(device),
-                               torch.from_numpy(windows.targets[idx]).to(device), negatives)
+                negatives = torch.from_numpy(
+                    _sample_negatives(rng, windows.owner[idx], windows.targets[idx].shape, num_items, seen)
+                ).to(device)
+            loss = _batch_loss(
+                model,
+                torch.from_numpy(windows.inputs[idx]).to(device),
+                torch.from_numpy(windows.targets[idx]).to(device),
+                negatives,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -331,12 +386,19 @@ def _train(split: Split, num_items: int, config: SASRecConfig,
             else:
                 since_best += 1
         history.append(row)
-        tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f}"
-                   + (f"  valid {row['valid']:.4f} (best {best:.4f} @ {best_epoch})" if "valid" in row else "")
-                   + f"  {row['seconds']:.1f}s")
+        tqdm.write(
+            f"epoch {epoch}: loss {row['loss']:.4f}"
+            + (f"  valid {row['valid']:.4f} (best {best:.4f} @ {best_epoch})" if "valid" in row else "")
+            + f"  {row['seconds']:.1f}s"
+        )
         if since_best >= config.patience:
             break
     model.load_state_dict(best_state)
-    return SASRecResult(model=model, best_epoch=best_epoch, epochs_run=epoch,
-                        converged=since_best >= config.patience,
-                        train_seconds=time.perf_counter() - start, history=history)
+    return SASRecResult(
+        model=model,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        converged=since_best >= config.patience,
+        train_seconds=time.perf_counter() - start,
+        history=history,
+    )

@@ -42,12 +42,23 @@ import numpy as np
 
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.canvases.base import (CONTEXT_FIELDS, CONTEXT_KINDS, CanvasData, CanvasExample,
-                                         CanvasSource, CanvasSpec, ExampleContext, Examples,
-                                         QueryEncoder, hash_fraction, held_out_examples,
-                                         next_title_examples, sample_examples, theme_of)
-from prompt_tuning.canvases.registry import (CANVASES, canvas_names, get_canvas, register,
-                                             unregister)
+from prompt_tuning.canvases.base import (
+    CONTEXT_FIELDS,
+    CONTEXT_KINDS,
+    CanvasData,
+    CanvasExample,
+    CanvasSource,
+    CanvasSpec,
+    ExampleContext,
+    Examples,
+    QueryEncoder,
+    hash_fraction,
+    held_out_examples,
+    next_title_examples,
+    sample_examples,
+    theme_of,
+)
+from prompt_tuning.canvases.registry import CANVASES, canvas_names, get_canvas, register, unregister
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.ids import SemanticIDs
 from core.data import RecData
@@ -59,9 +70,15 @@ for _spec in (home.SPEC, search.SPEC, t2t.SPEC, collection.SPEC):
     register(_spec)
 
 
-def build_canvas_data(canvas: str, data: RecData, split: Split, ids: SemanticIDs,
-                      encoder: PromptEncoder, config: PromptTuningStageConfig,
-                      queries: QueryEncoder | None = None) -> CanvasData:
+def build_canvas_data(
+    canvas: str,
+    data: RecData,
+    split: Split,
+    ids: SemanticIDs,
+    encoder: PromptEncoder,
+    config: PromptTuningStageConfig,
+    queries: QueryEncoder | None = None,
+) -> CanvasData:
     """Training and held-out examples of one canvas from a real dataset (its ``build_examples``),
     then the seeded samples of ``config.max_train_examples`` and ``max_eval_examples``."""
     spec = get_canvas(canvas)
@@ -73,11 +90,18 @@ def build_canvas_data(canvas: str, data: RecData, split: Split, ids: SemanticIDs
     train = sample_examples(train, config.max_train_examples, config.seed)
     test = sample_examples(test, config.max_eval_examples, config.seed + 1)
     if not train or not test:
-        raise ValueError(f"{data.name}: the {canvas} canvas has {len(train)} training and "
-                         f"{len(test)} held-out examples; it needs both")
-    info.update(canvas=canvas, dataset=data.name, train=len(train), test=len(test),
-                train_kinds=dict(Counter(ex.kind for ex in train)),
-                test_kinds=dict(Counter(ex.kind for ex in test)))
+        raise ValueError(
+            f"{data.name}: the {canvas} canvas has {len(train)} training and "
+            f"{len(test)} held-out examples; it needs both"
+        )
+    info.update(
+        canvas=canvas,
+        dataset=data.name,
+        train=len(train),
+        test=len(test),
+        train_kinds=dict(Counter(ex.kind for ex in train)),
+        test_kinds=dict(Counter(ex.kind for ex in test)),
+    )
     return CanvasData(canvas, train, test, info)
 
 
@@ -90,9 +114,16 @@ def canvas_data_for(gen, data: RecData, split: Split, config: PromptTuningStageC
     return build_canvas_data(config.canvas, data, split, gen.ids, gen.prompt_encoder(), config, queries)
 
 
-def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str | Path,
-                     encoder: PromptEncoder, canvases: Sequence[str], per_canvas: int,
-                     seed: int = 0) -> tuple["datasets.Dataset", dict]:  # noqa: F821
+def mixture_examples(
+    data: RecData,
+    split: Split,
+    ids: SemanticIDs,
+    ids_dir: str | Path,
+    encoder: PromptEncoder,
+    canvases: Sequence[str],
+    per_canvas: int,
+    seed: int = 0,
+) -> tuple["datasets.Dataset", dict]:  # noqa: F821
     """Training examples of other canvases as pretraining rows (``gen_fm.dataset`` columns).
 
     Each row is a canvas prompt followed by the target's code tokens, with the loss on the target
@@ -107,8 +138,10 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
 
     same = [c for c in canvases if get_canvas(c).title_in_history]
     if same:
-        raise ValueError(f"canvas_mix: {same} ask the home question (the source is the history's "
-                         f"newest title): their examples are next-title windows pretraining already holds")
+        raise ValueError(
+            f"canvas_mix: {same} ask the home question (the source is the history's "
+            f"newest title): their examples are next-title windows pretraining already holds"
+        )
     sid_rows = catalog_to_sid_rows(data, ids)
     held: dict[str, set[int]] = {}  # member -> ID rows of their validation and test targets
     for name in ("valid", "test"):
@@ -141,13 +174,17 @@ def mixture_examples(data: RecData, split: Split, ids: SemanticIDs, ids_dir: str
             cols["input_ids"].append(prompt + target)
             cols["labels"].append([IGNORE] * len(prompt) + target)
             cols["member"].append(member.get(ex.user, -1))  # -1: anonymous
-        info[canvas] = {"examples": len(kept), "kinds": dict(Counter(ex.kind for ex in kept)),
-                        "dropped_held_out": dropped}
+        info[canvas] = {
+            "examples": len(kept),
+            "kinds": dict(Counter(ex.kind for ex in kept)),
+            "dropped_held_out": dropped,
+        }
     return datasets.Dataset.from_dict(cols, features=example_features()), info
 
 
-def pretraining_mixture(data: RecData, seq_config, ids_dir: str | Path, config
-                        ) -> tuple["datasets.Dataset", dict]:  # noqa: F821
+def pretraining_mixture(
+    data: RecData, seq_config, ids_dir: str | Path, config
+) -> tuple["datasets.Dataset", dict]:  # noqa: F821
     """The rows ``gen_fm.train.pretrain(extra_rows=...)`` needs for ``config.canvas_mix``
     (a ``PretrainConfig``): the same split and prompt format the pretraining run builds."""
     from core.sequences import build_sequences, leave_one_out
@@ -155,12 +192,33 @@ def pretraining_mixture(data: RecData, seq_config, ids_dir: str | Path, config
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
     encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
-    return mixture_examples(data, split, ids, ids_dir, encoder, config.canvas_mix,
-                            config.canvas_mix_examples, config.seed)
+    return mixture_examples(
+        data, split, ids, ids_dir, encoder, config.canvas_mix, config.canvas_mix_examples, config.seed
+    )
 
 
-__all__ = ["CANVASES", "CONTEXT_FIELDS", "CONTEXT_KINDS", "CanvasData", "CanvasExample",
-           "CanvasSource", "CanvasSpec", "ExampleContext", "Examples", "QueryEncoder",
-           "build_canvas_data", "canvas_data_for", "canvas_names", "get_canvas", "hash_fraction",
-           "held_out_examples", "mixture_examples", "next_title_examples", "pretraining_mixture",
-           "register", "sample_examples", "theme_of", "unregister"]
+__all__ = [
+    "CANVASES",
+    "CONTEXT_FIELDS",
+    "CONTEXT_KINDS",
+    "CanvasData",
+    "CanvasExample",
+    "CanvasSource",
+    "CanvasSpec",
+    "ExampleContext",
+    "Examples",
+    "QueryEncoder",
+    "build_canvas_data",
+    "canvas_data_for",
+    "canvas_names",
+    "get_canvas",
+    "hash_fraction",
+    "held_out_examples",
+    "mixture_examples",
+    "next_title_examples",
+    "pretraining_mixture",
+    "register",
+    "sample_examples",
+    "theme_of",
+    "unregister",
+]

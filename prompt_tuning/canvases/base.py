@@ -48,7 +48,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def hash_fraction(*parts: object) -> float:
     """A stable number in [0, 1) per key: seeded held-out splits that do not depend on row order."""
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0 ** 64
+    return int.from_bytes(digest, "little") / 2.0**64
 
 
 class QueryEncoder:
@@ -66,8 +66,9 @@ class QueryEncoder:
     folder's copy of it is all serving needs.
     """
 
-    def __init__(self, ids_dir: str | Path, mode: str = "anchors", num_anchors: int = 3,
-                 text_encoder=None) -> None:
+    def __init__(
+        self, ids_dir: str | Path, mode: str = "anchors", num_anchors: int = 3, text_encoder=None
+    ) -> None:
         from semantic_ids.builder import load_quantizer
         from semantic_ids.embeddings import TextEncoder
         from safetensors.numpy import load_file
@@ -76,8 +77,10 @@ class QueryEncoder:
             raise ValueError(f"unknown query mode {mode!r}")
         self.ids, self.quantizer, _, self.id_config = load_quantizer(ids_dir)
         if self.id_config.text_weight <= 0:
-            raise ValueError(f"the ID artifact {ids_dir} has no text modality: text queries cannot be "
-                             f"placed among its titles")
+            raise ValueError(
+                f"the ID artifact {ids_dir} has no text modality: text queries cannot be "
+                f"placed among its titles"
+            )
         self.mode, self.num_anchors = mode, num_anchors
         # `text_encoder`: anything with .encode(list[str]) -> (n, d) array, e.g. serving's in-memory
         # encoder (TextEncoder's disk cache suits a catalog, not a stream of queries)
@@ -137,9 +140,12 @@ class CanvasExample:
     def prompt(self, encoder: PromptEncoder, canvas: str, history: bool = True) -> list[int]:
         """The prompt of ``canvas`` (a registered name: its spec says which canvas token)."""
         hist = self.history if history else np.zeros(0, dtype=np.int64)
-        return encoder.encode(hist, canvas=get_canvas(canvas).token,
-                              user_id=self.user if history else None,
-                              context=self.context)
+        return encoder.encode(
+            hist,
+            canvas=get_canvas(canvas).token,
+            user_id=self.user if history else None,
+            context=self.context,
+        )
 
 
 @dataclass
@@ -151,8 +157,9 @@ class CanvasData:
 
     def training_pairs(self, encoder: PromptEncoder) -> list[tuple[list[int], list[int]]]:
         """(prompt, target code tokens) as ``prompt_tuning.adapter.train_adapter`` takes them."""
-        return [(ex.prompt(encoder, self.canvas), encoder.sid_tokens[ex.target].tolist())
-                for ex in self.train]
+        return [
+            (ex.prompt(encoder, self.canvas), encoder.sid_tokens[ex.target].tolist()) for ex in self.train
+        ]
 
 
 @dataclass(frozen=True)
@@ -248,16 +255,22 @@ class CanvasSpec:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(f"a canvas name is letters, digits, '_', '.', '-', got {self.name!r}")
         if self.token not in CANVAS_TOKENS:
-            raise ValueError(f"canvas {self.name!r}: token {self.token!r} is not a canvas token of the "
-                             f"foundation model; choose one of {CANVAS_TOKENS}")
+            raise ValueError(
+                f"canvas {self.name!r}: token {self.token!r} is not a canvas token of the "
+                f"foundation model; choose one of {CANVAS_TOKENS}"
+            )
         if (self.context_field is None) != (self.context_kind is None):
             raise ValueError(f"canvas {self.name!r}: context_field and context_kind go together")
         if self.context_field is not None and self.context_field not in CONTEXT_FIELDS:
-            raise ValueError(f"canvas {self.name!r}: context_field must be one of {CONTEXT_FIELDS}, "
-                             f"got {self.context_field!r}")
+            raise ValueError(
+                f"canvas {self.name!r}: context_field must be one of {CONTEXT_FIELDS}, "
+                f"got {self.context_field!r}"
+            )
         if self.context_kind is not None and self.context_kind not in CONTEXT_KINDS:
-            raise ValueError(f"canvas {self.name!r}: context_kind must be one of {CONTEXT_KINDS}, "
-                             f"got {self.context_kind!r}")
+            raise ValueError(
+                f"canvas {self.name!r}: context_kind must be one of {CONTEXT_KINDS}, "
+                f"got {self.context_kind!r}"
+            )
         if self.missing_context not in MISSING_CONTEXT:
             raise ValueError(f"canvas {self.name!r}: missing_context must be one of {MISSING_CONTEXT}")
         if self.missing_context == "last_title" and self.context_kind != "title":
@@ -267,13 +280,14 @@ class CanvasSpec:
         if self.candidates is not None and self.context_kind is None:
             raise ValueError(f"canvas {self.name!r}: candidates come from a context; set context_field")
         if self.adapter not in ADAPTERS:
-            raise ValueError(f"canvas {self.name!r}: adapter must be one of {ADAPTERS}, got "
-                             f"{self.adapter!r}")
+            raise ValueError(f"canvas {self.name!r}: adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if self.fuse_candidate_order and self.candidates is None:
             raise ValueError(f"canvas {self.name!r}: fuse_candidate_order needs candidates")
         if self.fuse_candidate_order and self.fuse_co_engaged:
-            raise ValueError(f"canvas {self.name!r}: fuse with the candidate order or with the newest "
-                             f"title's co-engaged titles, not both")
+            raise ValueError(
+                f"canvas {self.name!r}: fuse with the candidate order or with the newest "
+                f"title's co-engaged titles, not both"
+            )
         if self.title_in_history and self.context_kind != "title":
             raise ValueError(f"canvas {self.name!r}: title_in_history needs a title context")
         if not self.keeps_history and self.context_field is None:
@@ -288,8 +302,9 @@ class CanvasSpec:
         """A request's text as the canvas's examples spelt it."""
         return text.strip().lower() if self.lowercase else text.strip()
 
-    def example(self, data: RecData, ids: SemanticIDs, history_rows: list[int],
-                user: str) -> ExampleContext | None:
+    def example(
+        self, data: RecData, ids: SemanticIDs, history_rows: list[int], user: str
+    ) -> ExampleContext | None:
         if self.example_context is None:
             return ExampleContext(None, self.name)
         return self.example_context(data, ids, history_rows, user)
@@ -311,7 +326,7 @@ def next_title_examples(split: Split, sid_rows: np.ndarray, max_history: int) ->
         items = to_sid_rows(split.train_items(u), sid_rows)
         user = split.sequences.user_ids[u]
         for j in range(1, len(items)):
-            out.append(CanvasExample(items[max(0, j - max_history): j], int(items[j]), user, kind="next"))
+            out.append(CanvasExample(items[max(0, j - max_history) : j], int(items[j]), user, kind="next"))
     return out
 
 
@@ -319,10 +334,15 @@ def held_out_examples(split: Split, sid_rows: np.ndarray, part: str = "test") ->
     """Each member's leave-one-out test target after their history (never trained on); `part`
     "valid": the validation target instead."""
     ex = split.examples(part)
-    return [CanvasExample(to_sid_rows(h, sid_rows), int(to_sid_rows([t], sid_rows)[0]),
-                          split.sequences.user_ids[u], kind="next")
-            for u, h, t in zip(ex.users, ex.histories, ex.targets)]
-
+    return [
+        CanvasExample(
+            to_sid_rows(h, sid_rows),
+            int(to_sid_rows([t], sid_rows)[0]),
+            split.sequences.user_ids[u],
+            kind="next",
+        )
+        for u, h, t in zip(ex.users, ex.histories, ex.targets)
+    ]
 
 
 def theme_of(categories: Sequence[Sequence[str]], min_titles: int) -> list[str | None]:

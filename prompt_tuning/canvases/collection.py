@@ -12,8 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.canvases.base import (CanvasSource, CanvasSpec, ExampleContext, Examples,
-                                         held_out_examples, next_title_examples, theme_of)
+from prompt_tuning.canvases.base import (
+    CanvasSource,
+    CanvasSpec,
+    ExampleContext,
+    Examples,
+    held_out_examples,
+    next_title_examples,
+    theme_of,
+)
 
 
 def build_examples(src: CanvasSource) -> Examples:
@@ -35,11 +42,14 @@ def candidates(index, theme: str):
     return index.for_theme(theme)
 
 
-def metrics(data, ranked: list[list[int]], *, titles_lower, row_categories, k: int,
-            ranked_anonymous=None) -> dict[str, Any]:
+def metrics(
+    data, ranked: list[list[int]], *, titles_lower, row_categories, k: int, ranked_anonymous=None
+) -> dict[str, Any]:
     """``in_theme_share``: the share of the top-K inside the theme."""
-    shares = [np.mean([ex.text in row_categories[r] for r in rows[:k]]) if rows else 0.0
-              for ex, rows in zip(data.test, ranked)]
+    shares = [
+        np.mean([ex.text in row_categories[r] for r in rows[:k]]) if rows else 0.0
+        for ex, rows in zip(data.test, ranked)
+    ]
     return {"in_theme_share": float(np.mean(shares))}
 
 
@@ -51,11 +61,17 @@ def example_context(data, ids, history_rows: list[int], user: str) -> ExampleCon
     return None if theme is None else ExampleContext(theme, f"collection '{theme}'")
 
 
-SPEC = CanvasSpec(name="collection", token="collection", build_examples=build_examples,
-                  context_field="theme", context_kind="text",
-                  candidates=candidates,
-                  metrics=metrics, example_context=example_context,
-                  # a soft prompt on the frozen model cannot learn to read the theme: inside the
-                  # theme it scored R@10 0.125 on ml-latest-small, LoRA rank 4 0.221, full
-                  # fine-tuning 0.220 (BENCHMARKS.md, "Soft prompts per canvas")
-                  adapter="lora")
+SPEC = CanvasSpec(
+    name="collection",
+    token="collection",
+    build_examples=build_examples,
+    context_field="theme",
+    context_kind="text",
+    candidates=candidates,
+    metrics=metrics,
+    example_context=example_context,
+    # a soft prompt on the frozen model cannot learn to read the theme: inside the
+    # theme it scored R@10 0.125 on ml-latest-small, LoRA rank 4 0.221, full
+    # fine-tuning 0.220 (BENCHMARKS.md, "Soft prompts per canvas")
+    adapter="lora",
+)

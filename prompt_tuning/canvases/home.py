@@ -18,14 +18,23 @@ served"). ``--set method=soft_prompt`` trains one anyway.
 
 from __future__ import annotations
 
-from prompt_tuning.canvases.base import (CanvasSource, CanvasSpec, Examples, held_out_examples,
-                                         next_title_examples)
+from prompt_tuning.canvases.base import (
+    CanvasSource,
+    CanvasSpec,
+    Examples,
+    held_out_examples,
+    next_title_examples,
+)
 
 
 def build_examples(src: CanvasSource) -> Examples:
-    return Examples(next_title_examples(src.split, src.sid_rows, src.split.max_history),
-                    held_out_examples(src.split, src.sid_rows), {})
+    return Examples(
+        next_title_examples(src.split, src.sid_rows, src.split.max_history),
+        held_out_examples(src.split, src.sid_rows),
+        {},
+    )
 
 
-SPEC = CanvasSpec(name="home", token="home", build_examples=build_examples, fuse_co_engaged=True,
-                  adapter="none")
+SPEC = CanvasSpec(
+    name="home", token="home", build_examples=build_examples, fuse_co_engaged=True, adapter="none"
+)

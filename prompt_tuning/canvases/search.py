@@ -28,14 +28,23 @@ import numpy as np
 
 from gen_fm.dataset import to_sid_rows
 from prompt_tuning.candidates import words
-from prompt_tuning.canvases.base import (CanvasExample, CanvasSource, CanvasSpec, ExampleContext,
-                                         Examples, hash_fraction, sample_examples)
+from prompt_tuning.canvases.base import (
+    CanvasExample,
+    CanvasSource,
+    CanvasSpec,
+    ExampleContext,
+    Examples,
+    hash_fraction,
+    sample_examples,
+)
 
 # Words too common to be a search for a title.
-_STOPWORDS = frozenset("""the and with from for that this your you are was were have has not but all
+_STOPWORDS = frozenset(
+    """the and with from for that this your you are was were have has not but all
 into over under about after before their there what when where which while will would could should
 them they then than its it's his her our out new one two three edition version pack size ounce
-ounces fluid piece count""".split())
+ounces fluid piece count""".split()
+)
 _WORD = re.compile(r"[a-z][a-z']{3,}")
 
 
@@ -62,8 +71,7 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
     # ---- tag queries: a member typed this about that title
     inter = data.interactions
     if "tag" in inter.column_names:
-        tags = inter.filter(lambda k, t: k == "tag" and bool(t and t.strip()),
-                            input_columns=["kind", "tag"])
+        tags = inter.filter(lambda k, t: k == "tag" and bool(t and t.strip()), input_columns=["kind", "tag"])
         if len(tags):
             item_row = {iid: i for i, iid in enumerate(data.catalog["item_id"])}
             member = {u: i for i, u in enumerate(split.sequences.user_ids)}
@@ -78,11 +86,18 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
                 if u is None or target < 0:
                     continue
                 lo, hi = seqs.offsets[u], seqs.offsets[u + 1]
-                before = seqs.item_index[lo:hi][(seqs.first_time[lo:hi] < ts)
-                                                & (seqs.item_index[lo:hi] != item_row[item])]
+                before = seqs.item_index[lo:hi][
+                    (seqs.first_time[lo:hi] < ts) & (seqs.item_index[lo:hi] != item_row[item])
+                ]
                 text = tag.strip().lower()
-                ex = CanvasExample(to_sid_rows(before[-H:], sid_rows), int(target), user,
-                                   text=text, kind="tag", relevant=frozenset(tagged[text]))
+                ex = CanvasExample(
+                    to_sid_rows(before[-H:], sid_rows),
+                    int(target),
+                    user,
+                    text=text,
+                    kind="tag",
+                    relevant=frozenset(tagged[text]),
+                )
                 (test if holds_out_tag(config, text, item) else train).append(ex)
     # ---- partial title words, anonymous: lexical relevance
     rng = np.random.default_rng(seed)
@@ -112,8 +127,15 @@ def candidates(index, query: str):
     return index.for_query(query)
 
 
-def metrics(data, ranked: list[list[int]], *, titles_lower, row_categories, k: int,
-            ranked_anonymous: list[list[int]] | None = None) -> dict[str, Any]:
+def metrics(
+    data,
+    ranked: list[list[int]],
+    *,
+    titles_lower,
+    row_categories,
+    k: int,
+    ranked_anonymous: list[list[int]] | None = None,
+) -> dict[str, Any]:
     """``lexical_relevance_<kind>``: the share of the top-K whose title contains the query text;
     ``relevance_<kind>`` and ``relevance``: the share of the top-K about the query (a word query:
     the title contains it; a tag: some member tagged the title with it, or its title and
@@ -123,18 +145,26 @@ def metrics(data, ranked: list[list[int]], *, titles_lower, row_categories, k: i
     out: dict[str, Any] = {}
     about: list[float] = []
     for kind in sorted({ex.kind for ex in data.test}):
-        shares = [np.mean([ex.text in titles_lower[r] for r in rows[:k]]) if rows else 0.0
-                  for ex, rows in zip(data.test, ranked) if ex.kind == kind]
+        shares = [
+            np.mean([ex.text in titles_lower[r] for r in rows[:k]]) if rows else 0.0
+            for ex, rows in zip(data.test, ranked)
+            if ex.kind == kind
+        ]
         out[f"lexical_relevance_{kind}"] = float(np.mean(shares)) if shares else None
-        judged = [np.mean([_about(ex, r, titles_lower, row_categories) for r in rows[:k]])
-                  if rows else 0.0 for ex, rows in zip(data.test, ranked) if ex.kind == kind]
+        judged = [
+            np.mean([_about(ex, r, titles_lower, row_categories) for r in rows[:k]]) if rows else 0.0
+            for ex, rows in zip(data.test, ranked)
+            if ex.kind == kind
+        ]
         out[f"relevance_{kind}"] = float(np.mean(judged)) if judged else None
         about += judged
     out["relevance"] = float(np.mean(about)) if about else None
     if ranked_anonymous is not None:
-        moved = [1.0 - len(set(a[:k]) & set(b[:k])) / k
-                 for ex, a, b in zip(data.test, ranked, ranked_anonymous)
-                 if ex.kind == "tag" and len(ex.history)]
+        moved = [
+            1.0 - len(set(a[:k]) & set(b[:k])) / k
+            for ex, a, b in zip(data.test, ranked, ranked_anonymous)
+            if ex.kind == "tag" and len(ex.history)
+        ]
         out["personalisation_shift_tag"] = float(np.mean(moved)) if moved else None
     return out
 
@@ -153,8 +183,11 @@ def _about(ex, row: int, titles_lower, row_categories) -> bool:
 def example_context(data, ids, history_rows: list[int], user: str) -> ExampleContext:
     """A real tag (the member's own if any, else the one the most members wrote: "atmospheric",
     not one member's "in netflix queue"), else a title word as typed."""
-    tags = [(u, t.strip().lower()) for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"],
-                                                      data.interactions["kind"]) if k == "tag" and t]
+    tags = [
+        (u, t.strip().lower())
+        for u, t, k in zip(data.interactions["user_id"], data.interactions["tag"], data.interactions["kind"])
+        if k == "tag" and t
+    ]
     own = [t for u, t in tags if u == user]
     if own:
         query = own[-1]
@@ -168,6 +201,16 @@ def example_context(data, ids, history_rows: list[int], user: str) -> ExampleCon
     return ExampleContext(query, f"search '{query}'")
 
 
-SPEC = CanvasSpec(name="search", token="search", build_examples=build_examples, context_field="query",
-                  context_kind="text", lowercase=True, candidates=candidates, anonymous_kinds=("tag",),
-                  metrics=metrics, example_context=example_context, holds_out_tag=holds_out_tag)
+SPEC = CanvasSpec(
+    name="search",
+    token="search",
+    build_examples=build_examples,
+    context_field="query",
+    context_kind="text",
+    lowercase=True,
+    candidates=candidates,
+    anonymous_kinds=("tag",),
+    metrics=metrics,
+    example_context=example_context,
+    holds_out_tag=holds_out_tag,
+)

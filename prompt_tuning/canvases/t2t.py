@@ -25,20 +25,31 @@ with a source is the source alone.
 
 from __future__ import annotations
 
-import numpy as np
 
-from prompt_tuning.canvases.base import (CanvasExample, CanvasSource, CanvasSpec, ExampleContext,
-                                         Examples, held_out_examples, next_title_examples)
+from prompt_tuning.canvases.base import (
+    CanvasExample,
+    CanvasSource,
+    CanvasSpec,
+    ExampleContext,
+    Examples,
+    held_out_examples,
+    next_title_examples,
+)
 
 
 def build_examples(src: CanvasSource) -> Examples:
-    train = [CanvasExample(ex.history, ex.target, ex.user, kind="pair", source=int(ex.history[-1]))
-             for ex in next_title_examples(src.split, src.sid_rows, src.split.max_history)
-             if ex.history[-1] != ex.target]
-    test = [CanvasExample(ex.history[-src.split.max_history:], ex.target, ex.user, kind="pair",
-                          source=int(ex.history[-1]))
-            for ex in held_out_examples(src.split, src.sid_rows)
-            if len(ex.history) and ex.history[-1] != ex.target]
+    train = [
+        CanvasExample(ex.history, ex.target, ex.user, kind="pair", source=int(ex.history[-1]))
+        for ex in next_title_examples(src.split, src.sid_rows, src.split.max_history)
+        if ex.history[-1] != ex.target
+    ]
+    test = [
+        CanvasExample(
+            ex.history[-src.split.max_history :], ex.target, ex.user, kind="pair", source=int(ex.history[-1])
+        )
+        for ex in held_out_examples(src.split, src.sid_rows)
+        if len(ex.history) and ex.history[-1] != ex.target
+    ]
     return Examples(train, test, {})
 
 
@@ -53,7 +64,16 @@ def source_candidates(index, row: int):
     return index.for_source(row)
 
 
-SPEC = CanvasSpec(name="t2t", token="home", build_examples=build_examples, context_field="source",
-                  context_kind="title", title_in_history=True, missing_context="last_title",
-                  candidates=source_candidates, fuse_candidate_order=True,
-                  example_context=example_context, adapter="none")
+SPEC = CanvasSpec(
+    name="t2t",
+    token="home",
+    build_examples=build_examples,
+    context_field="source",
+    context_kind="title",
+    title_in_history=True,
+    missing_context="last_title",
+    candidates=source_candidates,
+    fuse_candidate_order=True,
+    example_context=example_context,
+    adapter="none",
+)

@@ -28,5 +28,11 @@ def quantizer_class(name: str) -> type[ResidualQuantizer]:
         raise ValueError(f"unknown quantizer {name!r}; known: {', '.join(sorted(QUANTIZERS))}") from None
 
 
-__all__ = ["QUANTIZERS", "Encoded", "ResidualQuantizer", "codes_to_latent", "quantizer_class",
-           "residual_encode"]
+__all__ = [
+    "QUANTIZERS",
+    "Encoded",
+    "ResidualQuantizer",
+    "codes_to_latent",
+    "quantizer_class",
+    "residual_encode",
+]

@@ -107,8 +107,9 @@ class ResidualQuantizer(ABC):
         """Restore a trained quantizer; refuse a state that does not fit the config."""
 
     @classmethod
-    def from_state(cls, ids_config: "SemanticIDConfig", input_dim: int,
-                   state: dict[str, torch.Tensor]) -> "ResidualQuantizer":
+    def from_state(
+        cls, ids_config: "SemanticIDConfig", input_dim: int, state: dict[str, torch.Tensor]
+    ) -> "ResidualQuantizer":
         q = cls(ids_config, input_dim)
         q.load_state(state)
         return q

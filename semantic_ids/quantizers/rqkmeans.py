@@ -40,8 +40,9 @@ class RQKMeans(ResidualQuantizer):
         residual, books = np.asarray(x, dtype=np.float64), []
         for level in tqdm(range(shape.num_levels), desc="rq-kmeans levels"):
             k = min(shape.codebook_size, len(residual))
-            km = KMeans(n_clusters=k, n_init=1, max_iter=self.config.kmeans_iters,
-                        random_state=shape.seed + level).fit(residual)
+            km = KMeans(
+                n_clusters=k, n_init=1, max_iter=self.config.kmeans_iters, random_state=shape.seed + level
+            ).fit(residual)
             centers = km.cluster_centers_
             if k < shape.codebook_size:  # tiny catalogs: pad with unreachable codewords
                 far = np.full((shape.codebook_size - k, centers.shape[1]), 1e6)

@@ -50,10 +50,15 @@ class RQVAE(nn.Module):
         dims = [input_dim, *config.hidden_dims, config.latent_dim]
         self.encoder = _mlp(dims)
         self.decoder = _mlp(dims[::-1])
-        self.rvq = ResidualVQ(dim=config.latent_dim, num_quantizers=num_levels,
-                              codebook_size=codebook_size, kmeans_init=True,
-                              kmeans_iters=config.kmeans_iters,
-                              threshold_ema_dead_code=config.dead_code_threshold, decay=0.99)
+        self.rvq = ResidualVQ(
+            dim=config.latent_dim,
+            num_quantizers=num_levels,
+            codebook_size=codebook_size,
+            kmeans_init=True,
+            kmeans_iters=config.kmeans_iters,
+            threshold_ema_dead_code=config.dead_code_threshold,
+            decay=0.99,
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(x)
@@ -81,7 +86,7 @@ class RQVAEQuantizer(ResidualQuantizer):
             perm = torch.randperm(len(x), generator=gen)
             total, n = 0.0, 0
             for start in range(0, len(x), cfg.batch_size):
-                batch = x[perm[start: start + cfg.batch_size]]
+                batch = x[perm[start : start + cfg.batch_size]]
                 recon, commit = model(batch)
                 loss = nn.functional.mse_loss(recon, batch) + cfg.commitment_weight * commit
                 opt.zero_grad(set_to_none=True)
@@ -113,6 +118,7 @@ class RQVAEQuantizer(ResidualQuantizer):
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         real_missing = [m for m in missing if "initted" not in m]
         if real_missing or unexpected:
-            raise ValueError(f"quantizer weights do not match the config: missing {real_missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"quantizer weights do not match the config: missing {real_missing}, unexpected {unexpected}"
+            )
         self.model.eval()

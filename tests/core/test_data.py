@@ -65,8 +65,10 @@ def _write_movielens(d, ratings: str, movies: str = "movieId,title,genres\n1,A (
 
 
 def test_movielens_bad_rows_are_counted(tmp_path):
-    d = _write_movielens(tmp_path / "ml", "userId,movieId,rating,timestamp\n"
-                         "1,1,4.0,10\n1,1,4.0,10\n1,99,3.0,11\n1,2,,12\n2,2,5.0,5\n")
+    d = _write_movielens(
+        tmp_path / "ml",
+        "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,1,4.0,10\n1,99,3.0,11\n1,2,,12\n2,2,5.0,5\n",
+    )
     data = load_data(DataConfig(data_dir=str(d)))
     dropped = dict(data.report.dropped)
     assert dropped["duplicate interaction rows"] == 1
@@ -151,19 +153,35 @@ def test_a_layout_added_in_one_file_and_a_registry_line_is_read(tmp_path, monkey
         rows = [line.split("\t") for line in (path / "events.tsv").read_text().splitlines()]
         report.rows_read["events.tsv"] = len(rows)
         items = sorted({r[1] for r in rows})
-        catalog = pa.table({"item_id": items, "title": [f"Title {i}" for i in items],
-                            "categories": pa.array([[] for _ in items], pa.list_(pa.string())),
-                            "year": pa.nulls(len(items), pa.int32())})
+        catalog = pa.table(
+            {
+                "item_id": items,
+                "title": [f"Title {i}" for i in items],
+                "categories": pa.array([[] for _ in items], pa.list_(pa.string())),
+                "year": pa.nulls(len(items), pa.int32()),
+            }
+        )
         n = len(rows)
-        inter = pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                          "timestamp": pa.array([int(r[2]) for r in rows], pa.int64()),
-                          "kind": ["interaction"] * n, "rating": pa.nulls(n, pa.float32()),
-                          "tag": pa.nulls(n, pa.string())})
+        inter = pa.table(
+            {
+                "user_id": [r[0] for r in rows],
+                "item_id": [r[1] for r in rows],
+                "timestamp": pa.array([int(r[2]) for r in rows], pa.int64()),
+                "kind": ["interaction"] * n,
+                "rating": pa.nulls(n, pa.float32()),
+                "tag": pa.nulls(n, pa.string()),
+            }
+        )
         return catalog, inter
 
-    tsv = Layout(name="tsv", description="tsv folder (events.tsv)", has_time=True,
-                 detect=lambda p: (p / "events.tsv").is_file(),
-                 source_files=lambda p, c: [p / "events.tsv"], read=read)
+    tsv = Layout(
+        name="tsv",
+        description="tsv folder (events.tsv)",
+        has_time=True,
+        detect=lambda p: (p / "events.tsv").is_file(),
+        source_files=lambda p, c: [p / "events.tsv"],
+        read=read,
+    )
     monkeypatch.setitem(layouts.LAYOUTS, "tsv", tsv)
     monkeypatch.setenv("SIDREC_CACHE_DIR", str(tmp_path / "cache"))
     data = load_data(data_dir=str(folder))

@@ -24,10 +24,18 @@ print("result line", path)
 def _run(tmp_path, verbose: bool) -> tuple[subprocess.CompletedProcess, str]:
     log = tmp_path / "logs" / "run.log"
     # a clean environment: an earlier in-process command may have set these for its children
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONWARNINGS", "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(log), "1" if verbose else "0"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONWARNINGS", "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(log), "1" if verbose else "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     return out, log.read_text() if log.exists() else ""
 

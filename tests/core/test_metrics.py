@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from eval.config import EvalConfig
-from core.metrics import (RankingMetrics, metrics_from_ranks, ranking_metrics, target_ranks,
-                          topk_rows, validate_ks)
+from core.metrics import (
+    RankingMetrics,
+    metrics_from_ranks,
+    ranking_metrics,
+    target_ranks,
+    topk_rows,
+    validate_ks,
+)
 
 
 def test_known_answers_rows():
@@ -22,8 +28,13 @@ def test_known_answers_rows():
     assert m.recall[10] == pytest.approx(3 / 4)
     assert m.ndcg[5] == pytest.approx((1 / math.log2(3) + 1.0) / 4)
     assert m.ndcg[10] == pytest.approx((1 / math.log2(3) + 1 / math.log2(7) + 1.0) / 4)
-    assert m.to_dict() == {"num_users": 4, "recall@5": m.recall[5], "ndcg@5": m.ndcg[5],
-                           "recall@10": m.recall[10], "ndcg@10": m.ndcg[10]}
+    assert m.to_dict() == {
+        "num_users": 4,
+        "recall@5": m.recall[5],
+        "ndcg@5": m.ndcg[5],
+        "recall@10": m.recall[10],
+        "ndcg@10": m.ndcg[10],
+    }
 
 
 def test_rank_exactly_k_is_a_miss_and_k_minus_one_a_hit():
@@ -80,9 +91,7 @@ def test_validate_ks():
 
 
 def test_topk_rows_breaks_ties_by_lower_index():
-    scores = torch.tensor([[0.0, 1.0, 1.0, 0.5, 1.0],
-                           [2.0, 2.0, 2.0, 2.0, 2.0],
-                           [0.1, 0.9, 0.3, 0.9, 0.7]])
+    scores = torch.tensor([[0.0, 1.0, 1.0, 0.5, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0], [0.1, 0.9, 0.3, 0.9, 0.7]])
     assert topk_rows(scores, 2).tolist() == [[1, 2], [0, 1], [1, 3]]
     assert topk_rows(scores, 4).tolist() == [[1, 2, 4, 3], [0, 1, 2, 3], [1, 3, 4, 2]]
     assert topk_rows(scores.numpy(), 5)[2].tolist() == [1, 3, 4, 2, 0]

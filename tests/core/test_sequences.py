@@ -12,7 +12,9 @@ from core.sequences import SequenceConfig, build_sequences, leave_one_out
 def _ml(tmp_path, ratings: str, tags: str | None = None):
     d = tmp_path / "ml"
     d.mkdir()
-    (d / "movies.csv").write_text("movieId,title,genres\n" + "".join(f"{i},M{i} (2000),Drama\n" for i in range(1, 8)))
+    (d / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f"{i},M{i} (2000),Drama\n" for i in range(1, 8))
+    )
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
     if tags:
         (d / "tags.csv").write_text("userId,movieId,tag,timestamp\n" + tags)
@@ -20,8 +22,7 @@ def _ml(tmp_path, ratings: str, tags: str | None = None):
 
 
 def test_rollup_merges_repeats_inside_window(tmp_path):
-    data = _ml(tmp_path, "1,1,3.0,100\n1,2,4.0,200\n1,3,5.0,300\n",
-               tags="1,1,funny,150\n1,1,again,100000\n")
+    data = _ml(tmp_path, "1,1,3.0,100\n1,2,4.0,200\n1,3,5.0,300\n", tags="1,1,funny,150\n1,1,again,100000\n")
     seqs = build_sequences(data, SequenceConfig(rollup_window_seconds=3600))
     rows = [data.catalog["item_id"][i] for i in seqs.items(0)]
     # rating at 100 and tag at 150 are one event; the tag a day later is a new one
@@ -73,4 +74,3 @@ def test_config_validation():
         SequenceConfig(max_history=0)
     with pytest.raises(ValueError):
         SequenceConfig(rollup_window_seconds=-1)
-

@@ -31,8 +31,10 @@ def test_old_world_holds_out_the_newest_titles_and_everything_after(ml_small):
     assert world.data.fingerprint != ml_small.fingerprint
     assert world.data.fingerprint == old_world(ml_small, 0.2).data.fingerprint
     assert world.data.fingerprint != old_world(ml_small, 0.1).data.fingerprint
-    assert world.data.report.dropped["old world: interactions at or after the cutoff"] == \
-        world.held_out_interactions
+    assert (
+        world.data.report.dropped["old world: interactions at or after the cutoff"]
+        == world.held_out_interactions
+    )
 
 
 def test_bad_input_is_refused(ml_small, beauty_small):
@@ -48,8 +50,14 @@ def test_rolling_pool_counts_only_what_was_known_at_each_cutoff(ml_small):
     next title is the member's first event from the cutoff on, and it is new when nobody engaged
     with it before the cutoff."""
     inter = ml_small.interactions.with_format("numpy", columns=["user_id", "item_id", "timestamp"])[:]
-    events = sorted(zip(inter["timestamp"].tolist(), range(len(inter["timestamp"])),
-                        inter["user_id"].tolist(), inter["item_id"].tolist()))
+    events = sorted(
+        zip(
+            inter["timestamp"].tolist(),
+            range(len(inter["timestamp"])),
+            inter["user_id"].tolist(),
+            inter["item_id"].tolist(),
+        )
+    )
     quantiles = [0.3, 0.6, 0.9]
     pools = rolling_pool(ml_small, quantiles)
     assert [p.cutoff for p in pools] == np.quantile(inter["timestamp"], quantiles).astype(np.int64).tolist()

@@ -17,19 +17,32 @@ from core.sequences import SequenceConfig, Sequences, Split, build_sequences, le
 
 # Tiny and fast: one window per member (the slice's members have hundreds of events), a raised lr
 # so that a few epochs of a few steps show learning.
-TINY = dict(hidden=16, num_blocks=1, num_heads=1, dropout=0.1, batch_size=8, lr=5e-3,
-            train_windows="last", max_epochs=3, patience=5)
+TINY = dict(
+    hidden=16,
+    num_blocks=1,
+    num_heads=1,
+    dropout=0.1,
+    batch_size=8,
+    lr=5e-3,
+    train_windows="last",
+    max_epochs=3,
+    patience=5,
+)
 
 
 def _split_from(seqs: list[list[int]], max_history: int = 20) -> Split:
     lengths = np.array([len(s) for s in seqs])
     n = int(lengths.sum())
-    sequences = Sequences(user_ids=[str(i) for i in range(len(seqs))],
-                          offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                          item_index=np.concatenate(seqs).astype(np.int32),
-                          first_time=np.arange(n, dtype=np.int64), last_time=np.arange(n, dtype=np.int64),
-                          count=np.ones(n, dtype=np.int32), rating=np.full(n, np.nan, dtype=np.float32),
-                          rolled_up=0)
+    sequences = Sequences(
+        user_ids=[str(i) for i in range(len(seqs))],
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        item_index=np.concatenate(seqs).astype(np.int32),
+        first_time=np.arange(n, dtype=np.int64),
+        last_time=np.arange(n, dtype=np.int64),
+        count=np.ones(n, dtype=np.int32),
+        rating=np.full(n, np.nan, dtype=np.float32),
+        rolled_up=0,
+    )
     return leave_one_out(sequences, SequenceConfig(max_history=max_history))
 
 
@@ -98,8 +111,12 @@ def test_sasrec_is_causal_and_padding_invariant():
 def test_sasrec_training_loss_falls(ml_split, ml_small, loss):
     config = SASRecConfig(loss=loss, **{**TINY, "max_epochs": 4})
     ev = EvalConfig(batch_size=64)
-    result = train_sasrec(ml_split, len(ml_small.catalog), config,
-                          lambda m: evaluate_sasrec(m, ml_split, "valid", ev).recall[10])
+    result = train_sasrec(
+        ml_split,
+        len(ml_small.catalog),
+        config,
+        lambda m: evaluate_sasrec(m, ml_split, "valid", ev).recall[10],
+    )
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 4 and losses[-1] < losses[0] * 0.95, losses
     assert result.best_epoch in range(1, 5) and not result.converged
@@ -139,8 +156,9 @@ def test_sasrec_config_checks():
 def test_sasrec_titles_by_their_codes_share_input_and_output_rows(items):
     torch.manual_seed(0)
     codes = np.array([[0, 4], [1, 4], [0, 5], [2, 6]])  # 4 titles, 2 levels in one code range
-    model = SASRec(num_items=4, hidden=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=3,
-                   items=items, codes=codes).eval()
+    model = SASRec(
+        num_items=4, hidden=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=3, items=items, codes=codes
+    ).eval()
     rows = model.item_matrix()  # (5, 8)
     want = model.code_emb.weight[codes].sum(1) + (model.item_emb.weight[1:] if items == "both" else 0)
     assert torch.allclose(rows[1:], want) and rows[0].abs().sum() == 0

@@ -24,19 +24,25 @@ def model_dir(data_dir, tmp_path_factory):
     data = load_data(dc)
     root = tmp_path_factory.mktemp("eval")
     ids = write_id_artifact(root / "ids", list(data.catalog["item_id"]), (16, 16, 16, 4))
-    config = PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, num_user_buckets=8,
-                                        val_users=4)
+    config = PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, num_user_buckets=8, val_users=4)
     return dc, pretrain(dc, SequenceConfig(max_history=20), ids.path, root / "run", config)
 
 
 def test_report(model_dir, tmp_path):
     dc, path = model_dir
     out = tmp_path / "r.json"
-    rep = evaluate_model(path, dc, EvalConfig(ks=(5, 10)), out=out, max_users=6,
-                         unconstrained_users=3)
+    rep = evaluate_model(path, dc, EvalConfig(ks=(5, 10)), out=out, max_users=6, unconstrained_users=3)
     saved = json.loads(out.read_text())
-    for key in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "invalid_rate", "num_users",
-                "invalid_rate_unconstrained", "artifacts"):
+    for key in (
+        "recall@5",
+        "ndcg@5",
+        "recall@10",
+        "ndcg@10",
+        "invalid_rate",
+        "num_users",
+        "invalid_rate_unconstrained",
+        "artifacts",
+    ):
         assert key in saved
     assert rep["num_users"] == 6 and rep["num_beams"] >= 10
     assert rep["invalid_rate"] == 0.0
@@ -58,8 +64,23 @@ def test_guards(model_dir, data_dir):
 
 def test_cli(model_dir, data_dir, tmp_path, capsys):
     _, path = model_dir
-    rc = main(["eval", "--model", str(path), "--data", str(data_dir), "--dataset", "ml-latest-small",
-               "--max-users", "20", "--eval-users", "3", "--out", str(tmp_path / "e.json")])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(path),
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "ml-latest-small",
+            "--max-users",
+            "20",
+            "--eval-users",
+            "3",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert rc == 0
     assert "recall@10" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["num_users"] == 3
@@ -71,14 +92,14 @@ def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_pa
     without history keeps the model's ranking."""
     import numpy as np
 
-    from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement,
-                                      save_co_engagement)
+    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement, save_co_engagement
     from eval.next_title import served_home_row
 
     neighbours = np.full((30, 3), -1, dtype=np.int64)
     neighbours[7] = [20, 21, 22]  # title 7's most co-engaged titles
-    save_co_engagement(tmp_path / CO_ENGAGEMENT_FILE,
-                       CoEngagement(neighbours, (neighbours >= 0).astype(np.int64), window=3))
+    save_co_engagement(
+        tmp_path / CO_ENGAGEMENT_FILE, CoEngagement(neighbours, (neighbours >= 0).astype(np.int64), window=3)
+    )
 
     class Gen:  # a model folder holding the table
         path = tmp_path

@@ -70,22 +70,39 @@ def test_deterministic(results, tmp_path):
 
 def _canvas_file(root: Path) -> Path:
     def variant(recall: float, params: int) -> dict:
-        return {"recall@10": recall, "ndcg@10": recall / 2, "trainable_parameters": params,
-                "train_seconds": 12.5}
+        return {
+            "recall@10": recall,
+            "ndcg@10": recall / 2,
+            "trainable_parameters": params,
+            "train_seconds": 12.5,
+        }
 
     path = root / "prompt_tuning" / "ml-latest-small.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({
-        "benchmark": "prompt_tuning", "dataset": "ml-latest-small",
-        "canvases": {
-            "search": {"data": {"test_examples": 40}, "config": {"num_virtual_tokens": 8},
-                       "adapter": variant(0.11, 4096), "base": variant(0.05, 0),
-                       "base_home_prompt": variant(0.03, 0),
-                       "full_finetune": variant(0.12, 1_409_280)},
-            "t2t": {"adapter": variant(0.21, 4096), "base": variant(0.07, 0),
-                    "full_finetune": variant(0.19, 1_409_280)},
-            "home": {"adapter": variant(0.09, 4096), "base": variant(0.04, 0)},
-        }}))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "prompt_tuning",
+                "dataset": "ml-latest-small",
+                "canvases": {
+                    "search": {
+                        "data": {"test_examples": 40},
+                        "config": {"num_virtual_tokens": 8},
+                        "adapter": variant(0.11, 4096),
+                        "base": variant(0.05, 0),
+                        "base_home_prompt": variant(0.03, 0),
+                        "full_finetune": variant(0.12, 1_409_280),
+                    },
+                    "t2t": {
+                        "adapter": variant(0.21, 4096),
+                        "base": variant(0.07, 0),
+                        "full_finetune": variant(0.19, 1_409_280),
+                    },
+                    "home": {"adapter": variant(0.09, 4096), "base": variant(0.04, 0)},
+                },
+            }
+        )
+    )
     return path
 
 
@@ -98,11 +115,20 @@ def test_prompt_tuning_canvases(tmp_path):
     text = readme.read_text()
     assert "](canvases-ml-latest-small.png)" in text
     assert "results/prompt_tuning/ml-latest-small.json" in text
-    for needle in ("search", "t2t", "home", "soft prompt (adapter)", "frozen base",
-                   "frozen base, home prompt", "full fine-tune", "4,096", "0.2100"):
+    for needle in (
+        "search",
+        "t2t",
+        "home",
+        "soft prompt (adapter)",
+        "frozen base",
+        "frozen base, home prompt",
+        "full fine-tune",
+        "4,096",
+        "0.2100",
+    ):
         assert needle in text
     assert "Skipped files" not in text
-    table = text[text.index("## Per-canvas"):text.index("## Semantic IDs")]
+    table = text[text.index("## Per-canvas") : text.index("## Semantic IDs")]
     assert table.count("| search |") == 4  # the canvas's data/config entries are not variants
 
 
@@ -121,13 +147,14 @@ def test_bad_files_are_skipped(tmp_path, capsys):
     _canvas_file(root)
     (root / "baselines").mkdir()
     (root / "baselines" / "broken.json").write_text("{not json")
-    (root / "baselines" / "odd.json").write_text(json.dumps({"kind": "baseline", "dataset": "x",
-                                                            "metrics": {"test": "oops"}}))
+    (root / "baselines" / "odd.json").write_text(
+        json.dumps({"kind": "baseline", "dataset": "x", "metrics": {"test": "oops"}})
+    )
     (root / "mystery.json").write_text(json.dumps([1, 2, 3]))
     out = tmp_path / "report"
     assert main(["report", "--results", str(root), "--out", str(out)]) == 0
     text = (out / "README.md").read_text()
-    skipped = text[text.index("### Skipped files"):]
+    skipped = text[text.index("### Skipped files") :]
     for name in ("broken.json", "odd.json", "mystery.json"):
         assert f"results/{'baselines/' if name != 'mystery.json' else ''}{name}" in skipped
     assert "canvases-ml-latest-small.png" in text  # the good file still made its plot

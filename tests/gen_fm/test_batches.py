@@ -17,8 +17,9 @@ from tests.gen_fm.test_model import write_id_artifact
 @pytest.fixture(scope="module")
 def setup(data_dir, tmp_path_factory):
     data = load_data(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40)
-    ids = write_id_artifact(tmp_path_factory.mktemp("ids") / "ids", list(data.catalog["item_id"]),
-                            (16, 16, 16, 4))
+    ids = write_id_artifact(
+        tmp_path_factory.mktemp("ids") / "ids", list(data.catalog["item_id"]), (16, 16, 16, 4)
+    )
     seq_config = SequenceConfig(max_history=20)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     return data, ids, split, PromptEncoder.from_ids(ids, 0), catalog_to_sid_rows(data, ids)

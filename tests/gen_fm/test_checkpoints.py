@@ -10,13 +10,23 @@ from core.artifacts import jsonable
 
 
 def _meta(**config) -> dict:
-    return {"config": jsonable(PretrainConfig(**config)), "semantic_ids": "abc",
-            "data_fingerprint": "fp", "sequence_config": {"max_history": 20}, "world_size": 1}
+    return {
+        "config": jsonable(PretrainConfig(**config)),
+        "semantic_ids": "abc",
+        "data_fingerprint": "fp",
+        "sequence_config": {"max_history": 20},
+        "world_size": 1,
+    }
 
 
 def test_only_complete_step_folders_are_checkpoints(tmp_path):
-    for name, complete in (("step-00000002", True), ("step-00000010", True),
-                           ("step-00000011", False), (".step-00000012.tmp", True), ("best", True)):
+    for name, complete in (
+        ("step-00000002", True),
+        ("step-00000010", True),
+        ("step-00000011", False),
+        (".step-00000012.tmp", True),
+        ("best", True),
+    ):
         (tmp_path / name).mkdir()
         if complete:
             (tmp_path / name / STATE_FILE).write_text("{}")

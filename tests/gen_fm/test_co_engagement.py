@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gen_fm.co_engagement import (CO_ENGAGEMENT_FILE, build_co_engagement, load_co_engagement,
-                                  save_co_engagement)
+from gen_fm.co_engagement import (
+    CO_ENGAGEMENT_FILE,
+    build_co_engagement,
+    load_co_engagement,
+    save_co_engagement,
+)
 from gen_fm.config import PretrainConfig
 from gen_fm.model import TITLE_TAGS_FILE, build_model, load_model, save_model
 from gen_fm.tokenizer import model_layout
@@ -18,8 +22,7 @@ from tests.gen_fm.test_model import write_id_artifact
 
 def test_counts_titles_within_the_window_either_side() -> None:
     # member A: 0 1 2 3; member B: 2 1 (no ID) 0 4 -> the title without an ID is skipped
-    table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([2, 1, -1, 0, 4])], 6,
-                                window=1, top=3)
+    table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([2, 1, -1, 0, 4])], 6, window=1, top=3)
     # window 1: A gives 0-1, 1-2, 2-3; B gives 2-1, 1-0, 0-4
     assert table.of(1).tolist() == [0, 2]  # 2 each, both watched twice: the lower row first
     assert table.counts[1].tolist() == [2, 2, 0]
@@ -43,8 +46,9 @@ def test_counts_titles_within_the_window_either_side() -> None:
 
 def test_recent_titles_sum_their_counts_with_decay_and_skip_the_history() -> None:
     # window 1 over 0 1 2 3 | 1 2 4 | 2 4 5: title 2's counts 1:2 4:2 3:1; title 1's 2:2 0:1
-    table = build_co_engagement([np.array([0, 1, 2, 3]), np.array([1, 2, 4]), np.array([2, 4, 5])], 6,
-                                window=1)
+    table = build_co_engagement(
+        [np.array([0, 1, 2, 3]), np.array([1, 2, 4]), np.array([2, 4, 5])], 6, window=1
+    )
     assert table.of(2).tolist() == [1, 4, 3]  # the newest title's own list, history included
     # 4: 2, 3: 1, 0: 0.5 * 1; 1 and 2 are the history
     assert table.of_recent([1, 2], titles=2, decay=0.5) == [4, 3, 0]
@@ -67,8 +71,11 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     table = build_co_engagement([np.array([0, 1, 2, 3, 1, 0])], 20, window=2, top=4)
     save_co_engagement(tmp_path / "t.safetensors", table)
     back = load_co_engagement(tmp_path / "t.safetensors")
-    assert back.window == 2 and (back.neighbours == table.neighbours).all() \
+    assert (
+        back.window == 2
+        and (back.neighbours == table.neighbours).all()
         and (back.counts == table.counts).all()
+    )
 
     ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (4, 4, 2))
     config = PretrainConfig.from_preset("tiny")
@@ -76,8 +83,16 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
     kw = dict(data_fingerprint="f" * 64, dataset="unit", training={})
-    out = save_model(tmp_path / "model", model, layout, ids, config, SequenceConfig(max_history=5),
-                     co_engagement=table, **kw)
+    out = save_model(
+        tmp_path / "model",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=5),
+        co_engagement=table,
+        **kw,
+    )
     gen = load_model(out)
     assert gen.co_engagement().of(1).tolist() == table.of(1).tolist()
     assert CO_ENGAGEMENT_FILE in gen.manifest["files"]  # hashed like the weights
@@ -87,13 +102,30 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     # a folder from before the table existed loads, and says it has none
     older = save_model(tmp_path / "older", model, layout, ids, config, SequenceConfig(max_history=5), **kw)
     assert load_model(older).co_engagement() is None and load_model(older).title_tags() is None
-    tagged = save_model(tmp_path / "tagged", model, layout, ids, config, SequenceConfig(max_history=5),
-                        title_tags={"t3": ["dark comedy", "funny"]}, **kw)
+    tagged = save_model(
+        tmp_path / "tagged",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=5),
+        title_tags={"t3": ["dark comedy", "funny"]},
+        **kw,
+    )
     assert load_model(tagged).title_tags() == {"t3": ["dark comedy", "funny"]}
     assert TITLE_TAGS_FILE in load_model(tagged).manifest["files"]
-    untagged = save_model(tmp_path / "untagged", model, layout, ids, config, SequenceConfig(max_history=5),
-                          title_tags={}, **kw)  # data without tags: the folder says so
+    untagged = save_model(
+        tmp_path / "untagged", model, layout, ids, config, SequenceConfig(max_history=5), title_tags={}, **kw
+    )  # data without tags: the folder says so
     assert load_model(untagged).title_tags() == {}
     with pytest.raises(ValueError, match="covers 3 titles"):
-        save_model(tmp_path / "bad", model, layout, ids, config, SequenceConfig(max_history=5),
-                   co_engagement=build_co_engagement([], 3), **kw)
+        save_model(
+            tmp_path / "bad",
+            model,
+            layout,
+            ids,
+            config,
+            SequenceConfig(max_history=5),
+            co_engagement=build_co_engagement([], 3),
+            **kw,
+        )

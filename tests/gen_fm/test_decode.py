@@ -21,10 +21,19 @@ def setup() -> tuple[LlamaForCausalLM, PrefixTrie, np.ndarray, list[list[int]]]:
     flat = rng.choice(int(np.prod(LAYOUT.codebook_sizes)), NUM_ITEMS, replace=False)
     codes = np.stack(np.unravel_index(flat, LAYOUT.codebook_sizes), axis=1)  # (20, 4)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=LAYOUT.vocab_size, hidden_size=64, num_attention_heads=2,
-                         num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
-                         max_position_embeddings=64, initializer_range=0.1,
-                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    config = LlamaConfig(
+        vocab_size=LAYOUT.vocab_size,
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     model = LlamaForCausalLM(config).eval()
     tokens = LAYOUT.sids_to_ids(codes)
     prompts = [[BOS] + tokens[rng.choice(NUM_ITEMS, n, replace=False)].ravel().tolist() for n in (0, 3, 2, 5)]
@@ -32,20 +41,20 @@ def setup() -> tuple[LlamaForCausalLM, PrefixTrie, np.ndarray, list[list[int]]]:
     return model, PrefixTrie(codes, LAYOUT), codes, prompts
 
 
-def exhaustive(model: LlamaForCausalLM, prompt: list[int], codes: np.ndarray,
-               permitted: set[int]) -> np.ndarray:
+def exhaustive(
+    model: LlamaForCausalLM, prompt: list[int], codes: np.ndarray, permitted: set[int]
+) -> np.ndarray:
     """Score of every permitted title by teacher forcing: sum over positions of the log-prob renormalised
     over the tokens that lead to a permitted title (brute force, no trie); -inf for the others."""
     tokens = LAYOUT.sids_to_ids(codes)  # (N, L)
     inp = torch.tensor([prompt + row[:-1].tolist() for row in tokens])  # (N, T + L - 1)
     with torch.no_grad():
-        logp = model(inp).logits.log_softmax(-1)[:, len(prompt) - 1:]  # (N, L, V)
+        logp = model(inp).logits.log_softmax(-1)[:, len(prompt) - 1 :]  # (N, L, V)
     scores = np.full(len(codes), -np.inf)
     for i in sorted(permitted):
         total = 0.0
         for d in range(tokens.shape[1]):
-            allowed = sorted({int(tokens[j, d]) for j in permitted
-                              if (tokens[j, :d] == tokens[i, :d]).all()})
+            allowed = sorted({int(tokens[j, d]) for j in permitted if (tokens[j, :d] == tokens[i, :d]).all()})
             total += float(logp[i, d, tokens[i, d]] - torch.logsumexp(logp[i, d, allowed], 0))
         scores[i] = total
     return scores
@@ -106,7 +115,9 @@ def test_batched_left_padded_equals_one_prompt_at_a_time(setup) -> None:
 
 def test_deterministic_across_runs(setup) -> None:
     model, trie, codes, prompts = setup
-    assert recommend(model, prompts, trie, k=5, num_beams=7) == recommend(model, prompts, trie, k=5, num_beams=7)
+    assert recommend(model, prompts, trie, k=5, num_beams=7) == recommend(
+        model, prompts, trie, k=5, num_beams=7
+    )
 
 
 def test_unconstrained_reports_invalid_beams(setup) -> None:

@@ -19,8 +19,7 @@ from core.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_ha
 from core.sequences import SequenceConfig
 
 
-def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...],
-                      seed: int = 0) -> SemanticIDs:
+def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...], seed: int = 0) -> SemanticIDs:
     """A minimal ID artifact with random unique codes (tests need no quantizer)."""
     rng = np.random.default_rng(seed)
     flat = rng.choice(int(np.prod(sizes)), size=len(item_ids), replace=False)
@@ -29,9 +28,15 @@ def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...],
     with atomic_dir(path) as stage:
         ids.write_map(stage)
         write_json(stage / "stats.json", {"random_codes": True})
-        write_json(stage / "manifest.json",
-                   make_manifest("semantic_ids", {"random_codes": True, "seed": seed},
-                                 codebook_sizes=list(sizes), map_version=1))
+        write_json(
+            stage / "manifest.json",
+            make_manifest(
+                "semantic_ids",
+                {"random_codes": True, "seed": seed},
+                codebook_sizes=list(sizes),
+                map_version=1,
+            ),
+        )
     return SemanticIDs.load(path)
 
 
@@ -43,8 +48,17 @@ def saved(tmp_path_factory):
     layout = model_layout(ids.layout, config.num_user_buckets)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
-    out = save_model(root / "model", model, layout, ids, config, SequenceConfig(max_history=5),
-                     data_fingerprint="f" * 64, dataset="unit", training={"steps": 0})
+    out = save_model(
+        root / "model",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=5),
+        data_fingerprint="f" * 64,
+        dataset="unit",
+        training={"steps": 0},
+    )
     return model, out, ids, layout, config
 
 
@@ -70,8 +84,11 @@ def test_model_shape(saved):
     model, _, ids, layout, config = saved
     assert model.config.vocab_size == layout.vocab_size == ids.layout.vocab_size + 4 + 7
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert model.config.max_position_embeddings == max_positions(config, layout, 5) \
+    assert (
+        model.config.max_position_embeddings
+        == max_positions(config, layout, 5)
         == 3 + 6 * 3 + config.position_headroom
+    )
     assert model.config.head_dim == 32
 
 
@@ -114,8 +131,17 @@ def test_save_refuses_an_id_map_that_is_not_on_disk(saved, tmp_path):
     model, _, ids, layout, config = saved
     mem = SemanticIDs(ids.item_ids, ids.codes, ids.codebook_sizes)
     with pytest.raises(ValueError, match="on disk"):
-        save_model(tmp_path / "m", model, layout, mem, config, SequenceConfig(),
-                   data_fingerprint="x", dataset="unit", training={})
+        save_model(
+            tmp_path / "m",
+            model,
+            layout,
+            mem,
+            config,
+            SequenceConfig(),
+            data_fingerprint="x",
+            dataset="unit",
+            training={},
+        )
     assert not (tmp_path / "m").exists()
 
 

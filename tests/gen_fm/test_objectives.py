@@ -32,8 +32,9 @@ def heads(mtp_tokens=2):
 def test_category_positions_are_the_predictions_of_a_titles_first_code():
     tok = LAYOUT.sids_to_ids(CODES)
     # context (2 tokens), then titles 0, 1, 2 as targets; title 2 has no label
-    labels = torch.tensor([[-100, -100, *tok[0], *tok[1], *tok[2]],
-                           [-100, -100, -100, -100, -100, *tok[1], -100, -100, -100]])
+    labels = torch.tensor(
+        [[-100, -100, *tok[0], *tok[1], *tok[2]], [-100, -100, -100, -100, -100, *tok[1], -100, -100, -100]]
+    )
     (b, t), rows = heads().category_positions(labels)
     assert b.tolist() == [0, 0, 1] and t.tolist() == [1, 4, 4] and rows.tolist() == [0, 1, 1]
     # a title cut off at the end of a row is not judged

@@ -62,8 +62,9 @@ def test_branch_packing_gives_the_logits_of_decoding_after_each_prompt(tiny):
     t = EpochTensors.from_rows([ex["input_ids"]], **{k: [ex[k]] for k in TITLE_COLUMNS})
     b = t.batch(np.array([0]))
     with torch.no_grad():
-        packed = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                       position_ids=b["position_ids"]).logits[0]  # (T, V)
+        packed = model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"]
+        ).logits[0]  # (T, V)
     L = enc.layout.sid_length
     targets = b["targets"][0]
     checked = 0
@@ -94,11 +95,21 @@ def test_baked_folder_is_a_plain_llama_that_decodes_as_the_trained_model(tiny, t
     baked = build_model(config, enc.layout, max_history=8)
     baked.load_state_dict(model.state_dict(), strict=False)
     attach_title_embedding(baked, enc.layout, enc.sid_tokens).load_state_dict(
-        model.get_input_embeddings().state_dict())
+        model.get_input_embeddings().state_dict()
+    )
     bake_title_embeddings(baked)
     assert type(baked.get_input_embeddings()) is torch.nn.Embedding
-    out = save_model(tmp_path / "model", baked, enc.layout, ids, config, SequenceConfig(max_history=8),
-                     data_fingerprint="f" * 64, dataset="unit", training={})
+    out = save_model(
+        tmp_path / "model",
+        baked,
+        enc.layout,
+        ids,
+        config,
+        SequenceConfig(max_history=8),
+        data_fingerprint="f" * 64,
+        dataset="unit",
+        training={},
+    )
     gen = load_model(out)
     assert gen.prompt_encoder().encode(np.array([1, 2, 3])) == prompts[0]
     after = recommend(gen.model, prompts, trie, k=5, num_beams=5)
@@ -113,10 +124,8 @@ def test_a_title_added_after_training_enters_by_its_codes_alone(tiny, tmp_path):
     bake_title_embeddings(plain)
     # a new title: the ID map grows by one row with an unused code tuple
     used = {tuple(c) for c in ids.codes.tolist()}
-    new_code = next((a, b, c) for a in range(8) for b in range(8) for c in range(4)
-                    if (a, b, c) not in used)
-    grown = SemanticIDs(list(ids.item_ids) + ["new"], np.vstack([ids.codes, new_code]),
-                        ids.codebook_sizes)
+    new_code = next((a, b, c) for a in range(8) for b in range(8) for c in range(4) if (a, b, c) not in used)
+    grown = SemanticIDs(list(ids.item_ids) + ["new"], np.vstack([ids.codes, new_code]), ids.codebook_sizes)
     sid = enc.layout.sids_to_ids(grown.codes)
     with pytest.raises(ValueError, match="no title token"):
         PromptEncoder(enc.layout, sid).encode(np.array([40]))
@@ -140,7 +149,6 @@ def test_title_options_need_title_histories():
         PretrainConfig(history_tokens="ids")
 
 
-
 def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path):
     """A title-token run writes a plain folder whose prompts use title tokens; a run that starts
     from it after the ID map grew gives the new title its codes' row and keeps every old row."""
@@ -155,8 +163,9 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     new_item = next(i for i in items if i not in rated)  # in the catalog, never engaged with
     old_items = [i for i in items if i != new_item]
     ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
-    config = PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, val_users=4,
-                                        history_tokens="titles", identity_dropout=0.1)
+    config = PretrainConfig.from_preset(
+        "tiny", epochs=1, batch_size=64, val_users=4, history_tokens="titles", identity_dropout=0.1
+    )
     model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
     gen = load_model(model_dir)
     assert type(gen.model.get_input_embeddings()) is torch.nn.Embedding  # baked: a plain Llama
@@ -168,13 +177,27 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     with atomic_dir(tmp_path / "ids2") as stage:
         grown.write_map(stage)
         write_json(stage / "stats.json", {})
-        write_json(stage / "manifest.json", make_manifest("semantic_ids", {}, codebook_sizes=[16, 16, 16, 4],
-                                                          map_version=2))
-    again = pretrain(dc, SequenceConfig(max_history=20), tmp_path / "ids2", tmp_path / "run2",
-                     PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, val_users=4,
-                                                history_tokens="titles", max_steps=1, lr=1e-9,
-                                                eval_every=0),
-                     init_from=model_dir)
+        write_json(
+            stage / "manifest.json",
+            make_manifest("semantic_ids", {}, codebook_sizes=[16, 16, 16, 4], map_version=2),
+        )
+    again = pretrain(
+        dc,
+        SequenceConfig(max_history=20),
+        tmp_path / "ids2",
+        tmp_path / "run2",
+        PretrainConfig.from_preset(
+            "tiny",
+            epochs=1,
+            batch_size=64,
+            val_users=4,
+            history_tokens="titles",
+            max_steps=1,
+            lr=1e-9,
+            eval_every=0,
+        ),
+        init_from=model_dir,
+    )
     child = load_model(again)
     enc = child.prompt_encoder()
     w_old, w_new = gen.model.get_input_embeddings().weight, child.model.get_input_embeddings().weight

@@ -8,8 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from gen_fm.tokenizer import (CANVASES, PromptEncoder, build_tokenizer, canvas_token, check_tokenizer,
-                              model_layout, user_bucket, user_token)
+from gen_fm.tokenizer import (
+    CANVASES,
+    PromptEncoder,
+    build_tokenizer,
+    canvas_token,
+    check_tokenizer,
+    model_layout,
+    user_bucket,
+    user_token,
+)
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, EOS, PAD, SEP, UNK, TokenLayout
 
@@ -28,8 +36,9 @@ def random_ids(n: int = 20, seed: int = 0) -> SemanticIDs:
 def test_model_layout_appends_without_moving_ids():
     assert LAYOUT.offsets == BASE.offsets and LAYOUT.code_end == BASE.code_end
     assert LAYOUT.vocab()[: BASE.vocab_size] == BASE.vocab()
-    assert [LAYOUT.extra_id(canvas_token(c)) for c in CANVASES] == list(range(BASE.code_end,
-                                                                             BASE.code_end + 4))
+    assert [LAYOUT.extra_id(canvas_token(c)) for c in CANVASES] == list(
+        range(BASE.code_end, BASE.code_end + 4)
+    )
     assert LAYOUT.extra_id(user_token(4)) == LAYOUT.vocab_size - 1
     assert model_layout(BASE, 0).vocab_size == BASE.vocab_size + len(CANVASES)
     with pytest.raises(ValueError):
@@ -38,8 +47,13 @@ def test_model_layout_appends_without_moving_ids():
 
 def test_tokenizer_vocabulary_is_the_layout():
     assert TOK.get_vocab() == {t: i for i, t in enumerate(LAYOUT.vocab())}
-    assert [TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id, TOK.sep_token_id,
-            TOK.unk_token_id] == [PAD, BOS, EOS, SEP, UNK]
+    assert [TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id, TOK.sep_token_id, TOK.unk_token_id] == [
+        PAD,
+        BOS,
+        EOS,
+        SEP,
+        UNK,
+    ]
     assert len(TOK) == LAYOUT.vocab_size
 
 
@@ -64,7 +78,7 @@ def test_saved_tokenizer_reloads_with_auto_class(tmp_path):
     text = "<bos><user_3><canvas_t2t><a_7><b_0><c_3>"
     assert again(text)["input_ids"] == TOK(text)["input_ids"]
     assert again.decode(again(text)["input_ids"]) == text
-    assert again.decode(again(text)["input_ids"], skip_special_tokens=True) == text[len("<bos>"):]
+    assert again.decode(again(text)["input_ids"], skip_special_tokens=True) == text[len("<bos>") :]
     assert "token_type_ids" not in again(text)
     with pytest.raises(ValueError):
         check_tokenizer(again, model_layout(BASE, 6))

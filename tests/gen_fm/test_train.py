@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from gen_fm.config import PretrainConfig
-from gen_fm.batches import EpochTensors, epoch_batches, window_bounds
+from gen_fm.batches import epoch_batches, window_bounds
 from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_rows
 from gen_fm.model import load_model
 from gen_fm.tokenizer import PromptEncoder
@@ -26,8 +26,7 @@ SIZES = (16, 16, 16, 4)  # room for ml-latest-small's 9,742 titles, a small voca
 @pytest.fixture(scope="module")
 def setup(data_dir, tmp_path_factory):
     data = load_data(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
-    ids = write_id_artifact(tmp_path_factory.mktemp("ids") / "ids", list(data.catalog["item_id"]),
-                            SIZES)
+    ids = write_id_artifact(tmp_path_factory.mktemp("ids") / "ids", list(data.catalog["item_id"]), SIZES)
     seq_config = SequenceConfig(max_history=20)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     return data, ids, split, seq_config
@@ -57,9 +56,9 @@ def test_labels_mask_everything_but_later_titles(setup):
         titles = (len(input_ids) - 3) // L  # bos, member, canvas
         assert len(input_ids) == 3 + titles * L and titles >= 2
         assert labels[: 3 + L] == [IGNORE] * (3 + L)  # prefix and first title are context only
-        assert labels[3 + L:] == input_ids[3 + L:]
-        assert all(enc.layout.level_of(t) is not None for t in labels[3 + L:])
-        targets_of.setdefault(u, []).extend(enc.decode_rows(labels[3 + L:]))
+        assert labels[3 + L :] == input_ids[3 + L :]
+        assert all(enc.layout.level_of(t) is not None for t in labels[3 + L :])
+        targets_of.setdefault(u, []).extend(enc.decode_rows(labels[3 + L :]))
     for u in range(len(split.sequences)):
         train = sid_rows[split.train_items(u)].tolist()
         # every training title after the first is a target exactly once, and nothing else is:
@@ -71,8 +70,8 @@ def test_labels_mask_everything_but_later_titles(setup):
     assert batch["input_ids"].shape == batch["labels"].shape == (2, T)
     assert batch["attention_mask"].sum(1).tolist() == [n0, n1]
     short = int(np.argmin([n0, n1]))
-    assert (batch["labels"][short, min(n0, n1):] == IGNORE).all()
-    assert (batch["input_ids"][short, min(n0, n1):] == 0).all()
+    assert (batch["labels"][short, min(n0, n1) :] == IGNORE).all()
+    assert (batch["input_ids"][short, min(n0, n1) :] == 0).all()
 
 
 def test_targets_put_the_loss_on_chosen_events_only(setup):
@@ -121,8 +120,16 @@ def one_thread():
 def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     data, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
-    base = dict(epochs=2, batch_size=64, lr=5e-3, num_user_buckets=16, val_users=8, dropout=0.1,
-                hidden_dropout=0.1, checkpoint_every_steps=3)  # resume replays the dropout masks
+    base = dict(
+        epochs=2,
+        batch_size=64,
+        lr=5e-3,
+        num_user_buckets=16,
+        val_users=8,
+        dropout=0.1,
+        hidden_dropout=0.1,
+        checkpoint_every_steps=3,
+    )  # resume replays the dropout masks
     full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
     gm = load_model(full)
     hist = gm.manifest["training"]["history"]
@@ -135,35 +142,55 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     with pytest.raises(FileExistsError):  # an earlier run's checkpoints are never overwritten
         pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
     # a run halted inside epoch 2, then resumed, ends with the very same weights
-    pretrain(dc, seq_config, ids.path, tmp_path / "b",
-             PretrainConfig.from_preset("tiny", max_steps=5, **base))
+    pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
+    )
     with pytest.raises(ValueError, match="lr"):
-        pretrain(dc, seq_config, ids.path, tmp_path / "b",
-                 PretrainConfig.from_preset("tiny", **{**base, "lr": 1e-3}), resume=True)
-    resumed = pretrain(dc, seq_config, ids.path, tmp_path / "b",
-                       PretrainConfig.from_preset("tiny", **base), resume=True)
+        pretrain(
+            dc,
+            seq_config,
+            ids.path,
+            tmp_path / "b",
+            PretrainConfig.from_preset("tiny", **{**base, "lr": 1e-3}),
+            resume=True,
+        )
+    resumed = pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
+    )
     wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    last = [load_file(tmp_path / r / "checkpoints" / "step-00000008" / "model.safetensors")
-            for r in ("a", "b")]
+    last = [
+        load_file(tmp_path / r / "checkpoints" / "step-00000008" / "model.safetensors") for r in ("a", "b")
+    ]
     assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
     ta, tb = gm.manifest["training"], load_model(resumed).manifest["training"]
     assert ta["weights"] == "selected" and ta["chosen_epoch"] in (1, 2) and ta["chosen_reason"]
     assert (ta["chosen_epoch"], ta["chosen_step"]) == (tb["chosen_epoch"], tb["chosen_step"])
     hb = tb["history"]
     for x, y in zip(hist, hb):
-        assert (x["train_loss"], x["recall@10"], x["ndcg@10"]) == (y["train_loss"], y["recall@10"],
-                                                                   y["ndcg@10"])
+        assert (x["train_loss"], x["recall@10"], x["ndcg@10"]) == (
+            y["train_loss"],
+            y["recall@10"],
+            y["ndcg@10"],
+        )
     kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert kept == ["best", "step-00000006", "step-00000008"]  # last two + best
 
 
-def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(setup, data_dir, tmp_path,
-                                                                        one_thread):
+def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(
+    setup, data_dir, tmp_path, one_thread
+):
     _, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
-    base = dict(epochs=2, batch_size=64, lr=5e-3, val_users=8, ema_decay=0.5,
-                selection="last", checkpoint_every_steps=3)
+    base = dict(
+        epochs=2,
+        batch_size=64,
+        lr=5e-3,
+        val_users=8,
+        ema_decay=0.5,
+        selection="last",
+        checkpoint_every_steps=3,
+    )
     full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
     hist = load_model(full).manifest["training"]["history"]
     assert all({"recall@10", "raw_recall@10", "raw_ndcg@10"} <= set(h) for h in hist)
@@ -172,10 +199,12 @@ def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(setup, 
     assert kept.keys() == raw.keys()
     assert any(not torch.equal(kept[k], raw[k]) for k in kept)  # the average, not the last step
     # halted inside epoch 2 and resumed: the average is restored with the rest of the state
-    pretrain(dc, seq_config, ids.path, tmp_path / "b",
-             PretrainConfig.from_preset("tiny", max_steps=5, **base))
-    resumed = pretrain(dc, seq_config, ids.path, tmp_path / "b",
-                       PretrainConfig.from_preset("tiny", **base), resume=True)
+    pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
+    )
+    resumed = pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
+    )
     again = load_file(resumed / "model.safetensors")
     assert all(torch.equal(kept[k], again[k]) for k in kept)
     with pytest.raises(ValueError, match="ema_decay"):
@@ -199,35 +228,62 @@ def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one
     with pytest.raises(ValueError, match="token layout"):  # rebuilt IDs: old embeddings mean nothing
         pretrain(data, seq_config, other.path, tmp_path / "x", child_config, init_from=parent)
     with pytest.raises(ValueError, match="hidden_size"):
-        pretrain(data, seq_config, ids.path, tmp_path / "y",
-                 PretrainConfig.from_preset("small", **base), init_from=parent)
+        pretrain(
+            data,
+            seq_config,
+            ids.path,
+            tmp_path / "y",
+            PretrainConfig.from_preset("small", **base),
+            init_from=parent,
+        )
 
 
 def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp_path, one_thread):
     """Multi-token and category heads learn, resume exactly, and are not in the saved model."""
     _, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
-    base = dict(epochs=2, batch_size=64, lr=5e-3, val_users=8, checkpoint_every_steps=3,
-                mtp_tokens=2, category_weight=0.5, category_min_titles=2)
+    base = dict(
+        epochs=2,
+        batch_size=64,
+        lr=5e-3,
+        val_users=8,
+        checkpoint_every_steps=3,
+        mtp_tokens=2,
+        category_weight=0.5,
+        category_min_titles=2,
+    )
     full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
     hist = load_model(full).manifest["training"]["history"]
     for name in ("mtp_2", "mtp_3", "category"):
         assert hist[1][f"{name}_loss"] < hist[0][f"{name}_loss"]
-    plain = pretrain(dc, seq_config, ids.path, tmp_path / "p",
-                     PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, eval_every=0))
+    plain = pretrain(
+        dc,
+        seq_config,
+        ids.path,
+        tmp_path / "p",
+        PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, eval_every=0),
+    )
     assert load_file(full / "model.safetensors").keys() == load_file(plain / "model.safetensors").keys()
-    pretrain(dc, seq_config, ids.path, tmp_path / "b",
-             PretrainConfig.from_preset("tiny", max_steps=5, **base))
-    resumed = pretrain(dc, seq_config, ids.path, tmp_path / "b",
-                       PretrainConfig.from_preset("tiny", **base), resume=True)
+    pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
+    )
+    resumed = pretrain(
+        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
+    )
     wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     keys = ("train_loss", "mtp_2_loss", "mtp_3_loss", "category_loss", "recall@10")
-    assert [[h[k] for k in keys] for h in load_model(resumed).manifest["training"]["history"]] == \
-        [[h[k] for k in keys] for h in hist]
+    assert [[h[k] for k in keys] for h in load_model(resumed).manifest["training"]["history"]] == [
+        [h[k] for k in keys] for h in hist
+    ]
     with pytest.raises(ValueError, match="no category"):
-        pretrain(dc, seq_config, ids.path, tmp_path / "c",
-                 PretrainConfig.from_preset("tiny", **{**base, "category_min_titles": 10**6}))
+        pretrain(
+            dc,
+            seq_config,
+            ids.path,
+            tmp_path / "c",
+            PretrainConfig.from_preset("tiny", **{**base, "category_min_titles": 10**6}),
+        )
 
 
 def test_two_process_cpu_launch_writes_a_loadable_model(setup, data_dir, tmp_path):
@@ -241,10 +297,34 @@ def test_two_process_cpu_launch_writes_a_loadable_model(setup, data_dir, tmp_pat
 
     _, ids, _, _ = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "SIDREC_DATA_DIR": str(data_dir)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sidrec.cli",
-           "pretrain", "--dataset", "ml-latest-small", "--max-users", "30", "--ids", str(ids.path),
-           "--out", str(tmp_path / "run"), "--preset", "tiny", "--max-history", "20",
-           "--set", "epochs=1", "--set", "batch_size=16", "--set", "val_users=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sidrec.cli",
+        "pretrain",
+        "--dataset",
+        "ml-latest-small",
+        "--max-users",
+        "30",
+        "--ids",
+        str(ids.path),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--max-history",
+        "20",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "val_users=8",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     gen = load_model(tmp_path / "run" / "model")

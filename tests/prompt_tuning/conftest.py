@@ -13,8 +13,13 @@ import pytest
 import torch
 
 MEMBERS = {"2", "7", "18", "21", "49", "62", "103", "125", "132", "166"}
-ID_CONFIG = dict(text_weight=1.0, metadata_weight=0.5, codebook_size=16, dedup_size=64,
-                 quantizer_options={"kmeans_iters": 5})
+ID_CONFIG = dict(
+    text_weight=1.0,
+    metadata_weight=0.5,
+    codebook_size=16,
+    dedup_size=64,
+    quantizer_options={"kmeans_iters": 5},
+)
 
 
 def _write_slice(src: Path, dst: Path) -> Path:
@@ -61,8 +66,9 @@ def slice_world(tag_slice, tmp_path_factory):
         data = load_data(dc)
         build_ids(data, SemanticIDConfig(quantizer="rqkmeans", **ID_CONFIG), root / "ids")
         seq = SequenceConfig(max_history=8)
-        config = PretrainConfig.from_preset("tiny", epochs=2, batch_size=32, num_user_buckets=8,
-                                            eval_every=0, lr=3e-3)
+        config = PretrainConfig.from_preset(
+            "tiny", epochs=2, batch_size=32, num_user_buckets=8, eval_every=0, lr=3e-3
+        )
         model = pretrain(dc, seq, root / "ids", root / "run", config)
     finally:
         torch.set_num_threads(before)

@@ -11,8 +11,15 @@ from gen_fm.config import PretrainConfig
 from gen_fm.decode import recommend
 from gen_fm.model import build_model, load_model, save_model
 from gen_fm.tokenizer import model_layout
-from prompt_tuning.adapter import (adapter_loss, load_adapter, read_adapter, save_adapter,
-                                   train_adapter, trainable_parameters, wrap)
+from prompt_tuning.adapter import (
+    adapter_loss,
+    load_adapter,
+    read_adapter,
+    save_adapter,
+    train_adapter,
+    trainable_parameters,
+    wrap,
+)
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import export_adapters, virtual_token, virtual_token_ids, with_soft_prompt
 from semantic_ids.trie import PrefixTrie
@@ -34,17 +41,27 @@ def _save_base(root, ids, seed):
         for name, p in model.named_parameters():  # trained weights, so a soft prompt can steer it
             if p.ndim == 2:
                 p.mul_(5.0 if "embed" in name else 8.0)
-    return save_model(root / f"model{seed}", model, layout, ids, config,
-                      SequenceConfig(max_history=MAX_HISTORY), data_fingerprint="f" * 64,
-                      dataset="unit", training={"steps": 0})
+    return save_model(
+        root / f"model{seed}",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=MAX_HISTORY),
+        data_fingerprint="f" * 64,
+        dataset="unit",
+        training={"steps": 0},
+    )
 
 
 def _examples(gen, canvas, n=48, seed=0):
     rng = np.random.default_rng(seed)
     enc = gen.prompt_encoder()
     target = enc.sid_tokens[TARGETS[canvas]].tolist()
-    return [(enc.encode(rng.integers(0, N_ITEMS, rng.integers(1, MAX_HISTORY + 1)), canvas=canvas),
-             target) for _ in range(n)]
+    return [
+        (enc.encode(rng.integers(0, N_ITEMS, rng.integers(1, MAX_HISTORY + 1)), canvas=canvas), target)
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +72,20 @@ def world(tmp_path_factory):
     adapters, trained = {}, {}
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
-        config = PromptTuningStageConfig(canvas=canvas, num_virtual_tokens=4, lr=0.05, epochs=10,
-                                         batch_size=16, seed=i, init="canvas_token", method="soft_prompt")
+        config = PromptTuningStageConfig(
+            canvas=canvas,
+            num_virtual_tokens=4,
+            lr=0.05,
+            epochs=10,
+            batch_size=16,
+            seed=i,
+            init="canvas_token",
+            method="soft_prompt",
+        )
         model = train_adapter(gen, _examples(gen, canvas), config)
-        adapters[canvas] = save_adapter(root / f"adapter_{canvas}", model, gen, config,
-                                        training={"examples": 48})
+        adapters[canvas] = save_adapter(
+            root / f"adapter_{canvas}", model, gen, config, training={"examples": 48}
+        )
         trained[canvas] = model
     return root, ids, base, adapters, trained
 
@@ -68,8 +94,15 @@ def test_config_validation():
     assert PromptTuningStageConfig().num_virtual_tokens == 8
     assert PromptTuningStageConfig().train_in_candidates  # trained as served
     assert not PromptTuningStageConfig.from_json({"canvas": "home"}).train_in_candidates  # older
-    for bad in (dict(canvas="tv"), dict(init="text"), dict(num_virtual_tokens=0), dict(lr=0.0),
-                dict(epochs=0), dict(batch_size=0), dict(seed=-1)):
+    for bad in (
+        dict(canvas="tv"),
+        dict(init="text"),
+        dict(num_virtual_tokens=0),
+        dict(lr=0.0),
+        dict(epochs=0),
+        dict(batch_size=0),
+        dict(seed=-1),
+    ):
         with pytest.raises(ValueError):
             PromptTuningStageConfig(**bad)
     with pytest.raises(ValueError, match="unknown"):
@@ -92,8 +125,9 @@ def test_a_lora_learns_its_canvas_keeps_the_base_and_round_trips(world, tmp_path
 
     _, _, base, adapters, _ = world
     gen = load_model(base)
-    config = PromptTuningStageConfig(canvas="search", method="lora", lora_rank=4, lora_lr=0.02,
-                                     epochs=10, batch_size=16)
+    config = PromptTuningStageConfig(
+        canvas="search", method="lora", lora_rank=4, lora_lr=0.02, epochs=10, batch_size=16
+    )
     examples = _examples(gen, "search")
     L = gen.layout.sid_length
     untrained = adapter_loss(wrap(load_model(base), config), examples, L)
@@ -107,8 +141,9 @@ def test_a_lora_learns_its_canvas_keeps_the_base_and_round_trips(world, tmp_path
     served, prefix = as_served(base, model, "search")
     assert prefix == []
     with torch.no_grad():
-        torch.testing.assert_close(served(input_ids=ids).logits, model(input_ids=ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            served(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4
+        )
     path = save_adapter(tmp_path / "lora", model, gen, config, training={"examples": 48})
     info = read_adapter(path)
     assert info.method == "lora" and info.prompt is None and info.config == config
@@ -123,8 +158,9 @@ def test_training_lowers_loss_and_changes_no_base_weight(world):
     _, _, base, _, _ = world
     gen = load_model(base)
     before_weights = {k: v.clone() for k, v in gen.model.state_dict().items()}
-    config = PromptTuningStageConfig(canvas="home", num_virtual_tokens=4, lr=0.05, epochs=10,
-                                     batch_size=16, method="soft_prompt")
+    config = PromptTuningStageConfig(
+        canvas="home", num_virtual_tokens=4, lr=0.05, epochs=10, batch_size=16, method="soft_prompt"
+    )
     examples = _examples(gen, "home")
     L = gen.layout.sid_length
     untrained = adapter_loss(wrap(load_model(base), config), examples, L)
@@ -147,9 +183,11 @@ def test_candidate_masks_allow_exactly_the_codes_of_the_candidates(world):
     L, V = gen.layout.sid_length, gen.model.config.vocab_size
     tokens = enc.sid_tokens  # (N, L)
     cands = [2, 5, 11, 17]
-    examples = [(enc.encode([1, 2], canvas="search"), tokens[17].tolist()),  # inside its set
-                (enc.encode([4], canvas="search"), tokens[9].tolist()),  # outside: added to it
-                (enc.encode([3], canvas="search"), tokens[0].tolist())]  # no candidate set
+    examples = [
+        (enc.encode([1, 2], canvas="search"), tokens[17].tolist()),  # inside its set
+        (enc.encode([4], canvas="search"), tokens[9].tolist()),  # outside: added to it
+        (enc.encode([3], canvas="search"), tokens[0].tolist()),
+    ]  # no candidate set
     views = [inside.view(cands, 17), inside.view(cands, 9), inside.view(None, 0)]
     assert views[2] is None and sorted(views[1].rows.tolist()) == [2, 5, 9, 11, 17]
     ids, mask, labels = _batch(examples, L)
@@ -167,8 +205,7 @@ def test_candidate_masks_allow_exactly_the_codes_of_the_candidates(world):
         full, n = _nll(gen.model, ids, mask, labels)
         restricted, m = _nll(gen.model, ids, mask, labels, inside=inside, views=views)
     assert n == m == 3 * L and float(restricted) < float(full)
-    config = PromptTuningStageConfig(canvas="search", num_virtual_tokens=4, lr=0.05, epochs=2,
-                                     batch_size=2)
+    config = PromptTuningStageConfig(canvas="search", num_virtual_tokens=4, lr=0.05, epochs=2, batch_size=2)
     train_adapter(load_model(base), examples, config, allow=[cands, cands, None])
     with pytest.raises(ValueError, match="allow has 1 entries"):
         train_adapter(load_model(base), examples, config, allow=[cands])
@@ -231,9 +268,11 @@ def test_export_layout_keeps_ids_and_maps_canvases(world, exported):
     _, _, base, _, _ = world
     gen = load_model(base)
     virtual = virtual_token_ids(exported)
-    assert exported.layout.vocab()[:gen.layout.vocab_size] == gen.layout.vocab()
-    assert virtual == {"home": list(range(gen.layout.vocab_size, gen.layout.vocab_size + 4)),
-                       "search": list(range(gen.layout.vocab_size + 4, gen.layout.vocab_size + 8))}
+    assert exported.layout.vocab()[: gen.layout.vocab_size] == gen.layout.vocab()
+    assert virtual == {
+        "home": list(range(gen.layout.vocab_size, gen.layout.vocab_size + 4)),
+        "search": list(range(gen.layout.vocab_size + 4, gen.layout.vocab_size + 8)),
+    }
     assert exported.layout.extra_id(virtual_token("search", 0)) == virtual["search"][0]
     assert exported.model.config.vocab_size == gen.layout.vocab_size + 8
     assert "peft" not in type(exported.model).__module__
@@ -251,8 +290,9 @@ def test_export_parity_with_peft(world, exported):
             prompt = enc.encode(rows, canvas=canvas)
             with torch.no_grad():
                 ref = peft_model(input_ids=torch.tensor([prompt])).logits  # (1, n + T, V)
-                out = exported.model(input_ids=torch.tensor([with_soft_prompt(virtual, canvas,
-                                                                              prompt)])).logits
+                out = exported.model(
+                    input_ids=torch.tensor([with_soft_prompt(virtual, canvas, prompt)])
+                ).logits
             assert out.shape[1] == ref.shape[1]
             torch.testing.assert_close(out[..., :V], ref, atol=1e-5, rtol=0)
 
@@ -266,8 +306,7 @@ def test_export_recommend_parity_and_canvas_switch(world, exported):
     top = {}
     for canvas in TARGETS:
         prompts = [enc.encode(h, canvas=canvas) for h in histories]
-        got = recommend(exported.model, [with_soft_prompt(virtual, canvas, p) for p in prompts],
-                        trie, k=5)
+        got = recommend(exported.model, [with_soft_prompt(virtual, canvas, p) for p in prompts], trie, k=5)
         top[canvas] = [r.rows for r in got]
         assert all(r.rows[0] == TARGETS[canvas] for r in got)
         # the reference: PEFT injects the soft prompt itself, one prompt at a time (no padding)

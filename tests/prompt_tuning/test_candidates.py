@@ -15,8 +15,9 @@ from semantic_ids.trie import PrefixTrie
 @pytest.fixture(scope="module")
 def world(slice_world):
     data, split, ids, model_dir, _ = slice_world
-    index = CandidateIndex(ids.path, config=CandidateConfig(search_candidates=12, theme_candidates=7,
-                                                            min_candidates=5))
+    index = CandidateIndex(
+        ids.path, config=CandidateConfig(search_candidates=12, theme_candidates=7, min_candidates=5)
+    )
     cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
     row_cats = [set(cats.get(i, [])) for i in ids.item_ids]
     return index, ids, row_cats, model_dir
@@ -79,8 +80,13 @@ def test_a_query_of_several_words_keeps_the_titles_holding_all_of_them_first(wor
         for w in ws:
             df[w] = df.get(w, 0) + 1
     # two words found together in one title and each also without the other
-    a, b = next((a, b) for ws in title_words for a in sorted(ws) for b in sorted(ws)
-                if a < b and a.isalpha() and b.isalpha() and df[a] > 1 and df[b] > 1)
+    a, b = next(
+        (a, b)
+        for ws in title_words
+        for a in sorted(ws)
+        for b in sorted(ws)
+        if a < b and a.isalpha() and b.isalpha() and df[a] > 1 and df[b] > 1
+    )
     both = {r for r, ws in enumerate(title_words) if {a, b} <= ws}
     rows = index.for_query(f"{a} {b}").rows.tolist()
     assert set(rows[: len(both)]) == both  # not every title with one of the words
@@ -104,8 +110,12 @@ def test_tags_make_a_title_findable_by_what_members_wrote_about_it(world, slice_
     assert folder_tags and set(folder_tags) <= set(ids.item_ids)
     title_words = {w for t in ids.titles for w in words(t)}
     # a tag word found in no title: without tags the index cannot match it, with them it does
-    item, tag = next((i, t) for i, ts in sorted(folder_tags.items()) for t in ts
-                     if words(t) and all(w not in title_words and len(w) > 4 and w.isalpha() for w in words(t)))
+    item, tag = next(
+        (i, t)
+        for i, ts in sorted(folder_tags.items())
+        for t in ts
+        if words(t) and all(w not in title_words and len(w) > 4 and w.isalpha() for w in words(t))
+    )
     row = ids.index_of(item)
     assert "no title shares a word" in index.for_query(tag).how
     tagged = CandidateIndex(ids.path, config=index.config, tags=folder_tags)
@@ -135,7 +145,10 @@ def test_decoding_inside_the_candidate_set_never_leaves_it(world) -> None:
     trie = PrefixTrie(ids.codes, encoder.layout)
     theme = index.for_theme("Drama").rows.tolist()
     query = index.for_query("the").rows.tolist()
-    prompts = [encoder.encode(np.arange(3), canvas="collection"), encoder.encode(np.arange(3), canvas="search")]
+    prompts = [
+        encoder.encode(np.arange(3), canvas="collection"),
+        encoder.encode(np.arange(3), canvas="search"),
+    ]
     recs = recommend(gen.model, prompts, trie, k=5, num_beams=5, allow=[theme, query])
     assert recs[0].rows and set(recs[0].rows) <= set(theme)
     assert all("Drama" in row_cats[r] for r in recs[0].rows)
@@ -146,8 +159,7 @@ def test_candidate_rows_follow_each_example_context(world, slice_world) -> None:
     from prompt_tuning.canvases import CanvasData, CanvasExample
 
     index, ids, row_cats, _ = world
-    ex = CanvasExample(history=np.arange(2), target=0, user="1", context=[], text="Comedy",
-                       kind="theme")
+    ex = CanvasExample(history=np.arange(2), target=0, user="1", context=[], text="Comedy", kind="theme")
     data = CanvasData(canvas="collection", train=[], test=[ex, ex], info={})
     allow = candidate_rows(data, index)
     assert allow is not None and allow[0] == allow[1] == index.for_theme("Comedy").rows.tolist()

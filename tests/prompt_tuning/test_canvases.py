@@ -10,7 +10,6 @@ from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import load_model
 from prompt_tuning.canvases import QueryEncoder, build_canvas_data, theme_of
 from prompt_tuning.config import PromptTuningStageConfig
-from semantic_ids.layout import SEP
 
 CFG = dict(max_train_examples=None, max_eval_examples=None, seed=0)
 
@@ -26,16 +25,19 @@ def world(slice_world):
 
 def _build(world, canvas, **kw):
     data, split, ids, _, enc, queries, _ = world
-    return build_canvas_data(canvas, data, split, ids, enc,
-                             PromptTuningStageConfig(canvas=canvas, **{**CFG, **kw}), queries)
+    return build_canvas_data(
+        canvas, data, split, ids, enc, PromptTuningStageConfig(canvas=canvas, **{**CFG, **kw}), queries
+    )
 
 
 def _member_rows(world):
     data, split, ids, *_ = world
     rows = catalog_to_sid_rows(data, ids)
     seqs = split.sequences
-    return {seqs.user_ids[u]: (to_sid_rows(split.train_items(u), rows), to_sid_rows(seqs.items(u), rows))
-            for u in range(len(seqs))}
+    return {
+        seqs.user_ids[u]: (to_sid_rows(split.train_items(u), rows), to_sid_rows(seqs.items(u), rows))
+        for u in range(len(seqs))
+    }
 
 
 def test_home_trains_on_training_events_and_holds_out_test_targets(world):
@@ -44,11 +46,12 @@ def test_home_trains_on_training_events_and_holds_out_test_targets(world):
     for ex in cd.train:
         train_items, _ = members[ex.user]
         n = len(ex.history)
-        assert any(list(train_items[j - n:j + 1]) == [*ex.history, ex.target]
-                   for j in range(n, len(train_items)))
+        assert any(
+            list(train_items[j - n : j + 1]) == [*ex.history, ex.target] for j in range(n, len(train_items))
+        )
     for ex in cd.test:
         _, all_items = members[ex.user]
-        assert ex.target == all_items[-1] and list(ex.history) == list(all_items[:-1][-len(ex.history):])
+        assert ex.target == all_items[-1] and list(ex.history) == list(all_items[:-1][-len(ex.history) :])
     assert cd.info["train"] == len(cd.train) and all(ex.context is None for ex in cd.train)
 
 
@@ -81,8 +84,16 @@ def test_search_queries_are_real_and_the_heldout_pairs_are_unseen(world):
     cd = _build(world, "search")
     kinds = {ex.kind for ex in cd.train} | {ex.kind for ex in cd.test}
     assert kinds == {"tag", "word"}
-    tags = {(u, i, t.strip().lower()) for u, i, t, k in zip(data.interactions["user_id"],
-            data.interactions["item_id"], data.interactions["tag"], data.interactions["kind"]) if k == "tag"}
+    tags = {
+        (u, i, t.strip().lower())
+        for u, i, t, k in zip(
+            data.interactions["user_id"],
+            data.interactions["item_id"],
+            data.interactions["tag"],
+            data.interactions["kind"],
+        )
+        if k == "tag"
+    }
     for ex in cd.train + cd.test:
         if ex.kind == "tag":
             assert (ex.user, ids.item_ids[ex.target], ex.text) in tags
@@ -103,21 +114,34 @@ def test_search_relevance_judges_tags_by_what_members_wrote_and_words_by_the_tit
     cd = _build(world, "search")
     tag = next(ex for ex in cd.test if ex.kind == "tag")
     word = next(ex for ex in cd.test if ex.kind == "word")
-    tagged = {r for r, i in enumerate(ids.item_ids)
-              if any(t.strip().lower() == tag.text for t, it, k in zip(data.interactions["tag"],
-                     data.interactions["item_id"], data.interactions["kind"]) if k == "tag" and it == i)}
+    tagged = {
+        r
+        for r, i in enumerate(ids.item_ids)
+        if any(
+            t.strip().lower() == tag.text
+            for t, it, k in zip(
+                data.interactions["tag"], data.interactions["item_id"], data.interactions["kind"]
+            )
+            if k == "tag" and it == i
+        )
+    }
     assert tag.relevant == frozenset(tagged) and tag.target in tag.relevant  # its own pair counts
     titles = [(t or "").lower() for t in ids.titles]
     cats = [[] for _ in titles]
-    off_tag = next(r for r in range(len(titles)) if r not in tag.relevant
-                   and not all(w in titles[r] for w in tag.text.split()))
+    off_tag = next(
+        r
+        for r in range(len(titles))
+        if r not in tag.relevant and not all(w in titles[r] for w in tag.text.split())
+    )
     off_word = next(r for r in range(len(titles)) if word.text not in titles[r])
     one = CanvasData(canvas="search", train=[], test=[tag, word], info={})
-    out = get_canvas("search").metrics(one, [[tag.target, off_tag], [word.target, off_word]],
-                                       titles_lower=titles, row_categories=cats, k=10)
+    out = get_canvas("search").metrics(
+        one, [[tag.target, off_tag], [word.target, off_word]], titles_lower=titles, row_categories=cats, k=10
+    )
     assert out["relevance_tag"] == 0.5 and out["relevance_word"] == 0.5 and out["relevance"] == 0.5
-    out = get_canvas("search").metrics(one, [[tag.target], []], titles_lower=titles,
-                                       row_categories=cats, k=10)
+    out = get_canvas("search").metrics(
+        one, [[tag.target], []], titles_lower=titles, row_categories=cats, k=10
+    )
     assert out["relevance_tag"] == 1.0 and out["relevance_word"] == 0.0  # nothing answered: 0
 
 
@@ -128,8 +152,11 @@ def test_search_demo_query_is_the_members_own_tag_else_the_one_most_members_wrot
 
     data, _, ids, *_ = world
     inter = data.interactions
-    tags = [(u, t.strip().lower()) for u, t, k in zip(inter["user_id"], inter["tag"], inter["kind"])
-            if k == "tag" and t]
+    tags = [
+        (u, t.strip().lower())
+        for u, t, k in zip(inter["user_id"], inter["tag"], inter["kind"])
+        if k == "tag" and t
+    ]
     demo = get_canvas("search").example_context
     user = tags[0][0]
     assert demo(data, ids, [], user).value == [t for u, t in tags if u == user][-1]
@@ -154,8 +181,13 @@ def test_query_encoder_modes(world, slice_world):
 
 
 def test_config_validation():
-    for bad in (dict(query_mode="words"), dict(max_train_examples=0), dict(eval_fraction=1.0),
-                dict(num_anchors=0), dict(full_finetune_lr=0.0)):
+    for bad in (
+        dict(query_mode="words"),
+        dict(max_train_examples=0),
+        dict(eval_fraction=1.0),
+        dict(num_anchors=0),
+        dict(full_finetune_lr=0.0),
+    ):
         with pytest.raises(ValueError):
             PromptTuningStageConfig(**bad)
 
@@ -165,21 +197,61 @@ def test_prompts_cli_train_list_export(slice_world, tmp_path, capsys):
     from sidrec.cli import main
 
     _, _, _, model_dir, dc = slice_world
-    common = ["--model", str(model_dir), "--data", dc.data_dir, "--threads", "1",
-              "--set", "max_train_examples=48", "--set", "max_eval_examples=12", "--set", "epochs=1"]
+    common = [
+        "--model",
+        str(model_dir),
+        "--data",
+        dc.data_dir,
+        "--threads",
+        "1",
+        "--set",
+        "max_train_examples=48",
+        "--set",
+        "max_eval_examples=12",
+        "--set",
+        "epochs=1",
+    ]
     # t2t is served by the frozen model: training its adapter is refused, and says how to anyway
     assert main(["prompts", "train", "--canvas", "t2t", "--out", str(tmp_path / "t2t"), *common]) == 2
     assert "served by the frozen model" in capsys.readouterr().out and not (tmp_path / "t2t").exists()
     assert main(["prompts", "train", "--canvas", "search", "--out", str(tmp_path / "search"), *common]) == 0
-    assert main(["prompts", "train", "--canvas", "t2t", "--out", str(tmp_path / "t2t"), *common,
-                 "--set", "method=soft_prompt"]) == 0
+    assert (
+        main(
+            [
+                "prompts",
+                "train",
+                "--canvas",
+                "t2t",
+                "--out",
+                str(tmp_path / "t2t"),
+                *common,
+                "--set",
+                "method=soft_prompt",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "held-out adapter" in out and "held-out base" in out
     assert main(["prompts", "list", str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert "search" in listing and "t2t" in listing
-    assert main(["prompts", "export", "--model", str(model_dir), "--adapters", str(tmp_path / "search"),
-                 str(tmp_path / "t2t"), "--out", str(tmp_path / "served")]) == 0
+    assert (
+        main(
+            [
+                "prompts",
+                "export",
+                "--model",
+                str(model_dir),
+                "--adapters",
+                str(tmp_path / "search"),
+                str(tmp_path / "t2t"),
+                "--out",
+                str(tmp_path / "served"),
+            ]
+        )
+        == 0
+    )
     served = load_model(tmp_path / "served")
     virtual = virtual_token_ids(served)
     assert sorted(virtual) == ["search", "t2t"] and all(len(v) == 8 for v in virtual.values())

@@ -18,8 +18,9 @@ from semantic_ids.layout import SEP
 def mix(slice_world, tmp_path_factory):
     data, split, ids, model_dir, _ = slice_world
     enc = PromptEncoder.from_ids(ids, 8)
-    rows, info = mixture_examples(data, split, ids, model_dir / "semantic_ids", enc,
-                                  ("search", "collection"), per_canvas=10_000, seed=0)
+    rows, info = mixture_examples(
+        data, split, ids, model_dir / "semantic_ids", enc, ("search", "collection"), per_canvas=10_000, seed=0
+    )
     return data, split, ids, enc, rows, info
 
 
@@ -53,7 +54,7 @@ def test_no_member_example_targets_or_shows_their_held_out_titles(mix):
         sep = ids_.index(SEP)
         # history titles sit between the prefix and <sep>, whole IDs of L tokens
         hist = ids_[:sep]
-        titles = {tuple(hist[i: i + L]) for i in range(len(hist) - L + 1)}
+        titles = {tuple(hist[i : i + L]) for i in range(len(hist) - L + 1)}
         assert not (titles & out)
         checked += 1
     assert checked > 0
@@ -75,8 +76,15 @@ def test_no_held_out_canvas_example_is_mixed_in(mix, slice_world):
 def test_a_canvas_asked_the_home_question_is_not_mixed_in(slice_world):
     data, split, ids, model_dir, _ = slice_world
     with pytest.raises(ValueError, match="t2t.*next-title windows pretraining already holds"):
-        mixture_examples(data, split, ids, model_dir / "semantic_ids", PromptEncoder.from_ids(ids, 8),
-                         ("t2t",), per_canvas=10)
+        mixture_examples(
+            data,
+            split,
+            ids,
+            model_dir / "semantic_ids",
+            PromptEncoder.from_ids(ids, 8),
+            ("t2t",),
+            per_canvas=10,
+        )
 
 
 def test_config_validates_the_mixture():
@@ -96,9 +104,16 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
     from core.sequences import SequenceConfig
 
     data, split, ids, model_dir, dc = slice_world
-    config = PretrainConfig.from_preset("tiny", epochs=2, batch_size=32, num_user_buckets=8,
-                                        eval_every=0, lr=3e-3, canvas_mix=("collection",),
-                                        canvas_mix_examples=50)
+    config = PretrainConfig.from_preset(
+        "tiny",
+        epochs=2,
+        batch_size=32,
+        num_user_buckets=8,
+        eval_every=0,
+        lr=3e-3,
+        canvas_mix=("collection",),
+        canvas_mix_examples=50,
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -11,8 +11,17 @@ import pytest
 
 from gen_fm.tokenizer import CANVASES as CANVAS_TOKENS
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.canvases import (CANVASES, CanvasData, CanvasExample, CanvasSpec, Examples,
-                                    canvas_names, get_canvas, register, unregister)
+from prompt_tuning.canvases import (
+    CANVASES,
+    CanvasData,
+    CanvasExample,
+    CanvasSpec,
+    Examples,
+    canvas_names,
+    get_canvas,
+    register,
+    unregister,
+)
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import SEP
@@ -33,27 +42,52 @@ def temporary():
 
 def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
     assert canvas_names() == ("home", "search", "t2t", "collection") == CANVAS_TOKENS
-    got = {c: (s.token, s.context_field, s.context_kind, s.keeps_history, s.missing_context,
-               s.requires_context, s.candidates is not None, s.metrics is not None, s.adapter)
-           for c, s in CANVASES.items()}
+    got = {
+        c: (
+            s.token,
+            s.context_field,
+            s.context_kind,
+            s.keeps_history,
+            s.missing_context,
+            s.requires_context,
+            s.candidates is not None,
+            s.metrics is not None,
+            s.adapter,
+        )
+        for c, s in CANVASES.items()
+    }
     # home and t2t (the home question, the source as the newest history title, inside the source's
     # neighbourhood) are served by the frozen model: no adapter measured for them beat it beyond noise
-    assert got == {"home": ("home", None, None, True, "error", False, False, False, "none"),
-                   "search": ("search", "query", "text", True, "error", True, True, True, "soft_prompt"),
-                   "t2t": ("home", "source", "title", True, "last_title", False, True, False, "none"),
-                   "collection": ("collection", "theme", "text", True, "error", True, True, True,
-                                  "lora")}
+    assert got == {
+        "home": ("home", None, None, True, "error", False, False, False, "none"),
+        "search": ("search", "query", "text", True, "error", True, True, True, "soft_prompt"),
+        "t2t": ("home", "source", "title", True, "last_title", False, True, False, "none"),
+        "collection": ("collection", "theme", "text", True, "error", True, True, True, "lora"),
+    }
     assert get_canvas("t2t").title_in_history and get_canvas("t2t").fuse_candidate_order
     with pytest.raises(ValueError, match="fuse_candidate_order needs candidates"):
         CanvasSpec(name="x", token="home", build_examples=lambda s: None, fuse_candidate_order=True)
     assert get_canvas("home").fuse_co_engaged and not get_canvas("search").fuse_co_engaged
     with pytest.raises(ValueError, match="not both"):
-        CanvasSpec(name="x", token="home", build_examples=lambda s: None, context_field="source",
-                   context_kind="title", candidates=lambda i, v: None, fuse_candidate_order=True,
-                   fuse_co_engaged=True)
+        CanvasSpec(
+            name="x",
+            token="home",
+            build_examples=lambda s: None,
+            context_field="source",
+            context_kind="title",
+            candidates=lambda i, v: None,
+            fuse_candidate_order=True,
+            fuse_co_engaged=True,
+        )
     with pytest.raises(ValueError, match="title_in_history needs a title context"):
-        CanvasSpec(name="x", token="home", build_examples=lambda s: None, context_field="query",
-                   context_kind="text", title_in_history=True)
+        CanvasSpec(
+            name="x",
+            token="home",
+            build_examples=lambda s: None,
+            context_field="query",
+            context_kind="text",
+            title_in_history=True,
+        )
     with pytest.raises(ValueError, match="adapter must be one of"):
         CanvasSpec(name="x", token="home", build_examples=lambda s: None, adapter="prefix")
     assert get_canvas("search").normalise("  Star Wars ") == "star wars"
@@ -77,27 +111,33 @@ def test_register_and_unregister(temporary):
     assert PromptTuningStageConfig(canvas="new-releases").canvas == "new-releases"
     with pytest.raises(ValueError, match="'new-releases' is already registered"):
         register(CanvasSpec(name="new-releases", token="search", build_examples=_nothing))
-    replaced = register(CanvasSpec(name="new-releases", token="search", build_examples=_nothing),
-                        replace=True)
+    replaced = register(
+        CanvasSpec(name="new-releases", token="search", build_examples=_nothing), replace=True
+    )
     assert get_canvas("new-releases") is replaced
     with pytest.raises(TypeError, match="takes a CanvasSpec"):
         register({"name": "x"})
     assert unregister("new-releases") is replaced and "new-releases" not in canvas_names()
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(name="new releases"), "a canvas name is"),
-    (dict(token="new-releases"), "is not a canvas token of the foundation model"),
-    (dict(context_field="query"), "context_field and context_kind go together"),
-    (dict(context_field="q", context_kind="text"), "context_field must be one of"),
-    (dict(context_field="query", context_kind="image"), "context_kind must be one of"),
-    (dict(context_field="query", context_kind="text", missing_context="skip"), "missing_context must be"),
-    (dict(context_field="query", context_kind="text", missing_context="last_title"),
-     "only a title context falls back"),
-    (dict(context_field="source", context_kind="title", lowercase=True), "applies to text contexts"),
-    (dict(candidates=lambda index, value: None), "candidates come from a context"),
-    (dict(keeps_history=False), "keeps_history=False needs a context"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(name="new releases"), "a canvas name is"),
+        (dict(token="new-releases"), "is not a canvas token of the foundation model"),
+        (dict(context_field="query"), "context_field and context_kind go together"),
+        (dict(context_field="q", context_kind="text"), "context_field must be one of"),
+        (dict(context_field="query", context_kind="image"), "context_kind must be one of"),
+        (dict(context_field="query", context_kind="text", missing_context="skip"), "missing_context must be"),
+        (
+            dict(context_field="query", context_kind="text", missing_context="last_title"),
+            "only a title context falls back",
+        ),
+        (dict(context_field="source", context_kind="title", lowercase=True), "applies to text contexts"),
+        (dict(candidates=lambda index, value: None), "candidates come from a context"),
+        (dict(keeps_history=False), "keeps_history=False needs a context"),
+    ],
+)
 def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         CanvasSpec(**{"name": "x", "token": "home", "build_examples": _nothing, **kwargs})
@@ -107,16 +147,27 @@ def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
 
 def test_examples_prompt_with_their_canvas_token(temporary):
     """A canvas reusing a token prompts like the canvas that owns it; the soft prompt tells them apart."""
-    temporary(CanvasSpec(name="more-like-this", token="t2t", context_field="source", context_kind="title",
-                         keeps_history=False, build_examples=_nothing))
+    temporary(
+        CanvasSpec(
+            name="more-like-this",
+            token="t2t",
+            context_field="source",
+            context_kind="title",
+            keeps_history=False,
+            build_examples=_nothing,
+        )
+    )
     flat = np.random.default_rng(0).choice(64, size=6, replace=False)
-    ids = SemanticIDs([f"i{k}" for k in range(6)], np.stack(np.unravel_index(flat, (4, 4, 4)), axis=1),
-                      (4, 4, 4))
+    ids = SemanticIDs(
+        [f"i{k}" for k in range(6)], np.stack(np.unravel_index(flat, (4, 4, 4)), axis=1), (4, 4, 4)
+    )
     enc = PromptEncoder.from_ids(ids, 0)
-    ex = CanvasExample(np.zeros(0, np.int64), 2, None, context=enc.sid_tokens[1].tolist(), kind="pair",
-                       source=1)
-    assert ex.prompt(enc, "more-like-this") == \
-        enc.encode([], canvas="t2t", context=enc.sid_tokens[1].tolist())
+    ex = CanvasExample(
+        np.zeros(0, np.int64), 2, None, context=enc.sid_tokens[1].tolist(), kind="pair", source=1
+    )
+    assert ex.prompt(enc, "more-like-this") == enc.encode(
+        [], canvas="t2t", context=enc.sid_tokens[1].tolist()
+    )
     assert ex.prompt(enc, "more-like-this")[-4] == SEP
     # the built-in t2t canvas carries home's token (its examples hold the source as history)
     assert ex.prompt(enc, "t2t") == enc.encode([], canvas="home", context=enc.sid_tokens[1].tolist())

@@ -14,20 +14,29 @@ from semantic_ids.ids import SemanticIDs
 from core.artifacts import ArtifactError
 
 # Real modalities that need no sentence encoder: genres + decade and collaborative factors.
-FAST = dict(text_weight=0.0, metadata_weight=1.0, collaborative_weight=1.0, codebook_size=32,
-            dedup_size=64)
+FAST = dict(text_weight=0.0, metadata_weight=1.0, collaborative_weight=1.0, codebook_size=32, dedup_size=64)
 # Each quantizer's own options, small enough for a test.
-OPTIONS = {"rqkmeans": {"kmeans_iters": 5},
-           "rqvae": {"epochs": 4, "kmeans_iters": 5, "hidden_dims": (64,), "latent_dim": 16}}
-
+OPTIONS = {
+    "rqkmeans": {"kmeans_iters": 5},
+    "rqvae": {"epochs": 4, "kmeans_iters": 5, "hidden_dims": (64,), "latent_dim": 16},
+}
 
 
 def _config(quantizer: str, **overrides) -> SemanticIDConfig:
-    return SemanticIDConfig(quantizer=quantizer, quantizer_options=OPTIONS[quantizer], **{**FAST, **overrides})
+    return SemanticIDConfig(
+        quantizer=quantizer, quantizer_options=OPTIONS[quantizer], **{**FAST, **overrides}
+    )
 
 
-STATS_KEYS = {"num_items", "sid_length", "collision_rate", "max_collision_group",
-              "codebook_utilization", "perplexity", "reconstruction_mse"}
+STATS_KEYS = {
+    "num_items",
+    "sid_length",
+    "collision_rate",
+    "max_collision_group",
+    "codebook_utilization",
+    "perplexity",
+    "reconstruction_mse",
+}
 
 
 @pytest.mark.parametrize("quantizer", ["rqkmeans", "rqvae"])
@@ -160,11 +169,11 @@ def test_user_vectors_bad_file(ml_small, tmp_path):
     bad = tmp_path / "v.npz"
     np.savez(bad, ids=np.array(["1"]), vectors=np.zeros((1, 4)))
     with pytest.raises(ValueError, match="'item_ids' and 'vectors'"):
-        build_ids(ml_small, _config("rqkmeans", user_vectors=str(bad)),
-                  tmp_path / "ids")
+        build_ids(ml_small, _config("rqkmeans", user_vectors=str(bad)), tmp_path / "ids")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_ids(ml_small, _config("rqkmeans", user_vectors=str(tmp_path / "no.npz"),
-                                             **FAST), tmp_path / "ids")
+        build_ids(
+            ml_small, _config("rqkmeans", user_vectors=str(tmp_path / "no.npz"), **FAST), tmp_path / "ids"
+        )
 
 
 def test_each_quantizer_has_its_own_config_from_the_registry():
@@ -180,8 +189,15 @@ def test_each_quantizer_has_its_own_config_from_the_registry():
 
 def test_a_manifest_written_before_the_registry_still_loads():
     """Old artifacts carry the RQ-VAE/RQ-KMeans fields flat; they become the method's options."""
-    flat = {"quantizer": "rqvae", "codebook_size": 32, "epochs": 7, "latent_dim": 16,
-            "hidden_dims": [64], "kmeans_iters": 5, "removed_field": 1}
+    flat = {
+        "quantizer": "rqvae",
+        "codebook_size": 32,
+        "epochs": 7,
+        "latent_dim": 16,
+        "hidden_dims": [64],
+        "kmeans_iters": 5,
+        "removed_field": 1,
+    }
     config = SemanticIDConfig.from_dict(flat)
     assert config.codebook_size == 32
     assert config.quantizer_options == {"epochs": 7, "latent_dim": 16, "hidden_dims": [64], "kmeans_iters": 5}

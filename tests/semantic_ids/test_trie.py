@@ -13,8 +13,9 @@ from semantic_ids.layout import TokenLayout
 from semantic_ids.trie import PrefixTrie, Restriction
 
 # database=None: no .hypothesis/ folder in the checkout; a failure prints its example anyway
-SETTINGS = settings(max_examples=60, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @st.composite
@@ -113,8 +114,12 @@ def test_batched_mask_equals_allowed_next_per_row(catalog, data) -> None:
     n = len(codes)
     trie = PrefixTrie(codes, layout)
     rows = st.lists(st.integers(0, n - 1), max_size=n)
-    views = [None, trie.restrict(exclude_rows=data.draw(rows)), trie.restrict(allow_rows=data.draw(rows)),
-             trie.restrict(exclude_rows=range(n))]
+    views = [
+        None,
+        trie.restrict(exclude_rows=data.draw(rows)),
+        trie.restrict(allow_rows=data.draw(rows)),
+        trie.restrict(exclude_rows=range(n)),
+    ]
     repeat = data.draw(st.integers(1, 3))
     tokens = layout.sids_to_ids(codes)
     d = data.draw(st.integers(0, trie.sid_length - 1))
@@ -124,8 +129,10 @@ def test_batched_mask_equals_allowed_next_per_row(catalog, data) -> None:
         if data.draw(st.booleans()):
             prefixes[b] = torch.from_numpy(tokens[data.draw(st.integers(0, n - 1)), :d])
         else:
-            prefixes[b] = torch.tensor(data.draw(st.lists(st.integers(0, layout.vocab_size - 1),
-                                                          min_size=d, max_size=d)), dtype=torch.long)
+            prefixes[b] = torch.tensor(
+                data.draw(st.lists(st.integers(0, layout.vocab_size - 1), min_size=d, max_size=d)),
+                dtype=torch.long,
+            )
     vocab = layout.vocab_size + data.draw(st.integers(0, 3))
     mask = trie.allowed_mask(prefixes, vocab, trie.row_restrictions(views, repeat=repeat))
     plain = trie.allowed_mask(prefixes, vocab)
@@ -135,7 +142,7 @@ def test_batched_mask_equals_allowed_next_per_row(catalog, data) -> None:
         assert torch.nonzero(mask[b]).flatten().tolist() == trie.allowed_next(prefixes[b], view).tolist()
         assert torch.nonzero(plain[b]).flatten().tolist() == trie.allowed_next(prefixes[b]).tolist()
         if view is not None:  # one shared view gives the same row as the per-row form
-            shared = view.allowed_mask(prefixes[b:b + 1], vocab)
+            shared = view.allowed_mask(prefixes[b : b + 1], vocab)
             assert torch.equal(shared[0], mask[b])
 
 
@@ -147,8 +154,14 @@ def test_item_of_maps_ids_to_rows_and_rejects_the_rest(catalog, data) -> None:
     tokens = layout.sids_to_ids(codes)
     known = {tuple(int(t) for t in row): r for r, row in enumerate(tokens)}
     queries = [list(row) for row in tokens]
-    queries += [data.draw(st.lists(st.integers(-2, layout.vocab_size + 2),
-                                   min_size=trie.sid_length, max_size=trie.sid_length)) for _ in range(10)]
+    queries += [
+        data.draw(
+            st.lists(
+                st.integers(-2, layout.vocab_size + 2), min_size=trie.sid_length, max_size=trie.sid_length
+            )
+        )
+        for _ in range(10)
+    ]
     expected = [known.get(tuple(q), -1) for q in queries]
     assert [trie.item_of(q) for q in queries] == expected
     assert trie.items_of(torch.tensor(queries)).tolist() == expected
@@ -192,8 +205,9 @@ def test_exclusion_is_sparse_and_exact_at_scale() -> None:
     ok = torch.ones(len(kept), dtype=torch.bool)
     kept_tokens = torch.from_numpy(layout.sids_to_ids(codes[kept]))
     for d in range(trie.sid_length):
-        ok &= view.allowed_mask(kept_tokens[:, :d], layout.vocab_size)[torch.arange(len(kept)),
-                                                                        kept_tokens[:, d]]
+        ok &= view.allowed_mask(kept_tokens[:, :d], layout.vocab_size)[
+            torch.arange(len(kept)), kept_tokens[:, d]
+        ]
     assert ok.all()
 
 

@@ -24,8 +24,9 @@ def world(tiny_model_dir, tiny_catalog_dir, tmp_path_factory):
 
 def test_batch_lists_are_the_servers_answers_for_every_member(world, tmp_path) -> None:
     rec, data = world
-    manifest = run_batch(rec, data, BatchConfig(k=5, rules=RULES, shard_size=3), tmp_path / "b",
-                         progress=False)
+    manifest = run_batch(
+        rec, data, BatchConfig(k=5, rules=RULES, shard_size=3), tmp_path / "b", progress=False
+    )
     table = read_lists(tmp_path / "b").to_pylist()
     users, hists = member_histories(data, rec.ids, rec.seq_config)
     assert manifest["members"] == len(users) == 4 and manifest["lists"] == 4 and manifest["shards"] == 2
@@ -75,14 +76,14 @@ def test_the_ray_pipeline_writes_the_local_loops_lists_and_resumes_them(world, t
     local = run_batch(rec, data, config, tmp_path / "local", progress=False)
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        m = run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "ray", workers=2,
-                          progress=False)
+        m = run_batch_ray(
+            rec.config.model_dir, serving, data, config, tmp_path / "ray", workers=2, progress=False
+        )
         assert m["engine"]["name"] == "ray" and m["lists"] == local["lists"] == 4
         assert m["rows"] == local["rows"] and m["shards_resumed"] == 0
         assert read_lists(tmp_path / "ray").to_pylist() == read_lists(tmp_path / "local").to_pylist()
         (tmp_path / "local" / "part-00001.parquet").unlink()  # a killed local job, finished by Ray
-        again = run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "local",
-                              progress=False)
+        again = run_batch_ray(rec.config.model_dir, serving, data, config, tmp_path / "local", progress=False)
         assert again["shards_resumed"] == 3
         assert read_lists(tmp_path / "local").to_pylist() == read_lists(tmp_path / "ray").to_pylist()
         with pytest.raises(ValueError, match="workers"):

@@ -19,8 +19,17 @@ import openai
 import pytest
 import torch
 
-from prompt_tuning.canvases import (CanvasSource, CanvasSpec, Examples, canvas_names, get_canvas,
-                                    held_out_examples, next_title_examples, register, unregister)
+from prompt_tuning.canvases import (
+    CanvasSource,
+    CanvasSpec,
+    Examples,
+    canvas_names,
+    get_canvas,
+    held_out_examples,
+    next_title_examples,
+    register,
+    unregister,
+)
 from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
 from serving.server import ServerSettings, create_app, run_in_thread
@@ -35,10 +44,14 @@ CUTOFF = 2000  # tinyads titles are 1980..2019, one a year
 
 def new_release_examples(src: CanvasSource) -> Examples:
     """Home's examples (training events; held-out test targets) whose target is from CUTOFF on."""
-    new = {int(src.sid_rows[r]) for r, year in enumerate(src.data.catalog["year"])
-           if year is not None and year >= CUTOFF and src.sid_rows[r] >= 0}
-    train = [ex for ex in next_title_examples(src.split, src.sid_rows, src.split.max_history)
-             if ex.target in new]
+    new = {
+        int(src.sid_rows[r])
+        for r, year in enumerate(src.data.catalog["year"])
+        if year is not None and year >= CUTOFF and src.sid_rows[r] >= 0
+    }
+    train = [
+        ex for ex in next_title_examples(src.split, src.sid_rows, src.split.max_history) if ex.target in new
+    ]
     test = [ex for ex in held_out_examples(src.split, src.sid_rows) if ex.target in new]
     for ex in train + test:
         ex.kind = "new"
@@ -46,9 +59,14 @@ def new_release_examples(src: CanvasSource) -> Examples:
 
 
 NEW_RELEASES = CanvasSpec(name=NEW, token="home", build_examples=new_release_examples)
-GENRE_ROW = CanvasSpec(name="genre-row", token="collection", context_field="theme", context_kind="text",
-                       build_examples=new_release_examples,  # never trained here
-                       candidates=lambda index, theme: index.for_theme(theme))
+GENRE_ROW = CanvasSpec(
+    name="genre-row",
+    token="collection",
+    context_field="theme",
+    context_kind="text",
+    build_examples=new_release_examples,  # never trained here
+    candidates=lambda index, theme: index.for_theme(theme),
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +93,9 @@ def served_dir(registered, tiny_exported_dir, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREC_CACHE_DIR", str(out / "cache"))
         data = load_data(data_dir=str(root / "data" / "tinyads"), dataset=None)
-    config = PromptTuningStageConfig(canvas=NEW, num_virtual_tokens=NUM_VIRTUAL, lr=0.05, epochs=10,
-                                     batch_size=4, seed=0)
+    config = PromptTuningStageConfig(
+        canvas=NEW, num_virtual_tokens=NUM_VIRTUAL, lr=0.05, epochs=10, batch_size=4, seed=0
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -119,7 +138,10 @@ def test_the_new_canvas_is_served_with_its_soft_prompt_and_token(rec, served_dir
     p = rec.prepare(RecommendationRequest(HISTORY, canvas=NEW, user_id="u1"))
     assert p.prompt == virtual[NEW] + enc.encode(rows, canvas="home", user_id="u1")  # the home token
     home = rec.prepare(RecommendationRequest(HISTORY, canvas="home", user_id="u1"))
-    assert p.prompt[NUM_VIRTUAL:] == home.prompt[NUM_VIRTUAL:] and p.prompt[:NUM_VIRTUAL] != home.prompt[:NUM_VIRTUAL]
+    assert (
+        p.prompt[NUM_VIRTUAL:] == home.prompt[NUM_VIRTUAL:]
+        and p.prompt[:NUM_VIRTUAL] != home.prompt[:NUM_VIRTUAL]
+    )
     res = rec.recommend(HISTORY, canvas=NEW, k=5, user_id="u1")
     assert len(res) == 5 and (res.canvas, res.soft_prompt, res.context) == (NEW, True, None)
     assert not set(HISTORY) & {r.item_id for r in res} and res.reason is None
@@ -136,11 +158,21 @@ def test_the_server_lists_and_serves_the_new_canvas(rec) -> None:
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
     try:
         cards = {m.id: m for m in client.models.list()}
-        assert list(cards) == ["sidrec-home", "sidrec-search", "sidrec-t2t", "sidrec-collection",
-                               f"sidrec-{NEW}"]
+        assert list(cards) == [
+            "sidrec-home",
+            "sidrec-search",
+            "sidrec-t2t",
+            "sidrec-collection",
+            f"sidrec-{NEW}",
+        ]
         card = cards[f"sidrec-{NEW}"]
-        assert (card.canvas, card.soft_prompt, card.num_virtual_tokens, card.context,
-                card.context_required) == (NEW, True, NUM_VIRTUAL, None, False)
+        assert (
+            card.canvas,
+            card.soft_prompt,
+            card.num_virtual_tokens,
+            card.context,
+            card.context_required,
+        ) == (NEW, True, NUM_VIRTUAL, None, False)
         want = [r.item_id for r in rec.recommend(HISTORY, canvas=NEW, k=4, user_id="u2")]
         out = client.completions.create(model=f"sidrec-{NEW}", prompt=" ".join(HISTORY), n=4, user="u2")
         assert [c.text for c in out.choices] == want and out.sidrec[0]["canvas"] == NEW
@@ -152,8 +184,10 @@ def test_the_server_lists_and_serves_the_new_canvas(rec) -> None:
         register(GENRE_ROW)
         try:
             assert "sidrec-genre-row" in [m.id for m in client.models.list()]
-            r = http.post("/v1/recommendations", json={"history": HISTORY, "canvas": "genre-row",
-                                                       "theme": "Comedy", "k": 3}).json()
+            r = http.post(
+                "/v1/recommendations",
+                json={"history": HISTORY, "canvas": "genre-row", "theme": "Comedy", "k": 3},
+            ).json()
             assert r["context"] == "theme" and r["candidates"].startswith("catalog theme 'Comedy'")
         finally:
             unregister(GENRE_ROW.name)
@@ -166,20 +200,25 @@ def test_the_server_lists_and_serves_the_new_canvas(rec) -> None:
 
 
 def test_a_registered_text_canvas_keeps_the_answer_inside_its_context(rec, registered) -> None:
-    genre = {f"m{i:02d}": ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")[i % 6]
-             for i in range(40)}
+    genre = {
+        f"m{i:02d}": ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")[i % 6] for i in range(40)
+    }
     register(GENRE_ROW)
     try:
         res = rec.recommend(HISTORY, canvas="genre-row", theme="Horror", k=4)
         assert len(res) == 4 and all(genre[r.item_id] == "Horror" for r in res)
         assert (res.soft_prompt, res.context) == (False, "theme")
         coll = rec.prepare(RecommendationRequest(HISTORY, canvas="collection", theme="Horror"))
-        assert rec.prepare(RecommendationRequest(HISTORY, canvas="genre-row", theme="Horror")).prompt == coll.prompt
+        assert (
+            rec.prepare(RecommendationRequest(HISTORY, canvas="genre-row", theme="Horror")).prompt
+            == coll.prompt
+        )
         # a theme no title shares: the free-text fallback, and the reason says where the titles came from
         loose = rec.recommend([], canvas="genre-row", theme="zzqxv", k=4)
         assert loose.candidates.startswith("free-text theme 'zzqxv'") and len(loose) == 4
-        with pytest.raises(RequestError, match="theme applies to the collection, genre-row canvases "
-                                               "only, not search") as e:
+        with pytest.raises(
+            RequestError, match="theme applies to the collection, genre-row canvases only, not search"
+        ) as e:
             rec.recommend(HISTORY, canvas="search", query="x", theme="Horror")
         assert e.value.param == "theme"
     finally:
@@ -189,10 +228,15 @@ def test_a_registered_text_canvas_keeps_the_answer_inside_its_context(rec, regis
 def test_a_folder_with_an_unregistered_canvas_is_refused_by_name(served_dir, registered) -> None:
     unregister(NEW)
     try:
-        with pytest.raises(ValueError, match=rf"soft prompts of canvases \['{NEW}'\] that are not registered"):
+        with pytest.raises(
+            ValueError, match=rf"soft prompts of canvases \['{NEW}'\] that are not registered"
+        ):
             Recommender.from_pretrained(served_dir, backend="transformers", **COMMON)
-        with pytest.raises(ValueError, match=f"unknown canvas '{NEW}'; choose one of "
-                                             r"\['home', 'search', 't2t', 'collection'\]"):
+        with pytest.raises(
+            ValueError,
+            match=f"unknown canvas '{NEW}'; choose one of "
+            r"\['home', 'search', 't2t', 'collection'\]",
+        ):
             get_canvas(NEW)
     finally:
         register(NEW_RELEASES)

@@ -31,8 +31,9 @@ def test_export_matches_the_api_and_is_deterministic(tiny_model_dir, data, tmp_p
     assert titles_keys == list(emb.ids.item_ids) and titles.shape == (emb.ids.num_items, emb.dim)
     np.testing.assert_allclose(titles[[3, 7]], emb.titles(["tt003", "tt007"]), atol=1e-5)
     # left padding does not change a history's vector: alone or next to a longer one
-    np.testing.assert_allclose(emb.members([hists[0][-2:]])[0],
-                               emb.members([hists[0][-2:], hists[1]])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        emb.members([hists[0][-2:]])[0], emb.members([hists[0][-2:], hists[1]])[0], atol=1e-5
+    )
     index = faiss.read_index(str(tmp_path / "e" / "titles.faiss"))
     unit = titles / np.linalg.norm(titles, axis=1, keepdims=True)
     _, nn = index.search(unit[:2].astype(np.float32), 1)
@@ -57,8 +58,7 @@ def test_the_ray_export_writes_the_local_exports_vectors(tiny_model_dir, data, t
     local = export_embeddings(tiny_model_dir, data, tmp_path / "local", batch_size=3)
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        m = export_embeddings(tiny_model_dir, data, tmp_path / "ray", batch_size=3, engine="ray",
-                              workers=2)
+        m = export_embeddings(tiny_model_dir, data, tmp_path / "ray", batch_size=3, engine="ray", workers=2)
     finally:
         ray.shutdown()
     assert m["engine"] == {"name": "ray", "workers": 2} and local["engine"] == {"name": "local"}

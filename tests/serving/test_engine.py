@@ -25,8 +25,9 @@ def recs(tiny_model_dir):
     """(vLLM recommender, transformers recommender) over the same folder and config."""
     common = dict(num_beams=K, max_k=10, max_batch=16)
     hf = Recommender.from_pretrained(tiny_model_dir, backend="transformers", **common)
-    vl = Recommender.from_pretrained(tiny_model_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25,
-                                     **common)
+    vl = Recommender.from_pretrained(
+        tiny_model_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **common
+    )
     yield vl, hf
     vl.close()
 
@@ -39,17 +40,25 @@ def requests(seed: int = 1) -> list[RecommendationRequest]:
     out = []
     for i, n in enumerate([0, 1, 3, 5, MAX_HISTORY + 3, 2, 4, 6]):
         hist = [titles[j] for j in rng.choice(NUM_TITLES, n, replace=False)]
-        out.append(RecommendationRequest(
-            history=hist, canvas=["home", "search", "t2t", "collection"][i % 4], k=K,
-            user_id=f"member{i}" if i % 2 else None,
-            exclude=[titles[j] for j in rng.choice(NUM_TITLES, 4, replace=False)] if i in (2, 5) else None,
-            allow=[titles[j] for j in rng.choice(NUM_TITLES, 15, replace=False)] if i == 6 else None,
-            exclude_history=i != 7))
+        out.append(
+            RecommendationRequest(
+                history=hist,
+                canvas=["home", "search", "t2t", "collection"][i % 4],
+                k=K,
+                user_id=f"member{i}" if i % 2 else None,
+                exclude=[titles[j] for j in rng.choice(NUM_TITLES, 4, replace=False)]
+                if i in (2, 5)
+                else None,
+                allow=[titles[j] for j in rng.choice(NUM_TITLES, 15, replace=False)] if i == 6 else None,
+                exclude_history=i != 7,
+            )
+        )
     return out
 
 
-def prompts_and_views(rec: Recommender, reqs: list[RecommendationRequest]
-                      ) -> tuple[list[list[int]], list[Restriction | None], list[list[int]]]:
+def prompts_and_views(
+    rec: Recommender, reqs: list[RecommendationRequest]
+) -> tuple[list[list[int]], list[Restriction | None], list[list[int]]]:
     """What the API sends a backend: prompt ids, restriction views, and the excluded rows per prompt."""
     prompts, views, excluded = [], [], []
     for r in reqs:
@@ -57,8 +66,11 @@ def prompts_and_views(rec: Recommender, reqs: list[RecommendationRequest]
         prompts.append(rec.encoder.encode(hist[-MAX_HISTORY:], canvas=r.canvas, user_id=r.user_id))
         excl = {rec.ids.index_of(t) for t in (r.exclude or [])} | (set(hist) if r.exclude_history else set())
         allow = None if r.allow is None else [rec.ids.index_of(t) for t in r.allow]
-        views.append(rec.trie.restrict(exclude_rows=sorted(excl), allow_rows=allow)
-                     if excl or allow is not None else None)
+        views.append(
+            rec.trie.restrict(exclude_rows=sorted(excl), allow_rows=allow)
+            if excl or allow is not None
+            else None
+        )
         permitted = set(range(NUM_TITLES)) if allow is None else set(allow)
         excluded.append(sorted(set(range(NUM_TITLES)) - (permitted - excl)))
     return prompts, views, excluded
@@ -95,8 +107,12 @@ def test_api_results_match_across_backends(recs) -> None:
         assert [r.item_id for r in a] == [r.item_id for r in b]
         assert [r.semantic_id for r in a] == [r.semantic_id for r in b]
         np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-3, rtol=0)
-        assert (a.cold_start, a.history_used, a.num_permitted, a.reason) == \
-            (b.cold_start, b.history_used, b.num_permitted, b.reason)
+        assert (a.cold_start, a.history_used, a.num_permitted, a.reason) == (
+            b.cold_start,
+            b.history_used,
+            b.num_permitted,
+            b.reason,
+        )
 
 
 def test_results_are_valid_and_permitted(recs) -> None:

@@ -22,9 +22,16 @@ import pytest
 from tests.serving.tiny_model import NUM_TITLES
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-BACKENDS = [pytest.param("transformers"),
-            pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-                not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')")])]
+BACKENDS = [
+    pytest.param("transformers"),
+    pytest.param(
+        "vllm",
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')"),
+        ],
+    ),
+]
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
 DRAIN = 20  # drain_seconds given to the server
 
@@ -60,12 +67,18 @@ def start(model_dir: Path, backend: str, tmp_path: Path) -> tuple[subprocess.Pop
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     extra = ", enforce_eager=True, kv_cache_gib=0.25" if backend == "vllm" else ""
-    code = (f"from serving.server import serve\n"
-            f"if __name__ == '__main__':\n"
-            f"    serve({str(model_dir)!r}, host='127.0.0.1', port={port}, backend={backend!r}, "
-            f"log_level='warning', drain_seconds={DRAIN}, num_beams=5, max_k=10{extra})\n")
-    env = dict(os.environ, SIDREC_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    code = (
+        f"from serving.server import serve\n"
+        f"if __name__ == '__main__':\n"
+        f"    serve({str(model_dir)!r}, host='127.0.0.1', port={port}, backend={backend!r}, "
+        f"log_level='warning', drain_seconds={DRAIN}, num_beams=5, max_k=10{extra})\n"
+    )
+    env = dict(
+        os.environ,
+        SIDREC_CACHE_DIR=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+    )
     env.pop("SIDREC_API_KEY", None)
     script = tmp_path / "serve_it.py"
     script.write_text(code)
@@ -96,13 +109,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def ask(base: str, i: int) -> httpx.Response:
-    return httpx.post(f"{base}/v1/recommendations", timeout=60,
-                      json={"history": [TITLES[i % NUM_TITLES], TITLES[(3 * i + 1) % NUM_TITLES]], "k": 5})
+    return httpx.post(
+        f"{base}/v1/recommendations",
+        timeout=60,
+        json={"history": [TITLES[i % NUM_TITLES], TITLES[(3 * i + 1) % NUM_TITLES]], "k": 5},
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_under_load_answers_every_accepted_request_and_leaves_no_process(
-        backend, tiny_model_dir, tmp_path):
+    backend, tiny_model_dir, tmp_path
+):
     proc, base = start(tiny_model_dir, backend, tmp_path)
     try:
         assert httpx.get(f"{base}/health/live").json()["engine"] == "ready"
@@ -153,9 +170,12 @@ def test_sigterm_under_load_answers_every_accepted_request_and_leaves_no_process
 def test_a_killed_engine_turns_readiness_503_and_the_server_exits_non_zero(tiny_model_dir, tmp_path):
     proc, base = start(tiny_model_dir, "vllm", tmp_path)
     try:
-        engines = [p for p in children(proc.pid)
-                   if "EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
-                   or "EngineCore" in Path(f"/proc/{p}/comm").read_text()]
+        engines = [
+            p
+            for p in children(proc.pid)
+            if "EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            or "EngineCore" in Path(f"/proc/{p}/comm").read_text()
+        ]
         assert engines, "no VLLM::EngineCore child found"
         assert ask(base, 1).status_code == 200
         os.kill(engines[0], signal.SIGKILL)
@@ -163,8 +183,7 @@ def test_a_killed_engine_turns_readiness_503_and_the_server_exits_non_zero(tiny_
         while time.monotonic() - t0 < 30 and proc.poll() is None:
             try:
                 health = httpx.get(f"{base}/health", timeout=2)
-                seen.append((round(time.monotonic() - t0, 2), health.status_code,
-                             ask(base, 2).status_code))
+                seen.append((round(time.monotonic() - t0, 2), health.status_code, ask(base, 2).status_code))
             except httpx.TransportError:
                 break  # the server is gone
             time.sleep(0.2)

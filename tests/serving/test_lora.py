@@ -63,8 +63,9 @@ def test_the_lora_serves_its_canvas_only(rec) -> None:
     # its prompt carries no virtual tokens: the LoRA changes the weights, not the input
     prompt = rec.prompts.build("collection", [], None, theme=theme).prompt
     assert not set(prompt) & {t for ids in rec.prompts.virtual.values() for t in ids}
-    assert res.prompt_tokens == len(rec.prompts.build(
-        "collection", [rec.ids.index_of(t) for t in HISTORY], None, theme=theme).prompt)
+    assert res.prompt_tokens == len(
+        rec.prompts.build("collection", [rec.ids.index_of(t) for t in HISTORY], None, theme=theme).prompt
+    )
     # the other canvases decode with the base weights: home's soft prompt still wants its own title
     home = rec.recommend(HISTORY, canvas="home", k=5)
     assert ids_of(home)[0] == rec.ids.item_ids[TARGETS["home"]] != target
@@ -74,26 +75,34 @@ def test_models_say_which_adapter_serves_each_canvas(rec) -> None:
     with serving(rec) as (http, client):
         cards = {m.id: m for m in client.models.list()}
         assert {i: (m.adapter, m.soft_prompt) for i, m in cards.items()} == {
-            "sidrec-home": ("soft_prompt", True), "sidrec-search": ("soft_prompt", True),
-            "sidrec-t2t": ("soft_prompt", True), "sidrec-collection": ("lora", False)}
+            "sidrec-home": ("soft_prompt", True),
+            "sidrec-search": ("soft_prompt", True),
+            "sidrec-t2t": ("soft_prompt", True),
+            "sidrec-collection": ("lora", False),
+        }
         health = http.get("/health").json()
         assert health["loras"] == ["collection"] and "collection" not in health["soft_prompts"]
-        out = client.completions.create(model="sidrec-collection", prompt=" ".join(HISTORY), n=5,
-                                        extra_body={"theme": "Comedy"})
-        assert [c.text for c in out.choices] == ids_of(rec.recommend(HISTORY, canvas="collection",
-                                                                     theme="Comedy", k=5))
+        out = client.completions.create(
+            model="sidrec-collection", prompt=" ".join(HISTORY), n=5, extra_body={"theme": "Comedy"}
+        )
+        assert [c.text for c in out.choices] == ids_of(
+            rec.recommend(HISTORY, canvas="collection", theme="Comedy", k=5)
+        )
 
 
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
 def test_vllm_applies_the_lora_per_request_like_transformers(lora_dir, rec) -> None:
-    vl = Recommender.from_pretrained(lora_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25,
-                                     **COMMON)
+    vl = Recommender.from_pretrained(
+        lora_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **COMMON
+    )
     try:
-        reqs = [dict(history=HISTORY, canvas="collection", theme=_theme_of(rec, LORA_TARGET), k=5),
-                dict(history=HISTORY, canvas="home", k=5),
-                dict(history=["m03"], canvas="collection", theme="dragon", k=5),
-                dict(history=HISTORY, canvas="search", query="ocean", k=5)]
+        reqs = [
+            dict(history=HISTORY, canvas="collection", theme=_theme_of(rec, LORA_TARGET), k=5),
+            dict(history=HISTORY, canvas="home", k=5),
+            dict(history=["m03"], canvas="collection", theme="dragon", k=5),
+            dict(history=HISTORY, canvas="search", query="ocean", k=5),
+        ]
         for req, a, b in zip(reqs, vl.recommend_batch(reqs), rec.recommend_batch(reqs), strict=True):
             assert ids_of(a) == ids_of(b), req
             np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=2e-3, rtol=0)

@@ -63,7 +63,7 @@ def test_empty_history_is_a_flagged_cold_start(rec) -> None:
 
 
 def test_long_history_keeps_the_most_recent_titles(rec) -> None:
-    history = TITLES[10:10 + MAX_HISTORY + 4]  # 4 too many
+    history = TITLES[10 : 10 + MAX_HISTORY + 4]  # 4 too many
     res = rec.recommend(history, k=8, exclude_history=False)
     assert (res.history_used, res.history_dropped) == (MAX_HISTORY, 4)
     recent = rec.recommend(history[-MAX_HISTORY:], k=8, exclude_history=False)
@@ -106,8 +106,12 @@ def test_small_allow_set_gives_fewer_titles_and_says_why(rec) -> None:
 
 
 def test_batch_equals_single_requests(rec) -> None:
-    reqs = [RecommendationRequest(TITLES[:3], k=4), RecommendationRequest([TITLES[9]], k=15, canvas="t2t"),
-            RecommendationRequest([], k=2, user_id="m1"), RecommendationRequest(TITLES[5:9], k=10)]
+    reqs = [
+        RecommendationRequest(TITLES[:3], k=4),
+        RecommendationRequest([TITLES[9]], k=15, canvas="t2t"),
+        RecommendationRequest([], k=2, user_id="m1"),
+        RecommendationRequest(TITLES[5:9], k=10),
+    ]
     batch = rec.recommend_batch(reqs)
     assert [len(b) for b in batch] == [4, 15, 2, 10]
     for r, b in zip(reqs, batch):

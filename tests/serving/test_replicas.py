@@ -35,14 +35,15 @@ def replicas(tiny_model_dir):
 
 
 def _ask(client: httpx.Client, base: str, history: list[str], user: str) -> list[str]:
-    r = client.post(f"{base}/v1/recommendations",
-                    json={"history": history, "canvas": "home", "k": 5, "user_id": user})
+    r = client.post(
+        f"{base}/v1/recommendations", json={"history": history, "canvas": "home", "k": 5, "user_id": user}
+    )
     assert r.status_code == 200, r.text
     return [it["item_id"] for it in r.json()["items"]]
 
 
 def test_round_robin_replicas_agree_and_keep_no_state(replicas):
-    requests = [(TITLES[i:i + 3], f"member-{i}") for i in range(8)]
+    requests = [(TITLES[i : i + 3], f"member-{i}") for i in range(8)]
     with httpx.Client(timeout=60) as client:
         alone = [_ask(client, replicas[0], h, u) for h, u in requests]
         rr = itertools.cycle(replicas[::-1])  # the other replica first, then alternate

@@ -9,7 +9,7 @@ import pytest
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.trie import PrefixTrie
 from serving.recommender import RecommendationRequest, Recommender
-from serving.rules import (AttributeTable, DiversityCap, RuleError, Rules, compile_rules, load_attributes)
+from serving.rules import AttributeTable, DiversityCap, RuleError, Rules, compile_rules, load_attributes
 from tests.serving.tiny_model import GENRES, NUM_TITLES, UNCATALOGUED, tiny_attributes
 
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
@@ -22,8 +22,9 @@ def ids(tiny_model_dir) -> SemanticIDs:
 
 @pytest.fixture(scope="module")
 def rec(tiny_model_dir, tiny_attributes_table) -> Recommender:
-    return Recommender.from_pretrained(tiny_model_dir, backend="transformers", num_beams=10, max_k=20,
-                                       attributes=tiny_attributes_table)
+    return Recommender.from_pretrained(
+        tiny_model_dir, backend="transformers", num_beams=10, max_k=20, attributes=tiny_attributes_table
+    )
 
 
 def truth(i: int) -> tuple[list[str], int | None]:
@@ -45,21 +46,29 @@ def permitted_paths(trie: PrefixTrie, view) -> set[int]:
 
 # ---------------------------------------------------------------- parsing
 def test_rules_parse_and_reject_malformed_input() -> None:
-    r = Rules.from_dict({"exclude_titles": ["tt001"], "exclude_attributes": {"categories": ["Horror"]},
-                         "max_year": 1990, "diversity": {"max_per_group": 2}})
+    r = Rules.from_dict(
+        {
+            "exclude_titles": ["tt001"],
+            "exclude_attributes": {"categories": ["Horror"]},
+            "max_year": 1990,
+            "diversity": {"max_per_group": 2},
+        }
+    )
     assert r.exclude_titles == ("tt001",) and r.max_year == 1990 and r.diversity.group_by == "sid_prefix"
     assert Rules.from_dict(None).is_empty and Rules.from_dict({}).is_empty and not r.is_empty
-    bad = [({"exclude_genre": ["x"]}, "unknown rule.*exclude_genre"),
-           ({"max_year": "1990"}, "max_year must be an integer"),
-           ({"max_year": True}, "max_year must be an integer"),
-           ({"min_year": 2000, "max_year": 1990}, "min_year 2000 is after max_year 1990"),
-           ({"exclude_titles": "tt001"}, "exclude_titles must be a list"),
-           ({"exclude_attributes": {"categories": "Horror"}}, r"exclude_attributes\['categories'\]"),
-           ({"exclude_attributes": ["categories"]}, "must be an object"),
-           ({"diversity": {"max_per_group": 0}}, ">= 1"),
-           ({"diversity": {"per_group": 2}}, "unknown diversity field"),
-           ({"diversity": {}}, "needs max_per_group"),
-           ([1, 2], "rules must be an object")]
+    bad = [
+        ({"exclude_genre": ["x"]}, "unknown rule.*exclude_genre"),
+        ({"max_year": "1990"}, "max_year must be an integer"),
+        ({"max_year": True}, "max_year must be an integer"),
+        ({"min_year": 2000, "max_year": 1990}, "min_year 2000 is after max_year 1990"),
+        ({"exclude_titles": "tt001"}, "exclude_titles must be a list"),
+        ({"exclude_attributes": {"categories": "Horror"}}, r"exclude_attributes\['categories'\]"),
+        ({"exclude_attributes": ["categories"]}, "must be an object"),
+        ({"diversity": {"max_per_group": 0}}, ">= 1"),
+        ({"diversity": {"per_group": 2}}, "unknown diversity field"),
+        ({"diversity": {}}, "needs max_per_group"),
+        ([1, 2], "rules must be an object"),
+    ]
     for obj, msg in bad:
         with pytest.raises(RuleError, match=msg):
             Rules.from_dict(obj)
@@ -76,15 +85,24 @@ def test_attributes_loaded_from_the_catalog_match_the_file(ids, tiny_attributes_
 
 
 def test_attribute_and_year_masks_equal_brute_force(ids, tiny_attributes_table) -> None:
-    rules = {"exclude_attributes": {"categories": ["horror", "Comedy"]},  # case-insensitive
-             "require_attributes": {"categories": ["Drama", "Action", "Romance"]},
-             "min_year": 1975, "max_year": 2000, "exclude_titles": [TITLES[2]]}
+    rules = {
+        "exclude_attributes": {"categories": ["horror", "Comedy"]},  # case-insensitive
+        "require_attributes": {"categories": ["Drama", "Action", "Romance"]},
+        "min_year": 1975,
+        "max_year": 2000,
+        "exclude_titles": [TITLES[2]],
+    }
     mask = compile_rules(rules, ids, tiny_attributes_table)
     want = set()
     for i in range(NUM_TITLES):
         genres, year = truth(i)
-        if (set(genres) & {"Horror", "Comedy"} or not set(genres) & {"Drama", "Action", "Romance"}
-                or year is None or not 1975 <= year <= 2000 or i == 2):
+        if (
+            set(genres) & {"Horror", "Comedy"}
+            or not set(genres) & {"Drama", "Action", "Romance"}
+            or year is None
+            or not 1975 <= year <= 2000
+            or i == 2
+        ):
             continue
         want.add(i)
     assert 5 < len(want) < NUM_TITLES // 2  # the rules really bite, and leave something
@@ -92,8 +110,13 @@ def test_attribute_and_year_masks_equal_brute_force(ids, tiny_attributes_table) 
     view = mask.narrow(trie, None)
     assert set(np.flatnonzero(view.permits(np.arange(NUM_TITLES)))) == want
     assert permitted_paths(trie, view) == want  # the decoder's view of the same restriction
-    assert mask.applied == ("exclude_titles", "exclude_attributes", "require_attributes", "min_year",
-                            "max_year")
+    assert mask.applied == (
+        "exclude_titles",
+        "exclude_attributes",
+        "require_attributes",
+        "min_year",
+        "max_year",
+    )
 
 
 def test_rules_stack_onto_an_existing_restriction_and_never_widen(ids, tiny_attributes_table) -> None:
@@ -227,8 +250,11 @@ def test_rules_are_applied_while_decoding(rec) -> None:
         assert not {"Drama", "Comedy"} & set(genres) and year is not None and year <= 1995
     assert res.rules_applied == ("exclude_attributes", "max_year")
     # scores are renormalised over the permitted titles, as for an allow-list
-    permitted = [i for i in range(3, NUM_TITLES) if not {"Drama", "Comedy"} & set(truth(i)[0])
-                 and truth(i)[1] is not None and truth(i)[1] <= 1995]
+    permitted = [
+        i
+        for i in range(3, NUM_TITLES)
+        if not {"Drama", "Comedy"} & set(truth(i)[0]) and truth(i)[1] is not None and truth(i)[1] <= 1995
+    ]
     assert res.num_permitted == len(permitted)
     every = rec.recommend(TITLES[:3], k=len(permitted), rules=rules)
     assert abs(np.logaddexp.reduce([r.score for r in every])) < 1e-4
@@ -239,19 +265,22 @@ def test_rules_leaving_fewer_than_k_titles_say_which_rules(rec) -> None:
     n = sum("Horror" in truth(i)[0] and (truth(i)[1] or 0) >= 2000 for i in range(NUM_TITLES))
     res = rec.recommend([], k=10, rules=rules)
     assert 0 < n < 10 and len(res) == res.num_permitted == n
-    assert res.reason == (f"only {n} title(s) permitted (rule require_attributes, rule min_year), "
-                          f"fewer than k=10")
+    assert res.reason == (
+        f"only {n} title(s) permitted (rule require_attributes, rule min_year), fewer than k=10"
+    )
     none = rec.recommend([], k=3, rules={"allow_titles": [TITLES[0]], "exclude_titles": [TITLES[0]]})
     assert len(none) == 0 and none.reason.startswith("no title is permitted")
 
 
-def test_recommender_loads_attributes_from_its_data_dir(tiny_model_dir, tiny_catalog_dir,
-                                                         tmp_path, monkeypatch) -> None:
+def test_recommender_loads_attributes_from_its_data_dir(
+    tiny_model_dir, tiny_catalog_dir, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("SIDREC_CACHE_DIR", str(tmp_path))
     # no dataset given: the one named in the model's manifest ("unit") is a folder of data_dir
     assert tiny_catalog_dir.name == "unit"
-    rec = Recommender.from_pretrained(tiny_model_dir, backend="transformers", num_beams=5, max_k=5,
-                                      data_dir=tiny_catalog_dir.parent)
+    rec = Recommender.from_pretrained(
+        tiny_model_dir, backend="transformers", num_beams=5, max_k=5, data_dir=tiny_catalog_dir.parent
+    )
     assert rec.attributes.matched == NUM_TITLES - 1 and GENRES[0] in rec.attributes.values_of("categories", 5)
     res = rec.recommend([], k=5, rules={"exclude_attributes": {"categories": list(GENRES[:4])}})
     assert all(set(truth(TITLES.index(r.item_id))[0]) <= {"Romance"} for r in res)

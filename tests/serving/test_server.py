@@ -33,9 +33,16 @@ MAX_BODY = 4096
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
 COMMON = dict(num_beams=5, max_k=10, max_batch=16)
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-BACKENDS = [pytest.param("transformers"),
-            pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-                not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')")])]
+BACKENDS = [
+    pytest.param("transformers"),
+    pytest.param(
+        "vllm",
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')"),
+        ],
+    ),
+]
 
 
 @dataclass
@@ -49,15 +56,17 @@ class Served:
 @pytest.fixture(scope="module")
 def ref(tiny_model_dir, tiny_attributes_table) -> Recommender:
     """The Python API on the reference backend: what every HTTP answer must equal."""
-    return Recommender.from_pretrained(tiny_model_dir, backend="transformers", attributes=tiny_attributes_table,
-                                       **COMMON)
+    return Recommender.from_pretrained(
+        tiny_model_dir, backend="transformers", attributes=tiny_attributes_table, **COMMON
+    )
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(request, tiny_model_dir, tiny_attributes_table):
     extra = dict(enforce_eager=True, kv_cache_gib=0.25) if request.param == "vllm" else {}
-    rec = Recommender.from_pretrained(tiny_model_dir, backend=request.param, attributes=tiny_attributes_table,
-                                      **COMMON, **extra)
+    rec = Recommender.from_pretrained(
+        tiny_model_dir, backend=request.param, attributes=tiny_attributes_table, **COMMON, **extra
+    )
     app = create_app(rec, ServerSettings(api_key=KEY, max_body_bytes=MAX_BODY, max_prompts=4))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))  # loopback only, a free port chosen by the OS
@@ -84,14 +93,19 @@ def assert_same(got_ids: list[str], got_scores: list[float], want) -> None:
 
 
 def test_models_are_the_canvas_adapters(served) -> None:
-    assert [m.id for m in served.client.models.list()] == \
-        ["sidrec-home", "sidrec-search", "sidrec-t2t", "sidrec-collection"]
+    assert [m.id for m in served.client.models.list()] == [
+        "sidrec-home",
+        "sidrec-search",
+        "sidrec-t2t",
+        "sidrec-collection",
+    ]
 
 
 def test_completion_with_the_openai_client_equals_the_python_api(served, ref) -> None:
     history = TITLES[1:4]
-    out = served.client.completions.create(model="sidrec-home", prompt=" ".join(history), n=5,
-                                           extra_body={"user_id": "m7"})
+    out = served.client.completions.create(
+        model="sidrec-home", prompt=" ".join(history), n=5, extra_body={"user_id": "m7"}
+    )
     want = ref.recommend(history, canvas="home", k=5, user_id="m7")
     assert_same(texts(out), [c.score for c in out.choices], want)
     for i, c in enumerate(out.choices):
@@ -121,18 +135,25 @@ def test_prompt_spellings_and_batches(served, ref) -> None:
 
 def test_switching_the_canvas_adapter_changes_the_list(served, ref) -> None:
     history = " ".join(TITLES[30:34])
-    got = {m: texts(served.client.completions.create(model=f"sidrec-{m}", prompt=history, n=6))
-           for m in ("home", "search", "collection")}
+    got = {
+        m: texts(served.client.completions.create(model=f"sidrec-{m}", prompt=history, n=6))
+        for m in ("home", "search", "collection")
+    }
     for canvas, ids in got.items():
         assert ids == [r.item_id for r in ref.recommend(TITLES[30:34], canvas=canvas, k=6)]
     assert got["home"] != got["search"] and got["home"] != got["collection"]
 
 
 def test_rules_are_respected_over_http(served, ref) -> None:
-    rules = {"exclude_attributes": {"categories": ["Comedy"]}, "max_year": 2000,
-             "exclude_titles": [TITLES[7]], "diversity": {"max_per_group": 2}}
-    out = served.client.completions.create(model="sidrec-home", prompt="tt001 tt002", n=6,
-                                           extra_body={"rules": rules})
+    rules = {
+        "exclude_attributes": {"categories": ["Comedy"]},
+        "max_year": 2000,
+        "exclude_titles": [TITLES[7]],
+        "diversity": {"max_per_group": 2},
+    }
+    out = served.client.completions.create(
+        model="sidrec-home", prompt="tt001 tt002", n=6, extra_body={"rules": rules}
+    )
     assert_same(texts(out), [c.score for c in out.choices], ref.recommend(TITLES[1:3], k=6, rules=rules))
     assert len(out.choices) == 6 and out.sidrec[0]["reason"] is None
     for t in texts(out):
@@ -141,15 +162,26 @@ def test_rules_are_respected_over_http(served, ref) -> None:
     assert max(np.bincount([ref.ids.sid(t)[0] for t in texts(out)])) <= 2
     assert out.sidrec[0]["rules_applied"] == ["exclude_titles", "exclude_attributes", "max_year", "diversity"]
     # too few titles left: fewer, with the reason
-    few = served.http.post("/v1/recommendations", json={
-        "history": [], "k": 10, "rules": {"require_attributes": {"categories": ["Horror"]}, "min_year": 2000}})
+    few = served.http.post(
+        "/v1/recommendations",
+        json={
+            "history": [],
+            "k": 10,
+            "rules": {"require_attributes": {"categories": ["Horror"]}, "min_year": 2000},
+        },
+    )
     assert few.status_code == 200 and 0 < len(few.json()["items"]) < 10
     assert few.json()["reason"].startswith(f"only {len(few.json()['items'])} title(s) permitted")
 
 
 def test_plain_json_endpoint(served, ref) -> None:
-    body = {"history": TITLES[40:43], "canvas": "search", "k": 7, "user_id": "m1",
-            "rules": {"allow_titles": TITLES[:30]}}
+    body = {
+        "history": TITLES[40:43],
+        "canvas": "search",
+        "k": 7,
+        "user_id": "m1",
+        "rules": {"allow_titles": TITLES[:30]},
+    }
     res = served.http.post("/v1/recommendations", json=body)
     assert res.status_code == 200, res.text
     data = res.json()
@@ -157,7 +189,12 @@ def test_plain_json_endpoint(served, ref) -> None:
     assert_same([i["item_id"] for i in data["items"]], [i["score"] for i in data["items"]], want)
     assert [i["rank"] for i in data["items"]] == list(range(1, 8))
     assert set(i["item_id"] for i in data["items"]) <= set(TITLES[:30])
-    assert (data["model"], data["canvas"], data["k"], data["num_permitted"]) == ("sidrec-search", "search", 7, 30)
+    assert (data["model"], data["canvas"], data["k"], data["num_permitted"]) == (
+        "sidrec-search",
+        "search",
+        7,
+        30,
+    )
 
 
 def test_api_key_is_required_on_v1(served) -> None:
@@ -179,13 +216,31 @@ BAD = [  # (endpoint, body, status, words the message must contain)
     ("/v1/completions", {"model": "sidrec-home", "prompt": "[tt001"}, 400, "not a JSON list"),
     ("/v1/completions", {"model": "sidrec-home", "prompt": "tt001", "stream": True}, 400, "stream"),
     ("/v1/completions", {"model": "sidrec-home", "prompt": ["tt001"] * 5}, 400, "1..4 histories"),
-    ("/v1/recommendations", {"history": [], "rules": {"exclude_genre": ["x"]}}, 422, "rules: unknown rule(s)"),
-    ("/v1/recommendations", {"history": [], "rules": {"max_year": "1990"}}, 422, "max_year must be an integer"),
+    (
+        "/v1/recommendations",
+        {"history": [], "rules": {"exclude_genre": ["x"]}},
+        422,
+        "rules: unknown rule(s)",
+    ),
+    (
+        "/v1/recommendations",
+        {"history": [], "rules": {"max_year": "1990"}},
+        422,
+        "max_year must be an integer",
+    ),
     ("/v1/recommendations", {"history": [], "rules": "no horror"}, 422, "rules"),
-    ("/v1/recommendations", {"history": [], "rules": {"exclude_attributes": {"genre": ["Horror"]}}}, 400,
-     "unknown attribute 'genre'"),
-    ("/v1/recommendations", {"history": [], "rules": {"exclude_attributes": {"categories": ["Horor"]}}}, 400,
-     "no title has categories = 'Horor'"),
+    (
+        "/v1/recommendations",
+        {"history": [], "rules": {"exclude_attributes": {"genre": ["Horror"]}}},
+        400,
+        "unknown attribute 'genre'",
+    ),
+    (
+        "/v1/recommendations",
+        {"history": [], "rules": {"exclude_attributes": {"categories": ["Horor"]}}},
+        400,
+        "no title has categories = 'Horor'",
+    ),
     ("/v1/completions", {"model": "gpt-4", "prompt": "tt001"}, 404, "the model 'gpt-4' does not exist"),
     ("/v1/recommendations", {"history": [], "canvas": "homepage"}, 404, "unknown canvas 'homepage'"),
     ("/v1/recommendations", {"history": [], "k": 1000}, 400, "k must be an integer in 1..10"),
@@ -204,7 +259,9 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_stays_up(served)
         assert r.status_code == status, (path, body, r.text)
         assert words in r.json()["error"]["message"], (body, r.json())
         assert r.json()["error"]["code"] == status
-    r = served.http.post("/v1/recommendations", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = served.http.post(
+        "/v1/recommendations", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and "JSON" in r.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         served.client.completions.create(model="sidrec-nope", prompt="tt001", n=2)
@@ -221,7 +278,7 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_stays_up(served)
 def test_empty_and_too_long_histories_are_answered_and_flagged(served, ref) -> None:
     cold = served.http.post("/v1/recommendations", json={"history": [], "k": 5}).json()
     assert cold["cold_start"] and len(cold["items"]) == 5 and "cold start" in cold["warnings"][0]
-    history = TITLES[10:10 + MAX_HISTORY + 3]
+    history = TITLES[10 : 10 + MAX_HISTORY + 3]
     out = served.client.completions.create(model="sidrec-home", prompt=" ".join(history), n=5)
     info = out.sidrec[0]
     assert (info["history_used"], info["history_dropped"]) == (MAX_HISTORY, 3)
@@ -230,7 +287,7 @@ def test_empty_and_too_long_histories_are_answered_and_flagged(served, ref) -> N
 
 
 def test_concurrent_requests_all_get_their_own_answer(served, ref) -> None:
-    histories = [TITLES[i:i + 3] for i in range(0, 36, 3)]  # 12 requests in flight at once
+    histories = [TITLES[i : i + 3] for i in range(0, 36, 3)]  # 12 requests in flight at once
 
     def ask(h: list[str]) -> list[str]:
         r = served.http.post("/v1/recommendations", json={"history": h, "k": 4})
@@ -246,9 +303,10 @@ def test_engine_worker_batches_queued_requests_and_isolates_bad_ones(ref) -> Non
     """Jobs queued before the thread starts are taken in one engine call; a bad job fails alone."""
     metrics = Metrics()
     worker = EngineWorker(ref, max_queue=8, metrics=metrics)
-    jobs = [[RecommendationRequest(TITLES[i:i + 2], k=3)] for i in (0, 10)] + \
-        [[RecommendationRequest(["missing"], k=3)], [RecommendationRequest([TITLES[20]], k=3),
-                                                      RecommendationRequest([], canvas="search", k=2)]]
+    jobs = [[RecommendationRequest(TITLES[i : i + 2], k=3)] for i in (0, 10)] + [
+        [RecommendationRequest(["missing"], k=3)],
+        [RecommendationRequest([TITLES[20]], k=3), RecommendationRequest([], canvas="search", k=2)],
+    ]
     futures = [worker.submit(j) for j in jobs]
     worker.start()
     try:
@@ -257,8 +315,9 @@ def test_engine_worker_batches_queued_requests_and_isolates_bad_ones(ref) -> Non
         worker.stop()
     assert isinstance(results[2], ValueError) and "'missing'" in str(results[2])
     for job, res in zip(jobs[:2] + jobs[3:], results[:2] + results[3:]):
-        assert [[x.item_id for x in r] for r in res] == [[x.item_id for x in ref.recommend_batch([q])[0]]
-                                                         for q in job]
+        assert [[x.item_id for x in r] for r in res] == [
+            [x.item_id for x in ref.recommend_batch([q])[0]] for q in job
+        ]
     batches = metrics.registry.get_sample_value("sidrec_engine_batch_requests_count")
     assert batches == 1 and metrics.registry.get_sample_value("sidrec_engine_batch_requests_sum") == 4
 
@@ -268,12 +327,19 @@ def test_serve_runs_a_server_process_with_catalog_rules(tiny_model_dir, tiny_cat
     with socket.socket() as probe:  # a free loopback port (released just before the server binds it)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = (f"from serving.server import serve\n"
-            f"serve({str(tiny_model_dir)!r}, host='127.0.0.1', port={port}, backend='transformers', "
-            f"data_dir={str(tiny_catalog_dir.parent)!r}, dataset={tiny_catalog_dir.name!r}, "
-            f"log_level='warning', num_beams=5, max_k=10)\n")
-    env = dict(os.environ, SIDREC_API_KEY=KEY, SIDREC_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    code = (
+        f"from serving.server import serve\n"
+        f"serve({str(tiny_model_dir)!r}, host='127.0.0.1', port={port}, backend='transformers', "
+        f"data_dir={str(tiny_catalog_dir.parent)!r}, dataset={tiny_catalog_dir.name!r}, "
+        f"log_level='warning', num_beams=5, max_k=10)\n"
+    )
+    env = dict(
+        os.environ,
+        SIDREC_API_KEY=KEY,
+        SIDREC_CACHE_DIR=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+    )
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -292,11 +358,17 @@ def test_serve_runs_a_server_process_with_catalog_rules(tiny_model_dir, tiny_cat
         assert health["backend"] == "transformers" and health["attributes"] == ["categories", "year"]
         assert httpx.get(f"{base}/v1/models").status_code == 401
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
-        out = client.completions.create(model="sidrec-home", prompt="tt001", n=5,
-                                        extra_body={"rules": {"exclude_attributes": {"categories": ["Drama"]}}})
+        out = client.completions.create(
+            model="sidrec-home",
+            prompt="tt001",
+            n=5,
+            extra_body={"rules": {"exclude_attributes": {"categories": ["Drama"]}}},
+        )
         assert len(out.choices) == 5
-        assert all(c.text == UNCATALOGUED or "Drama" not in tiny_attributes(TITLES.index(c.text))[0]
-                   for c in out.choices)
+        assert all(
+            c.text == UNCATALOGUED or "Drama" not in tiny_attributes(TITLES.index(c.text))[0]
+            for c in out.choices
+        )
     finally:
         proc.terminate()
         try:

@@ -35,8 +35,15 @@ GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
 MAX_HISTORY = 4
 USER_BUCKETS = 3
 NUM_VIRTUAL = 4
-ID_CONFIG = dict(quantizer="rqkmeans", text_weight=1.0, metadata_weight=0.5, num_levels=2,
-                 codebook_size=4, dedup_size=8, quantizer_options={"kmeans_iters": 5})
+ID_CONFIG = dict(
+    quantizer="rqkmeans",
+    text_weight=1.0,
+    metadata_weight=0.5,
+    num_levels=2,
+    codebook_size=4,
+    dedup_size=8,
+    quantizer_options={"kmeans_iters": 5},
+)
 TARGETS = {"home": 3, "search": 17, "t2t": 29}  # toy objective: the row each soft prompt wants
 LORA_TARGET = 11  # the row the collection LoRA wants
 LORA_RANK = 4
@@ -55,7 +62,8 @@ def write_catalog(root: Path) -> Path:
         lines.append(f"m{i:02d},{adj} {noun} ({1980 + i}),{GENRES[i % len(GENRES)]}")
     (root / "movies.csv").write_text("\n".join(lines) + "\n")
     ratings = ["userId,movieId,rating,timestamp"] + [
-        f"u{u},m{(u * 7 + j) % 40:02d},4.0,{1000 + j}" for u in range(6) for j in range(5)]
+        f"u{u},m{(u * 7 + j) % 40:02d},4.0,{1000 + j}" for u in range(6) for j in range(5)
+    ]
     (root / "ratings.csv").write_text("\n".join(ratings) + "\n")
     return root
 
@@ -74,8 +82,9 @@ def _examples(gen, canvas: str, n: int = 48, seed: int = 0) -> list[tuple[list[i
         user, context = f"u{rng.integers(10)}", None
         if canvas in ("search", "collection"):
             context = enc.sid_tokens[rng.choice(N, 3, replace=False)].reshape(-1).tolist()
-        out.append((enc.encode(history, canvas=get_canvas(canvas).token, user_id=user, context=context),
-                    target))
+        out.append(
+            (enc.encode(history, canvas=get_canvas(canvas).token, user_id=user, context=context), target)
+        )
     return out
 
 
@@ -84,8 +93,9 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     prompts (and a collection LoRA with `lora`) -> export."""
     data = load_data(data_dir=str(write_catalog(root / "data" / "tinyads")), dataset=None)
     ids = build_ids(data, SemanticIDConfig(**ID_CONFIG), root / "ids")
-    config = PretrainConfig.from_preset("tiny", num_user_buckets=USER_BUCKETS, position_headroom=24,
-                                        dropout=0.0)
+    config = PretrainConfig.from_preset(
+        "tiny", num_user_buckets=USER_BUCKETS, position_headroom=24, dropout=0.0
+    )
     layout = model_layout(ids.layout, USER_BUCKETS)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=MAX_HISTORY).eval()
@@ -96,27 +106,55 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     # the members' histories of write_catalog's ratings, as pretraining would count them: every
     # engine test then loads a folder holding the table (vLLM must not take it for weights)
     histories = [np.asarray([ids.index_of(f"m{(u * 7 + j) % 40:02d}") for j in range(5)]) for u in range(6)]
-    base = save_model(root / "base", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
-                      data_fingerprint=data.fingerprint, dataset="tinyads", training={"steps": 0},
-                      co_engagement=build_co_engagement(histories, ids.num_items),
-                      title_tags=TITLE_TAGS)
+    base = save_model(
+        root / "base",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=MAX_HISTORY),
+        data_fingerprint=data.fingerprint,
+        dataset="tinyads",
+        training={"steps": 0},
+        co_engagement=build_co_engagement(histories, ids.num_items),
+        title_tags=TITLE_TAGS,
+    )
     adapters = []
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
         # t2t is served by the frozen model by default; the folder holds a t2t soft prompt anyway, to
         # serve a soft prompt on a canvas whose source joins the history
-        pt = PromptTuningStageConfig(canvas=canvas, num_virtual_tokens=NUM_VIRTUAL, lr=0.05, epochs=10,
-                                     batch_size=16, seed=i, query_mode="anchors", num_anchors=3,
-                                     method="soft_prompt")
+        pt = PromptTuningStageConfig(
+            canvas=canvas,
+            num_virtual_tokens=NUM_VIRTUAL,
+            lr=0.05,
+            epochs=10,
+            batch_size=16,
+            seed=i,
+            query_mode="anchors",
+            num_anchors=3,
+            method="soft_prompt",
+        )
         peft_model = train_adapter(gen, _examples(gen, canvas, seed=i), pt)
-        adapters.append(save_adapter(root / f"adapter_{canvas}", peft_model, gen, pt,
-                                     training={"examples": 48}))
+        adapters.append(
+            save_adapter(root / f"adapter_{canvas}", peft_model, gen, pt, training={"examples": 48})
+        )
     if lora:
         gen = load_model(base)
-        pt = PromptTuningStageConfig(canvas="collection", method="lora", lora_rank=LORA_RANK,
-                                     lora_lr=0.02, epochs=10, batch_size=16, seed=7,
-                                     query_mode="anchors", num_anchors=3, train_in_candidates=False)
+        pt = PromptTuningStageConfig(
+            canvas="collection",
+            method="lora",
+            lora_rank=LORA_RANK,
+            lora_lr=0.02,
+            epochs=10,
+            batch_size=16,
+            seed=7,
+            query_mode="anchors",
+            num_anchors=3,
+            train_in_candidates=False,
+        )
         peft_model = train_adapter(gen, _examples(gen, "collection", seed=7), pt)
-        adapters.append(save_adapter(root / "adapter_collection", peft_model, gen, pt,
-                                     training={"examples": 48}))
+        adapters.append(
+            save_adapter(root / "adapter_collection", peft_model, gen, pt, training={"examples": 48})
+        )
     return export_adapters(base, adapters, root / ("exported-lora" if lora else "exported"))

@@ -35,9 +35,15 @@ def write_tiny_model(root: Path, seed: int = 0) -> Path:
     with atomic_dir(root / "ids") as stage:
         ids.write_map(stage)
         write_json(stage / "stats.json", {"random_codes": True})
-        write_json(stage / "manifest.json",
-                   make_manifest("semantic_ids", {"random_codes": True, "seed": seed},
-                                 codebook_sizes=list(CODEBOOKS), map_version=1))
+        write_json(
+            stage / "manifest.json",
+            make_manifest(
+                "semantic_ids",
+                {"random_codes": True, "seed": seed},
+                codebook_sizes=list(CODEBOOKS),
+                map_version=1,
+            ),
+        )
     ids = SemanticIDs.load(root / "ids")
     config = PretrainConfig.from_preset("tiny", num_user_buckets=USER_BUCKETS, dropout=0.0)
     layout = model_layout(ids.layout, config.num_user_buckets)
@@ -47,8 +53,17 @@ def write_tiny_model(root: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
-    return save_model(root / "model", model, layout, ids, config, SequenceConfig(max_history=MAX_HISTORY),
-                      data_fingerprint="0" * 64, dataset="unit", training={"steps": 0})
+    return save_model(
+        root / "model",
+        model,
+        layout,
+        ids,
+        config,
+        SequenceConfig(max_history=MAX_HISTORY),
+        data_fingerprint="0" * 64,
+        dataset="unit",
+        training={"steps": 0},
+    )
 
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
@@ -71,10 +86,13 @@ def write_tiny_catalog(root: Path) -> Path:
         if f"tt{i:03d}" == UNCATALOGUED:
             continue
         genres, year = tiny_attributes(i)
-        lines.append(f"tt{i:03d},Title {i}{'' if year is None else f' ({year})'},"
-                     f"{'|'.join(genres) or '(no genres listed)'}")
+        lines.append(
+            f"tt{i:03d},Title {i}{'' if year is None else f' ({year})'},"
+            f"{'|'.join(genres) or '(no genres listed)'}"
+        )
     (root / "movies.csv").write_text("\n".join(lines) + "\n")
     ratings = ["userId,movieId,rating,timestamp"] + [
-        f"u{u},tt{(u * 5 + j) % (NUM_TITLES - 1):03d},4.0,{1000 + j}" for u in range(4) for j in range(6)]
+        f"u{u},tt{(u * 5 + j) % (NUM_TITLES - 1):03d},4.0,{1000 + j}" for u in range(4) for j in range(6)
+    ]
     (root / "ratings.csv").write_text("\n".join(ratings) + "\n")
     return root

@@ -11,14 +11,39 @@ import pytest
 from sidrec.bench_commands import BASELINE_KINDS, BENCHMARKS
 from sidrec.cli import main
 
-FAST = ["--set", "text_weight=0", "--set", "metadata_weight=1", "--set", "codebook_size=32",
-        "--set", "dedup_size=64", "--set", "quantizer_options.kmeans_iters=5"]
+FAST = [
+    "--set",
+    "text_weight=0",
+    "--set",
+    "metadata_weight=1",
+    "--set",
+    "codebook_size=32",
+    "--set",
+    "dedup_size=64",
+    "--set",
+    "quantizer_options.kmeans_iters=5",
+]
 
 
 def test_ids_build_inspect_assign(data_dir, tmp_path, capsys):
     out = tmp_path / "ids"
-    rc = main(["ids", "build", "--data", str(data_dir), "--dataset", "ml-latest-small",
-               "--max-users", "20", "--out", str(out), "--quantizer", "rqkmeans", *FAST])
+    rc = main(
+        [
+            "ids",
+            "build",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "ml-latest-small",
+            "--max-users",
+            "20",
+            "--out",
+            str(out),
+            "--quantizer",
+            "rqkmeans",
+            *FAST,
+        ]
+    )
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
     assert stats["unique_ids"] and stats["num_items"] == 9742
@@ -26,8 +51,23 @@ def test_ids_build_inspect_assign(data_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "collision_rate" in text and "Titles sharing their first" in text
     # nothing new in the same catalog: map version stays 1
-    assert main(["ids", "assign", "--ids", str(out), "--data", str(data_dir),
-                 "--dataset", "ml-latest-small", "--max-users", "20"]) == 0
+    assert (
+        main(
+            [
+                "ids",
+                "assign",
+                "--ids",
+                str(out),
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "ml-latest-small",
+                "--max-users",
+                "20",
+            ]
+        )
+        == 0
+    )
     assert "0 new title(s)" in capsys.readouterr().out
 
 
@@ -37,11 +77,35 @@ def test_clear_errors(data_dir, tmp_path, capsys):
     assert main(["ids", "build", "--data", str(data_dir), "--out", str(tmp_path / "x")]) == 2
     assert "choose one with --dataset" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown SemanticIDConfig field"):
-        main(["ids", "build", "--data", str(data_dir), "--dataset", "ml-latest-small",
-              "--out", str(tmp_path / "x"), "--set", "levels=3"])
+        main(
+            [
+                "ids",
+                "build",
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "ml-latest-small",
+                "--out",
+                str(tmp_path / "x"),
+                "--set",
+                "levels=3",
+            ]
+        )
     with pytest.raises(SystemExit, match="invalid SemanticIDConfig"):
-        main(["ids", "build", "--data", str(data_dir), "--dataset", "ml-latest-small",
-              "--out", str(tmp_path / "x"), "--set", "codebook_size=1"])
+        main(
+            [
+                "ids",
+                "build",
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "ml-latest-small",
+                "--out",
+                str(tmp_path / "x"),
+                "--set",
+                "codebook_size=1",
+            ]
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -49,16 +113,44 @@ def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_d
     ids = tmp_path / "ids"
     common = ["--data", str(data_dir), "--dataset", "ml-latest-small", "--max-users", "20"]
     assert main(["ids", "build", *common, "--out", str(ids), "--quantizer", "rqkmeans", *FAST]) == 0
-    tiny = ["--preset", "tiny", "--ids", str(ids), "--threads", "1", "--set", "epochs=1",
-            "--set", "eval_every=0", "--set", "num_user_buckets=4", "--set", "batch_size=8"]
+    tiny = [
+        "--preset",
+        "tiny",
+        "--ids",
+        str(ids),
+        "--threads",
+        "1",
+        "--set",
+        "epochs=1",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "num_user_buckets=4",
+        "--set",
+        "batch_size=8",
+    ]
     assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "a")]) == 0
     parent = tmp_path / "a" / "model"
     assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "b"), "--init-from", str(parent)]) == 0
     manifest = json.loads((tmp_path / "b" / "model" / "manifest.json").read_text())
     assert "init_from" in manifest["parents"]
     capsys.readouterr()
-    assert main(["pretrain", *common, *tiny, "--set", "num_user_buckets=0", "--out", str(tmp_path / "c"),
-                 "--init-from", str(parent)]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                *common,
+                *tiny,
+                "--set",
+                "num_user_buckets=0",
+                "--out",
+                str(tmp_path / "c"),
+                "--init-from",
+                str(parent),
+            ]
+        )
+        == 2
+    )
     err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "cannot start from" in err and "token layout" in err
     assert not (tmp_path / "c" / "model").exists()
@@ -67,14 +159,37 @@ def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_d
         main(["eval", *common, "--model", str(parent), "--device", "cuda:7", "--eval-users", "5"])
     with pytest.raises(SystemExit, match="not a torch device"):
         main(["eval", *common, "--model", str(parent), "--device", "gpu-please", "--eval-users", "5"])
-    assert main(["eval", *common, "--model", str(parent), "--device", "cpu", "--eval-users", "5",
-                 "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--model",
+                str(parent),
+                "--device",
+                "cpu",
+                "--eval-users",
+                "5",
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "e.json").read_text())["device"] == "cpu"
 
 
 def test_bench_help_lists_every_benchmark(capsys):
-    assert BENCHMARKS == ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases",
-                          "new-title-pool")
+    assert BENCHMARKS == (
+        "serving",
+        "load",
+        "ids",
+        "batch",
+        "host-batches",
+        "embeddings",
+        "canvases",
+        "new-title-pool",
+    )
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
     assert exit_.value.code == 0
@@ -88,14 +203,17 @@ def test_bench_help_lists_every_benchmark(capsys):
         assert re.search(rf"^ +{name}\s", text, re.M), f"{name} not listed:\n{text}"
 
 
-@pytest.mark.parametrize("argv, missing", [
-    (["bench"], "BENCHMARK"),
-    (["bench", "embeddings", "--out", "x.json"], "--model"),
-    (["bench", "ids", "--quantizer", "rqkmeans"], "--dataset"),
-    (["bench", "host-batches", "--dataset", "ml-latest-small", "--out", "x.json"], "--ids"),
-    (["bench", "serving", "--model", "m"], "--out"),
-    (["baseline", "--out", "x.json"], "--kind"),
-])
+@pytest.mark.parametrize(
+    "argv, missing",
+    [
+        (["bench"], "BENCHMARK"),
+        (["bench", "embeddings", "--out", "x.json"], "--model"),
+        (["bench", "ids", "--quantizer", "rqkmeans"], "--dataset"),
+        (["bench", "host-batches", "--dataset", "ml-latest-small", "--out", "x.json"], "--ids"),
+        (["bench", "serving", "--model", "m"], "--out"),
+        (["baseline", "--out", "x.json"], "--kind"),
+    ],
+)
 def test_a_missing_required_flag_is_a_clear_argparse_error(argv, missing, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -109,8 +227,19 @@ def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
 
     assert BASELINE_KINDS == BASELINES
     out = tmp_path / "popular.json"
-    argv = ["baseline", "--kind", "popular", "--data", str(data_dir), "--dataset", "ml-latest-small",
-            "--max-users", "40", "--out", str(out)]
+    argv = [
+        "baseline",
+        "--kind",
+        "popular",
+        "--data",
+        str(data_dir),
+        "--dataset",
+        "ml-latest-small",
+        "--max-users",
+        "40",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["baseline"] == "popular" and report["num_users"] == {"valid": 40, "test": 40}
@@ -124,11 +253,35 @@ def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
 def test_bench_host_batches_writes_its_report_with_the_command(data_dir, tmp_path, capsys):
     ids = tmp_path / "ids"
     common = ["--data", str(data_dir), "--dataset", "ml-latest-small"]
-    assert main(["ids", "build", *common, "--max-users", "20", "--out", str(ids), "--quantizer", "rqkmeans",
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "ids",
+                "build",
+                *common,
+                "--max-users",
+                "20",
+                "--out",
+                str(ids),
+                "--quantizer",
+                "rqkmeans",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    argv = ["bench", "host-batches", *common, "--ids", str(ids), "--batch-size", "64",
-            "--out", str(tmp_path / "hb.json")]
+    argv = [
+        "bench",
+        "host-batches",
+        *common,
+        "--ids",
+        str(ids),
+        "--batch-size",
+        "64",
+        "--out",
+        str(tmp_path / "hb.json"),
+    ]
     assert main(argv) == 0
     report = json.loads((tmp_path / "hb.json").read_text())
     assert report["benchmark"] == "host_batches" and report["batch_size"] == 64

@@ -6,21 +6,40 @@ import json
 
 from sidrec.cli import main
 
-TINY_IDS = {"text_weight": 0, "metadata_weight": 1, "collaborative_weight": 1, "codebook_size": 32,
-            "dedup_size": 64, "quantizer_options": {"kmeans_iters": 5}}
+TINY_IDS = {
+    "text_weight": 0,
+    "metadata_weight": 1,
+    "collaborative_weight": 1,
+    "codebook_size": 32,
+    "dedup_size": 64,
+    "quantizer_options": {"kmeans_iters": 5},
+}
 
 
 def test_quickstart_tiny(data_dir, tmp_path, capsys):
     preset = tmp_path / "tiny.json"
-    preset.write_text(json.dumps({"pretrain": {"preset": "tiny", "epochs": 1, "val_users": 5,
-                                               "eval_every": 1, "patience": 0},
-                                  "max_users": 25, "eval_users": 8, "examples": 1, "k": 5,
-                                  "ids": TINY_IDS, "canvases": ["home", "t2t"],
-                                  "backend": "transformers",
-                                  # home and t2t are served by the frozen model by default; a
-                                  # soft prompt each here, to go through training and export
-                                  "prompts": {"max_train_examples": 64, "method": "soft_prompt",
-                                              "max_eval_examples": 16, "epochs": 1}}))
+    preset.write_text(
+        json.dumps(
+            {
+                "pretrain": {"preset": "tiny", "epochs": 1, "val_users": 5, "eval_every": 1, "patience": 0},
+                "max_users": 25,
+                "eval_users": 8,
+                "examples": 1,
+                "k": 5,
+                "ids": TINY_IDS,
+                "canvases": ["home", "t2t"],
+                "backend": "transformers",
+                # home and t2t are served by the frozen model by default; a
+                # soft prompt each here, to go through training and export
+                "prompts": {
+                    "max_train_examples": 64,
+                    "method": "soft_prompt",
+                    "max_eval_examples": 16,
+                    "epochs": 1,
+                },
+            }
+        )
+    )
     out = tmp_path / "qs"
     argv = ["quickstart", "--data", str(data_dir), "--out", str(out), "--preset", str(preset)]
     assert main(argv) == 0
@@ -49,8 +68,16 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     from sidrec.quickstart import stage_prompts
 
     model_dir = next(out.glob("run-*/model"))
-    assert stage_prompts(model_dir, DataConfig(data_dir=str(data_dir), max_users=25), ["home", "t2t"],
-                         PromptTuningStageConfig(), tmp_path / "frozen") == model_dir
+    assert (
+        stage_prompts(
+            model_dir,
+            DataConfig(data_dir=str(data_dir), max_users=25),
+            ["home", "t2t"],
+            PromptTuningStageConfig(),
+            tmp_path / "frozen",
+        )
+        == model_dir
+    )
     said = capsys.readouterr().out
     assert "home: served by the frozen model" in said and "t2t: served by the frozen model" in said
     assert not (tmp_path / "frozen").exists()
@@ -62,10 +89,16 @@ def test_the_quickstart_config_holds_the_stages_configs():
     from gen_fm.config import PretrainConfig
     from sidrec.quickstart import QuickstartConfig
 
-    c = config_from_args(QuickstartConfig, None, ["pretrain.lr=0.001", "ids.quantizer=rqvae",
-                                                  "prompts.epochs=5"])
+    c = config_from_args(
+        QuickstartConfig, None, ["pretrain.lr=0.001", "ids.quantizer=rqvae", "prompts.epochs=5"]
+    )
     assert isinstance(c.pretrain, PretrainConfig)
-    assert (c.pretrain.lr, c.pretrain.epochs, c.pretrain.batch_size, c.pretrain.preset) == (0.001, 12, 64, "small")
+    assert (c.pretrain.lr, c.pretrain.epochs, c.pretrain.batch_size, c.pretrain.preset) == (
+        0.001,
+        12,
+        64,
+        "small",
+    )
     assert c.ids.quantizer == "rqvae" and c.prompts.epochs == 5
     base = config_from_args(QuickstartConfig, None, ["pretrain.preset=base"]).pretrain
     assert base == PretrainConfig.from_preset("base")

@@ -23,9 +23,14 @@ from core.sequences import build_sequences, leave_one_out
 from tests.sidrec.test_quickstart import TINY_IDS
 
 SLICE = ["--data", None, "--dataset", "ml-latest-small", "--max-users", "40"]
-TINY = {"new_title_share": 0.2, "pretrain": {"preset": "tiny", "epochs": 2, "val_users": 5,
-                                             "eval_every": 1, "patience": 0},
-        "epochs": 1, "val_users": 5, "k": 5, "ids": TINY_IDS}
+TINY = {
+    "new_title_share": 0.2,
+    "pretrain": {"preset": "tiny", "epochs": 2, "val_users": 5, "eval_every": 1, "patience": 0},
+    "epochs": 1,
+    "val_users": 5,
+    "k": 5,
+    "ids": TINY_IDS,
+}
 
 
 def _slice(data_dir) -> list[str]:
@@ -37,8 +42,17 @@ def simulated(data_dir, tmp_path_factory):
     """`sidrec refresh --simulate` on the first 40 MovieLens members (about 15 s on one thread)."""
     root = tmp_path_factory.mktemp("refresh")
     (root / "tiny.json").write_text(json.dumps(TINY))
-    argv = ["refresh", "--simulate", *_slice(data_dir), "--out", str(root / "run"),
-            "--preset", str(root / "tiny.json"), "--results", str(root / "results.json")]
+    argv = [
+        "refresh",
+        "--simulate",
+        *_slice(data_dir),
+        "--out",
+        str(root / "run"),
+        "--preset",
+        str(root / "tiny.json"),
+        "--results",
+        str(root / "results.json"),
+    ]
     threads = torch.get_num_threads()
     try:
         assert main(argv + ["--threads", "1"]) == 0
@@ -141,23 +155,52 @@ def test_rerun_reuses_every_stage(simulated, capsys):
 def test_clear_errors(simulated, data_dir, tmp_path, capsys):
     root, _, report = simulated
     with pytest.raises(ArtifactError, match="manifest.json is missing"):
-        refresh(tmp_path, DataConfig(data_dir=str(data_dir), dataset="ml-latest-small"),
-                tmp_path / "out", RefreshConfig())
-    assert main(["refresh", "--model", str(tmp_path), *_slice(data_dir), "--out",
-                 str(tmp_path / "o")]) == 2
+        refresh(
+            tmp_path,
+            DataConfig(data_dir=str(data_dir), dataset="ml-latest-small"),
+            tmp_path / "out",
+            RefreshConfig(),
+        )
+    assert main(["refresh", "--model", str(tmp_path), *_slice(data_dir), "--out", str(tmp_path / "o")]) == 2
     assert "manifest.json is missing" in capsys.readouterr().out
     # the old model against its own old world: nothing new to refresh with
-    world = old_world(load_data(DataConfig(data_dir=str(data_dir), dataset="ml-latest-small",
-                                           max_users=40)), TINY["new_title_share"])
+    world = old_world(
+        load_data(DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40)),
+        TINY["new_title_share"],
+    )
     with pytest.raises(ValueError, match="no new titles"):
         refresh(report["artifacts"]["parent_model"], world.data, tmp_path / "o", RefreshConfig())
     with pytest.raises(SystemExit, match="either --model"):
         main(["refresh", *_slice(data_dir), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="invalid RefreshConfig"):
-        main(["refresh", "--simulate", *_slice(data_dir), "--out", str(tmp_path / "o"),
-              "--set", "new_title_share=1.5"])
-    assert main(["refresh", "--simulate", "--data", str(data_dir), "--dataset", "amazon-beauty",
-                 "--max-users", "60", "--out", str(tmp_path / "o")]) == 2
+        main(
+            [
+                "refresh",
+                "--simulate",
+                *_slice(data_dir),
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "new_title_share=1.5",
+            ]
+        )
+    assert (
+        main(
+            [
+                "refresh",
+                "--simulate",
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "amazon-beauty",
+                "--max-users",
+                "60",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "no clock" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
 
@@ -189,12 +232,21 @@ def test_refresh_retrains_the_soft_prompts_into_a_servable_folder(simulated, tmp
 
     root, argv, _ = simulated
     # home and t2t are served by the frozen model by default: a soft prompt each here, retrained
-    tiny_prompts = json.dumps({"max_train_examples": 40, "max_eval_examples": 10, "epochs": 1,
-                               "num_virtual_tokens": 2, "method": "soft_prompt"})
+    tiny_prompts = json.dumps(
+        {
+            "max_train_examples": 40,
+            "max_eval_examples": 10,
+            "epochs": 1,
+            "num_virtual_tokens": 2,
+            "method": "soft_prompt",
+        }
+    )
     threads = torch.get_num_threads()
     try:
-        assert main(argv + ["--threads", "1", "--set", "canvases=home,t2t",
-                            "--set", f"prompts={tiny_prompts}"]) == 0
+        assert (
+            main(argv + ["--threads", "1", "--set", "canvases=home,t2t", "--set", f"prompts={tiny_prompts}"])
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     report = json.loads((root / "run" / "report.json").read_text())
