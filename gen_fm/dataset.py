@@ -12,16 +12,12 @@ from positions < t): the code tokens of titles 2..W keep their ids, everything e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from gen_fm.batches import IGNORE, WindowSource  # noqa: F401  (IGNORE: the label convention, re-exported)
 from gen_fm.tokenizer import DEFAULT_CANVAS, PromptEncoder
 from semantic_ids.ids import SemanticIDs
-from semantic_ids.layout import PAD
 from core.data import RecData
 from core.sequences import Split
 
@@ -66,28 +62,6 @@ def window_source(
     )
 
 
-def build_examples(
-    split: Split,
-    sid_rows: np.ndarray,
-    encoder: PromptEncoder,
-    canvas: str = DEFAULT_CANVAS,
-    targets: np.ndarray | None = None,
-) -> "datasets.Dataset":  # noqa: F821
-    """One row per window (the fixed, un-augmented cut): input_ids, labels (both variable length),
-    member (row in Sequences).
-
-    `targets` ((E,) bool over the Sequences' events) limits the loss to those events, e.g. the fresh
-    interactions of a catalog refresh: other titles stay in the windows as context only, and
-    windows without a target are left out.
-    """
-    import datasets
-
-    cols = window_source(split, sid_rows, encoder, canvas, targets).rows()
-    if not cols["input_ids"]:
-        raise ValueError("no training windows: every member has fewer than 2 training titles")
-    return datasets.Dataset.from_dict(cols, features=example_features())
-
-
 def example_features() -> "datasets.Features":  # noqa: F821
     """Columns of every pretraining row (windows and canvas-mixture rows alike, so they concatenate)."""
     import datasets
@@ -99,27 +73,3 @@ def example_features() -> "datasets.Features":  # noqa: F821
             "member": datasets.Value("int64"),
         }
     )
-
-
-@dataclass(frozen=True)
-class PadCollator:
-    """Right-pads a list of examples (or a column batch) into tensors; labels pad with -100."""
-
-    pad_id: int = PAD
-
-    def __call__(self, batch: Sequence[dict] | dict) -> dict[str, torch.Tensor]:
-        if isinstance(batch, dict):  # a column batch, as `Dataset.__getitem__(list)` returns
-            seqs, labs = batch["input_ids"], batch["labels"]
-        else:
-            seqs, labs = [b["input_ids"] for b in batch], [b["labels"] for b in batch]
-        B, T = len(seqs), max(len(s) for s in seqs)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((B, T), IGNORE, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
-        for i, (s, lab) in enumerate(zip(seqs, labs)):
-            if len(s) != len(lab):
-                raise ValueError(f"example {i}: {len(s)} input ids but {len(lab)} labels")
-            input_ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            labels[i, : len(s)] = torch.as_tensor(lab, dtype=torch.long)
-            attention_mask[i, : len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -25,7 +25,7 @@ from sidrec.arguments import (
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
 BASELINE_KINDS = ("popular", "sasrec", "sasrec-ce")
-BENCHMARKS = ("serving", "load", "ids", "batch", "host-batches", "embeddings", "canvases", "new-title-pool")
+BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-title-pool")
 
 
 # --------------------------------------------------------------------------- bench
@@ -104,20 +104,6 @@ def cmd_bench_batch(args) -> int:
         command=command_line(args),
     )
     return 0 if report["identical_lists"] == report["members"] else 1
-
-
-def cmd_bench_host_batches(args) -> int:
-    from eval.bench_batches import bench_host_batches
-
-    bench_host_batches(
-        dataset=args.dataset,
-        ids=args.ids,
-        out=args.out,
-        data_dir=args.data,
-        batch_size=args.batch_size,
-        command=command_line(args),
-    )
-    return 0
 
 
 def cmd_bench_new_title_pool(args) -> int:
@@ -305,17 +291,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
     p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--out", required=True)
-
-    p = add(
-        "host-batches",
-        cmd_bench_host_batches,
-        "host time per training step: collated batches against slices of the epoch's padded "
-        "tensors (eval.bench_batches)",
-    )
-    add_data_args(p, dataset_required=True, max_users=False)
-    p.add_argument("--ids", required=True, help="ID artifact")
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", required=True)
 
     p = add(

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from gen_fm.config import PretrainConfig
-from gen_fm.batches import epoch_batches, window_bounds
-from gen_fm.dataset import IGNORE, PadCollator, build_examples, catalog_to_sid_rows
+from gen_fm.batches import EpochTensors, epoch_batches, window_bounds
+from gen_fm.dataset import IGNORE, catalog_to_sid_rows, window_source
 from gen_fm.model import load_model
 from gen_fm.tokenizer import PromptEncoder
 from gen_fm.train import pretrain
@@ -48,7 +48,7 @@ def test_labels_mask_everything_but_later_titles(setup):
     data, ids, split, _ = setup
     enc = PromptEncoder.from_ids(ids, num_user_buckets=8)
     sid_rows = catalog_to_sid_rows(data, ids)
-    ex = build_examples(split, sid_rows, enc)
+    ex = window_source(split, sid_rows, enc).rows()
     L = ids.sid_length
     targets_of: dict[int, list[int]] = {}
     for input_ids, labels, u in zip(ex["input_ids"], ex["labels"], ex["member"]):
@@ -64,8 +64,8 @@ def test_labels_mask_everything_but_later_titles(setup):
         # every training title after the first is a target exactly once, and nothing else is:
         # the validation and test titles (the last two) never appear
         assert targets_of.get(u, []) == train[1:]
-    batch = PadCollator()([ex[0], ex[1]])
-    n0, n1 = len(ex[0]["input_ids"]), len(ex[1]["input_ids"])
+    batch = EpochTensors.from_rows(ex["input_ids"], ex["labels"]).batch(np.array([0, 1]))
+    n0, n1 = len(ex["input_ids"][0]), len(ex["input_ids"][1])
     T = max(n0, n1)
     assert batch["input_ids"].shape == batch["labels"].shape == (2, T)
     assert batch["attention_mask"].sum(1).tolist() == [n0, n1]
@@ -80,8 +80,9 @@ def test_targets_put_the_loss_on_chosen_events_only(setup):
     sid_rows = catalog_to_sid_rows(data, ids)
     seqs = split.sequences
     targets = seqs.first_time >= np.quantile(seqs.first_time, 0.8)  # (E,) the newest fifth
-    full, ex = build_examples(split, sid_rows, enc), build_examples(split, sid_rows, enc, targets=targets)
-    assert 0 < len(ex) < len(full)  # windows without a chosen event are left out
+    full = window_source(split, sid_rows, enc).rows()
+    ex = window_source(split, sid_rows, enc, targets=targets).rows()
+    assert 0 < len(ex["input_ids"]) < len(full["input_ids"])  # windows without a chosen event are left out
     L = ids.sid_length
     got: dict[int, list[int]] = {}
     for labels, u in zip(ex["labels"], ex["member"]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 
 import pytest
 
@@ -185,7 +184,6 @@ def test_bench_help_lists_every_benchmark(capsys):
         "load",
         "ids",
         "batch",
-        "host-batches",
         "embeddings",
         "canvases",
         "new-title-pool",
@@ -209,7 +207,6 @@ def test_bench_help_lists_every_benchmark(capsys):
         (["bench"], "BENCHMARK"),
         (["bench", "embeddings", "--out", "x.json"], "--model"),
         (["bench", "ids", "--quantizer", "rqkmeans"], "--dataset"),
-        (["bench", "host-batches", "--dataset", "ml-latest-small", "--out", "x.json"], "--ids"),
         (["bench", "serving", "--model", "m"], "--out"),
         (["baseline", "--out", "x.json"], "--kind"),
     ],
@@ -248,43 +245,3 @@ def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
     assert "test: recall@5" in text and "params 0" in text
     assert main([*argv, "--set", "hidden=8"]) == 2  # popular takes no hyperparameters
     assert "no hyperparameters" in capsys.readouterr().out
-
-
-def test_bench_host_batches_writes_its_report_with_the_command(data_dir, tmp_path, capsys):
-    ids = tmp_path / "ids"
-    common = ["--data", str(data_dir), "--dataset", "ml-latest-small"]
-    assert (
-        main(
-            [
-                "ids",
-                "build",
-                *common,
-                "--max-users",
-                "20",
-                "--out",
-                str(ids),
-                "--quantizer",
-                "rqkmeans",
-                *FAST,
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    argv = [
-        "bench",
-        "host-batches",
-        *common,
-        "--ids",
-        str(ids),
-        "--batch-size",
-        "64",
-        "--out",
-        str(tmp_path / "hb.json"),
-    ]
-    assert main(argv) == 0
-    report = json.loads((tmp_path / "hb.json").read_text())
-    assert report["benchmark"] == "host_batches" and report["batch_size"] == 64
-    assert report["command"] == shlex.join(["sidrec", *argv])
-    assert report["collator_ms_per_batch"] > 0 and report["tensor_slice_ms_per_batch"] > 0
-    assert "ms/batch" in capsys.readouterr().out
