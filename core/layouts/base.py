@@ -1,20 +1,59 @@
-"""What a dataset layout provides to ``core.data``."""
+"""What a dataset layout is given (``DataConfig``, ``DataReport``), raises (``DataError``) and
+provides to ``core.data`` (``Layout``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from core.data import DataConfig, DataReport
-
 
 class DataError(ValueError):
     """The data directory cannot be read: a missing file or column, or no usable rows."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how much of it to read."""
+
+    # Folder holding one dataset, or a folder of datasets (then `dataset` names the sub-folder).
+    # Defaults to $SIDREC_DATA_DIR.
+    data_dir: str | None = None
+    # Sub-folder of data_dir, e.g. "ml-latest-small" or "amazon-beauty".
+    dataset: str | None = None
+    # Keep only the first N members (sorted by id): small, deterministic slices for tests.
+    max_users: int | None = None
+    # MovieLens: read tags.csv as engagement events (they are also the search canvas's queries).
+    include_tags: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_users is not None and self.max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {self.max_users}")
+
+
+@dataclass
+class DataReport:
+    """What was read and what was dropped, by reason."""
+
+    rows_read: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+
+    def drop(self, reason: str, n: int) -> None:
+        if n:
+            self.dropped[reason] += int(n)
+
+    def lines(self) -> list[str]:
+        out = [f"read {n:,} rows from {name}" for name, n in self.rows_read.items()]
+        out += [f"dropped {n:,}: {reason}" for reason, n in sorted(self.dropped.items())]
+        return out
+
+    def to_json(self) -> dict:
+        return {"rows_read": dict(self.rows_read), "dropped": dict(self.dropped)}
 
 
 @dataclass(frozen=True)

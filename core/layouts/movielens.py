@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 from core.layouts.base import DataError, Layout
 
 if TYPE_CHECKING:
-    from core.data import DataConfig, DataReport
+    from core.layouts.base import DataConfig, DataReport
 
 
 def _detect(path: Path) -> bool:
