@@ -9,15 +9,35 @@ construction, as any TIGER-style model does on titles it has no ID for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from core.data import RecData
+from eval.machine import machine_info
+from gen_fm.dataset import catalog_to_sid_rows
+from gen_fm.decode import recommend
+from gen_fm.titles import extend_titles
+from gen_fm.tokenizer import PromptEncoder
+from prompt_tuning.candidates import CandidateIndex
+from semantic_ids.trie import PrefixTrie
+from core.artifacts import write_json
+from core.data import DataConfig, RecData, load_data
+from core.metrics import ranking_metrics
+from core.sequences import build_sequences, leave_one_out
+from core.timeline import rolling_pool
 
-if TYPE_CHECKING:
-    from sidrec.refresh import RefreshConfig
+
+class JudgeSettings(Protocol):
+    """What judging a refresh reads from its config (``sidrec.refresh.RefreshConfig`` has them)."""
+
+    ks: tuple[int, ...]
+    k: int
+    beams: int
+    eval_batch_size: int
+    eval_users: int | None
+
 
 VARIANTS = ("before", "old_model_new_trie", "after")
 # Model-free references on the same members: the new titles most engaged in the fresh window's
@@ -27,10 +47,9 @@ GROUPS = ("new_titles", "old_titles")
 
 
 def judge(
-    parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: "RefreshConfig"
+    parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: JudgeSettings
 ) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
     """Metrics of the three variants on the test split's new-title and old-title targets."""
-    from core.sequences import build_sequences, leave_one_out
 
     if refreshed.seq_config != parent.seq_config:
         raise ValueError("the refreshed model was trained with another sequence config")
@@ -100,9 +119,6 @@ def baselines(
 ) -> dict[str, dict[str, dict]]:
     """``BASELINES`` on the same members as the model variants, from the refreshed ID artifact's
     title-text embeddings and the training events (test events never count)."""
-    from core.metrics import ranking_metrics
-    from gen_fm.dataset import catalog_to_sid_rows
-    from prompt_tuning.candidates import CandidateIndex
 
     cat = list(data.catalog["item_id"])
     new_rows = np.asarray(sorted(i for i, t in enumerate(cat) if t in new_titles), dtype=np.int64)
@@ -144,18 +160,13 @@ def baselines(
 
 
 def score(
-    gen, ids, data: RecData, split, ex, members: np.ndarray, config: "RefreshConfig", desc: str = "decoding"
+    gen, ids, data: RecData, split, ex, members: np.ndarray, config: JudgeSettings, desc: str = "decoding"
 ) -> dict[str, Any]:
     """Recall/NDCG of `gen` for `members` of `ex`, prompts and trie both from the ID map `ids`.
 
     History titles without an ID in `ids` are dropped from the prompt (counted); a target without
     one cannot be recommended (a miss): that is what a model on that map can do.
     """
-    from core.metrics import ranking_metrics
-    from gen_fm.dataset import catalog_to_sid_rows
-    from gen_fm.decode import recommend
-    from gen_fm.tokenizer import PromptEncoder
-    from semantic_ids.trie import PrefixTrie
 
     if ids.codebook_sizes != gen.layout.codebook_sizes:
         raise ValueError(
@@ -173,7 +184,13 @@ def score(
             **{f"{m}@{k}": None for k in config.ks for m in ("recall", "ndcg")},
             "history_titles_without_id": 0,
         }
-    encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, gen.layout)
+    layout = gen.layout
+    if layout.title_ids(1) is not None and len(ids.item_ids) > int(
+        (layout.title_ids(len(ids.item_ids)) >= 0).sum()
+    ):
+        # a title-token model meets titles added since it was trained: they enter by their codes
+        layout = extend_titles(gen.model, layout, layout.sids_to_ids(ids.codes))
+    encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, layout)
     sid_rows = catalog_to_sid_rows(data, ids)
     prompts, dropped = [], 0
     for i in members:
@@ -213,12 +230,6 @@ def bench_new_title_pool(
     times' quantiles [low, high], the (member, cutoff) pairs whose next title is new and the
     distinct members among them. Written to ``out`` (default
     ``results/refresh/<dataset>-new-title-pool.json``)."""
-    from pathlib import Path
-
-    from core.artifacts import write_json
-    from core.data import DataConfig, load_data
-    from core.timeline import rolling_pool
-    from eval.machine import machine_info
 
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
     rows = []
