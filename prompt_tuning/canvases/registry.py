@@ -7,16 +7,24 @@ cycle. Everyone else imports these names from ``prompt_tuning.canvases``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from prompt_tuning.canvases.base import CanvasSpec
+
+class CanvasSpec(Protocol):
+    """What the registry needs of a spec (``prompt_tuning.canvases.base.CanvasSpec`` is the one
+    every canvas uses); a leaf module, so the spec's own module can look canvases up."""
+
+    name: str
+    token: str
+    build_examples: Any
+    context_field: str | None
+
 
 # name -> spec, in registration order (the order of listings and served models)
-CANVASES: dict[str, "CanvasSpec"] = {}
+CANVASES: dict[str, CanvasSpec] = {}
 
 
-def register(spec: "CanvasSpec", *, replace: bool = False) -> "CanvasSpec":
+def register(spec: CanvasSpec, *, replace: bool = False) -> CanvasSpec:
     """Make ``spec`` known to training, evaluation and serving; a taken name is refused unless
     ``replace``. Register before loading a model folder that holds its soft prompt."""
     if not all(hasattr(spec, a) for a in ("name", "token", "build_examples", "context_field")):
@@ -27,12 +35,12 @@ def register(spec: "CanvasSpec", *, replace: bool = False) -> "CanvasSpec":
     return spec
 
 
-def unregister(name: str) -> "CanvasSpec":
+def unregister(name: str) -> CanvasSpec:
     """Forget a registered canvas (tests, plugins that unload)."""
     return CANVASES.pop(get_canvas(name).name)
 
 
-def get_canvas(name: str) -> "CanvasSpec":
+def get_canvas(name: str) -> CanvasSpec:
     spec = CANVASES.get(name)
     if spec is None:
         raise ValueError(f"unknown canvas {name!r}; choose one of {list(CANVASES)}")

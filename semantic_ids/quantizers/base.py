@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from semantic_ids.config import SemanticIDConfig
+
+class CodeShape(Protocol):
+    """What a quantizer reads from the ID stage's config (``SemanticIDConfig`` has these): the
+    shape of the codes, the seed, and the method's own options."""
+
+    num_levels: int
+    codebook_size: int
+    seed: int
+    quantizer_options: dict[str, Any]
 
 
 @dataclass
@@ -68,15 +75,15 @@ def codes_to_latent(codes: np.ndarray, codebooks: torch.Tensor) -> torch.Tensor:
 class ResidualQuantizer(ABC):
     """The protocol of a quantizer method: train, map into the latent, give codebooks, persist.
 
-    ``config_class`` is the method's own config dataclass, built from
-    ``SemanticIDConfig.quantizer_options``; the shape of the codes (levels, codebook size) and the
-    seed are the ID stage's and come from the ``SemanticIDConfig`` itself.
+    ``config_class`` is the method's own config dataclass, built from the ID config's
+    ``quantizer_options``; the shape of the codes (levels, codebook size) and the seed are the ID
+    stage's and come from that config itself (``CodeShape``).
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
 
-    def __init__(self, ids_config: "SemanticIDConfig", input_dim: int) -> None:
+    def __init__(self, ids_config: CodeShape, input_dim: int) -> None:
         self.ids_config, self.input_dim = ids_config, input_dim
         self.config = self.config_class(**ids_config.quantizer_options)
         self.history: list[float] = []  # training loss per epoch, where the method has one
@@ -108,7 +115,7 @@ class ResidualQuantizer(ABC):
 
     @classmethod
     def from_state(
-        cls, ids_config: "SemanticIDConfig", input_dim: int, state: dict[str, torch.Tensor]
+        cls, ids_config: CodeShape, input_dim: int, state: dict[str, torch.Tensor]
     ) -> "ResidualQuantizer":
         q = cls(ids_config, input_dim)
         q.load_state(state)
