@@ -203,3 +203,30 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     w_old, w_new = gen.model.get_input_embeddings().weight, child.model.get_input_embeddings().weight
     assert torch.allclose(w_new[enc.title_ids[:-1]], w_old[gen.prompt_encoder().title_ids], atol=1e-4)
     assert torch.allclose(w_new[enc.title_ids[-1]], w_new[enc.sid_tokens[-1]].sum(0), atol=1e-4)
+
+
+def test_a_folder_written_before_title_tokens_loads_as_a_code_token_model(tmp_path):
+    """Old manifests have no history_tokens / identity_dropout / title_loss_weight: defaults apply."""
+    import json
+
+    ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (8, 8, 4))
+    config = PretrainConfig.from_preset("tiny")
+    enc = PromptEncoder.from_ids(ids, 0)
+    out = save_model(
+        tmp_path / "model",
+        build_model(config, enc.layout, 4),
+        enc.layout,
+        ids,
+        config,
+        SequenceConfig(max_history=4),
+        data_fingerprint="f" * 64,
+        dataset="unit",
+        training={},
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("history_tokens", "identity_dropout", "title_loss_weight"):
+        del manifest["config"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    gen = load_model(out)
+    assert gen.config.history_tokens == "codes" and gen.fusion() is None
+    assert gen.prompt_encoder().tokens_per_title == ids.layout.sid_length
