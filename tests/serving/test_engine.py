@@ -157,3 +157,22 @@ def test_batch_composition_does_not_change_results(recs) -> None:
     for a, b in zip(alone, together):
         assert [r.item_id for r in a] == [r.item_id for r in b]
         np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-5, rtol=0)
+
+
+def test_a_title_token_folder_gives_the_same_lists_on_both_backends(tmp_path_factory) -> None:
+    """A model reading histories as title tokens (composed rows baked into a plain Llama): vLLM
+    loads the folder as it is and serves what transformers serves."""
+    from tests.serving.tiny_model import write_tiny_model
+
+    folder = write_tiny_model(tmp_path_factory.mktemp("title_model"), seed=3, history_tokens="titles")
+    common = dict(num_beams=K, max_k=10, max_batch=16)
+    hf = Recommender.from_pretrained(folder, backend="transformers", **common)
+    assert hf.encoder.tokens_per_title == 1
+    vl = Recommender.from_pretrained(folder, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **common)
+    try:
+        reqs = [r for r in requests(seed=4) if r.canvas in ("home", "t2t")]
+        for a, b in zip(vl.recommend_batch(reqs), hf.recommend_batch(reqs), strict=True):
+            assert [r.item_id for r in a] == [r.item_id for r in b]
+            np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-3, rtol=0)
+    finally:
+        vl.close()

@@ -9,6 +9,7 @@ import torch
 
 from gen_fm.config import PretrainConfig
 from gen_fm.model import build_model, save_model
+from gen_fm.titles import attach_title_embedding, bake_title_embeddings
 from gen_fm.tokenizer import model_layout
 from semantic_ids.ids import SemanticIDs
 from core.artifacts import atomic_dir, make_manifest, write_json
@@ -22,11 +23,13 @@ MAX_HISTORY = 6
 USER_BUCKETS = 5
 
 
-def write_tiny_model(root: Path, seed: int = 0) -> Path:
+def write_tiny_model(root: Path, seed: int = 0, history_tokens: str = "codes") -> Path:
     """ID artifact with random unique codes + a seeded tiny Llama, saved as a model folder.
 
     Weights are drawn wider than Llama's default (std 0.02 gives near-uniform next-token
-    distributions, whose near-ties would make ranking comparisons meaningless)."""
+    distributions, whose near-ties would make ranking comparisons meaningless). With
+    `history_tokens="titles"` histories are title tokens, their rows composed and baked as
+    pretraining writes them."""
     rng = np.random.default_rng(seed)
     flat = rng.choice(int(np.prod(CODEBOOKS)), size=NUM_TITLES, replace=False)
     codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)  # (N, L)
@@ -45,14 +48,22 @@ def write_tiny_model(root: Path, seed: int = 0) -> Path:
             ),
         )
     ids = SemanticIDs.load(root / "ids")
-    config = PretrainConfig.from_preset("tiny", num_user_buckets=USER_BUCKETS, dropout=0.0)
-    layout = model_layout(ids.layout, config.num_user_buckets)
+    config = PretrainConfig.from_preset(
+        "tiny", num_user_buckets=USER_BUCKETS, dropout=0.0, history_tokens=history_tokens
+    )
+    titles = history_tokens == "titles"
+    layout = model_layout(ids.layout, config.num_user_buckets, NUM_TITLES if titles else 0)
     torch.manual_seed(seed)
     model = build_model(config, layout, max_history=MAX_HISTORY).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
+    if titles:
+        emb = attach_title_embedding(model, layout, layout.sids_to_ids(ids.codes))
+        with torch.no_grad():
+            emb.identity.weight.normal_(0.0, 0.3)
+        bake_title_embeddings(model)
     return save_model(
         root / "model",
         model,
