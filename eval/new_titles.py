@@ -184,13 +184,10 @@ def score(
             **{f"{m}@{k}": None for k in config.ks for m in ("recall", "ndcg")},
             "history_titles_without_id": 0,
         }
-    layout = gen.layout
-    if layout.title_ids(1) is not None and len(ids.item_ids) > int(
-        (layout.title_ids(len(ids.item_ids)) >= 0).sum()
-    ):
-        # a title-token model meets titles added since it was trained: they enter by their codes
-        layout = extend_titles(gen.model, layout, layout.sids_to_ids(ids.codes))
-    encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, layout)
+    # a title-token model meets titles added since it was trained: they enter by their codes (the
+    # loaded model and its layout grow together)
+    gen.layout = extend_titles(gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes))
+    encoder = PromptEncoder.from_ids(ids, gen.config.num_user_buckets, gen.layout)
     sid_rows = catalog_to_sid_rows(data, ids)
     prompts, dropped = [], 0
     for i in members:

@@ -46,6 +46,7 @@ class Decoded:
     targets: object  # (n,) ID-artifact rows
     recs: list  # gen_fm.decode.Recommendations per member (the whole beam)
     seconds: float
+    trie: PrefixTrie  # the one the beams were constrained by
 
 
 def decode_split(
@@ -99,7 +100,7 @@ def decode_split(
             constrained=True,
             batch_size=config.batch_size,
         )
-    return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0)
+    return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0, trie)
 
 
 def evaluate_model(
@@ -126,7 +127,7 @@ def evaluate_model(
         d.targets,
         d.recs,
     )
-    n, seconds, trie = len(recs), d.seconds, PrefixTrie.from_ids(d.gen.ids)
+    n, seconds, trie = len(recs), d.seconds, d.trie
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
     home_row = served_home_row(gen, data, split, [r.rows for r in recs], histories, targets, config.ks)

@@ -60,6 +60,27 @@ def category_targets(categories: Sequence[Sequence[str]], vocab: Sequence[str]) 
     return out
 
 
+class HiddenStates:
+    """Catches the final normed hidden states of every forward of a Llama (a forward hook on its
+    last norm), for losses computed outside the model's own head."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+    def attach(self, llama: nn.Module):
+        """Start catching; returns the hook handle."""
+        return llama.model.norm.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.value = output
+
+    def take(self) -> torch.Tensor:
+        h, self.value = self.value, None
+        if h is None:
+            raise RuntimeError("no hidden states caught: attach, then run the model first")
+        return h
+
+
 class AuxiliaryObjectives(nn.Module):
     """The training-only heads and their losses.
 
@@ -99,7 +120,7 @@ class AuxiliaryObjectives(nn.Module):
             order = torch.argsort(keys)
             self.register_buffer("sorted_keys", keys[order], persistent=False)
             self.register_buffer("key_rows", order, persistent=False)
-        self._hidden: torch.Tensor | None = None
+        self.caught = HiddenStates()
         # weight of each objective against the next-token loss, in the order of `names`
         self.weights = {
             **{f"mtp_{k + 2}": float(mtp_weight) for k in range(self.mtp_tokens)},
@@ -119,11 +140,15 @@ class AuxiliaryObjectives(nn.Module):
 
     def attach(self, llama: nn.Module):
         """Catch the final normed hidden states of every forward; returns the hook handle."""
+        return self.caught.attach(llama)
 
-        def keep(module, inputs, output):
-            self._hidden = output
+    @property
+    def _hidden(self) -> torch.Tensor | None:
+        return self.caught.value
 
-        return llama.model.norm.register_forward_hook(keep)
+    @_hidden.setter
+    def _hidden(self, value: torch.Tensor | None) -> None:
+        self.caught.value = value
 
     def category_positions(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, position) of each prediction of a title's first code whose title has labels,
@@ -156,10 +181,7 @@ class AuxiliaryObjectives(nn.Module):
 
     def forward(self, labels: torch.Tensor, output_embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Summed loss of each objective over the last forward's batch (labels as for the LM)."""
-        h = self._hidden
-        if h is None:
-            raise RuntimeError("no hidden states: attach() the heads and run the model first")
-        self._hidden = None
+        h = self.caught.take()
         out: dict[str, torch.Tensor] = {}
         for k in range(self.mtp_tokens):
             shift = 2 + k  # token t + shift is predicted at t

@@ -114,12 +114,11 @@ def bake_title_embeddings(model) -> None:
 def extend_titles(model, layout: TokenLayout, sid_tokens: np.ndarray) -> TokenLayout:
     """Give rows without a title token one, whose embedding is the sum of its codes' rows (no
     identity: nothing was learned about it yet). Returns the extended layout; the model's
-    embedding grows in place. Rows must be appended in ID-artifact order."""
+    embedding grows in place. Rows must be appended in ID-artifact order. A code-token model reads
+    every title by its codes already: its layout comes back unchanged."""
     sid_tokens = np.asarray(sid_tokens, dtype=np.int64)
     have = layout.title_ids(len(sid_tokens))
-    if have is None:
-        raise ValueError("this model reads histories as code tokens: it has no title tokens to extend")
-    new = np.flatnonzero(have < 0)
+    new = np.flatnonzero(have < 0) if have is not None else []
     if not len(new):
         return layout
     layout = layout.with_extra([title_token(r) for r in new])

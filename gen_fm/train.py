@@ -40,7 +40,7 @@ from gen_fm.config import PretrainConfig
 from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
 from gen_fm.dataset import catalog_to_sid_rows, window_source
 from gen_fm.model import add_hidden_dropout, build_model, save_model
-from gen_fm.objectives import build_objectives
+from gen_fm.objectives import HiddenStates, build_objectives
 from gen_fm.selection import choose
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
 from gen_fm.tokenizer import PromptEncoder
@@ -79,23 +79,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
 
 
 # --------------------------------------------------------------------------- training
-
-
-class HiddenStates:
-    """Catches the final normed hidden states of every forward of a Llama (a forward hook)."""
-
-    def __init__(self, llama: torch.nn.Module) -> None:
-        self.value: torch.Tensor | None = None
-        llama.model.norm.register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output) -> None:
-        self.value = output
-
-    def take(self) -> torch.Tensor:
-        h, self.value = self.value, None
-        if h is None:
-            raise RuntimeError("no hidden states caught: run the model first")
-        return h
 
 
 def _title_losses(
@@ -229,8 +212,7 @@ def load_init_weights(
     from gen_fm.model import load_model
 
     parent = load_model(init_from)
-    if sid_tokens is not None and parent.layout.title_ids(1) is not None:
-        # titles added to the ID map since the parent was trained enter by their codes' rows
+    if sid_tokens is not None:  # titles added to the ID map since enter by their codes' rows
         parent.layout = extend_titles(parent.model, parent.layout, sid_tokens)
     if parent.layout.to_json() != layout.to_json():
         raise ValueError(
@@ -375,7 +357,8 @@ def pretrain(
         emb = attach_title_embedding(model, encoder.layout, encoder.sid_tokens, config.identity_dropout)
         if parent is not None:
             emb.identity_from_rows()
-        hidden = HiddenStates(model)
+        hidden = HiddenStates()
+        hidden.attach(model)
     add_hidden_dropout(model, config.hidden_dropout)
     ema = None
     if config.ema_decay:  # copied before the auxiliary heads hook into the model

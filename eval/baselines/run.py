@@ -82,7 +82,8 @@ def command_line() -> list[str]:
 
 
 def catalog_codes(data, ids_dir: str | os.PathLike) -> np.ndarray:
-    """(num_catalog, L) each catalog row's semantic-ID codes, every level offset into one range."""
+    """(num_catalog, L) each catalog row's semantic-ID code tokens (each level its own range),
+    counted from the first code token."""
     ids = SemanticIDs.load(ids_dir)
     rows = catalog_to_sid_rows(data, ids)
     if (rows < 0).any():
@@ -90,8 +91,7 @@ def catalog_codes(data, ids_dir: str | os.PathLike) -> np.ndarray:
             f"{int((rows < 0).sum())} catalog titles have no ID in {ids_dir}: "
             f"the ID artifact was built from another catalog"
         )
-    offsets = np.concatenate([[0], np.cumsum(ids.codebook_sizes)[:-1]])
-    return np.asarray(ids.codes, dtype=np.int64)[rows] + offsets
+    return ids.layout.sids_to_ids(ids.codes)[rows] - ids.layout.offsets[0]
 
 
 def run_baseline(
