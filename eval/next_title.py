@@ -30,7 +30,7 @@ from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 from core.metrics import ranking_metrics
 from core.artifacts import manifest_hash, write_json
-from core.data import DataConfig, load_data
+from core.data import DataConfig, RecData, load_data
 from core.sequences import build_sequences, leave_one_out
 
 
@@ -51,7 +51,7 @@ class Decoded:
 
 def decode_split(
     model_dir: str | Path,
-    data_config: DataConfig,
+    data_config: DataConfig | RecData,
     config: EvalConfig,
     beams: int,
     max_users: int | None = None,
@@ -61,7 +61,7 @@ def decode_split(
     kept). `max_users`: the first members, or with `sample_seed` a seeded sample of that many."""
     check_device(config.device)  # before any data is read: a missing GPU is a clear error at once
     gen = load_model(model_dir, device=config.device)
-    data = load_data(data_config)
+    data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     trained_on = gen.manifest.get("data", {}).get("fingerprint")
     if trained_on is not None and trained_on != data.fingerprint:
         raise ValueError(
@@ -295,7 +295,7 @@ def served_home_row(
 
 def choose_fusion(
     model_dir: str | Path,
-    data_config: DataConfig,
+    data_config: DataConfig | RecData,
     config: EvalConfig | None = None,
     max_users: int | None = 5000,
     seed: int = 0,

@@ -143,6 +143,21 @@ def fuse_all(
     ]
 
 
+def with_fresh(ranked: list[int], fresh: list[int], k: int, share: float, fresh_rows: set[int]) -> list[int]:
+    """The first `k` titles of `ranked` with ``int(share * k)`` slots given to the first titles of
+    `fresh` (all in `fresh_rows`, the titles that count as fresh). The other slots take `ranked`'s
+    titles that are not fresh, so at most that many fresh titles show and none twice. The fresh
+    slots sit in the middle of each of the k/n equal blocks of the row (k=10: 6th; two: 3rd and 8th)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"fresh share must be in [0, 1], got {share}")
+    n = int(share * k + 1e-9)
+    picked = [r for r in dict.fromkeys(fresh) if r in fresh_rows][:n]
+    out = [r for r in ranked if r not in fresh_rows][: k - len(picked)]
+    for i, r in enumerate(picked):
+        out.insert(min(((2 * i + 1) * k) // (2 * n), len(out)), r)
+    return out[:k]
+
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 

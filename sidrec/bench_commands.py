@@ -25,7 +25,7 @@ from sidrec.arguments import (
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
 BASELINE_KINDS = ("popular", "sasrec", "sasrec-ce")
-BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-title-pool")
+BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-title-pool", "unseen-titles")
 
 
 # --------------------------------------------------------------------------- bench
@@ -115,6 +115,38 @@ def cmd_bench_new_title_pool(args) -> int:
         cutoff_counts=tuple(args.cutoffs),
         low=args.low,
         high=args.high,
+        out=args.out,
+        command=command_line(args),
+    )
+    return 0
+
+
+def cmd_bench_unseen_titles(args) -> int:
+    from core.sequences import SequenceConfig
+    from eval.unseen_titles import UnseenConfig
+    from gen_fm.config import PretrainConfig
+    from sidrec.unseen_titles import run_unseen_titles
+
+    set_threads(args)
+    try:
+        pretrain_config = PretrainConfig.from_preset(args.preset, **parse_overrides(None, args.set))
+        config = UnseenConfig(
+            share=args.share,
+            seed=args.seed,
+            ks=tuple(args.ks),
+            beams=args.beams,
+            fresh_shares=tuple(args.fresh_shares),
+            warm_users=args.warm_users,
+            batch_size=args.batch_size,
+        )
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    run_unseen_titles(
+        data_config(args),
+        SequenceConfig(max_history=args.max_history),
+        pretrain_config,
+        config,
+        work=args.work or f"runs/unseen-{args.dataset}-s{args.seed}",
         out=args.out,
         command=command_line(args),
     )
@@ -356,6 +388,28 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--low", type=float, default=0.2, help="first cutoff's time quantile")
     p.add_argument("--high", type=float, default=0.98, help="last cutoff's time quantile")
     p.add_argument("--out", help="results JSON (default results/refresh/<dataset>-new-title-pool.json)")
+
+    p = add(
+        "unseen-titles",
+        cmd_bench_unseen_titles,
+        "TIGER's unseen-title protocol: hold a share of the test-target titles out of the IDs' fit "
+        "and of training, give them IDs afterwards, judge cold, warm and all members "
+        "(eval.unseen_titles)",
+    )
+    add_data_args(p, dataset_required=True, max_users=False)
+    p.add_argument("--share", type=float, default=0.05, help="of the distinct test-target titles held out")
+    p.add_argument("--seed", type=int, default=0, help="the draw, the warm sample, the random baseline")
+    p.add_argument("--preset", default="small", help="PretrainConfig preset of the model trained")
+    add_config_args(p, "PretrainConfig", preset=False)
+    p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
+    p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--beams", type=int, default=20, help="the model's beam (what the served row fuses)")
+    p.add_argument("--fresh-shares", type=float, nargs="+", default=[0.1, 0.2], help="of the K slots")
+    p.add_argument("--warm-users", type=int, help="a seeded sample of the warm members (default: all)")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
+    p.add_argument("--work", help="folder of the stages' artifacts (default runs/unseen-<dataset>-s<seed>)")
+    add_threads_arg(p, 1)
+    p.add_argument("--out", required=True, help="results JSON (e.g. results/unseen/<dataset>-s0.json)")
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from gen_fm.decode import recommend
 from gen_fm.model import load_model
-from prompt_tuning.candidates import CandidateConfig, CandidateIndex, words
+from prompt_tuning.candidates import CandidateConfig, CandidateIndex, with_fresh, words
 from prompt_tuning.evaluate import candidate_rows
 from semantic_ids.trie import PrefixTrie
 
@@ -212,3 +212,19 @@ def test_reciprocal_rank_fusion_by_hand() -> None:
     assert fuse_ranks([1, 2], [2, 1], 2, 5, 1.0) == [1, 2]  # a tie keeps the model's order
     with pytest.raises(ValueError, match="fusion_k and fusion_weight"):
         CandidateConfig(fusion_weight=-1)
+
+
+def test_a_fresh_share_gives_fresh_titles_their_slots_and_no_more() -> None:
+    fresh_rows = {100, 101, 102, 103, 4}
+    ranked = list(range(20))  # row 4 is fresh too: it never takes one of the other slots
+    one = with_fresh(ranked, [100, 101], 10, 0.1, fresh_rows)
+    assert one == [0, 1, 2, 3, 5, 100, 6, 7, 8, 9]  # the middle of the row
+    two = with_fresh(ranked, [101, 101, 100, 7], 10, 0.2, fresh_rows)  # 7 is not fresh: never a fresh slot
+    assert two == [0, 1, 101, 2, 3, 5, 6, 100, 7, 8]
+    for share in (0.0, 0.1, 0.25, 0.5, 1.0):
+        row = with_fresh(ranked, [103, 102, 101, 100, 4], 10, share, fresh_rows)
+        assert len(row) == len(set(row)) == 10
+        assert sum(r in fresh_rows for r in row) <= int(share * 10)
+    assert with_fresh([1, 2], [100, 101], 10, 0.2, fresh_rows) == [1, 2, 100, 101]  # a short row keeps them
+    with pytest.raises(ValueError, match="fresh share"):
+        with_fresh(ranked, [], 10, 1.5, fresh_rows)

@@ -187,6 +187,7 @@ def test_bench_help_lists_every_benchmark(capsys):
         "embeddings",
         "canvases",
         "new-title-pool",
+        "unseen-titles",
     )
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
