@@ -48,6 +48,18 @@ class CoEngagement:
     def num_items(self) -> int:
         return int(self.neighbours.shape[0])
 
+    def padded(self, num_items: int) -> "CoEngagement":
+        """The table over `num_items` titles: titles added after it was counted have no neighbours."""
+        extra = num_items - self.num_items
+        if extra < 0:
+            raise ValueError(f"cannot shrink a table of {self.num_items} titles to {num_items}")
+        pad = np.full((extra, self.neighbours.shape[1]), -1, dtype=self.neighbours.dtype)
+        return CoEngagement(
+            np.concatenate([self.neighbours, pad]),
+            np.concatenate([self.counts, np.zeros_like(pad, dtype=self.counts.dtype)]),
+            self.window,
+        )
+
     def of(self, row: int, n: int | None = None) -> np.ndarray:
         """The (at most `n`) titles most co-engaged with title `row`, most first."""
         if not 0 <= row < self.num_items:

@@ -67,6 +67,17 @@ ThemeField = Annotated[
 ]
 
 
+FreshField = Annotated[
+    float | None,
+    Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="share of the list kept for titles added after training (default: the server's)",
+    ),
+]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -85,6 +96,7 @@ class CompletionRequest(_Body):
     query: QueryField = None
     source: SourceField = None
     theme: ThemeField = None
+    fresh_share: FreshField = None
     stream: bool = False  # accepted so clients can say False; True is refused (400)
 
 
@@ -100,6 +112,7 @@ class RecommendationsRequest(_Body):
     query: QueryField = None
     source: SourceField = None
     theme: ThemeField = None
+    fresh_share: FreshField = None
 
 
 class ResultInfo(BaseModel):
@@ -131,6 +144,7 @@ class CompletionChoice(BaseModel):
     title: str | None
     semantic_id: str
     score: float  # log-probability among the titles the request permits
+    fresh: bool = False  # a title added after training, in a slot kept for fresh titles
 
 
 class Usage(BaseModel):
@@ -155,6 +169,7 @@ class Item(BaseModel):
     title: str | None
     semantic_id: str
     score: float
+    fresh: bool = False  # a title added after training, in a slot kept for fresh titles
 
 
 class RecommendationsResponse(ResultInfo):

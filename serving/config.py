@@ -29,6 +29,11 @@ _RESERVED_VLLM_KWARGS = frozenset(
 )
 
 
+def check_fresh_share(share: float) -> None:
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"fresh_share must be a number in [0, 1], got {share!r}")
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """How a model folder is served (``Recommender.from_pretrained(dir, **fields)``)."""
@@ -88,6 +93,10 @@ class ServingConfig:
     # the validation split (the folder's ``fusion/fusion.json``), else CandidateConfig's defaults.
     fusion_k: int | None = None
     fusion_weight: float | None = None
+    # Share of a list's k slots kept for fresh titles (those a catalog update added after the model
+    # was trained: ``sidrec catalog update``), filled with the model's best fresh titles for the
+    # request (``prompt_tuning.candidates.with_fresh``); 0 = no slots kept. A request may set its own.
+    fresh_share: float = 0.0
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +129,7 @@ class ServingConfig:
             raise ValueError(
                 f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"
             )
+        check_fresh_share(self.fresh_share)
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

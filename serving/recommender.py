@@ -51,9 +51,9 @@ from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.canvases import get_canvas
-from prompt_tuning.candidates import CandidateConfig, fusion_scores
+from prompt_tuning.candidates import CandidateConfig, fusion_scores, with_fresh
 from semantic_ids.trie import PrefixTrie, Restriction
-from serving.config import ServingConfig
+from serving.config import ServingConfig, check_fresh_share
 from serving.prompts import CanvasPrompts, RequestError
 from serving.lifecycle import EngineUnavailable
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
@@ -65,6 +65,7 @@ class Recommendation:
     title: str | None  # display title (None if the ID artifact has no titles)
     score: float  # log-probability among the titles this request permits (see module doc)
     semantic_id: str  # "<a_12><b_7><c_200><d_0>"
+    fresh: bool = False  # a fresh title in a slot kept for fresh titles (its score is the fresh search's)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RecommendationRequest:
     query: str | None = None  # search canvas: the query text (serving.prompts)
     source: str | None = None  # t2t canvas: the title id the row is about
     theme: str | None = None  # collection canvas: the theme, a category name
+    fresh_share: float | None = None  # share of the k slots kept for fresh titles (None: the server's)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ class PreparedRequest:
     # the permitted rows the beam's titles are fused with (``CanvasPrompt.fuse_order``); None: not fused
     fuse_order: tuple[int, ...] | None = None
     fused_with: str | None = None  # what fuse_order is, for the result
+    # the fresh titles this request permits and the slots they get (None: no slots kept)
+    fresh_view: Restriction | None = None
+    fresh_slots: int = 0
 
 
 class Recommender:
@@ -252,6 +257,9 @@ class Recommender:
         self.encoder = self.prompts.encoder
         self.trie = PrefixTrie.from_ids(gm.ids)
         self.manifest = gm.manifest
+        # titles added by catalog updates after training: the ID rows from the trained count on
+        trained = (gm.manifest.get("catalog") or {}).get("trained_titles", gm.ids.num_items)
+        self.fresh_rows = np.arange(trained, gm.ids.num_items, dtype=np.int64)
         # fusion constants: the request's config, else those chosen for this model on validation
         chosen, defaults = gm.fusion() or {}, CandidateConfig()
         self.fusion_k = next(
@@ -300,6 +308,7 @@ class Recommender:
         query: str | None = None,
         source: str | None = None,
         theme: str | None = None,
+        fresh_share: float | None = None,
     ) -> RecommendationList:
         """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
@@ -307,12 +316,24 @@ class Recommender:
         ``user_id`` selects the member token (ignored by models trained without member tokens);
         ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
         (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
-        (``serving.prompts``: which are required, and the t2t fallback).
+        (``serving.prompts``: which are required, and the t2t fallback). ``fresh_share`` of the
+        ``k`` slots go to titles added after training (``ServingConfig.fresh_share`` when None).
         """
         return self.recommend_batch(
             [
                 RecommendationRequest(
-                    history, canvas, k, exclude, allow, user_id, exclude_history, rules, query, source, theme
+                    history,
+                    canvas,
+                    k,
+                    exclude,
+                    allow,
+                    user_id,
+                    exclude_history,
+                    rules,
+                    query,
+                    source,
+                    theme,
+                    fresh_share,
                 )
             ]
         )[0]
@@ -355,7 +376,18 @@ class Recommender:
         if excluded or allow is not None:
             view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
         view = mask.narrow(self.trie, view)  # rules stack onto the same restriction
+        share = self.config.fresh_share if r.fresh_share is None else r.fresh_share
+        check_fresh_share(share)
+        fresh_view, slots = None, int(share * int(r.k) + 1e-9)
+        fresh = self.fresh_rows if view is None else self.fresh_rows[view.permits(self.fresh_rows)]
+        if slots and len(fresh):  # the fresh titles are searched apart; the other slots never hold one
+            fresh_view = self.trie.restrict(allow_rows=fresh.tolist())
+            view = self.trie.restrict(
+                exclude_rows=sorted(set(excluded) | set(self.fresh_rows.tolist())), allow_rows=allow
+            )
+            view = mask.narrow(self.trie, view)
         permitted = self.trie.num_items if view is None else view.num_permitted
+        permitted += fresh_view.num_permitted if fresh_view is not None else 0
         k = int(r.k)
         reason = None
         if permitted < k:
@@ -402,6 +434,8 @@ class Recommender:
             warnings=cp.warnings,
             candidates=None if cp.candidates is None else cp.candidates.how,
             lora=cp.lora,
+            fresh_view=fresh_view,
+            fresh_slots=slots if fresh_view is not None else 0,
         )
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
@@ -435,7 +469,9 @@ class Recommender:
                 beams = min(2 * prepared[i].beams, widest)
                 prepared[i] = dataclasses.replace(prepared[i], beams=beams, want=beams)
             found.update(self._search(prepared, short))
-        return [self._result(p, found.get(i)) for i, p in enumerate(prepared)]
+        fresh = [dataclasses.replace(p, view=p.fresh_view, want=p.fresh_slots) for p in prepared]
+        found_fresh = self._search(fresh, [i for i, p in enumerate(prepared) if p.fresh_view is not None])
+        return [self._result(p, found.get(i), found_fresh.get(i)) for i, p in enumerate(prepared)]
 
     def _search(self, prepared: list[PreparedRequest], which: Iterable[int]) -> dict[int, Recommendations]:
         """Beam search for ``prepared[i]``, i in ``which``, one backend call per beam width and
@@ -483,7 +519,9 @@ class Recommender:
         name = (self.manifest.get("data") or {}).get("dataset")
         return name if name and Path(config.data_dir, str(name)).is_dir() else None
 
-    def _result(self, p: PreparedRequest, rec: Recommendations | None) -> RecommendationList:
+    def _result(
+        self, p: PreparedRequest, rec: Recommendations | None, fresh: Recommendations | None = None
+    ) -> RecommendationList:
         rows, sids, scores = (rec.rows, rec.sids, rec.scores) if rec is not None else ([], [], [])
         found = min(len(rows), p.want)
         reason = p.reason
@@ -501,6 +539,13 @@ class Recommender:
                     f"the widest this server runs: ServingConfig.max_k * diversity_widen); the cap picks "
                     f"from the beam's titles only"
                 )
+        fresh_rows: set[int] = set()
+        if fresh is not None and fresh.rows:  # the slots kept for fresh titles, the model's best ones
+            of = {r: (s, x) for r, s, x in zip(rows, sids, scores)}
+            of.update({r: (s, x) for r, s, x in zip(fresh.rows, fresh.sids, fresh.scores)})
+            fresh_rows = set(fresh.rows)
+            rows = with_fresh(list(rows[: p.k]), list(fresh.rows), p.k, p.fresh_slots / p.k, fresh_rows)
+            sids, scores = [of[r][0] for r in rows], [of[r][1] for r in rows]
         items: list[Recommendation] = []
         layout = self.ids.layout
         for row, sid, score in zip(rows[: p.k], sids, scores):
@@ -511,6 +556,7 @@ class Recommender:
                     title=self.ids.title(item),
                     score=float(score),
                     semantic_id=layout.sid_string(sid),
+                    fresh=row in fresh_rows,
                 )
             )
         if reason is None and len(items) < p.k:  # cannot happen with beam >= k; say so if it does

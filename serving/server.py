@@ -304,6 +304,7 @@ def create_app(
                     query=body.query,
                     source=body.source,
                     theme=body.theme,
+                    fresh_share=body.fresh_share,
                 )
                 for h in histories
             ]
@@ -317,6 +318,7 @@ def create_app(
                 title=r.title,
                 semantic_id=r.semantic_id,
                 score=r.score,
+                fresh=r.fresh,
             )
             for j, (i, r) in enumerate(flat)
         ]
@@ -352,11 +354,19 @@ def create_app(
                     query=body.query,
                     source=body.source,
                     theme=body.theme,
+                    fresh_share=body.fresh_share,
                 )
             ]
         )
         items = [
-            Item(rank=i + 1, item_id=r.item_id, title=r.title, semantic_id=r.semantic_id, score=r.score)
+            Item(
+                rank=i + 1,
+                item_id=r.item_id,
+                title=r.title,
+                semantic_id=r.semantic_id,
+                score=r.score,
+                fresh=r.fresh,
+            )
             for i, r in enumerate(res)
         ]
         return RecommendationsResponse(

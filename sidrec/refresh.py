@@ -213,7 +213,7 @@ def refresh(
         console.print(why)
 
     console.rule("refresh 1/3: IDs for the new titles (trained quantizer, existing IDs kept)")
-    new_ids, new_titles = _stage_assign(parent, data, out / "ids")
+    new_ids, new_titles = assign_new_titles(parent, data, out / "ids")
     console.print(
         f"{len(new_titles):,} new title(s) got IDs; map version {parent.ids.version} -> "
         f"{new_ids.version}; {parent.ids.num_items:,} existing IDs unchanged"
@@ -281,7 +281,9 @@ def check_ids_kept(old, new) -> None:
         )
 
 
-def _stage_assign(parent, data: RecData, ids_dir: Path):
+def assign_new_titles(parent, data: RecData, ids_dir: Path):
+    """IDs for the titles of `data` the model `parent` has none for, written to `ids_dir` (reused
+    when it already holds them); returns (the ID map, the new title ids)."""
     from semantic_ids.builder import assign_new
     from semantic_ids.ids import SemanticIDs
 

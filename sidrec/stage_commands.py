@@ -18,6 +18,7 @@ from sidrec.arguments import (
     add_data_args,
     add_engine_args,
     add_threads_arg,
+    command_line,
     console,
     data_config,
     set_threads,
@@ -281,6 +282,27 @@ def cmd_refresh(args) -> None:
         refresh(args.model, data_config(args), args.out, config, results=args.results)
 
 
+def cmd_catalog_update(args) -> None:
+    from eval.machine import machine_info
+    from core.artifacts import write_json
+    from sidrec.catalog import update_catalog
+
+    set_threads(args)
+    report = update_catalog(args.model, data_config(args, args.model), args.out)
+    console.print(
+        f"{report['added_titles']:,} new title(s) servable in {report['model']} "
+        f"({report['trained_titles']:,} trained, {report['titles']:,} in all; {report['seconds']} s)"
+    )
+    for line in report["examples"]:
+        console.print(f"  {line}")
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        write_json(
+            args.results,
+            {"kind": "catalog_update", **report, "command": command_line(args), "machine": machine_info()},
+        )
+
+
 def cmd_prompts_train(args) -> None:
     from prompt_tuning.train import train_canvas
 
@@ -477,6 +499,22 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, "RefreshConfig")
     add_threads_arg(p, 1)
     p.set_defaults(func=cmd_refresh)
+
+    catalog = sub.add_parser("catalog", help="catalog updates of a served folder")
+    csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
+    p = csub.add_parser(
+        "update",
+        help="IDs for the catalog's new titles and a servable copy of the folder, without a fine-tune",
+        description="Give the titles of --data that the folder has no ID for IDs from the trained "
+        "quantizer, and write a copy of the folder that serves them (fresh titles: "
+        "ServingConfig.fresh_share). `sidrec refresh` fine-tunes afterwards.",
+    )
+    add_data_args(p, dataset_help="default: the dataset in the model's manifest", max_users=False)
+    p.add_argument("--model", required=True, help="model or served folder (an export with its adapters)")
+    p.add_argument("--out", required=True, help="the updated folder (written atomically; not --model)")
+    p.add_argument("--results", help="also write what was done and how long it took to this JSON file")
+    add_threads_arg(p, None)
+    p.set_defaults(func=cmd_catalog_update)
     p = sub.add_parser("embed", help="member and title embeddings to Parquet, with a faiss title index")
     add_data_args(p)
     p.add_argument("--model", required=True, help="model folder")

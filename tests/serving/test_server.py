@@ -229,6 +229,7 @@ BAD = [  # (endpoint, body, status, words the message must contain)
         "max_year must be an integer",
     ),
     ("/v1/recommendations", {"history": [], "rules": "no horror"}, 422, "rules"),
+    ("/v1/recommendations", {"history": [], "fresh_share": 2}, 422, "fresh_share"),
     (
         "/v1/recommendations",
         {"history": [], "rules": {"exclude_attributes": {"genre": ["Horror"]}}},
@@ -270,6 +271,8 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_stays_up(served)
     assert served.http.get("/health").json()["status"] == "ok"
     ok = served.http.post("/v1/recommendations", json={"history": TITLES[:2], "k": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
+    same = served.http.post("/v1/recommendations", json={"history": TITLES[:2], "k": 3, "fresh_share": 0.5})
+    assert same.json()["items"] == ok.json()["items"]  # a folder without added titles has none fresh
     metrics = served.http.get("/metrics").text
     assert 'sidrec_http_errors_total{code="413",endpoint="/v1/recommendations"}' in metrics
     assert 'sidrec_http_request_duration_seconds_count{endpoint="/v1/completions"}' in metrics
