@@ -1,22 +1,18 @@
 """Read a data directory in any registered layout (``core.layouts``) into one common, memory-mapped form.
 
-Layouts:
-- MovieLens CSV: ``ratings.csv`` (+ ``movies.csv``, optional ``tags.csv``).
-- Sequence file: exactly one ``*.txt`` of ``user item item ...`` lines in time order plus
-  ``items.jsonl`` or ``items.jsonl.gz`` (``item_id``, ``title``, optional ``categories``).
+Layouts: MovieLens CSV (``ratings.csv`` + ``movies.csv``, optional ``tags.csv``); a sequence file
+(exactly one ``*.txt`` of ``user item item ...`` lines in time order plus ``items.jsonl`` or
+``items.jsonl.gz``: ``item_id``, ``title``, optional ``categories``).
 
 The common form is two Hugging Face ``datasets`` tables saved as Arrow and memory-mapped from a
-cache keyed by the source files' hashes (so the second load is instant and tables larger than RAM
-are not held in memory):
-
+cache keyed by the source files' hashes (tables larger than RAM are not held in memory):
 - catalog: ``item_id`` (str), ``title`` (str), ``categories`` (list[str]), ``year`` (int, null if unknown)
 - interactions: ``user_id`` (str), ``item_id`` (str), ``timestamp`` (int64: unix seconds, or the
   position in the member's sequence when the layout has no clock), ``kind`` ("rating", "tag" or
   "interaction"), ``rating`` (float, null), ``tag`` (str, null)
 
-Every row that is dropped is counted under a named reason in ``DataReport``; nothing is dropped
-silently, and structural problems (missing files or columns) raise ``DataError``.
-"""
+Every dropped row is counted under a named reason in ``DataReport``; structural problems (missing
+files or columns) raise ``DataError``."""
 
 from __future__ import annotations
 

@@ -86,8 +86,8 @@ def build_sequences(data: RecData, config: SequenceConfig | None = None) -> Sequ
     g_rating = np.maximum.reduceat(r_filled, starts).astype(np.float32)
     g_rating[np.isneginf(g_rating)] = np.nan
 
-    # Member-major, time order. Events in the same second (MovieLens rates in batches: 15% of
-    # members' last two events tie) are ordered by catalog row: deterministic, not causal.
+    # Member-major, time order. Events in the same second (MovieLens rates in batches, so a
+    # member's last events can tie) are ordered by catalog row: deterministic, not causal.
     order = np.lexsort((g_item, g_first, g_user))
     g_user, g_item, g_first = g_user[order], g_item[order], g_first[order]
     g_last, g_count, g_rating = g_last[order], g_count[order], g_rating[order]

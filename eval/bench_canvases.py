@@ -1,28 +1,18 @@
 """Per-canvas evaluation: a soft prompt against the frozen base and against full fine-tuning.
 
-For each canvas (``prompt_tuning.canvases``) on the same held-out examples, with the same constrained
-beam search (beam >= K, a hit is the whole ID):
-
-- ``base``: the frozen foundation model with the canvas's prompt (canvas token and context, no soft
-  prompt): what the model does on that surface untrained;
-- ``base_home_prompt``: the frozen model asked the home question instead (history, plus the source
-  title for t2t; the query or theme is dropped): the reuse-the-home-model reference;
-- ``adapter``: the trained soft prompt, attached as virtual tokens exactly as it is served;
-- ``full_finetune``: every weight trained on the same examples;
-- ``base_fused`` / ``adapter_fused`` (canvases that fuse with the titles co-engaged with the
-  member's newest titles, ``CanvasSpec.fuse_co_engaged``: home): the variant as served, its
-  whole-catalog beam without the history's titles fused with that list;
-- ``context_order`` (with ``--candidates``): no model, the first K titles of the candidate set in
-  its own order (a query's BM25 fusion; a t2t source's co-engagement then content neighbours, the
-  item-to-item baseline; a catalog theme's catalog order, a floor).
-
-Canvas-specific figures: search reports lexical relevance (share of the top-K whose title contains
-the query text) per query kind, and how much the member's history moves the results for tag queries
-(1 - overlap of the top-K with and without the history); collection reports the share of the row
-inside the theme. ``--candidates`` adds each variant judged inside the context's candidate set
-(``<variant>_candidates``: the search query's or the theme's titles, as the server decodes by
-default). ``sidrec bench canvases`` writes ``results/prompt_tuning/<dataset>.json``.
-"""
+For each canvas (``prompt_tuning.canvases``), on the same held-out examples and with the same
+constrained beam search (beam >= K, a hit is the whole ID), the variants: ``base`` (the frozen model
+with the canvas's prompt, no soft prompt); ``base_home_prompt`` (the frozen model asked the home
+question: history, plus the source title for t2t; query or theme dropped); ``adapter`` (the trained
+soft prompt, attached as served); ``full_finetune`` (every weight trained on the same examples);
+``base_fused`` / ``adapter_fused`` (``CanvasSpec.fuse_co_engaged`` canvases, home: the whole-catalog
+beam without the history fused with the titles co-engaged with the member's newest, as served);
+``context_order`` (with ``--candidates``: no model, the candidate set's first K titles in its own
+order). Canvas-specific figures: search's lexical relevance per query kind and how much the member's
+history moves tag queries' results (1 - overlap of the top-K with and without it); collection's share
+of the row inside the theme. ``--candidates`` adds each variant judged inside the context's candidate
+set (``<variant>_candidates``, as the server decodes by default). ``sidrec bench canvases`` writes
+``results/prompt_tuning/<dataset>.json``."""
 
 from __future__ import annotations
 

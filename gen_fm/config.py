@@ -1,8 +1,9 @@
 """The one config of the foundation-model stage: model size, optimisation, validation, checkpoints.
 
-Sizes (and, for the GPU presets, their measured recipe) come from named presets that hold only
-overrides (``PretrainConfig.from_preset("small", lr=5e-4)``; explicit overrides win). The history length is not declared here: it comes from the ``SequenceConfig`` the model
-is trained with, and the token layout from the ID artifact (both recorded in the model's manifest).
+Sizes (and, for the GPU presets, their training recipe) come from named presets that hold only
+overrides (``PretrainConfig.from_preset("small", lr=5e-4)``; explicit overrides win). The history
+length is not declared here: it comes from the ``SequenceConfig`` the model is trained with, and the
+token layout from the ID artifact (both recorded in the model's manifest).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
 # Presets: overrides of the dataclass defaults, nothing else. `tiny` and `small` set sizes only;
-# `base` and `large` are the GPU recipes measured on amazon-beauty (BENCHMARKS.md, "Recipe sweep on
-# one GPU"): their size with the dropout, learning rate, epochs and history augmentation that tested
-# best for it (augmentation gained 5-11% for these sizes and nothing for `small`). Head size stays
-# 32 or more (vLLM needs a head size >= 32 that is a multiple of 16).
+# `base` and `large` are the GPU recipes, chosen on amazon-beauty: their size with the dropout,
+# learning rate, epochs and history augmentation that tested best for it (augmentation helps these
+# sizes, not `small`). Head size stays 32 or more (vLLM needs a head size >= 32 that is a multiple
+# of 16).
 _GPU_RECIPE: dict[str, Any] = dict(epochs=30, item_dropout=0.1, window_jitter=True)
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: a few thousand weights per layer, runs in seconds on CPU.
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
-    # About TIGER's width (128) and depth (4 decoder layers): the CPU size (~1 s a step of 256 on 1 core).
+    # About TIGER's width (128) and depth (4 decoder layers): the size that trains on a CPU.
     "small": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
-    # Twice the width, six layers (6.5M weights): ~7 s a step on this 2-core CPU, so a GPU recipe.
+    # Twice the width, six layers (6.5M weights): too slow for a CPU, so a GPU recipe.
     "base": dict(
         hidden_size=256,
         num_layers=6,
@@ -42,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=1e-3,
         **_GPU_RECIPE,
     ),
-    # 512 wide x 8 layers (34M weights): the best amazon-beauty recipe so far (GPU).
+    # 512 wide x 8 layers (34M weights): the largest GPU recipe.
     "large": dict(
         hidden_size=512,
         num_layers=8,
@@ -77,8 +78,7 @@ class PretrainConfig:
     # soft-prompt virtual tokens and context tokens added by later stages.
     position_headroom: int = 64
     # Hashed member tokens <user_0>..<user_{n-1}> (TIGER uses 2,000); 0 = no member token. Off by
-    # default: on amazon-beauty 2,000 buckets cost 14% of test Recall@10 (0.0364 vs 0.0423, same
-    # recipe; BENCHMARKS.md): the token lets the model memorise members' training contexts.
+    # default: the token lets the model memorise members' training contexts, which costs test recall.
     num_user_buckets: int = 0
     # How history titles enter the model: "codes" (L code tokens each) or "titles" (one title
     # token each: codes' embeddings summed plus a learned identity; ``gen_fm.titles``).
@@ -160,7 +160,7 @@ class PretrainConfig:
     selection: str = "within-se"
     eval_batch_size: int = 64  # prompts per beam-search batch
     # Validations without a better Recall@K before stopping; 0 = never stop (the default: the
-    # schedule spans a fixed budget, and a noisy sample once stopped a run at popularity level).
+    # schedule spans a fixed budget, and a noisy validation sample can stop a run far too early).
     patience: int = 0
 
     # ---- checkpoints ---------------------------------------------------------------------------

@@ -2,13 +2,11 @@
 
 Standard ``LlamaForCausalLM`` (no custom code) so vLLM and ``AutoModelForCausalLM`` load the folder
 as it is. The folder is self-sufficient for serving:
-
 - ``config.json`` + ``model.safetensors`` (+ ``generation_config.json``): the Llama model;
 - ``tokenizer.json`` + ``tokenizer_config.json``: WordLevel tokenizer over the model's layout;
 - ``semantic_ids/``: a copy of the ID artifact the model was trained with (the title <-> ID map);
 - ``co_engagement/table.safetensors`` and ``title_tags/tags.json``: facts of the training data that
-  serving needs and has no data for (which titles members watch together; what they wrote about
-  each title, for search);
+  serving needs (which titles members watch together; what they wrote about each title, for search);
 - ``fusion/fusion.json`` (once chosen): how the served home row fuses this model's ranking with the
   co-engaged titles, chosen on the validation split (``eval.next_title.choose_fusion``);
 - ``manifest.json``: kind ``gen_fm``, the ``PretrainConfig``, the token layout, the sequence config,

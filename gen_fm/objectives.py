@@ -2,20 +2,16 @@
 
 Both read the decoder's final (normed) hidden states, caught by a forward hook on the Llama's last
 norm, and add small heads that exist during pretraining only: the saved model stays a plain
-``LlamaForCausalLM`` that vLLM serves, and the heads are simply not written to the model folder.
+``LlamaForCausalLM`` that vLLM serves (no library adds such heads without changing the model class).
 
 - **Multi-token prediction** (Gloeckle et al., 2024; DeepSeek-V3): head ``k`` (k = 1..mtp_tokens)
   predicts, from position t, the token ``k + 1`` ahead, through a residual MLP and the tied output
-  embeddings. Over semantic IDs this asks position t to plan the rest of the next title's ID (and
-  the start of the one after), not just its next code.
+  embeddings, so position t plans the rest of the next title's ID, not just its next code.
 - **Category target**: at the position that predicts a title's first code, a linear head predicts
   that title's catalog categories (genres on MovieLens, the category path on Amazon), a soft-target
-  cross-entropy over the category vocabulary (a title's labels share the probability mass). It asks
-  the hidden state to carry what kind of title comes next, as auxiliary genre/category losses do in
+  cross-entropy over the category vocabulary (a title's labels share the probability mass), so the
+  hidden state carries what kind of title comes next, as auxiliary category losses do in
   sequential recommenders.
-
-Written by hand because no library adds auxiliary heads to a Hugging Face causal LM without changing
-its class (which vLLM would then not load).
 """
 
 from __future__ import annotations

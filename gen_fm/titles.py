@@ -9,10 +9,9 @@ this very title. The output stays code tokens under the trie.
 During training the title rows are computed (:class:`TitleEmbedding`); before the model folder is
 written they are baked into the plain embedding matrix (:func:`bake_title_embeddings`), so the
 folder is a standard ``LlamaForCausalLM`` that vLLM and transformers load as it is. A title added
-after training gets the row its codes give, with no identity (:func:`extend_titles`).
-
-Written by hand: the composition is a few lines of torch, and no library composes embedding rows
-of a Hugging Face model from other rows.
+after training gets the row its codes give, with no identity (:func:`extend_titles`). Written by
+hand: the composition is a few lines of torch, and no library composes embedding rows of a Hugging
+Face model from other rows.
 """
 
 from __future__ import annotations

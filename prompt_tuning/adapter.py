@@ -89,7 +89,7 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
         if config.init == "canvas_token":
             token = canvas_token(get_canvas(config.canvas).token)  # the token its prompts carry
             prompt.copy_(words[gen.layout.extra_id(token)].expand_as(prompt))
-        else:  # PEFT's N(0, 1) is ~50x the scale of a trained embedding row
+        else:  # PEFT's N(0, 1) is far larger than the scale of a trained embedding row
             prompt.normal_(0.0, float(words.std()))
     hidden = gen.model.config.hidden_size
     trainable = trainable_parameters(model)

@@ -3,40 +3,16 @@
 The model ranks; the context decides what is eligible. Serving narrows the constrained decoder's
 trie to these rows (the same restriction business rules use), so a "Western" collection holds only
 Westerns and a "star wars" search only titles about the query, ranked by the member's history.
-
-- **collection, catalog theme:** a theme that names a catalog category (genre, category path;
-  case-insensitive) restricts to the titles that have it, all of them.
-- **collection, free-text theme:** otherwise the titles matching its words as a search query's
-  strong matches do (below), but with titles and tags searched together for one word too (at
-  most ``theme_candidates``: "heist" gives the titles named or tagged so), filled up to
-  ``theme_fill`` from the fused ranking; or, when no title matches, the
-  ``theme_candidates`` titles nearest to the theme's sentence embedding (the ID artifact's own
-  title-text embeddings and encoder).
-- **title to title:** a source title's neighbourhood: its ``source_candidates // 2`` most
-  co-engaged titles in training histories (the model folder's ``gen_fm.co_engagement`` table), then
-  its nearest titles by title-text embedding up to ``source_candidates`` (content fills in where
-  co-engagement is thin: a new or rarely watched source). Measured before it was served: inside a
-  100-title neighbourhood t2t R@10 rises 40-55% on both datasets (BENCHMARKS.md).
-- **search:** BM25 indexes (``bm25s``) over title and category words, and over those plus what
-  members tagged each title with (the model folder's ``title_tags``; MovieLens tags), with the
-  query's unknown words expanded to the vocabulary words they begin ("pari" -> "paris"), fused by
-  reciprocal rank with the sentence-embedding match: the strong lexical matches, at most
-  ``search_candidates``, filled from the fused ranking up to ``min_candidates``. For one word they
-  are the titles holding it (BM25 at least ``lexical_cutoff`` of the best), found among titles first
-  and among tags only where no title has it, so a word query finds the titles named by it; for
-  several words, the titles holding all of them in title, categories or tags ("time travel" is the
-  titles members tagged so, "tom hanks" not every Tom), else the best partial matches.
-  A query with no lexical match falls back to the embedding match alone and says so. The
-  embedding match scores a title by the better of its title text and its tags (joined), so
-  "atmospheric" reaches titles members called "moody". Measured on the held-out MovieLens tag
-  queries, the tags nearly double the share of results about the query (0.43 -> 0.78) with the
-  same recall (BENCHMARKS.md, "Search on tags").
-
+- collection (``for_theme``): a theme naming a catalog category gives all its titles; a free-text
+  theme the titles matching its words in titles and tags, filled from the fused ranking, or, when
+  none matches, the titles nearest to its sentence embedding;
+- title to title (``for_source``): the source's most co-engaged titles (``gen_fm.co_engagement``),
+  then its nearest titles by title-text embedding, which fill in where co-engagement is thin;
+- search (``for_query``): BM25 (``bm25s``) over title, category and tag words, unknown words expanded
+  by prefix, fused by reciprocal rank with the sentence-embedding match (title text and tags).
 Everything is read from the ID artifact folder (titles, fused embeddings, embedder state), so a
-model folder's copy of it is all serving needs. Per-title categories are read back from the
-embeddings' metadata block (the multi-hot of the artifact's category vocabulary), so an artifact
-built without the metadata modality has no catalog themes (free-text themes still work).
-"""
+model folder's copy of it is all serving needs; per-title categories come from the embeddings'
+metadata block, so an artifact built without the metadata modality has no catalog themes."""
 
 from __future__ import annotations
 
@@ -76,7 +52,7 @@ class CandidateConfig:
     # A t2t row fuses the model's ranking with the neighbourhood's own order (co-engagement counts)
     # by reciprocal rank (``fuse_ranks``): each list adds weight / (fusion_k + rank). The counts
     # alone rank better than the model inside the neighbourhood, the model personalises; the
-    # constants were chosen on the validation split (BENCHMARKS.md). fusion_weight 0: the model alone.
+    # constants were chosen on the validation split. fusion_weight 0: the model alone.
     fusion_k: int = 5
     fusion_weight: float = 1.0
     rrf_k: int = 20  # reciprocal-rank-fusion constant: smaller favours each list's head

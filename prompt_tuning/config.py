@@ -25,12 +25,11 @@ class PromptTuningStageConfig:
     # tokens before the prompt, served as embedding rows of one engine) or "lora" (PEFT LoRA on
     # every attention and MLP projection, served per request by vLLM's LoRA support). None = the
     # canvas's own choice (its spec's ``adapter``): LoRA where a soft prompt cannot learn to read
-    # the context (collection on ml-latest-small: R@10 inside the theme 0.221 for LoRA rank 4,
-    # 0.125 for the soft prompt, 0.220 for full fine-tuning), "none" where the frozen model is
-    # better than every adapter (t2t).
+    # the context (collection: a LoRA ranks inside the theme as well as full fine-tuning, a soft
+    # prompt does not), "none" where the frozen model is better than every adapter (t2t).
     method: str | None = None
-    # LoRA rank r (alpha = 2r); ignored by soft prompts. Collection on ml-latest-small, inside the
-    # theme: rank 4 (47k weights) R@10 0.221, rank 16 (188k) 0.226, within one standard error.
+    # LoRA rank r (alpha = 2r); ignored by soft prompts. A larger rank adds weights without ranking
+    # a collection's theme better beyond one standard error.
     lora_rank: int = 4
     lora_lr: float = 1e-3  # AdamW learning rate of the LoRA weights
     # Virtual tokens prepended before <bos>; must fit in the model's position_headroom.
@@ -47,8 +46,8 @@ class PromptTuningStageConfig:
     # Canvases whose context is a candidate set (the spec's ``candidates``: search, collection)
     # train with the softmax of every target code restricted to the codes that lead to one of the
     # example's candidates (the target always among them): the task they are served on, ranking
-    # inside the context's titles (collection on ml-latest-small: R@10 inside the theme 0.125
-    # against 0.112 trained over the whole vocabulary). False: the softmax over every title.
+    # inside the context's titles, which ranks better there than training over the whole
+    # vocabulary. False: the softmax over every title.
     train_in_candidates: bool = True
 
     # Learning rate of the full fine-tuning baseline (every weight trained on the same examples).
@@ -114,6 +113,6 @@ class PromptTuningStageConfig:
         unknown = set(obj) - known
         if unknown:
             raise ValueError(f"unknown prompt-tuning config keys: {sorted(unknown)}")
-        # adapters written before these fields existed trained over the whole vocabulary, and were
-        # soft prompts
+        # an adapter config without these fields (an older adapter) trained over the whole
+        # vocabulary and is a soft prompt
         return cls(**{"train_in_candidates": False, "method": "soft_prompt", **obj})

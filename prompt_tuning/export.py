@@ -3,19 +3,16 @@
 A PEFT prompt-tuning adapter prepends its n soft-prompt vectors before the input embeddings (before
 ``<bos>`` too). Appending n rows ``<v_{canvas}_{i}>`` to the embedding matrix and starting the prompt
 with their ids is the same computation, so vLLM or plain transformers serve every canvas from one
-folder, choosing the canvas by the prompt's first tokens (notes/vllm.md, "Soft prompts").
-
-Embeddings are tied, so the new rows are output logits too; the ID trie never allows them, so
-constrained decoding cannot produce them. Existing token ids never move (``TokenLayout.with_extra``).
+folder, choosing the canvas by the prompt's first tokens (notes/vllm.md, "Soft prompts"). Embeddings
+are tied, so the new rows are output logits too; the ID trie never allows them. Existing token ids
+never move (``TokenLayout.with_extra``).
 
 A canvas whose adapter is a LoRA (``PromptTuningStageConfig.adapter_method``) keeps its PEFT folder
 under ``loras/<canvas>/``; vLLM applies it per request (``LoRARequest``), the transformers backend
-through PEFT. Its prompts carry no virtual tokens.
-
-The folder is a ``gen_fm`` model folder (``gen_fm.model.load_model`` reads it) plus
-``adapters.json`` (canvas -> method, virtual token ids or LoRA folder, and the adapter's config);
-its manifest also names the base model and the adapters it was built from.
-"""
+through PEFT; its prompts carry no virtual tokens. The folder is a ``gen_fm`` model folder
+(``gen_fm.model.load_model`` reads it) plus ``adapters.json`` (canvas -> method, virtual token ids or
+LoRA folder, and the adapter's config); its manifest also names the base model and the adapters it
+was built from."""
 
 from __future__ import annotations
 

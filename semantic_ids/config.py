@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Fields of the flat config that artifacts written before the quantizer registry carry; they now
-# belong to the quantizer's own config (``from_dict`` moves them there when an old artifact loads).
+# Quantizer fields that an older artifact's flat config holds at the top level; they belong to the
+# quantizer's own config (``from_dict`` moves them there when such an artifact loads).
 _LEGACY_QUANTIZER_FIELDS = (
     "latent_dim",
     "hidden_dims",
@@ -39,9 +39,8 @@ class SemanticIDConfig:
 
     # ---- quantizer ---------------------------------------------------------------------------
     # A name from ``semantic_ids.quantizers.QUANTIZERS``: "rqkmeans" (residual k-means, the default)
-    # or "rqvae" (vector-quantize-pytorch ResidualVQ inside TIGER's RQ-VAE). RQ-KMeans IDs gave the
-    # foundation model 4-30% more test recall on amazon-beauty at every size (BENCHMARKS.md, "Recipe
-    # sweep on one GPU") and train in seconds instead of minutes.
+    # or "rqvae" (vector-quantize-pytorch ResidualVQ inside TIGER's RQ-VAE). RQ-KMeans is the default:
+    # its IDs gave the foundation model higher test recall than RQ-VAE's, and it trains faster.
     quantizer: str = "rqkmeans"
     # Overrides of the chosen method's own config (``RQKMeansConfig``, ``RQVAEConfig``), e.g.
     # ``--set quantizer_options.epochs=100`` for the RQ-VAE.
@@ -88,7 +87,7 @@ class SemanticIDConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SemanticIDConfig":
-        """The config an artifact's manifest recorded, including those written before the registry.
+        """The config an artifact's manifest recorded, including older manifests with flat fields.
 
         Flat RQ-VAE/RQ-KMeans fields of an old manifest become ``quantizer_options`` of the method
         it used (those that method has); fields this version does not know are dropped.

@@ -8,13 +8,11 @@ Vocabulary order, fixed so that appending never moves what a trained model alrea
 - code tokens: level ``l`` code ``c`` is the string ``<{letter(l)}_{c}>`` with id
   ``offsets[l] + c``; every level has its own range, as in TIGER, so a token says which position
   of the ID it is (``<a_12><b_7><c_200><d_0>`` is one title);
-- extra tokens: canvas tokens, member tokens, title tokens (``<title_{row}>``: one token per
-  ID-artifact row, for models that read histories one position per title) and soft-prompt virtual
-  tokens, appended in order.
+- extra tokens: canvas, member and title tokens (``<title_{row}>``: one per ID-artifact row, for
+  models that read histories one position per title) and soft-prompt virtual tokens, in order.
 
 Worked example with ``codebook_sizes=(4, 4, 2)``: offsets are (5, 9, 13), vocab size 15; the ID
-(3, 0, 1) is tokens (8, 9, 14) = ``<a_3><b_0><c_1>``.
-"""
+(3, 0, 1) is tokens (8, 9, 14) = ``<a_3><b_0><c_1>``."""
 
 from __future__ import annotations
 

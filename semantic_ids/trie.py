@@ -1,27 +1,18 @@
 """The prefix trie over valid semantic IDs behind every constrained decoder in the project.
 
 The transformers logits processor (``gen_fm.decode``) and the vLLM beam loop (``serving``) are thin
-adapters over this one structure, so "what may follow this prefix" has a single answer everywhere.
+adapters over it. It works in token-id space, answers a whole batch of beams in a few vectorised torch
+ops and is narrowed per request (watched titles, allow-lists, rules) without copying; string tries
+(marisa, datrie) answer one prefix at a time and grammar compilers (xgrammar, outlines) are too slow to
+rebuild per request for 10^5..10^6 titles, hence a trie written by hand.
 
-Written by hand because no library offers what decoding needs here: a trie in *token-id* space that
-answers a whole batch of beams in a few vectorised torch ops, and that can be narrowed per request
-(watched titles, allow-lists, business rules) without copying it. Python ``dict`` tries and
-marisa/datrie-style string tries answer one prefix at a time; xgrammar/outlines compile a grammar per
-constraint, which is far too slow to rebuild per request for 10^5..10^6 titles.
-
-Layout (all arrays, no Python objects per node). Nodes are numbered breadth-first and, inside a depth,
-sorted by (parent, token), so that:
-- the children of node ``n`` are the contiguous ids ``first_child[n] .. first_child[n] + num_children[n] - 1``
-  (CSR without a separate edge array);
-- ``node_key[n] = parent(n) * stride + token(n)`` is strictly increasing, so descending from a node by a
-  token is one ``searchsorted`` for any number of (node, token) pairs at once.
-
-Restrictions (:class:`Restriction`) never copy the trie: a request that excludes E titles marks dead
-only the ancestors whose every leaf is excluded (count-based: excluded leaves below == leaves below),
-which is at most E * L nodes; an allow-list marks alive the ancestors of the permitted leaves. A batch
-of beams, each row with its own restriction, is answered by one ``searchsorted`` over the
-concatenated (view, node) keys (:class:`RowRestrictions`).
-"""
+Layout (arrays, no Python objects per node): nodes are numbered breadth-first and, inside a depth,
+sorted by (parent, token), so node ``n``'s children are the contiguous ids from ``first_child[n]`` and
+``node_key[n] = parent(n) * stride + token(n)`` is strictly increasing: descending by a token is one
+``searchsorted`` for any number of (node, token) pairs. A :class:`Restriction` never copies the trie:
+it marks dead only the ancestors whose every leaf is excluded (at most E * L nodes), or alive those of
+an allow-list's leaves; a batch of beams with their own restrictions is one ``searchsorted`` over the
+concatenated (view, node) keys (:class:`RowRestrictions`)."""
 
 from __future__ import annotations
 
@@ -133,7 +124,7 @@ class PrefixTrie:
         """(B, d) token-id prefixes -> (B,) node ids, -1 where the prefix is not in the trie.
 
         Each step is a binary search bounded to the node's own children (<= log2(max fan-out)
-        gathers over B), not a search of the whole key table: on CPU that was ~25x faster for 10^6 items.
+        gathers over B), not a search of the whole key table.
         """
         arr = self._on(prefixes.device)
         key_table, fc, nc = arr["node_key"], arr["first_child"], arr["num_children"]

@@ -5,16 +5,14 @@ Bodies are strict (``extra="forbid"``, no "5" -> 5 coercion): a misspelt field o
 and against the catalog when the request is prepared (400: unknown attribute or value).
 
 A completion ``prompt`` is one member history in any of three spellings, or a list of them (a batch,
-as in the OpenAI API; choice ``i`` then carries ``prompt_index``):
-- title ids separated by spaces or commas: ``"1 2 3"``;
-- a JSON list of title ids: ``'["1", "2", "3"]'`` (ids that contain spaces);
-- semantic-ID tokens, L per title: ``"<a_1><b_2><c_0><d_1><a_3>..."`` (what a generative client emits).
-The empty string is an empty history (a flagged cold start). Bos, member and canvas tokens are the
-server's to add: the canvas comes from ``model``, the member from ``user_id`` (or OpenAI's ``user``).
-Soft-prompt virtual tokens and the canvas's context are the server's too: the context comes from
-``query`` (search), ``source`` (t2t) or ``theme`` (collection), one value for every prompt of the
-request (``serving.prompts`` says which are required, and the t2t fallback to the last title).
-"""
+as in the OpenAI API; choice ``i`` then carries ``prompt_index``): title ids separated by spaces or
+commas (``"1 2 3"``); a JSON list of title ids (``'["1", "2", "3"]'``, for ids that contain spaces);
+semantic-ID tokens, L per title (``"<a_1><b_2><c_0><d_1><a_3>..."``, what a generative client emits).
+The empty string is an empty history (a flagged cold start). Bos, member and canvas tokens,
+soft-prompt virtual tokens and the canvas's context are the server's to add: the canvas comes from
+``model``, the member from ``user_id`` (or OpenAI's ``user``), the context from ``query`` (search),
+``source`` (t2t) or ``theme`` (collection), one value for every prompt of the request
+(``serving.prompts`` says which are required, and the t2t fallback to the last title)."""
 
 from __future__ import annotations
 

@@ -1,29 +1,18 @@
 """Precomputed lists for every member: ``sidrec batch`` writes top-K per member (and per context) to Parquet.
 
 The same ``Recommender`` as the server (constrained decoding, business rules, canvas contexts and
-their candidate sets), asked many members at a time instead of one request per member. Histories
-are each member's latest events in the data (the most recent ``max_history`` form the prompt, the
-whole history is excluded unless ``exclude_history`` is off).
-
-Output folder::
-
-    part-00000.parquet ...   one shard per ``shard_size`` members (x contexts), written atomically
-    manifest.json            the job (model and its manifest hash, canvas, contexts, k, rules, data
-                             fingerprint), shards, rows and throughput; written when the job ends
-
+their candidate sets), asked many members at a time. Histories are each member's latest events in
+the data (the most recent ``max_history`` form the prompt; all are excluded unless ``exclude_history``
+is off). Output: ``part-00000.parquet ...`` (one shard per ``shard_size`` members x contexts, written
+atomically) and ``manifest.json`` (model and its hash, canvas, contexts, k, rules, data fingerprint,
+shards, rows and throughput; written when the job ends).
 Columns: ``user_id``, ``context`` (the query or theme; "" for home), ``rank`` (1 = best),
 ``item_id``, ``title``, ``score``, ``semantic_id``; a member whose list came back short has fewer
-rows (the manifest counts them). A killed job resumes: shards already on disk are kept when the job
-is the same (same model, data, canvas, contexts, k, rules, shard size), and a different job in the
-same folder is refused rather than mixed in.
-
-Two engines write the same shards: ``run_batch``, a loop in this process, and ``run_batch_ray``
-(``--engine ray``), a Ray Data pipeline whose actors each hold a ``Recommender``, on a local Ray
-or the cluster ``ray.init`` finds. Each resumes the other's folder.
-
-The shard loop is written by hand because it is sidrec's own (shards of requests through
-``Recommender``); the Parquet files are pyarrow's, the distribution Ray Data's.
-"""
+rows. A killed job resumes: shards on disk are kept when the job is the same (model, data, canvas,
+contexts, k, rules, shard size), and a different job in the same folder is refused. Two engines
+write the same shards and resume each other's folder: ``run_batch``, a loop in this process, and
+``run_batch_ray`` (``--engine ray``), a Ray Data pipeline whose actors each hold a ``Recommender``,
+on a local Ray or the cluster ``ray.init`` finds."""
 
 from __future__ import annotations
 

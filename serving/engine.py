@@ -8,14 +8,11 @@ children of the prefix under that request's Restriction>, logprobs=min(beam, #ch
 runs with ``logprobs_mode="processed_logprobs"``, so the log-probs come back after the allowed-token
 mask: renormalised over the allowed children, exactly the quantity ``gen_fm.decode`` adds up
 (``renormalise``). Prefix caching (with 32-token blocks) makes re-sending the prompt per beam cheap.
-
 Exactness: a beam's children outside its own top-``beam`` can never enter the global top-``beam``, so
-asking each beam for ``min(beam, #children)`` log-probs gives the same beams as scoring every child.
-A beam with a single allowed child needs no model call (its renormalised log-prob is exactly 0).
+asking each beam for ``min(beam, #children)`` log-probs gives the same beams as scoring every child;
+a beam with a single allowed child needs no model call (its renormalised log-prob is exactly 0).
 Ranking and tie-breaking follow ``gen_fm.decode``: score = sum of the L log-probs, ties by item row.
-
-vLLM is imported inside the class only, so ``import serving`` works without it.
-"""
+vLLM is imported inside the class only, so ``import serving`` works without it."""
 
 from __future__ import annotations
 
@@ -55,7 +52,7 @@ def _one_thread() -> Iterator[None]:
     """Run tiny torch ops (trie queries over a few hundred beams) on one thread.
 
     An OpenMP region over a few hundred elements gains nothing from more threads and, on a busy
-    machine, waits for every core: 0.5 ms became 27 ms on 2 shared cores. Scoped to the query, so the
+    machine, waits for every core, which makes it far slower. Scoped to the query, so the
     process's thread setting is back before the engine runs.
     """
     n = torch.get_num_threads()
@@ -121,7 +118,7 @@ class VLLMBeamSearch:
                     f"vLLM on CPU needs a block_size that is a multiple of 32, got {config.block_size}"
                 )
             if config.kv_cache_gib is None:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM takes 92% of RAM
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM takes most of the RAM
         if not Path(config.model_dir, "config.json").is_file():
             raise FileNotFoundError(f"{config.model_dir} is not a model folder (no config.json)")
         self.config = config

@@ -1,48 +1,18 @@
-"""Per-canvas prompts: the canvas's adapter (soft-prompt virtual tokens, or the LoRA that decodes
-it) and the context the canvas takes.
+"""Per-canvas prompts: the canvas's adapter (soft-prompt virtual tokens, or the LoRA that decodes it)
+and the context the canvas takes, as its spec in the registry (``prompt_tuning.canvases``) says.
 
-A model folder exported with ``prompt_tuning.export.export_adapters`` holds ``adapters.json``: each
-canvas with a trained soft prompt starts its prompts with that prompt's virtual tokens; a canvas
-with a LoRA keeps the plain prompt and its ``CanvasPrompt.lora`` names the adapter the engine
-applies. A folder without it is a plain foundation model: every canvas is its canvas token alone.
-
-Every canvas uses the one prompt format of ``PromptEncoder.encode``; what a canvas reads is its spec in
-the registry (``prompt_tuning.canvases``: context field and kind, whether the prompt keeps the
-history, text normalisation, candidates, the t2t-style fallback), looked up per request, so a canvas
-registered later is served like these built-in ones:
-
-==========  =================  ==========================================  ===========================
-canvas      request field      prompt after the canvas token               as the adapter was trained
-==========  =================  ==========================================  ===========================
-home        (none)             the member's history                        --
-search      ``query`` (text)   history, <sep>, the query's code tokens     query lower-cased, then
-                                                                           ``QueryEncoder``
-t2t         ``source`` (title) the member's history, then the source       the frozen model (no
-                               (home's canvas token)                       adapter); inside the
-                                                                           source's neighbourhood,
-                                                                           fused with its order
-collection  ``theme`` (text)   history, <sep>, the theme's code tokens     a category name, through
-                                                                           ``QueryEncoder``
-==========  =================  ==========================================  ===========================
-
-Decisions a caller should know:
+A folder exported by ``prompt_tuning.export.export_adapters`` holds ``adapters.json``: a canvas with a
+soft prompt starts its prompts with its virtual tokens; one with a LoRA keeps the plain prompt and
+``CanvasPrompt.lora`` names the adapter the engine applies; in a plain folder a canvas is its token.
 - A field belongs to the canvases that read it: ``query`` on the home canvas is an error, not ignored.
-- A canvas served by an adapter (soft prompt or LoRA) needs its context, since its adapter never saw a prompt without
-  one: search without ``query`` and collection without ``theme`` are errors. t2t without ``source``
-  (``missing_context="last_title"``) takes the history's last title as the source and says so in the
-  result's warnings (a "because you watched X" row); with no history either it is an error when an
-  adapter serves it, and the plain history-less prompt otherwise.
-- A canvas without a soft prompt (a plain folder, or a canvas no adapter was trained for) uses a
-  context when one is given (the eval's "base" prompt) and otherwise keeps the history-only prompt.
-- t2t with a source (``title_in_history``): the source is appended to the history as its newest
-  title (an earlier occurrence moves there), and the answer is chosen inside the source's
-  neighbourhood (co-engaged titles, then content neighbours); the source itself is never recommended.
-- Text goes through the ID artifact's quantizer or title embeddings (``QueryEncoder``) with the
-  adapter's own ``query_mode`` and ``num_anchors``. The encoder is built on first use, once per mode;
-  all of them share one sentence encoder, which keeps recent texts in memory instead of using
-  ``TextEncoder``'s disk cache (that cache is re-read on every call and rewritten for every new
-  text: right for a catalog, wrong for a stream of queries).
-"""
+- A canvas served by an adapter needs its context (the adapter never saw a prompt without one), but
+  t2t without ``source`` takes the history's last title and says so in the warnings (no history: error).
+- A canvas without an adapter uses a context when one is given, else the history-only prompt.
+- A t2t source joins the history as its newest title (an earlier occurrence moves there); the answer
+  is chosen inside its neighbourhood and never holds the source itself.
+- Text goes through ``QueryEncoder`` with the adapter's ``query_mode`` and ``num_anchors``; every mode
+  shares one sentence encoder that keeps recent texts in memory (``TextEncoder``'s disk cache suits a
+  catalog, not a stream of queries)."""
 
 from __future__ import annotations
 

@@ -1,40 +1,17 @@
-"""The Python API: title ids in, ranked titles out, on either decoding backend.
+"""The Python API: title ids in, ranked titles out, on either decoding backend (vLLM or
+transformers, the same prompts, restrictions and scores, so the same titles).
 
     rec = Recommender.from_pretrained("runs/prompt_tuning/served", backend="vllm", num_beams=20)
     top = rec.recommend(["tt0114709", "tt0113497"], canvas="home", k=10)
-    top[0].item_id, top[0].title, top[0].score, top[0].semantic_id
     rec.recommend(history, canvas="search", query="space opera", k=10)
-    rec.recommend(history, canvas="t2t", source="tt0114709")  # titles to watch after this one
-    rec.recommend(history, canvas="collection", theme="Film-Noir")
-    top.canvas, top.soft_prompt, top.warnings  # which adapter served it, and what was assumed
 
-The folder is a foundation model folder, or one exported with its per-canvas soft prompts
-(``prompt_tuning.export``): a canvas with a soft prompt starts its prompts with its virtual tokens.
-Prompts are ``PromptEncoder.encode`` (bos, member token, canvas token, the history's code tokens oldest
-first, then the canvas's context after ``<sep>``), built in one place, ``serving.prompts``, which
-also says which contexts are required. Both backends get the same prompts and the same per-request
-``Restriction`` of the one ``PrefixTrie``, and rank by the same score, so they return the same titles
-(the vLLM parity tests check it).
-
-Decisions a caller should know:
-- Unknown title ids (in history, exclude or allow) raise ``ValueError`` naming them: a silently
-  dropped history title changes the recommendations without anyone noticing.
-- History longer than ``max_history``: the most recent ``max_history`` titles form the prompt (the
-  model was trained on windows of that length); the result says how many were left out.
-- ``exclude_history=True`` (default) never recommends a title of the history, the whole history
-  included: a "home" row should not offer what the member has just watched. Pass False for rows
-  where re-watching is the point (e.g. "continue watching"-like canvases).
-- Empty history (a new member) and no context: the prompt is the bos/member/canvas prefix alone and
-  the result is flagged ``cold_start``. The model never learned this case (every training window
-  starts with a context title), so it is a weak, popularity-like guess; prefer a popularity list.
-- Score: log-probability of the title among the titles this request permits (sum of the L token
-  log-probs, each renormalised over the allowed next tokens), so scores of different requests with
-  different exclusions are not comparable. Where a canvas fuses the model's ranking with another
-  (``res.fused_with``: t2t, home) the scores are the reciprocal-rank fusion's (higher is better);
-  ``ServingConfig.fusion_weight=0`` serves the model's ranking alone.
-- Business rules (``rules=``, see ``serving.rules``) narrow the same restriction while decoding, so a
-  rule never shortens a list the catalogue could fill; a diversity cap is the beam's final selection.
-  Fewer than ``k`` titles always come with a ``reason``.
+What a caller should know: unknown title ids raise ``ValueError`` naming them; only the newest
+``max_history`` titles form the prompt (the result says how many were left out); the history is
+never recommended unless ``exclude_history=False``; an empty history without a context is a weak,
+popularity-like guess flagged ``cold_start``; a score is the title's log-probability among the
+titles the request permits, or the fusion's score where a canvas fuses rankings (``fused_with``);
+business rules narrow the search itself; ``fresh_share`` keeps slots for titles added after training;
+fewer than ``k`` titles always come with a ``reason``.
 """
 
 from __future__ import annotations

@@ -1,34 +1,18 @@
 """Per-request business rules, applied while decoding (never a post-filter that shortens the list).
 
-A rule set (:class:`Rules`, from a JSON object with :meth:`Rules.from_dict`) compiles against the
-model's ID map and an optional catalog attribute table (:func:`compile_rules`) into a
-:class:`RuleMask`: rows to exclude plus an optional allow-list. Both backends receive it the same way,
-stacked onto the request's trie :class:`~semantic_ids.trie.Restriction` (``RuleMask.narrow``), so the
-beam never enters a forbidden branch and the scores stay renormalised over what the request permits.
-
-    {"exclude_titles": ["tt1"], "allow_titles": [...],             # title lists
-     "exclude_attributes": {"categories": ["Horror"]},              # drop titles having any value
-     "require_attributes": {"categories": ["Comedy", "Drama"]},     # keep titles having one of them
-     "min_year": 1980, "max_year": 1990,                            # bounds on the "year" attribute
-     "diversity": {"max_per_group": 2, "group_by": "sid_prefix", "prefix_length": 1}}
-
-Decisions a caller should know:
-- Attributes come from the catalog of the data the IDs were built from (``core.data``: ``categories``,
-  ``year``), loaded when the server starts (:func:`load_attributes`); the ID artifact stores none.
-  An unknown attribute name, an attribute no title has a value for, or a value no title has is an error
-  (a typo such as "Horor" must not silently let every horror film through). String values match
-  case-insensitively.
-- ``min_year``/``max_year`` keep only titles whose year is known and in range: a bound is a promise
-  the server can keep only for titles it can date.
-- Diversity is a constraint across beams, so the trie cannot express it. It is the beam search's final
-  selection instead: a diverse request is searched with ``k * diversity_widen`` beams and the titles are
-  taken greedily, best score first, skipping any whose group already holds ``max_per_group``; when that
-  leaves fewer than ``k``, the search is repeated with twice the beam, up to ``max_k * diversity_widen``
-  (``Recommender.run``). It is therefore beam-limited: a trained model concentrates its beams under
-  few prefixes, and when even the widest beam holds too few groups the request gets fewer than ``k``
-  titles and ``reason`` says so. With ``group_by`` an attribute (e.g. "categories"), a title
-  counts in every group it belongs to, and titles with no value share one "unknown" group.
-"""
+A rule set (:class:`Rules`, JSON shape in its docstring) compiles against the model's ID map and an
+optional catalog attribute table (:func:`compile_rules`) into a :class:`RuleMask`: rows to exclude
+plus an optional allow-list. Both backends stack it onto the request's trie
+:class:`~semantic_ids.trie.Restriction` (``RuleMask.narrow``), so the beam never enters a forbidden
+branch and the scores stay renormalised over what the request permits. Attributes (``categories``,
+``year``) come from the catalog of the data the IDs were built from, loaded at start-up
+(:func:`load_attributes`); an unknown attribute or value is an error (a typo such as "Horor" must not
+let every horror film through), strings match case-insensitively, and year bounds keep only titles
+whose year is known. Diversity is a constraint across beams, which the trie cannot express: it is the
+beam search's final selection, greedy over ``k * diversity_widen`` beams, repeated with twice the beam
+up to ``max_k * diversity_widen`` (``Recommender.run``); when even the widest beam holds too few
+groups, the request gets fewer than ``k`` titles and ``reason`` says so. With an attribute as
+``group_by``, a title counts in every group it belongs to; titles with no value share "unknown"."""
 
 from __future__ import annotations
 
@@ -123,7 +107,16 @@ class Diversity:
 
 @dataclass(frozen=True)
 class Rules:
-    """One request's business rules (JSON shape in the module doc); empty by default."""
+    """One request's business rules; empty by default. JSON shape (:meth:`from_dict`)::
+
+        {"exclude_titles": ["tt1"], "allow_titles": [...],             # title lists
+         "exclude_attributes": {"categories": ["Horror"]},              # drop titles having any value
+         "require_attributes": {"categories": ["Comedy", "Drama"]},     # keep titles having one of them
+         "min_year": 1980, "max_year": 1990,                            # bounds on the "year" attribute
+         "diversity": {"max_per_group": 2, "group_by": "sid_prefix", "prefix_length": 1}}
+
+    Every malformed or unknown key is a :class:`RuleError` naming it.
+    """
 
     exclude_titles: tuple[str, ...] = ()
     allow_titles: tuple[str, ...] | None = None

@@ -1,45 +1,18 @@
 """The HTTP server: an OpenAI-compatible completions endpoint and a plain JSON one over a Recommender.
 
-    serve("runs/gen_fm/model", host="127.0.0.1", port=8000, api_key="...", backend="vllm",
-          data_dir="data", dataset="ml-latest-small")
-
-Endpoints (``serving.api`` holds the bodies):
-- ``GET /v1/models``: one model per registered canvas (``prompt_tuning.canvases``, read per request:
-  ``sidrec-home``, ``sidrec-search``, ...), each
-  card saying whether a trained soft prompt serves it (``soft_prompt``, ``num_virtual_tokens``; else
-  the canvas token alone) and which context field it reads (``context``: query, source or theme).
-- ``POST /v1/completions``: OpenAI shape; ``model`` = canvas id, ``prompt`` = a history, ``n`` = titles;
-  ``query`` / ``source`` / ``theme``, ``rules``, ``user_id``, ``exclude_history`` in the extra body.
-  Each choice's ``text`` is a title id, with ``title``, ``semantic_id`` and ``score`` beside it;
-  ``sidrec[i]`` says how list ``i`` was made (canvas, soft_prompt, context, warnings, ...).
-- ``POST /v1/recommendations``: ``{history, canvas, k, rules, user_id, exclude_history, query,
-  source, theme}`` -> ranked items and the same information.
-- ``GET /health`` = ``GET /health/ready`` (readiness: 200 only while the engine serves; 503 with
-  ``status`` loading / draining / dead / failed and a ``reason``), ``GET /health/live`` (liveness:
-  200 while the process answers, also while the engine loads), ``GET /metrics`` (Prometheus text).
-
-Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape: 400 bad values (unknown
-titles, k above max_k, unknown attribute, a missing or misplaced query/source/theme: ``param`` names
-the field), 401 missing/wrong key (``/v1/*`` only), 404 unknown model/canvas, 413 body above
-``max_body_bytes``, 422 wrong types or malformed rules, 503 queue full.
-
-Concurrency: one engine thread owns the Recommender (neither vLLM's ``LLM`` nor a torch model may be
-driven from several threads). Handlers queue their requests; the thread takes everything queued,
-validates each request alone (a bad one fails only itself) and decodes the rest in one
-``Recommender.run`` call, so concurrent requests share engine steps. The queue is bounded
-(``max_queue``); a full queue answers 503 at once rather than growing latency without limit.
-
-Replicas: the process keeps no state between requests (no sessions, no caches a client depends on;
-the API key and rules come with each request), so any number of replicas can run behind a load
-balancer, each with its own engine; results are deterministic, so replicas agree. ``/metrics`` is
-per process: scrape every replica.
-
-Lifecycle (``serving.lifecycle``): ``serve`` opens the port at once and loads the engine in the
-background (liveness 200, readiness 503 "loading"). SIGTERM and SIGINT both drain: no new
-connections, requests in flight finish (at most ``drain_seconds``), queued engine jobs finish, then
-the engine shuts down and no child process is left; exit code 0. If the engine dies (its process
-killed), readiness turns 503 within a second, requests get 503, and the server exits with code 1.
-"""
+Endpoints (bodies in ``serving.api``): ``GET /v1/models`` (one model per registered canvas,
+``sidrec-home``, ..., with its soft prompt and context field); ``POST /v1/completions`` (OpenAI shape:
+``model`` = canvas, ``prompt`` = a history, ``n`` = titles; context, ``rules``, ``user_id`` and
+``exclude_history`` in the extra body; ``sidrec[i]`` says how list ``i`` was made);
+``POST /v1/recommendations`` (the same as plain JSON); ``GET /health`` = ``/health/ready``,
+``/health/live`` and ``/metrics`` (Prometheus). Errors take OpenAI's ``{"error": {...}}`` shape (400
+bad values, 401 key, 404 unknown canvas, 413 body too large, 422 wrong types, 503 queue full).
+One engine thread owns the Recommender (neither vLLM's ``LLM`` nor a torch model may be driven from
+several threads): it takes everything queued, validates each request alone and decodes the rest in
+one ``Recommender.run`` call; the queue is bounded (``max_queue``; full: 503 at once). The process
+keeps no state between requests, so replicas can run behind a load balancer (``/metrics`` is per
+process). Lifecycle (``serving.lifecycle``): the port opens at once while the engine loads; SIGTERM
+and SIGINT drain and exit 0; a dead engine turns readiness 503 and the server exits with code 1."""
 
 from __future__ import annotations
 

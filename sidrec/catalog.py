@@ -65,6 +65,7 @@ def update_catalog(model_dir: str | Path, data: DataConfig | RecData, out_dir: s
             }
             write_json(stage / "manifest.json", manifest)
     return {
+        "dataset": data.name,
         "model": str(out_dir),
         "trained_titles": manifest["catalog"]["trained_titles"],
         "titles": ids.num_items,

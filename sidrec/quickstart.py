@@ -30,10 +30,10 @@ console = Console()
 def pretrain_default() -> PretrainConfig:
     from gen_fm.config import PretrainConfig
 
-    # The quickstart's recipe on ml-latest-small: ~5k training windows, so small batches; every
+    # The quickstart's recipe on ml-latest-small: few training windows, so small batches; every
     # validation member each epoch, the weights kept the latest epoch within one standard error of
     # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
-    # judged and kept are an exponential moving average (decay 0.995, ~200 of the 996 steps).
+    # judged and kept are an exponential moving average (decay 0.995: about the last 200 steps).
     # Histories are one title token per title (its codes' embeddings plus a learned identity).
     return PretrainConfig.from_preset(
         "small",
@@ -52,7 +52,7 @@ def pretrain_default() -> PretrainConfig:
 def prompts_default() -> PromptTuningStageConfig:
     from prompt_tuning.config import PromptTuningStageConfig
 
-    # every canvas trains in about a minute on ml-latest-small; ``canvas`` is set per canvas
+    # small example caps keep every canvas quick to train; ``canvas`` is set per canvas
     return PromptTuningStageConfig(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 

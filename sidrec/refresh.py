@@ -4,29 +4,15 @@ from its own weights, and recall is measured on new-title and old-title targets 
     sidrec refresh --model RUN/model --data DIR --dataset NAME --out OUT
     sidrec refresh --simulate --data DIR --dataset ml-latest-small --out OUT
 
-Simulation (titles arrive every day, replayed honestly): the newest titles by first interaction are
-held out together with every interaction at or after the first of them (the cutoff). IDs and a model
-are built on that old world only (the quickstart's stages); then ``refresh`` sees the full data.
-
-``refresh`` never retrains the quantizer: ``assign_new`` encodes the new titles with it, existing IDs
-do not move, and the new titles reuse the existing code tokens, so the model's vocabulary is
-unchanged and fine-tuning starts from the old weights (``pretrain(init_from=...)``). The fine-tune
-runs over the full data's training sequences (everything but each member's last two events) with
-the loss on the fresh events (at or after ``fresh_since``; the simulation's cutoff) plus a
-``replay`` share of the older ones, the rest being context: the loss on all events drowns the new
-titles (on ml-latest-small's validation split that fine-tune never ranked one in the top 10), the
-loss on fresh events alone costs quality on old titles. Judged on the full data's test split, split
-by whether a member's target is a new title:
-
-- ``before``: the old model with the old ID map and trie. New titles have no ID: they are dropped
-  from histories and cannot be recommended (recall 0 by construction, as for any TIGER-style model);
-- ``old_model_new_trie``: the old model, new IDs in prompts and trie (valid but never trained on);
-- ``after``: the fine-tuned model with the new IDs.
-
-Layout of OUT: ``ids/`` (the map, version + 1), ``finetune-<hash>/model`` (the refreshed model; its
-manifest names the parent model), ``report.json``; with ``--simulate`` also ``old/`` (the old
-world's ``ids/`` and ``run-*/model``). Stages whose output exists and matches are reused.
-"""
+``--simulate`` holds out the newest titles by first interaction with every interaction at or after
+the first of them (the cutoff), builds IDs and a model on that old world (the quickstart's stages),
+then refreshes with the full data. The quantizer is never retrained (``assign_new`` encodes the new
+titles; existing IDs and code tokens stay), so fine-tuning starts from the old weights, over the full
+data's training sequences with the loss on fresh events plus a ``replay`` share of older ones (the
+loss on all events drowns the new titles; on fresh ones alone it costs quality on old titles). Judged
+on the test split by whether the target is new: ``before`` (old model and map: new titles cannot be
+recommended), ``old_model_new_trie`` and ``after`` (the fine-tuned model). OUT holds ``ids/``,
+``finetune-<hash>/model``, ``report.json`` (``old/`` too when simulating); matching stages are reused."""
 
 from __future__ import annotations
 

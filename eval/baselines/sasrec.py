@@ -1,23 +1,18 @@
 """SASRec (Kang & McAuley, ICDM 2018), the ID-based baseline generative retrieval must beat.
 
-Faithful to the authors' code in the parts that matter for its numbers:
-- item embeddings scaled by sqrt(hidden) plus learned absolute positional embeddings over a
-  left-padded window, so the most recent event always sits at the last position;
-- pre-LayerNorm blocks exactly as the reference implementation wires them
-  (q = LN(x); x = q + MHA(q, x, x); x = LN(x); x = x + FFN(x)), causal attention, padded
-  positions zeroed after every block, final LayerNorm;
-- the output layer is the input item embedding (shared), scores are dot products;
-- loss "bce": binary cross-entropy on the next title against ONE uniformly sampled negative per
-  position (a title outside the member's training set), as in the paper; Adam(lr 1e-3, betas
-  0.9/0.98); xavier-normal initialisation.
-Loss "ce" keeps everything but replaces the sampled BCE by a softmax over the whole catalog, the
-variant that later work found much stronger (Klenitskiy & Vasilev, RecSys 2023).
-
+Faithful to the authors' code in the parts that matter for its numbers: item embeddings scaled by
+sqrt(hidden) plus learned absolute positional embeddings over a left-padded window (the most recent
+event always at the last position); pre-LayerNorm blocks wired as in the reference implementation
+(q = LN(x); x = q + MHA(q, x, x); x = LN(x); x = x + FFN(x)), causal attention, padded positions zeroed
+after every block, final LayerNorm; the input item embedding as the output layer (dot products); loss
+"bce": binary cross-entropy on the next title against ONE uniformly sampled negative per position (a
+title outside the member's training set); Adam(lr 1e-3, betas 0.9/0.98); xavier-normal initialisation.
+Loss "ce" replaces the sampled BCE by a softmax over the whole catalog, the variant that later work
+found much stronger (Klenitskiy & Vasilev, RecSys 2023).
 Departures, all for this project's protocol: hidden 64 (paper: 50), window 20 = the benchmark's
 history cap (paper: 50 for Beauty, 200 for MovieLens); with ``train_windows="all"`` a training prefix
 longer than the window is cut, from its end, into consecutive windows so that every transition is a
-training target once (the paper keeps only the most recent window, ``"last"``).
-"""
+training target once (the paper keeps only the most recent window, ``"last"``)."""
 
 from __future__ import annotations
 

@@ -1,36 +1,18 @@
 """Canvases: the registry of product surfaces, and each one's training and held-out examples.
 
-A canvas is a ``CanvasSpec`` (``base.py``): its name, the foundation-model canvas token its prompts
-carry, the request field of its context and how that becomes prompt tokens and candidates, its
-example builder and its own metrics. Training (``prompt_tuning.train``), evaluation
-(``prompt_tuning.evaluate``), serving (``serving.prompts``, the server's ``sidrec-<canvas>`` models)
-and the quickstart read the registry at call time, so a canvas registered later is trained and served
-like the built-in ones::
-
-    from prompt_tuning.canvases import CanvasSpec, register
-    register(CanvasSpec(name="new-releases", token="home", build_examples=my_builder))
-
-Built in, one file each (every canvas uses the one prompt format, ``PromptEncoder.encode``: bos,
-member token, canvas token, history, then for canvases that take one a context after ``<sep>``):
-
-==========  ==========================================  ================  =============================
-canvas      context after <sep>                         history           target
-==========  ==========================================  ================  =============================
-home        none                                        the member's      the next title
-search      the query (``QueryEncoder``)                 the member's or   a title the query is about
-                                                        none (anonymous)
-t2t         none: the source is the history's newest    the member's,     a title a member engaged with
-            title (home's canvas token), answered       then the source   right after the source
-            inside the source's neighbourhood
-collection  the theme, a category as text               the member's      the next title in that theme
+A canvas is a ``CanvasSpec`` (``base.py``): name, canvas token, context field and how it becomes
+prompt tokens and candidates, example builder, own metrics. Training, evaluation, serving and the
+quickstart read the registry at call time, so a canvas added with ``register(CanvasSpec(...))`` is
+trained and served like the built-in ones below, one file each, all in one prompt format
+(``PromptEncoder.encode``: bos, member token, canvas token, history, [``<sep>`` context]):
+canvas      context after <sep>                  history                      target
+home        none                                 the member's                 the next title
+search      the query (``QueryEncoder``)         the member's or none (anon.) a title the query is about
+t2t         none: the source is the history's    the member's, then the       a title engaged with right after
+            newest title (home's canvas token)   source                       the source, in its neighbourhood
+collection  the theme, a category as text        the member's                 the next title in that theme
             (``QueryEncoder``)
-==========  ==========================================  ================  =============================
-
-Where the examples come from, and why nothing leaks into the held-out part, is each canvas file's
-docstring. ``build_canvas_data`` applies the shared seeded sampling; ``mixture_examples`` turns the
-training examples of chosen canvases into pretraining rows (``PretrainConfig.canvas_mix``), also
-removing each member's validation and test targets.
-"""
+Each canvas file says where its examples come from and why nothing leaks into the held-out part."""
 
 from __future__ import annotations
 

@@ -222,8 +222,7 @@ class CanvasSpec:
     # The answer fuses the model's ranking, over the whole catalog, with the titles most co-engaged
     # with the history's newest titles (``CoEngagement.of_recent`` over the model folder's
     # ``gen_fm.co_engagement`` table; the same constants): item-to-item counts and the model are
-    # strong on different members, so together they beat both (home: BENCHMARKS.md, "The home row
-    # as served").
+    # strong on different members, so together they beat both (home).
     fuse_co_engaged: bool = False
     # Text contexts are lower-cased before encoding, as the examples were (search).
     lowercase: bool = False
@@ -247,8 +246,7 @@ class CanvasSpec:
     holds_out_tag: Callable[[Any, str, str], bool] | None = None
     # How its adapter is trained unless the config says (``PromptTuningStageConfig.method``):
     # "soft_prompt" (virtual tokens), "lora" (where a soft prompt cannot learn to read the context)
-    # or "none" (served by the frozen model, where no adapter measured beats it beyond noise: home,
-    # t2t).
+    # or "none" (served by the frozen model, where no adapter beats it beyond noise: home, t2t).
     adapter: str = "soft_prompt"
 
     def __post_init__(self) -> None:

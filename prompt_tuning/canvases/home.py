@@ -4,16 +4,12 @@ Training examples are every next-title position inside members' training events;
 are the leave-one-out test targets, which neither the foundation model nor the adapter trained on.
 
 Served, the model's ranking over the whole catalog, without the history's titles, is fused by
-reciprocal rank with the titles most co-engaged with the history's 5 newest titles
+reciprocal rank with the titles most co-engaged with the history's newest titles
 (``fuse_co_engaged``: ``CoEngagement.of_recent`` over the model folder's co-engagement table,
-training events only). Measured on every member of both datasets, the fused row beats the model
-alone and the counts alone (BENCHMARKS.md, "The home row as served");
-``ServingConfig.fusion_weight=0`` serves the model alone.
-
-Served by the frozen model (``adapter="none"``): no home soft prompt has beaten it beyond noise, on
-every training set tried (every training position, which pretraining already fit; each member's
-freshest positions and validation target), with or without the fusion (BENCHMARKS.md, "Home as
-served"). ``--set method=soft_prompt`` trains one anyway.
+training events only); the fused row ranks better than the model alone and the counts alone, and
+``ServingConfig.fusion_weight=0`` serves the model alone. Served by the frozen model
+(``adapter="none"``): no home soft prompt beats it beyond noise, with or without the fusion;
+``--set method=soft_prompt`` trains one anyway.
 """
 
 from __future__ import annotations

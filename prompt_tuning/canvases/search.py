@@ -2,7 +2,6 @@
 target is a title the query is about.
 
 Two kinds of real queries, and why nothing held out leaks into training:
-
 - tags (MovieLens ``tags.csv``: a member typed this text about that title), with the member's
   history before the tag; the held-out part is a seeded share of the distinct (query, title) pairs,
   so no held-out pair is seen in training, nor in the tags of the candidate index the canvas is
@@ -10,13 +9,10 @@ Two kinds of real queries, and why nothing held out leaks into training:
 - partial title words ("pari" -> a title containing "Paris"), anonymous, so lexical relevance is
   learned; the held-out part is a seeded share of the *titles*, so a held-out title is never a
   word-query target in training.
-
 Queries are lower-cased (served ones too). Served, the query's titles are the candidates
-(``CandidateIndex.for_query``: titles first, then what members tagged them with). Its own figures:
-relevance per query kind (a word query's results hold the word; a tag's were tagged with it by some
-member, or hold its words in their title and categories), and how much the member's history moves
-the results of tag queries.
-"""
+(``CandidateIndex.for_query``). Its own metrics: relevance per query kind (a word query's results
+hold the word; a tag's were tagged with it by some member, or hold its words in their title and
+categories) and how much the member's history moves the results of tag queries."""
 
 from __future__ import annotations
 

@@ -1,27 +1,18 @@
 """The t2t ("title to title", "because you watched X") canvas: the member's history ending with the
-source title, asked the home question, answered inside the source's neighbourhood, the model's
-ranking fused with the neighbourhood's co-engagement order.
-
-Measured on both datasets (BENCHMARKS.md, "Title-to-title"), which is why it is built this way:
-
+source title, asked the home question, answered inside the source's neighbourhood. Built so because:
 - the neighbourhood (the source's most co-engaged titles, then its nearest by title text:
   ``CandidateIndex.for_source``) lifts every variant, and keeps the row about the source;
 - inside it, the member's history ending with the source ranks at least as well as the source alone
-  (ml-latest-small R@10 0.061 against 0.059, N@10 0.032 against 0.027; the source after ``<sep>``
-  under the t2t token: 0.043), and personalises the row;
-- no adapter trained for it beat the frozen model beyond noise (a soft prompt in this format 0.064,
-  in the old one 28-31% below; a LoRA below): the foundation model is already trained on exactly
-  this question, so the canvas is served by the frozen model (``adapter="none"``);
-- the neighbourhood's own order (co-engagement counts, no model) ranks better still (0.072 / 0.045),
-  and the model's ranking fused with it by reciprocal rank (``fuse_candidate_order``; constants
-  chosen on the validation split) is the best of all: the row is served that way (BENCHMARKS.md,
-  "Title-to-title as served").
-
+  (or the source after ``<sep>`` under the t2t token), and personalises the row;
+- no adapter trained for it beats the frozen model beyond noise: the foundation model is already
+  trained on exactly this question, so the canvas is served by the frozen model (``adapter="none"``);
+- the neighbourhood's own order (co-engagement counts, no model) ranks better still, and the model's
+  ranking fused with it by reciprocal rank (``fuse_candidate_order``; constants chosen on the
+  validation split) best of all: the row is served that way.
 Training pairs are consecutive training events (history up to the source, the next title); held-out
 pairs are (the history before the leave-one-out test target, whose last title is the source, the
 target). Served without a ``source``, the history's last title is the source; an anonymous request
-with a source is the source alone.
-"""
+with a source is the source alone."""
 
 from __future__ import annotations
 

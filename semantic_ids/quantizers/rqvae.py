@@ -20,7 +20,7 @@ from semantic_ids.quantizers.base import ResidualQuantizer
 class RQVAEConfig:
     latent_dim: int = 32  # latent the codes quantize (TIGER: 32)
     hidden_dims: tuple[int, ...] = (512, 256, 128)  # encoder; the decoder mirrors it
-    epochs: int = 150  # epochs over the catalog (loss plateaus by ~100 on Beauty)
+    epochs: int = 150  # epochs over the catalog (enough for the loss to plateau)
     batch_size: int = 1024
     lr: float = 1e-3
     commitment_weight: float = 0.25
