@@ -173,6 +173,23 @@ def random_unseen(unseen_rows: np.ndarray, histories: list, k: int, seed: int) -
     return out
 
 
+def prefix_unseen(
+    codes: np.ndarray, beams: list[list[int]], unseen_rows: np.ndarray, k: int
+) -> list[list[int]]:
+    """TIGER's way to unseen titles: per member, the unseen titles whose codes but the last (the
+    dedup code) equal those of a title in the model's beam, in beam order (ties: lower row)."""
+    by_prefix: dict[tuple, list[int]] = {}
+    for r in unseen_rows.tolist():
+        by_prefix.setdefault(tuple(codes[r, :-1].tolist()), []).append(r)
+    out = []
+    for beam in beams:
+        rows: list[int] = []
+        for b in beam:
+            rows += [r for r in by_prefix.get(tuple(codes[b, :-1].tolist()), []) if r not in rows]
+        out.append(rows[:k])
+    return out
+
+
 def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> dict[str, Any]:
     """Decode the test split of `data` with the model `gen` and the ID map `ids` (the unseen titles
     in it) and score every way of ranking, per group (``GROUPS``)."""
@@ -223,18 +240,21 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
     vectors = load_file(str(Path(ids.path) / "embeddings.safetensors"))["fused"]
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     unseen_set = set(unseen_rows.tolist())
+    content = content_nearest_new(vectors, unseen_rows, list(map(np.asarray, histories)), k)
     ranked = {
         "model": [b[:k] for b in beams],
         "served": served,
         "model_unseen_only": fresh,
-        "content_nearest_unseen": content_nearest_new(
-            vectors, unseen_rows, list(map(np.asarray, histories)), k
-        ),
+        "prefix_unseen": prefix_unseen(ids.codes, beams, unseen_rows, k),
+        "content_nearest_unseen": content,
         "random_unseen": random_unseen(unseen_rows, histories, k, config.seed),
     }
     for s in config.fresh_shares:
         ranked[f"model_fresh{s:g}"] = [with_fresh(b, f, k, s, unseen_set) for b, f in zip(beams, fresh)]
         ranked[f"served_fresh{s:g}"] = [with_fresh(b, f, k, s, unseen_set) for b, f in zip(served, fresh)]
+        ranked[f"served_fresh{s:g}_content"] = [
+            with_fresh(b, f, k, s, unseen_set) for b, f in zip(served, content)
+        ]
     index = {"cold": np.arange(len(cold)), "warm": np.arange(len(cold), len(members))}
     index["all"] = np.arange(len(members))
     results = {

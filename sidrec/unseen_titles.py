@@ -113,15 +113,16 @@ def run_unseen_titles(
 
 def show(report: dict) -> None:
     """The table a person reads: R@10 and N@10 per way, per group, with one standard error."""
+    from rich.console import Console
     from rich.table import Table
 
     k = max(report["config"]["ks"])
     table = Table(title=f"{report['dataset']}: unseen titles, test R@{k}±SE / N@{k} (history excluded)")
-    table.add_column("way")
+    table.add_column("way", no_wrap=True)
     for g in GROUPS:
         n = report["results"]["model"][g]["num_users"]
-        table.add_column(f"{g} ({n:,})", justify="right")
-    table.add_column("unseen/list", justify="right")
+        table.add_column(f"{g} ({n:,})", justify="right", no_wrap=True)
+    table.add_column("unseen/list", justify="right", no_wrap=True)
     for name, groups in report["results"].items():
         cells = [
             f"{groups[g][f'recall@{k}']:.3f}±{groups[g][f'recall@{k}_se']:.3f} / {groups[g][f'ndcg@{k}']:.3f}"
@@ -130,4 +131,4 @@ def show(report: dict) -> None:
             for g in GROUPS
         ]
         table.add_row(name, *cells, f"{report['unseen_titles_per_list'][name]:.2f}")
-    console.print(table, width=max(console.width, 110))
+    Console(width=max(console.width, 130)).print(table)  # the rows are wider than a default terminal

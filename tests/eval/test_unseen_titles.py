@@ -11,7 +11,7 @@ import torch
 
 from core.data import DataConfig
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
-from eval.unseen_titles import UnseenConfig, check_held_out, draw_unseen, figures, hold_out
+from eval.unseen_titles import UnseenConfig, check_held_out, draw_unseen, figures, hold_out, prefix_unseen
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from semantic_ids.config import SemanticIDConfig
@@ -101,3 +101,9 @@ def test_unseen_titles_bench_end_to_end(data_dir, tmp_path) -> None:
             run_unseen_titles(data, SEQ, pretrain, config, tmp_path / "w2", tmp_path / "r4.json", collab)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_prefix_unseen_follows_the_beam_through_shared_prefixes() -> None:
+    codes = np.array([[0, 1, 0], [0, 1, 1], [2, 3, 0], [2, 3, 1], [2, 3, 2], [4, 4, 0]])
+    unseen = np.array([1, 3, 4])  # 1 shares (0, 1) with 0; 3 and 4 share (2, 3) with 2
+    assert prefix_unseen(codes, [[2, 0, 5], [5], [0, 2]], unseen, 2) == [[3, 4], [], [1, 3]]
