@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from core import __version__
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -31,8 +33,6 @@ class ArtifactError(RuntimeError):
 
 
 def package_version() -> str:
-    from core import __version__
-
     return __version__
 
 

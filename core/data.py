@@ -27,6 +27,9 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.artifacts import atomic_dir, file_sha256, read_json, write_json
+from core.layouts import LAYOUTS
+
 DATA_DIR_ENV = "SIDREC_DATA_DIR"
 CACHE_DIR_ENV = "SIDREC_CACHE_DIR"
 _CACHE_FORMAT = "v2"
@@ -79,8 +82,6 @@ class RecData:
 
 def detect_layout(path: Path) -> str | None:
     """The name of the first layout in ``core.layouts.LAYOUTS`` that recognises the folder."""
-    from core.layouts import LAYOUTS
-
     return next((name for name, layout in LAYOUTS.items() if layout.detect(path)), None)
 
 
@@ -100,8 +101,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str | None = N
             raise DataError(
                 f"{path} holds several datasets ({', '.join(subs)}): choose one with --dataset NAME"
             )
-        from core.layouts import LAYOUTS
-
         kinds = [f"a {lay.description}" for lay in LAYOUTS.values()]
         raise DataError(f"{path} is neither {', '.join(kinds[:-1])} nor {kinds[-1]}")
     return path
@@ -117,12 +116,9 @@ def cache_root() -> Path:
 def load_data(config: DataConfig | None = None, **overrides) -> RecData:
     """Load, validate and cache a dataset; see the module docstring for the common form."""
     import datasets
-    from core.artifacts import file_sha256, read_json, write_json
 
     config = config or DataConfig(**overrides)
     path = resolve_data_dir(config.data_dir, config.dataset)
-    from core.layouts import LAYOUTS
-
     layout = detect_layout(path)
     reader = LAYOUTS[layout]
     sources = reader.source_files(path, config)
@@ -142,8 +138,6 @@ def load_data(config: DataConfig | None = None, **overrides) -> RecData:
         cat_t, int_t = reader.read(path, config, report)
         int_t = _finish_interactions(cat_t, int_t, config, report)
         cdir.parent.mkdir(parents=True, exist_ok=True)
-        from core.artifacts import atomic_dir
-
         was_enabled = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # a save of a few MB needs no bar
         try:

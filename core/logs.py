@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.data import CACHE_DIR_ENV
+
 LOG_FILE_ENV = "SIDREC_LOG_FILE"
 VERBOSE_ENV = "SIDREC_VERBOSE"
 # Loggers whose records go to the file only (their own handlers, if any, are replaced).
@@ -60,8 +62,6 @@ def split_logging_flags(argv: list[str]) -> tuple[list[str], bool, str | None]:
 
 
 def default_log_file() -> Path:
-    from core.data import CACHE_DIR_ENV
-
     cache = os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sidrec")
     return Path(cache) / "sidrec.log"
 

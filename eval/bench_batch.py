@@ -17,8 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval.machine import machine_info
 from core.artifacts import write_json
+from core.data import DataConfig, load_data
+from eval.machine import machine_info
+from serving.batch import BatchConfig, member_histories, read_lists, run_batch
+from serving.recommender import Recommender
 
 
 def bench_batch(
@@ -36,10 +39,8 @@ def bench_batch(
     report (its ``identical_lists`` must equal its ``members``). ``command`` is recorded in it."""
     import httpx
 
-    from serving.batch import BatchConfig, member_histories, read_lists, run_batch
-    from serving.recommender import Recommender
+    # fastapi and uvicorn (the serving extra): only this benchmark's own server needs them
     from serving.server import ServerSettings, create_app, run_in_thread
-    from core.data import DataConfig, load_data
 
     rec = Recommender.from_pretrained(
         model,

@@ -23,9 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from core.artifacts import write_json
+from core.data import DataConfig, load_data
+from core.sequences import build_sequences, leave_one_out
+from eval.machine import machine_info
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
-from prompt_tuning.canvases import get_canvas
+from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
 from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks
+from prompt_tuning.canvases import CanvasData, CanvasExample, canvas_data_for, get_canvas, sample_examples
+from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.evaluate import (
     candidate_rows,
     canvas_metrics,
@@ -33,6 +41,8 @@ from prompt_tuning.evaluate import (
     evaluate_variant,
     row_attributes,
 )
+from prompt_tuning.export import as_served
+from prompt_tuning.train import candidate_index_for, co_engagement_for
 from semantic_ids.trie import PrefixTrie
 
 
@@ -51,12 +61,6 @@ def benchmark_canvas(
     """Every variant of one canvas on the same held-out examples (see the module docstring).
     `candidates`: the index the ``_candidates`` variants are judged inside; `train_index`: the
     index soft prompts train inside (``config.train_in_candidates``; default `candidates`)."""
-    from gen_fm.model import load_model
-    from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
-    from prompt_tuning.canvases import canvas_data_for
-    from prompt_tuning.export import as_served
-    from prompt_tuning.train import co_engagement_for
-
     gen = load_model(model_dir)
     encoder = gen.prompt_encoder()
     cd = canvas_data_for(gen, data, split, config)
@@ -220,9 +224,6 @@ def fusion_selection(
     """The fusion constants (``CandidateConfig.fusion_k`` / ``fusion_weight``) judged on the
     *validation* split: up to `n` members' second-to-last titles after the history before them,
     the source being that history's last title (the test pairs are never looked at)."""
-    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from prompt_tuning.canvases import CanvasData, CanvasExample, sample_examples
-
     sid_rows = catalog_to_sid_rows(data, gen.ids)
     ex = split.examples("valid")
     val = []
@@ -283,13 +284,6 @@ def bench_canvases(
     import dataclasses
     import json
 
-    from eval.machine import machine_info
-    from gen_fm.model import load_model
-    from prompt_tuning.config import PromptTuningStageConfig
-    from core.artifacts import write_json
-    from core.data import DataConfig, load_data
-    from core.sequences import build_sequences, leave_one_out
-
     gen = load_model(model)
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset or gen.manifest["data"]["dataset"]))
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
@@ -298,9 +292,6 @@ def bench_canvases(
     configs = {c: PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}) for c in canvases}
     index = None
     if candidates or any(config.train_in_candidates for config in configs.values()):
-        from prompt_tuning.candidates import CandidateConfig
-        from prompt_tuning.train import candidate_index_for
-
         # held-out tag pairs depend on the seed and eval_fraction, which every canvas shares
         index = candidate_index_for(
             gen,

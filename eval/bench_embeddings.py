@@ -20,8 +20,14 @@ from collections import Counter
 
 import numpy as np
 
-from eval.machine import machine_info
 from core.artifacts import write_json
+from core.data import DataConfig, load_data
+from core.sequences import build_sequences, leave_one_out
+from eval.machine import machine_info
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from prompt_tuning.candidates import CandidateIndex
+from prompt_tuning.canvases import theme_of
+from serving.embeddings import ModelEmbeddings
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -79,12 +85,6 @@ def bench_embeddings(
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
-    from core.data import DataConfig, load_data
-    from core.sequences import build_sequences, leave_one_out
-    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from prompt_tuning.candidates import CandidateIndex
-    from serving.embeddings import ModelEmbeddings
-
     t0 = time.perf_counter()
     emb = ModelEmbeddings(model, pooling=pooling)
     gen = emb.gen
@@ -112,8 +112,6 @@ def bench_embeddings(
         "random": neighbour_hits(rng.normal(size=(N, 16)).astype(np.float32), queries, truth),
     }
     # 2. next-category probe on the test examples
-    from prompt_tuning.canvases import theme_of
-
     ex = split.examples("test")
     cats = dict(zip(data.catalog["item_id"], data.catalog["categories"]))
     # each title's collection theme: its rarest category with >= 20 titles, on at most half of them

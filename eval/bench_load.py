@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from core.artifacts import write_json
+from core.data import DataConfig, load_data
+from core.sequences import build_sequences, leave_one_out
+from eval.machine import machine_info
+from gen_fm.model import load_model
+from serving.recommender import Recommender
+
 
 def _histories(model_dir: str, n: int, seed: int) -> list[dict]:
-    from gen_fm.model import load_model
-    from core.data import DataConfig, load_data
-    from core.sequences import build_sequences, leave_one_out
-
     gen = load_model(model_dir, verify=False)
     data = load_data(DataConfig(dataset=gen.manifest["data"]["dataset"]))
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
@@ -57,10 +60,8 @@ def bench_load(
     import httpx
     import psutil
 
-    from eval.machine import machine_info
-    from serving.recommender import Recommender
+    # fastapi and uvicorn (the serving extra): only this benchmark's own server needs them
     from serving.server import ServerSettings, create_app, run_in_thread
-    from core.artifacts import write_json
 
     rec = Recommender.from_pretrained(model, backend=backend, enforce_eager=True)
     sock = socket.socket()

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.machine import machine_info
 from core.artifacts import read_manifest, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from eval.machine import machine_info
+from serving.recommender import RecommendationRequest, Recommender
 
 _ENV_KEYS = (
     "OMP_NUM_THREADS",
@@ -129,8 +130,6 @@ def summarise(latencies: list[float], requests: int, k: int) -> dict[str, Any]:
 
 
 def build_requests(raw, k: int):
-    from serving.recommender import RecommendationRequest
-
     return [
         RecommendationRequest(history=r["history"], k=k, user_id=r["user_id"], exclude_history=True)
         for r in raw
@@ -290,7 +289,6 @@ def bench_serving(
         raise ValueError(f"every beam width must be >= --k {k}: got {list(beams)}")
     if repeats < 1 or warmup < 0 or min(batches) < 1:
         raise ValueError("--repeats >= 1, --warmup >= 0, --batches >= 1")
-    from serving.recommender import Recommender
 
     def log(msg: str) -> None:
         print(f"[bench_serving {time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gen_fm.dataset import to_sid_rows
+
 # In a sub-folder: vLLM loads every *.safetensors file at the model folder's top level as weights.
 CO_ENGAGEMENT_FILE = "co_engagement/table.safetensors"
 # How many of a member's newest titles ``CoEngagement.of_recent`` sums, and how much less each older
@@ -149,8 +151,6 @@ def co_engagement_of_split(
     split, sid_rows: np.ndarray, num_items: int, window: int = 3, top: int = 50
 ) -> CoEngagement:
     """``build_co_engagement`` over a leave-one-out split's training events (``core.sequences``)."""
-    from gen_fm.dataset import to_sid_rows
-
     seqs = [to_sid_rows(split.train_items(u), sid_rows) for u in range(len(split.sequences))]
     return build_co_engagement(seqs, num_items, window, top)
 

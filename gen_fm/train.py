@@ -24,6 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from core.artifacts import jsonable, manifest_hash, read_json
+from core.data import DataConfig, RecData, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
 from gen_fm.checkpoints import (
     BEST,
     CHECKPOINTS,
@@ -37,9 +41,8 @@ from gen_fm.checkpoints import (
 )
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
-from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
 from gen_fm.dataset import catalog_to_sid_rows, window_source
-from gen_fm.model import add_hidden_dropout, build_model, save_model
+from gen_fm.model import add_hidden_dropout, build_model, load_model, save_model
 from gen_fm.objectives import HiddenStates, build_objectives
 from gen_fm.selection import choose
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
@@ -47,9 +50,7 @@ from gen_fm.tokenizer import PromptEncoder
 from gen_fm.validation import evaluate, validation_set
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import PAD
-from core.artifacts import jsonable, manifest_hash, read_json
-from core.data import DataConfig, RecData, load_data
-from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from semantic_ids.trie import PrefixTrie
 
 MODEL = "model"
 
@@ -209,8 +210,6 @@ def load_init_weights(
     codes: `sid_tokens` are the new ID map's); a different layout means the IDs were rebuilt and
     the old embeddings would mean something else. Returns the parent's identity for the manifest.
     """
-    from gen_fm.model import load_model
-
     parent = load_model(init_from)
     if sid_tokens is not None:  # titles added to the ID map since enter by their codes' rows
         parent.layout = extend_titles(parent.model, parent.layout, sid_tokens)
@@ -329,8 +328,6 @@ def pretrain(
     val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
     trie = None
     if val is not None:
-        from semantic_ids.trie import PrefixTrie
-
         trie = PrefixTrie(ids.codes, encoder.layout)
 
     meta = {

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.metrics import metrics_from_ranks, target_ranks
 from core.sequences import Split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import to_sid_rows
+from gen_fm.decode import recommend
 from gen_fm.tokenizer import PromptEncoder
 
 
@@ -38,9 +40,6 @@ def validation_set(
 @torch.no_grad()
 def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfig) -> dict[str, float]:
     """Constrained beam search on this process's share of the sample; sums reduced over processes."""
-    from core.metrics import metrics_from_ranks, target_ranks
-    from gen_fm.decode import recommend
-
     rank, world = accelerator.process_index, accelerator.num_processes
     prompts, targets = val.prompts[rank::world], val.targets[rank::world]
     k = config.eval_k

@@ -27,11 +27,6 @@ from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, Ta
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from gen_fm.model import GenFM
-from gen_fm.tokenizer import canvas_token
-from prompt_tuning.canvases import get_canvas
-from prompt_tuning.config import PromptTuningStageConfig
-from semantic_ids.layout import PAD
 from core.artifacts import (
     ArtifactError,
     atomic_dir,
@@ -42,9 +37,15 @@ from core.artifacts import (
     require_files,
     write_json,
 )
+from gen_fm.model import GenFM
+from gen_fm.tokenizer import canvas_token
+from prompt_tuning.canvases import get_canvas
+from prompt_tuning.config import PromptTuningStageConfig
+from semantic_ids.layout import PAD
+from semantic_ids.trie import PrefixTrie
 
 if TYPE_CHECKING:
-    from semantic_ids.trie import PrefixTrie, Restriction
+    from semantic_ids.trie import Restriction
 
 KIND = "prompt_adapter"
 BASE_PARENT = "gen_fm"
@@ -274,8 +275,6 @@ def _restrictions(gen: GenFM, examples: Sequence[Example], allow) -> tuple | Non
         return None
     if len(allow) != len(examples):
         raise ValueError(f"allow has {len(allow)} entries for {len(examples)} examples")
-    from semantic_ids.trie import PrefixTrie
-
     trie = PrefixTrie(gen.ids.codes, gen.layout)
     inside = CandidateMasks(trie)
     views = [inside.view(a, trie.item_of(target)) for a, (_, target) in zip(allow, examples)]

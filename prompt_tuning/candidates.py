@@ -24,6 +24,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from semantic_ids.config import SemanticIDConfig
+from semantic_ids.embeddings import TextEncoder
+from semantic_ids.ids import SemanticIDs
+
 # the metadata block: multi-hot categories, then a one-hot decade 1900s..2030s (semantic_ids.embeddings)
 _DECADES = 14
 _WORD = re.compile(r"[a-z0-9]+")
@@ -226,10 +230,6 @@ class CandidateIndex:
         neighbourhood is its content neighbours alone, and ``for_source`` says so); `tags`: item_id
         -> what members wrote about it (``GenFM.title_tags``; None: titles and categories only)."""
         from safetensors.numpy import load_file
-
-        from semantic_ids.config import SemanticIDConfig
-        from semantic_ids.embeddings import TextEncoder
-        from semantic_ids.ids import SemanticIDs
 
         ids_dir = Path(ids_dir)
         self.config = config or CandidateConfig()

@@ -103,7 +103,7 @@ class PromptTuningStageConfig:
     def adapter_method(self) -> str:
         """The method this config trains: ``method``, or the canvas's own when that is None
         ("none": the canvas is served without an adapter and none is trained)."""
-        from prompt_tuning.canvases.registry import get_canvas
+        from prompt_tuning.canvases.registry import get_canvas  # the canvases import this module
 
         return self.method or getattr(get_canvas(self.canvas), "adapter", "soft_prompt")
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from gen_fm.model import GenFM, load_model, save_model
+from prompt_tuning.config import PromptTuningStageConfig
 
 if TYPE_CHECKING:
     from gen_fm.co_engagement import CoEngagement
-    from prompt_tuning.config import PromptTuningStageConfig
     from semantic_ids.layout import TokenLayout
 from core.artifacts import ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json, write_json
 
@@ -143,7 +143,7 @@ def as_served(
     into a copy of its weights (no prefix: vLLM applies the same low-rank update per request)."""
     import copy
 
-    from prompt_tuning.adapter import is_lora
+    from prompt_tuning.adapter import is_lora  # imports peft: export time only
 
     if is_lora(adapter):
         return copy.deepcopy(adapter).merge_and_unload().eval(), []
@@ -184,8 +184,6 @@ def lora_adapters(gen: GenFM) -> dict[str, tuple[Path, int]]:
 
 def adapter_configs(gen: GenFM) -> dict[str, "PromptTuningStageConfig"]:
     """Canvas -> the config its soft prompt was trained with, for an exported folder."""
-    from prompt_tuning.config import PromptTuningStageConfig
-
     mapping = read_json(gen.path / ADAPTERS_FILE)
     return {c: PromptTuningStageConfig.from_json(m["config"]) for c, m in mapping.items() if "config" in m}
 

@@ -11,15 +11,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prompt_tuning.config import PromptTuningStageConfig
 from core.artifacts import ArtifactError, read_json
+from core.data import DATA_DIR_ENV, RecData, detect_layout, load_data
+from core.sequences import build_sequences, leave_one_out
+from gen_fm.co_engagement import co_engagement_of_split
+from gen_fm.dataset import catalog_to_sid_rows
+from gen_fm.model import IDS_SUBDIR, load_model
+from prompt_tuning.candidates import CandidateIndex
+from prompt_tuning.canvases import CANVASES, canvas_data_for, get_canvas
+from prompt_tuning.config import PromptTuningStageConfig
+from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
+from prompt_tuning.export import as_served
+from semantic_ids.trie import PrefixTrie
 
 
 def canvas_setup(gen, data_config, config: PromptTuningStageConfig):
     """The dataset the model was trained on, its split and the canvas's examples (``data_config``:
     a ``DataConfig``, or data already loaded)."""
-    from prompt_tuning.canvases import canvas_data_for
-
     data, split = model_split(gen, data_config)
     return data, split, canvas_data_for(gen, data, split, config)
 
@@ -29,9 +37,6 @@ def co_engagement_for(gen, data, split):
     folder written before pretraining saved one."""
     table = gen.co_engagement()
     if table is None:
-        from gen_fm.co_engagement import co_engagement_of_split
-        from gen_fm.dataset import catalog_to_sid_rows
-
         table = co_engagement_of_split(split, catalog_to_sid_rows(data, gen.ids), gen.ids.num_items)
     return table
 
@@ -42,10 +47,6 @@ def candidate_index_for(gen, data, split, stage_config, config=None, title_tags:
     `data` without the (tag, title) pairs any canvas holds out under `stage_config` (a
     ``PromptTuningStageConfig``: its seed and eval_fraction; ``CanvasSpec.holds_out_tag``);
     `title_tags` False: no tags at all (an ablation)."""
-    from gen_fm.model import IDS_SUBDIR
-    from prompt_tuning.candidates import CandidateIndex
-    from prompt_tuning.canvases import CANVASES
-
     rules = [spec.holds_out_tag for spec in CANVASES.values() if spec.holds_out_tag is not None]
     tags = (
         data.title_tags(lambda tag, item: any(rule(stage_config, tag, item) for rule in rules))
@@ -62,16 +63,11 @@ def candidate_index_for(gen, data, split, stage_config, config=None, title_tags:
 
 def model_split(gen, data_config):
     """The dataset a model was trained on (checked by fingerprint) and its leave-one-out split."""
-    from core.data import RecData, load_data
-    from core.sequences import build_sequences, leave_one_out
-
     if isinstance(data_config, RecData):
         data = data_config
     elif data_config.dataset is None:  # a folder of datasets: take the one the model was trained on
         import dataclasses
         import os
-
-        from core.data import DATA_DIR_ENV, detect_layout
 
         base = Path(data_config.data_dir or os.environ.get(DATA_DIR_ENV, "."))
         if detect_layout(base) is None:
@@ -93,12 +89,8 @@ def train_canvas(
     config: PromptTuningStageConfig,
     evaluate: bool = True,
 ) -> Path:
-    from prompt_tuning.canvases import get_canvas
-    from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
-    from gen_fm.model import load_model
+    # imports peft: training only (eval and serving use this module's helpers without it)
     from prompt_tuning.adapter import check_trainable, save_adapter, train_adapter
-    from prompt_tuning.export import as_served
-    from semantic_ids.trie import PrefixTrie
 
     check_trainable(config)  # before any data is read
     gen = load_model(model_dir)

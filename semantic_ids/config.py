@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from semantic_ids.quantizers import quantizer_class
+
 # Quantizer fields that an older artifact's flat config holds at the top level; they belong to the
 # quantizer's own config (``from_dict`` moves them there when such an artifact loads).
 _LEGACY_QUANTIZER_FIELDS = (
@@ -74,8 +76,6 @@ class SemanticIDConfig:
         """The chosen method's own config: its defaults, overridden by ``quantizer_options``."""
         import dataclasses
 
-        from semantic_ids.quantizers import quantizer_class
-
         cls = quantizer_class(self.quantizer).config_class
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(self.quantizer_options) - known)
@@ -93,8 +93,6 @@ class SemanticIDConfig:
         it used (those that method has); fields this version does not know are dropped.
         """
         import dataclasses
-
-        from semantic_ids.quantizers import quantizer_class
 
         names = {f.name for f in fields(cls)}
         kept = {k: v for k, v in values.items() if k in names}

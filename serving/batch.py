@@ -24,6 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.artifacts import manifest_hash, write_json
+from core.sequences import build_sequences
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from gen_fm.model import load_model
+from prompt_tuning.canvases import get_canvas
+from serving.ray_data import ray_map, start_ray
+from serving.recommender import RecommendationRequest, Recommender
+
 BATCH_MANIFEST = "manifest.json"
 _JOB_FILE = ".job.json"  # the job a partly written folder belongs to (resume check)
 
@@ -46,8 +54,6 @@ class BatchConfig:
         object.__setattr__(self, "contexts", tuple(self.contexts))
         if self.k < 1 or self.shard_size < 1:
             raise ValueError(f"k and shard_size must be >= 1, got k={self.k}, shard_size={self.shard_size}")
-        from prompt_tuning.canvases import get_canvas
-
         spec = get_canvas(self.canvas)
         if spec.requires_context and not self.contexts:
             raise ValueError(
@@ -62,9 +68,6 @@ def member_histories(
     data, ids, seq_config, max_users: int | None = None
 ) -> tuple[list[str], list[list[str]]]:
     """Every member's events as title ids, oldest first (the whole history; prompts keep the tail)."""
-    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from core.sequences import build_sequences
-
     seqs = build_sequences(data, seq_config)
     sid_rows = catalog_to_sid_rows(data, ids)
     n = len(seqs) if max_users is None else min(max_users, len(seqs))
@@ -95,8 +98,6 @@ def shard_path(out: Path, s: int) -> Path:
 
 
 def _plan(model_dir: str | Path, ids, seq_config, data, config: BatchConfig, out_dir: str | Path) -> _Plan:
-    from core.artifacts import manifest_hash, write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     users, hists = member_histories(data, ids, seq_config, config.max_users)
@@ -131,9 +132,6 @@ def write_shard(
     """Decode one shard's lists with ``rec`` and write them atomically; (rows, short lists)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from prompt_tuning.canvases import get_canvas
-    from serving.recommender import RecommendationRequest
 
     field_name = get_canvas(config.canvas).context_field if config.contexts else None
     reqs = [
@@ -190,8 +188,6 @@ def _finish(
     backend: str,
     engine: dict[str, Any],
 ) -> dict[str, Any]:
-    from core.artifacts import write_json
-
     seconds = time.perf_counter() - t0
     manifest = {
         **plan.job,
@@ -272,9 +268,6 @@ def run_batch_ray(
     (``RAY_ADDRESS``), else a local one."""
     import ray
 
-    from gen_fm.model import load_model
-    from serving.ray_data import ray_map, start_ray
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     gm = load_model(model_dir)
@@ -295,8 +288,6 @@ def run_batch_ray(
 
         class ShardWriter:  # one per actor: the engine is built once and reused for its shards
             def __init__(self) -> None:
-                from serving.recommender import Recommender
-
                 import torch
 
                 torch.set_num_threads(threads)

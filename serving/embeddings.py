@@ -22,6 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from core.artifacts import atomic_dir, manifest_hash, write_json
+from gen_fm.decode import left_pad
+from gen_fm.model import check_device, load_model
+from serving.batch import member_histories
+from serving.ray_data import ray_map, start_ray
+
 EMBEDDINGS_MANIFEST = "manifest.json"
 # "last": the state at the position that predicts the next title; "mean": the mean of the last
 # layer's states over the prompt's real tokens.
@@ -35,8 +41,6 @@ class ModelEmbeddings:
         self, model_dir: str | Path, device: str = "cpu", batch_size: int = 256, pooling: str = "last"
     ) -> None:
         import torch
-
-        from gen_fm.model import check_device, load_model
 
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -72,8 +76,6 @@ class ModelEmbeddings:
     def _last_states(self, prompts: list[list[int]]) -> np.ndarray:
         import torch
 
-        from gen_fm.decode import left_pad
-
         out = np.zeros((len(prompts), self.dim), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
@@ -99,8 +101,6 @@ def _ray_vectors(
     `workers` actors that each hold a ``ModelEmbeddings``."""
     import ray
     import torch
-
-    from serving.ray_data import ray_map, start_ray
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -155,9 +155,6 @@ def export_embeddings(
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from serving.batch import member_histories
-    from core.artifacts import atomic_dir, manifest_hash, write_json
 
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")

@@ -27,7 +27,11 @@ import numpy as np
 
 from gen_fm.co_engagement import RECENT_TITLES
 from gen_fm.model import IDS_SUBDIR, GenFM
-from prompt_tuning.canvases import CanvasSpec, canvas_names, get_canvas
+from prompt_tuning.candidates import CandidateIndex
+from prompt_tuning.canvases import CanvasSpec, QueryEncoder, canvas_names, get_canvas
+from prompt_tuning.config import PromptTuningStageConfig
+from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, lora_adapters, virtual_token_ids
+from semantic_ids.embeddings import TextEncoder
 
 _TEXT_FILES = ("quantizer.safetensors", "embedder.json", "embeddings.safetensors")
 
@@ -98,8 +102,6 @@ class CanvasPrompts:
     """Builds every request's prompt for one model folder (see the module doc)."""
 
     def __init__(self, gen: GenFM, max_history: int, candidate_config: Any = None) -> None:
-        from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, lora_adapters, virtual_token_ids
-
         self.model_dir = Path(gen.path)
         self.ids = gen.ids
         self.encoder = gen.prompt_encoder()
@@ -258,8 +260,6 @@ class CanvasPrompts:
     def candidate_index(self) -> Any:
         """The ``CandidateIndex`` over this folder's ID artifact (built on first use)."""
         if self._candidates is None:
-            from prompt_tuning.candidates import CandidateIndex
-
             self._candidates = CandidateIndex(
                 self.ids_dir,
                 self._sentence_encoder(),
@@ -271,8 +271,6 @@ class CanvasPrompts:
 
     def _sentence_encoder(self) -> _MemoryTextEncoder:
         if self._text is None:  # one sentence encoder for every use, no disk cache
-            from semantic_ids.embeddings import TextEncoder
-
             cfg = self.ids.manifest.get("config") or {}
             spec = TextEncoder(cfg.get("text_model", "bundled"), cfg.get("text_batch_size", 128))
             self._text = _MemoryTextEncoder(spec.model_path, spec.batch_size)
@@ -293,14 +291,10 @@ class CanvasPrompts:
         canvas, field = spec.name, spec.context_field
         if self.text_problem:
             raise RequestError(f"this model cannot take a {field}: {self.text_problem}", field)
-        from prompt_tuning.config import PromptTuningStageConfig
-
         config = self.configs.get(canvas) or PromptTuningStageConfig(canvas=canvas)
         key = (config.query_mode, config.num_anchors)
         queries = self._queries.get(key)
         if queries is None:
-            from prompt_tuning.canvases import QueryEncoder
-
             queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._sentence_encoder())
             self._queries[key] = queries
         return queries.encode([text])[0]

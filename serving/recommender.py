@@ -27,12 +27,13 @@ import numpy as np
 from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
-from prompt_tuning.canvases import get_canvas
 from prompt_tuning.candidates import CandidateConfig, fusion_scores, with_fresh
+from prompt_tuning.canvases import get_canvas
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig, check_fresh_share
-from serving.prompts import CanvasPrompts, RequestError
+from serving.engine import VLLMBeamSearch
 from serving.lifecycle import EngineUnavailable
+from serving.prompts import CanvasPrompts, RequestError
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
 
 
@@ -259,8 +260,6 @@ class Recommender:
             self.backend: _Backend = TransformersBackend(gm.model, self.trie, config, loras)
         else:
             del gm.model  # vLLM loads the weights itself
-            from serving.engine import VLLMBeamSearch
-
             self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras)
 
     @classmethod

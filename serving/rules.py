@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from core.data import DataConfig, load_data
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.trie import PrefixTrie, Restriction
 
@@ -252,8 +253,6 @@ class AttributeTable:
 
 def load_attributes(ids: SemanticIDs, data_dir: str | None, dataset: str | None = None) -> AttributeTable:
     """Attributes of ``ids``'s titles from the data directory the IDs were built from (``core.data``)."""
-    from core.data import DataConfig, load_data
-
     data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
     cat = data.catalog
     columns = [c for c in cat.column_names if c not in ("item_id", "title")]

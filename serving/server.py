@@ -33,6 +33,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from core.artifacts import read_manifest
+from gen_fm.model import KIND
 from prompt_tuning.canvases import canvas_names, get_canvas
 from serving.api import (
     CompletionChoice,
@@ -59,6 +61,7 @@ from serving.lifecycle import (
     reap_children,
     watch_engine,
 )
+from serving.config import ServingConfig
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
 
@@ -418,6 +421,12 @@ def serve(
         log.warning("serving on %s without an API key: anyone who can reach it can query it", host)
     if drain_seconds <= 0:
         raise ValueError(f"drain_seconds must be > 0, got {drain_seconds}")
+    # a wrong folder or setting is one clear error now, not a failed engine load after start-up
+    read_manifest(model_dir, KIND)
+    try:
+        ServingConfig.create(model_dir, backend=backend, **config)
+    except TypeError as e:  # a misspelt field: the message lists the valid ones
+        raise ValueError(str(e)) from None
     fatal: list[str] = []
 
     def on_engine_death(reason: str) -> None:

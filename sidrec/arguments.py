@@ -11,6 +11,9 @@ import shlex
 
 from rich.console import Console
 
+from core.artifacts import read_manifest
+from core.data import DataConfig
+
 console = Console()
 
 
@@ -69,19 +72,15 @@ def add_engine_args(p: argparse.ArgumentParser, each: str) -> None:
 
 def data_config(args: argparse.Namespace, model_dir: str | None = None):
     """--data/--dataset/--max-users; with ``model_dir``, the dataset defaults to the model's own."""
-    from core.data import DataConfig
-
     dataset = getattr(args, "dataset", None)
     if dataset is None and model_dir is not None:
-        from core.artifacts import read_manifest
-
         dataset = (read_manifest(model_dir).get("data") or {}).get("dataset")
     return DataConfig(data_dir=args.data, dataset=dataset, max_users=getattr(args, "max_users", None))
 
 
 def set_threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None):
-        import torch
+        import torch  # here, not at the top: building the parser must not import torch
 
         torch.set_num_threads(args.threads)
 

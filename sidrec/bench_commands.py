@@ -13,6 +13,7 @@ import json
 import sys
 
 from core.overrides import config_from_args, parse_overrides
+from core.sequences import SequenceConfig
 from sidrec.arguments import (
     add_config_args,
     add_data_args,
@@ -21,6 +22,10 @@ from sidrec.arguments import (
     data_config,
     set_threads,
 )
+
+# Each command imports its stage (eval's benchmarks, sidrec.unseen_titles) inside its
+# function: `sidrec --help` and argument errors must answer without importing torch or transformers.
+# The ground floor (core.overrides, core.sequences) is light and imported here.
 
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
@@ -122,7 +127,6 @@ def cmd_bench_new_title_pool(args) -> int:
 
 
 def cmd_bench_unseen_titles(args) -> int:
-    from core.sequences import SequenceConfig
     from eval.unseen_titles import UnseenConfig
     from gen_fm.config import PretrainConfig
     from sidrec.unseen_titles import run_unseen_titles
@@ -192,7 +196,6 @@ def cmd_bench_canvases(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    from core.sequences import SequenceConfig
     from eval.baselines import run_baseline
     from eval.config import EvalConfig
 

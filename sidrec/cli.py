@@ -11,6 +11,9 @@ import argparse
 import os
 import sys
 
+from core.artifacts import ArtifactError
+from core.data import DataError
+from core.logs import route_library_logs, split_logging_flags
 from sidrec.arguments import console
 from sidrec.bench_commands import add_bench_commands
 from sidrec.stage_commands import add_stage_commands
@@ -30,10 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.artifacts import ArtifactError
-    from core.data import DataError
-    from core.logs import route_library_logs, split_logging_flags
-
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, verbose, log_file = split_logging_flags(argv)
     if argv[:1] not in (["-h"], ["--help"], []) and "-h" not in argv and "--help" not in argv:

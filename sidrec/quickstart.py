@@ -10,26 +10,33 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from core.artifacts import jsonable, manifest_hash, read_manifest
+from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
 from core.data import DataConfig, load_data
+from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from eval.config import EvalConfig
+from eval.next_title import choose_fusion, describe_fusion, evaluate_model
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
-
-if TYPE_CHECKING:
-    from gen_fm.config import PretrainConfig
-    from prompt_tuning.config import PromptTuningStageConfig
-    from semantic_ids.config import SemanticIDConfig
+from gen_fm.config import PretrainConfig
+from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from gen_fm.model import FUSION_FILE, TITLE_TAGS_FILE, load_model
+from gen_fm.train import pretrain
+from prompt_tuning.canvases import canvas_names, get_canvas
+from prompt_tuning.config import PromptTuningStageConfig
+from prompt_tuning.export import ADAPTERS_FILE, export_adapters
+from prompt_tuning.train import co_engagement_for, model_split, train_canvas
+from semantic_ids.builder import build_ids
+from semantic_ids.config import SemanticIDConfig
+from semantic_ids.ids import SemanticIDs
+from serving.recommender import Recommender
 
 console = Console()
 
 
 def pretrain_default() -> PretrainConfig:
-    from gen_fm.config import PretrainConfig
-
     # The quickstart's recipe on ml-latest-small: few training windows, so small batches; every
     # validation member each epoch, the weights kept the latest epoch within one standard error of
     # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
@@ -50,15 +57,11 @@ def pretrain_default() -> PretrainConfig:
 
 
 def prompts_default() -> PromptTuningStageConfig:
-    from prompt_tuning.config import PromptTuningStageConfig
-
     # small example caps keep every canvas quick to train; ``canvas`` is set per canvas
     return PromptTuningStageConfig(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
 def _ids_default() -> SemanticIDConfig:
-    from semantic_ids.config import SemanticIDConfig
-
     return SemanticIDConfig()
 
 
@@ -88,8 +91,6 @@ class QuickstartConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or self.examples < 0:
             raise ValueError("k must be >= 1, examples >= 0")
-        from prompt_tuning.canvases import canvas_names
-
         CANVASES = canvas_names()  # the registry: built-in canvases and any registered since
 
         object.__setattr__(self, "canvases", tuple(self.canvases))
@@ -149,9 +150,6 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
 
 
 def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
-    from semantic_ids.builder import build_ids
-    from semantic_ids.ids import SemanticIDs
-
     console.rule("1/5 semantic IDs")
     id_config = config.ids
     if same_build(ids_dir, "semantic_ids", id_config, data.fingerprint):
@@ -171,9 +169,6 @@ def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
 
 
 def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path, out: Path) -> Path:
-    from gen_fm.train import pretrain
-    from core.sequences import SequenceConfig
-
     console.rule("2/5 pretrain the foundation model")
     pc = config.pretrain
     # One run folder per training config: a rerun with the same config resumes its checkpoints,
@@ -191,9 +186,6 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
 
 def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:
     """The home row's fusion weight for this model, chosen on the validation split (once)."""
-    from eval.next_title import choose_fusion, describe_fusion
-    from gen_fm.model import FUSION_FILE
-
     if FUSION_FILE in read_manifest(model_dir)["files"]:
         console.print(f"reusing the fusion weight chosen for {model_dir}")
         return
@@ -202,9 +194,6 @@ def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:
 
 
 def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> None:
-    from eval.config import EvalConfig
-    from eval.next_title import evaluate_model
-
     console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
     rep = evaluate_model(
         model_dir,
@@ -238,11 +227,7 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     """An adapter per canvas (its spec's method) on the frozen model, then one servable folder with all of them
     (``root/served``; the model folder itself when no canvas could be trained). Adapters and the
     folder already on disk for the same model and config are reused. Quickstart and refresh."""
-    from prompt_tuning.adapter import read_adapter
-    from prompt_tuning.canvases import get_canvas
-    from prompt_tuning.export import export_adapters
-    from prompt_tuning.train import train_canvas
-    from semantic_ids.ids import SemanticIDs
+    from prompt_tuning.adapter import read_adapter  # imports peft: the soft-prompt stage only
 
     base_hash = manifest_hash(model_dir)
     has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
@@ -273,8 +258,6 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
         adapters.append(train_canvas(model_dir, data_config, target, pc))
     if not adapters:
         return model_dir
-    from gen_fm.model import TITLE_TAGS_FILE
-
     served = root / "served"
     tags = _title_tags(model_dir, data_config)  # None: the folder carries its own
     want = {f"adapter_{read_adapter(a).config.canvas}": manifest_hash(a) for a in adapters}
@@ -301,9 +284,6 @@ def _co_engagement(model_dir: Path, data_config):
     """The base folder's co-engagement table, counted from its data when the folder predates it."""
     if (model_dir / CO_ENGAGEMENT_FILE).is_file():
         return None  # export carries the folder's own
-    from gen_fm.model import load_model
-    from prompt_tuning.train import co_engagement_for, model_split
-
     gen = load_model(model_dir)
     return co_engagement_for(gen, *model_split(gen, data_config))
 
@@ -311,9 +291,6 @@ def _co_engagement(model_dir: Path, data_config):
 def _title_tags(model_dir: Path, data_config):
     """The base folder's title tags, read from its data (a ``DataConfig`` or ``RecData``, as
     ``model_split`` takes) when the folder predates them."""
-    from gen_fm.model import TITLE_TAGS_FILE, load_model
-    from prompt_tuning.train import model_split
-
     if (model_dir / TITLE_TAGS_FILE).is_file():
         return None  # export carries the folder's own
     data, _ = model_split(load_model(model_dir), data_config)
@@ -321,12 +298,6 @@ def _title_tags(model_dir: Path, data_config):
 
 
 def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> None:
-    from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-    from gen_fm.model import load_model
-    from prompt_tuning.canvases import get_canvas
-    from serving.recommender import Recommender
-    from core.sequences import build_sequences, leave_one_out
-
     gen = load_model(model_dir)
     canvases = [c for c in config.canvases if c in _served_canvases(model_dir)] or ["home"]
     backend = config.backend
@@ -388,10 +359,6 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
 
 
 def _served_canvases(model_dir: Path) -> set[str]:
-    from core.artifacts import read_json
-    from prompt_tuning.canvases import canvas_names, get_canvas
-    from prompt_tuning.export import ADAPTERS_FILE
-
     path = Path(model_dir) / ADAPTERS_FILE
     frozen = {c for c in canvas_names() if get_canvas(c).adapter == "none"}  # served without one
     return (set(read_json(path)) if path.is_file() else {"home"}) | frozen

@@ -29,14 +29,27 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
-from gen_fm.config import PretrainConfig
-from prompt_tuning.config import PromptTuningStageConfig
-from semantic_ids.config import SemanticIDConfig
-from sidrec.quickstart import prompts_default
 from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
 from core.timeline import old_world
+from eval.machine import machine_info
+from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
+from gen_fm.config import PretrainConfig
+from gen_fm.model import load_model
+from gen_fm.train import pretrain
+from prompt_tuning.canvases import canvas_names
+from prompt_tuning.config import PromptTuningStageConfig
+from semantic_ids.builder import assign_new
+from semantic_ids.config import SemanticIDConfig
+from semantic_ids.ids import SemanticIDs
+from sidrec.quickstart import (
+    QuickstartConfig,
+    prompts_default,
+    same_build,
+    stage_ids,
+    stage_pretrain,
+    stage_prompts,
+)
 
 console = Console()
 
@@ -91,8 +104,6 @@ class RefreshConfig:
     pretrain: PretrainConfig = field(default_factory=_old_world_pretrain)
 
     def __post_init__(self) -> None:
-        from prompt_tuning.canvases import canvas_names
-
         CANVASES = canvas_names()  # the registry: built-in canvases and any registered since
 
         raw = self.canvases.split(",") if isinstance(self.canvases, str) else self.canvases
@@ -182,8 +193,6 @@ def refresh(
     simulation: dict | None = None,
 ) -> dict[str, Any]:
     """Assign IDs to the new titles, fine-tune from `model_dir`, judge before/after; returns the report."""
-    from gen_fm.model import load_model
-
     t0 = time.perf_counter()
     out, model_dir = Path(out_dir), Path(model_dir)
     parent = load_model(model_dir)
@@ -218,8 +227,6 @@ def refresh(
     t_eval = time.perf_counter() - t0 - t_ids - t_ft
     served = None
     if config.canvases:
-        from sidrec.quickstart import stage_prompts
-
         console.rule(f"refresh: soft prompts of {', '.join(config.canvases)} on the refreshed model")
         served = stage_prompts(refreshed_dir, data, config.canvases, config.prompts, out / "prompts")
     report = _report(
@@ -270,9 +277,6 @@ def check_ids_kept(old, new) -> None:
 def assign_new_titles(parent, data: RecData, ids_dir: Path):
     """IDs for the titles of `data` the model `parent` has none for, written to `ids_dir` (reused
     when it already holds them); returns (the ID map, the new title ids)."""
-    from semantic_ids.builder import assign_new
-    from semantic_ids.ids import SemanticIDs
-
     catalog = list(data.catalog["item_id"])
     new_titles = [i for i in catalog if i not in parent.ids]
     if not new_titles:
@@ -301,8 +305,6 @@ def assign_new_titles(parent, data: RecData, ids_dir: Path):
 
 def finetune_config(parent_config, config: RefreshConfig):
     """The parent's PretrainConfig (architecture, regularisation) with the refresh's schedule."""
-    from gen_fm.config import PretrainConfig
-
     over = dict(
         epochs=config.epochs,
         lr=config.lr,
@@ -321,9 +323,6 @@ def finetune_config(parent_config, config: RefreshConfig):
 
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
-    from gen_fm.train import pretrain
-    from sidrec.quickstart import same_build
-
     pcfg = finetune_config(parent.config, config)
     ids_hash, parent_hash = manifest_hash(out / "ids"), manifest_hash(model_dir)
     since = config.fresh_since
@@ -367,8 +366,6 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
 def _report(
     parent, refreshed, new_ids, new_titles, data, evaluations, members, config, simulation, seconds
 ) -> dict[str, Any]:
-    from eval.machine import machine_info
-
     k = config.k
     summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS + BASELINES} for g in GROUPS}
     stats = new_ids.stats()
@@ -452,8 +449,6 @@ def simulate(
     data_config: DataConfig, out_dir: str | Path, config: RefreshConfig, results: str | Path | None = None
 ) -> dict[str, Any]:
     """Old world -> IDs and a model on it (the quickstart's stages) -> refresh with the full data."""
-    from sidrec.quickstart import QuickstartConfig, stage_ids, stage_pretrain
-
     out = Path(out_dir)
     full = load_data(data_config)
     world = old_world(full, config.new_title_share)

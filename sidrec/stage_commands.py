@@ -12,7 +12,10 @@ from pathlib import Path
 
 from rich.table import Table
 
+from core.artifacts import read_json, write_json
+from core.data import load_data
 from core.overrides import config_from_args, parse_overrides
+from core.sequences import SequenceConfig
 from sidrec.arguments import (
     add_config_args,
     add_data_args,
@@ -24,6 +27,10 @@ from sidrec.arguments import (
     set_threads,
 )
 
+# Each command imports its stage (semantic_ids ... eval, sidrec.quickstart and the like) inside its
+# function: `sidrec --help` and argument errors must answer without importing torch or transformers.
+# The ground floor (core.data, core.artifacts, core.sequences) is light and imported here.
+
 
 # --------------------------------------------------------------------------- ids
 
@@ -31,7 +38,6 @@ from sidrec.arguments import (
 def cmd_ids_build(args) -> None:
     from semantic_ids.builder import build_ids
     from semantic_ids.config import SemanticIDConfig
-    from core.data import load_data
     from sidrec.quickstart import show_stats
 
     config = config_from_args(SemanticIDConfig, args.preset, args.set, quantizer=args.quantizer)
@@ -45,7 +51,6 @@ def cmd_ids_build(args) -> None:
 
 def cmd_ids_assign(args) -> None:
     from semantic_ids.builder import assign_new
-    from core.data import load_data
 
     data = load_data(data_config(args))
     ids, new = assign_new(args.ids, data, args.out)
@@ -80,7 +85,6 @@ def cmd_ids_inspect(args) -> None:
 def cmd_pretrain(args) -> None:
     from gen_fm.config import PretrainConfig
     from gen_fm.train import pretrain
-    from core.sequences import SequenceConfig
 
     set_threads(args)
     overrides = parse_overrides(args.config, args.set)
@@ -92,7 +96,6 @@ def cmd_pretrain(args) -> None:
     data, extra = data_config(args), None
     if config.canvas_mix:  # the canvas stage builds the mixture's rows (gen_fm does not know it)
         from prompt_tuning.canvases import pretraining_mixture
-        from core.data import load_data
 
         data = load_data(data)
         extra = pretraining_mixture(data, seq, args.ids, config)
@@ -183,7 +186,6 @@ def cmd_batch(args) -> None:
 
     from serving.batch import BatchConfig, run_batch
     from serving.recommender import Recommender
-    from core.data import load_data
 
     set_threads(args)
     rules = json.loads(args.rules) if args.rules else None
@@ -205,8 +207,6 @@ def cmd_batch(args) -> None:
         dataset=args.dataset,
     )
     import dataclasses
-
-    from core.artifacts import read_json
 
     # every member is read (the data's fingerprint is the model's); --max-users cuts the lists
     data = load_data(dataclasses.replace(data_config(args, args.model), max_users=None))
@@ -233,7 +233,6 @@ def cmd_batch(args) -> None:
 
 def cmd_embed(args) -> None:
     from serving.embeddings import export_embeddings
-    from core.data import load_data
 
     set_threads(args)
     data = load_data(data_config(args, args.model))
@@ -284,7 +283,6 @@ def cmd_refresh(args) -> None:
 
 def cmd_catalog_update(args) -> None:
     from eval.machine import machine_info
-    from core.artifacts import write_json
     from sidrec.catalog import update_catalog
 
     set_threads(args)
@@ -304,9 +302,8 @@ def cmd_catalog_update(args) -> None:
 
 
 def cmd_prompts_train(args) -> None:
-    from prompt_tuning.train import train_canvas
-
     from prompt_tuning.config import PromptTuningStageConfig
+    from prompt_tuning.train import train_canvas
 
     set_threads(args)
     config = config_from_args(PromptTuningStageConfig, args.preset, args.set, canvas=args.canvas)

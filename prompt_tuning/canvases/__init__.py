@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
+from core.data import RecData
+from core.sequences import Split, build_sequences, leave_one_out
+from gen_fm.dataset import IGNORE, catalog_to_sid_rows, example_features, to_sid_rows
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases.base import (
     CONTEXT_FIELDS,
@@ -43,8 +45,6 @@ from prompt_tuning.canvases.base import (
 from prompt_tuning.canvases.registry import CANVASES, canvas_names, get_canvas, register, unregister
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.ids import SemanticIDs
-from core.data import RecData
-from core.sequences import Split
 
 from prompt_tuning.canvases import collection, home, search, t2t  # the built-in canvases
 
@@ -116,8 +116,6 @@ def mixture_examples(
     """
     import datasets
 
-    from gen_fm.dataset import IGNORE, example_features
-
     same = [c for c in canvases if get_canvas(c).title_in_history]
     if same:
         raise ValueError(
@@ -169,8 +167,6 @@ def pretraining_mixture(
 ) -> tuple["datasets.Dataset", dict]:  # noqa: F821
     """The rows ``gen_fm.train.pretrain(extra_rows=...)`` needs for ``config.canvas_mix``
     (a ``PretrainConfig``): the same split and prompt format the pretraining run builds."""
-    from core.sequences import build_sequences, leave_one_out
-
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
     encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from core.data import RecData
+from core.sequences import Split
 from gen_fm.dataset import to_sid_rows
 from gen_fm.tokenizer import CANVASES as CANVAS_TOKENS
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases.registry import get_canvas
+from semantic_ids.builder import load_quantizer
+from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
-from core.data import RecData
-from core.sequences import Split
 
 if TYPE_CHECKING:
     from prompt_tuning.candidates import CandidateIndex, Candidates
@@ -69,8 +71,6 @@ class QueryEncoder:
     def __init__(
         self, ids_dir: str | Path, mode: str = "anchors", num_anchors: int = 3, text_encoder=None
     ) -> None:
-        from semantic_ids.builder import load_quantizer
-        from semantic_ids.embeddings import TextEncoder
         from safetensors.numpy import load_file
 
         if mode not in ("anchors", "quantized"):

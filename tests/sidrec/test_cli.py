@@ -246,3 +246,52 @@ def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
     assert "test: recall@5" in text and "params 0" in text
     assert main([*argv, "--set", "hidden=8"]) == 2  # popular takes no hyperparameters
     assert "no hyperparameters" in capsys.readouterr().out
+
+
+def _commands(parser, prefix=()):
+    """(command words, its parser) of every leaf command."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+            return
+    yield prefix, parser
+
+
+BAD_VALUES = {"--out": None, "--canvas": "home", "--dataset": "nope", "--kind": "popular"}
+
+
+def test_every_command_answers_bad_paths_with_one_clear_error(tmp_path, capsys) -> None:
+    """Walk every command with a data folder, model and artifacts that do not exist: each one ends
+    with a one-line error (exit 2) and no traceback, and writes nothing."""
+    from sidrec.cli import build_parser
+
+    missing = str(tmp_path / "does-not-exist")
+    for words, parser in _commands(build_parser()):
+        if words == ("prompts", "list"):
+            continue  # lists the registered canvases: nothing can be missing
+        options = {o for a in parser._actions for o in a.option_strings}
+        argv = list(words)
+        for action in parser._actions:
+            if action.required and action.option_strings:
+                flag = action.option_strings[0]
+                value = BAD_VALUES.get(flag, missing)
+                argv += [flag, str(tmp_path / "out") if value is None else value]
+            elif not action.option_strings and action.nargs is None:  # a positional path
+                argv.append(missing)
+        for flag in ("--data", "--results"):
+            if flag in options and flag not in argv:
+                argv += [flag, missing]
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse: a bad choice or a missing flag
+            code = e.code
+        said = capsys.readouterr()
+        text = said.out + said.err
+        # exit 2 with the message printed, or SystemExit("error: ...") for a contradictory command line
+        assert code == 2 or str(code).startswith("error:"), (argv, code, text[-500:])
+        text += str(code)
+        assert "Traceback" not in text and "error" in text.lower(), (argv, text[-500:])
+        assert not (tmp_path / "out").exists(), argv
