@@ -231,16 +231,16 @@ def test_contexts_restrict_the_titles_to_their_candidate_set(rec, tiny_exported_
 
 
 def test_query_encoder_is_built_once(tiny_exported_dir, monkeypatch) -> None:
-    import prompt_tuning.canvases as canvases
+    import serving.prompts as prompts
 
     built = []
 
-    class Counting(canvases.QueryEncoder):
+    class Counting(prompts.QueryEncoder):
         def __init__(self, *args, **kwargs) -> None:
             built.append(args)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(canvases, "QueryEncoder", Counting)
+    monkeypatch.setattr(prompts, "QueryEncoder", Counting)  # where serving builds it
     fresh = Recommender.from_pretrained(tiny_exported_dir, backend="transformers", **COMMON)
     assert not built  # lazily: loading the folder builds none
     fresh.recommend_batch(
