@@ -26,7 +26,7 @@ from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.decode import recommend
 from gen_fm.titles import extend_titles
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.candidates import CandidateConfig, fuse_all, with_fresh
+from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks, with_fresh
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 
@@ -247,6 +247,8 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
         "model_unseen_only": fresh,
         "prefix_unseen": prefix_unseen(ids.codes, beams, unseen_rows, k),
         "content_nearest_unseen": content,
+        # the model's ranking of unseen titles fused with the content neighbours' by reciprocal rank
+        "fused_unseen": [fuse_ranks(f, c, k, cc.fusion_k, 1.0) for f, c in zip(fresh, content)],
         "random_unseen": random_unseen(unseen_rows, histories, k, config.seed),
     }
     for s in config.fresh_shares:
@@ -254,6 +256,9 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
         ranked[f"served_fresh{s:g}"] = [with_fresh(b, f, k, s, unseen_set) for b, f in zip(served, fresh)]
         ranked[f"served_fresh{s:g}_content"] = [
             with_fresh(b, f, k, s, unseen_set) for b, f in zip(served, content)
+        ]
+        ranked[f"served_fresh{s:g}_fused"] = [
+            with_fresh(b, f, k, s, unseen_set) for b, f in zip(served, ranked["fused_unseen"])
         ]
     index = {"cold": np.arange(len(cold)), "warm": np.arange(len(cold), len(members))}
     index["all"] = np.arange(len(members))

@@ -12,6 +12,7 @@ from typing import Any
 
 BACKENDS = ("vllm", "transformers")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+FRESH_SOURCES = ("content", "model")
 # vllm.LLM arguments the beam loop depends on: set from the fields below, never through vllm_kwargs.
 _RESERVED_VLLM_KWARGS = frozenset(
     {
@@ -94,9 +95,13 @@ class ServingConfig:
     fusion_k: int | None = None
     fusion_weight: float | None = None
     # Share of a list's k slots kept for fresh titles (those a catalog update added after the model
-    # was trained: ``sidrec catalog update``), filled with the model's best fresh titles for the
-    # request (``prompt_tuning.candidates.with_fresh``); 0 = no slots kept. A request may set its own.
+    # was trained: ``sidrec catalog update``), placed by ``prompt_tuning.candidates.with_fresh``;
+    # 0 = no slots kept. A request may set its own.
     fresh_share: float = 0.0
+    # What fills those slots: "content", the fresh titles nearest the history (and a t2t source) by
+    # content embedding, or "model", the model's own beam search among them. "content" falls back
+    # to the model for a request without a history or source.
+    fresh_source: str = "content"
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +135,8 @@ class ServingConfig:
                 f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"
             )
         check_fresh_share(self.fresh_share)
+        if self.fresh_source not in FRESH_SOURCES:
+            raise ValueError(f"fresh_source must be one of {FRESH_SOURCES}, got {self.fresh_source!r}")
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
@@ -43,7 +44,8 @@ class Recommendation:
     title: str | None  # display title (None if the ID artifact has no titles)
     score: float  # log-probability among the titles this request permits (see module doc)
     semantic_id: str  # "<a_12><b_7><c_200><d_0>"
-    fresh: bool = False  # a fresh title in a slot kept for fresh titles (its score is the fresh search's)
+    # a fresh title in a slot kept for fresh titles (its score: the content similarity, or the model's)
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,8 @@ class PreparedRequest:
     fuse_order: tuple[int, ...] | None = None
     fused_with: str | None = None  # what fuse_order is, for the result
     # the fresh titles this request permits and the slots they get (None: no slots kept)
-    fresh_view: Restriction | None = None
+    fresh_view: Restriction | None = None  # the model searches among them (fresh_source "model")
+    fresh_ranked: Recommendations | None = None  # ranked already, by content (fresh_source "content")
     fresh_slots: int = 0
 
 
@@ -238,6 +241,7 @@ class Recommender:
         # titles added by catalog updates after training: the ID rows from the trained count on
         trained = (gm.manifest.get("catalog") or {}).get("trained_titles", gm.ids.num_items)
         self.fresh_rows = np.arange(trained, gm.ids.num_items, dtype=np.int64)
+        self._content = None  # unit content vectors of every title, read when a fresh slot needs them
         # fusion constants: the request's config, else those chosen for this model on validation
         chosen, defaults = gm.fusion() or {}, CandidateConfig()
         self.fusion_k = next(
@@ -354,16 +358,20 @@ class Recommender:
         view = mask.narrow(self.trie, view)  # rules stack onto the same restriction
         share = self.config.fresh_share if r.fresh_share is None else r.fresh_share
         check_fresh_share(share)
-        fresh_view, slots = None, int(share * int(r.k) + 1e-9)
+        fresh_view, fresh_ranked, slots = None, None, int(share * int(r.k) + 1e-9)
         fresh = self.fresh_rows if view is None else self.fresh_rows[view.permits(self.fresh_rows)]
-        if slots and len(fresh):  # the fresh titles are searched apart; the other slots never hold one
-            fresh_view = self.trie.restrict(allow_rows=fresh.tolist())
+        if slots and len(fresh):  # the fresh titles are ranked apart; the other slots never hold one
+            basis = [*history, *([cp.source_row] if cp.source_row is not None else [])]
+            if self.config.fresh_source == "content" and basis:
+                fresh_ranked = self._content_fresh(basis, fresh, slots)
+            else:  # the model's own search among them (also the fallback without a history)
+                fresh_view = self.trie.restrict(allow_rows=fresh.tolist())
             view = self.trie.restrict(
                 exclude_rows=sorted(set(excluded) | set(self.fresh_rows.tolist())), allow_rows=allow
             )
             view = mask.narrow(self.trie, view)
         permitted = self.trie.num_items if view is None else view.num_permitted
-        permitted += fresh_view.num_permitted if fresh_view is not None else 0
+        permitted += len(fresh) if slots and (fresh_view is not None or fresh_ranked is not None) else 0
         k = int(r.k)
         reason = None
         if permitted < k:
@@ -411,8 +419,20 @@ class Recommender:
             candidates=None if cp.candidates is None else cp.candidates.how,
             lora=cp.lora,
             fresh_view=fresh_view,
-            fresh_slots=slots if fresh_view is not None else 0,
+            fresh_ranked=fresh_ranked,
+            fresh_slots=slots if fresh_view is not None or fresh_ranked is not None else 0,
         )
+
+    def _content_fresh(self, basis: list[int], fresh: np.ndarray, n: int) -> Recommendations:
+        """The `n` fresh titles nearest the mean of the `basis` titles' content vectors (the ID
+        artifact's embeddings, unit rows); scores are cosine similarities."""
+        if self._content is None:
+            x = load_file(str(Path(self.ids.path) / "embeddings.safetensors"))["fused"].astype(np.float32)
+            self._content = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = self._content[fresh] @ self._content[basis].mean(axis=0)
+        order = np.lexsort((fresh, -sims))[:n]
+        rows = [int(fresh[i]) for i in order]
+        return Recommendations(rows, [self.ids.codes[r] for r in rows], [float(sims[i]) for i in order], 0)
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.
@@ -447,6 +467,7 @@ class Recommender:
             found.update(self._search(prepared, short))
         fresh = [dataclasses.replace(p, view=p.fresh_view, want=p.fresh_slots) for p in prepared]
         found_fresh = self._search(fresh, [i for i, p in enumerate(prepared) if p.fresh_view is not None])
+        found_fresh.update({i: p.fresh_ranked for i, p in enumerate(prepared) if p.fresh_ranked is not None})
         return [self._result(p, found.get(i), found_fresh.get(i)) for i, p in enumerate(prepared)]
 
     def _search(self, prepared: list[PreparedRequest], which: Iterable[int]) -> dict[int, Recommendations]:

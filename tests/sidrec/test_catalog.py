@@ -58,9 +58,10 @@ def test_new_titles_get_ids_rows_and_a_record_of_what_was_trained(updated) -> No
     assert read_manifest(out)["catalog"]["trained_titles"] == old.ids.num_items
 
 
-def test_every_canvas_serves_a_new_title_in_its_fresh_slots(updated) -> None:
+@pytest.mark.parametrize("source", ["content", "model"])
+def test_every_canvas_serves_a_new_title_in_its_fresh_slots(updated, source) -> None:
     _, out, _, unseen, data = updated
-    rec = Recommender.from_pretrained(str(out), backend="transformers", fresh_share=0.2)
+    rec = Recommender.from_pretrained(str(out), backend="transformers", fresh_share=0.2, fresh_source=source)
     new = load_model(out)
     index = CandidateIndex(new.ids.path)
     fresh_row = new.ids.index_of(unseen[0])
@@ -85,6 +86,23 @@ def test_every_canvas_serves_a_new_title_in_its_fresh_slots(updated) -> None:
     assert not any(r.fresh for r in plain) and not {r.item_id for r in plain} & set(unseen)
     with pytest.raises(ValueError, match="fresh_share"):
         rec.recommend(history, "home", k=10, fresh_share=1.5)
+    cold = rec.recommend([], "home", k=10)  # no history to compare by content: the model's search
+    assert sum(r.fresh for r in cold) == 2
+    rec.close()
+
+
+def test_content_slots_hold_the_fresh_titles_nearest_the_history(updated) -> None:
+    _, out, _, unseen, _ = updated
+    rec = Recommender.from_pretrained(str(out), backend="transformers", fresh_share=0.1)
+    history = list(rec.ids.item_ids[:5])
+    got = [r for r in rec.recommend(history, "home", k=10) if r.fresh]
+    vec = rec._content
+    rows = [rec.ids.index_of(t) for t in unseen]
+    q = vec[[rec.ids.index_of(t) for t in history]].mean(axis=0)
+    best = rows[int(np.argmax(vec[rows] @ q))]
+    assert [r.item_id for r in got] == [rec.ids.item_ids[best]]
+    with pytest.raises(ValueError, match="fresh_source"):
+        Recommender.from_pretrained(str(out), backend="transformers", fresh_source="popular")
     rec.close()
 
 
@@ -114,7 +132,7 @@ def test_clear_errors(updated, tmp_path, capsys) -> None:
 def test_vllm_serves_the_updated_folder_as_transformers_does(updated) -> None:
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[serving]')")
     _, out, _, unseen, _ = updated
-    common = dict(num_beams=10, max_k=10, fresh_share=0.2)
+    common = dict(num_beams=10, max_k=10, fresh_share=0.2, fresh_source="model")  # the fresh search
     hf = Recommender.from_pretrained(str(out), backend="transformers", **common)
     vl = Recommender.from_pretrained(
         str(out), backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **common
