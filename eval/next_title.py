@@ -49,6 +49,26 @@ class Decoded:
     trie: PrefixTrie  # the one the beams were constrained by
 
 
+def recommend_chunked(
+    model, prompts: list, trie: PrefixTrie, width: int, batch_size: int, desc: str, exclude=None, allow=None
+) -> list:
+    """``recommend`` with beam and k `width` over many prompts, in chunks behind one progress bar."""
+    out, chunk = [], batch_size * 8
+    for s in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk"):
+        part = slice(s, s + chunk)
+        out += recommend(
+            model,
+            prompts[part],
+            trie,
+            k=width,
+            num_beams=width,
+            exclude=None if exclude is None else exclude[part],
+            batch_size=batch_size,
+            allow=None if allow is None else allow[part],
+        )
+    return out
+
+
 def decode_split(
     model_dir: str | Path,
     data_config: DataConfig | RecData,
@@ -87,19 +107,10 @@ def decode_split(
     trie = PrefixTrie.from_ids(gen.ids)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    recs = []
-    chunk = config.batch_size * 8
-    for start in tqdm(range(0, len(idx), chunk), desc=f"decoding {len(idx)} members", unit="chunk"):
-        # the whole beam comes back (its first k are the k-title answer): the home row fuses all of it
-        recs += recommend(
-            gen.model,
-            prompts[start : start + chunk],
-            trie,
-            k=beams,
-            num_beams=beams,
-            constrained=True,
-            batch_size=config.batch_size,
-        )
+    # the whole beam comes back (its first k are the k-title answer): the home row fuses all of it
+    recs = recommend_chunked(
+        gen.model, prompts, trie, beams, config.batch_size, f"decoding {len(idx)} members"
+    )
     return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0, trie)
 
 

@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file
-from tqdm.auto import tqdm
 
 from core.data import RecData
 from core.metrics import target_ranks, validate_ks
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.new_titles import content_nearest_new
+from eval.next_title import recommend_chunked
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-from gen_fm.decode import recommend
 from gen_fm.titles import extend_titles
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks, with_fresh
@@ -216,19 +215,8 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
     k = max(config.ks)
 
     def decode(width: int, allow: list | None, desc: str) -> list[list[int]]:
-        out, chunk = [], config.batch_size * 8
-        for s in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk"):
-            out += recommend(
-                gen.model,
-                prompts[s : s + chunk],
-                trie,
-                k=width,
-                num_beams=width,
-                exclude=histories[s : s + chunk],
-                batch_size=config.batch_size,
-                allow=None if allow is None else allow[s : s + chunk],
-            )
-        return [r.rows for r in out]
+        recs = recommend_chunked(gen.model, prompts, trie, width, config.batch_size, desc, histories, allow)
+        return [r.rows for r in recs]
 
     beams = decode(config.beams, None, f"decoding {len(members)} members")
     fresh = decode(k, [unseen_rows.tolist()] * len(members), "ranking the unseen titles")
