@@ -105,6 +105,13 @@ def target_ranks(ranked: Sequence[Sequence[Hashable]], targets: Sequence[Hashabl
     return out
 
 
+def member_scores(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per member Recall@k (0 or 1) and NDCG@k from target places (-1 = not ranked)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    in_k = (ranks >= 0) & (ranks < k)
+    return in_k.astype(np.float64), np.where(in_k, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> RankingMetrics:
     """Recall@K and NDCG@K from target places (-1 = not ranked)."""
     ks = validate_ks(ks)
@@ -113,14 +120,11 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Ran
         raise ValueError("need a non-empty 1-d array of ranks (one per member)")
     if (ranks < -1).any():
         raise ValueError("ranks must be >= 0, or -1 for a miss")
-    hit = ranks >= 0
-    gain = np.zeros(len(ranks), dtype=np.float64)
-    gain[hit] = 1.0 / np.log2(ranks[hit] + 2.0)
     recall, ndcg = {}, {}
     for k in ks:
-        in_k = hit & (ranks < k)
+        in_k, gain = member_scores(ranks, k)
         recall[k] = float(in_k.mean())
-        ndcg[k] = float(np.where(in_k, gain, 0.0).mean())
+        ndcg[k] = float(gain.mean())
     return RankingMetrics(num_users=len(ranks), recall=recall, ndcg=ndcg)
 
 

@@ -20,7 +20,7 @@ from gen_fm.dataset import catalog_to_sid_rows
 from gen_fm.decode import recommend
 from gen_fm.titles import extend_titles
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.candidates import CandidateIndex
+from prompt_tuning.candidates import CandidateIndex, content_nearest
 from semantic_ids.trie import PrefixTrie
 from core.artifacts import write_json
 from core.data import DataConfig, RecData, load_data
@@ -94,18 +94,8 @@ def content_nearest_new(
     vectors: np.ndarray, new_rows: np.ndarray, histories: list[np.ndarray], k: int
 ) -> list[list[int]]:
     """Per history, the `k` new titles whose vectors (unit rows, indexed by catalog row) are
-    nearest the mean of the history's; an empty history gets none."""
-    out = []
-    for h in histories:
-        if not len(h):
-            out.append([])
-            continue
-        q = vectors[h].mean(axis=0)
-        sims = vectors[new_rows] @ q
-        order = new_rows[np.lexsort((new_rows, -sims))]
-        seen = set(h.tolist())
-        out.append([int(r) for r in order if r not in seen][:k])
-    return out
+    nearest the mean of the history's (``content_nearest``); an empty history gets none."""
+    return [content_nearest(vectors, new_rows, h, k)[0] for h in histories]
 
 
 def baselines(

@@ -257,10 +257,7 @@ def served_home_row(
         else "built from the split's training events (the folder predates the table)"
     )
     chosen = gen.fusion()
-    k, cc = (
-        max(ks),
-        CandidateConfig(**({key: chosen[key] for key in ("fusion_k", "fusion_weight")} if chosen else {})),
-    )
+    k, cc = max(ks), CandidateConfig.with_fusion(chosen)
     beams = [[r for r in b if r not in s] for b, s in zip(beams, map(set, histories))]
     orders = [table.of_recent(h) for h in histories]
 

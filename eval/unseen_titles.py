@@ -11,21 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from core.data import RecData
-from core.metrics import target_ranks, validate_ks
-from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.metrics import member_scores, target_ranks, validate_ks
+from core.sequences import SequenceConfig, Split, build_sequences, leave_one_out
 from eval.new_titles import content_nearest_new
 from eval.next_title import recommend_chunked
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.titles import extend_titles
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks, with_fresh
+from prompt_tuning.candidates import CandidateConfig, content_vectors, fuse_all, fuse_ranks, with_fresh
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 
@@ -125,16 +123,16 @@ def hold_out(data: RecData, seq_config: SequenceConfig, share: float, seed: int)
     if short:
         keep &= ~(target_row & np.isin(users, list(short)))
         view = _view(data, None, np.flatnonzero(keep), tag)
+        check = leave_one_out(build_sequences(view, seq_config), seq_config)
     seen_rows = np.setdiff1d(np.arange(len(data.catalog)), unseen)
     seen = _view(data, seen_rows, np.flatnonzero(~of_unseen), {**tag, "seen_only": True})
-    cold = check_held_out(view, seq_config, unseen)
+    cold = check_held_out(check, unseen)
     return HeldOut(view, seen, unseen, cold, int((~keep).sum()))
 
 
-def check_held_out(data: RecData, seq_config: SequenceConfig, unseen: np.ndarray) -> int:
-    """Raise if an unseen title is in a training event or a validation target of `data`; return the
-    number of members whose test target is unseen."""
-    split = leave_one_out(build_sequences(data, seq_config), seq_config)
+def check_held_out(split: Split, unseen: np.ndarray) -> int:
+    """Raise if an unseen title is in a training event or a validation target of `split`; return
+    the number of members whose test target is unseen."""
     _, train_rows = split.train_pairs()
     leaks = {
         "training events": int(np.isin(train_rows, unseen).sum()),
@@ -151,12 +149,9 @@ def figures(ranked: list[list[int]], targets: np.ndarray, ks: tuple[int, ...]) -
     if not n:
         return {"num_users": 0}
     ranks = target_ranks(ranked, [int(t) for t in targets])
-    hit = ranks >= 0
     out: dict[str, float] = {"num_users": n}
     for k in ks:
-        rec = (hit & (ranks < k)).astype(np.float64)
-        gain = np.where(rec > 0, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
-        for name, x in (("recall", rec), ("ndcg", gain)):
+        for name, x in zip(("recall", "ndcg"), member_scores(ranks, k)):
             out[f"{name}@{k}"] = float(x.mean())
             out[f"{name}@{k}_se"] = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return out
@@ -223,12 +218,11 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
     table = co_engagement_for(gen, data, split)
     orders = [table.of_recent(h) for h in histories]
     chosen = gen.fusion()
-    cc = CandidateConfig(**({key: chosen[key] for key in ("fusion_k", "fusion_weight")} if chosen else {}))
+    cc = CandidateConfig.with_fusion(chosen)
     served = fuse_all(beams, orders, k, cc)
-    vectors = load_file(str(Path(ids.path) / "embeddings.safetensors"))["fused"]
-    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = content_vectors(ids.path)
     unseen_set = set(unseen_rows.tolist())
-    content = content_nearest_new(vectors, unseen_rows, list(map(np.asarray, histories)), k)
+    content = content_nearest_new(vectors, unseen_rows, histories, k)
     ranked = {
         "model": [b[:k] for b in beams],
         "served": served,

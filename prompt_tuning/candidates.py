@@ -81,6 +81,11 @@ class CandidateConfig:
         if not 0.0 < self.lexical_cutoff <= 1.0:
             raise ValueError(f"lexical_cutoff must be in (0, 1], got {self.lexical_cutoff}")
 
+    @classmethod
+    def with_fusion(cls, chosen: Mapping[str, Any] | None) -> "CandidateConfig":
+        """The defaults with the fusion constants a model folder chose (``GenFM.fusion``), if any."""
+        return cls(**{key: chosen[key] for key in ("fusion_k", "fusion_weight")} if chosen else {})
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -150,6 +155,27 @@ def _stopwords() -> frozenset[str]:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def content_vectors(ids_dir: str | Path) -> np.ndarray:
+    """(N, D) unit content vectors of an ID artifact's titles (the embeddings its quantizer encoded)."""
+    from safetensors.numpy import load_file
+
+    return _unit(load_file(str(Path(ids_dir) / "embeddings.safetensors"))["fused"].astype(np.float32))
+
+
+def content_nearest(
+    vectors: np.ndarray, rows: np.ndarray, history: Sequence[int], k: int
+) -> tuple[list[int], list[float]]:
+    """The `k` of `rows` (not in `history`) whose unit `vectors` are nearest the mean of the
+    history's, with their cosine similarities (ties: lower row); an empty history gets none."""
+    history = np.asarray(history, dtype=np.int64)
+    if not len(history):
+        return [], []
+    rows = np.setdiff1d(np.asarray(rows, dtype=np.int64), history)
+    sims = vectors[rows] @ vectors[history].mean(axis=0)
+    order = np.lexsort((rows, -sims))[:k]
+    return rows[order].tolist(), sims[order].tolist()
 
 
 class _LexicalField:

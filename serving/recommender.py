@@ -23,12 +23,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from gen_fm.decode import Recommendations, recommend
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
-from prompt_tuning.candidates import CandidateConfig, fusion_scores, with_fresh
+from prompt_tuning.candidates import (
+    CandidateConfig,
+    content_nearest,
+    content_vectors,
+    fusion_scores,
+    with_fresh,
+)
 from prompt_tuning.canvases import get_canvas
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig, check_fresh_share
@@ -427,12 +432,9 @@ class Recommender:
         """The `n` fresh titles nearest the mean of the `basis` titles' content vectors (the ID
         artifact's embeddings, unit rows); scores are cosine similarities."""
         if self._content is None:
-            x = load_file(str(Path(self.ids.path) / "embeddings.safetensors"))["fused"].astype(np.float32)
-            self._content = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = self._content[fresh] @ self._content[basis].mean(axis=0)
-        order = np.lexsort((fresh, -sims))[:n]
-        rows = [int(fresh[i]) for i in order]
-        return Recommendations(rows, [self.ids.codes[r] for r in rows], [float(sims[i]) for i in order], 0)
+            self._content = content_vectors(self.ids.path)
+        rows, sims = content_nearest(self._content, fresh, basis, n)
+        return Recommendations(rows, [self.ids.codes[r] for r in rows], sims, 0)
 
     def run(self, prepared: Sequence[PreparedRequest]) -> list[RecommendationList]:
         """Decode prepared requests together.

@@ -11,6 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from core.artifacts import jsonable, read_manifest, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig
@@ -113,9 +116,6 @@ def run_unseen_titles(
 
 def show(report: dict) -> None:
     """The table a person reads: R@10 and N@10 per way, per group, with one standard error."""
-    from rich.console import Console
-    from rich.table import Table
-
     k = max(report["config"]["ks"])
     table = Table(title=f"{report['dataset']}: unseen titles, test R@{k}±SE / N@{k} (history excluded)")
     table.add_column("way", no_wrap=True)
