@@ -371,10 +371,7 @@ class Recommender:
                 fresh_ranked = self._content_fresh(basis, fresh, slots)
             else:  # the model's own search among them (also the fallback without a history)
                 fresh_view = self.trie.restrict(allow_rows=fresh.tolist())
-            view = self.trie.restrict(
-                exclude_rows=sorted(set(excluded) | set(self.fresh_rows.tolist())), allow_rows=allow
-            )
-            view = mask.narrow(self.trie, view)
+            view = (self.trie if view is None else view).restrict(exclude_rows=self.fresh_rows)
         permitted = self.trie.num_items if view is None else view.num_permitted
         permitted += len(fresh) if slots and (fresh_view is not None or fresh_ranked is not None) else 0
         k = int(r.k)
