@@ -23,9 +23,9 @@ from eval.config import EvalConfig
 from eval.machine import machine_info
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
-from gen_fm.decode import recommend
+from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import add_fusion, check_device, load_model
-from prompt_tuning.candidates import CandidateConfig, fuse_all
+from prompt_tuning.candidates import CandidateConfig, fuse_all, fusion_scores
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 from core.metrics import ranking_metrics
@@ -47,6 +47,20 @@ class Decoded:
     recs: list  # gen_fm.decode.Recommendations per member (the whole beam)
     seconds: float
     trie: PrefixTrie  # the one the beams were constrained by
+    # the title head's list per member, history excluded (a title-token model), else None
+    heads: list | None = None
+
+    def ranked(self, title_weight: float) -> list[list[int]]:
+        """Each member's ranking by the model, history excluded: the beam fused with the title
+        head (``fuse_title_head``; weight 0 or no head: the beam alone)."""
+        seen = [set(h) for h in self.histories]
+        beams = [[r for r in rec.rows if r not in s] for rec, s in zip(self.recs, seen)]
+        if self.heads is None or title_weight <= 0:
+            return beams
+        return [
+            list(fusion_scores(b, [r for r in h.rows if r not in s], CHOICE_FUSION_K, title_weight))
+            for b, h, s in zip(beams, self.heads, seen)
+        ]
 
 
 def recommend_chunked(
@@ -111,7 +125,13 @@ def decode_split(
     recs = recommend_chunked(
         gen.model, prompts, trie, beams, config.batch_size, f"decoding {len(idx)} members"
     )
-    return Decoded(gen, data, split, histories, prompts, targets, recs, time.perf_counter() - t0, trie)
+    seconds = time.perf_counter() - t0
+    heads = None
+    tokens = title_tokens(gen.layout, trie.num_items)
+    if tokens is not None:  # the title head ranks the catalog in one pass per member
+        views = [trie.restrict(exclude_rows=h) for h in histories]
+        heads = recommend_titles(gen.model, prompts, trie, tokens, beams, views, config.batch_size)
+    return Decoded(gen, data, split, histories, prompts, targets, recs, seconds, trie, heads)
 
 
 def evaluate_model(
@@ -129,20 +149,12 @@ def evaluate_model(
     if beams < k:
         raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
     d = decode_split(model_dir, data_config, config, beams, max_users)
-    gen, data, split, histories, prompts, targets, recs = (
-        d.gen,
-        d.data,
-        d.split,
-        d.histories,
-        d.prompts,
-        d.targets,
-        d.recs,
-    )
+    gen, data, prompts, targets, recs = d.gen, d.data, d.prompts, d.targets, d.recs
     n, seconds, trie = len(recs), d.seconds, d.trie
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
-    home_row = served_home_row(gen, data, split, [r.rows for r in recs], histories, targets, config.ks)
-    diagnosis = diagnose(gen.ids.codes, [r.rows[:k] for r in recs], targets, histories, k)
+    home_row = served_home_row(d, config.ks)
+    diagnosis = diagnose(gen.ids.codes, [r.rows[:k] for r in recs], targets, d.histories, k)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
     free = (
@@ -237,20 +249,20 @@ CHOICE_BEAMS = 20  # the serving default's beam for k 10
 RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
 
 
-def served_home_row(
-    gen, data, split, beams: list[list[int]], histories: list, targets, ks: tuple[int, ...]
-) -> dict:
+def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
     """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``) with serving's
     defaults: the history's titles are never recommended (``exclude_history``), and each member's
-    beam is fused by reciprocal rank with the titles most co-engaged with their newest history
-    titles (``CoEngagement.of_recent`` over the model folder's table, or the same table counted
-    from the split for a folder that predates it: ``prompt_tuning.train.co_engagement_for``), with
-    ``CandidateConfig``'s constants. The beam here was decoded without the history excluded and
-    loses its history titles afterwards; serving excludes them inside the search, which refills
-    the beam (so serving's row can only differ by titles past the beam's 20). Also reported: the
-    model's ranking without the history, the co-engaged titles alone, every pair of ``FUSION_GRID``
-    and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list, served before)."""
-    table = co_engagement_for(gen, data, split)
+    ranking by the model (the beam, fused with the title head by the folder's ``title_weight``) is
+    fused by reciprocal rank with the titles most co-engaged with their newest history titles
+    (``CoEngagement.of_recent`` over the model folder's table, or the same table counted from the
+    split for a folder that predates it: ``prompt_tuning.train.co_engagement_for``), with the
+    folder's chosen constants. The beam here was decoded without the history excluded and loses its
+    history titles afterwards; serving excludes them inside the search, which refills the beam (so
+    serving's row can only differ by titles past the beam's width). Also reported: the model's
+    ranking, its beam and its title head alone, the co-engaged titles alone, every pair of
+    ``FUSION_GRID`` and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list)."""
+    gen, histories, targets = d.gen, d.histories, d.targets
+    table = co_engagement_for(gen, d.data, d.split)
     where = (
         "the model folder"
         if (Path(gen.path) / CO_ENGAGEMENT_FILE).is_file()
@@ -258,7 +270,8 @@ def served_home_row(
     )
     chosen = gen.fusion()
     k, cc = max(ks), CandidateConfig.with_fusion(chosen)
-    beams = [[r for r in b if r not in s] for b, s in zip(beams, map(set, histories))]
+    title_weight = title_weight_of(chosen, d)
+    beams = d.ranked(title_weight)
     orders = [table.of_recent(h) for h in histories]
 
     def figures(ranked: list[list[int]]) -> dict[str, float]:
@@ -270,10 +283,17 @@ def served_home_row(
             **se,
         }
 
+    heads = {}
+    if d.heads is not None:
+        heads = {
+            "beam_history_excluded": figures([b[:k] for b in d.ranked(0.0)]),
+            "title_head_alone": figures([h.rows[:k] for h in d.heads]),
+        }
     return {
         **figures(fuse_all(beams, orders, k, cc)),
         "fusion_k": cc.fusion_k,
         "fusion_weight": cc.fusion_weight,
+        "title_weight": title_weight,
         "fusion_source": "chosen on validation (the model folder)" if chosen else "defaults",
         "recent_titles": RECENT_TITLES,
         "recent_decay": RECENT_DECAY,
@@ -281,6 +301,7 @@ def served_home_row(
         "co_engagement": where,
         "members_with_co_engaged_titles": sum(bool(o) for o in orders),
         "model_history_excluded": figures([b[:k] for b in beams]),
+        **heads,
         "co_engaged_alone": figures([o[:k] for o in orders]),
         "fusion_grid": [
             {
@@ -293,12 +314,18 @@ def served_home_row(
         "recent_grid": [
             {
                 "recent_titles": t,
-                "recent_decay": d,
-                **figures([table.of_recent(h, t, d)[:k] for h in histories]),
+                "recent_decay": dd,
+                **figures([table.of_recent(h, t, dd)[:k] for h in histories]),
             }
-            for t, d in RECENT_GRID
+            for t, dd in RECENT_GRID
         ],
     }
+
+
+def title_weight_of(chosen: dict | None, d: Decoded) -> float:
+    """The title head's weight in the model's ranking: the folder's choice (0 before one was made,
+    and always 0 for a model without title tokens)."""
+    return float((chosen or {}).get("title_weight", 0.0)) if d.heads is not None else 0.0
 
 
 def choose_fusion(
@@ -309,38 +336,54 @@ def choose_fusion(
     seed: int = 0,
     write: bool = True,
 ) -> dict:
-    """Choose the home row's fusion weight for a model on the validation split and (with `write`)
-    store it in the model folder, where ``served_home_row`` and serving read it.
+    """Choose the home row's fusion weights for a model on the validation split and (with `write`)
+    store them in the model folder, where ``served_home_row`` and serving read them.
 
-    The weights of ``CHOICE_WEIGHTS`` are tried on the same decoded beams (0: the model alone, the
-    largest: the counts alone); the highest Recall@K wins, NDCG@K breaking ties."""
+    The weights of ``CHOICE_WEIGHTS`` are tried on the same decoded members, twice: the title
+    head's weight in the model's ranking (a title-token model; 0: the beam alone, the largest: the
+    head first), then the counts' weight in the home row over that ranking (0: the model alone, the
+    largest: the counts first). The highest Recall@K wins each, NDCG@K breaking ties."""
     config = config or EvalConfig(split="valid", ks=(10,))
     if config.split != "valid":
         raise ValueError("the fusion weight is chosen on the validation split, never on test")
     d = decode_split(model_dir, data_config, config, CHOICE_BEAMS, max_users, sample_seed=seed)
     k = max(config.ks)
+
+    def scored(ranked: list[list[int]], **weights: float) -> dict:
+        m = ranking_metrics(ranked, d.targets, config.ks)
+        return {**weights, f"recall@{k}": m.recall[k], f"ndcg@{k}": m.ndcg[k]}
+
+    def best(grid: list[dict]) -> dict:
+        return max(grid, key=lambda g: (g[f"recall@{k}"], g[f"ndcg@{k}"]))
+
+    # first the model's own ranking (beam and title head), then its fusion with the counts
+    title_grid = []
+    if d.heads is not None:
+        title_grid = [scored([r[:k] for r in d.ranked(w)], title_weight=w) for w in CHOICE_WEIGHTS]
+    title_weight = best(title_grid)["title_weight"] if title_grid else 0.0
     table = co_engagement_for(d.gen, d.data, d.split)
-    beams = [[r for r in rec.rows if r not in s] for rec, s in zip(d.recs, map(set, d.histories))]
+    beams = d.ranked(title_weight)
     orders = [table.of_recent(h) for h in d.histories]
-    grid = []
-    for w in CHOICE_WEIGHTS:
-        m = ranking_metrics(
+    grid = [
+        scored(
             fuse_all(beams, orders, k, CandidateConfig(fusion_k=CHOICE_FUSION_K, fusion_weight=w)),
-            d.targets,
-            config.ks,
+            fusion_weight=w,
         )
-        grid.append({"fusion_weight": w, f"recall@{k}": m.recall[k], f"ndcg@{k}": m.ndcg[k]})
-    best = max(grid, key=lambda g: (g[f"recall@{k}"], g[f"ndcg@{k}"]))
+        for w in CHOICE_WEIGHTS
+    ]
+    chosen = best(grid)
     n = len(d.recs)
     fusion = {
         "fusion_k": CHOICE_FUSION_K,
-        "fusion_weight": best["fusion_weight"],
+        "fusion_weight": chosen["fusion_weight"],
+        "title_weight": title_weight,
         "chosen_on": "valid",
         "members": n,
         "seed": seed,
         "beams": CHOICE_BEAMS,
         "metric": f"recall@{k}",
-        f"recall@{k}_se": (best[f"recall@{k}"] * (1 - best[f"recall@{k}"]) / n) ** 0.5,
+        f"recall@{k}_se": (chosen[f"recall@{k}"] * (1 - chosen[f"recall@{k}"]) / n) ** 0.5,
+        "title_grid": title_grid,
         "grid": grid,
         "model_manifest": manifest_hash(model_dir),
     }
@@ -352,11 +395,20 @@ def choose_fusion(
 def describe_fusion(fusion: dict) -> list[str]:
     """What ``choose_fusion`` tried and chose, one line per weight."""
     metric = fusion["metric"]
-    lines = [
+    lines = []
+    if fusion.get("title_grid"):
+        lines.append(
+            f"the model's ranking chosen on {fusion['members']:,} validation members (weight 0 = the "
+            f"beam alone, {max(g['title_weight'] for g in fusion['title_grid']):g} = the title head first):"
+        )
+        for g in fusion["title_grid"]:
+            mark = "  <- chosen" if g["title_weight"] == fusion["title_weight"] else ""
+            lines.append(f"  title weight {g['title_weight']:>5g}  {metric} {g[metric]:.4f}{mark}")
+    lines.append(
         f"home row fusion chosen on {fusion['members']:,} validation members (beam "
         f"{fusion['beams']}; weight 0 = the model alone, "
         f"{max(g['fusion_weight'] for g in fusion['grid']):g} = the counts first):"
-    ]
+    )
     for g in fusion["grid"]:
         mark = "  <- chosen" if g["fusion_weight"] == fusion["fusion_weight"] else ""
         lines.append(f"  weight {g['fusion_weight']:>5g}  {metric} {g[metric]:.4f}{mark}")

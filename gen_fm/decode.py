@@ -17,10 +17,11 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from semantic_ids.layout import PAD, SPECIAL_TOKENS
+from semantic_ids.layout import PAD, SPECIAL_TOKENS, TokenLayout
 from semantic_ids.trie import PrefixTrie, Restriction, RowRestrictions
 
 # HF beam search parks unused beam slots at -1e9; anything this low is not a real candidate.
@@ -206,6 +207,72 @@ def _decode_batch(
             )
         )
     return result
+
+
+def title_tokens(layout: TokenLayout, num_items: int) -> np.ndarray | None:
+    """(num_items,) the title token of every ID row in a model's layout, or None for a model that
+    reads histories by their codes (a title-token model has one for every row, catalog updates too)."""
+    ids = layout.title_ids(num_items)
+    if ids is None or (ids < 0).any():
+        return None
+    return ids
+
+
+@torch.no_grad()
+def recommend_titles(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    trie: PrefixTrie,
+    tokens: np.ndarray,
+    n: int,
+    views: Sequence[Restriction | None] | None = None,
+    batch_size: int = 64,
+) -> list[Recommendations]:
+    """The title head: the top-`n` titles per prompt by the model's next-token logits over the
+    title tokens (`tokens`: ``title_tokens`` of the model's layout; the tied title rows, trained by
+    ``title_loss_weight``), renormalised over the titles ``views[i]`` permits. One forward pass per
+    prompt; no beam."""
+    if len(tokens) != trie.num_items:
+        raise ValueError(f"{len(tokens)} title tokens for {trie.num_items} titles")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if views is not None and len(views) != len(prompts):
+        raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
+    was_training = model.training
+    model.eval()
+    rows = np.arange(trie.num_items)
+    head = torch.as_tensor(tokens, device=model.device)
+    out: list[Recommendations] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            input_ids, attention_mask = left_pad(prompts[start : start + batch_size], model.device)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) as generate's
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=1,
+            ).logits
+            scores = torch.log_softmax(logits[:, -1].float(), -1)[:, head]  # (B, num_items)
+            for i in range(len(scores)):
+                view = None if views is None else views[start + i]
+                mask = torch.ones(len(rows), dtype=torch.bool)
+                if view is not None:
+                    mask = torch.from_numpy(view.permits(rows))
+                s = renormalise(scores[i : i + 1].cpu(), mask[None])[0]  # (num_items,)
+                top = torch.topk(s, min(n, int(mask.sum())))
+                pairs = sorted(zip(top.values.tolist(), top.indices.tolist()), key=lambda c: (-c[0], c[1]))
+                out.append(
+                    Recommendations(
+                        rows=[r for _, r in pairs],
+                        sids=[tuple(int(c) for c in trie.codes[r]) for _, r in pairs],
+                        scores=[v for v, _ in pairs],
+                        num_invalid=0,
+                    )
+                )
+        return out
+    finally:
+        model.train(was_training)
 
 
 def recommend(

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from gen_fm.decode import Recommendations
 from semantic_ids.config import SemanticIDConfig
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
@@ -108,6 +109,19 @@ def fusion_scores(
         score[r] = score.get(r, 0.0) + weight / (fusion_k + rank + 1)
     first = {r: i for i, r in enumerate(dict.fromkeys([*model_rows, *order_rows]))}
     return {r: score[r] for r in sorted(score, key=lambda r: (-score[r], first[r]))}
+
+
+def fuse_title_head(
+    beam: Recommendations, head: Recommendations | None, fusion_k: int, weight: float, codes
+) -> Recommendations:
+    """The model's ranking: its constrained beam fused by reciprocal rank with its title head's list
+    (``gen_fm.decode.recommend_titles``), the head's ranks weighted by `weight` (0 or no head: the
+    beam as it is). Scores become the fused scores; `codes` gives each title's semantic ID."""
+    if head is None or weight <= 0:
+        return beam
+    fused = fusion_scores(list(beam.rows), list(head.rows), fusion_k, weight)
+    rows = list(fused)
+    return Recommendations(rows, [tuple(int(c) for c in codes[r]) for r in rows], list(fused.values()), 0)
 
 
 def fuse_ranks(

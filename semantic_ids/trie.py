@@ -49,6 +49,7 @@ class PrefixTrie:
         if codes.ndim != 2 or codes.shape[0] == 0:
             raise ValueError(f"codes must be a non-empty (N, L) array, got shape {codes.shape}")
         self.layout = layout
+        self.codes = codes  # (N, L) each item row's semantic ID
         self.num_items, self.sid_length = codes.shape
         self.stride = layout.code_end  # every code token id is < stride
         tokens = layout.sids_to_ids(codes)  # (N, L); validates codes against the layout

@@ -94,6 +94,11 @@ class ServingConfig:
     # the validation split (the folder's ``fusion/fusion.json``), else CandidateConfig's defaults.
     fusion_k: int | None = None
     fusion_weight: float | None = None
+    # A title-token model's ranking fuses its constrained beam with its title head (the next-token
+    # logits over title tokens) by reciprocal rank, the head weighted by this; 0 = the beam alone.
+    # Applied where the bare model reads the prompt (no canvas adapter: the head is trained for the
+    # foundation model's own prompts). None = the weight chosen on validation (``fusion.json``), else 0.
+    title_weight: float | None = None
     # Share of a list's k slots kept for fresh titles (those a catalog update added after the model
     # was trained: ``sidrec catalog update``), placed by ``prompt_tuning.candidates.with_fresh``;
     # 0 = no slots kept. A request may set its own.
@@ -130,6 +135,8 @@ class ServingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
+        if (self.title_weight or 0) < 0:
+            raise ValueError(f"title_weight must be >= 0, got {self.title_weight}")
         if (self.fusion_k or 0) < 0 or (self.fusion_weight or 0) < 0:
             raise ValueError(
                 f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"

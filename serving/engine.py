@@ -106,7 +106,11 @@ class VLLMBeamSearch:
     """
 
     def __init__(
-        self, config: ServingConfig, trie: PrefixTrie, loras: Mapping[str, tuple[Path, int]] | None = None
+        self,
+        config: ServingConfig,
+        trie: PrefixTrie,
+        loras: Mapping[str, tuple[Path, int]] | None = None,
+        title_tokens: np.ndarray | None = None,
     ) -> None:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
@@ -123,6 +127,7 @@ class VLLMBeamSearch:
             raise FileNotFoundError(f"{config.model_dir} is not a model folder (no config.json)")
         self.config = config
         self.trie = trie
+        self.title_tokens = title_tokens  # (num_items,) each row's title token; None: no title head
         self.on_cpu = cpu
         kwargs = engine_kwargs(config, cpu)
         loras = dict(loras or {})
@@ -182,6 +187,68 @@ class VLLMBeamSearch:
             chunk_views = None if views is None else list(views[start : start + step])
             out += self._search_batch(
                 [list(map(int, p)) for p in prompts[start : start + step]], k, num_beams, chunk_views, request
+            )
+        return out
+
+    def titles(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        views: Sequence[Restriction | None] | None = None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
+        """The title head (``gen_fm.decode.recommend_titles``): one engine call per prompt whose
+        next token may only be the title token of a permitted title; its top-`n` processed
+        log-probs are the titles' log-probabilities among the permitted ones."""
+        from vllm import SamplingParams, TokensPrompt
+
+        if self.title_tokens is None:
+            raise ValueError("the title head needs a model trained with history_tokens 'titles'")
+        if not 1 <= n <= self.max_logprobs:
+            raise ValueError(f"n must be in 1..{self.max_logprobs} (the engine's max_logprobs), got {n}")
+        if views is not None and len(views) != len(prompts):
+            raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
+        if lora is not None and lora not in self.loras:
+            raise ValueError(f"no LoRA for canvas {lora!r} in this engine; have {sorted(self.loras)}")
+        rows = np.arange(self.trie.num_items)
+        row_of = {int(t): r for r, t in enumerate(self.title_tokens)}
+        permitted = [rows if v is None else rows[v.permits(rows)] for v in views or [None] * len(prompts)]
+        todo = [i for i, p in enumerate(permitted) if len(p)]
+        requests = [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo]
+        params = [
+            SamplingParams(
+                max_tokens=1,
+                temperature=0.0,
+                detokenize=False,
+                allowed_token_ids=self.title_tokens[permitted[i]].tolist(),
+                logprobs=min(n, len(permitted[i])),
+                skip_clone=True,
+            )
+            for i in todo
+        ]
+        request = None if lora is None else self.loras[lora]
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=request) if todo else []
+        out = [Recommendations([], [], [], 0) for _ in prompts]
+        for i, o in zip(todo, outputs):
+            top = o.outputs[0].logprobs[0]  # {token id: Logprob}, top-n plus the sampled token
+            got = sorted(
+                (
+                    (float(lp.logprob), row_of.get(int(t), -1))
+                    for t, lp in top.items()
+                    if math.isfinite(lp.logprob)
+                ),
+                key=lambda c: (-c[0], c[1]),
+            )[:n]
+            allowed = set(permitted[i].tolist())
+            if any(r not in allowed for _, r in got):
+                raise RuntimeError(
+                    "vLLM returned a token outside the permitted titles: the mask was not applied"
+                )
+            out[i] = Recommendations(
+                rows=[r for _, r in got],
+                sids=[tuple(int(c) for c in self.trie.codes[r]) for _, r in got],
+                scores=[s for s, _ in got],
+                num_invalid=0,
             )
         return out
 

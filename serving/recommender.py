@@ -24,13 +24,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gen_fm.decode import Recommendations, recommend
+from gen_fm.decode import Recommendations, recommend, recommend_titles, title_tokens
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.candidates import (
     CandidateConfig,
     content_nearest,
     content_vectors,
+    fuse_title_head,
     fusion_scores,
     with_fresh,
 )
@@ -112,6 +113,14 @@ class _Backend(Protocol):
         lora: str | None = None,
     ) -> list[Recommendations]: ...
 
+    def titles(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]: ...
+
     def failure(self) -> str | None: ...
 
     def close(self) -> None: ...
@@ -121,7 +130,12 @@ class TransformersBackend:
     """``gen_fm.decode.recommend`` (HF beam search + trie logits processor): the reference path."""
 
     def __init__(
-        self, model: Any, trie: PrefixTrie, config: ServingConfig, loras: Mapping[str, Any] | None = None
+        self,
+        model: Any,
+        trie: PrefixTrie,
+        config: ServingConfig,
+        loras: Mapping[str, Any] | None = None,
+        title_tokens: np.ndarray | None = None,
     ) -> None:
         import torch
 
@@ -132,6 +146,7 @@ class TransformersBackend:
         self.model = model.to(device=config.device, dtype=dtype)
         self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in merged.items()}
         self.trie = trie
+        self.title_tokens = title_tokens
         self.batch_size = config.max_batch
 
     def search(
@@ -155,6 +170,20 @@ class TransformersBackend:
             num_beams=num_beams,
             exclude=exclude,
             batch_size=self.batch_size,
+        )
+
+    def titles(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
+        if self.title_tokens is None:
+            raise ValueError("the title head needs a model trained with history_tokens 'titles'")
+        model = self.model if lora is None else self.merged[lora]
+        return recommend_titles(
+            model, [list(p) for p in prompts], self.trie, self.title_tokens, n, views, self.batch_size
         )
 
     def failure(self) -> str | None:
@@ -257,6 +286,14 @@ class Recommender:
             for v in (config.fusion_weight, chosen.get("fusion_weight"), defaults.fusion_weight)
             if v is not None
         )
+        # the title head's weight in the model's own ranking (a title-token model only)
+        self.title_tokens = title_tokens(gm.layout, gm.ids.num_items)
+        self.title_weight = 0.0
+        if self.title_tokens is not None:
+            self.title_weight = next(
+                v for v in (config.title_weight, chosen.get("title_weight"), 0.0) if v is not None
+            )
+        self.title_fusion_k = chosen.get("fusion_k", defaults.fusion_k)
         if attributes is None and config.data_dir is not None:
             attributes = load_attributes(gm.ids, config.data_dir, self._dataset(config))
         if attributes is not None and attributes.num_items != gm.ids.num_items:
@@ -266,10 +303,12 @@ class Recommender:
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
         loras = {c: path for c, (path, _) in self.prompts.loras.items()}
         if config.backend == "transformers":
-            self.backend: _Backend = TransformersBackend(gm.model, self.trie, config, loras)
+            self.backend: _Backend = TransformersBackend(
+                gm.model, self.trie, config, loras, self.title_tokens
+            )
         else:
             del gm.model  # vLLM loads the weights itself
-            self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras)
+            self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras, self.title_tokens)
 
     @classmethod
     def from_pretrained(
@@ -486,6 +525,19 @@ class Recommender:
                 lora=lora or None,
             )
             found.update(zip(todo, recs))
+            # the bare model's prompts: its ranking is the beam fused with its title head
+            bare = [i for i in todo if not prepared[i].soft_prompt] if self.title_weight > 0 else []
+            heads = (
+                self.backend.titles(
+                    [prepared[i].prompt for i in bare], beams, [prepared[i].view for i in bare]
+                )
+                if bare
+                else []
+            )
+            for i, head in zip(bare, heads):
+                found[i] = fuse_title_head(
+                    found[i], head, self.title_fusion_k, self.title_weight, self.ids.codes
+                )
         return found
 
     def failure(self) -> str | None:

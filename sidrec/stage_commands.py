@@ -149,12 +149,26 @@ def cmd_eval(args) -> None:
     console.print(
         f"{report['dataset']} {args.split} ({report['num_users']} members, beam {report['num_beams']}):"
     )
-    console.print("  the model alone:     " + "  ".join(f"{k} {report[k]:.4f}" for k in keys))
-    console.print(
-        "  the home row served: "
-        + "  ".join(f"{k} {home[k]:.4f}" for k in keys)
-        + f"  (history excluded; fused with the titles co-engaged with the "
-        f"{home['recent_titles']} newest, k {home['fusion_k']}, weight {home['fusion_weight']})"
+
+    def line(label: str, figures: dict, note: str = "") -> None:
+        console.print(f"  {label:<21}" + "  ".join(f"{k} {figures[k]:.4f}" for k in keys) + note)
+
+    console.print("  history excluded, as served:")
+    tw = home.get("title_weight", 0.0)
+    line(
+        "the model alone",
+        home["model_history_excluded"],
+        f"  (beam + title head, weight {tw:g})" if tw else "",
+    )
+    for label, key in (("its beam", "beam_history_excluded"), ("its title head", "title_head_alone")):
+        if key in home and tw:
+            line(label, home[key])
+    line("the counts alone", home["co_engaged_alone"])
+    line(
+        "the home row served",
+        home,
+        f"  (fused with the titles co-engaged with the {home['recent_titles']} newest, "
+        f"k {home['fusion_k']}, weight {home['fusion_weight']:g})",
     )
     console.print(
         f"invalid IDs: constrained {report['invalid_rate']:.2%}, unconstrained "

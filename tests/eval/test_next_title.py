@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from eval.config import EvalConfig
@@ -86,6 +88,54 @@ def test_cli(model_dir, data_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["num_users"] == 3
 
 
+def decoded(gen, beams, histories, targets, heads=None):
+    """A ``Decoded`` of given beams (and title-head lists) for the home-row arithmetic."""
+    from eval.next_title import Decoded
+    from gen_fm.decode import Recommendations
+
+    recs = [Recommendations(list(b), [], [0.0] * len(b), 0) for b in beams]
+    heads = None if heads is None else [Recommendations(list(h), [], [0.0] * len(h), 0) for h in heads]
+    return Decoded(gen, None, None, histories, [], targets, recs, 0.0, None, heads)
+
+
+def test_the_models_ranking_fuses_its_beam_with_its_title_head(tmp_path):
+    """With a title weight chosen, the model's ranking is its beam fused with its title head: a
+    target only the head ranks enters the top K, the history stays out of both, and without a
+    chosen weight (or without a head) the ranking is the beam alone."""
+    from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement, save_co_engagement
+    from eval.next_title import served_home_row
+
+    save_co_engagement(
+        tmp_path / CO_ENGAGEMENT_FILE,
+        CoEngagement(np.full((40, 1), -1, dtype=np.int64), np.zeros((40, 1), dtype=np.int64), window=3),
+    )
+
+    class Gen:
+        path = tmp_path
+        chosen = None
+
+        def co_engagement(self):
+            return load_co_engagement(tmp_path / CO_ENGAGEMENT_FILE)
+
+        def fusion(self):
+            return self.chosen
+
+    beams, heads = [list(range(10))], [[30, 31, 0]]  # the head's first title is the target
+    g = Gen()
+    alone = served_home_row(decoded(g, beams, [[]], [30], heads), (5,))
+    assert alone["title_weight"] == 0 and alone["model_history_excluded"]["recall@5"] == 0
+    assert alone["title_head_alone"]["recall@5"] == 1 and alone["beam_history_excluded"]["recall@5"] == 0
+    g.chosen = {"fusion_k": 5, "fusion_weight": 0.0, "title_weight": 2.0}
+    fused = served_home_row(decoded(g, beams, [[]], [30], heads), (5,))
+    assert fused["title_weight"] == 2 and fused["model_history_excluded"]["recall@5"] == 1
+    assert fused["recall@5"] == 1  # the home row with the counts off is the model's ranking
+    without_head = served_home_row(decoded(g, beams, [[]], [30]), (5,))
+    assert without_head["title_weight"] == 0 and "title_head_alone" not in without_head
+    # the history never comes back through the head
+    d = decoded(g, beams, [[30]], [31], heads)
+    assert 30 not in d.ranked(2.0)[0] and d.ranked(2.0)[0][0] == 0
+
+
 def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_path):
     """The served home row (``served_home_row``): a target only the co-engagement table knows is
     found by the fusion, the history's titles leave the beam as serving excludes them, and a member
@@ -113,7 +163,7 @@ def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_pa
     beams = [list(range(10)), list(range(10)), list(range(10))]  # the model's ranking: titles 0..9
     histories = [[3, 7], [7], []]  # newest titles 7, 7; the third member has no history
     targets = [20, 9, 5]
-    rep = served_home_row(Gen(), None, None, beams, histories, targets, (5, 10))
+    rep = served_home_row(decoded(Gen(), beams, histories, targets), (5, 10))
     # member 0: 20 (co-engaged rank 1) ties the model's rank 1 and enters the top 10; member 1's
     # model hit at rank 10 (9th without title 7) is pushed out by 20, 21, 22; member 2 keeps the
     # model's list, 5 at rank 6
@@ -122,7 +172,7 @@ def test_home_row_fuses_the_beam_with_the_recent_titles_co_engaged_titles(tmp_pa
     assert rep["members_with_co_engaged_titles"] == 2 and rep["history_excluded"]
     assert rep["model_history_excluded"]["recall@10"] == pytest.approx(2 / 3)  # 9 and 5
     # a history title in the beam gives its place to the next title: 6 moves from rank 6 to 5
-    one = served_home_row(Gen(), None, None, [[1, 2, 3, 4, 5, 6]], [[1]], [6], (5,))
+    one = served_home_row(decoded(Gen(), [[1, 2, 3, 4, 5, 6]], [[1]], [6]), (5,))
     assert one["model_history_excluded"]["recall@5"] == one["recall@5"] == pytest.approx(1.0)
     assert {(g["fusion_k"], g["fusion_weight"]) for g in rep["fusion_grid"]} >= {(5, 1.0)}
     assert {(g["recent_titles"], g["recent_decay"]) for g in rep["recent_grid"]} >= {(5, 0.5)}

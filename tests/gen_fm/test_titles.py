@@ -8,7 +8,7 @@ import torch
 
 from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
 from gen_fm.config import PretrainConfig
-from gen_fm.decode import recommend
+from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import build_model, load_model, save_model
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
 from gen_fm.tokenizer import PromptEncoder
@@ -52,6 +52,32 @@ def test_a_title_row_is_its_codes_summed_plus_its_identity(tiny):
     want = emb.base.weight[enc.sid_tokens[r]].sum(0) + emb.identity.weight[r]
     assert torch.allclose(emb(tok)[0, 0], want, atol=1e-6)
     assert torch.allclose(emb.title_matrix()[r], want, atol=1e-6)
+
+
+def test_the_title_head_ranks_permitted_titles_by_the_next_title_token_logits(tiny):
+    """``recommend_titles``: the top titles are the title tokens' next-token logits, as log-probs
+    among the titles a view permits; left padding does not change a prompt's list."""
+    _, ids, _, enc, model = tiny
+    model = model.eval()
+    trie = PrefixTrie.from_ids(ids)
+    tokens = title_tokens(enc.layout, ids.num_items)
+    assert tokens is not None and title_tokens(ids.layout, ids.num_items) is None  # codes-only layout
+    prompts = [enc.encode(np.array([3, 0, 17])), enc.encode(np.array([5]))]
+    view = trie.restrict(exclude_rows=[3, 0, 17], allow_rows=list(range(20)))
+    heads = recommend_titles(model, prompts, trie, tokens, 5, [view, None])
+    alone = recommend_titles(model, prompts[1:], trie, tokens, 5)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
+    permitted = [r for r in range(20) if r not in (3, 0, 17)]
+    lp = torch.log_softmax(logits[torch.as_tensor(tokens[permitted])], -1)
+    order = [permitted[i] for i in torch.argsort(lp, descending=True)[:5].tolist()]
+    assert heads[0].rows == order
+    np.testing.assert_allclose(heads[0].scores, sorted(lp.tolist(), reverse=True)[:5], atol=1e-5)
+    assert heads[0].sids[0] == tuple(ids.codes[order[0]])
+    assert heads[1].rows == alone[0].rows and len(heads[1].rows) == 5
+    np.testing.assert_allclose(heads[1].scores, alone[0].scores, atol=1e-5)
+    empty = trie.restrict(allow_rows=[3], exclude_rows=[3])
+    assert recommend_titles(model, prompts[:1], trie, tokens, 5, [empty])[0].rows == []
 
 
 def test_branch_packing_gives_the_logits_of_decoding_after_each_prompt(tiny):

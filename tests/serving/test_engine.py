@@ -174,5 +174,23 @@ def test_a_title_token_folder_gives_the_same_lists_on_both_backends(tmp_path_fac
         for a, b in zip(vl.recommend_batch(reqs), hf.recommend_batch(reqs), strict=True):
             assert [r.item_id for r in a] == [r.item_id for r in b]
             np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-3, rtol=0)
+        # the title head: the same top titles and log-probs on both engines, under restrictions
+        prompts = [p.prompt for p in map(hf.prepare, reqs)]
+        views = [p.view for p in map(hf.prepare, reqs)]
+        for a, b in zip(
+            vl.backend.titles(prompts, K, views), hf.backend.titles(prompts, K, views), strict=True
+        ):
+            assert a.rows == b.rows and len(a.rows) == K
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-3, rtol=0)
+    finally:
+        vl.close()
+    # the home row fused with the title head: the same lists on both backends
+    common["title_weight"] = 2.0
+    hf = Recommender.from_pretrained(folder, backend="transformers", **common)
+    vl = Recommender.from_pretrained(folder, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **common)
+    try:
+        home = [r for r in requests(seed=4) if r.canvas == "home"]
+        for a, b in zip(vl.recommend_batch(home), hf.recommend_batch(home), strict=True):
+            assert [r.item_id for r in a] == [r.item_id for r in b]
     finally:
         vl.close()

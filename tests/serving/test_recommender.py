@@ -160,3 +160,29 @@ def test_a_closed_engine_is_a_clear_error_not_a_hang(tiny_model_dir) -> None:
     assert rec.failure() == "the engine was closed"
     with pytest.raises(EngineUnavailable, match="transformers engine unavailable: the engine was closed"):
         rec.recommend(["tt001"], k=3)
+
+
+def test_a_title_token_models_home_row_fuses_its_beam_with_its_title_head(tmp_path) -> None:
+    """``title_weight``: 0 serves the beam alone; a weight where the head's first title leads
+    serves the head's first title first; rules and exclusions hold for the head too; a code-token
+    model has no head, so the weight is ignored there."""
+    from gen_fm.decode import recommend_titles
+    from tests.serving.tiny_model import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "titles", seed=3, history_tokens="titles")
+    beam = Recommender.from_pretrained(folder, backend="transformers", num_beams=10, title_weight=0.0)
+    head = Recommender.from_pretrained(folder, backend="transformers", num_beams=10, title_weight=64.0)
+    history = TITLES[:4]
+    p = head.prepare(RecommendationRequest(history, k=5, exclude=TITLES[4:6]))
+    (top,) = recommend_titles(head.backend.model, [p.prompt], head.trie, head.title_tokens, 10, [p.view])
+    served = ids_of(head.recommend(history, k=5, exclude=TITLES[4:6]))
+    assert served[0] == TITLES[top.rows[0]]
+    assert not set(served) & set(TITLES[:6])  # history and exclusions stay out
+    plain = ids_of(beam.recommend(history, k=5, exclude=TITLES[4:6]))
+    assert plain != served and beam.title_weight == 0.0 and head.title_weight == 64.0
+    with pytest.raises(ValueError, match="title_weight"):
+        ServingConfig("m", title_weight=-1.0)
+    codes = Recommender.from_pretrained(
+        write_tiny_model(tmp_path / "codes"), backend="transformers", num_beams=10, title_weight=2.0
+    )
+    assert codes.title_tokens is None and codes.title_weight == 0.0
