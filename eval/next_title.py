@@ -25,7 +25,8 @@ from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import add_fusion, check_device, load_model
-from prompt_tuning.candidates import CandidateConfig, fuse_all, fusion_scores
+from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, fusion_scores
+from prompt_tuning.candidates import CandidateConfig, fuse_all
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 from core.metrics import ranking_metrics
@@ -58,7 +59,7 @@ class Decoded:
         if self.heads is None or title_weight <= 0:
             return beams
         return [
-            list(fusion_scores(b, [r for r in h.rows if r not in s], CHOICE_FUSION_K, title_weight))
+            list(fusion_scores(b, [r for r in h.rows if r not in s], FUSION_K, title_weight))
             for b, h, s in zip(beams, self.heads, seen)
         ]
 
@@ -239,11 +240,6 @@ def diagnose(codes, ranked: list[list[int]], targets, histories: list, k: int) -
 # (fusion_k, fusion_weight) pairs also reported, so the served constants can be chosen on the
 # validation split's report without decoding again
 FUSION_GRID = tuple((fk, w) for fk in (1, 5, 20) for w in (0.5, 1.0, 2.0))
-# Fusion weights ``choose_fusion`` tries (fusion_k 5): 0 is the model alone; at 64 the counts'
-# head outranks the model's first title (64 / (5 + 20) > 1 / (5 + 1)), so it is the counts alone
-# filled by the model.
-CHOICE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 64.0)
-CHOICE_FUSION_K = 5
 CHOICE_BEAMS = 20  # the serving default's beam for k 10
 # (titles, decay) of ``CoEngagement.of_recent`` also reported for the co-engaged titles alone
 RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
@@ -339,7 +335,7 @@ def choose_fusion(
     """Choose the home row's fusion weights for a model on the validation split and (with `write`)
     store them in the model folder, where ``served_home_row`` and serving read them.
 
-    The weights of ``CHOICE_WEIGHTS`` are tried on the same decoded members, twice: the title
+    The weights of ``FUSION_WEIGHTS`` are tried on the same decoded members, twice: the title
     head's weight in the model's ranking (a title-token model; 0: the beam alone, the largest: the
     head first), then the counts' weight in the home row over that ranking (0: the model alone, the
     largest: the counts first). The highest Recall@K wins each, NDCG@K breaking ties."""
@@ -359,22 +355,22 @@ def choose_fusion(
     # first the model's own ranking (beam and title head), then its fusion with the counts
     title_grid = []
     if d.heads is not None:
-        title_grid = [scored([r[:k] for r in d.ranked(w)], title_weight=w) for w in CHOICE_WEIGHTS]
+        title_grid = [scored([r[:k] for r in d.ranked(w)], title_weight=w) for w in FUSION_WEIGHTS]
     title_weight = best(title_grid)["title_weight"] if title_grid else 0.0
     table = co_engagement_for(d.gen, d.data, d.split)
     beams = d.ranked(title_weight)
     orders = [table.of_recent(h) for h in d.histories]
     grid = [
         scored(
-            fuse_all(beams, orders, k, CandidateConfig(fusion_k=CHOICE_FUSION_K, fusion_weight=w)),
+            fuse_all(beams, orders, k, CandidateConfig(fusion_k=FUSION_K, fusion_weight=w)),
             fusion_weight=w,
         )
-        for w in CHOICE_WEIGHTS
+        for w in FUSION_WEIGHTS
     ]
     chosen = best(grid)
     n = len(d.recs)
     fusion = {
-        "fusion_k": CHOICE_FUSION_K,
+        "fusion_k": FUSION_K,
         "fusion_weight": chosen["fusion_weight"],
         "title_weight": title_weight,
         "chosen_on": "valid",

@@ -98,12 +98,21 @@ def attach_title_embedding(
 
 
 @torch.no_grad()
+def sync_title_rows(model) -> None:
+    """Write every title's composed row into the plain embedding's title rows, which training never
+    reads, so the tied output layer scores titles as the trained model does (in place)."""
+    emb = model.get_input_embeddings()
+    if isinstance(emb, TitleEmbedding):
+        emb.base.weight[emb.start : emb.start + emb.num_titles] = emb.title_matrix().to(emb.base.weight.dtype)
+
+
+@torch.no_grad()
 def bake_title_embeddings(model) -> None:
     """Write every title's composed row into the plain embedding and drop the wrapper (in place)."""
     emb = model.get_input_embeddings()
     if not isinstance(emb, TitleEmbedding):
         return
-    emb.base.weight[emb.start : emb.start + emb.num_titles] = emb.title_matrix().to(emb.base.weight.dtype)
+    sync_title_rows(model)
     model.model.embed_tokens = emb.base
     if model.get_output_embeddings().weight is not emb.base.weight:
         raise RuntimeError("input and output embeddings are no longer tied")

@@ -531,6 +531,8 @@ def _end_epoch(
         elif chosen != state.chosen_epoch:  # the choice only ever stays or moves to this epoch
             raise AssertionError(f"selection moved back to epoch {chosen}")
         line += f"  val R@{config.eval_k} {recall:.4f}  N@{config.eval_k} {ndcg:.4f}"
+        if "title_weight" in metrics:
+            line += f" (title weight {metrics['title_weight']:g}; beam R@{config.eval_k} {metrics[f'beam_recall@{config.eval_k}']:.4f})"
         if ema is not None:
             line += f" (raw weights: R@{config.eval_k} {metrics[f'raw_recall@{config.eval_k}']:.4f})"
         if config.patience and state.bad_evals >= config.patience:

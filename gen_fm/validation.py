@@ -1,5 +1,7 @@
 """Validation during pretraining: a fixed sample of members' validation transitions, judged by
-trie-constrained beam search on every process's share, the sums reduced over processes."""
+the model's ranking on every process's share, the sums reduced over processes. The ranking is the
+trie-constrained beam, or, for a model trained with the title loss, the beam fused with the title
+head at the best of ``FUSION_WEIGHTS`` (the weight ``choose_fusion`` picks again after training)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from core.metrics import metrics_from_ranks, target_ranks
 from core.sequences import Split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import to_sid_rows
-from gen_fm.decode import recommend
+from gen_fm.decode import recommend, recommend_titles, title_tokens
+from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, fusion_scores
+from gen_fm.titles import sync_title_rows
 from gen_fm.tokenizer import PromptEncoder
 
 
@@ -39,14 +43,19 @@ def validation_set(
 
 @torch.no_grad()
 def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfig) -> dict[str, float]:
-    """Constrained beam search on this process's share of the sample; sums reduced over processes."""
+    """The model's ranking on this process's share of the sample; sums reduced over processes.
+    With a title head: ``recall@K`` / ``ndcg@K`` at the best title weight (``title_weight``), and
+    the beam's own as ``beam_recall@K`` / ``beam_ndcg@K``."""
     rank, world = accelerator.process_index, accelerator.num_processes
     prompts, targets = val.prompts[rank::world], val.targets[rank::world]
     k = config.eval_k
-    sums = torch.zeros(3, dtype=torch.float64)  # (3,) recall sum, ndcg sum, members
+    net = accelerator.unwrap_model(model)
+    tokens = title_tokens(trie.layout, trie.num_items) if config.title_loss_weight else None
+    weights = FUSION_WEIGHTS if tokens is not None else (0.0,)
+    sums = torch.zeros(2 * len(weights) + 1, dtype=torch.float64)  # recall, ndcg per weight; members
     if prompts:
         recs = recommend(
-            accelerator.unwrap_model(model),
+            net,
             prompts,
             trie,
             k=k,
@@ -54,10 +63,29 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
             constrained=True,
             batch_size=config.eval_batch_size,
         )
-        m = metrics_from_ranks(target_ranks([r.rows for r in recs], targets.tolist()), (k,))
-        sums += torch.tensor(
-            [m.recall[k] * len(prompts), m.ndcg[k] * len(prompts), len(prompts)], dtype=torch.float64
-        )
+        beams = [r.rows for r in recs]
+        heads = None
+        if tokens is not None:
+            sync_title_rows(net)  # the output layer's title rows as the model composes them
+            heads = recommend_titles(
+                net, prompts, trie, tokens, config.beams, batch_size=config.eval_batch_size
+            )
+        for i, w in enumerate(weights):
+            ranked = beams
+            if w > 0:
+                ranked = [list(fusion_scores(b, h.rows, FUSION_K, w))[:k] for b, h in zip(beams, heads)]
+            m = metrics_from_ranks(target_ranks(ranked, targets.tolist()), (k,))
+            sums[2 * i : 2 * i + 2] += torch.tensor([m.recall[k], m.ndcg[k]], dtype=torch.float64) * len(
+                prompts
+            )
+        sums[-1] += len(prompts)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    n = max(float(sums[2]), 1.0)
-    return {f"recall@{k}": float(sums[0]) / n, f"ndcg@{k}": float(sums[1]) / n}
+    n = max(float(sums[-1]), 1.0)
+    per = [(float(sums[2 * i]) / n, float(sums[2 * i + 1]) / n) for i in range(len(weights))]
+    best = max(range(len(weights)), key=lambda i: per[i])
+    out = {f"recall@{k}": per[best][0], f"ndcg@{k}": per[best][1]}
+    if tokens is not None:
+        out.update(
+            {"title_weight": weights[best], f"beam_recall@{k}": per[0][0], f"beam_ndcg@{k}": per[0][1]}
+        )
+    return out

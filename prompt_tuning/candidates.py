@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gen_fm.decode import Recommendations
+from gen_fm.ranking import fusion_scores
 from semantic_ids.config import SemanticIDConfig
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
@@ -94,34 +94,6 @@ class Candidates:
 
     rows: np.ndarray  # (n,) int64 ID-artifact rows, best match first
     how: str  # e.g. "catalog theme 'Western': 167 titles"
-
-
-def fusion_scores(
-    model_rows: list[int], order_rows: list[int], fusion_k: int, weight: float
-) -> dict[int, float]:
-    """Two rankings fused by reciprocal rank, best first: the model's list counts
-    1 / (fusion_k + rank), the candidate order weight / (fusion_k + rank); ties keep the model's
-    order. Hand-written: a few lines, where a fusion library would be a dependency for them."""
-    score: dict[int, float] = {}
-    for rank, r in enumerate(model_rows):
-        score[r] = score.get(r, 0.0) + 1.0 / (fusion_k + rank + 1)
-    for rank, r in enumerate(order_rows):
-        score[r] = score.get(r, 0.0) + weight / (fusion_k + rank + 1)
-    first = {r: i for i, r in enumerate(dict.fromkeys([*model_rows, *order_rows]))}
-    return {r: score[r] for r in sorted(score, key=lambda r: (-score[r], first[r]))}
-
-
-def fuse_title_head(
-    beam: Recommendations, head: Recommendations | None, fusion_k: int, weight: float, codes
-) -> Recommendations:
-    """The model's ranking: its constrained beam fused by reciprocal rank with its title head's list
-    (``gen_fm.decode.recommend_titles``), the head's ranks weighted by `weight` (0 or no head: the
-    beam as it is). Scores become the fused scores; `codes` gives each title's semantic ID."""
-    if head is None or weight <= 0:
-        return beam
-    fused = fusion_scores(list(beam.rows), list(head.rows), fusion_k, weight)
-    rows = list(fused)
-    return Recommendations(rows, [tuple(int(c) for c in codes[r]) for r in rows], list(fused.values()), 0)
 
 
 def fuse_ranks(
@@ -516,6 +488,5 @@ __all__ = [
     "Candidates",
     "fuse_all",
     "fuse_ranks",
-    "fusion_scores",
     "words",
 ]

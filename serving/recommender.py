@@ -26,13 +26,12 @@ import numpy as np
 
 from gen_fm.decode import Recommendations, recommend, recommend_titles, title_tokens
 from gen_fm.model import load_model
+from gen_fm.ranking import fuse_title_head, fusion_scores
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.candidates import (
     CandidateConfig,
     content_nearest,
     content_vectors,
-    fuse_title_head,
-    fusion_scores,
     with_fresh,
 )
 from prompt_tuning.canvases import get_canvas

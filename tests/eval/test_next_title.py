@@ -184,7 +184,8 @@ def test_fusion_weight_is_chosen_on_validation_and_read_by_eval_and_serving(mode
     of ``sidrec eval`` and the Recommender both use it; an explicit serving config still wins."""
     import shutil
 
-    from eval.next_title import CHOICE_WEIGHTS, choose_fusion
+    from eval.next_title import choose_fusion
+    from gen_fm.ranking import FUSION_WEIGHTS
     from gen_fm.model import FUSION_FILE, load_model
     from serving.recommender import Recommender
 
@@ -196,8 +197,8 @@ def test_fusion_weight_is_chosen_on_validation_and_read_by_eval_and_serving(mode
     fusion = choose_fusion(folder, dc, max_users=8)
     best = max(fusion["grid"], key=lambda g: (g["recall@10"], g["ndcg@10"]))
     assert fusion["fusion_weight"] == best["fusion_weight"]
-    assert [g["fusion_weight"] for g in fusion["grid"]] == list(CHOICE_WEIGHTS)
-    assert 0.0 in CHOICE_WEIGHTS  # the model alone is an allowed outcome
+    assert [g["fusion_weight"] for g in fusion["grid"]] == list(FUSION_WEIGHTS)
+    assert 0.0 in FUSION_WEIGHTS  # the model alone is an allowed outcome
     gen = load_model(folder)  # the manifest lists the file and its hash verifies
     assert gen.fusion()["fusion_weight"] == fusion["fusion_weight"] and FUSION_FILE in gen.manifest["files"]
     rep = evaluate_model(folder, dc, EvalConfig(ks=(5, 10)), max_users=4, unconstrained_users=0)

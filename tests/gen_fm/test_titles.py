@@ -10,7 +10,7 @@ from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
 from gen_fm.config import PretrainConfig
 from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import build_model, load_model, save_model
-from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
+from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles, sync_title_rows
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, title_token
@@ -229,6 +229,40 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     w_old, w_new = gen.model.get_input_embeddings().weight, child.model.get_input_embeddings().weight
     assert torch.allclose(w_new[enc.title_ids[:-1]], w_old[gen.prompt_encoder().title_ids], atol=1e-4)
     assert torch.allclose(w_new[enc.title_ids[-1]], w_new[enc.sid_tokens[-1]].sum(0), atol=1e-4)
+
+
+def test_validation_of_a_title_loss_run_judges_the_beam_fused_with_the_title_head(data_dir, tmp_path):
+    """With the title loss, validation ranks by the beam fused with the title head at the best of
+    the fusion weights (the beam alone among them), and the head reads the title rows as the
+    model composes them (``sync_title_rows``), the rows the folder is baked with."""
+    from core.data import DataConfig
+    from gen_fm.ranking import FUSION_WEIGHTS
+    from gen_fm.train import pretrain
+
+    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=20)
+    ids = write_id_artifact(tmp_path / "ids", list(load_items(dc)), (16, 16, 16, 4))
+    config = PretrainConfig.from_preset(
+        "tiny", epochs=2, batch_size=64, val_users=8, history_tokens="titles", title_loss_weight=1.0
+    )
+    gen = load_model(pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config))
+    for row in gen.manifest["training"]["history"]:
+        assert row["title_weight"] in FUSION_WEIGHTS
+        assert row["recall@10"] >= row["beam_recall@10"]  # the beam alone is one of the choices
+
+
+def test_synced_title_rows_make_the_output_layer_score_titles_as_composed(tiny):
+    _, ids, _, enc, model = tiny
+    emb = model.get_input_embeddings()
+    sync_title_rows(model)
+    start = emb.start
+    rows = model.get_output_embeddings().weight[start : start + emb.num_titles]
+    assert torch.allclose(rows, emb.title_matrix(), atol=1e-6)
+
+
+def load_items(dc):
+    from core.data import load_data
+
+    return load_data(dc).catalog["item_id"]
 
 
 def test_a_folder_written_before_title_tokens_loads_as_a_code_token_model(tmp_path):

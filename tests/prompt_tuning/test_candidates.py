@@ -202,7 +202,8 @@ def test_a_source_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world,
 
 
 def test_reciprocal_rank_fusion_by_hand() -> None:
-    from prompt_tuning.candidates import fuse_ranks, fusion_scores
+    from gen_fm.ranking import fusion_scores
+    from prompt_tuning.candidates import fuse_ranks
 
     # model [7, 3, 9], order [3, 5]; k=0: model 1/1, 1/2, 1/3; order (weight 1) 1/1, 1/2
     s = fusion_scores([7, 3, 9], [3, 5], 0, 1.0)
