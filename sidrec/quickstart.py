@@ -41,7 +41,9 @@ def pretrain_default() -> PretrainConfig:
     # validation member each epoch, the weights kept the latest epoch within one standard error of
     # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
     # judged and kept are an exponential moving average (decay 0.995: about the last 200 steps).
-    # Histories are one title token per title (its codes' embeddings plus a learned identity).
+    # Histories are one title token per title (its codes' embeddings plus a learned identity), and
+    # the title rows also score the next title over the whole catalog (the title head, fused with
+    # the beam at the weight chosen on validation).
     return PretrainConfig.from_preset(
         "small",
         epochs=12,
@@ -53,6 +55,7 @@ def pretrain_default() -> PretrainConfig:
         patience=0,
         ema_decay=0.995,
         history_tokens="titles",
+        title_loss_weight=1.0,
     )
 
 
