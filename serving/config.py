@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("vllm", "transformers")
+from serving.backends import DEFAULT_BACKEND, backend_names
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 FRESH_SOURCES = ("content", "model")
 # vllm.LLM arguments the beam loop depends on: set from the fields below, never through vllm_kwargs.
@@ -41,9 +42,10 @@ class ServingConfig:
 
     # Model folder written by `gen_fm.model.save_model` (Llama weights, tokenizer, semantic_ids/).
     model_dir: str
-    # "vllm" (vllm.LLM + our trie-constrained beam loop) or "transformers" (gen_fm.decode, the
-    # reference implementation; no vLLM needed).
-    backend: str = "vllm"
+    # Decoding backend, a name registered in serving.backends: "vllm" (vllm.LLM + our
+    # trie-constrained beam loop), "transformers" (gen_fm.decode, the reference implementation; no
+    # vLLM needed), or one added with serving.backends.register_backend.
+    backend: str = DEFAULT_BACKEND
     # Beam width. A request asking for k > num_beams is searched with k beams (beam >= K always).
     num_beams: int = 20
     # Largest k a request may ask for; with num_beams it sizes vLLM's max_logprobs.
@@ -118,8 +120,11 @@ class ServingConfig:
             object.__setattr__(self, "data_dir", str(self.data_dir))
         if not self.model_dir:
             raise ValueError("model_dir is required")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in backend_names():
+            raise ValueError(
+                f"backend must be a registered one, {list(backend_names())}, got {self.backend!r} "
+                f"(serving.backends.register_backend adds one)"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in (

@@ -1,5 +1,6 @@
-"""The Python API: title ids in, ranked titles out, on either decoding backend (vLLM or
-transformers, the same prompts, restrictions and scores, so the same titles).
+"""The Python API: title ids in, ranked titles out, on any decoding backend (``serving.backends``:
+vLLM, transformers or one registered there; the same prompts, restrictions and scores, so the same
+titles).
 
     rec = Recommender.from_pretrained("runs/prompt_tuning/served", backend="vllm", num_beams=20)
     top = rec.recommend(["tt0114709", "tt0113497"], canvas="home", k=10)
@@ -20,11 +21,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from gen_fm.decode import Recommendations, recommend, recommend_titles, title_tokens
+from gen_fm.decode import Recommendations, title_tokens
 from gen_fm.model import load_model
 from gen_fm.ranking import fuse_title_head, fusion_scores
 from gen_fm.tokenizer import DEFAULT_CANVAS
@@ -36,8 +37,8 @@ from prompt_tuning.candidates import (
 )
 from prompt_tuning.canvases import get_canvas
 from semantic_ids.trie import PrefixTrie, Restriction
+from serving.backends import DEFAULT_BACKEND, Backend, get_backend
 from serving.config import ServingConfig, check_fresh_share
-from serving.engine import VLLMBeamSearch
 from serving.lifecycle import EngineUnavailable
 from serving.prompts import CanvasPrompts, RequestError
 from serving.rules import AttributeTable, DiversityCap, Rules, compile_rules, load_attributes, title_rows
@@ -100,115 +101,6 @@ class RecommendationList(Sequence[Recommendation]):
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-class _Backend(Protocol):
-    def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
-    ) -> list[Recommendations]: ...
-
-    def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
-    ) -> list[Recommendations]: ...
-
-    def failure(self) -> str | None: ...
-
-    def close(self) -> None: ...
-
-
-class TransformersBackend:
-    """``gen_fm.decode.recommend`` (HF beam search + trie logits processor): the reference path."""
-
-    def __init__(
-        self,
-        model: Any,
-        trie: PrefixTrie,
-        config: ServingConfig,
-        loras: Mapping[str, Any] | None = None,
-        title_tokens: np.ndarray | None = None,
-    ) -> None:
-        import torch
-
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype, torch.float32)
-        # canvas -> the model with that canvas's LoRA merged in: the same low-rank update vLLM applies
-        # per request, with no PEFT in the decoding loop (these models are small enough to copy)
-        merged = {c: merge_lora(model.eval(), path) for c, path in (loras or {}).items()}
-        self.model = model.to(device=config.device, dtype=dtype)
-        self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in merged.items()}
-        self.trie = trie
-        self.title_tokens = title_tokens
-        self.batch_size = config.max_batch
-
-    def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
-    ) -> list[Recommendations]:
-        exclude = None
-        if views is not None and any(v is not None for v in views):
-            # decode.recommend takes exclusion lists; an allow-view is its complement
-            exclude = [excluded_rows(v, self.trie.num_items) for v in views]
-        model = self.model if lora is None else self.merged[lora]
-        return recommend(
-            model,
-            [list(p) for p in prompts],
-            self.trie,
-            k=k,
-            num_beams=num_beams,
-            exclude=exclude,
-            batch_size=self.batch_size,
-        )
-
-    def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
-    ) -> list[Recommendations]:
-        if self.title_tokens is None:
-            raise ValueError("the title head needs a model trained with history_tokens 'titles'")
-        model = self.model if lora is None else self.merged[lora]
-        return recommend_titles(
-            model, [list(p) for p in prompts], self.trie, self.title_tokens, n, views, self.batch_size
-        )
-
-    def failure(self) -> str | None:
-        return None if self.model is not None else "the engine was closed"
-
-    def close(self) -> None:
-        self.model = None
-        self.merged = {}
-
-
-def merge_lora(model: Any, path: str | Path) -> Any:
-    """A copy of ``model`` with the PEFT LoRA at ``path`` merged into its weights."""
-    import copy
-
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(copy.deepcopy(model), str(path)).merge_and_unload().eval()
-
-
-def excluded_rows(view: Restriction | None, num_items: int) -> list[int]:
-    """Item rows a view forbids (the complement of an allow-list)."""
-    if view is None:
-        return []
-    if view.mode == "exclude":
-        return view.rows.tolist()
-    return np.setdiff1d(np.arange(num_items), view.rows, assume_unique=True).tolist()
 
 
 @dataclass(frozen=True)
@@ -300,18 +192,22 @@ class Recommender:
                 f"attribute table covers {attributes.num_items} titles, the model {gm.ids.num_items}"
             )
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
-        loras = {c: path for c, (path, _) in self.prompts.loras.items()}
-        if config.backend == "transformers":
-            self.backend: _Backend = TransformersBackend(
-                gm.model, self.trie, config, loras, self.title_tokens
+        # the folder is handed over: a backend that loads the weights itself drops gm.model
+        build = get_backend(config.backend)
+        self.backend: Backend = build(gm, self.trie, config, self.prompts.loras, self.title_tokens)
+        if not isinstance(self.backend, Backend):
+            raise TypeError(
+                f"backend {config.backend!r}: its factory returned {type(self.backend).__name__}, "
+                f"which lacks the serving.backends.Backend methods (search, titles, failure, close)"
             )
-        else:
-            del gm.model  # vLLM loads the weights itself
-            self.backend = VLLMBeamSearch(config, self.trie, self.prompts.loras, self.title_tokens)
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str, backend: str = "vllm", attributes: AttributeTable | None = None, **config: Any
+        cls,
+        model_dir: str,
+        backend: str = DEFAULT_BACKEND,
+        attributes: AttributeTable | None = None,
+        **config: Any,
     ) -> "Recommender":
         """Load ``model_dir``; ``config`` holds further ``ServingConfig`` fields (num_beams=, data_dir=, ...);
         ``attributes`` is a ready attribute table (else one is loaded from ``data_dir`` when set)."""
@@ -635,6 +531,4 @@ __all__ = [
     "Recommender",
     "RequestError",
     "ServingConfig",
-    "TransformersBackend",
-    "excluded_rows",
 ]

@@ -61,6 +61,7 @@ from serving.lifecycle import (
     reap_children,
     watch_engine,
 )
+from serving.backends import DEFAULT_BACKEND
 from serving.config import ServingConfig
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics
@@ -392,7 +393,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
-    backend: str = "vllm",
+    backend: str = DEFAULT_BACKEND,
     data_dir: str | None = None,
     dataset: str | None = None,
     max_body_bytes: int = 1 << 20,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serving.backends.transformers import excluded_rows
 from serving.config import ServingConfig
-from serving.recommender import RecommendationRequest, Recommender, excluded_rows
+from serving.recommender import RecommendationRequest, Recommender
 from tests.serving.tiny_model import MAX_HISTORY, NUM_TITLES
 
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]

@@ -1,4 +1,4 @@
-"""Trie-constrained beam search on a vLLM engine: one engine call per semantic-ID position.
+"""The vLLM backend: trie-constrained beam search on a vLLM engine, one engine call per ID position.
 
 vLLM's own beam search cannot take a per-request constraint (no ``allowed_token_ids``, no logits
 processor arguments; see notes/vllm.md), so the beam loop lives here and vLLM only scores one next
@@ -12,7 +12,7 @@ Exactness: a beam's children outside its own top-``beam`` can never enter the gl
 asking each beam for ``min(beam, #children)`` log-probs gives the same beams as scoring every child;
 a beam with a single allowed child needs no model call (its renormalised log-prob is exactly 0).
 Ranking and tie-breaking follow ``gen_fm.decode``: score = sum of the L log-probs, ties by item row.
-vLLM is imported inside the class only, so ``import serving`` works without it."""
+vLLM is imported inside functions and the class only, so ``import serving`` works without it."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gen_fm.decode import Recommendations
+from gen_fm.model import GenFM
 from semantic_ids.trie import PrefixTrie, Restriction, RowRestrictions
 from serving.config import ServingConfig
 
@@ -100,18 +101,20 @@ def _lora_rank_slot(rank: int) -> int:
 
 
 class VLLMBeamSearch:
-    """A ``vllm.LLM`` over a model folder plus the trie-constrained beam loop that drives it.
+    """A ``vllm.LLM`` over a model folder plus the trie-constrained beam loop that drives it (a ``Backend``).
 
     Build it inside ``if __name__ == "__main__":`` in scripts: vLLM starts its workers with spawn.
     """
 
     def __init__(
         self,
-        config: ServingConfig,
+        folder: GenFM,
         trie: PrefixTrie,
+        config: ServingConfig,
         loras: Mapping[str, tuple[Path, int]] | None = None,
         title_tokens: np.ndarray | None = None,
     ) -> None:
+        del folder.model  # vLLM loads the weights from config.model_dir itself: free the loaded copy first
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 

@@ -1,0 +1,162 @@
+"""Decoding backends, chosen by name: what runs the model's constrained beam search and title head.
+
+Each backend lives in one file and registers here with one line; ``ServingConfig.backend`` names it
+and ``Recommender`` builds it through ``get_backend``. Built in:
+
+    vllm          a ``vllm.LLM`` driven by our trie-constrained beam loop (``serving.backends.vllm``)
+    transformers  ``gen_fm.decode``, the reference the others are checked against; no vLLM needed
+
+To add one: a class (or any callable) that takes ``(folder, trie, config, loras, title_tokens)``
+(``BackendFactory``) and returns a ``Backend``, then one line::
+
+    register_backend("mine", MyBackend)
+    rec = Recommender.from_pretrained(model_dir, backend="mine")
+
+The built-in backends are registered by import path ("module:attr", resolved on first use, as vLLM's
+model registry does), so that reading the names (``sidrec``'s argument choices, ``ServingConfig``'s
+check) imports neither torch nor vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # annotations only: this module must stay light (see the module doc)
+    import numpy as np
+
+    from gen_fm.decode import Recommendations
+    from gen_fm.model import GenFM
+    from semantic_ids.trie import PrefixTrie, Restriction
+    from serving.config import ServingConfig
+
+DEFAULT_BACKEND = "vllm"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One decoding engine over one model folder. One caller at a time (``Recommender`` queues).
+
+    Exactness: for the same folder, prompts and views every backend returns the titles and scores of
+    the transformers reference (``gen_fm.decode``) up to float rounding: beam search over the L code
+    tokens under the trie, each step's log-probs renormalised over the children the prompt's view
+    permits, a title's score the sum of its L log-probs (its log-probability among the permitted
+    titles), best first, ties by item row. A shortcut must not change which beams survive: the vLLM
+    backend asks each beam for only its top ``min(num_beams, #children)`` children (the others can
+    never enter the global top ``num_beams``) and skips the model where a beam has one child (its
+    renormalised log-prob is exactly 0).
+    """
+
+    def search(
+        self,
+        prompts: Sequence[Sequence[int]],
+        k: int,
+        num_beams: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
+        """Top-``k`` titles per prompt by beam search with ``num_beams`` beams (``k <= num_beams``,
+        else ``ValueError``). ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists; None: every
+        title); a prompt whose view permits fewer than ``k`` titles gets all of them. ``lora``: the
+        canvas whose LoRA (one of the ``loras`` the backend was built with) scores every prompt;
+        None: the base weights. Returned ``Recommendations`` have ``num_invalid`` 0."""
+        ...
+
+    def titles(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        views: Sequence[Restriction | None] | None,
+        lora: str | None = None,
+    ) -> list[Recommendations]:
+        """The title head (``gen_fm.decode.recommend_titles``): per prompt, the top-``n`` permitted
+        titles by the next-token log-probs over their title tokens, renormalised over the titles the
+        view permits, ties by item row; an empty list where none is permitted. ``ValueError`` when
+        the backend was built without ``title_tokens`` (a model that reads histories by codes)."""
+        ...
+
+    def failure(self) -> str | None:
+        """None while the backend can answer; else why not (closed, or its engine process died)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (weights, worker processes); ``failure()`` says so afterwards."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """Builds a backend; the built-in backends' classes are their own factories."""
+
+    def __call__(
+        self,
+        folder: GenFM,
+        trie: PrefixTrie,
+        config: ServingConfig,
+        loras: Mapping[str, tuple[Path, int]],
+        title_tokens: np.ndarray | None,
+    ) -> Backend:
+        """``folder``: the loaded model folder (``gen_fm.model.load_model``), handed over: a backend
+        that loads the weights itself (vLLM, from ``config.model_dir``) drops ``folder.model``.
+        ``trie``: the folder's prefix trie. ``loras``: canvas -> (LoRA folder, rank) of the canvas
+        adapters in the folder. ``title_tokens``: (num_items,) each row's title token, or None for a
+        model without a title head."""
+        ...
+
+
+# name -> factory, or "module:attr" of one not imported yet; in registration order
+_BACKENDS: dict[str, BackendFactory | str] = {}
+
+
+def register_backend(name: str, factory: BackendFactory | str, *, replace: bool = False) -> None:
+    """Make ``factory`` servable as ``backend=name``; a taken name is refused unless ``replace``.
+    ``factory`` may be an import path "module:attr", imported when the backend is first built."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
+    if isinstance(factory, str) and factory.count(":") != 1:
+        raise ValueError(f"an import path reads 'module:attr', got {factory!r}")
+    if not isinstance(factory, str) and not callable(factory):
+        raise TypeError(f"register_backend takes a factory (a callable) or 'module:attr', got {factory!r}")
+    if name in _BACKENDS and not replace:
+        raise ValueError(f"backend {name!r} is already registered")
+    _BACKENDS[name] = factory
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a registered backend (tests, plugins that unload)."""
+    get_backend(name)  # a ValueError naming the registered ones
+    del _BACKENDS[name]
+
+
+def get_backend(name: str) -> BackendFactory:
+    """The factory registered as ``name`` (imported now if it was registered by path)."""
+    factory = _BACKENDS.get(name)
+    if factory is None:
+        raise ValueError(
+            f"unknown backend {name!r}; registered: {list(_BACKENDS)} "
+            f"(serving.backends.register_backend adds one)"
+        )
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        _BACKENDS[name] = factory
+    return factory
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+register_backend("vllm", "serving.backends.vllm:VLLMBeamSearch")
+register_backend("transformers", "serving.backends.transformers:TransformersBackend")
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "Backend",
+    "BackendFactory",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "unregister_backend",
+]
