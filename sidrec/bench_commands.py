@@ -14,6 +14,7 @@ import sys
 
 from core.overrides import config_from_args, parse_overrides
 from core.sequences import SequenceConfig
+from serving.backends import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import (
     add_config_args,
     add_data_args,
@@ -246,7 +247,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         "throughput and batch latency of the decoding backends on real member histories (eval.bench_serving)",
     )
     p.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
-    p.add_argument("--backend", choices=["vllm", "transformers", "both"], default="both")
+    p.add_argument("--backend", choices=[*backend_names(), "both"], default="both")
     p.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--k", type=int, default=10)
@@ -284,7 +285,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         "fixed time, errors and memory (eval.bench_load)",
     )
     p.add_argument("--model", required=True)
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--max-requests", type=int, default=100_000)
@@ -324,7 +325,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     add_data_args(p, dataset=False, max_users=False)
     p.add_argument("--members", type=int, default=300)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--out", required=True)
 

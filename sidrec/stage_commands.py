@@ -16,6 +16,7 @@ from core.artifacts import read_json, write_json
 from core.data import load_data
 from core.overrides import config_from_args, parse_overrides
 from core.sequences import SequenceConfig
+from serving.backends import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import (
     add_config_args,
     add_data_args,
@@ -436,7 +437,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SIDREC_API_KEY)")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument(
         "--data",
         default=os.environ.get("SIDREC_DATA_DIR"),
@@ -550,7 +551,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--rules", help="business rules as JSON, applied to every list (serving.rules)")
     p.add_argument("--keep-history", action="store_true", help="allow titles of the history")
-    p.add_argument("--backend", default="vllm", choices=["vllm", "transformers"])
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument("--shard-size", type=int, default=512, help="lists per Parquet shard and decoding call")
     add_engine_args(p, "engine")
     add_threads_arg(p)
