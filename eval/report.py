@@ -4,11 +4,12 @@
 
 Reads each JSON file under the results folder (semantic IDs, baselines, the generative model,
 per-canvas soft prompts, serving grids and load tests) and writes ``README.md``, the plots and a
-``manifest.json`` naming the sha256 of every file read. A file it cannot interpret is listed in
-the report and skipped, never fatal. The folder is written through ``core.artifacts.atomic_dir``,
-so a failed build leaves an earlier report as it was, and it is deterministic: files are read in
-sorted order and the PNGs carry neither a date nor a library version. Needs matplotlib
-(``pip install 'sidrec[report]'``).
+``manifest.json`` naming the sha256 of every file read. The page opens with each dataset's headline
+(``eval.report_headline``: the served home row and its parts, our best SASRec, the anchor), then
+every run. A file it cannot interpret is listed in the report and skipped, never fatal. The folder
+is written through ``core.artifacts.atomic_dir``, so a failed build leaves an earlier report as it
+was, and it is deterministic: files are read in sorted order and the PNGs carry neither a date nor
+a library version. Needs matplotlib (``pip install 'sidrec[report]'``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.published import PROTOCOL, published
-from eval.report_plots import plot_canvases, plot_codebooks, plot_latency, plot_retrieval
+from eval.report_headline import ANCHOR, HEADLINE_RULE, K, RECALL, SASREC_RULE, Headline, headline
+from eval.report_plots import plot_canvases, plot_codebooks, plot_experiments, plot_latency, plot_retrieval
 from eval.report_results import (
     LOAD_COLUMNS,
     METRICS,
@@ -74,12 +76,77 @@ def _retrieval_rows(res: Results) -> dict[str, list[Retrieval]]:
     return dict(sorted(by_dataset.items()))
 
 
-def _section_retrieval(res: Results, out: Path) -> list[str]:
+def _headlines(res: Results) -> dict[str, Headline]:
+    datasets = sorted({r.dataset for r in res.retrieval} | {h.dataset for h in res.home_rows})
+    heads = {d: headline(res.home_rows, res.retrieval, d) for d in datasets}
+    return {d: h for d, h in heads.items() if h.rows}
+
+
+def _headline_table(head: Headline) -> list[str]:
+    md = _table(
+        ["row", f"R@{K}", "1 SE", f"N@{K}", "results file"],
+        [
+            [
+                r.label,
+                _fmt(r.recall),
+                _fmt(r.se) + ("*" if r.se_computed and r.se is not None else ""),
+                _fmt(r.ndcg),
+                f"`{r.source}` `{r.key}`" if r.key else r.source,
+            ]
+            for r in head.rows
+        ],
+    )
+    if not any(r.kind == "anchor" for r in head.rows):
+        md += [f"No published anchor for {head.dataset} under this protocol (`eval/published.py`).", ""]
+    return md
+
+
+def _section_headline(heads: dict[str, Headline], out: Path) -> list[str]:
     md = [
-        "## Next-title retrieval",
+        "## Headline: the home row and its parts",
         "",
-        f"Protocol of every row: {PROTOCOL}; a hit is the exact title. `ours` is the generative "
-        "model (`results/gen_fm`), `baseline` our runs of the baselines on the same split "
+        f"Test split; {PROTOCOL}. Every row but the published anchor leaves the member's history "
+        'out, as served. "The model alone" is its own ranking, "the counts alone" the titles most '
+        "co-engaged with the member's newest titles (the model folder's table), and \"served\" "
+        "fuses the two by reciprocal rank, as `sidrec serve` does. 1 SE: one standard error of "
+        f"R@{K} (`*`: the file records none, so it is sqrt(p (1 - p) / n) over the file's members, "
+        "the formula `sidrec eval` uses).",
+        "",
+        f"How the rows are chosen. The model, counts and served rows come from one file: {HEADLINE_RULE}. "
+        f"Our best SASRec: {SASREC_RULE}. The anchor: {ANCHOR} as published (`eval/published.py`). "
+        "Every run is in the experiments table below.",
+        "",
+    ]
+    if not heads:
+        return md + ["No headline rows: no `gen_fm` file records a home row and no baseline was found.", ""]
+    for dataset, head in heads.items():
+        png = f"retrieval-{_slug(dataset)}.png"
+        plot_retrieval(head, out / png)
+        md += [f"### {dataset}", ""]
+        if head.chosen is None:
+            md += ["No `sidrec eval` file here records a home row scored as served.", ""]
+        else:
+            n, h = head.candidates, head.chosen
+            members = f" ({h.members:,} members)" if h.members else ""
+            pick = (
+                f"the rule's pick among {n} files; picking on the test split flatters it by up to "
+                "about one standard error"
+                if n > 1
+                else "the one file the rule admits"
+            )
+            md += [f"Headline file: `{h.source}`{members}, {pick}.", ""]
+        md += [f"![{dataset}: the home row and its parts]({png})", "", *_headline_table(head)]
+    return md
+
+
+def _section_retrieval(res: Results, heads: dict[str, Headline], out: Path) -> list[str]:
+    md = [
+        "## Experiments: next-title retrieval of every run",
+        "",
+        f"Protocol of every row: {PROTOCOL}; a hit is the exact title; the history is not "
+        "excluded here (TIGER's protocol), so these figures sit below the headline's. `ours` is "
+        "the generative model's beam (`results/gen_fm`), with the served home row from the same "
+        "file where it records one; `baseline` our runs of the baselines on the same split "
         "(`results/baselines`), `published` the numbers in `eval/published.py` (amazon-beauty "
         "only), each with its source.",
         "",
@@ -87,18 +154,21 @@ def _section_retrieval(res: Results, out: Path) -> list[str]:
     by_dataset = _retrieval_rows(res)
     if not by_dataset:
         return md + ["No retrieval results (`gen_fm` or `baseline` files) were found.", ""]
+    served = {h.source: h.parts["served"][RECALL] for h in res.home_rows}
+    chosen = {h.chosen.source for h in heads.values() if h.chosen is not None}
     for dataset, rows in by_dataset.items():
-        png = f"retrieval-{_slug(dataset)}.png"
-        plot_retrieval(dataset, rows, out / png)
-        md += [f"### {dataset}", "", f"![{dataset}: recall@10 and ndcg@10]({png})", ""]
+        png = f"experiments-{_slug(dataset)}.png"
+        plot_experiments(dataset, rows, out / png)
+        md += [f"### {dataset}", "", f"![{dataset}: recall@10 and ndcg@10 of every run]({png})", ""]
         md += _table(
-            ["group", "model", "split", *METRICS, "params", "source"],
+            ["group", "model", "split", *METRICS, f"served R@{K}", "params", "source"],
             [
                 [
                     r.group,
-                    r.model,
+                    r.model + (" (headline)" if r.source in chosen else ""),
                     r.split,
                     *(_fmt(r.metrics.get(k)) for k in METRICS),
+                    _fmt(served.get(r.source)),
                     _fmt(r.params, ",.0f"),
                     f"`{r.source}`" if r.group != "published" else r.source,
                 ]
@@ -328,9 +398,11 @@ def build_report(results_dir: str | Path = "results", out_dir: str | Path = "rep
     ]
     style = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
     with atomic_dir(out_dir) as stage, matplotlib.rc_context(style):
+        heads = _headlines(res)
         md = [
             *title,
-            *_section_retrieval(res, stage),
+            *_section_headline(heads, stage),
+            *_section_retrieval(res, heads, stage),
             *_section_canvases(res, stage),
             *_section_refresh(res),
             *_section_ids(res, stage),

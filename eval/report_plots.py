@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eval.report_headline import Headline
 from eval.report_results import VARIANTS, CanvasResults, IDStats, Retrieval, ServingGrid, row_label
 
 PLOTTED = ("recall@10", "ndcg@10")
 GROUP_COLORS = {"ours": "#1f77b4", "baseline": "#8c8c8c", "published": "#ff7f0e"}
+HEADLINE_COLORS = {
+    "model": "#1f77b4",
+    "beam": "#9ecae1",
+    "title_head": "#9ecae1",
+    "counts": "#2ca02c",
+    "served": "#08306b",
+    "sasrec": "#8c8c8c",
+    "anchor": "#ff7f0e",
+}
 
 
 def _figure(width: float, height: float):
@@ -24,8 +34,45 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
-def plot_retrieval(dataset: str, rows: list[Retrieval], path: Path) -> None:
-    """Recall@10 and NDCG@10 of our model, our baselines and the published rows, one bar each."""
+def plot_retrieval(head: Headline, path: Path) -> None:
+    """The headline rows of one dataset, the served row among them: R@10 with one standard error
+    either side where known, and N@10."""
+    rows = head.rows
+    fig = _figure(11, 1.5 + 0.42 * len(rows))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, metric in zip(axes, ("recall", "ndcg")):
+        tops = [(getattr(r, metric) or 0.0) + (r.se or 0.0) * (metric == "recall") for r in rows]
+        for i, r in enumerate(rows):
+            v = getattr(r, metric)
+            if v is None:
+                ax.text(0, i, " not reported", va="center", fontsize=8, color="gray")
+                continue
+            se = r.se if metric == "recall" else None
+            ax.barh(
+                i,
+                v,
+                xerr=se,
+                capsize=3 if se else 0,
+                color=HEADLINE_COLORS.get(r.kind, "#333333"),
+                edgecolor="white",
+                hatch="//" if r.kind == "anchor" else None,
+            )
+            ax.text(v + (se or 0.0), i, f" {v:.4f}", va="center", fontsize=8)
+        ax.set_xlim(0, max(tops + [1e-9]) * 1.3)
+        ax.set_title(
+            f"{metric}@10" + (" (bars: one standard error either side)" if metric == "recall" else "")
+        )
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), [r.short for r in rows])
+    axes[0].invert_yaxis()
+    fig.suptitle(
+        f"{head.dataset}: the home row and its parts (test split, history excluded; the anchor as published)"
+    )
+    _save(fig, path)
+
+
+def plot_experiments(dataset: str, rows: list[Retrieval], path: Path) -> None:
+    """Recall@10 and NDCG@10 of every run, our baselines and the published rows, one bar each."""
     from matplotlib.patches import Patch
 
     fig = _figure(11, 1.4 + 0.42 * len(rows))

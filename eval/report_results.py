@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.artifacts import file_sha256, read_json
+from eval.report_headline import HomeRow, parse_home_row
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Per-canvas variants in plotting order; other entries that carry metrics are plotted after them,
@@ -36,6 +37,8 @@ class Retrieval:
     metrics: dict[str, float | None]
     params: float | None
     source: str  # a results file, or the publication
+    history_excluded: dict[str, float | None] | None = None  # baselines that record it
+    members: int | None = None  # members judged, where the file says
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Figures:
 @dataclass
 class Results:
     retrieval: list[Retrieval] = field(default_factory=list)
+    home_rows: list[HomeRow] = field(default_factory=list)  # gen_fm files that record the home row
     ids: list[IDStats] = field(default_factory=list)
     grids: list[ServingGrid] = field(default_factory=list)
     loads: list[LoadTest] = field(default_factory=list)
@@ -173,6 +177,10 @@ def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
     split = (d.get("eval_config") or {}).get("split", "test")
     m = d["metrics"]
     m = m[split] if isinstance(m.get(split), dict) else m
+    excluded = d.get("history_excluded")
+    if isinstance(excluded, dict) and isinstance(excluded.get(split), dict):
+        excluded = excluded[split]
+    members = (d.get("num_users") or {}).get(split) if isinstance(d.get("num_users"), dict) else None
     res.retrieval.append(
         Retrieval(
             str(d["dataset"]),
@@ -182,6 +190,8 @@ def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
             _metrics(m),
             _num(d.get("params"), "params"),
             name,
+            _metrics(excluded) if isinstance(excluded, dict) else None,
+            int(members) if isinstance(members, int) else None,
         )
     )
 
@@ -189,6 +199,7 @@ def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
 def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
     dataset = str(d["dataset"])
     tag = _tag(stem, dataset)
+    home = parse_home_row(d, name)  # first: a file whose home row cannot be read adds no row
     res.retrieval.append(
         Retrieval(
             dataset,
@@ -200,6 +211,8 @@ def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
             name,
         )
     )
+    if home is not None:
+        res.home_rows.append(home)
 
 
 def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:

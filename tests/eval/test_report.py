@@ -13,6 +13,7 @@ pytest.importorskip("matplotlib")
 from eval import report  # noqa: E402
 from eval.published import PUBLISHED  # noqa: E402
 from sidrec.cli import main  # noqa: E402
+from tests.eval.test_report_headline import tiny_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -198,3 +199,31 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     with pytest.raises(report.ReportError, match="would replace the results folder"):
         report.build_report(root, tmp_path)
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_report_opens_with_the_headline(tmp_path):
+    root = tiny_results(tmp_path / "results")
+    readme = report.build_report(root, tmp_path / "report")
+    text = readme.read_text()
+    head, experiments = text.index("## Headline: the home row"), text.index("## Experiments")
+    assert head < experiments < text.index("## Results files read")
+    section = text[head:experiments]
+    assert "Headline file: `results/gen_fm/amazon-beauty-titles.json` (400 members)" in section
+    assert "among the `sidrec eval` files on the test split" in section  # the rule, in words
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    assert len(rows) == 7
+    served = next(line for line in rows if line.startswith("| **served**"))
+    assert "| 0.0900 | 0.0090 | 0.0450 | `results/gen_fm/amazon-beauty-titles.json` `home_row` |" in served
+    assert "| 0.1000 | 0.0150* |" in next(line for line in rows if "SASRec" in line)
+    assert next(line for line in rows if "TIGER" in line).startswith("| published anchor: TIGER (paper)")
+    for png in ("retrieval-amazon-beauty.png", "experiments-amazon-beauty.png"):
+        assert (readme.parent / png).read_bytes().startswith(PNG_SIGNATURE)
+        assert f"]({png})" in text
+    assert "](retrieval-amazon-beauty.png)" in section
+    # every run stays in the experiments table, the headline file marked, its served R@10 beside it
+    table = text[experiments : text.index("## Per-canvas")]
+    assert (
+        "| ours | gen-fm (titles) (headline) | test | 0.0200 | 0.0100 | 0.0400 | 0.0200 | 0.0900 |" in table
+    )
+    for stem in ("codes", "old-fixed-weight", "titles-valid"):
+        assert f"results/gen_fm/amazon-beauty-{stem}.json" in table
