@@ -1,32 +1,17 @@
-"""The measuring commands of `sidrec`: ``sidrec bench ...``, ``sidrec baseline`` and ``sidrec report``.
+"""The measuring commands of `sidrec` and their flags: ``sidrec bench ...``, ``sidrec baseline`` and
+``sidrec report``.
 
-Each is a thin wrapper over a public function of ``eval`` (``eval.bench_serving.bench_serving``,
-``eval.baselines.run_baseline``, ``eval.report.build_report`` ...): the function does the work and
-writes the results file; the command passes its own command line in, for the file to record, and
-turns the report into an exit status (1 when a benchmark's own check fails).
+Each command names its handler as a ``"module:function"`` string (``sidrec.handlers.bench`` and
+its neighbours: thin wrappers over public functions of ``eval``), imported only when that command
+runs: `sidrec --help` and argument errors answer without importing torch or transformers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from core.overrides import config_from_args, parse_overrides
-from core.sequences import SequenceConfig
 from serving.backends import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
-from sidrec.arguments import (
-    add_config_args,
-    add_data_args,
-    add_threads_arg,
-    command_line,
-    data_config,
-    set_threads,
-)
-
-# Each command imports its stage (eval's benchmarks, sidrec.unseen_titles) inside its
-# function: `sidrec --help` and argument errors must answer without importing torch or transformers.
-# The ground floor (core.overrides, core.sequences) is light and imported here.
+from sidrec.arguments import add_config_args, add_data_args, add_threads_arg
 
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
@@ -34,216 +19,15 @@ BASELINE_KINDS = ("popular", "sasrec", "sasrec-ce")
 BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-title-pool", "unseen-titles")
 
 
-# --------------------------------------------------------------------------- bench
-
-
-def cmd_bench_serving(args) -> int:
-    from eval.bench_serving import bench_serving
-
-    report = bench_serving(
-        model=args.model,
-        out=args.out,
-        backend=args.backend,
-        beams=args.beams,
-        batches=args.batches,
-        k=args.k,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        data_dir=args.data,
-        dataset=args.dataset,
-        dtype=args.dtype,
-        torch_compile=args.compile,
-        device=args.device,
-        threads=args.threads,
-        unconstrained=args.unconstrained,
-        seed=args.seed,
-        command=command_line(args),
-    )
-    return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
-
-
-def cmd_bench_load(args) -> int:
-    from eval.bench_load import bench_load
-
-    report = bench_load(
-        model=args.model,
-        out=args.out,
-        backend=args.backend,
-        clients=args.clients,
-        seconds=args.seconds,
-        max_requests=args.max_requests,
-        k=args.k,
-        command=command_line(args),
-    )
-    return 0 if report["error_count"] == 0 and report["health_after"] == 200 else 1
-
-
-def cmd_bench_ids(args) -> int:
-    from eval.bench_ids import bench_ids
-    from semantic_ids.config import SemanticIDConfig
-
-    config = config_from_args(SemanticIDConfig, None, args.set, quantizer=args.quantizer)
-    bench_ids(
-        dataset=args.dataset,
-        config=config,
-        data_dir=args.data,
-        tag=args.tag,
-        runs=args.runs,
-        results=args.results,
-        warm=args.warm,
-        command=command_line(args),
-    )
-    return 0
-
-
-def cmd_bench_batch(args) -> int:
-    from eval.bench_batch import bench_batch
-
-    report = bench_batch(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        members=args.members,
-        k=args.k,
-        backend=args.backend,
-        shard_size=args.shard_size,
-        command=command_line(args),
-    )
-    return 0 if report["identical_lists"] == report["members"] else 1
-
-
-def cmd_bench_new_title_pool(args) -> int:
-    from eval.new_titles import bench_new_title_pool
-
-    bench_new_title_pool(
-        dataset=args.dataset,
-        data_dir=args.data,
-        cutoff_counts=tuple(args.cutoffs),
-        low=args.low,
-        high=args.high,
-        out=args.out,
-        command=command_line(args),
-    )
-    return 0
-
-
-def cmd_bench_unseen_titles(args) -> int:
-    from eval.unseen_titles import UnseenConfig
-    from gen_fm.config import PretrainConfig
-    from sidrec.unseen_titles import run_unseen_titles
-
-    set_threads(args)
-    try:
-        pretrain_config = PretrainConfig.from_preset(args.preset, **parse_overrides(None, args.set))
-        config = UnseenConfig(
-            share=args.share,
-            seed=args.seed,
-            ks=tuple(args.ks),
-            beams=args.beams,
-            fresh_shares=tuple(args.fresh_shares),
-            warm_users=args.warm_users,
-            batch_size=args.batch_size,
-        )
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
-    run_unseen_titles(
-        data_config(args),
-        SequenceConfig(max_history=args.max_history),
-        pretrain_config,
-        config,
-        work=args.work or f"runs/unseen-{args.dataset}-s{args.seed}",
-        out=args.out,
-        command=command_line(args),
-    )
-    return 0
-
-
-def cmd_bench_embeddings(args) -> int:
-    from eval.bench_embeddings import bench_embeddings
-
-    bench_embeddings(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        min_members=args.min_members,
-        max_members=args.max_members,
-        pooling=args.pooling,
-        command=command_line(args),
-    )
-    return 0
-
-
-def cmd_bench_canvases(args) -> int:
-    from eval.bench_canvases import bench_canvases
-
-    set_threads(args)
-    bench_canvases(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        dataset=args.dataset,
-        canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
-        overrides=parse_overrides(None, args.set),
-        full_finetune=not args.no_full_finetune,
-        candidates=args.candidates,
-        neighbourhood=args.neighbourhood,
-        title_tags=not args.no_tags,
-        command=command_line(args),
-    )
-    return 0
-
-
-# --------------------------------------------------------------------------- baseline, report
-
-
-def cmd_baseline(args) -> int:
-    from eval.baselines import run_baseline
-    from eval.config import EvalConfig
-
-    set_threads(args)
-    report = run_baseline(
-        args.kind,
-        data_config(args),
-        SequenceConfig(max_history=args.max_history),
-        args.out,
-        EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
-        command=["sidrec", *getattr(args, "argv", [])],
-        ids_dir=args.ids,
-        **parse_overrides(None, args.set),
-    )
-    for split, m in report["metrics"].items():
-        print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    print(f"params {report['params']:,}  train {report['train_seconds']:.1f}s  -> {args.out}")
-    return 0
-
-
-def cmd_report(args) -> int:
-    from eval.report import ReportError, build_report
-
-    try:
-        path = build_report(args.results, args.out)
-    except ReportError as e:
-        print(f"sidrec report: error: {e}", file=sys.stderr)
-        return 2
-    skipped = json.loads((path.parent / "manifest.json").read_text()).get("skipped") or {}
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    print(f"report written to {path}")
-    return 0
-
-
-# --------------------------------------------------------------------------- parsers
-
-
 def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
         p = bench_sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=handler)
         return p
 
     p = add(
         "serving",
-        cmd_bench_serving,
+        "sidrec.handlers.bench:cmd_bench_serving",
         "throughput and batch latency of the decoding backends on real member histories (eval.bench_serving)",
     )
     p.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
@@ -280,7 +64,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "load",
-        cmd_bench_load,
+        "sidrec.handlers.bench:cmd_bench_load",
         "loopback load test of the HTTP server: concurrent clients for a "
         "fixed time, errors and memory (eval.bench_load)",
     )
@@ -294,7 +78,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "ids",
-        cmd_bench_ids,
+        "sidrec.handlers.bench_ids:cmd_bench_ids",
         "semantic-ID building: quality figures of the codes and wall time "
         "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json",
     )
@@ -317,7 +101,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "batch",
-        cmd_bench_batch,
+        "sidrec.handlers.bench:cmd_bench_batch",
         "batch lists against the server: the same members' top-K from "
         "`sidrec batch` and one by one over HTTP (eval.bench_batch)",
     )
@@ -331,7 +115,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "embeddings",
-        cmd_bench_embeddings,
+        "sidrec.handlers.bench:cmd_bench_embeddings",
         "do the model's embeddings carry signal? two probes "
         "against the content embedding (eval.bench_embeddings)",
     )
@@ -344,7 +128,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "canvases",
-        cmd_bench_canvases,
+        "sidrec.handlers.bench:cmd_bench_canvases",
         "per-canvas soft prompt against the frozen base and full fine-tuning (eval.bench_canvases)",
     )
     p.add_argument("--model", required=True, help="foundation model folder")
@@ -377,7 +161,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "new-title-pool",
-        cmd_bench_new_title_pool,
+        "sidrec.handlers.bench:cmd_bench_new_title_pool",
         "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
         "pairs whose next title is new (core.timeline.rolling_pool)",
     )
@@ -395,7 +179,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "unseen-titles",
-        cmd_bench_unseen_titles,
+        "sidrec.handlers.bench:cmd_bench_unseen_titles",
         "TIGER's unseen-title protocol: hold a share of the test-target titles out of the IDs' fit "
         "and of training, give them IDs afterwards, judge cold, warm and all members "
         "(eval.unseen_titles)",
@@ -442,7 +226,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="members per scoring batch")
     p.add_argument("--device", default="cpu")
     add_threads_arg(p, None, "torch CPU threads (results can differ by thread count)")
-    p.set_defaults(func=cmd_baseline)
+    p.set_defaults(func="sidrec.handlers.bench:cmd_baseline")
 
     p = sub.add_parser(
         "report",
@@ -459,4 +243,4 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default="report", metavar="DIR", help="report folder, replaced as a whole (default: report)"
     )
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func="sidrec.handlers.report:cmd_report")

@@ -1,15 +1,19 @@
 """The `sidrec` command line: one parser for every command a person runs.
 
-The stage commands (``sidrec.stage_commands``) are thin wrappers over each stage's Python API; the
-measuring commands (``sidrec bench ...``, ``sidrec baseline``, ``sidrec report``;
-``sidrec.bench_commands``) over public functions of ``eval``. Shared flags: ``sidrec.arguments``.
+The flags of the stage commands are in ``sidrec.stage_commands``, those of the measuring commands
+(``sidrec bench ...``, ``sidrec baseline``, ``sidrec report``) in ``sidrec.bench_commands``, shared
+ones in ``sidrec.arguments``. Each command names its handler as a ``"module:function"`` string (a
+function in ``sidrec.handlers``), imported only when that command runs, so that `sidrec --help` and
+argument errors answer without importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from core.artifacts import ArtifactError
 from core.data import DataError
@@ -32,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def handler(name: str) -> Callable[[argparse.Namespace], int | None]:
+    """The function a command names as ``"module:function"``, its module imported now."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, verbose, log_file = split_logging_flags(argv)
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line, for the results files that record it
     try:
-        return args.func(args) or 0
+        return handler(args.func)(args) or 0
     except (DataError, ArtifactError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         if os.environ.get("SIDREC_DEBUG"):
             raise

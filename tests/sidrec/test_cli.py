@@ -295,3 +295,29 @@ def test_every_command_answers_bad_paths_with_one_clear_error(tmp_path, capsys) 
         text += str(code)
         assert "Traceback" not in text and "error" in text.lower(), (argv, text[-500:])
         assert not (tmp_path / "out").exists(), argv
+
+
+def test_every_command_names_a_handler_that_resolves():
+    """Each command's func is a "module:function" string in sidrec.handlers naming a callable."""
+    from sidrec.cli import build_parser, handler
+
+    for words, parser in _commands(build_parser()):
+        name = parser.get_default("func")
+        assert isinstance(name, str) and re.fullmatch(r"sidrec\.handlers\.\w+:\w+", name), (words, name)
+        assert callable(handler(name)), (words, name)
+
+
+def test_building_the_parser_imports_no_torch_and_no_handler():
+    """`sidrec --help` and argument errors answer without torch: the handlers load when a command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sidrec.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm') "
+        "or m.startswith('sidrec.handlers')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

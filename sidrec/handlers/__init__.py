@@ -1,0 +1,18 @@
+"""What each `sidrec` command does: one module per group of commands, named after its words.
+
+The parsers (``sidrec.stage_commands``, ``sidrec.bench_commands``) name a command's handler as a
+``"module:function"`` string, like a console-script entry point; ``sidrec.cli`` imports it only when
+that command runs, so `sidrec --help` and argument errors never import torch. Each module here
+imports the stages it drives at its top.
+
+    ids        sidrec ids build | assign | inspect
+    model      sidrec pretrain, sidrec eval
+    prompts    sidrec prompts train | export | list
+    serve      sidrec serve (the serving extra: fastapi, uvicorn)
+    jobs       sidrec batch, sidrec embed
+    pipelines  sidrec quickstart, sidrec refresh, sidrec catalog update
+    bench      sidrec bench serving | load | batch | embeddings | canvases | new-title-pool |
+               unseen-titles, sidrec baseline
+    bench_ids  sidrec bench ids (alone: its cold start times the sentence encoder's imports)
+    report     sidrec report (light: no torch)
+"""

@@ -1,0 +1,164 @@
+"""``sidrec bench ...`` (all but ``bench ids``) and ``sidrec baseline``: thin wrappers over ``eval``.
+
+Each calls a public function of ``eval`` (``eval.bench_serving.bench_serving``,
+``eval.baselines.run_baseline`` ...), which does the work and writes the results file; the handler
+passes its own command line in, for the file to record, and turns the report into an exit status
+(1 when a benchmark's own check fails).
+"""
+
+from __future__ import annotations
+
+from core.overrides import parse_overrides
+from core.sequences import SequenceConfig
+from eval.baselines import run_baseline
+from eval.bench_batch import bench_batch
+from eval.bench_canvases import bench_canvases
+from eval.bench_embeddings import bench_embeddings
+from eval.bench_load import bench_load
+from eval.bench_serving import bench_serving
+from eval.config import EvalConfig
+from eval.new_titles import bench_new_title_pool
+from eval.unseen_titles import UnseenConfig
+from gen_fm.config import PretrainConfig
+from sidrec.arguments import command_line, data_config, set_threads
+from sidrec.unseen_titles import run_unseen_titles
+
+
+def cmd_bench_serving(args) -> int:
+    report = bench_serving(
+        model=args.model,
+        out=args.out,
+        backend=args.backend,
+        beams=args.beams,
+        batches=args.batches,
+        k=args.k,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        data_dir=args.data,
+        dataset=args.dataset,
+        dtype=args.dtype,
+        torch_compile=args.compile,
+        device=args.device,
+        threads=args.threads,
+        unconstrained=args.unconstrained,
+        seed=args.seed,
+        command=command_line(args),
+    )
+    return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
+
+
+def cmd_bench_load(args) -> int:
+    report = bench_load(
+        model=args.model,
+        out=args.out,
+        backend=args.backend,
+        clients=args.clients,
+        seconds=args.seconds,
+        max_requests=args.max_requests,
+        k=args.k,
+        command=command_line(args),
+    )
+    return 0 if report["error_count"] == 0 and report["health_after"] == 200 else 1
+
+
+def cmd_bench_batch(args) -> int:
+    report = bench_batch(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        members=args.members,
+        k=args.k,
+        backend=args.backend,
+        shard_size=args.shard_size,
+        command=command_line(args),
+    )
+    return 0 if report["identical_lists"] == report["members"] else 1
+
+
+def cmd_bench_new_title_pool(args) -> int:
+    bench_new_title_pool(
+        dataset=args.dataset,
+        data_dir=args.data,
+        cutoff_counts=tuple(args.cutoffs),
+        low=args.low,
+        high=args.high,
+        out=args.out,
+        command=command_line(args),
+    )
+    return 0
+
+
+def cmd_bench_unseen_titles(args) -> int:
+    set_threads(args)
+    try:
+        pretrain_config = PretrainConfig.from_preset(args.preset, **parse_overrides(None, args.set))
+        config = UnseenConfig(
+            share=args.share,
+            seed=args.seed,
+            ks=tuple(args.ks),
+            beams=args.beams,
+            fresh_shares=tuple(args.fresh_shares),
+            warm_users=args.warm_users,
+            batch_size=args.batch_size,
+        )
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    run_unseen_titles(
+        data_config(args),
+        SequenceConfig(max_history=args.max_history),
+        pretrain_config,
+        config,
+        work=args.work or f"runs/unseen-{args.dataset}-s{args.seed}",
+        out=args.out,
+        command=command_line(args),
+    )
+    return 0
+
+
+def cmd_bench_embeddings(args) -> int:
+    bench_embeddings(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        min_members=args.min_members,
+        max_members=args.max_members,
+        pooling=args.pooling,
+        command=command_line(args),
+    )
+    return 0
+
+
+def cmd_bench_canvases(args) -> int:
+    set_threads(args)
+    bench_canvases(
+        model=args.model,
+        out=args.out,
+        data_dir=args.data,
+        dataset=args.dataset,
+        canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
+        overrides=parse_overrides(None, args.set),
+        full_finetune=not args.no_full_finetune,
+        candidates=args.candidates,
+        neighbourhood=args.neighbourhood,
+        title_tags=not args.no_tags,
+        command=command_line(args),
+    )
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    set_threads(args)
+    report = run_baseline(
+        args.kind,
+        data_config(args),
+        SequenceConfig(max_history=args.max_history),
+        args.out,
+        EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
+        command=["sidrec", *getattr(args, "argv", [])],
+        ids_dir=args.ids,
+        **parse_overrides(None, args.set),
+    )
+    for split, m in report["metrics"].items():
+        print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    print(f"params {report['params']:,}  train {report['train_seconds']:.1f}s  -> {args.out}")
+    return 0
