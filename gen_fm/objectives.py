@@ -18,19 +18,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data import RecData
+from gen_fm.config import PretrainConfig
+from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
-
-if TYPE_CHECKING:
-    from gen_fm.config import PretrainConfig
-    from semantic_ids.ids import SemanticIDs
-    from core.data import RecData
 
 IGNORE = -100
 

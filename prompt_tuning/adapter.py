@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,10 +42,7 @@ from gen_fm.tokenizer import canvas_token
 from prompt_tuning.canvases import get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.layout import PAD
-from semantic_ids.trie import PrefixTrie
-
-if TYPE_CHECKING:
-    from semantic_ids.trie import Restriction
+from semantic_ids.trie import PrefixTrie, Restriction
 
 KIND = "prompt_adapter"
 BASE_PARENT = "gen_fm"

@@ -19,16 +19,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from gen_fm.co_engagement import CoEngagement
 from gen_fm.model import GenFM, load_model, save_model
 from prompt_tuning.config import PromptTuningStageConfig
-
-if TYPE_CHECKING:
-    from gen_fm.co_engagement import CoEngagement
-    from semantic_ids.layout import TokenLayout
+from semantic_ids.layout import TokenLayout
 from core.artifacts import ArtifactError, atomic_dir, file_sha256, manifest_hash, read_json, write_json
 
 ADAPTERS_FILE = "adapters.json"

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
-
-if TYPE_CHECKING:
-    from semantic_ids.ids import SemanticIDs
 
 
 def _as_rows(rows: Sequence[int] | np.ndarray | torch.Tensor | None, num_items: int) -> np.ndarray:

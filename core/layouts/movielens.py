@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from core.layouts.base import DataError, Layout
-
-if TYPE_CHECKING:
-    from core.layouts.base import DataConfig, DataReport
+from core.layouts.base import DataConfig, DataError, DataReport, Layout
 
 
 def _detect(path: Path) -> bool:

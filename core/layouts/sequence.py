@@ -8,14 +8,10 @@ import gzip
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from core.layouts.base import DataError, Layout
-
-if TYPE_CHECKING:
-    from core.layouts.base import DataConfig, DataReport
+from core.layouts.base import DataConfig, DataError, DataReport, Layout
 
 
 def _detect(path: Path) -> bool:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,14 +23,12 @@ from core.sequences import Split
 from gen_fm.dataset import to_sid_rows
 from gen_fm.tokenizer import CANVASES as CANVAS_TOKENS
 from gen_fm.tokenizer import PromptEncoder
+from prompt_tuning.candidates import CandidateIndex, Candidates
 from prompt_tuning.canvases.registry import get_canvas
+from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.builder import load_quantizer
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
-
-if TYPE_CHECKING:
-    from prompt_tuning.candidates import CandidateIndex, Candidates
-    from prompt_tuning.config import PromptTuningStageConfig
 
 # Request fields a canvas's context may come from (``serving.recommender.RecommendationRequest``).
 CONTEXT_FIELDS = ("query", "source", "theme")
