@@ -21,6 +21,7 @@ from typing import Any
 from eval.published import PROTOCOL, published
 from eval.report_headline import ANCHOR, HEADLINE_RULE, K, RECALL, SASREC_RULE, Headline, headline
 from eval.report_plots import plot_canvases, plot_codebooks, plot_experiments, plot_latency, plot_retrieval
+from eval.report_parsers import load_results
 from eval.report_results import (
     LOAD_COLUMNS,
     METRICS,
@@ -29,7 +30,6 @@ from eval.report_results import (
     ReportError,
     Results,
     Retrieval,
-    load_results,
 )
 from core.artifacts import SCHEMA_VERSION, atomic_dir, package_version, read_json, write_json
 

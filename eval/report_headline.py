@@ -1,41 +1,22 @@
 """The report's headline: per dataset, the home row as served and its parts, our best SASRec and
 the published anchor, each row naming the file it comes from.
 
-``sidrec eval`` records the home row beside a model's own figures (``home_row`` in a
-``results/gen_fm`` file): the model's ranking with the history excluded (where the model has a
-title head, that ranking fuses its beam with the head, and both are recorded alone), the counts
-alone, and the served row that fuses the model with the counts. ``parse_home_row`` reads it apart
-from the experiment rows; ``HEADLINE_RULE`` says which file is a dataset's headline, and the
-report prints that sentence beside the table.
+The home rows are the ones ``eval.report_results.parse_home_row`` reads from the ``sidrec eval``
+files (the model alone, its beam and title head where recorded, the counts alone, the served row);
+``HEADLINE_RULE`` says which file is a dataset's headline, and the report prints that sentence
+beside the table.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from eval.published import published
+from eval.report_results import HOME_PARTS, HomeRow, Retrieval
 from gen_fm.selection import standard_error
-
-if TYPE_CHECKING:  # report_results imports this module to parse the home rows
-    from eval.report_results import Retrieval
 
 K = 10
 RECALL, NDCG, SE = f"recall@{K}", f"ndcg@{K}", f"recall@{K}_se"
-FIGURES = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@5_se", "recall@10_se")
-# Part of the home row -> the key holding its figures in ``home_row`` (None: the served row, whose
-# figures are the home row's own). Beam and title head are only in files of title-head models.
-HOME_PARTS: dict[str, str | None] = {
-    "model": "model_history_excluded",
-    "beam": "beam_history_excluded",
-    "title_head": "title_head_alone",
-    "counts": "co_engaged_alone",
-    "served": None,
-}
-# How eval.next_title marks a fusion weight the model folder chose on validation (else "defaults",
-# or no mark in files written before the choice existed).
-CHOSEN_ON_VALIDATION = "chosen on validation"
 ANCHOR = "TIGER (paper)"  # the published method this project reproduces (eval.published)
 
 HEADLINE_RULE = (
@@ -47,21 +28,6 @@ SASREC_RULE = (
     f"the `sasrec*` baseline file with the highest test R@{K} with the history excluded (the "
     "figures without exclusion only where no file records them)"
 )
-
-
-@dataclass(frozen=True)
-class HomeRow:
-    """The home row of one ``sidrec eval`` file and its parts, each with the history excluded."""
-
-    dataset: str
-    split: str
-    members: int | None
-    parts: dict[str, dict[str, float | None]]  # HOME_PARTS keys found in the file -> FIGURES
-    fusion_weight: float | None
-    title_weight: float | None
-    recent_titles: int | None
-    as_served: bool  # history excluded and the fusion weight chosen on validation
-    source: str
 
 
 @dataclass(frozen=True)
@@ -83,46 +49,6 @@ class Headline:
     rows: tuple[HeadlineRow, ...]
     chosen: HomeRow | None  # the headline file's home row
     candidates: int  # files the rule chose among
-
-
-def _finite(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} is not a finite number: {value!r}")
-    return float(value)
-
-
-def parse_home_row(d: dict, name: str) -> HomeRow | None:
-    """The home row of a gen_fm results file (None for a file written before it was recorded)."""
-    home = d.get("home_row")
-    if home is None:
-        return None
-    if not isinstance(home, dict):
-        raise ValueError("home_row is not an object")
-    parts = {}
-    for part, key in HOME_PARTS.items():
-        src = home if key is None else home.get(key)
-        if src is None:
-            continue
-        if not isinstance(src, dict):
-            raise ValueError(f"home_row.{key} is not an object")
-        parts[part] = {f: _finite(src.get(f), f"home_row {part} {f}") for f in FIGURES}
-    if all(v is None for v in parts["served"].values()):
-        raise ValueError(f"home_row holds none of {', '.join(FIGURES)}")
-    recent = home.get("recent_titles")
-    return HomeRow(
-        dataset=str(d["dataset"]),
-        split=str(d.get("split", "test")),
-        members=int(d["num_users"]) if isinstance(d.get("num_users"), int) else None,
-        parts=parts,
-        fusion_weight=_finite(home.get("fusion_weight"), "fusion_weight"),
-        title_weight=_finite(home.get("title_weight"), "title_weight"),
-        recent_titles=int(recent) if isinstance(recent, int) else None,
-        as_served=home.get("history_excluded") is True
-        and CHOSEN_ON_VALIDATION in str(home.get("fusion_source", "")),
-        source=name,
-    )
 
 
 def headline_candidates(home_rows: list[HomeRow], dataset: str) -> list[HomeRow]:

@@ -1,16 +1,18 @@
-"""What the results files hold: one typed record per figure, parsed from every JSON file that
-``sidrec report`` reads (``load_results``); a file it cannot interpret is recorded as skipped."""
+"""What the results files hold: one typed record per figure (``Results``), filled by the per-benchmark
+parsers of ``eval.report_parsers``, and the home row of a ``sidrec eval`` file (``parse_home_row``).
+
+``sidrec eval`` records the home row beside a model's own figures (``home_row`` in a
+``results/gen_fm`` file): the model's ranking with the history excluded (where the model has a
+title head, that ranking fuses its beam with the head, and both are recorded alone), the counts
+alone, and the served row that fuses the model with the counts. ``parse_home_row`` reads it apart
+from the experiment rows; ``eval.report_headline`` chooses among the home rows.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from core.artifacts import file_sha256, read_json
-from eval.report_headline import HomeRow, parse_home_row
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Per-canvas variants in plotting order; other entries that carry metrics are plotted after them,
@@ -22,6 +24,28 @@ VARIANTS = {
     "full_finetune": "full fine-tune",
 }
 CANVAS_EXTRAS = ("trainable_parameters", "train_seconds")
+# Catalog-refresh variants in table order -> the table's words.
+REFRESH_VARIANTS = {
+    "before": "before (old model, old IDs)",
+    "old_model_new_trie": "old model + new IDs",
+    "after": "after the fine-tune",
+    "popular_new": "most popular new titles",
+    "content_nearest_new": "new titles nearest the history (content)",
+}
+# Figures of each part of the home row.
+FIGURES = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@5_se", "recall@10_se")
+# Part of the home row -> the key holding its figures in ``home_row`` (None: the served row, whose
+# figures are the home row's own). Beam and title head are only in files of title-head models.
+HOME_PARTS: dict[str, str | None] = {
+    "model": "model_history_excluded",
+    "beam": "beam_history_excluded",
+    "title_head": "title_head_alone",
+    "counts": "co_engaged_alone",
+    "served": None,
+}
+# How eval.next_title marks a fusion weight the model folder chose on validation (else "defaults",
+# or no mark in files written before the choice existed).
+CHOSEN_ON_VALIDATION = "chosen on validation"
 
 
 class ReportError(RuntimeError):
@@ -139,6 +163,21 @@ class Figures:
     source: str
 
 
+@dataclass(frozen=True)
+class HomeRow:
+    """The home row of one ``sidrec eval`` file and its parts, each with the history excluded."""
+
+    dataset: str
+    split: str
+    members: int | None
+    parts: dict[str, dict[str, float | None]]  # HOME_PARTS keys found in the file -> FIGURES
+    fusion_weight: float | None
+    title_weight: float | None
+    recent_titles: int | None
+    as_served: bool  # history excluded and the fusion weight chosen on validation
+    source: str
+
+
 @dataclass
 class Results:
     retrieval: list[Retrieval] = field(default_factory=list)
@@ -154,7 +193,8 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)  # shown name -> why
 
 
-def _num(value: Any, what: str) -> float | None:
+def finite(value: Any, what: str) -> float | None:
+    """``value`` as a float (None stays None); a ValueError naming ``what`` if it is no finite number."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -162,297 +202,44 @@ def _num(value: Any, what: str) -> float | None:
     return float(value)
 
 
-def _metrics(d: dict[str, Any], keys: tuple[str, ...] = METRICS) -> dict[str, float | None]:
-    out = {k: _num(d.get(k), k) for k in keys}
+def metric_values(d: dict[str, Any], keys: tuple[str, ...] = METRICS) -> dict[str, float | None]:
+    """``keys`` of ``d`` as finite numbers or None; a ValueError if ``d`` holds none of them."""
+    out = {k: finite(d.get(k), k) for k in keys}
     if all(v is None for v in out.values()):
         raise ValueError(f"no figures among {', '.join(keys)}")
     return out
 
 
-def _tag(stem: str, dataset: str) -> str:
-    return stem[len(dataset) :].strip("-_") if stem.startswith(dataset) else stem
-
-
-def _parse_baseline(d: dict, name: str, stem: str, res: Results) -> None:
-    split = (d.get("eval_config") or {}).get("split", "test")
-    m = d["metrics"]
-    m = m[split] if isinstance(m.get(split), dict) else m
-    excluded = d.get("history_excluded")
-    if isinstance(excluded, dict) and isinstance(excluded.get(split), dict):
-        excluded = excluded[split]
-    members = (d.get("num_users") or {}).get(split) if isinstance(d.get("num_users"), dict) else None
-    res.retrieval.append(
-        Retrieval(
-            str(d["dataset"]),
-            "baseline",
-            str(d.get("baseline", stem)),
-            str(split),
-            _metrics(m),
-            _num(d.get("params"), "params"),
-            name,
-            _metrics(excluded) if isinstance(excluded, dict) else None,
-            int(members) if isinstance(members, int) else None,
-        )
+def parse_home_row(d: dict, name: str) -> HomeRow | None:
+    """The home row of a gen_fm results file (None for a file written before it was recorded)."""
+    home = d.get("home_row")
+    if home is None:
+        return None
+    if not isinstance(home, dict):
+        raise ValueError("home_row is not an object")
+    parts = {}
+    for part, key in HOME_PARTS.items():
+        src = home if key is None else home.get(key)
+        if src is None:
+            continue
+        if not isinstance(src, dict):
+            raise ValueError(f"home_row.{key} is not an object")
+        parts[part] = {f: finite(src.get(f), f"home_row {part} {f}") for f in FIGURES}
+    if all(v is None for v in parts["served"].values()):
+        raise ValueError(f"home_row holds none of {', '.join(FIGURES)}")
+    recent = home.get("recent_titles")
+    return HomeRow(
+        dataset=str(d["dataset"]),
+        split=str(d.get("split", "test")),
+        members=int(d["num_users"]) if isinstance(d.get("num_users"), int) else None,
+        parts=parts,
+        fusion_weight=finite(home.get("fusion_weight"), "fusion_weight"),
+        title_weight=finite(home.get("title_weight"), "title_weight"),
+        recent_titles=int(recent) if isinstance(recent, int) else None,
+        as_served=home.get("history_excluded") is True
+        and CHOSEN_ON_VALIDATION in str(home.get("fusion_source", "")),
+        source=name,
     )
-
-
-def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
-    dataset = str(d["dataset"])
-    tag = _tag(stem, dataset)
-    home = parse_home_row(d, name)  # first: a file whose home row cannot be read adds no row
-    res.retrieval.append(
-        Retrieval(
-            dataset,
-            "ours",
-            f"gen-fm ({tag})" if tag else "gen-fm",
-            str(d.get("split", "test")),
-            _metrics(d),
-            _num(d.get("parameters"), "parameters"),
-            name,
-        )
-    )
-    if home is not None:
-        res.home_rows.append(home)
-
-
-def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:
-    stats, config = d["stats"], d.get("config") or {}
-    util, perp = stats.get("codebook_utilization"), stats.get("perplexity")
-    if util is None or perp is None:  # older files: per-level records only
-        util = [lv["codebook_utilization"] for lv in stats["levels"]]
-        perp = [lv["perplexity"] for lv in stats["levels"]]
-    res.ids.append(
-        IDStats(
-            stem,
-            str(d["dataset"]),
-            str(config.get("quantizer", "?")),
-            _num(stats.get("num_items"), "num_items"),
-            _num(stats.get("collision_rate"), "collision"),
-            _num(stats.get("max_collision_group"), "max_collision_group"),
-            config.get("codebook_size"),
-            tuple(_num(u, "utilization") for u in util),
-            tuple(_num(p, "perplexity") for p in perp),
-            name,
-        )
-    )
-
-
-def _machine(d: dict) -> str:
-    m = d.get("machine") or {}
-    cpus = m.get("usable_cpus", m.get("cpu_count", "?"))
-    gpu = m.get("cuda") or "no GPU"
-    return f"{m.get('processor', '?')}, {cpus} CPUs, {gpu}, torch {m.get('torch', '?')}"
-
-
-def _parse_serving(d: dict, name: str, stem: str, res: Results) -> None:
-    points = []
-    for row in d["figures"]:
-        decoding = "trie" if row.get("constrained", True) else "built-in, no trie"
-        points.append(
-            Latency(
-                f"{row['backend']} ({decoding})",
-                int(row["beams"]),
-                int(row["batch"]),
-                _num(row["p50_s"], "p50_s"),
-                _num(row.get("p99_s"), "p99_s"),
-                _num(row.get("recs_per_s"), "recs_per_s"),
-            )
-        )
-    if not points:
-        raise ValueError("no figures in the serving grid")
-    res.grids.append(ServingGrid(stem, _machine(d), tuple(points), name))
-
-
-def _parse_load(d: dict, name: str, stem: str, res: Results) -> None:
-    _num(d["throughput_rps"], "throughput_rps")  # the one figure a load test must have
-    res.loads.append(LoadTest(str(d.get("backend", "?")), {k: _num(d.get(k), k) for k in LOAD_COLUMNS}, name))
-
-
-def _parse_canvases(d: dict, name: str, stem: str, res: Results) -> None:
-    rows = []
-    for canvas, entries in d["canvases"].items():
-        variants = {
-            k: v
-            for k, v in entries.items()
-            if isinstance(v, dict) and any(str(m).startswith(("recall@", "ndcg@")) for m in v)
-        }
-        order = [v for v in VARIANTS if v in variants] + [v for v in variants if v not in VARIANTS]
-        for v in order:
-            extra = {k: _num(variants[v].get(k), k) for k in CANVAS_EXTRAS}
-            rows.append(CanvasRow(str(canvas), v, {**_metrics(variants[v]), **extra}))
-    if not rows:
-        raise ValueError("no canvases")
-    res.canvases.append(CanvasResults(str(d["dataset"]), stem, tuple(rows), name))
-
-
-def _parse_refresh(d: dict, name: str, stem: str, res: Results) -> None:
-    k = int(d["k"])
-    recall = {
-        g: {v: _num(x, f"{g}/{v}") for v, x in variants.items()} for g, variants in d[f"recall@{k}"].items()
-    }
-    res.refreshes.append(
-        RefreshResult(str(d["dataset"]), recall, {g: int(n) for g, n in d["members"].items()}, k, name)
-    )
-
-
-def _parse_host(d: dict, name: str, stem: str, res: Results) -> None:
-    res.host_times.append(
-        HostTime(
-            str(d["dataset"]),
-            int(d["batch_size"]),
-            _num(d["collator_ms_per_batch"], "collator_ms_per_batch"),
-            _num(d["tensor_slice_ms_per_batch"], "tensor_slice_ms_per_batch"),
-            _num(
-                d.get("augmented_ms_per_batch_with_cut_and_build"),
-                "augmented_ms_per_batch_with_cut_and_build",
-            ),
-            name,
-        )
-    )
-
-
-def _parse_sweep(d: dict, name: str, stem: str, res: Results) -> None:
-    """A recipe sweep: one retrieval row per evaluated run (runs cut before evaluation are left out)."""
-    runs = [r for r in d["runs"] if "recall@10" in r]
-    if not runs:
-        raise ValueError("no evaluated runs")
-    for r in runs:
-        res.retrieval.append(
-            Retrieval(
-                str(d["dataset"]),
-                "ours",
-                f"gen-fm sweep ({r['name']})",
-                "test",
-                _metrics(r),
-                _num(r.get("parameters"), "parameters"),
-                name,
-            )
-        )
-
-
-def _parse_embeddings(d: dict, name: str, stem: str, res: Results) -> None:
-    nn = d["neighbours"]["share_co_engaged"]
-    probe = d["next_category_probe"]["accuracy_5fold"]
-    figures = {f"neighbours co-engaged: {k}": _num(v, k) for k, v in nn.items()}
-    figures.update({f"next-theme accuracy: {k}": _num(v, k) for k, v in probe.items()})
-    res.figures.append(
-        Figures("embeddings", f"{d['dataset']} ({d.get('pooling', 'last')} pooling)", figures, name)
-    )
-
-
-def _parse_export(d: dict, name: str, stem: str, res: Results) -> None:
-    keys = ("members", "titles", "dim", "seconds")
-    res.figures.append(
-        Figures("embeddings_export", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name)
-    )
-
-
-def _parse_batch(d: dict, name: str, stem: str, res: Results) -> None:
-    keys = ("members", "batch_lists_per_second", "server_lists_per_second", "speedup", "identical_lists")
-    res.figures.append(Figures("batch_vs_server", str(d["dataset"]), {k: _num(d[k], k) for k in keys}, name))
-
-
-def _parse_batch_lists(d: dict, name: str, stem: str, res: Results) -> None:
-    keys = ("members", "lists", "rows", "seconds", "lists_per_second")
-    res.figures.append(
-        Figures(
-            "batch_lists",
-            f"{d['dataset']} ({d['engine']['name']} engine)",
-            {k: _num(d[k], k) for k in keys},
-            name,
-        )
-    )
-
-
-def _parse_pool(d: dict, name: str, stem: str, res: Results) -> None:
-    figures = {}
-    for r in d["rows"]:
-        n = int(r["cutoffs"])
-        figures[f"{n} cutoffs: pairs"] = _num(r["pairs_next_is_new"], "pairs_next_is_new")
-        figures[f"{n} cutoffs: members"] = _num(r["distinct_members_next_is_new"], "distinct members")
-    res.figures.append(Figures("new_title_pool", str(d["dataset"]), figures, name))
-
-
-def _parse_unseen(d: dict, name: str, stem: str, res: Results) -> None:
-    k = max(int(x) for x in d["config"]["ks"])
-    figures = {}
-    for way, groups in d["results"].items():
-        for group in ("cold", "warm", "all"):
-            figures[f"{way}, {group}: R@{k}"] = _num(groups[group].get(f"recall@{k}"), f"{way}/{group}")
-    res.figures.append(Figures("unseen_titles", str(d["dataset"]), figures, name))
-
-
-def _parse_catalog_update(d: dict, name: str, stem: str, res: Results) -> None:
-    figures = {key: _num(d[key], key) for key in ("trained_titles", "added_titles", "seconds")}
-    res.figures.append(Figures("catalog_update", str(d.get("dataset", "")), figures, name))
-
-
-PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
-    "baseline": _parse_baseline,
-    "gen_fm": _parse_gen_fm,
-    "semantic_ids": _parse_ids,
-    "serving": _parse_serving,
-    "serving_load": _parse_load,
-    "prompt_tuning": _parse_canvases,
-    "refresh": _parse_refresh,
-    "host_batches": _parse_host,
-    "gen_fm recipe sweep": _parse_sweep,
-    "embeddings": _parse_embeddings,
-    "batch_vs_server": _parse_batch,
-    "embeddings_export": _parse_export,
-    "batch_lists": _parse_batch_lists,
-    "new_title_pool": _parse_pool,
-    "unseen_titles": _parse_unseen,
-    "catalog_update": _parse_catalog_update,
-}
-REFRESH_VARIANTS = {
-    "before": "before (old model, old IDs)",
-    "old_model_new_trie": "old model + new IDs",
-    "after": "after the fine-tune",
-    "popular_new": "most popular new titles",
-    "content_nearest_new": "new titles nearest the history (content)",
-}
-
-
-def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> Results:
-    """Every JSON file under ``results_dir`` (sorted), interpreted or listed as skipped.
-
-    Hidden folders and ``exclude`` (a report written inside the results folder) are not read.
-    """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise ReportError(f"results folder {root} does not exist or is not a folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    files = sorted(
-        p
-        for p in root.rglob("*.json")
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])
-        and (skip is None or skip not in p.resolve().parents)
-    )
-    if not files:
-        raise ReportError(
-            f"results folder {root} holds no JSON results files; run the "
-            f"benchmarks first (sidrec eval, sidrec baseline, sidrec bench ...)"
-        )
-    res = Results()
-    for path in files:
-        name = f"{root.resolve().name}/{path.relative_to(root).as_posix()}"
-        try:
-            res.hashes[name] = file_sha256(path)
-            d = read_json(path)
-            if not isinstance(d, dict):
-                raise ValueError("the top level is not a JSON object")
-            kind = d.get("benchmark") or d.get("kind")
-            if kind not in PARSERS:
-                raise ValueError(
-                    f"unknown results kind {kind!r} (no 'benchmark' or 'kind' key this report knows)"
-                )
-            PARSERS[kind](d, name, path.stem, res)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-            why = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-            res.skipped[name] = f"{type(e).__name__}: {why}".replace("\n", " ")[:300]
-    return res
 
 
 def row_label(r: Retrieval) -> str:

@@ -29,7 +29,7 @@ from core.sequences import build_sequences
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import load_model
 from prompt_tuning.canvases import get_canvas
-from serving.backends import DEFAULT_BACKEND
+from serving.backends.registry import DEFAULT_BACKEND
 from serving.ray_data import ray_map, start_ray
 from serving.recommender import RecommendationRequest, Recommender
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.backends import DEFAULT_BACKEND, backend_names
+from serving.backends.registry import DEFAULT_BACKEND, backend_names
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 FRESH_SOURCES = ("content", "model")
@@ -42,9 +42,9 @@ class ServingConfig:
 
     # Model folder written by `gen_fm.model.save_model` (Llama weights, tokenizer, semantic_ids/).
     model_dir: str
-    # Decoding backend, a name registered in serving.backends: "vllm" (vllm.LLM + our
+    # Decoding backend, a name registered in serving.backends.registry: "vllm" (vllm.LLM + our
     # trie-constrained beam loop), "transformers" (gen_fm.decode, the reference implementation; no
-    # vLLM needed), or one added with serving.backends.register_backend.
+    # vLLM needed), or one added with serving.backends.registry.register_backend.
     backend: str = DEFAULT_BACKEND
     # Beam width. A request asking for k > num_beams is searched with k beams (beam >= K always).
     num_beams: int = 20
@@ -123,7 +123,7 @@ class ServingConfig:
         if self.backend not in backend_names():
             raise ValueError(
                 f"backend must be a registered one, {list(backend_names())}, got {self.backend!r} "
-                f"(serving.backends.register_backend adds one)"
+                f"(serving.backends.registry.register_backend adds one)"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")

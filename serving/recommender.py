@@ -37,7 +37,8 @@ from prompt_tuning.candidates import (
 )
 from prompt_tuning.canvases import get_canvas
 from semantic_ids.trie import PrefixTrie, Restriction
-from serving.backends import DEFAULT_BACKEND, Backend, get_backend
+from serving.backends import Backend, BackendFactory
+from serving.backends.registry import DEFAULT_BACKEND, get_backend
 from serving.config import ServingConfig, check_fresh_share
 from serving.lifecycle import EngineUnavailable
 from serving.prompts import CanvasPrompts, RequestError
@@ -193,7 +194,7 @@ class Recommender:
             )
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
         # the folder is handed over: a backend that loads the weights itself drops gm.model
-        build = get_backend(config.backend)
+        build: BackendFactory = get_backend(config.backend)
         self.backend: Backend = build(gm, self.trie, config, self.prompts.loras, self.title_tokens)
         if not isinstance(self.backend, Backend):
             raise TypeError(

@@ -61,7 +61,7 @@ from serving.lifecycle import (
     reap_children,
     watch_engine,
 )
-from serving.backends import DEFAULT_BACKEND
+from serving.backends.registry import DEFAULT_BACKEND
 from serving.config import ServingConfig
 from serving.recommender import RecommendationList, RecommendationRequest, Recommender
 from serving.worker import EngineWorker, Metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from serving.backends import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
+from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import add_config_args, add_data_args, add_threads_arg
 
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch

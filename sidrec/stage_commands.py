@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from serving.backends import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
+from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import add_config_args, add_data_args, add_engine_args, add_threads_arg
 
 

@@ -1,25 +1,20 @@
 """Decoding backends, chosen by name: what runs the model's constrained beam search and title head.
 
-Each backend lives in one file and registers here with one line; ``ServingConfig.backend`` names it
-and ``Recommender`` builds it through ``get_backend``. Built in:
+Each backend lives in one file and is registered by name in ``serving.backends.registry``;
+``ServingConfig.backend`` names it and ``Recommender`` builds it through ``get_backend``. This
+module holds what every backend must be: ``Backend`` (with its exactness contract) and
+``BackendFactory``, the callable taking ``(folder, trie, config, loras, title_tokens)`` that builds
+one. To add one: such a class, then one line::
 
-    vllm          a ``vllm.LLM`` driven by our trie-constrained beam loop (``serving.backends.vllm``)
-    transformers  ``gen_fm.decode``, the reference the others are checked against; no vLLM needed
-
-To add one: a class (or any callable) that takes ``(folder, trie, config, loras, title_tokens)``
-(``BackendFactory``) and returns a ``Backend``, then one line::
-
-    register_backend("mine", MyBackend)
+    register_backend("mine", MyBackend)  # from serving.backends.registry
     rec = Recommender.from_pretrained(model_dir, backend="mine")
 
-The built-in backends are registered by import path ("module:attr", resolved on first use, as vLLM's
-model registry does), so that reading the names (``sidrec``'s argument choices, ``ServingConfig``'s
-check) imports neither torch nor vLLM.
+Importing a submodule (the registry) runs this file first, so it imports nothing heavy: reading the
+names (``sidrec``'s argument choices, ``ServingConfig``'s check) imports neither torch nor vLLM.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -31,8 +26,6 @@ if TYPE_CHECKING:  # annotations only: this module must stay light (see the modu
     from gen_fm.model import GenFM
     from semantic_ids.trie import PrefixTrie, Restriction
     from serving.config import ServingConfig
-
-DEFAULT_BACKEND = "vllm"
 
 
 @runtime_checkable
@@ -105,58 +98,4 @@ class BackendFactory(Protocol):
         ...
 
 
-# name -> factory, or "module:attr" of one not imported yet; in registration order
-_BACKENDS: dict[str, BackendFactory | str] = {}
-
-
-def register_backend(name: str, factory: BackendFactory | str, *, replace: bool = False) -> None:
-    """Make ``factory`` servable as ``backend=name``; a taken name is refused unless ``replace``.
-    ``factory`` may be an import path "module:attr", imported when the backend is first built."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
-    if isinstance(factory, str) and factory.count(":") != 1:
-        raise ValueError(f"an import path reads 'module:attr', got {factory!r}")
-    if not isinstance(factory, str) and not callable(factory):
-        raise TypeError(f"register_backend takes a factory (a callable) or 'module:attr', got {factory!r}")
-    if name in _BACKENDS and not replace:
-        raise ValueError(f"backend {name!r} is already registered")
-    _BACKENDS[name] = factory
-
-
-def unregister_backend(name: str) -> None:
-    """Forget a registered backend (tests, plugins that unload)."""
-    get_backend(name)  # a ValueError naming the registered ones
-    del _BACKENDS[name]
-
-
-def get_backend(name: str) -> BackendFactory:
-    """The factory registered as ``name`` (imported now if it was registered by path)."""
-    factory = _BACKENDS.get(name)
-    if factory is None:
-        raise ValueError(
-            f"unknown backend {name!r}; registered: {list(_BACKENDS)} "
-            f"(serving.backends.register_backend adds one)"
-        )
-    if isinstance(factory, str):
-        module, _, attr = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-        _BACKENDS[name] = factory
-    return factory
-
-
-def backend_names() -> tuple[str, ...]:
-    return tuple(_BACKENDS)
-
-
-register_backend("vllm", "serving.backends.vllm:VLLMBeamSearch")
-register_backend("transformers", "serving.backends.transformers:TransformersBackend")
-
-__all__ = [
-    "DEFAULT_BACKEND",
-    "Backend",
-    "BackendFactory",
-    "backend_names",
-    "get_backend",
-    "register_backend",
-    "unregister_backend",
-]
+__all__ = ["Backend", "BackendFactory"]

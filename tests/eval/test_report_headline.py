@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from eval.published import PUBLISHED
-from eval.report_headline import ANCHOR, headline, parse_home_row
-from eval.report_results import load_results
+from eval.report_headline import ANCHOR, headline
+from eval.report_parsers import load_results
+from eval.report_results import parse_home_row
 
 
 def _figures(recall: float, ndcg: float) -> dict:

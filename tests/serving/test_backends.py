@@ -14,13 +14,8 @@ import pytest
 from gen_fm.decode import Recommendations
 from gen_fm.model import GenFM
 from semantic_ids.trie import PrefixTrie, Restriction
-from serving.backends import (
-    Backend,
-    backend_names,
-    get_backend,
-    register_backend,
-    unregister_backend,
-)
+from serving.backends import Backend
+from serving.backends.registry import backend_names, get_backend, register_backend, unregister_backend
 from serving.backends.transformers import TransformersBackend
 from serving.backends.vllm import VLLMBeamSearch
 from serving.config import ServingConfig
@@ -154,7 +149,7 @@ def test_the_built_in_backends_are_backends() -> None:
 def test_reading_the_names_imports_neither_torch_nor_vllm() -> None:
     """``sidrec``'s argument choices read the registry; ``sidrec --help`` must not import torch."""
     code = (
-        "import sys, serving.config, serving.backends as b; b.backend_names(); "
+        "import sys, serving.config, serving.backends.registry as b; b.backend_names(); "
         "print(sorted(m for m in ('torch', 'vllm', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
