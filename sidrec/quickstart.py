@@ -206,22 +206,33 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
         max_users=config.eval_users,
         unconstrained_users=200,
     )
-    t = Table(title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}")
-    cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-    for col in ("ranking", *cols, "invalid IDs", "unconstrained invalid"):
-        t.add_column(col)
-    t.add_row(
-        "model",
-        *(f"{rep[k]:.4f}" for k in cols),
-        f"{rep['invalid_rate']:.1%}",
-        f"{rep['invalid_rate_unconstrained']:.1%}",
+    home = rep["home_row"]
+    t = Table(
+        title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}, history excluded"
     )
-    t.add_row("served", *(f"{rep['home_row'][k]:.4f}" for k in cols), "0.0%", "")
+    cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+    for col in ("ranking", *cols):
+        t.add_column(col)
+    rows = [("model", home["model_history_excluded"])]
+    if home.get("title_weight"):  # the model's ranking is its beam fused with its title head
+        rows += [
+            ("  its beam", home["beam_history_excluded"]),
+            ("  its title head", home["title_head_alone"]),
+        ]
+    rows += [("counts", home["co_engaged_alone"]), ("served", home)]
+    for name, figures in rows:
+        t.add_row(name, *(f"{figures[k]:.4f}" for k in cols))
     console.print(t)
+    how = (
+        f"its beam fused with its title head (weight {home['title_weight']:g})"
+        if home.get("title_weight")
+        else "its beam"
+    )
     console.print(
-        "[dim]model: the model's beam alone; served: the home row, that beam without the "
-        "history's titles, fused with the titles most co-engaged with the member's "
-        f"{rep['home_row']['recent_titles']} newest titles[/dim]"
+        f"[dim]model: the model's ranking, {how}; counts: the titles most co-engaged with the "
+        f"member's {home['recent_titles']} newest titles; served: the two fused (weight "
+        f"{home['fusion_weight']:g}, chosen on validation). Invalid IDs: {rep['invalid_rate']:.1%} "
+        f"constrained, {rep['invalid_rate_unconstrained']:.1%} without the trie.[/dim]"
     )
     console.print(f"[dim]report: {out}[/dim]")
 
