@@ -31,6 +31,7 @@ from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
+from core.overrides import override
 from core.timeline import old_world
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
@@ -57,7 +58,9 @@ console = Console()
 def _old_world_pretrain() -> PretrainConfig:
     """The quickstart's recipe for 8 epochs, validated on 300 members (simulation only)."""
     return PretrainConfig.from_preset(
-        "small", epochs=8, lr=2e-3, batch_size=64, val_users=300, eval_every=1, patience=0
+        "small",
+        optim=dict(epochs=8, lr=2e-3, batch_size=64),
+        validation=dict(val_users=300, eval_every=1, patience=0),
     )
 
 
@@ -303,7 +306,7 @@ def assign_new_titles(parent, data: RecData, ids_dir: Path):
     return ids, new_titles
 
 
-def finetune_config(parent_config, config: RefreshConfig):
+def finetune_config(parent_config: PretrainConfig, config: RefreshConfig) -> PretrainConfig:
     """The parent's PretrainConfig (architecture, regularisation) with the refresh's schedule."""
     over = dict(
         epochs=config.epochs,
@@ -319,7 +322,7 @@ def finetune_config(parent_config, config: RefreshConfig):
     )
     if config.batch_size is not None:
         over["batch_size"] = config.batch_size
-    return PretrainConfig.from_json({**jsonable(parent_config), **over})
+    return override(parent_config, over)
 
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
@@ -328,7 +331,8 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
     since = config.fresh_since
     targets = None if since is None else {"since": int(since), "replay": config.replay}
     # one run folder per (config, IDs, parent, targets): a rerun resumes it, a change trains beside it
-    key = json.dumps([jsonable(pcfg), ids_hash, parent_hash, targets], sort_keys=True)
+    # (the config in its flat form, as before it was grouped by concern: earlier folders are found)
+    key = json.dumps([pcfg.by_name(), ids_hash, parent_hash, targets], sort_keys=True)
     run_dir = out / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     target = run_dir / "model"
     if same_build(target, "gen_fm", pcfg, data.fingerprint):
@@ -346,7 +350,7 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
         else f"the events since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC plus "
         f"{config.replay:.0%} of the older ones (the rest is context)"
     )
-    console.print(f"{pcfg.epochs} epoch(s) at lr {pcfg.lr:g} from {model_dir}; loss on {what}")
+    console.print(f"{pcfg.optim.epochs} epoch(s) at lr {pcfg.optim.lr:g} from {model_dir}; loss on {what}")
     return pretrain(
         data,
         parent.seq_config,
