@@ -64,7 +64,7 @@ def nest_keys(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str
     """
     name = where or cls.__name__
     fields = {f.name for f in dataclasses.fields(cls)}
-    nested = _nested_configs(cls)
+    nested = _configs_below(cls)
     below = _names_below(cls)
     out: dict[str, Any] = {}
     unknown, ambiguous = [], []
@@ -131,27 +131,40 @@ def config_from_args(cls: type, preset: str | None, overrides: list[str] | None,
         raise SystemExit(f"error: invalid {cls.__name__}: {e}") from e
 
 
+def overrides_of(config: type) -> Any:
+    """A dict field holding overrides of `config` (e.g. a fine-tune's changes to its parent's
+    config): its keys are placed and checked as a nested config's are, and shorthand names reach it."""
+    return dataclasses.field(default_factory=dict, metadata={_OVERRIDES_OF: config})
+
+
 def describe(cls: type) -> str:
     """The keys `cls` takes, nested configs as ``name.{...}``: ``epochs, lr, inner.{a, b}``."""
-    nested = _nested_configs(cls)
+    nested = _configs_below(cls)
     names = sorted(f.name for f in dataclasses.fields(cls) if f.name not in nested)
     return ", ".join(names + [f"{n}.{{{describe(c)}}}" for n, c in nested.items()])
 
 
-def _nested_configs(cls: type) -> dict[str, type]:
-    """Fields of `cls` that hold a config (a dataclass by default), in declaration order."""
+_OVERRIDES_OF = "overrides_of"
+
+
+def _configs_below(cls: type) -> dict[str, type]:
+    """Fields of `cls` whose keys are another config's, in declaration order: a nested config (a
+    dataclass by default) or a dict of overrides of one (``overrides_of``)."""
     out = {}
     for f in dataclasses.fields(cls):
-        default = _default(f)
-        if dataclasses.is_dataclass(default):
-            out[f.name] = type(default)
+        target = f.metadata.get(_OVERRIDES_OF)
+        if target is None:
+            default = _default(f)
+            target = type(default) if dataclasses.is_dataclass(default) else None
+        if target is not None:
+            out[f.name] = target
     return out
 
 
 def _names_below(cls: type) -> dict[str, list[str]]:
     """Every field name inside `cls`'s nested configs (any depth) -> the dotted paths holding it."""
     index: dict[str, list[str]] = {}
-    for name, sub in _nested_configs(cls).items():
+    for name, sub in _configs_below(cls).items():
         for f in dataclasses.fields(sub):
             index.setdefault(f.name, []).append(f"{name}.{f.name}")
         for leaf, paths in _names_below(sub).items():

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
-from core.overrides import merged, nest_keys, override
+from core.overrides import merged, nest_keys, override, overrides_of
 from core.timeline import old_world
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
@@ -84,8 +84,9 @@ class RefreshConfig:
     # Overrides of the parent's PretrainConfig, merged over ``FINETUNE`` (so the field holds the
     # whole recipe): ``--set finetune.optim.epochs=5``, or by a field's unique name
     # ``--set finetune.lr=0.002``; ``finetune.batch_size`` (default: the parent's). Validation
-    # uses the judge's ``k`` and ``num_beams`` below.
-    finetune: dict[str, Any] = field(default_factory=dict)
+    # uses the judge's ``k`` and ``num_beams`` below. (``--set epochs=5`` alone names the
+    # fine-tune's, the old world's and the prompts' epochs: refused, naming the three paths.)
+    finetune: dict[str, Any] = overrides_of(PretrainConfig)
     # Events at or after this time (unix seconds) are fresh: the loss is on them (and on the replayed
     # share of the rest). None = just after the newest event of the data the model was built from
     # (its manifest's data.time_end), or every training event for a model folder without one or data

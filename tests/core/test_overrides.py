@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.overrides import build_config, config_from_args, describe, nest_keys, override, parse_overrides
+from core.overrides import (
+    build_config,
+    config_from_args,
+    describe,
+    nest_keys,
+    override,
+    overrides_of,
+    parse_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -91,3 +99,17 @@ def test_dict_fields_merge_key_by_key_at_every_depth():
     assert c.recipe == {"optim": {"lr": 2, "epochs": 3}, "seed": 0}
     assert WithDict().recipe["optim"]["lr"] == 1  # the default itself is never changed
     assert override(c, {"recipe": {"seed": 4}}).recipe == {"optim": {"lr": 2, "epochs": 3}, "seed": 4}
+
+
+def test_a_dict_of_overrides_of_a_config_takes_its_keys():
+    @dataclass(frozen=True)
+    class Run:
+        tweak: dict = overrides_of(Outer)
+
+    assert config_from_args(Run, None, ["tweak.lr=0.5", "tweak.name=y"]).tweak == {
+        "inner": {"lr": 0.5},
+        "name": "y",
+    }
+    assert config_from_args(Run, None, ["lr=0.5"]).tweak == {"inner": {"lr": 0.5}}  # a shorthand reaches it
+    with pytest.raises(SystemExit, match=r"unknown Run.tweak field\(s\): lrr"):
+        config_from_args(Run, None, ["tweak.lrr=1"])
