@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gen_fm.config import RESUMABLE_CHANGES, PretrainConfig
-from core.artifacts import atomic_dir, jsonable, write_json
+from core.artifacts import atomic_dir, write_json
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -120,13 +120,11 @@ def save_best(accelerator, model, root: Path, state: TrainState) -> None:
 
 
 def check_resumable(saved: dict, meta: dict) -> None:
-    # a field added since the checkpoint was written counts as its default
-    defaults = jsonable(PretrainConfig())
-    old = {**defaults, **saved["config"]}
-    new = {**defaults, **meta["config"]}
-    changed = sorted(
-        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-    )
+    # Both configs are read the way a manifest's is: a checkpoint written before the config was
+    # grouped by concern holds it flat, and a field added since it was written counts as its default.
+    old = PretrainConfig.from_dict(saved["config"]).by_path()
+    new = PretrainConfig.from_dict(meta["config"]).by_path()
+    changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES)
     if changed:
         raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")
     for key in (

@@ -1,16 +1,27 @@
-"""The one config of the foundation-model stage: model size, optimisation, validation, checkpoints.
+"""The one config of the foundation-model stage, grouped by concern.
 
-Sizes (and, for the GPU presets, their training recipe) come from named presets that hold only
-overrides (``PretrainConfig.from_preset("small", lr=5e-4)``; explicit overrides win). The history
-length is not declared here: it comes from the ``SequenceConfig`` the model is trained with, and the
-token layout from the ID artifact (both recorded in the model's manifest).
+``PretrainConfig`` holds one small frozen dataclass per concern, each validating its own fields:
+what the model *is* (``model``), the title-token options (``titles``), the auxiliary objectives,
+the augmentation, the optimisation, the validation and the checkpoints; plus the preset name and
+the seed. Checks that span concerns stay in ``PretrainConfig``.
+
+Presets hold only overrides, nested the same way (``PretrainConfig.from_preset("small",
+optim={"lr": 5e-4})``; explicit overrides win). Every field name is unique across the concerns, so
+a name alone also finds its field (``from_preset("small", lr=5e-4)``, ``--set lr=0.0005``), and the
+flat config that model folders written before the grouping hold reads back as it is
+(``PretrainConfig.from_dict``). The history length is not declared here: it comes from the
+``SequenceConfig`` the model is trained with, and the token layout from the ID artifact (both
+recorded in the model's manifest).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from core.artifacts import jsonable
+from core.overrides import build_config, override
 
 SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
@@ -19,50 +30,59 @@ HISTORY_TOKENS = ("codes", "titles")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
 SELECTIONS = ("within-se", "best", "last")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-# Fields that may differ between a run and the run it resumes (they do not change the weights).
-RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
+# Fields (by path) that may differ between a run and the run it resumes (they do not change the weights).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "optim.max_steps",
+        "checkpoints.checkpoint_every_steps",
+        "checkpoints.keep_checkpoints",
+        "validation.eval_batch_size",
+    }
+)
 
 # Presets: overrides of the dataclass defaults, nothing else. `tiny` and `small` set sizes only;
 # `base` and `large` are the GPU recipes, chosen on amazon-beauty: their size with the dropout,
 # learning rate, epochs and history augmentation that tested best for it (augmentation helps these
 # sizes, not `small`). Head size stays 32 or more (vLLM needs a head size >= 32 that is a multiple
 # of 16).
-_GPU_RECIPE: dict[str, Any] = dict(epochs=30, item_dropout=0.1, window_jitter=True)
+_GPU_AUGMENT: dict[str, Any] = dict(item_dropout=0.1, window_jitter=True)
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: a few thousand weights per layer, runs in seconds on CPU.
-    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+    "tiny": dict(model=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)),
     # About TIGER's width (128) and depth (4 decoder layers): the size that trains on a CPU.
-    "small": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+    "small": dict(model=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512)),
     # Twice the width, six layers (6.5M weights): too slow for a CPU, so a GPU recipe.
     "base": dict(
-        hidden_size=256,
-        num_layers=6,
-        num_heads=8,
-        intermediate_size=1024,
-        hidden_dropout=0.15,
-        lr=1e-3,
-        **_GPU_RECIPE,
+        model=dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024, hidden_dropout=0.15),
+        optim=dict(lr=1e-3, epochs=30),
+        augment=_GPU_AUGMENT,
     ),
     # 512 wide x 8 layers (34M weights): the largest GPU recipe.
     "large": dict(
-        hidden_size=512,
-        num_layers=8,
-        num_heads=8,
-        intermediate_size=2048,
-        hidden_dropout=0.2,
-        lr=5e-4,
-        **_GPU_RECIPE,
+        model=dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, hidden_dropout=0.2),
+        optim=dict(lr=5e-4, epochs=30),
+        augment=_GPU_AUGMENT,
     ),
 }
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """How the Llama decoder over semantic-ID sequences is sized and trained."""
+def _at_least(floor: int, **values: int) -> None:
+    bad = [k for k, v in values.items() if int(v) < floor]
+    if bad:
+        raise ValueError(f"these must be >= {floor}: {bad}")
 
-    # ---- model size (a preset fills these) ---------------------------------------------------
-    # Name of the preset the sizes came from, recorded in the manifest ("custom" if none).
-    preset: str = "custom"
+
+def _in_unit_interval(**values: float) -> None:
+    """Each value in [0, 1)."""
+    for name, v in values.items():
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the model is: its size, positions and prompt vocabulary (a preset fills the sizes)."""
+
     hidden_size: int = 128  # width of the residual stream
     num_layers: int = 4  # decoder layers
     num_heads: int = 4  # attention heads; hidden_size / num_heads is the head size
@@ -84,7 +104,46 @@ class PretrainConfig:
     # token each: codes' embeddings summed plus a learned identity; ``gen_fm.titles``).
     history_tokens: str = "codes"
 
-    # ---- title identity (history_tokens "titles" only) ------------------------------------------
+    def __post_init__(self) -> None:
+        if self.history_tokens not in HISTORY_TOKENS:
+            raise ValueError(f"history_tokens must be one of {HISTORY_TOKENS}, got {self.history_tokens!r}")
+        _at_least(
+            1,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+        )
+        _at_least(0, num_user_buckets=self.num_user_buckets, position_headroom=self.position_headroom)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
+        if self.head_dim < 32 or self.head_dim % 16:
+            raise ValueError(
+                f"head size {self.head_dim} (hidden_size / num_heads): vLLM needs a "
+                f"multiple of 16 that is >= 32 (32, 64, 80, ...)"
+            )
+        kv = self.kv_heads
+        if kv < 1 or self.num_heads % kv:
+            raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
+        _in_unit_interval(dropout=self.dropout, hidden_dropout=self.hidden_dropout)
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+
+@dataclass(frozen=True)
+class TitleOptions:
+    """Title-token training (``model.history_tokens`` "titles" only)."""
+
     # Chance that a history title enters training by its codes alone (its identity dropped), as a
     # title added after training does.
     identity_dropout: float = 0.0
@@ -92,26 +151,18 @@ class PretrainConfig:
     # the tied output layer score the next title, as SASRec does); 0 = codes only.
     title_loss_weight: float = 0.0
 
-    # ---- augmentation (re-drawn every epoch from the seed; training events only) --------------
-    # Chance that a title is left out of a member's sequence for one epoch (neither context nor
-    # target then), so the model cannot learn members' exact training contexts. 0 = off.
-    item_dropout: float = 0.0
-    # Shift the window boundaries of members longer than one window by a random phase each epoch.
-    window_jitter: bool = False
-    # Label smoothing of the next-token cross-entropy (0 = off).
-    label_smoothing: float = 0.0
+    def __post_init__(self) -> None:
+        _in_unit_interval(identity_dropout=self.identity_dropout)
+        if self.title_loss_weight < 0:
+            raise ValueError(f"title_loss_weight must be >= 0, got {self.title_loss_weight}")
 
-    # ---- canvas mixture ----------------------------------------------------------------------
-    # Canvases (besides home) whose training examples (``prompt_tuning.canvases``: training events
-    # only, held-out targets filtered out) are mixed into pretraining, so the foundation model learns
-    # to read their contexts after <sep> (query, source title, theme) before any soft prompt is
-    # trained. () = next-title windows only. A list or a comma-separated string.
-    canvas_mix: tuple[str, ...] = ()
-    canvas_mix_examples: int = 2000  # examples per mixed canvas (one seeded sample for the run)
 
-    # ---- auxiliary objectives (training-only heads: the saved model stays a plain Llama) -------
+@dataclass(frozen=True)
+class AuxObjectives:
+    """Auxiliary objectives: training-only heads (``gen_fm.objectives``); the saved model stays a plain Llama."""
+
     # Multi-token prediction: extra heads predict the tokens 2..1+mtp_tokens ahead of every
-    # position (``gen_fm.objectives``); 0 = off. Weighted by mtp_weight against the next-token loss.
+    # position; 0 = off. Weighted by mtp_weight against the next-token loss.
     mtp_tokens: int = 0
     mtp_weight: float = 0.5
     # Next-title category target: a head predicts the catalog categories (genres, category path) of
@@ -120,7 +171,55 @@ class PretrainConfig:
     category_weight: float = 0.0
     category_min_titles: int = 5
 
-    # ---- optimisation ------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for name in ("mtp_tokens", "mtp_weight", "category_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.category_min_titles < 1:
+            raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What the training rows are beyond the plain windows: re-drawn each epoch, and the canvas mixture."""
+
+    # Chance that a title is left out of a member's sequence for one epoch (neither context nor
+    # target then), so the model cannot learn members' exact training contexts. 0 = off. Re-drawn
+    # every epoch from the seed, on training events only (as is the jitter).
+    item_dropout: float = 0.0
+    # Shift the window boundaries of members longer than one window by a random phase each epoch.
+    window_jitter: bool = False
+    # Label smoothing of the next-token cross-entropy (0 = off).
+    label_smoothing: float = 0.0
+    # Canvases (besides home) whose training examples (``prompt_tuning.canvases``: training events
+    # only, held-out targets filtered out) are mixed into pretraining, so the foundation model learns
+    # to read their contexts after <sep> (query, source title, theme) before any soft prompt is
+    # trained. () = next-title windows only. A list or a comma-separated string.
+    canvas_mix: tuple[str, ...] = ()
+    canvas_mix_examples: int = 2000  # examples per mixed canvas (one seeded sample for the run)
+
+    def __post_init__(self) -> None:
+        mix = self.canvas_mix.split(",") if isinstance(self.canvas_mix, str) else self.canvas_mix
+        object.__setattr__(self, "canvas_mix", tuple(c.strip() for c in mix if c.strip()))
+        if self.canvas_mix:
+            from gen_fm.tokenizer import CANVASES  # transformers: only when a mixture is asked for
+
+            mixable = [c for c in CANVASES if c != "home"]  # home is the windows themselves
+            if any(c not in mixable for c in self.canvas_mix) or len(set(self.canvas_mix)) != len(
+                self.canvas_mix
+            ):
+                raise ValueError(
+                    f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, from {mixable}"
+                )
+        if self.canvas_mix_examples < 1:
+            raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
+        _in_unit_interval(item_dropout=self.item_dropout, label_smoothing=self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """How the weights are fitted: AdamW, its schedule, batches, weight averaging and the run's length."""
+
     lr: float = 1e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms)
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
@@ -140,9 +239,31 @@ class PretrainConfig:
     # The schedule still spans `epochs`, so a stopped run can be resumed to the same end point.
     max_steps: int | None = None
     mixed_precision: str = "no"  # accelerate mixed precision: no, bf16 or fp16
-    seed: int = 0  # weights, data order and validation sample
 
-    # ---- validation, model selection and early stopping ----------------------------------------
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _at_least(1, batch_size=self.batch_size, grad_accum=self.grad_accum, epochs=self.epochs)
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        _in_unit_interval(warmup_ratio=self.warmup_ratio, ema_decay=self.ema_decay)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
+        if self.max_grad_norm < 0:
+            raise ValueError("max_grad_norm must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation during training, which epoch's weights are kept, and early stopping."""
+
     eval_every: int = 1  # validate every N epochs; 0 = never (the last weights are kept)
     # Validate only after this share of the epochs (early epochs of a decaying schedule are never
     # chosen; skipping them saves decoding time). The last epoch is always validated.
@@ -150,7 +271,7 @@ class PretrainConfig:
     eval_k: int = 10  # validation Recall@K / NDCG@K
     # Beam width for validation; None = max(eval_k, 10). Decoding is constrained to valid IDs.
     num_beams: int | None = None
-    # Members in the fixed validation sample (drawn once with `seed`); None = all of them. 5,000
+    # Members in the fixed validation sample (drawn once with the seed); None = all of them. 5,000
     # keeps one standard error of Recall@10 under a tenth of it where recall is above ~0.02, so the
     # choice between epochs is not decided by noise. The final `sidrec eval` always uses every member.
     val_users: int | None = 5000
@@ -163,103 +284,12 @@ class PretrainConfig:
     # schedule spans a fixed budget, and a noisy validation sample can stop a run far too early).
     patience: int = 0
 
-    # ---- checkpoints ---------------------------------------------------------------------------
-    checkpoint_every_steps: int = 1000  # also one at the end of every epoch; 0 = epochs only
-    keep_checkpoints: int = 2  # most recent step checkpoints kept (the best weights always are)
-
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        mix = self.canvas_mix.split(",") if isinstance(self.canvas_mix, str) else self.canvas_mix
-        object.__setattr__(self, "canvas_mix", tuple(c.strip() for c in mix if c.strip()))
-        if self.canvas_mix:
-            from gen_fm.tokenizer import CANVASES  # transformers: only when a mixture is asked for
-
-            mixable = [c for c in CANVASES if c != "home"]  # home is the windows themselves
-            if any(c not in mixable for c in self.canvas_mix) or len(set(self.canvas_mix)) != len(
-                self.canvas_mix
-            ):
-                raise ValueError(
-                    f"canvas_mix {list(self.canvas_mix)}: each canvas at most once, from {mixable}"
-                )
-        if self.history_tokens not in HISTORY_TOKENS:
-            raise ValueError(f"history_tokens must be one of {HISTORY_TOKENS}, got {self.history_tokens!r}")
-        if self.history_tokens == "titles":
-            clash = [n for n in ("canvas_mix", "mtp_tokens", "category_weight") if getattr(self, n)]
-            if clash:
-                raise ValueError(
-                    f"{clash} read code-token histories: set them off with history_tokens 'titles'"
-                )
-        elif self.identity_dropout or self.title_loss_weight:
-            raise ValueError("identity_dropout and title_loss_weight need history_tokens 'titles'")
-        if self.title_loss_weight < 0:
-            raise ValueError(f"title_loss_weight must be >= 0, got {self.title_loss_weight}")
-        if self.category_min_titles < 1:
-            raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
-        if self.canvas_mix_examples < 1:
-            raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
-        ints = {
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "intermediate_size": self.intermediate_size,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "epochs": self.epochs,
-            "eval_k": self.eval_k,
-            "eval_batch_size": self.eval_batch_size,
-            "keep_checkpoints": self.keep_checkpoints,
-        }
-        bad = [k for k, v in ints.items() if int(v) < 1]
-        if bad:
-            raise ValueError(f"these must be >= 1: {bad}")
-        for name in (
-            "num_user_buckets",
-            "position_headroom",
-            "eval_every",
-            "patience",
-            "checkpoint_every_steps",
-            "mtp_tokens",
-            "mtp_weight",
-            "category_weight",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
-            )
-        if self.head_dim < 32 or self.head_dim % 16:
-            raise ValueError(
-                f"head size {self.head_dim} (hidden_size / num_heads): vLLM needs a "
-                f"multiple of 16 that is >= 32 (32, 64, 80, ...)"
-            )
-        kv = self.kv_heads
-        if kv < 1 or self.num_heads % kv:
-            raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
-        for name in ("dropout", "hidden_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.rope_theta <= 0:
-            raise ValueError("lr and rope_theta must be > 0 and weight_decay >= 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
+        _at_least(1, eval_k=self.eval_k, eval_batch_size=self.eval_batch_size)
+        _at_least(0, eval_every=self.eval_every, patience=self.patience)
+        _in_unit_interval(eval_from=self.eval_from)
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        for name in ("item_dropout", "label_smoothing", "eval_from", "ema_decay", "identity_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.max_grad_norm < 0:
-            raise ValueError("max_grad_norm must be >= 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.val_users is not None and self.val_users < 1:
             raise ValueError(f"val_users must be >= 1 or None, got {self.val_users}")
         if self.num_beams is not None and self.num_beams < self.eval_k:
@@ -269,36 +299,106 @@ class PretrainConfig:
             )
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
-
-    def validates(self, epoch: int) -> bool:
-        """Whether 1-based `epoch` is validated: every `eval_every` after `eval_from`, and the last."""
-        if not self.eval_every:
-            return False
-        return epoch == self.epochs or (epoch > self.eval_from * self.epochs and epoch % self.eval_every == 0)
-
-    @property
     def beams(self) -> int:
         """Validation beam width: never narrower than K."""
         return self.num_beams if self.num_beams is not None else max(self.eval_k, 10)
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PretrainConfig":
-        """A preset's sizes plus explicit overrides (which win)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{"preset": name, **PRESETS[name], **overrides})
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Step checkpoints of a run (``gen_fm.checkpoints``), so that an interrupted run resumes."""
+
+    checkpoint_every_steps: int = 1000  # also one at the end of every epoch; 0 = epochs only
+    keep_checkpoints: int = 2  # most recent step checkpoints kept (the best weights always are)
+
+    def __post_init__(self) -> None:
+        _at_least(0, checkpoint_every_steps=self.checkpoint_every_steps)
+        _at_least(1, keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the Llama decoder over semantic-ID sequences is sized and trained, one field per concern."""
+
+    # Name of the preset the config started from, recorded in the manifest ("custom" if none).
+    preset: str = "custom"
+    model: ModelShape = field(default_factory=ModelShape)
+    titles: TitleOptions = field(default_factory=TitleOptions)
+    objectives: AuxObjectives = field(default_factory=AuxObjectives)
+    augment: Augmentation = field(default_factory=Augmentation)
+    optim: Optimisation = field(default_factory=Optimisation)
+    validation: Validation = field(default_factory=Validation)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
+    seed: int = 0  # weights, data order, augmentation and the validation sample
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            kind = _CONCERNS.get(f.name)
+            if kind is not None and not isinstance(getattr(self, f.name), kind):
+                raise TypeError(
+                    f"PretrainConfig.{f.name} must be a {kind.__name__}, got "
+                    f"{type(getattr(self, f.name)).__name__} (PretrainConfig.from_dict reads dicts)"
+                )
+        # the title-token options and the heads that read code-token histories exclude each other
+        if self.model.history_tokens == "titles":
+            clash = [
+                n
+                for n, v in (
+                    ("canvas_mix", self.augment.canvas_mix),
+                    ("mtp_tokens", self.objectives.mtp_tokens),
+                    ("category_weight", self.objectives.category_weight),
+                )
+                if v
+            ]
+            if clash:
+                raise ValueError(
+                    f"{clash} read code-token histories: set them off with history_tokens 'titles'"
+                )
+        elif self.titles.identity_dropout or self.titles.title_loss_weight:
+            raise ValueError("identity_dropout and title_loss_weight need history_tokens 'titles'")
+
+    def validates(self, epoch: int) -> bool:
+        """Whether 1-based `epoch` is validated: every `eval_every` after `eval_from`, and the last."""
+        v, epochs = self.validation, self.optim.epochs
+        if not v.eval_every:
+            return False
+        return epoch == epochs or (epoch > v.eval_from * epochs and epoch % v.eval_every == 0)
+
+    def by_path(self) -> dict[str, Any]:
+        """Every setting by its dotted path, as JSON values: ``{"optim.lr": 0.001, "seed": 0, ...}``."""
+        out: dict[str, Any] = {}
+        for name, value in jsonable(self).items():
+            if isinstance(value, dict):
+                out.update({f"{name}.{k}": v for k, v in value.items()})
+            else:
+                out[name] = value
+        return out
+
+    def by_name(self) -> dict[str, Any]:
+        """Every setting by its own name, as JSON values (names are unique across the concerns): the
+        flat form the config had before it was grouped, which names run folders (``run-<hash>``), so
+        folders made before the grouping are still found."""
+        return {path.rsplit(".", 1)[-1]: value for path, value in self.by_path().items()}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "PretrainConfig":
-        """Rebuild from a manifest's config; unknown keys are an error, not silently dropped."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(obj) - names)
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig keys: {unknown}")
-        return cls(**obj)
+    def from_preset(cls, name: str, **overrides: Any) -> PretrainConfig:
+        """A preset plus explicit overrides (which win): concerns as dicts (``optim={"lr": 5e-4}``,
+        merged into the preset's) or fields by their unique name (``lr=5e-4``)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return override(cls.from_dict({"preset": name, **PRESETS[name]}), overrides)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> PretrainConfig:
+        """Rebuild from a manifest's config: nested as written now, or flat as model folders and
+        checkpoints written before the grouping hold it (each field by its own name); fields a
+        manifest lacks (added since) take their defaults. Unknown keys are an error, not dropped."""
+        return build_config(cls, obj, "PretrainConfig", presets=False)
+
+
+# The concern each nested field holds (checked on construction: a dict goes through ``from_dict``).
+_CONCERNS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(PretrainConfig)
+    if f.default_factory is not dataclasses.MISSING
+}

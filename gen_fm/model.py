@@ -55,21 +55,21 @@ FUSION_FILE = "fusion/fusion.json"
 def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int) -> int:
     """Room for the longest sequence (a window of max_history + 1 titles after the prefix of bos,
     member and canvas tokens) plus the configured headroom for tokens later stages prepend."""
-    return 3 + (max_history + 1) * layout.sid_length + config.position_headroom
+    return 3 + (max_history + 1) * layout.sid_length + config.model.position_headroom
 
 
 def llama_config(config: PretrainConfig, layout: TokenLayout, max_history: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=layout.vocab_size,  # exact row count: later stages append rows for new tokens
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.kv_heads,
-        head_dim=config.head_dim,
+        hidden_size=config.model.hidden_size,
+        intermediate_size=config.model.intermediate_size,
+        num_hidden_layers=config.model.num_layers,
+        num_attention_heads=config.model.num_heads,
+        num_key_value_heads=config.model.kv_heads,
+        head_dim=config.model.head_dim,
         max_position_embeddings=max_positions(config, layout, max_history),
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
-        attention_dropout=config.dropout,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.model.rope_theta)},
+        attention_dropout=config.model.dropout,
         tie_word_embeddings=True,
         pad_token_id=PAD,
         bos_token_id=BOS,
@@ -200,7 +200,7 @@ class GenFM:
     path: Path
 
     def prompt_encoder(self) -> PromptEncoder:
-        return PromptEncoder.from_ids(self.ids, self.config.num_user_buckets, self.layout)
+        return PromptEncoder.from_ids(self.ids, self.config.model.num_user_buckets, self.layout)
 
     def co_engagement(self) -> CoEngagement | None:
         """The training data's co-engagement table, or None for a folder written before it existed."""
@@ -294,7 +294,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
         tokenizer=tokenizer,
         ids=ids,
         layout=layout,
-        config=PretrainConfig.from_json(manifest["config"]),
+        config=PretrainConfig.from_dict(manifest["config"]),
         seq_config=SequenceConfig(**manifest["sequence_config"]),
         manifest=manifest,
         path=path,

@@ -194,28 +194,29 @@ class AuxiliaryObjectives(nn.Module):
 
 def build_objectives(config: PretrainConfig, layout, ids: SemanticIDs, data: RecData, sid_rows: np.ndarray):
     """The training-only heads the config asks for (``gen_fm.objectives``), or None."""
-    if not config.mtp_tokens and not config.category_weight:
+    o = config.objectives
+    if not o.mtp_tokens and not o.category_weight:
         return None
     title_categories = None
-    if config.category_weight:
+    if o.category_weight:
         cats: list[list[str]] = [[] for _ in range(ids.num_items)]  # by ID-artifact row
         for row, labels in zip(sid_rows.tolist(), data.catalog["categories"]):
             if row >= 0:
                 cats[row] = list(labels or [])
-        vocab = category_vocabulary([c for c in cats if c], config.category_min_titles)
+        vocab = category_vocabulary([c for c in cats if c], o.category_min_titles)
         if not vocab:
             raise ValueError(
-                f"category_weight {config.category_weight}: the catalog of "
-                f"{data.name} has no category on >= {config.category_min_titles} "
+                f"category_weight {o.category_weight}: the catalog of "
+                f"{data.name} has no category on >= {o.category_min_titles} "
                 f"titles (and on at most half of them) to predict"
             )
         title_categories = category_targets(cats, vocab)
     return AuxiliaryObjectives(
-        config.hidden_size,
+        config.model.hidden_size,
         layout,
-        config.mtp_tokens,
+        o.mtp_tokens,
         ids.codes,
         title_categories,
-        config.mtp_weight,
-        config.category_weight,
+        o.mtp_weight,
+        o.category_weight,
     )

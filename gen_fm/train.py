@@ -61,9 +61,12 @@ def make_optimizer(modules: list[torch.nn.Module], config: PretrainConfig) -> to
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=config.betas,
+        [
+            {"params": decay, "weight_decay": config.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.optim.lr,
+        betas=config.optim.betas,
     )
 
 
@@ -72,9 +75,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig, tot
 
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
     return get_scheduler(
-        name[config.schedule],
+        name[config.optim.schedule],
         optimizer,
-        num_warmup_steps=int(config.warmup_ratio * total_steps),
+        num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
 
@@ -101,9 +104,9 @@ def _title_losses(
     weight = net.get_output_embeddings().weight  # (V, H), tied to the input embedding
     logits = F.linear(h[sel], weight[:code_end])  # (n, code_end)
     loss = F.cross_entropy(
-        logits.float(), b["targets"][sel], reduction="sum", label_smoothing=config.label_smoothing
+        logits.float(), b["targets"][sel], reduction="sum", label_smoothing=config.augment.label_smoothing
     )
-    if not config.title_loss_weight:
+    if not config.titles.title_loss_weight:
         return loss, None
     tsel = b["title_targets"] != IGNORE  # (B, T) trunk positions
     titles = net.get_input_embeddings().title_matrix()  # (N, H)
@@ -131,7 +134,7 @@ def _train_step(
     state.host_seconds += time.perf_counter() - t0
     n_targets = sum(int((b["targets"] != IGNORE).sum()) for b in batches)
     n_aux: dict[str, int] = {}
-    if hidden is not None and config.title_loss_weight:
+    if hidden is not None and config.titles.title_loss_weight:
         n_aux["title"] = sum(int((b["title_targets"] != IGNORE).sum()) for b in batches)
     if aux is not None:
         heads = accelerator.unwrap_model(aux)
@@ -151,7 +154,7 @@ def _train_step(
                 loss = loss_sum / max(n_targets, 1)
                 if title_sum is not None:
                     aux_sums["title"] = title_sum
-                    loss = loss + config.title_loss_weight * title_sum / max(n_aux["title"], 1)
+                    loss = loss + config.titles.title_loss_weight * title_sum / max(n_aux["title"], 1)
             else:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
                 loss_sum = F.cross_entropy(
@@ -159,7 +162,7 @@ def _train_step(
                     b["targets"].flatten(),
                     ignore_index=IGNORE,
                     reduction="sum",
-                    label_smoothing=config.label_smoothing,
+                    label_smoothing=config.augment.label_smoothing,
                 )
                 loss = loss_sum / max(n_targets, 1)
                 aux_sums = aux(b["labels"], embeddings) if aux is not None else {}
@@ -173,8 +176,8 @@ def _train_step(
     for n, c in n_aux.items():
         state.aux[n][1] += c
     state.loss_tokens += n_targets
-    if config.max_grad_norm > 0:  # over the saved model's weights (training-only heads: unclipped)
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    if config.optim.max_grad_norm > 0:  # over the saved model's weights (training-only heads: unclipped)
+        accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -182,8 +185,9 @@ def _train_step(
     state.epoch_step += 1
 
 
-# PretrainConfig fields that shape the weights: a run that starts from another model's weights
-# (``init_from``) must agree with it on every one of them.
+# Fields of ``PretrainConfig.model`` that shape the weights: a run that starts from another
+# model's weights (``init_from``) must agree with it on every one of them (the dropouts and the
+# position headroom do not change a weight).
 ARCHITECTURE_FIELDS = (
     "hidden_size",
     "num_layers",
@@ -220,11 +224,12 @@ def load_init_weights(
             f"({layout.vocab_size} tokens, codebooks {layout.codebook_sizes}); new titles "
             f"must reuse the existing code tokens (assign them, do not rebuild the IDs)"
         )
-    changed = [f for f in ARCHITECTURE_FIELDS if getattr(parent.config, f) != getattr(config, f)]
+    theirs, ours = parent.config.model, config.model
+    changed = [f for f in ARCHITECTURE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
     if changed:
         raise ValueError(
             f"cannot start from {init_from}: these fields differ from its config: "
-            + ", ".join(f"{f} {getattr(parent.config, f)} -> {getattr(config, f)}" for f in changed)
+            + ", ".join(f"model.{f} {getattr(theirs, f)} -> {getattr(ours, f)}" for f in changed)
         )
     model.load_state_dict(parent.model.state_dict(), strict=True)
     return {
@@ -264,14 +269,16 @@ def pretrain(
     interactions of a refresh), earlier events being context, except a `replay` share of them
     (drawn with the seed) that stays a target so that what the model knew is rehearsed.
     `extra_rows` = (rows with input_ids and labels columns, what they are) are trained on beside the
-    windows every epoch: the canvas mixture that ``config.canvas_mix`` names.
+    windows every epoch: the canvas mixture that ``config.augment.canvas_mix`` names.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out_dir, ids_dir = Path(out_dir), Path(ids_dir)
     ckpt_root = out_dir / CHECKPOINTS
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    opt = config.optim  # the optimisation settings, read all through the loop
+    keep, every_steps = config.checkpoints.keep_checkpoints, config.checkpoints.checkpoint_every_steps
+    accelerator = Accelerator(mixed_precision=opt.mixed_precision)
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -284,8 +291,8 @@ def pretrain(
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
-    titles = config.history_tokens == "titles"
-    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets, title_tokens=titles)
+    titles = config.model.history_tokens == "titles"
+    encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets, title_tokens=titles)
     sid_rows = catalog_to_sid_rows(data, ids)
     targets = None
     if targets_since is not None:
@@ -299,18 +306,18 @@ def pretrain(
         raise ValueError("no training windows: every member has fewer than 2 training titles")
     mixture = None
     extra: dict[str, list] = {"input_ids": [], "labels": []}
-    if config.canvas_mix:
+    if config.augment.canvas_mix:
         # The canvas formats and their leakage rules belong to the canvas stage, above this one:
         # its rows come from the caller (``prompt_tuning.canvases.pretraining_mixture``).
         if extra_rows is None:
             raise ValueError(
-                f"canvas_mix {list(config.canvas_mix)}: pass the mixture's rows "
+                f"canvas_mix {list(config.augment.canvas_mix)}: pass the mixture's rows "
                 f"(extra_rows=prompt_tuning.canvases.pretraining_mixture(...)); "
                 f"`sidrec pretrain` builds them"
             )
         rows, mixture = extra_rows
         extra = {"input_ids": list(rows["input_ids"]), "labels": list(rows["labels"])}
-    augment = Augment(config.item_dropout, config.window_jitter)
+    augment = Augment(config.augment.item_dropout, config.augment.window_jitter)
 
     def epoch_tensors(epoch: int) -> EpochTensors:
         """The epoch's rows as padded arrays (augmented with the epoch's own generator)."""
@@ -325,7 +332,7 @@ def pretrain(
 
     tensors = epoch_tensors(0) if not augment.active else None  # the same for every epoch
     num_rows = len(fixed["input_ids"]) + len(extra["input_ids"])
-    val = validation_set(split, sid_rows, encoder, config) if config.eval_every else None
+    val = validation_set(split, sid_rows, encoder, config) if config.validation.eval_every else None
     trie = None
     if val is not None:
         trie = PrefixTrie(ids.codes, encoder.layout)
@@ -351,21 +358,23 @@ def pretrain(
     )
     hidden = None
     if titles:  # before the dropout hooks, so the composed rows are what dropout sees
-        emb = attach_title_embedding(model, encoder.layout, encoder.sid_tokens, config.identity_dropout)
+        emb = attach_title_embedding(
+            model, encoder.layout, encoder.sid_tokens, config.titles.identity_dropout
+        )
         if parent is not None:
             emb.identity_from_rows()
         hidden = HiddenStates()
         hidden.attach(model)
-    add_hidden_dropout(model, config.hidden_dropout)
+    add_hidden_dropout(model, config.model.hidden_dropout)
     ema = None
-    if config.ema_decay:  # copied before the auxiliary heads hook into the model
+    if opt.ema_decay:  # copied before the auxiliary heads hook into the model
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(
             model,
             device=accelerator.device,
             use_buffers=True,
-            multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+            multi_avg_fn=get_ema_multi_avg_fn(opt.ema_decay),
         )
     aux = build_objectives(config, encoder.layout, ids, data, sid_rows)
     if aux is not None:
@@ -373,9 +382,9 @@ def pretrain(
     optimizer = make_optimizer([model] + ([aux] if aux is not None else []), config)
     # Every epoch takes as many steps as the un-augmented cut (augmented epochs differ by a few
     # windows: their batch list is wrapped or cut to that length), so the schedule is exact.
-    batches_per_epoch = math.ceil(num_rows / (config.batch_size * world))
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
+    batches_per_epoch = math.ceil(num_rows / (opt.batch_size * world))
+    steps_per_epoch = math.ceil(batches_per_epoch / opt.grad_accum)
+    total_steps = steps_per_epoch * opt.epochs
     scheduler = make_scheduler(optimizer, config, total_steps)
     if aux is not None:
         model, aux, optimizer = accelerator.prepare(model, aux, optimizer)
@@ -385,7 +394,9 @@ def pretrain(
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     aux_names = accelerator.unwrap_model(aux).names if aux is not None else []
-    state = TrainState(aux={n: [0.0, 0] for n in aux_names + (["title"] if config.title_loss_weight else [])})
+    state = TrainState(
+        aux={n: [0.0, 0] for n in aux_names + (["title"] if config.titles.title_loss_weight else [])}
+    )
     if resume and checkpoints:
         saved = read_json(checkpoints[-1] / STATE_FILE)
         check_resumable(saved, meta)
@@ -409,23 +420,23 @@ def pretrain(
     model.train()
     halted = None  # max_steps is a halt, not an end: it is not saved, so a resumed run goes on
     saved_step = state.step if resume and checkpoints else -1  # step of the newest checkpoint
-    while halted is None and state.stop_reason is None and state.epoch < config.epochs:
+    while halted is None and state.stop_reason is None and state.epoch < opt.epochs:
         t0 = time.perf_counter()
         epoch_rows = tensors if tensors is not None else epoch_tensors(state.epoch)
         state.host_seconds += time.perf_counter() - t0  # augmented epochs: the re-cut, once
-        batches = epoch_batches(epoch_rows.lengths, config.batch_size, state.epoch, config.seed, rank, world)
+        batches = epoch_batches(epoch_rows.lengths, opt.batch_size, state.epoch, config.seed, rank, world)
         batches = [batches[i % len(batches)] for i in range(batches_per_epoch)]
-        groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        groups = [batches[i : i + opt.grad_accum] for i in range(0, len(batches), opt.grad_accum)]
         bar = tqdm(
             total=len(groups),
             initial=state.epoch_step,
             disable=not main,
             leave=False,
-            desc=f"epoch {state.epoch + 1}/{config.epochs}",
+            desc=f"epoch {state.epoch + 1}/{opt.epochs}",
         )
         for group in groups[state.epoch_step :]:
-            if config.max_steps is not None and state.step >= config.max_steps:
-                halted = f"max_steps {config.max_steps} reached"
+            if opt.max_steps is not None and state.step >= opt.max_steps:
+                halted = f"max_steps {opt.max_steps} reached"
                 break
             t0 = time.perf_counter()
             _train_step(
@@ -446,20 +457,19 @@ def pretrain(
             state.train_seconds += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{state.loss_sum / max(state.loss_tokens, 1):.4f}")
-            every = config.checkpoint_every_steps
-            if every and state.step % every == 0 and state.epoch_step < len(groups):
-                save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+            if every_steps and state.step % every_steps == 0 and state.epoch_step < len(groups):
+                save_checkpoint(accelerator, ckpt_root, state, meta, keep)
                 saved_step = state.step
         bar.close()
         if halted is not None:
             if saved_step != state.step:
-                save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+                save_checkpoint(accelerator, ckpt_root, state, meta, keep)
             break
         _end_epoch(accelerator, model, state, val, trie, config, ckpt_root, ema)
-        save_checkpoint(accelerator, ckpt_root, state, meta, config.keep_checkpoints)
+        save_checkpoint(accelerator, ckpt_root, state, meta, keep)
         saved_step = state.step
     if state.stop_reason is None and halted is None:
-        state.stop_reason = f"{config.epochs} epochs done"
+        state.stop_reason = f"{opt.epochs} epochs done"
     state.stop_reason = state.stop_reason or halted
     return _finish(
         accelerator,
@@ -489,6 +499,7 @@ def _end_epoch(
 
     With weight averaging (`ema`) the averaged weights are the ones judged and kept; the raw
     weights are validated beside them so that the history shows what averaging changed."""
+    v, k = config.validation, config.validation.eval_k
     figs, aux = reduced_sums(accelerator, state)
     row: dict[str, Any] = {
         "epoch": state.epoch + 1,
@@ -509,19 +520,19 @@ def _end_epoch(
             raw = evaluate(accelerator, model, val, trie, config)
             metrics.update({f"raw_{name}": value for name, value in raw.items()})
         row.update(metrics, eval_seconds=round(time.perf_counter() - t0, 3))
-        recall, ndcg = metrics[f"recall@{config.eval_k}"], metrics[f"ndcg@{config.eval_k}"]
+        recall, ndcg = metrics[f"recall@{k}"], metrics[f"ndcg@{k}"]
         if (recall, ndcg) > (state.best_metric, state.best_ndcg):
             state.best_metric, state.best_ndcg = recall, ndcg
             state.best_epoch, state.best_step = state.epoch + 1, state.step
             state.bad_evals = 0
         else:
             state.bad_evals += 1
-        validated = [h for h in state.history if f"recall@{config.eval_k}" in h] + [row]
+        validated = [h for h in state.history if f"recall@{k}" in h] + [row]
         choice = choose(
-            [h[f"recall@{config.eval_k}"] for h in validated],
-            [h[f"ndcg@{config.eval_k}"] for h in validated],
+            [h[f"recall@{k}"] for h in validated],
+            [h[f"ndcg@{k}"] for h in validated],
             len(val.prompts),
-            config.selection,
+            v.selection,
         )
         chosen = validated[choice.index]["epoch"]
         if chosen == state.epoch + 1:
@@ -530,13 +541,15 @@ def _end_epoch(
             save_best(accelerator, judged, ckpt_root, state)
         elif chosen != state.chosen_epoch:  # the choice only ever stays or moves to this epoch
             raise AssertionError(f"selection moved back to epoch {chosen}")
-        line += f"  val R@{config.eval_k} {recall:.4f}  N@{config.eval_k} {ndcg:.4f}"
+        line += f"  val R@{k} {recall:.4f}  N@{k} {ndcg:.4f}"
         if "title_weight" in metrics:
-            line += f" (title weight {metrics['title_weight']:g}; beam R@{config.eval_k} {metrics[f'beam_recall@{config.eval_k}']:.4f})"
+            line += (
+                f" (title weight {metrics['title_weight']:g}; beam R@{k} {metrics[f'beam_recall@{k}']:.4f})"
+            )
         if ema is not None:
-            line += f" (raw weights: R@{config.eval_k} {metrics[f'raw_recall@{config.eval_k}']:.4f})"
-        if config.patience and state.bad_evals >= config.patience:
-            state.stop_reason = f"early stop: no better R@{config.eval_k} in {config.patience} validations"
+            line += f" (raw weights: R@{k} {metrics[f'raw_recall@{k}']:.4f})"
+        if v.patience and state.bad_evals >= v.patience:
+            state.stop_reason = f"early stop: no better R@{k} in {v.patience} validations"
     row["host_seconds"] = round(state.host_seconds, 3)
     line += (
         f"  {row['train_seconds'] + row.get('eval_seconds', 0.0):.1f}s  {row['tokens_per_second']:,.0f} tok/s"
@@ -571,6 +584,7 @@ def _finish(
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
     from safetensors.torch import load_model as load_weights
 
+    k = config.validation.eval_k
     partial = None
     if state.epoch_step:  # halted inside an epoch: its figures so far (throughput of short runs)
         figs, _ = reduced_sums(accelerator, state)
@@ -598,11 +612,11 @@ def _finish(
             "epochs_done": len(state.history),
             "best_epoch": state.best_epoch,
             "best_step": state.best_step,
-            "selection": config.selection,
+            "selection": config.validation.selection,
             "chosen_epoch": state.chosen_epoch,
             "chosen_step": state.chosen_step,
             "chosen_reason": state.chosen_reason,
-            f"best_val_recall@{config.eval_k}": state.best_metric if state.best_epoch > 0 else None,
+            f"best_val_recall@{k}": state.best_metric if state.best_epoch > 0 else None,
             "val_members": len(val.prompts) if val is not None else 0,
             "train_windows": num_rows,
             "train_members": len(split.sequences),

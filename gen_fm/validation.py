@@ -32,8 +32,9 @@ def validation_set(
     """A fixed sample of members' validation histories (drawn once with the seed)."""
     ex = split.examples("valid")
     idx = np.arange(len(ex.users))
-    if config.val_users is not None and config.val_users < len(idx):
-        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), config.val_users, replace=False))
+    n = config.validation.val_users
+    if n is not None and n < len(idx):
+        idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), n, replace=False))
     prompts = [
         encoder.encode(to_sid_rows(ex.histories[i], sid_rows), user_id=split.sequences.user_ids[ex.users[i]])
         for i in idx
@@ -48,9 +49,10 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
     the beam's own as ``beam_recall@K`` / ``beam_ndcg@K``."""
     rank, world = accelerator.process_index, accelerator.num_processes
     prompts, targets = val.prompts[rank::world], val.targets[rank::world]
-    k = config.eval_k
+    v = config.validation
+    k = v.eval_k
     net = accelerator.unwrap_model(model)
-    tokens = title_tokens(trie.layout, trie.num_items) if config.title_loss_weight else None
+    tokens = title_tokens(trie.layout, trie.num_items) if config.titles.title_loss_weight else None
     weights = FUSION_WEIGHTS if tokens is not None else (0.0,)
     sums = torch.zeros(2 * len(weights) + 1, dtype=torch.float64)  # recall, ndcg per weight; members
     if prompts:
@@ -59,17 +61,15 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
             prompts,
             trie,
             k=k,
-            num_beams=config.beams,
+            num_beams=v.beams,
             constrained=True,
-            batch_size=config.eval_batch_size,
+            batch_size=v.eval_batch_size,
         )
         beams = [r.rows for r in recs]
         heads = None
         if tokens is not None:
             sync_title_rows(net)  # the output layer's title rows as the model composes them
-            heads = recommend_titles(
-                net, prompts, trie, tokens, config.beams, batch_size=config.eval_batch_size
-            )
+            heads = recommend_titles(net, prompts, trie, tokens, v.beams, batch_size=v.eval_batch_size)
         for i, w in enumerate(weights):
             ranked = beams
             if w > 0:

@@ -70,9 +70,9 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     if config.adapter_method == "lora":
         return _wrap_lora(gen, config)
     n = config.num_virtual_tokens
-    if n > gen.config.position_headroom:
+    if n > gen.config.model.position_headroom:
         raise ValueError(
-            f"{n} virtual tokens do not fit the model's position headroom ({gen.config.position_headroom})"
+            f"{n} virtual tokens do not fit the model's position headroom ({gen.config.model.position_headroom})"
         )
     for p in gen.model.parameters():
         p.requires_grad_(False)

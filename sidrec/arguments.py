@@ -48,8 +48,18 @@ def add_config_args(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help=set_help or f"override one {config} field (repeatable; the value is JSON)",
+        help=set_help
+        or f"override one {config} field, by its dotted path or, where unique, its name alone "
+        "(repeatable; the value is JSON)",
     )
+
+
+# ``--set`` of the commands that build a PretrainConfig (kept in step with its concerns by a test).
+PRETRAIN_SET_HELP = (
+    "override one PretrainConfig field, by its path (optim.lr=0.002, model.hidden_dropout=0.1) or "
+    "its name alone (lr=0.002); concerns: model, titles, objectives, augment, optim, validation, "
+    "checkpoints, plus seed (docs/configuration.md). Repeatable; the value is JSON"
+)
 
 
 def add_threads_arg(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
-from sidrec.arguments import add_config_args, add_data_args, add_threads_arg
+from sidrec.arguments import PRETRAIN_SET_HELP, add_config_args, add_data_args, add_threads_arg
 
 # eval.baselines.BASELINES, repeated so that building the parser does not import torch
 # (tests/sidrec/test_cli.py keeps the two equal)
@@ -188,7 +188,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--share", type=float, default=0.05, help="of the distinct test-target titles held out")
     p.add_argument("--seed", type=int, default=0, help="the draw, the warm sample, the random baseline")
     p.add_argument("--preset", default="small", help="PretrainConfig preset of the model trained")
-    add_config_args(p, "PretrainConfig", preset=False)
+    add_config_args(p, "PretrainConfig", preset=False, set_help=PRETRAIN_SET_HELP)
     p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--beams", type=int, default=20, help="the model's beam (what the served row fuses)")

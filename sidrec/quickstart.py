@@ -16,6 +16,7 @@ from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
 from core.data import DataConfig, load_data
+from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
@@ -46,16 +47,11 @@ def pretrain_default() -> PretrainConfig:
     # the beam at the weight chosen on validation).
     return PretrainConfig.from_preset(
         "small",
-        epochs=12,
-        lr=2e-3,
         seed=0,
-        batch_size=64,
-        val_users=None,
-        eval_every=1,
-        patience=0,
-        ema_decay=0.995,
-        history_tokens="titles",
-        title_loss_weight=1.0,
+        model=dict(history_tokens="titles"),
+        titles=dict(title_loss_weight=1.0),
+        optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
+        validation=dict(val_users=None, eval_every=1, patience=0),
     )
 
 
@@ -72,8 +68,9 @@ def _ids_default() -> SemanticIDConfig:
 class QuickstartConfig:
     """What the quickstart runs: the stages' own configs, and the run around them.
 
-    Override a stage's field with ``--set pretrain.lr=0.001``, ``--set ids.quantizer=rqvae`` or
-    ``--set prompts.epochs=5`` (or the same keys nested in a ``--preset`` JSON file).
+    Override a stage's field with ``--set pretrain.lr=0.001`` (``pretrain.optim.lr`` by its unique
+    name), ``--set ids.quantizer=rqvae`` or ``--set prompts.epochs=5`` (or the same keys nested in
+    a ``--preset`` JSON file).
     """
 
     dataset: str = "ml-latest-small"
@@ -133,7 +130,11 @@ def same_build(artifact: Path, kind: str, config, data_fingerprint: str) -> bool
     except Exception:
         return False
     fp = m.get("parents", {}).get("data") or m.get("data", {}).get("fingerprint")
-    return m["config"] == jsonable(config) and fp == data_fingerprint
+    try:  # keys as the config reads them (a model folder written before its config was nested: flat)
+        stored = nest_keys(type(config), m["config"])
+    except ValueError:
+        return False
+    return stored == jsonable(config) and fp == data_fingerprint
 
 
 def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
@@ -175,8 +176,9 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
     console.rule("2/5 pretrain the foundation model")
     pc = config.pretrain
     # One run folder per training config: a rerun with the same config resumes its checkpoints,
-    # a changed config trains afresh beside it instead of clashing with them.
-    digest = hashlib.sha256(json.dumps(jsonable(pc), sort_keys=True).encode()).hexdigest()[:8]
+    # a changed config trains afresh beside it instead of clashing with them. Named by the flat
+    # form of the config, so folders made before it was grouped by concern are found.
+    digest = hashlib.sha256(json.dumps(pc.by_name(), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
     if same_build(model_dir, "gen_fm", pc, data.fingerprint) and read_manifest(model_dir)["parents"].get(

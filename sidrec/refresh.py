@@ -31,6 +31,7 @@ from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
+from core.overrides import merged, nest_keys, override, overrides_of
 from core.timeline import old_world
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
@@ -57,8 +58,22 @@ console = Console()
 def _old_world_pretrain() -> PretrainConfig:
     """The quickstart's recipe for 8 epochs, validated on 300 members (simulation only)."""
     return PretrainConfig.from_preset(
-        "small", epochs=8, lr=2e-3, batch_size=64, val_users=300, eval_every=1, patience=0
+        "small",
+        optim=dict(epochs=8, lr=2e-3, batch_size=64),
+        validation=dict(val_users=300, eval_every=1, patience=0),
     )
+
+
+# The fine-tune's recipe, as overrides of the parent model's PretrainConfig (whose architecture,
+# regularisation and batch size it keeps): a few epochs (the model already knows the old titles)
+# at half of pretraining's peak learning rate (the old weights are a good start) with a longer
+# warm-up; every epoch validated on 300 members and the best kept, no early stop. The seed draws
+# the data order, the validation sample and the replayed events.
+FINETUNE: dict[str, Any] = {
+    "seed": 0,
+    "optim": {"epochs": 3, "lr": 1e-3, "warmup_ratio": 0.1, "max_steps": None},
+    "validation": {"val_users": 300, "eval_every": 1, "patience": 0},
+}
 
 
 @dataclass(frozen=True)
@@ -66,12 +81,12 @@ class RefreshConfig:
     """How a refresh fine-tunes and judges; the simulation-only fields build the old world's model."""
 
     # ---- fine-tune (from the model's weights, on the full data's training sequences) ---------
-    epochs: int = 3  # short: the model already knows the old titles
-    lr: float = 1e-3  # peak learning rate: half of pretraining's, the old weights are a good start
-    warmup_ratio: float = 0.1  # share of the fine-tune's steps spent warming up
-    batch_size: int | None = None  # None = the parent model's batch size
-    val_users: int = 300  # members in the per-epoch validation sample (best epoch kept)
-    seed: int = 0  # data order, validation sample, replayed events
+    # Overrides of the parent's PretrainConfig, merged over ``FINETUNE`` (so the field holds the
+    # whole recipe): ``--set finetune.optim.epochs=5``, or by a field's unique name
+    # ``--set finetune.lr=0.002``; ``finetune.batch_size`` (default: the parent's). Validation
+    # uses the judge's ``k`` and ``num_beams`` below. (``--set epochs=5`` alone names the
+    # fine-tune's, the old world's and the prompts' epochs: refused, naming the three paths.)
+    finetune: dict[str, Any] = overrides_of(PretrainConfig)
     # Events at or after this time (unix seconds) are fresh: the loss is on them (and on the replayed
     # share of the rest). None = just after the newest event of the data the model was built from
     # (its manifest's data.time_end), or every training event for a model folder without one or data
@@ -98,8 +113,8 @@ class RefreshConfig:
     # ---- simulation only (--simulate): the old world and its model -------------------------------
     # Share of the titles that have interactions held out as "new": the newest by first interaction.
     new_title_share: float = 0.05
-    # The old world's IDs and pretraining (the quickstart's recipe, 8 epochs, validation on
-    # ``val_users`` members); ``--set ids.quantizer=rqvae``, ``--set pretrain.epochs=12``.
+    # The old world's IDs and pretraining (the quickstart's recipe, 8 epochs, validation on 300
+    # members); ``--set ids.quantizer=rqvae``, ``--set pretrain.epochs=12``.
     ids: SemanticIDConfig = field(default_factory=SemanticIDConfig)
     pretrain: PretrainConfig = field(default_factory=_old_world_pretrain)
 
@@ -113,25 +128,32 @@ class RefreshConfig:
             raise ValueError(f"canvases {list(self.canvases)}: each at most once, from {CANVASES}")
         if not 0.0 < self.new_title_share < 1.0:
             raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
-        positive = {
-            "epochs": self.epochs,
-            "val_users": self.val_users,
-            "k": self.k,
-            "eval_batch_size": self.eval_batch_size,
-            "batch_size": self.batch_size or 1,
-            "eval_users": self.eval_users or 1,
-        }
+        positive = {"k": self.k, "eval_batch_size": self.eval_batch_size, "eval_users": self.eval_users or 1}
         bad = [name for name, v in positive.items() if int(v) < 1]
         if bad:
             raise ValueError(f"these must be >= 1: {bad}")
-        if self.lr <= 0 or not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError("lr must be > 0, warmup_ratio in [0, 1)")
+        self._check_finetune()
         if self.num_beams is not None and self.num_beams < self.k:
             raise ValueError(
                 f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K cannot return K titles"
             )
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {self.replay}")
+
+    def _check_finetune(self) -> None:
+        """``finetune`` merged over the recipe, its keys placed (``lr`` -> ``optim.lr``) and each
+        concern's values checked here; what spans concerns (and the architecture, which must be the
+        parent's) is checked when it is applied to the parent's config (``finetune_config``)."""
+        over = nest_keys(PretrainConfig, merged(FINETUNE, self.finetune), "RefreshConfig.finetune")
+        fixed = [k for k in ("eval_k", "num_beams") if k in over.get("validation", {})]
+        if fixed:
+            raise ValueError(f"finetune {fixed}: the fine-tune validates at the refresh's k and num_beams")
+        defaults = PretrainConfig()
+        for key, value in over.items():
+            concern = getattr(defaults, key)
+            if dataclasses.is_dataclass(concern):
+                override(concern, value)
+        object.__setattr__(self, "finetune", over)
 
     @property
     def beams(self) -> int:
@@ -303,23 +325,10 @@ def assign_new_titles(parent, data: RecData, ids_dir: Path):
     return ids, new_titles
 
 
-def finetune_config(parent_config, config: RefreshConfig):
-    """The parent's PretrainConfig (architecture, regularisation) with the refresh's schedule."""
-    over = dict(
-        epochs=config.epochs,
-        lr=config.lr,
-        warmup_ratio=config.warmup_ratio,
-        val_users=config.val_users,
-        eval_every=1,
-        patience=0,
-        max_steps=None,
-        seed=config.seed,
-        eval_k=config.k,
-        num_beams=config.num_beams,
-    )
-    if config.batch_size is not None:
-        over["batch_size"] = config.batch_size
-    return PretrainConfig.from_json({**jsonable(parent_config), **over})
+def finetune_config(parent_config: PretrainConfig, config: RefreshConfig) -> PretrainConfig:
+    """The parent's PretrainConfig (architecture, regularisation) with the refresh's fine-tune
+    overrides, validated at the judge's K and beam width."""
+    return override(parent_config, {**config.finetune, "eval_k": config.k, "num_beams": config.num_beams})
 
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
@@ -328,7 +337,8 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
     since = config.fresh_since
     targets = None if since is None else {"since": int(since), "replay": config.replay}
     # one run folder per (config, IDs, parent, targets): a rerun resumes it, a change trains beside it
-    key = json.dumps([jsonable(pcfg), ids_hash, parent_hash, targets], sort_keys=True)
+    # (the config in its flat form, as before it was grouped by concern: earlier folders are found)
+    key = json.dumps([pcfg.by_name(), ids_hash, parent_hash, targets], sort_keys=True)
     run_dir = out / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     target = run_dir / "model"
     if same_build(target, "gen_fm", pcfg, data.fingerprint):
@@ -346,7 +356,7 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
         else f"the events since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC plus "
         f"{config.replay:.0%} of the older ones (the rest is context)"
     )
-    console.print(f"{pcfg.epochs} epoch(s) at lr {pcfg.lr:g} from {model_dir}; loss on {what}")
+    console.print(f"{pcfg.optim.epochs} epoch(s) at lr {pcfg.optim.lr:g} from {model_dir}; loss on {what}")
     return pretrain(
         data,
         parent.seq_config,

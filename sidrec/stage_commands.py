@@ -13,7 +13,13 @@ import argparse
 import os
 
 from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
-from sidrec.arguments import add_config_args, add_data_args, add_engine_args, add_threads_arg
+from sidrec.arguments import (
+    PRETRAIN_SET_HELP,
+    add_config_args,
+    add_data_args,
+    add_engine_args,
+    add_threads_arg,
+)
 
 
 def add_stage_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,8 +52,8 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", default="small", help="preset: tiny, small (sizes), base or large (GPU recipes)"
     )
-    p.add_argument("--config", help="JSON file of PretrainConfig overrides")
-    add_config_args(p, "PretrainConfig", preset=False)
+    p.add_argument("--config", help="JSON file of PretrainConfig overrides (keys as --set takes them)")
+    add_config_args(p, "PretrainConfig", preset=False, set_help=PRETRAIN_SET_HELP)
     p.add_argument("--max-history", type=int, default=20, help="titles of history (benchmark: 20)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument(

@@ -165,13 +165,14 @@ def mixture_examples(
 def pretraining_mixture(
     data: RecData, seq_config, ids_dir: str | Path, config
 ) -> tuple["datasets.Dataset", dict]:  # noqa: F821
-    """The rows ``gen_fm.train.pretrain(extra_rows=...)`` needs for ``config.canvas_mix``
+    """The rows ``gen_fm.train.pretrain(extra_rows=...)`` needs for ``config.augment.canvas_mix``
     (a ``PretrainConfig``): the same split and prompt format the pretraining run builds."""
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     ids = SemanticIDs.load(ids_dir)
-    encoder = PromptEncoder.from_ids(ids, config.num_user_buckets)
+    encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets)
+    mix = config.augment
     return mixture_examples(
-        data, split, ids, ids_dir, encoder, config.canvas_mix, config.canvas_mix_examples, config.seed
+        data, split, ids, ids_dir, encoder, mix.canvas_mix, mix.canvas_mix_examples, config.seed
     )
 
 

@@ -22,7 +22,7 @@ def cmd_pretrain(args) -> None:
         raise SystemExit(f"error: invalid PretrainConfig: {e}") from e
     seq = SequenceConfig(max_history=args.max_history)
     data, extra = data_config(args), None
-    if config.canvas_mix:  # the canvas stage builds the mixture's rows (gen_fm does not know it)
+    if config.augment.canvas_mix:  # the canvas stage builds the mixture's rows (gen_fm does not know it)
         data = load_data(data)
         extra = pretraining_mixture(data, seq, args.ids, config)
     model_dir = pretrain(

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.overrides import build_config, config_from_args, parse_overrides
+from core.overrides import (
+    build_config,
+    config_from_args,
+    describe,
+    nest_keys,
+    override,
+    overrides_of,
+    parse_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -44,3 +52,64 @@ def test_unknown_fields_are_named_at_any_depth():
         config_from_args(Outer, None, ["nme=1"])
     with pytest.raises(SystemExit, match="key=value"):
         parse_overrides(None, ["lr"])
+
+
+@dataclass(frozen=True)
+class Other:
+    epochs: int = 1
+    width: int = 8
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    k: int = 10
+    outer: Outer = field(default_factory=Outer)
+    other: Other = field(default_factory=Other)
+
+
+def test_a_name_unique_across_the_nested_configs_is_a_shorthand_for_its_path():
+    assert config_from_args(Outer, None, ["lr=0.1"]) == config_from_args(Outer, None, ["inner.lr=0.1"])
+    assert config_from_args(Outer, None, ["lr=0.1"]).inner == Inner(lr=0.1, epochs=5)
+    # at any depth, and inside a nested config's own key
+    p = config_from_args(Pipeline, None, ["lr=0.2", "width=4", "outer.epochs=9"])
+    assert (p.outer.inner.lr, p.other.width, p.outer.inner.epochs) == (0.2, 4, 9)
+    # a direct field is never a shorthand: `k` is Pipeline.k
+    assert config_from_args(Pipeline, None, ["k=3"]).k == 3
+    # the later of two keys for one field wins (a preset file, then --set, in that order)
+    assert nest_keys(Outer, {"inner": {"lr": 1}, "lr": 2}) == {"inner": {"lr": 2}}
+    assert nest_keys(Outer, {"lr": 1, "inner": {"lr": 2, "epochs": 3}}) == {"inner": {"lr": 2, "epochs": 3}}
+
+
+def test_an_ambiguous_or_unknown_name_is_refused_naming_the_choices():
+    with pytest.raises(SystemExit, match=r"'epochs' is a field of several configs \(outer.inner.epochs, "
+                       r"other.epochs\): give its full path"):  # fmt: skip
+        config_from_args(Pipeline, None, ["epochs=2"])
+    with pytest.raises(SystemExit, match=r"unknown Pipeline field\(s\): nope; known: k, "
+                       r"outer.\{name, options, inner.\{epochs, lr\}\}, other.\{epochs, width\}"):  # fmt: skip
+        config_from_args(Pipeline, None, ["nope=1"])
+    assert describe(Outer) == "name, options, inner.{epochs, lr}"
+
+
+def test_dict_fields_merge_key_by_key_at_every_depth():
+    @dataclass(frozen=True)
+    class WithDict:
+        recipe: dict = field(default_factory=lambda: {"optim": {"lr": 1, "epochs": 3}, "seed": 0})
+
+    c = config_from_args(WithDict, None, ["recipe.optim.lr=2"])
+    assert c.recipe == {"optim": {"lr": 2, "epochs": 3}, "seed": 0}
+    assert WithDict().recipe["optim"]["lr"] == 1  # the default itself is never changed
+    assert override(c, {"recipe": {"seed": 4}}).recipe == {"optim": {"lr": 2, "epochs": 3}, "seed": 4}
+
+
+def test_a_dict_of_overrides_of_a_config_takes_its_keys():
+    @dataclass(frozen=True)
+    class Run:
+        tweak: dict = overrides_of(Outer)
+
+    assert config_from_args(Run, None, ["tweak.lr=0.5", "tweak.name=y"]).tweak == {
+        "inner": {"lr": 0.5},
+        "name": "y",
+    }
+    assert config_from_args(Run, None, ["lr=0.5"]).tweak == {"inner": {"lr": 0.5}}  # a shorthand reaches it
+    with pytest.raises(SystemExit, match=r"unknown Run.tweak field\(s\): lrr"):
+        config_from_args(Run, None, ["tweak.lrr=1"])

@@ -79,7 +79,7 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
 
     ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (4, 4, 2))
     config = PretrainConfig.from_preset("tiny")
-    layout = model_layout(ids.layout, config.num_user_buckets)
+    layout = model_layout(ids.layout, config.model.num_user_buckets)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
     kw = dict(data_fingerprint="f" * 64, dataset="unit", training={})

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gen_fm.config import PRESETS, PretrainConfig
+from gen_fm.config import PRESETS, ModelShape, PretrainConfig, Validation
 from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positions, save_model
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
-from core.artifacts import ArtifactError, atomic_dir, make_manifest, manifest_hash, write_json
+from core.artifacts import ArtifactError, atomic_dir, jsonable, make_manifest, manifest_hash, write_json
 from core.sequences import SequenceConfig
 
 
@@ -45,7 +45,7 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen_fm_model")
     ids = write_id_artifact(root / "ids", [f"t{i}" for i in range(50)], (8, 8, 4))
     config = PretrainConfig.from_preset("tiny", num_user_buckets=7)
-    layout = model_layout(ids.layout, config.num_user_buckets)
+    layout = model_layout(ids.layout, config.model.num_user_buckets)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
     out = save_model(
@@ -63,21 +63,24 @@ def saved(tmp_path_factory):
 
 
 def test_config_validation_and_presets():
-    assert PretrainConfig.from_preset("small").head_dim == 32
-    assert PretrainConfig.from_preset("tiny", lr=0.5).lr == 0.5
+    assert PretrainConfig.from_preset("small").model.head_dim == 32
+    assert PretrainConfig.from_preset("tiny", optim={"lr": 0.5}).optim.lr == 0.5
     for name in PRESETS:
         c = PretrainConfig.from_preset(name)
-        assert c.head_dim >= 32 and c.head_dim % 16 == 0 and c.preset == name
+        assert c.model.head_dim >= 32 and c.model.head_dim % 16 == 0 and c.preset == name
     with pytest.raises(ValueError, match="head size"):
-        PretrainConfig(hidden_size=64, num_heads=4)  # head size 16: vLLM refuses it
+        ModelShape(hidden_size=64, num_heads=4)  # head size 16: vLLM refuses it
     with pytest.raises(ValueError):
-        PretrainConfig(num_beams=5, eval_k=10)
+        Validation(num_beams=5, eval_k=10)
     with pytest.raises(ValueError):
         PretrainConfig.from_preset("huge")
     with pytest.raises(ValueError, match="unknown"):
-        PretrainConfig.from_json({"hidden": 3})
+        PretrainConfig.from_dict({"hidden": 3})
+    with pytest.raises(TypeError, match="Optimisation"):
+        PretrainConfig(optim={"lr": 0.1})  # a dict goes through from_dict
     c = PretrainConfig.from_preset("base", betas=[0.9, 0.95])
-    assert PretrainConfig.from_json(json.loads(json.dumps(c.__dict__))) == c
+    assert c.optim.betas == (0.9, 0.95) and c.optim.epochs == 30  # the preset's recipe stays
+    assert PretrainConfig.from_dict(json.loads(json.dumps(jsonable(c)))) == c
 
 
 def test_model_shape(saved):
@@ -87,7 +90,7 @@ def test_model_shape(saved):
     assert (
         model.config.max_position_embeddings
         == max_positions(config, layout, 5)
-        == 3 + 6 * 3 + config.position_headroom
+        == 3 + 6 * 3 + config.model.position_headroom
     )
     assert model.config.head_dim == 32
 
@@ -156,7 +159,7 @@ def test_hidden_dropout_is_training_only_and_leaves_a_plain_llama():
         plain = model(input_ids=ids).logits
     keys = set(model.state_dict())
     handles = add_hidden_dropout(model, 0.3)
-    assert len(handles) == 1 + 2 * config.num_layers
+    assert len(handles) == 1 + 2 * config.model.num_layers
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, plain)  # eval: no effect
         model.train()

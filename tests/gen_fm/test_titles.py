@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
-from gen_fm.config import PretrainConfig
+from gen_fm.config import ModelShape, PretrainConfig, TitleOptions
 from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import build_model, load_model, save_model
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles, sync_title_rows
@@ -168,11 +168,11 @@ def test_a_title_added_after_training_enters_by_its_codes_alone(tiny, tmp_path):
 
 def test_title_options_need_title_histories():
     with pytest.raises(ValueError, match="history_tokens"):
-        PretrainConfig(title_loss_weight=1.0)
+        PretrainConfig(titles=TitleOptions(title_loss_weight=1.0))
     with pytest.raises(ValueError, match="history_tokens"):
-        PretrainConfig(history_tokens="titles", mtp_tokens=1)
+        PretrainConfig.from_dict({"model": {"history_tokens": "titles"}, "objectives": {"mtp_tokens": 1}})
     with pytest.raises(ValueError, match="history_tokens"):
-        PretrainConfig(history_tokens="ids")
+        ModelShape(history_tokens="ids")
 
 
 def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path):
@@ -284,9 +284,12 @@ def test_a_folder_written_before_title_tokens_loads_as_a_code_token_model(tmp_pa
         training={},
     )
     manifest = json.loads((out / "manifest.json").read_text())
+    # as a folder of that time holds it: flat (before the config was grouped by concern)
+    manifest["config"] = config.by_name()
     for key in ("history_tokens", "identity_dropout", "title_loss_weight"):
         del manifest["config"][key]
     (out / "manifest.json").write_text(json.dumps(manifest))
     gen = load_model(out)
-    assert gen.config.history_tokens == "codes" and gen.fusion() is None
+    assert gen.config.model.history_tokens == "codes" and gen.fusion() is None
+    assert gen.config == config
     assert gen.prompt_encoder().tokens_per_title == ids.layout.sid_length

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gen_fm.config import PretrainConfig
+from gen_fm.config import Optimisation, PretrainConfig
 from gen_fm.batches import EpochTensors, epoch_batches, window_bounds
 from gen_fm.dataset import IGNORE, catalog_to_sid_rows, window_source
 from gen_fm.model import load_model
@@ -209,7 +209,7 @@ def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(
     again = load_file(resumed / "model.safetensors")
     assert all(torch.equal(kept[k], again[k]) for k in kept)
     with pytest.raises(ValueError, match="ema_decay"):
-        PretrainConfig(ema_decay=1.0)
+        Optimisation(ema_decay=1.0)
 
 
 def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one_thread):

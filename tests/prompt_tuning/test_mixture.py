@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gen_fm.config import PretrainConfig
+from gen_fm.config import Augmentation, PretrainConfig
 from gen_fm.dataset import IGNORE, catalog_to_sid_rows, to_sid_rows
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases import build_canvas_data, mixture_examples
@@ -88,12 +88,12 @@ def test_a_canvas_asked_the_home_question_is_not_mixed_in(slice_world):
 
 
 def test_config_validates_the_mixture():
-    assert PretrainConfig(canvas_mix="search, t2t").canvas_mix == ("search", "t2t")
+    assert Augmentation(canvas_mix="search, t2t").canvas_mix == ("search", "t2t")
     for bad in (("home",), ("search", "search"), ("nope",)):
         with pytest.raises(ValueError, match="canvas_mix"):
-            PretrainConfig(canvas_mix=bad)
+            Augmentation(canvas_mix=bad)
     with pytest.raises(ValueError, match="canvas_mix_examples"):
-        PretrainConfig(canvas_mix_examples=0)
+        Augmentation(canvas_mix_examples=0)
 
 
 def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_world, tmp_path):
@@ -125,7 +125,7 @@ def test_pretraining_with_a_mixture_records_it_and_learns_the_contexts(slice_wor
     finally:
         torch.set_num_threads(before)
     gen = load_model(out)
-    assert gen.config.canvas_mix == ("collection",)
+    assert gen.config.augment.canvas_mix == ("collection",)
     mix = gen.manifest["training"]["canvas_mix"]
     assert mix["collection"]["examples"] == 50
     # the rows were trained on, next to the same next-title windows as the run without a mixture

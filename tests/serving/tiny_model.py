@@ -52,7 +52,7 @@ def write_tiny_model(root: Path, seed: int = 0, history_tokens: str = "codes") -
         "tiny", num_user_buckets=USER_BUCKETS, dropout=0.0, history_tokens=history_tokens
     )
     titles = history_tokens == "titles"
-    layout = model_layout(ids.layout, config.num_user_buckets, NUM_TITLES if titles else 0)
+    layout = model_layout(ids.layout, config.model.num_user_buckets, NUM_TITLES if titles else 0)
     torch.manual_seed(seed)
     model = build_model(config, layout, max_history=MAX_HISTORY).eval()
     with torch.no_grad():

@@ -202,6 +202,20 @@ def test_bench_help_lists_every_benchmark(capsys):
         assert re.search(rf"^ +{name}\s", text, re.M), f"{name} not listed:\n{text}"
 
 
+def test_pretrain_help_names_every_concern_of_the_config(capsys):
+    import dataclasses
+
+    from gen_fm.config import PretrainConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "optim.lr=0.002" in text and "(lr=0.002)" in text
+    for f in dataclasses.fields(PretrainConfig):
+        assert f.name in text, f"--set help does not name {f.name}"
+
+
 @pytest.mark.parametrize(
     "argv, missing",
     [

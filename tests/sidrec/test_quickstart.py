@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sidrec.cli import main
 
 TINY_IDS = {
@@ -93,7 +95,7 @@ def test_the_quickstart_config_holds_the_stages_configs():
         QuickstartConfig, None, ["pretrain.lr=0.001", "ids.quantizer=rqvae", "prompts.epochs=5"]
     )
     assert isinstance(c.pretrain, PretrainConfig)
-    assert (c.pretrain.lr, c.pretrain.epochs, c.pretrain.batch_size, c.pretrain.preset) == (
+    assert (c.pretrain.optim.lr, c.pretrain.optim.epochs, c.pretrain.optim.batch_size, c.pretrain.preset) == (
         0.001,
         12,
         64,
@@ -102,3 +104,10 @@ def test_the_quickstart_config_holds_the_stages_configs():
     assert c.ids.quantizer == "rqvae" and c.prompts.epochs == 5
     base = config_from_args(QuickstartConfig, None, ["pretrain.preset=base"]).pretrain
     assert base == PretrainConfig.from_preset("base")
+    # a concern's dotted path, and a name shared by two stages is refused naming both
+    c = config_from_args(QuickstartConfig, None, ["pretrain.optim.lr=0.001", "pretrain.hidden_dropout=0.1"])
+    assert (c.pretrain.optim.lr, c.pretrain.model.hidden_dropout, c.pretrain.optim.epochs) == (0.001, 0.1, 12)
+    with pytest.raises(
+        SystemExit, match=r"'lr' is a field of several configs \(pretrain.optim.lr, prompts.lr\)"
+    ):
+        config_from_args(QuickstartConfig, None, ["lr=0.001"])

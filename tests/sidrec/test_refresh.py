@@ -26,8 +26,7 @@ SLICE = ["--data", None, "--dataset", "ml-latest-small", "--max-users", "40"]
 TINY = {
     "new_title_share": 0.2,
     "pretrain": {"preset": "tiny", "epochs": 2, "val_users": 5, "eval_every": 1, "patience": 0},
-    "epochs": 1,
-    "val_users": 5,
+    "finetune": {"epochs": 1, "val_users": 5},
     "k": 5,
     "ids": TINY_IDS,
 }
@@ -67,7 +66,9 @@ def test_bad_input_is_refused():
         with pytest.raises(ValueError, match="new_title_share"):
             RefreshConfig(new_title_share=share)
     with pytest.raises(ValueError, match="epochs"):
-        RefreshConfig(epochs=0)
+        RefreshConfig(finetune={"epochs": 0})
+    with pytest.raises(ValueError, match="refresh's k and num_beams"):
+        RefreshConfig(finetune={"eval_k": 5})
     with pytest.raises(ValueError, match="num_beams"):
         RefreshConfig(k=10, num_beams=5)
 
@@ -260,3 +261,31 @@ def test_refresh_retrains_the_soft_prompts_into_a_servable_folder(simulated, tmp
         assert len(res) == 3 and res.soft_prompt
     with pytest.raises(ValueError, match="canvases"):
         RefreshConfig(canvases="home,nope")
+
+
+def test_the_fine_tune_is_the_parents_config_with_the_refresh_recipe():
+    """`finetune` holds overrides of the parent's PretrainConfig (the one place its fields live),
+    merged over the recipe; the defaults are the fine-tune that RefreshConfig's own fields gave."""
+    from core.overrides import config_from_args
+    from gen_fm.config import PretrainConfig
+    from sidrec.refresh import finetune_config
+
+    parent = PretrainConfig.from_preset(
+        "small",
+        model={"hidden_dropout": 0.1},
+        optim={"batch_size": 32, "lr": 5e-3, "epochs": 20, "max_steps": 9},
+        validation={"patience": 3, "eval_every": 2},
+        seed=4,
+    )
+    recipe = dict(
+        epochs=3, lr=1e-3, warmup_ratio=0.1, val_users=300, eval_every=1, patience=0, max_steps=None
+    )
+    expected = {**parent.by_name(), **recipe, "seed": 0, "eval_k": 5, "num_beams": None}
+    assert finetune_config(parent, RefreshConfig(k=5)) == PretrainConfig.from_dict(expected)
+    c = config_from_args(RefreshConfig, None, ["finetune.lr=0.002", "finetune.optim.batch_size=16"])
+    ft = finetune_config(parent, c)
+    assert (ft.optim.lr, ft.optim.batch_size, ft.optim.epochs, ft.model.hidden_dropout) == (0.002, 16, 3, 0.1)
+    assert c.finetune["optim"]["lr"] == 0.002 and "lr" not in c.finetune  # stored by path
+    # before, `--set epochs=1` was the fine-tune's: now the error names its path among the others
+    with pytest.raises(SystemExit, match=r"'epochs' is a field of several configs \(finetune.optim.epochs, "):
+        config_from_args(RefreshConfig, None, ["epochs=1"])
