@@ -1,5 +1,5 @@
-"""The stage commands of `sidrec` and their flags: ids, pretrain, eval, serve, prompts, quickstart,
-refresh, catalog, embed and batch.
+"""The stage commands of `sidrec` and their flags: data, ids, pretrain, eval, serve, prompts,
+quickstart, refresh, catalog, embed and batch.
 
 ``sidrec.cli`` puts them in the one parser (``add_stage_commands``) beside the benchmark commands
 (``sidrec.bench_commands``). Each command names its handler as a ``"module:function"`` string in
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from core.fetch import SOURCES  # the registry alone: standard library
 from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import (
     PRETRAIN_SET_HELP,
@@ -24,6 +25,23 @@ from sidrec.arguments import (
 
 def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     """One subcommand per stage command on the top parser's ``sub``."""
+    data = sub.add_parser("data", help="the public datasets of the README: fetch, list")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "fetch",
+        help="download, check and write one dataset into the data directory",
+        description="Download a dataset's public files (resumable, checked), write its folder in the "
+        "layout the loaders read, and record what was fetched in FETCHED.json.",
+    )
+    p.add_argument("name", choices=list(SOURCES), help="dataset to fetch")
+    p.add_argument("--data", help="data directory to write into (default: $SIDREC_DATA_DIR)")
+    p.add_argument("--force", action="store_true", help="fetch again even if the folder exists")
+    p.add_argument("--mirror", metavar="URL", help="fetch the same file names from this base URL instead")
+    p.set_defaults(func="sidrec.handlers.data:cmd_data_fetch")
+    p = data_sub.add_parser("list", help="the registered datasets and whether each is present")
+    p.add_argument("--data", help="data directory (default: $SIDREC_DATA_DIR)")
+    p.set_defaults(func="sidrec.handlers.data:cmd_data_list")
+
     ids = sub.add_parser("ids", help="semantic IDs: build, assign new titles, inspect")
     ids_sub = ids.add_subparsers(dest="ids_command", required=True)
     p = ids_sub.add_parser("build", help="embed titles, train the quantizer, write an ID artifact")

@@ -5,6 +5,7 @@ The parsers (``sidrec.stage_commands``, ``sidrec.bench_commands``) name a comman
 that command runs, so `sidrec --help` and argument errors never import torch. Each module here
 imports the stages it drives at its top.
 
+    data       sidrec data fetch | list (light: no torch)
     ids        sidrec ids build | assign | inspect
     model      sidrec pretrain, sidrec eval
     prompts    sidrec prompts train | export | list
