@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ArtifactError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         if os.environ.get("SIDREC_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # one line: paths and URLs stay whole
         return 2
 
 

@@ -46,9 +46,11 @@ def test_no_network_is_one_clear_line_and_exit_2(tmp_path, capsys):
     rc = main(["data", "fetch", "amazon-beauty", "--data", str(tmp_path), "--mirror", base])
     out = capsys.readouterr()
     assert rc == 2 and "Traceback" not in out.out + out.err
-    text = " ".join(out.out.split())  # the console wraps long lines
-    assert f"cannot download {base}/reviews_Beauty_5.json.gz" in text
-    assert f"{base}/meta_Beauty.json.gz" in text and "then rerun" in text
+    [line] = [line for line in out.out.splitlines() if line.startswith("error:")]  # one line, unwrapped
+    assert f"cannot download {base}/reviews_Beauty_5.json.gz" in line
+    assert f"{base}/meta_Beauty.json.gz" in line and line.endswith(
+        "then rerun `sidrec data fetch amazon-beauty`"
+    )
 
 
 def test_no_data_directory_is_a_clear_error(capsys, monkeypatch):
