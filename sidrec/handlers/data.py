@@ -30,6 +30,8 @@ def cmd_data_fetch(args) -> None:
 
 def cmd_data_list(args) -> None:
     root = _data_root(args)
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist (`sidrec data fetch NAME` creates it)")
     console.print(f"datasets in {root}:")
     for name, source in SOURCES.items():
         present = dataset_present(root, name)

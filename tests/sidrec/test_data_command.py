@@ -57,3 +57,8 @@ def test_no_data_directory_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.delenv("SIDREC_DATA_DIR", raising=False)
     assert main(["data", "list"]) == 2
     assert "pass --data DIR or set SIDREC_DATA_DIR" in capsys.readouterr().out
+
+
+def test_list_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", "list", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().out
