@@ -67,7 +67,7 @@ class EngineWorker:
     def __init__(self, rec: Recommender, max_queue: int, metrics: Metrics) -> None:
         self.rec = rec
         self.metrics = metrics
-        self.max_batch = rec.config.max_batch
+        self.max_batch = rec.config.engine.max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="sidrec-engine", daemon=True)
         self._inflight: list[_Job] = []  # jobs inside the current engine call

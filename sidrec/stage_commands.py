@@ -114,7 +114,10 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
     )
     add_config_args(
-        p, "ServingConfig", preset=False, set_help="ServingConfig field, e.g. num_beams=20, max_k=50"
+        p,
+        "ServingConfig",
+        preset=False,
+        set_help="ServingConfig field by name or dotted path, e.g. num_beams=20, engine.dtype=bfloat16",
     )
     p.set_defaults(func="sidrec.handlers.serve:cmd_serve")
 
