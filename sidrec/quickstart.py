@@ -20,6 +20,7 @@ from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
+from gen_fm.beams import beam_width
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
@@ -327,7 +328,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
             )
             backend = "transformers"
     console.rule(f"5/5 recommendations per canvas for a few members ({backend} engine)")
-    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=max(config.k, 10))
+    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=beam_width(config.k))
     try:
         split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
         ex = split.examples("test")

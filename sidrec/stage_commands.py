@@ -81,7 +81,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="JSON report to write")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
+    p.add_argument(
+        "--beams", type=int, help="beam width (default gen_fm.beams.beam_width: max(K, 10); never below K)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
     p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
