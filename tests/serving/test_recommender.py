@@ -235,3 +235,20 @@ def test_a_flat_serving_config_reads_back() -> None:
         ServingConfig.from_dict({**flat, "beam": 3})
     with pytest.raises(ValueError, match="needs model_dir"):
         ServingConfig.from_dict({"k": 10})
+
+
+def test_the_committed_serving_benchmark_configs_read_back() -> None:
+    """``results/serving/*.json`` hold flat ServingConfigs (``dataclasses.asdict`` before the
+    grouping, plus the bench's ``torch_threads``); they read back grouped, with the same values."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "results" / "serving" / "amazon-beauty-small-cpu.json"
+    if not path.is_file():
+        pytest.skip("no committed serving benchmark")
+    for flat in json.loads(path.read_text())["config"].values():
+        flat = {k: v for k, v in flat.items() if k != "torch_threads"}
+        c = ServingConfig.from_dict(flat)
+        assert (c.engine.backend, c.decoding.num_beams, c.engine.enforce_eager) == (
+            flat["backend"], flat["num_beams"], flat["enforce_eager"]
+        )  # fmt: skip
