@@ -200,7 +200,7 @@ class CandidateIndex:
             )
         self.co_engagement = co_engagement
         id_config = SemanticIDConfig.from_dict(self.ids.manifest["config"])
-        if id_config.text_weight <= 0:
+        if id_config.modalities.text_weight <= 0:
             raise ValueError(
                 f"the ID artifact {ids_dir} has no text modality: queries and themes "
                 f"cannot be matched to its titles"
@@ -208,9 +208,11 @@ class CandidateIndex:
         embedder = json.loads((ids_dir / "embedder.json").read_text())
         fused = load_file(str(ids_dir / "embeddings.safetensors"))["fused"]  # (N, D)
         self.categories: list[str] = list(embedder.get("categories") or [])
-        meta = len(self.categories) + _DECADES if id_config.metadata_weight > 0 else 0
-        collab = id_config.collaborative_dim if id_config.collaborative_weight > 0 else 0
-        user = int(embedder.get("user_dim") or 0) if id_config.user_vectors else 0
+        meta = len(self.categories) + _DECADES if id_config.modalities.metadata_weight > 0 else 0
+        collab = (
+            id_config.modalities.collaborative_dim if id_config.modalities.collaborative_weight > 0 else 0
+        )
+        user = int(embedder.get("user_dim") or 0) if id_config.modalities.user_vectors else 0
         text_dim = fused.shape[1] - meta - collab - user
         self.title_vecs = _unit(fused[:, :text_dim].astype(np.float32))  # (N, d) title text block
         # per-row categories and the inverted index of each (lower-cased name -> rows)
@@ -223,7 +225,7 @@ class CandidateIndex:
                 self._theme_rows[name.lower()] = rows
                 for r in rows:
                     self.row_categories[r].append(name)
-        self.text = text_encoder or TextEncoder(id_config.text_model, id_config.text_batch_size)
+        self.text = text_encoder or TextEncoder(id_config.text.text_model, id_config.text.text_batch_size)
         titles = self.ids.titles or [""] * self.ids.num_items
         # per-row tags (titles the artifact does not hold are ignored: a tag file may be older)
         self.row_tags: list[list[str]] = [[] for _ in range(self.ids.num_items)]

@@ -22,6 +22,7 @@ from prompt_tuning.canvases import CANVASES, canvas_data_for, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
 from prompt_tuning.export import as_served
+from semantic_ids.config import text_weight_of
 from semantic_ids.trie import PrefixTrie
 
 
@@ -107,7 +108,7 @@ def train_canvas(
     # IDs without the text modality have no content neighbours: serving then decodes a title
     # context over the whole catalog (with a warning), and so the adapter is trained and judged.
     if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
-        if (gen.ids.manifest.get("config") or {}).get("text_weight", 0) > 0:
+        if text_weight_of(gen.ids.manifest) > 0:
             index = candidate_index_for(gen, data, split, config)
         else:
             print(

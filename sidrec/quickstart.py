@@ -31,7 +31,7 @@ from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, export_adapters
 from prompt_tuning.train import co_engagement_for, model_split, train_canvas
 from semantic_ids.builder import build_ids
-from semantic_ids.config import SemanticIDConfig
+from semantic_ids.config import SemanticIDConfig, text_weight_of
 from semantic_ids.ids import SemanticIDs
 from serving.recommender import Recommender
 
@@ -247,7 +247,7 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     from prompt_tuning.adapter import read_adapter  # imports peft: the soft-prompt stage only
 
     base_hash = manifest_hash(model_dir)
-    has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
+    has_text = text_weight_of(SemanticIDs.load(model_dir / "semantic_ids").manifest) > 0
     adapters = []
     for canvas in canvases:
         if get_canvas(canvas).context_kind == "text" and not has_text:

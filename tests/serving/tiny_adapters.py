@@ -92,7 +92,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     """Catalog -> ID artifact (with quantizer) -> tiny base model -> home, search and t2t soft
     prompts (and a collection LoRA with `lora`) -> export."""
     data = load_data(data_dir=str(write_catalog(root / "data" / "tinyads")), dataset=None)
-    ids = build_ids(data, SemanticIDConfig(**ID_CONFIG), root / "ids")
+    ids = build_ids(data, SemanticIDConfig.create(**ID_CONFIG), root / "ids")
     config = PretrainConfig.from_preset(
         "tiny", num_user_buckets=USER_BUCKETS, position_headroom=24, dropout=0.0
     )

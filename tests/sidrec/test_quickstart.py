@@ -101,7 +101,7 @@ def test_the_quickstart_config_holds_the_stages_configs():
         64,
         "small",
     )
-    assert c.ids.quantizer == "rqvae" and c.prompts.epochs == 5
+    assert c.ids.codes.quantizer == "rqvae" and c.prompts.epochs == 5
     base = config_from_args(QuickstartConfig, None, ["pretrain.preset=base"]).pretrain
     assert base == PretrainConfig.from_preset("base")
     # a concern's dotted path, and a name shared by two stages is refused naming both
