@@ -225,7 +225,7 @@ class Recommender:
         ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
         (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
         (``serving.prompts``: which are required, and the t2t fallback). ``fresh_share`` of the
-        ``k`` slots go to titles added after training (``ServingConfig.fresh_share`` when None).
+        ``k`` slots go to titles added after training (``ServingConfig.fresh.fresh_share`` when None).
         """
         return self.recommend_batch(
             [
@@ -268,7 +268,9 @@ class Recommender:
         """
         max_k = self.config.decoding.max_k
         if not isinstance(r.k, (int, np.integer)) or isinstance(r.k, bool) or not 1 <= r.k <= max_k:
-            raise ValueError(f"k must be an integer in 1..{max_k} (ServingConfig.max_k), got {r.k!r}")
+            raise ValueError(
+                f"k must be an integer in 1..{max_k} (ServingConfig.decoding.max_k), got {r.k!r}"
+            )
         get_canvas(r.canvas)  # a ValueError naming the registered canvases
         history = title_rows(self.ids, r.history, "history")
         exclude = title_rows(self.ids, r.exclude, "exclude")
@@ -468,7 +470,7 @@ class Recommender:
                 reason = ((reason + "; ") if reason else "") + (
                     f"the diversity rule (at most {p.cap.max_per_group} per {p.cap.label}) kept "
                     f"{len(rows)} of the {found} titles the beam search found (beam width {p.beams}, "
-                    f"the widest this server runs: ServingConfig.max_k * diversity_widen); the cap picks "
+                    f"the widest this server runs: ServingConfig.decoding.max_k * diversity_widen); the cap picks "
                     f"from the beam's titles only"
                 )
         fresh_rows: set[int] = set()

@@ -2,7 +2,7 @@
 
 One thread owns the Recommender because neither vLLM's ``LLM`` nor a torch model may be driven from
 several threads. HTTP handlers queue jobs (one job = the requests of one HTTP call); the thread takes
-everything queued (up to ``ServingConfig.max_batch`` requests), validates each job alone, so a bad
+everything queued (up to ``ServingConfig.engine.max_batch`` requests), validates each job alone, so a bad
 request fails only itself, and decodes the rest in one ``Recommender.run`` call: concurrent requests
 share engine steps instead of waiting for each other's.
 """

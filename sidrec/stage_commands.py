@@ -186,7 +186,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
         help="IDs for the catalog's new titles and a servable copy of the folder, without a fine-tune",
         description="Give the titles of --data that the folder has no ID for IDs from the trained "
         "quantizer, and write a copy of the folder that serves them (fresh titles: "
-        "ServingConfig.fresh_share). `sidrec refresh` fine-tunes afterwards.",
+        "ServingConfig.fresh.fresh_share). `sidrec refresh` fine-tunes afterwards.",
     )
     add_data_args(p, dataset_help="default: the dataset in the model's manifest", max_users=False)
     p.add_argument("--model", required=True, help="model or served folder (an export with its adapters)")

@@ -174,7 +174,7 @@ class VLLMBeamSearch:
         if num_beams > self.max_logprobs:
             raise ValueError(
                 f"num_beams {num_beams} exceeds the engine's max_logprobs "
-                f"{self.max_logprobs} (raise ServingConfig.max_k or num_beams)"
+                f"{self.max_logprobs} (raise ServingConfig.decoding.max_k or num_beams)"
             )
         if views is not None and len(views) != len(prompts):
             raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
