@@ -107,7 +107,7 @@ def train_canvas(
     # served inside its candidate sets: trained there, judged there (the index only when needed).
     # IDs without the text modality have no content neighbours: serving then decodes a title
     # context over the whole catalog (with a warning), and so the adapter is trained and judged.
-    if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
+    if get_canvas(config.canvas).candidates is not None and (config.training.train_in_candidates or evaluate):
         if text_weight_of(gen.ids.manifest) > 0:
             index = candidate_index_for(gen, data, split, config)
         else:
@@ -116,7 +116,7 @@ def train_canvas(
                 f"and judged over the whole catalog, as served",
                 flush=True,
             )
-    allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
+    allow = candidate_rows(cd, index, cd.train) if config.training.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)
     training: dict[str, Any] = {

@@ -292,8 +292,8 @@ class CanvasPrompts:
         canvas, field = spec.name, spec.context_field
         if self.text_problem:
             raise RequestError(f"this model cannot take a {field}: {self.text_problem}", field)
-        config = self.configs.get(canvas) or PromptTuningStageConfig(canvas=canvas)
-        key = (config.query_mode, config.num_anchors)
+        config = self.configs.get(canvas) or PromptTuningStageConfig.create(canvas=canvas)
+        key = (config.canvas_data.query_mode, config.canvas_data.num_anchors)
         queries = self._queries.get(key)
         if queries is None:
             queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._sentence_encoder())

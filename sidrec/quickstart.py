@@ -58,7 +58,7 @@ def pretrain_default() -> PretrainConfig:
 
 def prompts_default() -> PromptTuningStageConfig:
     # small example caps keep every canvas quick to train; ``canvas`` is set per canvas
-    return PromptTuningStageConfig(max_train_examples=2000, max_eval_examples=300, epochs=3)
+    return PromptTuningStageConfig.create(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
 def _ids_default() -> SemanticIDConfig:

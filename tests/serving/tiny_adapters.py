@@ -124,7 +124,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
         gen = load_model(base)
         # t2t is served by the frozen model by default; the folder holds a t2t soft prompt anyway, to
         # serve a soft prompt on a canvas whose source joins the history
-        pt = PromptTuningStageConfig(
+        pt = PromptTuningStageConfig.create(
             canvas=canvas,
             num_virtual_tokens=NUM_VIRTUAL,
             lr=0.05,
@@ -141,7 +141,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
         )
     if lora:
         gen = load_model(base)
-        pt = PromptTuningStageConfig(
+        pt = PromptTuningStageConfig.create(
             canvas="collection",
             method="lora",
             lora_rank=LORA_RANK,
