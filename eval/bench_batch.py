@@ -20,6 +20,7 @@ from pathlib import Path
 from core.artifacts import write_json
 from core.data import DataConfig, load_data
 from eval.machine import machine_info
+from gen_fm.beams import beam_width
 from serving.batch import BatchConfig, member_histories, read_lists, run_batch
 from serving.recommender import Recommender
 
@@ -45,8 +46,8 @@ def bench_batch(
     rec = Recommender.from_pretrained(
         model,
         backend=backend,
-        num_beams=max(k, 10),
-        max_k=max(k, 10),
+        num_beams=beam_width(k),
+        max_k=beam_width(k),
         max_batch=shard_size,
         enforce_eager=True,
     )

@@ -60,7 +60,7 @@ def benchmark_canvas(
 ) -> dict[str, Any]:
     """Every variant of one canvas on the same held-out examples (see the module docstring).
     `candidates`: the index the ``_candidates`` variants are judged inside; `train_index`: the
-    index soft prompts train inside (``config.train_in_candidates``; default `candidates`)."""
+    index soft prompts train inside (``config.training.train_in_candidates``; default `candidates`)."""
     gen = load_model(model_dir)
     encoder = gen.prompt_encoder()
     cd = canvas_data_for(gen, data, split, config)
@@ -78,12 +78,12 @@ def benchmark_canvas(
     result: dict[str, Any] = {
         "data": cd.info,
         "config": {
-            "query_mode": config.query_mode,
-            "num_virtual_tokens": config.num_virtual_tokens,
+            "query_mode": config.canvas_data.query_mode,
+            "num_virtual_tokens": config.adapter.num_virtual_tokens,
             "method": config.adapter_method,
-            "lora_rank": config.lora_rank,
-            "epochs": config.epochs,
-            "lr": config.lr,
+            "lora_rank": config.adapter.lora_rank,
+            "epochs": config.training.epochs,
+            "lr": config.training.lr,
         },
     }
     total = sum(p.numel() for p in {id(p): p for p in gen.model.parameters()}.values())
@@ -133,7 +133,9 @@ def benchmark_canvas(
         return result
     t0 = time.perf_counter()
     train_allow = (
-        candidate_rows(cd, train_index or candidates, cd.train) if config.train_in_candidates else None
+        candidate_rows(cd, train_index or candidates, cd.train)
+        if config.training.train_in_candidates
+        else None
     )
     peft_model = train_adapter(gen, pairs, config, train_allow)
     seconds = time.perf_counter() - t0
@@ -289,9 +291,9 @@ def bench_canvases(
     if data.fingerprint != gen.manifest["data"]["fingerprint"]:
         raise ValueError(f"{model} was trained on other data than {data.path}")
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    configs = {c: PromptTuningStageConfig(**{**(overrides or {}), "canvas": c}) for c in canvases}
+    configs = {c: PromptTuningStageConfig.create(**{**(overrides or {}), "canvas": c}) for c in canvases}
     index = None
-    if candidates or any(config.train_in_candidates for config in configs.values()):
+    if candidates or any(config.training.train_in_candidates for config in configs.values()):
         # held-out tag pairs depend on the seed and eval_fraction, which every canvas shares
         index = candidate_index_for(
             gen,

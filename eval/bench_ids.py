@@ -51,7 +51,7 @@ def bench_ids(
     if not warm:
         os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="sidrec-bench-cache-")
     try:
-        name = f"{dataset}-{config.quantizer}" + (f"-{tag}" if tag else "")
+        name = f"{dataset}-{config.codes.quantizer}" + (f"-{tag}" if tag else "")
         t0 = time.perf_counter()
         data = load_data(DataConfig(data_dir=data_dir, dataset=dataset))
         ids = build_ids(data, config, Path(runs) / name / "ids")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.machine import machine_info
+from gen_fm.beams import beam_width
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.decode import recommend, recommend_titles, title_tokens
@@ -146,7 +147,7 @@ def evaluate_model(
 ) -> dict:
     """Judge a model folder on one split and (optionally) write the JSON report."""
     k = max(config.ks)
-    beams = num_beams if num_beams is not None else max(k, 10)
+    beams = beam_width(k, num_beams)
     if beams < k:
         raise ValueError(f"num_beams {beams} < K {k}: a beam narrower than K cannot return K titles")
     d = decode_split(model_dir, data_config, config, beams, max_users)

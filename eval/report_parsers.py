@@ -78,6 +78,7 @@ def _parse_gen_fm(d: dict, name: str, stem: str, res: Results) -> None:
 
 def _parse_ids(d: dict, name: str, stem: str, res: Results) -> None:
     stats, config = d["stats"], d.get("config") or {}
+    config = config.get("codes") or config  # SemanticIDConfig, grouped (codes.quantizer) or flat (older)
     util, perp = stats.get("codebook_utilization"), stats.get("perplexity")
     if util is None or perp is None:  # older files: per-level records only
         util = [lv["codebook_utilization"] for lv in stats["levels"]]

@@ -22,6 +22,7 @@ from typing import Any
 
 from core.artifacts import jsonable
 from core.overrides import build_config, override
+from gen_fm.beams import beam_width
 
 SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
@@ -269,7 +270,7 @@ class Validation:
     # chosen; skipping them saves decoding time). The last epoch is always validated.
     eval_from: float = 0.0
     eval_k: int = 10  # validation Recall@K / NDCG@K
-    # Beam width for validation; None = max(eval_k, 10). Decoding is constrained to valid IDs.
+    # Beam width for validation; None = gen_fm.beams.beam_width(eval_k). Decoding is constrained to valid IDs.
     num_beams: int | None = None
     # Members in the fixed validation sample (drawn once with the seed); None = all of them. 5,000
     # keeps one standard error of Recall@10 under a tenth of it where recall is above ~0.02, so the
@@ -301,7 +302,7 @@ class Validation:
     @property
     def beams(self) -> int:
         """Validation beam width: never narrower than K."""
-        return self.num_beams if self.num_beams is not None else max(self.eval_k, 10)
+        return beam_width(self.eval_k, self.num_beams)
 
 
 @dataclass(frozen=True)

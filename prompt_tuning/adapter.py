@@ -69,7 +69,7 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     check_trainable(config)
     if config.adapter_method == "lora":
         return _wrap_lora(gen, config)
-    n = config.num_virtual_tokens
+    n = config.adapter.num_virtual_tokens
     if n > gen.config.model.position_headroom:
         raise ValueError(
             f"{n} virtual tokens do not fit the model's position headroom ({gen.config.model.position_headroom})"
@@ -84,7 +84,7 @@ def wrap(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     words = gen.model.get_input_embeddings().weight  # (V, H)
     prompt = model.prompt_encoder["default"].embedding.weight  # (n, H)
     with torch.no_grad():
-        if config.init == "canvas_token":
+        if config.adapter.init == "canvas_token":
             token = canvas_token(get_canvas(config.canvas).token)  # the token its prompts carry
             prompt.copy_(words[gen.layout.extra_id(token)].expand_as(prompt))
         else:  # PEFT's N(0, 1) is far larger than the scale of a trained embedding row
@@ -104,8 +104,8 @@ def _wrap_lora(gen: GenFM, config: PromptTuningStageConfig) -> PeftModel:
     torch.manual_seed(config.seed)  # LoRA's A matrices start random (B at zero: the base at first)
     peft_config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
-        r=config.lora_rank,
-        lora_alpha=2 * config.lora_rank,
+        r=config.adapter.lora_rank,
+        lora_alpha=2 * config.adapter.lora_rank,
         lora_dropout=0.05,
         target_modules=list(LORA_TARGETS),
     )
@@ -230,12 +230,12 @@ def train_adapter(
     The base stays in eval mode (no attention dropout): it is frozen, and the soft prompt should
     learn against the same network that will serve it. `allow` (one entry per example, None = the
     whole catalog): the candidate rows each example's softmax is restricted to
-    (``config.train_in_candidates``; see ``CandidateMasks``).
+    (``config.training.train_in_candidates``; see ``CandidateMasks``).
     """
     if not examples:
         raise ValueError("no training examples")
     L = gen.layout.sid_length
-    longest = max(len(p) for p, _ in examples) + L + config.num_virtual_tokens
+    longest = max(len(p) for p, _ in examples) + L + config.adapter.num_virtual_tokens
     if longest > gen.model.config.max_position_embeddings:
         raise ValueError(
             f"an example needs {longest} positions; the model has {gen.model.config.max_position_embeddings}"
@@ -247,7 +247,7 @@ def train_adapter(
             model,
             examples,
             config,
-            config.lora_lr,
+            config.training.lora_lr,
             L,
             f"LoRA {config.canvas}",
             _restrictions(gen, examples, allow),
@@ -258,7 +258,7 @@ def train_adapter(
         model,
         examples,
         config,
-        config.lr,
+        config.training.lr,
         L,
         f"soft prompt {config.canvas}",
         _restrictions(gen, examples, allow),
@@ -280,7 +280,7 @@ def _restrictions(gen: GenFM, examples: Sequence[Example], allow) -> tuple | Non
 
 def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStageConfig) -> torch.nn.Module:
     """The baseline an adapter is judged against: every weight of ``gen.model`` trained (in place)
-    on the same examples, loss and schedule, at ``config.full_finetune_lr``."""
+    on the same examples, loss and schedule, at ``config.training.full_finetune_lr``."""
     if not examples:
         raise ValueError("no training examples")
     model = gen.model
@@ -292,7 +292,7 @@ def train_full(gen: GenFM, examples: Sequence[Example], config: PromptTuningStag
         model,
         examples,
         config,
-        config.full_finetune_lr,
+        config.training.full_finetune_lr,
         gen.layout.sid_length,
         f"full fine-tune {config.canvas}",
     )
@@ -308,17 +308,21 @@ def _fit(
     desc: str,
     restrictions: tuple | None = None,
 ) -> None:
-    """AdamW over the model's trainable parameters, seeded shuffles, `config.epochs` passes;
+    """AdamW over the model's trainable parameters, seeded shuffles, `config.training.epochs` passes;
     `restrictions` = (CandidateMasks, a view per example): softmaxes inside candidate sets."""
     inside, views = restrictions if restrictions is not None else (None, None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen_rng = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size), leave=False, desc=desc)
-    for _ in range(config.epochs):
+    bar = tqdm(
+        total=config.training.epochs * math.ceil(len(examples) / config.training.batch_size),
+        leave=False,
+        desc=desc,
+    )
+    for _ in range(config.training.epochs):
         order = torch.randperm(len(examples), generator=gen_rng).tolist()
-        for s in range(0, len(order), config.batch_size):
-            chunk = order[s : s + config.batch_size]
+        for s in range(0, len(order), config.training.batch_size):
+            chunk = order[s : s + config.training.batch_size]
             loss, n = _nll(
                 model,
                 *_batch([examples[i] for i in chunk], sid_length),
@@ -347,7 +351,7 @@ def save_adapter(
         raise ValueError(f"the config says {method}, the model holds another kind of adapter")
     if (
         method == "soft_prompt"
-        and model.peft_config["default"].num_virtual_tokens != config.num_virtual_tokens
+        and model.peft_config["default"].num_virtual_tokens != config.adapter.num_virtual_tokens
     ):
         raise ValueError("the model's soft prompt is not the size the config says")
     out_dir = Path(out_dir)
@@ -359,7 +363,7 @@ def save_adapter(
             parents={BASE_PARENT: manifest_hash(gen.path)},
             canvas=config.canvas,
             method=method,
-            num_virtual_tokens=config.num_virtual_tokens if method == "soft_prompt" else 0,
+            num_virtual_tokens=config.adapter.num_virtual_tokens if method == "soft_prompt" else 0,
             hidden_size=gen.model.config.hidden_size,
             trainable_parameters=trainable,
             training=training or {},
@@ -404,9 +408,9 @@ def read_adapter(path: str | Path) -> AdapterInfo:
             path=path,
         )
     prompt = load_file(path / "adapter_model.safetensors")[_PROMPT_KEY]  # (n, H)
-    if prompt.shape[0] != config.num_virtual_tokens:
+    if prompt.shape[0] != config.adapter.num_virtual_tokens:
         raise ArtifactError(
-            f"{path}: soft prompt has {prompt.shape[0]} rows, config says {config.num_virtual_tokens}"
+            f"{path}: soft prompt has {prompt.shape[0]} rows, config says {config.adapter.num_virtual_tokens}"
         )
     return AdapterInfo(
         config=config, base_hash=manifest["parents"][BASE_PARENT], prompt=prompt, manifest=manifest, path=path

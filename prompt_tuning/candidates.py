@@ -28,64 +28,11 @@ from gen_fm.ranking import fusion_scores
 from semantic_ids.config import SemanticIDConfig
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
+from prompt_tuning.candidate_config import CandidateConfig
 
 # the metadata block: multi-hot categories, then a one-hot decade 1900s..2030s (semantic_ids.embeddings)
 _DECADES = 14
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-@dataclass(frozen=True)
-class CandidateConfig:
-    """How large a context's candidate set is (the knobs a canvas exposes)."""
-
-    search_candidates: int = 30  # most titles a search query makes eligible
-    # Titles whose BM25 score is at least this share of the best one are a one-word query's lexical
-    # matches (and a query of several words' when no title holds all of them).
-    lexical_cutoff: float = 0.6
-    # A query with fewer lexical matches than this is filled up to it from the fused ranking
-    # (BM25 and sentence embedding). 1 = no filling: a query that matches titles gets those titles
-    # only (fewer than K come back with a reason), since the model would otherwise often prefer a
-    # popular fill title to a match; a query matching none gets its nearest titles by embedding.
-    min_candidates: int = 1
-    theme_candidates: int = 100  # most titles a free-text (non-catalog) theme makes eligible
-    # A free-text theme matching fewer titles is filled up to this from its fused ranking (BM25
-    # and sentence embedding), so a collection row is full; not to theme_candidates, since the
-    # model would then often prefer a popular fill title to a match ("heist": Spider-Man).
-    theme_fill: int = 20
-    # Titles a t2t source makes eligible: half its most co-engaged, the rest its content neighbours.
-    source_candidates: int = 100
-    # A t2t row fuses the model's ranking with the neighbourhood's own order (co-engagement counts)
-    # by reciprocal rank (``fuse_ranks``): each list adds weight / (fusion_k + rank). The counts
-    # alone rank better than the model inside the neighbourhood, the model personalises; the
-    # constants were chosen on the validation split. fusion_weight 0: the model alone.
-    fusion_k: int = 5
-    fusion_weight: float = 1.0
-    rrf_k: int = 20  # reciprocal-rank-fusion constant: smaller favours each list's head
-    prefix_expansions: int = 20  # vocabulary words an unknown query word may expand to
-
-    def __post_init__(self) -> None:
-        for name in (
-            "search_candidates",
-            "theme_candidates",
-            "source_candidates",
-            "rrf_k",
-            "prefix_expansions",
-            "min_candidates",
-            "theme_fill",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.fusion_k < 0 or self.fusion_weight < 0:
-            raise ValueError(
-                f"fusion_k and fusion_weight must be >= 0, got {self.fusion_k}, {self.fusion_weight}"
-            )
-        if not 0.0 < self.lexical_cutoff <= 1.0:
-            raise ValueError(f"lexical_cutoff must be in (0, 1], got {self.lexical_cutoff}")
-
-    @classmethod
-    def with_fusion(cls, chosen: Mapping[str, Any] | None) -> "CandidateConfig":
-        """The defaults with the fusion constants a model folder chose (``GenFM.fusion``), if any."""
-        return cls(**{key: chosen[key] for key in ("fusion_k", "fusion_weight")} if chosen else {})
 
 
 @dataclass(frozen=True)
@@ -253,7 +200,7 @@ class CandidateIndex:
             )
         self.co_engagement = co_engagement
         id_config = SemanticIDConfig.from_dict(self.ids.manifest["config"])
-        if id_config.text_weight <= 0:
+        if id_config.modalities.text_weight <= 0:
             raise ValueError(
                 f"the ID artifact {ids_dir} has no text modality: queries and themes "
                 f"cannot be matched to its titles"
@@ -261,9 +208,11 @@ class CandidateIndex:
         embedder = json.loads((ids_dir / "embedder.json").read_text())
         fused = load_file(str(ids_dir / "embeddings.safetensors"))["fused"]  # (N, D)
         self.categories: list[str] = list(embedder.get("categories") or [])
-        meta = len(self.categories) + _DECADES if id_config.metadata_weight > 0 else 0
-        collab = id_config.collaborative_dim if id_config.collaborative_weight > 0 else 0
-        user = int(embedder.get("user_dim") or 0) if id_config.user_vectors else 0
+        meta = len(self.categories) + _DECADES if id_config.modalities.metadata_weight > 0 else 0
+        collab = (
+            id_config.modalities.collaborative_dim if id_config.modalities.collaborative_weight > 0 else 0
+        )
+        user = int(embedder.get("user_dim") or 0) if id_config.modalities.user_vectors else 0
         text_dim = fused.shape[1] - meta - collab - user
         self.title_vecs = _unit(fused[:, :text_dim].astype(np.float32))  # (N, d) title text block
         # per-row categories and the inverted index of each (lower-cased name -> rows)
@@ -276,7 +225,7 @@ class CandidateIndex:
                 self._theme_rows[name.lower()] = rows
                 for r in rows:
                     self.row_categories[r].append(name)
-        self.text = text_encoder or TextEncoder(id_config.text_model, id_config.text_batch_size)
+        self.text = text_encoder or TextEncoder(id_config.text.text_model, id_config.text.text_batch_size)
         titles = self.ids.titles or [""] * self.ids.num_items
         # per-row tags (titles the artifact does not hold are ignored: a tag file may be older)
         self.row_tags: list[list[str]] = [[] for _ in range(self.ids.num_items)]

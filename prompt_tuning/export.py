@@ -95,7 +95,7 @@ def export_adapters(
             for name in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copyfile(info.path / name, stage / rel / name)
                 lora_files[f"{rel}/{name}"] = file_sha256(stage / rel / name)
-            mapping[info.config.canvas].update(lora=rel, lora_rank=info.config.lora_rank)
+            mapping[info.config.canvas].update(lora=rel, lora_rank=info.config.adapter.lora_rank)
         write_json(stage / ADAPTERS_FILE, mapping)
         manifest = read_json(stage / "manifest.json")
         manifest["files"].update(lora_files)

@@ -22,6 +22,7 @@ from prompt_tuning.canvases import CANVASES, canvas_data_for, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.evaluate import candidate_rows, evaluate_variant, row_attributes
 from prompt_tuning.export import as_served
+from semantic_ids.config import text_weight_of
 from semantic_ids.trie import PrefixTrie
 
 
@@ -106,8 +107,8 @@ def train_canvas(
     # served inside its candidate sets: trained there, judged there (the index only when needed).
     # IDs without the text modality have no content neighbours: serving then decodes a title
     # context over the whole catalog (with a warning), and so the adapter is trained and judged.
-    if get_canvas(config.canvas).candidates is not None and (config.train_in_candidates or evaluate):
-        if (gen.ids.manifest.get("config") or {}).get("text_weight", 0) > 0:
+    if get_canvas(config.canvas).candidates is not None and (config.training.train_in_candidates or evaluate):
+        if text_weight_of(gen.ids.manifest) > 0:
             index = candidate_index_for(gen, data, split, config)
         else:
             print(
@@ -115,7 +116,7 @@ def train_canvas(
                 f"and judged over the whole catalog, as served",
                 flush=True,
             )
-    allow = candidate_rows(cd, index, cd.train) if config.train_in_candidates else None
+    allow = candidate_rows(cd, index, cd.train) if config.training.train_in_candidates else None
     t0 = time.perf_counter()
     model = train_adapter(gen, pairs, config, allow)
     training: dict[str, Any] = {

@@ -68,7 +68,7 @@ def code_stats(codes: np.ndarray, config: SemanticIDConfig) -> dict:
     group = counts[inverse.ravel()]
     levels = []
     for lv in range(sem.shape[1]):
-        c = np.bincount(sem[:, lv], minlength=config.codebook_size)
+        c = np.bincount(sem[:, lv], minlength=config.codes.codebook_size)
         p = c[c > 0] / c.sum()
         levels.append(
             {
@@ -95,11 +95,11 @@ def build_ids(
     data: RecData, config: SemanticIDConfig, out: str | Path, seq_config: SequenceConfig | None = None
 ) -> SemanticIDs:
     """Embed every catalog title, train the quantizer, assign unique IDs, write the artifact."""
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.codes.seed)
     seq_config = seq_config or SequenceConfig()
     t0 = time.perf_counter()
     pairs = None
-    if config.collaborative_weight > 0:
+    if config.modalities.collaborative_weight > 0:
         split = leave_one_out(build_sequences(data, seq_config), seq_config)
         pairs = split.train_pairs()  # training events only: no valid/test leakage
     embedder = Embedder.fit(config, data.catalog, pairs)
@@ -107,9 +107,9 @@ def build_ids(
     t_embed = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    quantizer = quantizer_class(config.quantizer)(config, x.shape[1]).fit(x)
+    quantizer = quantizer_class(config.codes.quantizer)(config.codes, x.shape[1]).fit(x)
     enc = quantizer.encode(x)
-    codes, spilled = assign_dedup(enc, config.dedup_size)
+    codes, spilled = assign_dedup(enc, config.codes.dedup_size)
     t_quant = time.perf_counter() - t1
 
     stats = code_stats(codes, config)
@@ -123,7 +123,7 @@ def build_ids(
         final_train_loss=quantizer.history[-1] if quantizer.history else None,
     )
     ids = SemanticIDs(
-        list(data.catalog["item_id"]), codes, config.codebook_sizes, titles=list(data.catalog["title"])
+        list(data.catalog["item_id"]), codes, config.codes.codebook_sizes, titles=list(data.catalog["title"])
     )
     _write(out, ids, config, quantizer, embedder, x, stats, data, map_version=1, parent=None)
     return SemanticIDs.load(out)
@@ -149,9 +149,9 @@ def _write(
         dataset=data.name,
         data_report=data.report.to_json(),
         map_version=map_version,
-        codebook_sizes=list(config.codebook_sizes),
+        codebook_sizes=list(config.codes.codebook_sizes),
         input_dim=int(x.shape[1]),
-        quantizer_kind=config.quantizer,
+        quantizer_kind=config.codes.quantizer,
         quantizer=quantizer.describe(),
         history=parent,
     )
@@ -174,7 +174,9 @@ def load_quantizer(path: str | Path) -> tuple[SemanticIDs, ResidualQuantizer, Em
     require_files(path, ["quantizer.safetensors", "embedder.json", "embeddings.safetensors"])
     config = SemanticIDConfig.from_dict(ids.manifest["config"])
     state = load_file(str(path / "quantizer.safetensors"))
-    quantizer = quantizer_class(config.quantizer).from_state(config, ids.manifest["input_dim"], state)
+    quantizer = quantizer_class(config.codes.quantizer).from_state(
+        config.codes, ids.manifest["input_dim"], state
+    )
     tensors = {}
     if (path / "embedder.safetensors").is_file():
         tensors = {k: v.numpy() for k, v in load_file(str(path / "embedder.safetensors")).items()}
@@ -204,12 +206,12 @@ def assign_new(
     for c in ids.codes:
         key = tuple(int(v) for v in c[:-1])
         taken[key] = max(taken.get(key, 0), int(c[-1]) + 1)
-    new_codes, spilled = assign_dedup(quantizer.encode(x_new), config.dedup_size, taken)
+    new_codes, spilled = assign_dedup(quantizer.encode(x_new), config.codes.dedup_size, taken)
     all_codes = np.concatenate([ids.codes, new_codes])
     merged = SemanticIDs(
         ids.item_ids + list(new_cat["item_id"]),
         all_codes,
-        config.codebook_sizes,
+        config.codes.codebook_sizes,
         titles=(ids.titles or [""] * ids.num_items) + list(new_cat["title"]),
     )
     stats = code_stats(all_codes, config)

@@ -140,8 +140,10 @@ class Embedder:
         self._cat_index = {c: i for i, c in enumerate(categories)}
         self.collab = collab or {}
         self.user_dim = user_dim
-        self._text = TextEncoder(config.text_model, config.text_batch_size)
-        self._user = load_user_vectors(config.user_vectors) if config.user_vectors else {}
+        self._text = TextEncoder(config.text.text_model, config.text.text_batch_size)
+        self._user = (
+            load_user_vectors(config.modalities.user_vectors) if config.modalities.user_vectors else {}
+        )
 
     @classmethod
     def fit(
@@ -152,19 +154,19 @@ class Embedder:
 
         counts = Counter(c for cats in catalog["categories"] for c in cats)
         categories = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        categories = categories[: config.max_categories]
+        categories = categories[: config.modalities.max_categories]
         collab = {}
-        if config.collaborative_weight > 0:
+        if config.modalities.collaborative_weight > 0:
             if train_pairs is None:
                 raise ValueError("the collaborative modality needs training interactions")
             collab = _collaborative_factors(train_pairs, catalog["item_id"], config)
         user_dim = 0
-        if config.user_vectors:
-            user_dim = next(iter(load_user_vectors(config.user_vectors).values())).shape[0]
+        if config.modalities.user_vectors:
+            user_dim = next(iter(load_user_vectors(config.modalities.user_vectors).values())).shape[0]
         return cls(config, categories, collab, user_dim)
 
     def text_of(self, title: str, categories: list[str], year: int | None) -> str:
-        return self.config.text_template.format(
+        return self.config.text.text_template.format(
             title=title, categories=", ".join(categories), year="" if year is None else year
         )
 
@@ -175,26 +177,26 @@ class Embedder:
         cats, years = list(catalog["categories"]), list(catalog["year"])
         blocks, dims = [], {}
         report = EmbeddingReport(dims=dims)
-        if cfg.text_weight > 0:
+        if cfg.modalities.text_weight > 0:
             text = self._text.encode([self.text_of(t, c, y) for t, c, y in zip(titles, cats, years)])
-            blocks.append((text, cfg.text_weight, "text"))
-        if cfg.metadata_weight > 0:
-            blocks.append((self._metadata(cats, years), cfg.metadata_weight, "metadata"))
-        if cfg.collaborative_weight > 0:
-            dim = cfg.collaborative_dim
+            blocks.append((text, cfg.modalities.text_weight, "text"))
+        if cfg.modalities.metadata_weight > 0:
+            blocks.append((self._metadata(cats, years), cfg.modalities.metadata_weight, "metadata"))
+        if cfg.modalities.collaborative_weight > 0:
+            dim = cfg.modalities.collaborative_dim
             m = np.zeros((len(ids), dim), dtype=np.float32)
             for i, iid in enumerate(ids):
                 if iid in self.collab:
                     m[i] = self.collab[iid]
             report.cold_collaborative = int(sum(iid not in self.collab for iid in ids))
-            blocks.append((m, cfg.collaborative_weight, "collaborative"))
-        if cfg.user_vectors and cfg.user_vectors_weight > 0:
+            blocks.append((m, cfg.modalities.collaborative_weight, "collaborative"))
+        if cfg.modalities.user_vectors and cfg.modalities.user_vectors_weight > 0:
             m = np.zeros((len(ids), self.user_dim), dtype=np.float32)
             for i, iid in enumerate(ids):
                 if iid in self._user:
                     m[i] = self._user[iid]
             report.missing_user_vectors = int(sum(iid not in self._user for iid in ids))
-            blocks.append((m, cfg.user_vectors_weight, "user_vectors"))
+            blocks.append((m, cfg.modalities.user_vectors_weight, "user_vectors"))
         out = []
         for mat, weight, name in blocks:
             dims[name] = mat.shape[1]
@@ -246,10 +248,10 @@ def _collaborative_factors(
     # Scale columns by 1/sqrt(popularity) so the factors describe who engages, not how many.
     pop = np.asarray(mat.sum(axis=0)).ravel()
     mat = mat.multiply(1.0 / np.sqrt(np.maximum(pop, 1.0))).tocsr()
-    k = min(config.collaborative_dim, min(mat.shape) - 1)
-    svd = TruncatedSVD(n_components=k, random_state=config.seed, n_iter=7)
+    k = min(config.modalities.collaborative_dim, min(mat.shape) - 1)
+    svd = TruncatedSVD(n_components=k, random_state=config.codes.seed, n_iter=7)
     svd.fit(mat)
     factors = (svd.components_.T * np.sqrt(svd.singular_values_)).astype(np.float32)
-    if k < config.collaborative_dim:
-        factors = np.pad(factors, ((0, 0), (0, config.collaborative_dim - k)))
+    if k < config.modalities.collaborative_dim:
+        factors = np.pad(factors, ((0, 0), (0, config.modalities.collaborative_dim - k)))
     return {item_ids[i]: factors[i] for i in np.flatnonzero(pop > 0)}

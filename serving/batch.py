@@ -246,7 +246,7 @@ def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: boo
         rows,
         short,
         len(plan.shards) - len(todo),
-        rec.config.backend,
+        rec.config.engine.backend,
         {"name": "local"},
     )
 

@@ -31,6 +31,7 @@ from prompt_tuning.candidates import CandidateIndex
 from prompt_tuning.canvases import CanvasSpec, QueryEncoder, canvas_names, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, lora_adapters, virtual_token_ids
+from semantic_ids.config import TextOptions, recorded_config, text_weight_of
 from semantic_ids.embeddings import TextEncoder
 
 _TEXT_FILES = ("quantizer.safetensors", "embedder.json", "embeddings.safetensors")
@@ -271,8 +272,9 @@ class CanvasPrompts:
 
     def _sentence_encoder(self) -> _MemoryTextEncoder:
         if self._text is None:  # one sentence encoder for every use, no disk cache
-            cfg = self.ids.manifest.get("config") or {}
-            spec = TextEncoder(cfg.get("text_model", "bundled"), cfg.get("text_batch_size", 128))
+            recorded = recorded_config(self.ids.manifest)
+            text = recorded.text if recorded is not None else TextOptions()
+            spec = TextEncoder(text.text_model, text.text_batch_size)
             self._text = _MemoryTextEncoder(spec.model_path, spec.batch_size)
         return self._text
 
@@ -281,8 +283,7 @@ class CanvasPrompts:
         missing = [n for n in _TEXT_FILES if not (self.ids_dir / n).is_file()]
         if missing:
             return f"its ID artifact has no {', '.join(missing)} (built without a trained quantizer)"
-        weight = (self.ids.manifest.get("config") or {}).get("text_weight") or 0
-        if not weight > 0:
+        if not text_weight_of(self.ids.manifest) > 0:
             return "its ID artifact was built without the text modality"
         return None
 
@@ -291,8 +292,8 @@ class CanvasPrompts:
         canvas, field = spec.name, spec.context_field
         if self.text_problem:
             raise RequestError(f"this model cannot take a {field}: {self.text_problem}", field)
-        config = self.configs.get(canvas) or PromptTuningStageConfig(canvas=canvas)
-        key = (config.query_mode, config.num_anchors)
+        config = self.configs.get(canvas) or PromptTuningStageConfig.create(canvas=canvas)
+        key = (config.canvas_data.query_mode, config.canvas_data.num_anchors)
         queries = self._queries.get(key)
         if queries is None:
             queries = QueryEncoder(self.ids_dir, *key, text_encoder=self._sentence_encoder())

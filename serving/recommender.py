@@ -144,22 +144,17 @@ class Recommender:
     def __init__(self, config: ServingConfig, attributes: AttributeTable | None = None) -> None:
         gm = load_model(config.model_dir)
         trained = gm.seq_config.max_history
-        if config.max_history is not None and config.max_history > trained:
+        if config.decoding.max_history is not None and config.decoding.max_history > trained:
             raise ValueError(
-                f"max_history {config.max_history} exceeds the {trained} titles the model was trained with"
+                f"max_history {config.decoding.max_history} exceeds the {trained} titles the model was trained with"
             )
         self.config = config
-        self.max_history = config.max_history or trained
+        self.max_history = config.decoding.max_history or trained
         self.ids = gm.ids
         self.seq_config = gm.seq_config  # how the model's training sequences were rolled up
-        candidate_config = None
-        if config.candidate_sets:
-            candidate_config = CandidateConfig(
-                search_candidates=config.search_candidates,
-                theme_candidates=config.theme_candidates,
-                source_candidates=config.source_candidates,
-            )
         # soft prompts, canvas contexts and the candidate sets contexts make
+        chosen = gm.fusion() or {}  # the fusion constants chosen for this model on validation
+        candidate_config = config.candidate_config(chosen) if config.decoding.candidate_sets else None
         self.prompts = CanvasPrompts(gm, self.max_history, candidate_config)
         self.encoder = self.prompts.encoder
         self.trie = PrefixTrie.from_ids(gm.ids)
@@ -168,37 +163,30 @@ class Recommender:
         trained = (gm.manifest.get("catalog") or {}).get("trained_titles", gm.ids.num_items)
         self.fresh_rows = np.arange(trained, gm.ids.num_items, dtype=np.int64)
         self._content = None  # unit content vectors of every title, read when a fresh slot needs them
-        # fusion constants: the request's config, else those chosen for this model on validation
-        chosen, defaults = gm.fusion() or {}, CandidateConfig()
-        self.fusion_k = next(
-            v for v in (config.fusion_k, chosen.get("fusion_k"), defaults.fusion_k) if v is not None
-        )
-        self.fusion_weight = next(
-            v
-            for v in (config.fusion_weight, chosen.get("fusion_weight"), defaults.fusion_weight)
-            if v is not None
-        )
+        # fusion constants: the config's, else those chosen for this model on validation, else defaults
+        fusion = config.candidate_config(chosen)
+        self.fusion_k, self.fusion_weight = fusion.fusion_k, fusion.fusion_weight
         # the title head's weight in the model's own ranking (a title-token model only)
         self.title_tokens = title_tokens(gm.layout, gm.ids.num_items)
         self.title_weight = 0.0
         if self.title_tokens is not None:
             self.title_weight = next(
-                v for v in (config.title_weight, chosen.get("title_weight"), 0.0) if v is not None
+                v for v in (config.decoding.title_weight, chosen.get("title_weight"), 0.0) if v is not None
             )
-        self.title_fusion_k = chosen.get("fusion_k", defaults.fusion_k)
-        if attributes is None and config.data_dir is not None:
-            attributes = load_attributes(gm.ids, config.data_dir, self._dataset(config))
+        self.title_fusion_k = chosen.get("fusion_k", CandidateConfig().fusion_k)
+        if attributes is None and config.catalog.data_dir is not None:
+            attributes = load_attributes(gm.ids, config.catalog.data_dir, self._dataset(config))
         if attributes is not None and attributes.num_items != gm.ids.num_items:
             raise ValueError(
                 f"attribute table covers {attributes.num_items} titles, the model {gm.ids.num_items}"
             )
         self.attributes = attributes  # catalog attributes for rules; None = attribute rules refused
         # the folder is handed over: a backend that loads the weights itself drops gm.model
-        build: BackendFactory = get_backend(config.backend)
+        build: BackendFactory = get_backend(config.engine.backend)
         self.backend: Backend = build(gm, self.trie, config, self.prompts.loras, self.title_tokens)
         if not isinstance(self.backend, Backend):
             raise TypeError(
-                f"backend {config.backend!r}: its factory returned {type(self.backend).__name__}, "
+                f"backend {config.engine.backend!r}: its factory returned {type(self.backend).__name__}, "
                 f"which lacks the serving.backends.Backend methods (search, titles, failure, close)"
             )
 
@@ -237,7 +225,7 @@ class Recommender:
         ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
         (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
         (``serving.prompts``: which are required, and the t2t fallback). ``fresh_share`` of the
-        ``k`` slots go to titles added after training (``ServingConfig.fresh_share`` when None).
+        ``k`` slots go to titles added after training (``ServingConfig.fresh.fresh_share`` when None).
         """
         return self.recommend_batch(
             [
@@ -278,9 +266,11 @@ class Recommender:
 
         Separate from ``run`` so a server can reject a bad request without failing its batch.
         """
-        max_k = self.config.max_k
+        max_k = self.config.decoding.max_k
         if not isinstance(r.k, (int, np.integer)) or isinstance(r.k, bool) or not 1 <= r.k <= max_k:
-            raise ValueError(f"k must be an integer in 1..{max_k} (ServingConfig.max_k), got {r.k!r}")
+            raise ValueError(
+                f"k must be an integer in 1..{max_k} (ServingConfig.decoding.max_k), got {r.k!r}"
+            )
         get_canvas(r.canvas)  # a ValueError naming the registered canvases
         history = title_rows(self.ids, r.history, "history")
         exclude = title_rows(self.ids, r.exclude, "exclude")
@@ -296,13 +286,13 @@ class Recommender:
         if excluded or allow is not None:
             view = self.trie.restrict(exclude_rows=excluded, allow_rows=allow)
         view = mask.narrow(self.trie, view)  # rules stack onto the same restriction
-        share = self.config.fresh_share if r.fresh_share is None else r.fresh_share
+        share = self.config.fresh.fresh_share if r.fresh_share is None else r.fresh_share
         check_fresh_share(share)
         fresh_view, fresh_ranked, slots = None, None, int(share * int(r.k) + 1e-9)
         fresh = self.fresh_rows if view is None else self.fresh_rows[view.permits(self.fresh_rows)]
         if slots and len(fresh):  # the fresh titles are ranked apart; the other slots never hold one
             basis = [*history, *([cp.source_row] if cp.source_row is not None else [])]
-            if self.config.fresh_source == "content" and basis:
+            if self.config.fresh.fresh_source == "content" and basis:
                 fresh_ranked = self._content_fresh(basis, fresh, slots)
             else:  # the model's own search among them (also the fallback without a history)
                 fresh_view = self.trie.restrict(allow_rows=fresh.tolist())
@@ -444,7 +434,7 @@ class Recommender:
         """Raise ``EngineUnavailable`` naming the dead engine instead of hanging or answering wrongly."""
         reason = self.failure()
         if reason is not None:
-            raise EngineUnavailable(f"{self.config.backend} engine unavailable: {reason}") from cause
+            raise EngineUnavailable(f"{self.config.engine.backend} engine unavailable: {reason}") from cause
 
     def close(self) -> None:
         self.backend.close()
@@ -458,10 +448,10 @@ class Recommender:
     # ------------------------------------------------------------------ helpers
     def _dataset(self, config: ServingConfig) -> str | None:
         """The dataset sub-folder: the configured one, else the model's own when data_dir holds it."""
-        if config.dataset is not None:
-            return config.dataset
+        if config.catalog.dataset is not None:
+            return config.catalog.dataset
         name = (self.manifest.get("data") or {}).get("dataset")
-        return name if name and Path(config.data_dir, str(name)).is_dir() else None
+        return name if name and Path(config.catalog.data_dir, str(name)).is_dir() else None
 
     def _result(
         self, p: PreparedRequest, rec: Recommendations | None, fresh: Recommendations | None = None
@@ -480,7 +470,7 @@ class Recommender:
                 reason = ((reason + "; ") if reason else "") + (
                     f"the diversity rule (at most {p.cap.max_per_group} per {p.cap.label}) kept "
                     f"{len(rows)} of the {found} titles the beam search found (beam width {p.beams}, "
-                    f"the widest this server runs: ServingConfig.max_k * diversity_widen); the cap picks "
+                    f"the widest this server runs: ServingConfig.decoding.max_k * diversity_widen); the cap picks "
                     f"from the beam's titles only"
                 )
         fresh_rows: set[int] = set()

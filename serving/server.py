@@ -363,13 +363,13 @@ def create_app(
         return JSONResponse(
             {
                 "status": "ok" if ok else "engine stopped",
-                "backend": rec.config.backend,
+                "backend": rec.config.engine.backend,
                 "titles": rec.ids.num_items,
                 "models": [model_id(c) for c in canvas_names()],
                 "soft_prompts": sorted(rec.prompts.virtual),
                 "loras": sorted(rec.prompts.loras),
                 "attributes": list(rec.attributes.names) if rec.attributes else [],
-                "max_k": rec.config.max_k,
+                "max_k": rec.config.decoding.max_k,
                 "queue_depth": worker.queue_depth,
             },
             status_code=200 if ok else 503,

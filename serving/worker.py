@@ -2,7 +2,7 @@
 
 One thread owns the Recommender because neither vLLM's ``LLM`` nor a torch model may be driven from
 several threads. HTTP handlers queue jobs (one job = the requests of one HTTP call); the thread takes
-everything queued (up to ``ServingConfig.max_batch`` requests), validates each job alone, so a bad
+everything queued (up to ``ServingConfig.engine.max_batch`` requests), validates each job alone, so a bad
 request fails only itself, and decodes the rest in one ``Recommender.run`` call: concurrent requests
 share engine steps instead of waiting for each other's.
 """
@@ -67,7 +67,7 @@ class EngineWorker:
     def __init__(self, rec: Recommender, max_queue: int, metrics: Metrics) -> None:
         self.rec = rec
         self.metrics = metrics
-        self.max_batch = rec.config.max_batch
+        self.max_batch = rec.config.engine.max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="sidrec-engine", daemon=True)
         self._inflight: list[_Job] = []  # jobs inside the current engine call

@@ -3,7 +3,7 @@
 The new titles get IDs from the trained quantizer (existing IDs never move); a title-token model
 gets their rows from their codes (no identity learned yet); the co-engagement table gains empty
 rows; soft prompts, LoRAs and the fusion choice travel unchanged. The folder records how many titles
-the model was trained with: serving treats the later ones as fresh (``ServingConfig.fresh_share``).
+the model was trained with: serving treats the later ones as fresh (``ServingConfig.fresh.fresh_share``).
 A fine-tune (``sidrec refresh``) can follow as the second step.
 """
 

@@ -20,6 +20,7 @@ from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
+from gen_fm.beams import beam_width
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
@@ -30,7 +31,7 @@ from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, export_adapters
 from prompt_tuning.train import co_engagement_for, model_split, train_canvas
 from semantic_ids.builder import build_ids
-from semantic_ids.config import SemanticIDConfig
+from semantic_ids.config import SemanticIDConfig, text_weight_of
 from semantic_ids.ids import SemanticIDs
 from serving.recommender import Recommender
 
@@ -57,7 +58,7 @@ def pretrain_default() -> PretrainConfig:
 
 def prompts_default() -> PromptTuningStageConfig:
     # small example caps keep every canvas quick to train; ``canvas`` is set per canvas
-    return PromptTuningStageConfig(max_train_examples=2000, max_eval_examples=300, epochs=3)
+    return PromptTuningStageConfig.create(max_train_examples=2000, max_eval_examples=300, epochs=3)
 
 
 def _ids_default() -> SemanticIDConfig:
@@ -246,7 +247,7 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
     from prompt_tuning.adapter import read_adapter  # imports peft: the soft-prompt stage only
 
     base_hash = manifest_hash(model_dir)
-    has_text = SemanticIDs.load(model_dir / "semantic_ids").manifest["config"].get("text_weight", 0) > 0
+    has_text = text_weight_of(SemanticIDs.load(model_dir / "semantic_ids").manifest) > 0
     adapters = []
     for canvas in canvases:
         if get_canvas(canvas).context_kind == "text" and not has_text:
@@ -327,7 +328,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
             )
             backend = "transformers"
     console.rule(f"5/5 recommendations per canvas for a few members ({backend} engine)")
-    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=max(config.k, 10))
+    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=beam_width(config.k))
     try:
         split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
         ex = split.examples("test")

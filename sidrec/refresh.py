@@ -35,6 +35,7 @@ from core.overrides import merged, nest_keys, override, overrides_of
 from core.timeline import old_world
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
+from gen_fm.beams import beam_width
 from gen_fm.config import PretrainConfig
 from gen_fm.model import load_model
 from gen_fm.train import pretrain
@@ -106,7 +107,7 @@ class RefreshConfig:
 
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
     k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5)
-    num_beams: int | None = None  # None = max(k, 10)
+    num_beams: int | None = None  # None = gen_fm.beams.beam_width(k)
     eval_users: int | None = None  # judge at most this many members per group (quick runs)
     eval_batch_size: int = 64  # prompts per beam-search batch
 
@@ -157,7 +158,7 @@ class RefreshConfig:
 
     @property
     def beams(self) -> int:
-        return self.num_beams if self.num_beams is not None else max(self.k, 10)
+        return beam_width(self.k, self.num_beams)
 
     @property
     def ks(self) -> tuple[int, ...]:

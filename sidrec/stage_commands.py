@@ -99,7 +99,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="JSON report to write")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--beams", type=int, help="beam width (default max(K, 10); never below K)")
+    p.add_argument(
+        "--beams", type=int, help="beam width (default gen_fm.beams.beam_width: max(K, 10); never below K)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--eval-users", type=int, help="judge only the first N members (quick looks)")
     p.add_argument("--device", default="cpu", help="torch device for decoding: cpu, cuda, cuda:1 ...")
@@ -132,7 +134,10 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
     )
     add_config_args(
-        p, "ServingConfig", preset=False, set_help="ServingConfig field, e.g. num_beams=20, max_k=50"
+        p,
+        "ServingConfig",
+        preset=False,
+        set_help="ServingConfig field by name or dotted path, e.g. num_beams=20, engine.dtype=bfloat16",
     )
     p.set_defaults(func="sidrec.handlers.serve:cmd_serve")
 
@@ -199,7 +204,7 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
         help="IDs for the catalog's new titles and a servable copy of the folder, without a fine-tune",
         description="Give the titles of --data that the folder has no ID for IDs from the trained "
         "quantizer, and write a copy of the folder that serves them (fresh titles: "
-        "ServingConfig.fresh_share). `sidrec refresh` fine-tunes afterwards.",
+        "ServingConfig.fresh.fresh_share). `sidrec refresh` fine-tunes afterwards.",
     )
     add_data_args(p, dataset_help="default: the dataset in the model's manifest", max_users=False)
     p.add_argument("--model", required=True, help="model or served folder (an export with its adapters)")

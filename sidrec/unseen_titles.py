@@ -53,7 +53,7 @@ def run_unseen_titles(
     command: str = "",
 ) -> dict:
     ids_config = ids_config or SemanticIDConfig()
-    if ids_config.collaborative_weight > 0:
+    if ids_config.modalities.collaborative_weight > 0:
         raise ValueError(
             "the unseen-title protocol needs content-only IDs: an unseen title has no events to "
             "give it a collaborative vector (set collaborative_weight=0)"

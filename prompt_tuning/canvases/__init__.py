@@ -62,15 +62,15 @@ def build_canvas_data(
     queries: QueryEncoder | None = None,
 ) -> CanvasData:
     """Training and held-out examples of one canvas from a real dataset (its ``build_examples``),
-    then the seeded samples of ``config.max_train_examples`` and ``max_eval_examples``."""
+    then the seeded samples of ``config.canvas_data.max_train_examples`` and ``max_eval_examples``."""
     spec = get_canvas(canvas)
     if spec.context_kind == "text" and queries is None:
         raise ValueError(f"the {canvas} canvas needs a QueryEncoder for its text context")
     src = CanvasSource(data, split, ids, encoder, config, catalog_to_sid_rows(data, ids), queries)
     train, test, own = spec.build_examples(src)
     info = dict(own)
-    train = sample_examples(train, config.max_train_examples, config.seed)
-    test = sample_examples(test, config.max_eval_examples, config.seed + 1)
+    train = sample_examples(train, config.canvas_data.max_train_examples, config.seed)
+    test = sample_examples(test, config.canvas_data.max_eval_examples, config.seed + 1)
     if not train or not test:
         raise ValueError(
             f"{data.name}: the {canvas} canvas has {len(train)} training and "
@@ -92,7 +92,9 @@ def canvas_data_for(gen, data: RecData, split: Split, config: PromptTuningStageC
     encoder, and a ``QueryEncoder`` over its copy of the ID artifact when the canvas takes text."""
     queries = None
     if get_canvas(config.canvas).context_kind == "text":
-        queries = QueryEncoder(gen.path / "semantic_ids", config.query_mode, config.num_anchors)
+        queries = QueryEncoder(
+            gen.path / "semantic_ids", config.canvas_data.query_mode, config.canvas_data.num_anchors
+        )
     return build_canvas_data(config.canvas, data, split, gen.ids, gen.prompt_encoder(), config, queries)
 
 
@@ -136,7 +138,7 @@ def mixture_examples(
     info: dict = {}
     for canvas in canvases:
         # draw from every training example, then cap after the held-out filter
-        config = PromptTuningStageConfig(canvas=canvas, max_train_examples=None, seed=seed)
+        config = PromptTuningStageConfig.create(canvas=canvas, max_train_examples=None, seed=seed)
         cd = build_canvas_data(canvas, data, split, ids, encoder, config, queries)
         kept = []
         for ex in cd.train:

@@ -74,7 +74,7 @@ class QueryEncoder:
         if mode not in ("anchors", "quantized"):
             raise ValueError(f"unknown query mode {mode!r}")
         self.ids, self.quantizer, _, self.id_config = load_quantizer(ids_dir)
-        if self.id_config.text_weight <= 0:
+        if self.id_config.modalities.text_weight <= 0:
             raise ValueError(
                 f"the ID artifact {ids_dir} has no text modality: text queries cannot be "
                 f"placed among its titles"
@@ -82,7 +82,9 @@ class QueryEncoder:
         self.mode, self.num_anchors = mode, num_anchors
         # `text_encoder`: anything with .encode(list[str]) -> (n, d) array, e.g. serving's in-memory
         # encoder (TextEncoder's disk cache suits a catalog, not a stream of queries)
-        self.text = text_encoder or TextEncoder(self.id_config.text_model, self.id_config.text_batch_size)
+        self.text = text_encoder or TextEncoder(
+            self.id_config.text.text_model, self.id_config.text.text_batch_size
+        )
         self.fused = load_file(str(Path(ids_dir) / "embeddings.safetensors"))["fused"]  # (N, D)
         self.layout = self.ids.layout
         self.sid_tokens = self.layout.sids_to_ids(self.ids.codes)  # (N, L)
@@ -103,8 +105,10 @@ class QueryEncoder:
         d = q.shape[1]
         if self.mode == "quantized":
             x = np.zeros((len(texts), self.fused.shape[1]), dtype=np.float32)  # (Q, D)
-            x[:, :d] = q * np.float32(np.sqrt(self.id_config.text_weight))  # text block comes first
-            codes = self.quantizer.encode(x).codes[:, : self.id_config.num_levels]  # (Q, levels)
+            x[:, :d] = q * np.float32(
+                np.sqrt(self.id_config.modalities.text_weight)
+            )  # text block comes first
+            codes = self.quantizer.encode(x).codes[:, : self.id_config.codes.num_levels]  # (Q, levels)
             offsets = np.asarray(self.layout.offsets[: codes.shape[1]], dtype=np.int64)
             return (codes.astype(np.int64) + offsets).tolist()
         titles = _unit(self.fused[:, :d])  # (N, d): the text block of every title

@@ -25,7 +25,7 @@ from prompt_tuning.canvases.base import (
 
 def build_examples(src: CanvasSource) -> Examples:
     data, sid_rows, H = src.data, src.sid_rows, src.split.max_history
-    themes = theme_of(list(data.catalog["categories"]), src.config.min_theme_titles)
+    themes = theme_of(list(data.catalog["categories"]), src.config.canvas_data.min_theme_titles)
     row_theme = {int(sid_rows[r]): t for r, t in enumerate(themes) if sid_rows[r] >= 0}
     train = [ex for ex in next_title_examples(src.split, sid_rows, H) if row_theme.get(ex.target)]
     test = [ex for ex in held_out_examples(src.split, sid_rows) if row_theme.get(ex.target)]

@@ -50,8 +50,8 @@ def build_examples(src: CanvasSource) -> Examples:
     if not train or not test:
         raise ValueError(f"{data.name}: no search examples (no tags and no title words)")
     # sample before encoding: the query encoder embeds every distinct text
-    train = sample_examples(train, config.max_train_examples, config.seed)
-    test = sample_examples(test, config.max_eval_examples, config.seed + 1)
+    train = sample_examples(train, config.canvas_data.max_train_examples, config.seed)
+    test = sample_examples(test, config.canvas_data.max_eval_examples, config.seed + 1)
     texts = sorted({ex.text for ex in train + test})
     tokens = dict(zip(texts, src.queries.encode(texts)))
     for ex in train + test:
@@ -63,7 +63,7 @@ def _search_examples(src: CanvasSource) -> tuple[list, list]:
     data, split, sid_rows, config = src.data, src.split, src.sid_rows, src.config
     train: list[CanvasExample] = []
     test: list[CanvasExample] = []
-    seed, frac, H = config.seed, config.eval_fraction, split.max_history
+    seed, frac, H = config.seed, config.canvas_data.eval_fraction, split.max_history
     # ---- tag queries: a member typed this about that title
     inter = data.interactions
     if "tag" in inter.column_names:
@@ -114,7 +114,7 @@ def holds_out_tag(config, text: str, item: str) -> bool:
     """A seeded share (``eval_fraction``) of the distinct (tag, title) pairs is held out, a tag
     keyed by its words: "bad-ass" and "bad ass" on one title are held out together, or one would
     answer the other through the index (it matches words)."""
-    return hash_fraction(config.seed, "tag", " ".join(words(text)), item) < config.eval_fraction
+    return hash_fraction(config.seed, "tag", " ".join(words(text)), item) < config.canvas_data.eval_fraction
 
 
 def candidates(index, query: str):

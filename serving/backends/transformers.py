@@ -29,15 +29,15 @@ class TransformersBackend:
         title_tokens: np.ndarray | None = None,
     ) -> None:
         model = folder.model
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype, torch.float32)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.engine.dtype, torch.float32)
         # canvas -> the model with that canvas's LoRA merged in: the same low-rank update vLLM applies
         # per request, with no PEFT in the decoding loop (these models are small enough to copy)
         merged = {c: merge_lora(model.eval(), path) for c, (path, _) in loras.items()}
-        self.model = model.to(device=config.device, dtype=dtype)
-        self.merged = {c: m.to(device=config.device, dtype=dtype) for c, m in merged.items()}
+        self.model = model.to(device=config.engine.device, dtype=dtype)
+        self.merged = {c: m.to(device=config.engine.device, dtype=dtype) for c, m in merged.items()}
         self.trie = trie
         self.title_tokens = title_tokens
-        self.batch_size = config.max_batch
+        self.batch_size = config.engine.max_batch
 
     def search(
         self,

@@ -76,19 +76,19 @@ def engine_kwargs(config: ServingConfig, cpu: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         model=config.model_dir,
         tokenizer=config.model_dir,
-        dtype=config.dtype,
-        block_size=config.block_size,
+        dtype=config.engine.dtype,
+        block_size=config.engine.block_size,
         enable_prefix_caching=True,
         logprobs_mode="processed_logprobs",  # log-probs after the allowed-token mask
         max_logprobs=max(config.max_beams, 20),  # 20 = vLLM's default
-        enforce_eager=config.enforce_eager,
+        enforce_eager=config.engine.enforce_eager,
         seed=0,
     )
-    if config.kv_cache_gib is not None:
-        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * (1 << 30))
+    if config.engine.kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(config.engine.kv_cache_gib * (1 << 30))
     elif not cpu:
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
-    kwargs.update(config.vllm_kwargs)
+        kwargs["gpu_memory_utilization"] = config.engine.gpu_memory_utilization
+    kwargs.update(config.engine.vllm_kwargs)
     return kwargs
 
 
@@ -120,11 +120,11 @@ class VLLMBeamSearch:
 
         cpu = on_cpu_platform()
         if cpu:
-            if config.block_size % 32:
+            if config.engine.block_size % 32:
                 raise ValueError(
-                    f"vLLM on CPU needs a block_size that is a multiple of 32, got {config.block_size}"
+                    f"vLLM on CPU needs a block_size that is a multiple of 32, got {config.engine.block_size}"
                 )
-            if config.kv_cache_gib is None:
+            if config.engine.kv_cache_gib is None:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM takes most of the RAM
         if not Path(config.model_dir, "config.json").is_file():
             raise FileNotFoundError(f"{config.model_dir} is not a model folder (no config.json)")
@@ -174,7 +174,7 @@ class VLLMBeamSearch:
         if num_beams > self.max_logprobs:
             raise ValueError(
                 f"num_beams {num_beams} exceeds the engine's max_logprobs "
-                f"{self.max_logprobs} (raise ServingConfig.max_k or num_beams)"
+                f"{self.max_logprobs} (raise ServingConfig.decoding.max_k or num_beams)"
             )
         if views is not None and len(views) != len(prompts):
             raise ValueError(f"{len(views)} restrictions for {len(prompts)} prompts")
@@ -185,7 +185,7 @@ class VLLMBeamSearch:
         request = None if lora is None else self.loras[lora]
         self.last_steps = []
         out: list[Recommendations] = []
-        step = self.config.max_batch
+        step = self.config.engine.max_batch
         for start in range(0, len(prompts), step):
             chunk_views = None if views is None else list(views[start : start + step])
             out += self._search_batch(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.artifacts import read_json
 from core.data import load_data
+from gen_fm.beams import beam_width
 from serving.batch import BatchConfig, run_batch, run_batch_ray
 from serving.embeddings import export_embeddings
 from serving.recommender import Recommender
@@ -28,8 +29,8 @@ def cmd_batch(args) -> None:
     )
     serving = dict(
         backend=args.backend,
-        num_beams=max(args.k, 10),
-        max_k=max(args.k, 10),
+        num_beams=beam_width(args.k),
+        max_k=beam_width(args.k),  # the beam's titles, all servable
         max_batch=args.shard_size,
         data_dir=args.data if rules else None,
         dataset=args.dataset,

@@ -16,7 +16,7 @@ def test_home_is_judged_as_served_with_and_without_its_soft_prompt(model_dir) ->
     data = load_data(dc)
     gen = load_model(path)
     split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
-    config = PromptTuningStageConfig(
+    config = PromptTuningStageConfig.create(
         canvas="home", method="soft_prompt", epochs=1, max_train_examples=32, max_eval_examples=12
     )
     rep = benchmark_canvas(path, data, split, "home", config, full_finetune=False)

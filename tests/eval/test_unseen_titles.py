@@ -72,7 +72,7 @@ def test_unseen_titles_bench_end_to_end(data_dir, tmp_path) -> None:
     data = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=40)
     pretrain = PretrainConfig.from_preset("tiny", epochs=1, eval_every=0, history_tokens="titles")
     config = UnseenConfig(share=0.2, seed=0, fresh_shares=(0.2,), beams=10)
-    ids_config = SemanticIDConfig(**{**TINY_IDS, "collaborative_weight": 0})
+    ids_config = SemanticIDConfig.create(**{**TINY_IDS, "collaborative_weight": 0})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -97,7 +97,7 @@ def test_unseen_titles_bench_end_to_end(data_dir, tmp_path) -> None:
             other = UnseenConfig(share=0.2, seed=1, fresh_shares=(0.2,), beams=10)
             run_unseen_titles(data, SEQ, pretrain, other, tmp_path / "work", tmp_path / "r3.json", ids_config)
         with pytest.raises(ValueError, match="content-only"):
-            collab = SemanticIDConfig(**{**TINY_IDS, "collaborative_weight": 1})
+            collab = SemanticIDConfig.create(**{**TINY_IDS, "collaborative_weight": 1})
             run_unseen_titles(data, SEQ, pretrain, config, tmp_path / "w2", tmp_path / "r4.json", collab)
     finally:
         torch.set_num_threads(threads)

@@ -64,7 +64,7 @@ def slice_world(tag_slice, tmp_path_factory):
     try:
         dc = DataConfig(data_dir=str(tag_slice))
         data = load_data(dc)
-        build_ids(data, SemanticIDConfig(quantizer="rqkmeans", **ID_CONFIG), root / "ids")
+        build_ids(data, SemanticIDConfig.create(quantizer="rqkmeans", **ID_CONFIG), root / "ids")
         seq = SequenceConfig(max_history=8)
         config = PretrainConfig.from_preset(
             "tiny", epochs=2, batch_size=32, num_user_buckets=8, eval_every=0, lr=3e-3

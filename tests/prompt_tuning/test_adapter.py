@@ -72,7 +72,7 @@ def world(tmp_path_factory):
     adapters, trained = {}, {}
     for i, canvas in enumerate(TARGETS):
         gen = load_model(base)
-        config = PromptTuningStageConfig(
+        config = PromptTuningStageConfig.create(
             canvas=canvas,
             num_virtual_tokens=4,
             lr=0.05,
@@ -91,9 +91,9 @@ def world(tmp_path_factory):
 
 
 def test_config_validation():
-    assert PromptTuningStageConfig().num_virtual_tokens == 8
-    assert PromptTuningStageConfig().train_in_candidates  # trained as served
-    assert not PromptTuningStageConfig.from_json({"canvas": "home"}).train_in_candidates  # older
+    assert PromptTuningStageConfig().adapter.num_virtual_tokens == 8
+    assert PromptTuningStageConfig().training.train_in_candidates  # trained as served
+    assert not PromptTuningStageConfig.from_json({"canvas": "home"}).training.train_in_candidates  # older
     for bad in (
         dict(canvas="tv"),
         dict(init="text"),
@@ -104,18 +104,21 @@ def test_config_validation():
         dict(seed=-1),
     ):
         with pytest.raises(ValueError):
-            PromptTuningStageConfig(**bad)
+            PromptTuningStageConfig.create(**bad)
     with pytest.raises(ValueError, match="unknown"):
         PromptTuningStageConfig.from_json({"canvas": "home", "tokens": 3})
     # the method: the canvas's own unless the config says; adapters saved before were soft prompts
-    assert PromptTuningStageConfig(canvas="search").adapter_method == "soft_prompt"
-    assert PromptTuningStageConfig(canvas="home").adapter_method == "none"  # served frozen
-    assert PromptTuningStageConfig(canvas="collection").adapter_method == "lora"
-    assert PromptTuningStageConfig(canvas="collection", method="soft_prompt").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig.create(canvas="search").adapter_method == "soft_prompt"
+    assert PromptTuningStageConfig.create(canvas="home").adapter_method == "none"  # served frozen
+    assert PromptTuningStageConfig.create(canvas="collection").adapter_method == "lora"
+    assert (
+        PromptTuningStageConfig.create(canvas="collection", method="soft_prompt").adapter_method
+        == "soft_prompt"
+    )
     assert PromptTuningStageConfig.from_json({"canvas": "collection"}).adapter_method == "soft_prompt"
     for bad in (dict(method="prefix"), dict(lora_rank=0), dict(lora_lr=0.0)):
         with pytest.raises(ValueError):
-            PromptTuningStageConfig(**bad)
+            PromptTuningStageConfig.create(**bad)
 
 
 def test_a_lora_learns_its_canvas_keeps_the_base_and_round_trips(world, tmp_path):
@@ -125,7 +128,7 @@ def test_a_lora_learns_its_canvas_keeps_the_base_and_round_trips(world, tmp_path
 
     _, _, base, adapters, _ = world
     gen = load_model(base)
-    config = PromptTuningStageConfig(
+    config = PromptTuningStageConfig.create(
         canvas="search", method="lora", lora_rank=4, lora_lr=0.02, epochs=10, batch_size=16
     )
     examples = _examples(gen, "search")
@@ -158,7 +161,7 @@ def test_training_lowers_loss_and_changes_no_base_weight(world):
     _, _, base, _, _ = world
     gen = load_model(base)
     before_weights = {k: v.clone() for k, v in gen.model.state_dict().items()}
-    config = PromptTuningStageConfig(
+    config = PromptTuningStageConfig.create(
         canvas="home", num_virtual_tokens=4, lr=0.05, epochs=10, batch_size=16, method="soft_prompt"
     )
     examples = _examples(gen, "home")
@@ -205,7 +208,9 @@ def test_candidate_masks_allow_exactly_the_codes_of_the_candidates(world):
         full, n = _nll(gen.model, ids, mask, labels)
         restricted, m = _nll(gen.model, ids, mask, labels, inside=inside, views=views)
     assert n == m == 3 * L and float(restricted) < float(full)
-    config = PromptTuningStageConfig(canvas="search", num_virtual_tokens=4, lr=0.05, epochs=2, batch_size=2)
+    config = PromptTuningStageConfig.create(
+        canvas="search", num_virtual_tokens=4, lr=0.05, epochs=2, batch_size=2
+    )
     train_adapter(load_model(base), examples, config, allow=[cands, cands, None])
     with pytest.raises(ValueError, match="allow has 1 entries"):
         train_adapter(load_model(base), examples, config, allow=[cands])
@@ -214,13 +219,13 @@ def test_candidate_masks_allow_exactly_the_codes_of_the_candidates(world):
 def test_canvas_token_init_and_position_headroom(world):
     _, _, base, _, _ = world
     gen = load_model(base)
-    model = wrap(gen, PromptTuningStageConfig(canvas="search", num_virtual_tokens=3))
+    model = wrap(gen, PromptTuningStageConfig.create(canvas="search", num_virtual_tokens=3))
     row = gen.model.get_input_embeddings().weight[gen.layout.extra_id("<canvas_search>")]
     assert torch.equal(model.prompt_encoder["default"].embedding.weight, row.expand(3, -1))
     with pytest.raises(ValueError, match="headroom"):
-        wrap(load_model(base), PromptTuningStageConfig(num_virtual_tokens=17, method="soft_prompt"))
+        wrap(load_model(base), PromptTuningStageConfig.create(num_virtual_tokens=17, method="soft_prompt"))
     with pytest.raises(ValueError, match="served by the frozen model"):
-        wrap(load_model(base), PromptTuningStageConfig(canvas="home"))
+        wrap(load_model(base), PromptTuningStageConfig.create(canvas="home"))
 
 
 def test_save_load_round_trip(world):
@@ -321,7 +326,7 @@ def test_export_recommend_parity_and_canvas_switch(world, exported):
 def test_bad_examples_are_refused(world):
     _, _, base, _, _ = world
     gen = load_model(base)
-    config = PromptTuningStageConfig(num_virtual_tokens=2, epochs=1, method="soft_prompt")
+    config = PromptTuningStageConfig.create(num_virtual_tokens=2, epochs=1, method="soft_prompt")
     prompt = gen.prompt_encoder().encode([1, 2])
     with pytest.raises(ValueError, match="target tokens"):
         train_adapter(gen, [(prompt, [7, 8])], config)
@@ -329,3 +334,28 @@ def test_bad_examples_are_refused(world):
         train_adapter(gen, [], config)
     with pytest.raises(ValueError, match="positions"):
         train_adapter(gen, [(prompt * 20, [7, 8, 9])], config)
+
+
+def test_the_config_is_grouped_and_flat_adapter_configs_read_back():
+    """Adapters saved before the grouping record the config flat; it reads back as the same config,
+    and the grouped form round-trips."""
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(PromptTuningStageConfig)] == [
+        "canvas", "seed", "adapter", "training", "canvas_data",
+    ]  # fmt: skip
+    flat = {
+        "canvas": "search", "method": "lora", "lora_rank": 8, "lora_lr": 2e-3, "num_virtual_tokens": 4,
+        "lr": 0.05, "epochs": 2, "batch_size": 16, "seed": 1, "init": "random",
+        "train_in_candidates": True, "full_finetune_lr": 1e-4, "max_train_examples": None,
+        "max_eval_examples": 50, "eval_fraction": 0.3, "query_mode": "quantized", "num_anchors": 2,
+        "min_theme_titles": 10,
+    }  # fmt: skip
+    config = PromptTuningStageConfig.from_json(flat)
+    assert config == PromptTuningStageConfig.create(**flat)
+    assert (config.adapter.lora_rank, config.training.lora_lr, config.canvas_data.query_mode) == (
+        8, 2e-3, "quantized",
+    )  # fmt: skip
+    assert PromptTuningStageConfig.from_json(dataclasses.asdict(config)) == config
+    with pytest.raises(ValueError, match="unknown prompt-tuning config keys: \\['tokens'\\]"):
+        PromptTuningStageConfig.from_json({"training": {"tokens": 3}})

@@ -128,7 +128,7 @@ def test_tags_make_a_title_findable_by_what_members_wrote_about_it(world, slice_
     assert row in tagged._semantic_order(tag)[:5].tolist()
     # judged inside a benchmark: the held-out (tag, title) pairs are not in the index
     data, split = model_split(gen, slice_world[4])
-    config = PromptTuningStageConfig(canvas="search")
+    config = PromptTuningStageConfig.create(canvas="search")
     judged = candidate_index_for(gen, data, split, config)
     held = [(t, i) for i, ts in folder_tags.items() for t in ts if holds_out_tag(config, t, i)]
     assert held

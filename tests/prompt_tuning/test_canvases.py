@@ -26,7 +26,7 @@ def world(slice_world):
 def _build(world, canvas, **kw):
     data, split, ids, _, enc, queries, _ = world
     return build_canvas_data(
-        canvas, data, split, ids, enc, PromptTuningStageConfig(canvas=canvas, **{**CFG, **kw}), queries
+        canvas, data, split, ids, enc, PromptTuningStageConfig.create(canvas=canvas, **{**CFG, **kw}), queries
     )
 
 
@@ -189,7 +189,7 @@ def test_config_validation():
         dict(full_finetune_lr=0.0),
     ):
         with pytest.raises(ValueError):
-            PromptTuningStageConfig(**bad)
+            PromptTuningStageConfig.create(**bad)
 
 
 def test_prompts_cli_train_list_export(slice_world, tmp_path, capsys):

@@ -66,7 +66,7 @@ def test_no_held_out_canvas_example_is_mixed_in(mix, slice_world):
     from prompt_tuning.canvases import QueryEncoder
 
     queries = QueryEncoder(model_dir / "semantic_ids")
-    cfg = PromptTuningStageConfig(canvas="search", max_train_examples=None, max_eval_examples=None)
+    cfg = PromptTuningStageConfig.create(canvas="search", max_train_examples=None, max_eval_examples=None)
     held = build_canvas_data("search", data, split, ids, enc, cfg, queries).test
     mixed = {tuple(x) for x in rows["input_ids"]}
     for ex in held:

@@ -100,7 +100,7 @@ def test_unknown_canvases_are_errors_that_name_the_known_ones():
     with pytest.raises(ValueError, match=f"unknown canvas 'tv'; choose one of {known}"):
         get_canvas("tv")
     with pytest.raises(ValueError, match=f"unknown canvas 'tv'; choose one of {known}"):
-        PromptTuningStageConfig(canvas="tv")
+        PromptTuningStageConfig.create(canvas="tv")
     with pytest.raises(ValueError, match="unknown canvas 'tv'"):
         unregister("tv")
 
@@ -108,7 +108,7 @@ def test_unknown_canvases_are_errors_that_name_the_known_ones():
 def test_register_and_unregister(temporary):
     spec = temporary(CanvasSpec(name="new-releases", token="home", build_examples=_nothing))
     assert canvas_names()[-1] == "new-releases" and get_canvas("new-releases") is spec
-    assert PromptTuningStageConfig(canvas="new-releases").canvas == "new-releases"
+    assert PromptTuningStageConfig.create(canvas="new-releases").canvas == "new-releases"
     with pytest.raises(ValueError, match="'new-releases' is already registered"):
         register(CanvasSpec(name="new-releases", token="search", build_examples=_nothing))
     replaced = register(

@@ -23,7 +23,7 @@ OPTIONS = {
 
 
 def _config(quantizer: str, **overrides) -> SemanticIDConfig:
-    return SemanticIDConfig(
+    return SemanticIDConfig.create(
         quantizer=quantizer, quantizer_options=OPTIONS[quantizer], **{**FAST, **overrides}
     )
 
@@ -54,7 +54,7 @@ def test_build_unique_ids_and_stats(ml_small, tmp_path, quantizer):
     assert (len(sem) < ids.num_items) == (stats["collision_rate"] > 0)
     manifest = json.loads((tmp_path / "ids" / "manifest.json").read_text())
     assert manifest["kind"] == "semantic_ids" and manifest["parents"]["data"] == ml_small.fingerprint
-    assert manifest["config"]["quantizer"] == quantizer
+    assert manifest["config"]["codes"]["quantizer"] == quantizer
 
 
 def test_map_round_trip(ml_small, tmp_path):
@@ -123,13 +123,13 @@ def test_loader_rejects_other_artifacts(tmp_path):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown quantizer 'pq'; known: rqkmeans, rqvae"):
-        SemanticIDConfig(quantizer="pq")
+        SemanticIDConfig.create(quantizer="pq")
     with pytest.raises(ValueError, match="unknown rqkmeans option"):
-        SemanticIDConfig(quantizer="rqkmeans", quantizer_options={"latent_dim": 8})
+        SemanticIDConfig.create(quantizer="rqkmeans", quantizer_options={"latent_dim": 8})
     with pytest.raises(ValueError, match="nothing to quantize"):
-        SemanticIDConfig(text_weight=0, metadata_weight=0, collaborative_weight=0)
+        SemanticIDConfig.create(text_weight=0, metadata_weight=0, collaborative_weight=0)
     with pytest.raises(ValueError, match=">= 0"):
-        SemanticIDConfig(metadata_weight=-1)
+        SemanticIDConfig.create(metadata_weight=-1)
 
 
 @pytest.mark.slow
@@ -182,8 +182,8 @@ def test_each_quantizer_has_its_own_config_from_the_registry():
     from semantic_ids.quantizers.rqvae import RQVAEConfig
 
     assert set(QUANTIZERS) == {"rqkmeans", "rqvae"}
-    assert SemanticIDConfig().quantizer_config() == RQKMeansConfig()
-    vae = SemanticIDConfig(quantizer="rqvae", quantizer_options={"epochs": 3}).quantizer_config()
+    assert SemanticIDConfig().codes.quantizer_config() == RQKMeansConfig()
+    vae = SemanticIDConfig.create(quantizer="rqvae", quantizer_options={"epochs": 3}).codes.quantizer_config()
     assert vae == RQVAEConfig(epochs=3)
 
 
@@ -199,10 +199,15 @@ def test_a_manifest_written_before_the_registry_still_loads():
         "removed_field": 1,
     }
     config = SemanticIDConfig.from_dict(flat)
-    assert config.codebook_size == 32
-    assert config.quantizer_options == {"epochs": 7, "latent_dim": 16, "hidden_dims": [64], "kmeans_iters": 5}
+    assert config.codes.codebook_size == 32
+    assert config.codes.quantizer_options == {
+        "epochs": 7,
+        "latent_dim": 16,
+        "hidden_dims": [64],
+        "kmeans_iters": 5,
+    }
     km = SemanticIDConfig.from_dict({**flat, "quantizer": "rqkmeans"})
-    assert km.quantizer_options == {"kmeans_iters": 5}
+    assert km.codes.quantizer_options == {"kmeans_iters": 5}
 
 
 def test_a_quantizer_added_in_one_file_and_a_registry_line_builds_ids(ml_small, tmp_path, monkeypatch):
@@ -250,7 +255,7 @@ def test_a_quantizer_added_in_one_file_and_a_registry_line_builds_ids(ml_small, 
             self.proj, self.books = state["proj"], state["books"]
 
     monkeypatch.setitem(quantizers.QUANTIZERS, "projected", Projected)
-    config = SemanticIDConfig(quantizer="projected", quantizer_options={"dim": 8}, **FAST)
+    config = SemanticIDConfig.create(quantizer="projected", quantizer_options={"dim": 8}, **FAST)
     ids = build_ids(ml_small, config, tmp_path / "ids")
     assert len({tuple(c) for c in ids.codes}) == ids.num_items
     assert ids.manifest["quantizer"] == {"name": "projected", "dim": 8}
@@ -262,3 +267,27 @@ def ids_books(path):
     from safetensors.torch import load_file
 
     return load_file(str(path / "quantizer.safetensors"))["books"]
+
+
+def test_the_config_is_grouped_and_flat_manifests_read_back():
+    """``SemanticIDConfig`` holds one group per concern (text, modalities, codes); the flat config
+    every ID artifact written before the grouping holds reads back as the same config."""
+    from semantic_ids.config import recorded_config, text_weight_of
+
+    assert [f.name for f in dataclasses.fields(SemanticIDConfig)] == ["text", "modalities", "codes"]
+    flat = {
+        "text_model": "bundled", "text_template": "{title} ({year})", "text_batch_size": 64,
+        "text_weight": 1.0, "metadata_weight": 0.0, "collaborative_weight": 0.5, "user_vectors": None,
+        "user_vectors_weight": 1.0, "max_categories": 512, "collaborative_dim": 32,
+        "quantizer": "rqkmeans", "quantizer_options": {"kmeans_iters": 5}, "num_levels": 2,
+        "codebook_size": 16, "dedup_size": 8, "seed": 3,
+    }  # fmt: skip
+    config = SemanticIDConfig.from_dict(flat)
+    assert config == SemanticIDConfig.create(**flat)
+    assert config.text.text_batch_size == 64 and config.modalities.collaborative_dim == 32
+    assert config.codes.seed == 3
+    assert SemanticIDConfig.from_dict(dataclasses.asdict(config)) == config  # the grouped form too
+    assert config.codes.codebook_sizes == (16, 16, 8)
+    assert recorded_config({"config": flat}) == config and recorded_config({}) is None
+    assert text_weight_of({"config": {**flat, "text_weight": 0.0}}) == 0.0 and text_weight_of({}) == 0.0
+    assert text_weight_of({"config": dataclasses.asdict(config)}) == 1.0

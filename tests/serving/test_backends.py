@@ -112,7 +112,7 @@ def test_a_backend_registered_in_a_test_file_serves_requests(tiny_model_dir, uni
 
 def test_backend_names_come_from_the_registry(uniform) -> None:
     assert backend_names() == ("vllm", "transformers", "uniform")
-    assert ServingConfig("m", backend="uniform").backend == "uniform"
+    assert ServingConfig.create("m", backend="uniform").engine.backend == "uniform"
     assert get_backend("uniform") is UniformBackend
     with pytest.raises(ValueError, match="already registered"):
         register_backend("uniform", UniformBackend)
@@ -121,7 +121,7 @@ def test_backend_names_come_from_the_registry(uniform) -> None:
 
 def test_unknown_backends_are_refused_naming_the_registered_ones() -> None:
     with pytest.raises(ValueError, match=r"registered one, \['vllm', 'transformers'\], got 'uniform'"):
-        ServingConfig("m", backend="uniform")
+        ServingConfig.create("m", backend="uniform")
     with pytest.raises(ValueError, match=r"unknown backend 'tf'; registered: \['vllm', 'transformers'\]"):
         get_backend("tf")
     with pytest.raises(ValueError, match="module:attr"):

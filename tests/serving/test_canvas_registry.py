@@ -93,7 +93,7 @@ def served_dir(registered, tiny_exported_dir, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREC_CACHE_DIR", str(out / "cache"))
         data = load_data(data_dir=str(root / "data" / "tinyads"), dataset=None)
-    config = PromptTuningStageConfig(
+    config = PromptTuningStageConfig.create(
         canvas=NEW, num_virtual_tokens=NUM_VIRTUAL, lr=0.05, epochs=10, batch_size=4, seed=0
     )
     before = torch.get_num_threads()
@@ -246,7 +246,10 @@ def test_unknown_canvases_name_the_known_ones(rec) -> None:
     from prompt_tuning.config import PromptTuningStageConfig
 
     known = r"\['home', 'search', 't2t', 'collection', 'new-releases'\]"
-    for call in (lambda: rec.recommend(HISTORY, canvas="tv"), lambda: PromptTuningStageConfig(canvas="tv")):
+    for call in (
+        lambda: rec.recommend(HISTORY, canvas="tv"),
+        lambda: PromptTuningStageConfig.create(canvas="tv"),
+    ):
         with pytest.raises(ValueError, match=f"unknown canvas 'tv'; choose one of {known}"):
             call()
     assert canvas_names() == ("home", "search", "t2t", "collection", NEW)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -129,21 +131,21 @@ def test_excluded_rows_is_the_complement_of_an_allow_list(rec) -> None:
 
 
 def test_config_validation(tiny_model_dir) -> None:
-    with pytest.raises(TypeError, match="unknown ServingConfig fields \\['beam'\\]"):
+    with pytest.raises(TypeError, match="unknown ServingConfig field\\(s\\): beam; known: "):
         Recommender.from_pretrained(tiny_model_dir, backend="transformers", beam=5)
     with pytest.raises(ValueError, match="backend"):
-        ServingConfig("m", backend="tgi")
+        ServingConfig.create("m", backend="tgi")
     with pytest.raises(ValueError, match="block_size"):
-        ServingConfig("m", block_size=24)
+        ServingConfig.create("m", block_size=24)
     with pytest.raises(ValueError, match="vllm_kwargs may not set \\['logprobs_mode'\\]"):
-        ServingConfig("m", vllm_kwargs={"logprobs_mode": "raw_logprobs"})
+        ServingConfig.create("m", vllm_kwargs={"logprobs_mode": "raw_logprobs"})
     with pytest.raises(ValueError, match="num_beams"):
-        ServingConfig("m", num_beams=0)
+        ServingConfig.create("m", num_beams=0)
     with pytest.raises(ValueError, match="dtype"):
-        ServingConfig("m", dtype="fp8")
+        ServingConfig.create("m", dtype="fp8")
     with pytest.raises(ValueError, match="kv_cache_gib"):
-        ServingConfig("m", kv_cache_gib=0)
-    c = ServingConfig("m", num_beams=10, max_k=30)
+        ServingConfig.create("m", kv_cache_gib=0)
+    c = ServingConfig.create("m", num_beams=10, max_k=30)
     assert c.max_beams == 90 and c.beams_for(5) == 10 and c.beams_for(25) == 25
     assert c.beams_for(5, diverse=True) == 15 and c.beams_for(2, diverse=True) == 10
     with pytest.raises(ValueError, match="exceeds the 6 titles"):
@@ -182,8 +184,71 @@ def test_a_title_token_models_home_row_fuses_its_beam_with_its_title_head(tmp_pa
     plain = ids_of(beam.recommend(history, k=5, exclude=TITLES[4:6]))
     assert plain != served and beam.title_weight == 0.0 and head.title_weight == 64.0
     with pytest.raises(ValueError, match="title_weight"):
-        ServingConfig("m", title_weight=-1.0)
+        ServingConfig.create("m", title_weight=-1.0)
     codes = Recommender.from_pretrained(
         write_tiny_model(tmp_path / "codes"), backend="transformers", num_beams=10, title_weight=2.0
     )
     assert codes.title_tokens is None and codes.title_weight == 0.0
+
+
+def test_serving_config_groups_its_settings_by_concern() -> None:
+    """A name alone or its dotted path reaches a field; every CandidateConfig setting is settable
+    (declared once, in CandidateConfig); left out, fusion_k/fusion_weight are the folder's."""
+    import dataclasses
+
+    from prompt_tuning.candidate_config import CandidateConfig
+
+    assert len(dataclasses.fields(ServingConfig)) <= 12
+    c = ServingConfig.create("m", num_beams=7, **{"engine.dtype": "bfloat16"}, theme_fill=5, rrf_k=3)
+    assert (c.decoding.num_beams, c.engine.dtype) == (7, "bfloat16")
+    assert c.candidates == {"theme_fill": 5, "rrf_k": 3}
+    assert c.candidate_config() == CandidateConfig(theme_fill=5, rrf_k=3)
+    folder = {"fusion_k": 9, "fusion_weight": 0.5, "title_weight": 1.0}
+    assert c.candidate_config(folder) == CandidateConfig(theme_fill=5, rrf_k=3, fusion_k=9, fusion_weight=0.5)
+    mine = ServingConfig.create("m", candidates={"fusion_weight": 0.0})
+    assert mine.candidate_config(folder).fusion_weight == 0.0 and mine.candidate_config(folder).fusion_k == 9
+    with pytest.raises(ValueError, match="theme_fill"):
+        ServingConfig.create("m", theme_fill=0)
+    with pytest.raises(TypeError, match="unknown ServingConfig.candidates field"):
+        ServingConfig.create("m", candidates={"nope": 1})
+
+
+def test_a_flat_serving_config_reads_back() -> None:
+    """The flat form ``dataclasses.asdict`` wrote before the grouping (bench reports) reads back as
+    the same config; something else fails naming what to do."""
+    flat = {
+        "model_dir": "m", "backend": "transformers", "num_beams": 12, "max_k": 40, "diversity_widen": 3,
+        "max_history": None, "max_batch": 8, "dtype": "float32", "device": "cpu", "enforce_eager": False,
+        "kv_cache_gib": 1.0, "gpu_memory_utilization": 0.9, "block_size": 32, "data_dir": None,
+        "dataset": None, "candidate_sets": True, "search_candidates": 30, "theme_candidates": 50,
+        "source_candidates": 100, "fusion_k": None, "fusion_weight": 0.25, "title_weight": None,
+        "fresh_share": 0.2, "fresh_source": "content", "vllm_kwargs": {},
+    }  # fmt: skip
+    c = ServingConfig.from_dict(flat)
+    assert c == ServingConfig.create(
+        "m", backend="transformers", num_beams=12, max_k=40, max_batch=8, fresh_share=0.2,
+        candidates={"search_candidates": 30, "theme_candidates": 50, "source_candidates": 100, "fusion_weight": 0.25},
+    )  # fmt: skip
+    assert "fusion_k" not in c.candidates  # None was "the folder's choice": left out
+    assert ServingConfig.from_dict(dataclasses.asdict(c)) == c
+    with pytest.raises(ValueError, match="write it again with ServingConfig.create"):
+        ServingConfig.from_dict({**flat, "beam": 3})
+    with pytest.raises(ValueError, match="needs model_dir"):
+        ServingConfig.from_dict({"k": 10})
+
+
+def test_the_committed_serving_benchmark_configs_read_back() -> None:
+    """``results/serving/*.json`` hold flat ServingConfigs (``dataclasses.asdict`` before the
+    grouping, plus the bench's ``torch_threads``); they read back grouped, with the same values."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "results" / "serving" / "amazon-beauty-small-cpu.json"
+    if not path.is_file():
+        pytest.skip("no committed serving benchmark")
+    for flat in json.loads(path.read_text())["config"].values():
+        flat = {k: v for k, v in flat.items() if k != "torch_threads"}
+        c = ServingConfig.from_dict(flat)
+        assert (c.engine.backend, c.decoding.num_beams, c.engine.enforce_eager) == (
+            flat["backend"], flat["num_beams"], flat["enforce_eager"]
+        )  # fmt: skip

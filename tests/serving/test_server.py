@@ -380,3 +380,17 @@ def test_serve_runs_a_server_process_with_catalog_rules(tiny_model_dir, tiny_cat
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_serve_reads_set_keys_by_path_or_name_and_refuses_unknown_ones(tiny_model_dir) -> None:
+    """``sidrec serve --set``: a dotted path or a unique name reaches a ServingConfig field; an
+    unknown key fails before the server starts, listing the keys."""
+    from core.overrides import parse_overrides
+    from serving.config import ServingConfig
+    from serving.server import serve
+
+    extra = parse_overrides(None, ["decoding.num_beams=12", "theme_fill=5", "candidates.fusion_weight=0"])
+    c = ServingConfig.create(str(tiny_model_dir), backend="transformers", **extra)
+    assert c.decoding.num_beams == 12 and c.candidates == {"theme_fill": 5, "fusion_weight": 0}
+    with pytest.raises(ValueError, match="unknown ServingConfig field.*known: model_dir, engine"):
+        serve(str(tiny_model_dir), backend="transformers", **parse_overrides(None, ["beam=3"]))

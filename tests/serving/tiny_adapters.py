@@ -92,7 +92,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
     """Catalog -> ID artifact (with quantizer) -> tiny base model -> home, search and t2t soft
     prompts (and a collection LoRA with `lora`) -> export."""
     data = load_data(data_dir=str(write_catalog(root / "data" / "tinyads")), dataset=None)
-    ids = build_ids(data, SemanticIDConfig(**ID_CONFIG), root / "ids")
+    ids = build_ids(data, SemanticIDConfig.create(**ID_CONFIG), root / "ids")
     config = PretrainConfig.from_preset(
         "tiny", num_user_buckets=USER_BUCKETS, position_headroom=24, dropout=0.0
     )
@@ -124,7 +124,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
         gen = load_model(base)
         # t2t is served by the frozen model by default; the folder holds a t2t soft prompt anyway, to
         # serve a soft prompt on a canvas whose source joins the history
-        pt = PromptTuningStageConfig(
+        pt = PromptTuningStageConfig.create(
             canvas=canvas,
             num_virtual_tokens=NUM_VIRTUAL,
             lr=0.05,
@@ -141,7 +141,7 @@ def write_exported_model(root: Path, lora: bool = False) -> Path:
         )
     if lora:
         gen = load_model(base)
-        pt = PromptTuningStageConfig(
+        pt = PromptTuningStageConfig.create(
             canvas="collection",
             method="lora",
             lora_rank=LORA_RANK,

@@ -35,7 +35,7 @@ def updated(data_dir, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        build_ids(held.seen, SemanticIDConfig(**ID_CONFIG), root / "ids", seq)
+        build_ids(held.seen, SemanticIDConfig.create(**ID_CONFIG), root / "ids", seq)
         config = PretrainConfig.from_preset("tiny", epochs=1, eval_every=0, history_tokens="titles")
         model = pretrain(held.data, seq, root / "ids", root / "run", config)
         report = update_catalog(model, held.data, root / "updated")

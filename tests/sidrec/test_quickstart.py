@@ -101,13 +101,13 @@ def test_the_quickstart_config_holds_the_stages_configs():
         64,
         "small",
     )
-    assert c.ids.quantizer == "rqvae" and c.prompts.epochs == 5
+    assert c.ids.codes.quantizer == "rqvae" and c.prompts.training.epochs == 5
     base = config_from_args(QuickstartConfig, None, ["pretrain.preset=base"]).pretrain
     assert base == PretrainConfig.from_preset("base")
     # a concern's dotted path, and a name shared by two stages is refused naming both
     c = config_from_args(QuickstartConfig, None, ["pretrain.optim.lr=0.001", "pretrain.hidden_dropout=0.1"])
     assert (c.pretrain.optim.lr, c.pretrain.model.hidden_dropout, c.pretrain.optim.epochs) == (0.001, 0.1, 12)
     with pytest.raises(
-        SystemExit, match=r"'lr' is a field of several configs \(pretrain.optim.lr, prompts.lr\)"
+        SystemExit, match=r"'lr' is a field of several configs \(pretrain.optim.lr, prompts.training.lr\)"
     ):
         config_from_args(QuickstartConfig, None, ["lr=0.001"])

@@ -73,6 +73,13 @@ def test_bad_input_is_refused():
         RefreshConfig(k=10, num_beams=5)
 
 
+def test_the_refresh_reads_the_one_beam_rule():
+    from gen_fm.beams import beam_width
+
+    assert RefreshConfig(k=5).beams == beam_width(5) == 10 and RefreshConfig(k=20).beams == 20
+    assert RefreshConfig(k=5, num_beams=12).beams == 12
+
+
 def test_new_titles_get_ids_and_old_ids_stay(simulated):
     root, _, report = simulated
     old, new = SemanticIDs.load(root / "run" / "old" / "ids"), SemanticIDs.load(root / "run" / "ids")
