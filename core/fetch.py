@@ -11,9 +11,7 @@ downloads become the dataset folder and the counts that folder must show. ``fetc
   (``core.artifacts.atomic_dir``): a failed run leaves an earlier copy exactly as it was;
 - an existing dataset folder is kept unless ``force=True``;
 - without network the ``FetchError`` names the URL and the manual step.
-
-``base_url`` replaces the folder part of every URL (a mirror holding the same file names; the tests'
-local server). Standard library only, plus ``tqdm``.
+``base_url`` replaces the folder part of every URL (a mirror; the tests' local server).
 """
 
 from __future__ import annotations

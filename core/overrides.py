@@ -11,9 +11,7 @@ of two ways:
   ``--set lr=0.002`` is ``optim.lr`` in a ``PretrainConfig``. A name that several nested configs
   have (``epochs`` in a pipeline whose stages all train) is refused, naming the paths to choose from.
 
-Naming a ``preset`` of a config that has presets (``pretrain.preset=base``) starts from that preset
-instead of the default. A dict-typed field (e.g. a quantizer's own options) takes dotted keys the
-same way and is merged key by key.
+``pretrain.preset=base`` starts from that preset; a dict-typed field takes dotted keys, merged.
 """
 
 from __future__ import annotations

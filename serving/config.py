@@ -10,10 +10,8 @@ Every field name is unique across the concerns, so a name alone also finds its f
 (``ServingConfig.create(dir, num_beams=20)``, ``sidrec serve --set num_beams=20``), as does its
 dotted path (``--set decoding.num_beams=20``, ``--set candidates.fusion_k=5``); the flat form a
 config had before the grouping reads back through ``ServingConfig.from_dict``.
-
-Everything the model folder already knows (token layout, ID map, trained history length, member
-buckets, the fusion constants chosen on validation) is read from the folder, never declared here;
-``max_history`` may only shorten the trained one.
+Everything the model folder already knows (layout, ID map, history length, fusion constants) is
+read from the folder, never declared here; ``max_history`` may only shorten the trained one.
 """
 
 from __future__ import annotations

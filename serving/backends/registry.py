@@ -1,7 +1,6 @@
 """The backend registry: name -> factory, read by ``ServingConfig``'s check and ``sidrec``'s choices.
 
 Built in:
-
     vllm          a ``vllm.LLM`` driven by our trie-constrained beam loop (``serving.backends.vllm``)
     transformers  ``gen_fm.decode``, the reference the others are checked against; no vLLM needed
 
@@ -12,10 +11,8 @@ one::
     register_backend("mine", MyBackend)
     rec = Recommender.from_pretrained(model_dir, backend="mine")
 
-The built-in backends are registered by import path ("module:attr", resolved on first use, as vLLM's
-model registry does), so that reading the names imports neither torch nor vLLM. This module names
-neither the protocols nor ``ServingConfig`` (factories are typed as plain callables here):
-``serving.config`` imports it, and the protocols' annotations name ``ServingConfig``.
+Built-ins are registered by import path ("module:attr", resolved on first use), so reading the
+names imports neither torch nor vLLM; this module never names ``ServingConfig`` (which imports it).
 """
 
 from __future__ import annotations

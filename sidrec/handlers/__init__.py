@@ -1,9 +1,7 @@
 """What each `sidrec` command does: one module per group of commands, named after its words.
 
-The parsers (``sidrec.stage_commands``, ``sidrec.bench_commands``) name a command's handler as a
-``"module:function"`` string, like a console-script entry point; ``sidrec.cli`` imports it only when
-that command runs, so `sidrec --help` and argument errors never import torch. Each module here
-imports the stages it drives at its top.
+The parsers name a command's handler as a ``"module:function"`` string that ``sidrec.cli`` imports
+only when the command runs, so `sidrec --help` never imports torch.
 
     data       sidrec data fetch | list (light: no torch)
     ids        sidrec ids build | assign | inspect
@@ -12,8 +10,7 @@ imports the stages it drives at its top.
     serve      sidrec serve (the serving extra: fastapi, uvicorn)
     jobs       sidrec batch, sidrec embed
     pipelines  sidrec quickstart, sidrec refresh, sidrec catalog update
-    bench      sidrec bench serving | load | batch | embeddings | canvases | new-title-pool |
-               unseen-titles, sidrec baseline
+    bench      sidrec bench serving | load | batch | embeddings | canvases | ..., sidrec baseline
     bench_ids  sidrec bench ids (alone: its cold start times the sentence encoder's imports)
     report     sidrec report (light: no torch)
 """
