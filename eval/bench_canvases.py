@@ -31,7 +31,8 @@ from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import load_model
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.adapter import train_adapter, train_full, trainable_parameters
-from prompt_tuning.candidates import CandidateConfig, fuse_all, fuse_ranks
+from prompt_tuning.candidate_config import CandidateConfig
+from prompt_tuning.candidates import fuse_all, fuse_ranks
 from prompt_tuning.canvases import CanvasData, CanvasExample, canvas_data_for, get_canvas, sample_examples
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.evaluate import (

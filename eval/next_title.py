@@ -27,7 +27,8 @@ from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import add_fusion, check_device, load_model
 from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, fusion_scores
-from prompt_tuning.candidates import CandidateConfig, fuse_all
+from prompt_tuning.candidate_config import CandidateConfig
+from prompt_tuning.candidates import fuse_all
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 from core.metrics import ranking_metrics

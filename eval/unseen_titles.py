@@ -23,7 +23,8 @@ from eval.next_title import recommend_chunked
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.titles import extend_titles
 from gen_fm.tokenizer import PromptEncoder
-from prompt_tuning.candidates import CandidateConfig, content_vectors, fuse_all, fuse_ranks, with_fresh
+from prompt_tuning.candidate_config import CandidateConfig
+from prompt_tuning.candidates import content_vectors, fuse_all, fuse_ranks, with_fresh
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
 

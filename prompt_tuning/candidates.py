@@ -432,7 +432,6 @@ class CandidateIndex:
 
 
 __all__ = [
-    "CandidateConfig",
     "CandidateIndex",
     "Candidates",
     "fuse_all",

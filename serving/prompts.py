@@ -132,7 +132,7 @@ class CanvasPrompts:
             )
         self._queries: dict[tuple[str, int], Any] = {}
         self._text: _MemoryTextEncoder | None = None
-        # prompt_tuning.candidates.CandidateConfig, or None: contexts do not restrict the titles
+        # prompt_tuning.candidate_config.CandidateConfig, or None: contexts do not restrict the titles
         self.candidate_config = candidate_config
         self._candidates: Any = None  # CandidateIndex, built on first use
         # t2t neighbourhoods and the home row's fusion (None: content only, the model alone)

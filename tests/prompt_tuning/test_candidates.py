@@ -7,7 +7,8 @@ import pytest
 
 from gen_fm.decode import recommend
 from gen_fm.model import load_model
-from prompt_tuning.candidates import CandidateConfig, CandidateIndex, with_fresh, words
+from prompt_tuning.candidate_config import CandidateConfig
+from prompt_tuning.candidates import CandidateIndex, with_fresh, words
 from prompt_tuning.evaluate import candidate_rows
 from semantic_ids.trie import PrefixTrie
 
