@@ -26,7 +26,7 @@ from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.decode import recommend, recommend_titles, title_tokens
 from gen_fm.model import add_fusion, check_device, load_model
-from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, fusion_scores
+from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, beam_with_head
 from prompt_tuning.candidate_config import CandidateConfig
 from prompt_tuning.candidates import fuse_all
 from prompt_tuning.train import co_engagement_for
@@ -61,7 +61,7 @@ class Decoded:
         if self.heads is None or title_weight <= 0:
             return beams
         return [
-            list(fusion_scores(b, [r for r in h.rows if r not in s], FUSION_K, title_weight))
+            list(beam_with_head(b, [r for r in h.rows if r not in s], title_weight))
             for b, h, s in zip(beams, self.heads, seen)
         ]
 

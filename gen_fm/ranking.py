@@ -29,14 +29,20 @@ def fusion_scores(
     return {r: score[r] for r in sorted(score, key=lambda r: (-score[r], first[r]))}
 
 
+def beam_with_head(beam_rows: list[int], head_rows: list[int], weight: float) -> dict[int, float]:
+    """The model's ranking, best first with its scores: its constrained beam fused by reciprocal
+    rank (``FUSION_K``) with its title head's list (``gen_fm.decode.recommend_titles``), the head's
+    ranks weighted by `weight`."""
+    return fusion_scores(list(beam_rows), list(head_rows), FUSION_K, weight)
+
+
 def fuse_title_head(
-    beam: Recommendations, head: Recommendations | None, fusion_k: int, weight: float, codes
+    beam: Recommendations, head: Recommendations | None, weight: float, codes
 ) -> Recommendations:
-    """The model's ranking: its constrained beam fused by reciprocal rank with its title head's list
-    (``gen_fm.decode.recommend_titles``), the head's ranks weighted by `weight` (0 or no head: the
-    beam as it is). Scores become the fused scores; `codes` gives each title's semantic ID."""
+    """``beam_with_head`` on decoded lists (0 or no head: the beam as it is); scores become the
+    fused scores, `codes` gives each title's semantic ID."""
     if head is None or weight <= 0:
         return beam
-    fused = fusion_scores(list(beam.rows), list(head.rows), fusion_k, weight)
+    fused = beam_with_head(beam.rows, head.rows, weight)
     rows = list(fused)
     return Recommendations(rows, [tuple(int(c) for c in codes[r]) for r in rows], list(fused.values()), 0)

@@ -15,7 +15,7 @@ from core.sequences import Split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import to_sid_rows
 from gen_fm.decode import recommend, recommend_titles, title_tokens
-from gen_fm.ranking import FUSION_K, FUSION_WEIGHTS, fusion_scores
+from gen_fm.ranking import FUSION_WEIGHTS, beam_with_head
 from gen_fm.titles import sync_title_rows
 from gen_fm.tokenizer import PromptEncoder
 
@@ -73,7 +73,7 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
         for i, w in enumerate(weights):
             ranked = beams
             if w > 0:
-                ranked = [list(fusion_scores(b, h.rows, FUSION_K, w))[:k] for b, h in zip(beams, heads)]
+                ranked = [list(beam_with_head(b, h.rows, w))[:k] for b, h in zip(beams, heads)]
             m = metrics_from_ranks(target_ranks(ranked, targets.tolist()), (k,))
             sums[2 * i : 2 * i + 2] += torch.tensor([m.recall[k], m.ndcg[k]], dtype=torch.float64) * len(
                 prompts

@@ -30,7 +30,6 @@ from gen_fm.model import load_model
 from gen_fm.ranking import fuse_title_head, fusion_scores
 from gen_fm.tokenizer import DEFAULT_CANVAS
 from prompt_tuning.candidates import (
-    CandidateConfig,
     content_nearest,
     content_vectors,
     with_fresh,
@@ -173,7 +172,6 @@ class Recommender:
             self.title_weight = next(
                 v for v in (config.decoding.title_weight, chosen.get("title_weight"), 0.0) if v is not None
             )
-        self.title_fusion_k = chosen.get("fusion_k", CandidateConfig().fusion_k)
         if attributes is None and config.catalog.data_dir is not None:
             attributes = load_attributes(gm.ids, config.catalog.data_dir, self._dataset(config))
         if attributes is not None and attributes.num_items != gm.ids.num_items:
@@ -421,9 +419,7 @@ class Recommender:
                 else []
             )
             for i, head in zip(bare, heads):
-                found[i] = fuse_title_head(
-                    found[i], head, self.title_fusion_k, self.title_weight, self.ids.codes
-                )
+                found[i] = fuse_title_head(found[i], head, self.title_weight, self.ids.codes)
         return found
 
     def failure(self) -> str | None:

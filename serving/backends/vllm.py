@@ -131,6 +131,7 @@ class VLLMBeamSearch:
         self.config = config
         self.trie = trie
         self.title_tokens = title_tokens  # (num_items,) each row's title token; None: no title head
+        self._row_of = {} if title_tokens is None else {int(t): r for r, t in enumerate(title_tokens)}
         self.on_cpu = cpu
         kwargs = engine_kwargs(config, cpu)
         loras = dict(loras or {})
@@ -214,7 +215,6 @@ class VLLMBeamSearch:
         if lora is not None and lora not in self.loras:
             raise ValueError(f"no LoRA for canvas {lora!r} in this engine; have {sorted(self.loras)}")
         rows = np.arange(self.trie.num_items)
-        row_of = {int(t): r for r, t in enumerate(self.title_tokens)}
         permitted = [rows if v is None else rows[v.permits(rows)] for v in views or [None] * len(prompts)]
         todo = [i for i, p in enumerate(permitted) if len(p)]
         requests = [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo]
@@ -236,7 +236,7 @@ class VLLMBeamSearch:
             top = o.outputs[0].logprobs[0]  # {token id: Logprob}, top-n plus the sampled token
             got = sorted(
                 (
-                    (float(lp.logprob), row_of.get(int(t), -1))
+                    (float(lp.logprob), self._row_of.get(int(t), -1))
                     for t, lp in top.items()
                     if math.isfinite(lp.logprob)
                 ),
