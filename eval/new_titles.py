@@ -10,11 +10,12 @@ construction, as any TIGER-style model does on titles it has no ID for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from eval.config import JudgeConfig
 from eval.machine import machine_info
 from gen_fm.dataset import catalog_to_sid_rows
 from gen_fm.decode import recommend
@@ -29,16 +30,6 @@ from core.sequences import build_sequences, leave_one_out
 from core.timeline import rolling_pool
 
 
-class JudgeSettings(Protocol):
-    """What judging a refresh reads from its config (``sidrec.refresh.RefreshConfig`` has them)."""
-
-    ks: tuple[int, ...]
-    k: int
-    beams: int
-    eval_batch_size: int
-    eval_users: int | None
-
-
 VARIANTS = ("before", "old_model_new_trie", "after")
 # Model-free references on the same members: the new titles most engaged in the fresh window's
 # training events, and the new titles nearest the member's history by title-text embedding.
@@ -47,7 +38,7 @@ GROUPS = ("new_titles", "old_titles")
 
 
 def judge(
-    parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: JudgeSettings
+    parent, new_ids, refreshed, data: RecData, new_titles: set[str], config: JudgeConfig
 ) -> tuple[dict[str, dict[str, dict]], dict[str, int]]:
     """Metrics of the three variants on the test split's new-title and old-title targets."""
 
@@ -150,7 +141,7 @@ def baselines(
 
 
 def score(
-    gen, ids, data: RecData, split, ex, members: np.ndarray, config: JudgeSettings, desc: str = "decoding"
+    gen, ids, data: RecData, split, ex, members: np.ndarray, config: JudgeConfig, desc: str = "decoding"
 ) -> dict[str, Any]:
     """Recall/NDCG of `gen` for `members` of `ex`, prompts and trie both from the ID map `ids`.
 

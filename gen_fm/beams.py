@@ -1,7 +1,7 @@
 """The beam rule every decoder caller follows: one place, so validation, evaluation, the refresh,
 batch jobs and the quickstart's examples search the same width for the same K.
 
-No imports: configs (``gen_fm.config``, ``sidrec.refresh``) read it without pulling torch in.
+No imports: configs (``gen_fm.config``, ``eval.config``) read it without pulling torch in.
 """
 
 from __future__ import annotations
