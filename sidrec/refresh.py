@@ -33,9 +33,9 @@ from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
 from core.overrides import merged, nest_keys, override, overrides_of
 from core.timeline import old_world
+from eval.config import JudgeConfig
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
-from gen_fm.beams import beam_width
 from gen_fm.config import PretrainConfig
 from gen_fm.model import load_model
 from gen_fm.train import pretrain
@@ -85,7 +85,7 @@ class RefreshConfig:
     # Overrides of the parent's PretrainConfig, merged over ``FINETUNE`` (so the field holds the
     # whole recipe): ``--set finetune.optim.epochs=5``, or by a field's unique name
     # ``--set finetune.lr=0.002``; ``finetune.batch_size`` (default: the parent's). Validation
-    # uses the judge's ``k`` and ``num_beams`` below. (``--set epochs=5`` alone names the
+    # uses ``judge.k`` and ``judge.num_beams`` below. (``--set epochs=5`` alone names the
     # fine-tune's, the old world's and the prompts' epochs: refused, naming the three paths.)
     finetune: dict[str, Any] = overrides_of(PretrainConfig)
     # Events at or after this time (unix seconds) are fresh: the loss is on them (and on the replayed
@@ -106,10 +106,10 @@ class RefreshConfig:
     prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
 
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
-    k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5)
-    num_beams: int | None = None  # None = gen_fm.beams.beam_width(k)
-    eval_users: int | None = None  # judge at most this many members per group (quick runs)
-    eval_batch_size: int = 64  # prompts per beam-search batch
+    # K, the beam, members per group (eval_users) and batch: ``--set judge.k=20``; ``k`` and
+    # ``eval_users`` also by name alone, while ``num_beams`` and ``eval_batch_size`` are validation
+    # fields of the pretrain configs too, so they take the path (``--set judge.num_beams=20``).
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     # ---- simulation only (--simulate): the old world and its model -------------------------------
     # Share of the titles that have interactions held out as "new": the newest by first interaction.
@@ -129,15 +129,8 @@ class RefreshConfig:
             raise ValueError(f"canvases {list(self.canvases)}: each at most once, from {CANVASES}")
         if not 0.0 < self.new_title_share < 1.0:
             raise ValueError(f"new_title_share must be in (0, 1), got {self.new_title_share}")
-        positive = {"k": self.k, "eval_batch_size": self.eval_batch_size, "eval_users": self.eval_users or 1}
-        bad = [name for name, v in positive.items() if int(v) < 1]
-        if bad:
-            raise ValueError(f"these must be >= 1: {bad}")
+        object.__setattr__(self, "judge", JudgeConfig.of(self.judge))
         self._check_finetune()
-        if self.num_beams is not None and self.num_beams < self.k:
-            raise ValueError(
-                f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K cannot return K titles"
-            )
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"replay must be in [0, 1], got {self.replay}")
 
@@ -148,21 +141,15 @@ class RefreshConfig:
         over = nest_keys(PretrainConfig, merged(FINETUNE, self.finetune), "RefreshConfig.finetune")
         fixed = [k for k in ("eval_k", "num_beams") if k in over.get("validation", {})]
         if fixed:
-            raise ValueError(f"finetune {fixed}: the fine-tune validates at the refresh's k and num_beams")
+            raise ValueError(
+                f"finetune {fixed}: the fine-tune validates at the refresh's judge.k and judge.num_beams"
+            )
         defaults = PretrainConfig()
         for key, value in over.items():
             concern = getattr(defaults, key)
             if dataclasses.is_dataclass(concern):
                 override(concern, value)
         object.__setattr__(self, "finetune", over)
-
-    @property
-    def beams(self) -> int:
-        return beam_width(self.k, self.num_beams)
-
-    @property
-    def ks(self) -> tuple[int, ...]:
-        return tuple(sorted({min(5, self.k), self.k}))
 
 
 # --------------------------------------------------------------------------- refresh
@@ -246,7 +233,7 @@ def refresh(
     t_ft = time.perf_counter() - t0 - t_ids
 
     console.rule("refresh 3/3: recall on new-title and old-title targets, before and after")
-    evaluations, members = judge(parent, new_ids, refreshed, data, set(new_titles), config)
+    evaluations, members = judge(parent, new_ids, refreshed, data, set(new_titles), config.judge)
     t_eval = time.perf_counter() - t0 - t_ids - t_ft
     served = None
     if config.canvases:
@@ -329,7 +316,8 @@ def assign_new_titles(parent, data: RecData, ids_dir: Path):
 def finetune_config(parent_config: PretrainConfig, config: RefreshConfig) -> PretrainConfig:
     """The parent's PretrainConfig (architecture, regularisation) with the refresh's fine-tune
     overrides, validated at the judge's K and beam width."""
-    return override(parent_config, {**config.finetune, "eval_k": config.k, "num_beams": config.num_beams})
+    judged = {"eval_k": config.judge.k, "num_beams": config.judge.num_beams}
+    return override(parent_config, {**config.finetune, **judged})
 
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:
@@ -377,7 +365,7 @@ def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: R
 def _report(
     parent, refreshed, new_ids, new_titles, data, evaluations, members, config, simulation, seconds
 ) -> dict[str, Any]:
-    k = config.k
+    k = config.judge.k
     summary = {g: {v: evaluations[v][g][f"recall@{k}"] for v in VARIANTS + BASELINES} for g in GROUPS}
     stats = new_ids.stats()
     return {
@@ -385,7 +373,7 @@ def _report(
         "dataset": data.name,
         "split": "test",
         "k": k,
-        "num_beams": config.beams,
+        "num_beams": config.judge.beams,
         f"recall@{k}": summary,
         "members": members,
         "members_judged": {g: evaluations["after"][g]["num_users"] for g in GROUPS},

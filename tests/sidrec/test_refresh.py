@@ -27,7 +27,7 @@ TINY = {
     "new_title_share": 0.2,
     "pretrain": {"preset": "tiny", "epochs": 2, "val_users": 5, "eval_every": 1, "patience": 0},
     "finetune": {"epochs": 1, "val_users": 5},
-    "k": 5,
+    "judge": {"k": 5},
     "ids": TINY_IDS,
 }
 
@@ -67,17 +67,36 @@ def test_bad_input_is_refused():
             RefreshConfig(new_title_share=share)
     with pytest.raises(ValueError, match="epochs"):
         RefreshConfig(finetune={"epochs": 0})
-    with pytest.raises(ValueError, match="refresh's k and num_beams"):
+    with pytest.raises(ValueError, match=r"refresh's judge.k and judge.num_beams"):
         RefreshConfig(finetune={"eval_k": 5})
-    with pytest.raises(ValueError, match="num_beams"):
-        RefreshConfig(k=10, num_beams=5)
+    with pytest.raises(ValueError, match="a beam narrower than K cannot return K titles"):
+        RefreshConfig(judge={"k": 10, "num_beams": 5})
+
+
+def test_the_refresh_judges_with_the_one_judge_config():
+    """K, beam, members and batch live in ``judge`` (eval.config.JudgeConfig): a dict of its fields
+    or the dataclass; ``--set k=20`` and ``--set eval_users=100`` still reach it by name alone."""
+    from core.overrides import config_from_args
+    from eval.config import JudgeConfig
+
+    as_dict, as_config = RefreshConfig(judge={"k": 5}), RefreshConfig(judge=JudgeConfig(k=5))
+    assert as_dict.judge == as_config.judge == JudgeConfig(k=5)
+    c = config_from_args(RefreshConfig, None, ["k=20", "eval_users=100", "judge.eval_batch_size=8"])
+    assert c.judge == JudgeConfig(k=20, eval_users=100, eval_batch_size=8) and c.judge.ks == (5, 20)
+    assert config_from_args(RefreshConfig, None, ["judge.num_beams=30"]).judge.beams == 30
+    # num_beams is also a validation field of both pretrain configs: the error names the three paths
+    with pytest.raises(SystemExit, match=r"'num_beams' is a field of several configs \(.*judge.num_beams"):
+        config_from_args(RefreshConfig, None, ["num_beams=30"])
+    with pytest.raises(SystemExit, match="eval_users must be an int >= 1 or None"):
+        config_from_args(RefreshConfig, None, ["eval_users=0"])
 
 
 def test_the_refresh_reads_the_one_beam_rule():
     from gen_fm.beams import beam_width
 
-    assert RefreshConfig(k=5).beams == beam_width(5) == 10 and RefreshConfig(k=20).beams == 20
-    assert RefreshConfig(k=5, num_beams=12).beams == 12
+    assert RefreshConfig(judge={"k": 5}).judge.beams == beam_width(5) == 10
+    assert RefreshConfig(judge={"k": 20}).judge.beams == 20
+    assert RefreshConfig(judge={"k": 5, "num_beams": 12}).judge.beams == 12
 
 
 def test_new_titles_get_ids_and_old_ids_stay(simulated):
@@ -128,6 +147,7 @@ def test_report_before_and_after(simulated, data_dir):
     root, _, report = simulated
     ev = report["evaluations"]
     assert report["recall@5"]["new_titles"]["before"] == 0.0  # no ID: impossible by construction
+    assert (report["k"], report["num_beams"]) == (5, 10) and report["config"]["judge"]["k"] == 5
     assert ev["before"]["new_titles"]["targets_without_id"] == report["members"]["new_titles"] > 0
     assert ev["before"]["new_titles"]["history_titles_without_id"] > 0
     for variant in ("old_model_new_trie", "after"):
@@ -288,7 +308,7 @@ def test_the_fine_tune_is_the_parents_config_with_the_refresh_recipe():
         epochs=3, lr=1e-3, warmup_ratio=0.1, val_users=300, eval_every=1, patience=0, max_steps=None
     )
     expected = {**parent.by_name(), **recipe, "seed": 0, "eval_k": 5, "num_beams": None}
-    assert finetune_config(parent, RefreshConfig(k=5)) == PretrainConfig.from_dict(expected)
+    assert finetune_config(parent, RefreshConfig(judge={"k": 5})) == PretrainConfig.from_dict(expected)
     c = config_from_args(RefreshConfig, None, ["finetune.lr=0.002", "finetune.optim.batch_size=16"])
     ft = finetune_config(parent, c)
     assert (ft.optim.lr, ft.optim.batch_size, ft.optim.epochs, ft.model.hidden_dropout) == (0.002, 16, 3, 0.1)
