@@ -18,9 +18,8 @@ from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
 from core.data import DataConfig, load_data
 from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
-from eval.config import EvalConfig
+from eval.config import EvalConfig, JudgeConfig
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
-from gen_fm.beams import beam_width
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
@@ -33,6 +32,7 @@ from prompt_tuning.train import co_engagement_for, model_split, train_canvas
 from semantic_ids.builder import build_ids
 from semantic_ids.config import SemanticIDConfig, text_weight_of
 from semantic_ids.ids import SemanticIDs
+from serving.backends.registry import DEFAULT_BACKEND, backend_names
 from serving.recommender import Recommender
 
 console = Console()
@@ -65,13 +65,18 @@ def _ids_default() -> SemanticIDConfig:
     return SemanticIDConfig()
 
 
+def _judge_default() -> JudgeConfig:
+    # the evaluation stage's batch (EvalConfig.batch_size): the quickstart judges through evaluate_model
+    return JudgeConfig(eval_batch_size=EvalConfig().batch_size)
+
+
 @dataclass(frozen=True)
 class QuickstartConfig:
     """What the quickstart runs: the stages' own configs, and the run around them.
 
     Override a stage's field with ``--set pretrain.lr=0.001`` (``pretrain.optim.lr`` by its unique
-    name), ``--set ids.quantizer=rqvae`` or ``--set prompts.epochs=5`` (or the same keys nested in
-    a ``--preset`` JSON file).
+    name), ``--set ids.quantizer=rqvae``, ``--set prompts.epochs=5`` or ``--set judge.k=20`` (or
+    the same keys nested in a ``--preset`` JSON file).
     """
 
     dataset: str = "ml-latest-small"
@@ -83,23 +88,32 @@ class QuickstartConfig:
     # the prompt-tuning config every one of them uses (its ``canvas`` is set per canvas).
     canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
     prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
-    eval_users: int | None = None  # members judged on the test split; None = all
+    # How the test split is judged (K and its beam, members, batch) and how many titles the
+    # examples list: ``--set judge.k=5``, ``--set judge.eval_users=500`` (``k`` and ``eval_users``
+    # by name alone too; ``num_beams`` and ``eval_batch_size`` are also pretrain.validation's, so
+    # ``judge.num_beams`` and ``judge.eval_batch_size``).
+    judge: JudgeConfig = field(default_factory=_judge_default)
     examples: int = 3  # members whose recommendations are printed
-    k: int = 10
-    # Engine that serves the examples: "vllm" (the server's engine) or "transformers".
-    backend: str = "vllm"
+    # Engine that serves the examples, a name registered in serving.backends.registry: "vllm" (the
+    # server's engine; the examples fall back to "transformers" when vLLM is not installed),
+    # "transformers", or one added with register_backend.
+    backend: str = DEFAULT_BACKEND
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.examples < 0:
-            raise ValueError("k must be >= 1, examples >= 0")
+        if self.examples < 0:
+            raise ValueError(f"examples must be >= 0, got {self.examples}")
+        object.__setattr__(self, "judge", JudgeConfig.of(self.judge))
         CANVASES = canvas_names()  # the registry: built-in canvases and any registered since
 
         object.__setattr__(self, "canvases", tuple(self.canvases))
         unknown = [c for c in self.canvases if c not in CANVASES]
         if unknown or len(set(self.canvases)) != len(self.canvases):
             raise ValueError(f"canvases must be distinct names from {CANVASES}, got {self.canvases}")
-        if self.backend not in ("vllm", "transformers"):
-            raise ValueError(f"backend must be 'vllm' or 'transformers', got {self.backend!r}")
+        if self.backend not in backend_names():
+            raise ValueError(
+                f"backend must be a registered one, {list(backend_names())}, got {self.backend!r} "
+                f"(serving.backends.registry.register_backend adds one)"
+            )
 
 
 def show_stats(ids) -> None:
@@ -201,19 +215,21 @@ def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:
 
 def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> None:
     console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
+    judge = config.judge
     rep = evaluate_model(
         model_dir,
         data_config,
-        EvalConfig(split="test"),
+        EvalConfig(split="test", ks=judge.ks, batch_size=judge.eval_batch_size),
         out=out,
-        max_users=config.eval_users,
+        num_beams=judge.beams,
+        max_users=judge.eval_users,
         unconstrained_users=200,
     )
     home = rep["home_row"]
     t = Table(
         title=f"{rep['dataset']} test, {rep['num_users']} members, beam {rep['num_beams']}, history excluded"
     )
-    cols = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+    cols = tuple(f"{m}@{k}" for k in judge.ks for m in ("recall", "ndcg"))
     for col in ("ranking", *cols):
         t.add_column(col)
     rows = [("model", home["model_history_excluded"])]
@@ -328,7 +344,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
             )
             backend = "transformers"
     console.rule(f"5/5 recommendations per canvas for a few members ({backend} engine)")
-    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=beam_width(config.k))
+    rec = Recommender.from_pretrained(str(model_dir), backend=backend, num_beams=config.judge.beams)
     try:
         split = leave_one_out(build_sequences(data, gen.seq_config), gen.seq_config)
         ex = split.examples("test")
@@ -351,7 +367,7 @@ def _stage_examples(config: QuickstartConfig, data, model_dir: Path, ids) -> Non
                     continue
                 kwargs = {spec.context_field: demo.value} if demo.value is not None else {}
                 label = demo.label
-                res = rec.recommend(history, canvas=canvas, k=config.k, user_id=user, **kwargs)
+                res = rec.recommend(history, canvas=canvas, k=config.judge.k, user_id=user, **kwargs)
                 soft = (
                     ("LoRA" if canvas in rec.prompts.loras else "soft prompt")
                     if res.soft_prompt

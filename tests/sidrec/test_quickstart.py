@@ -25,9 +25,8 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
             {
                 "pretrain": {"preset": "tiny", "epochs": 1, "val_users": 5, "eval_every": 1, "patience": 0},
                 "max_users": 25,
-                "eval_users": 8,
+                "judge": {"k": 5, "eval_users": 8},
                 "examples": 1,
-                "k": 5,
                 "ids": TINY_IDS,
                 "canvases": ["home", "t2t"],
                 "backend": "transformers",
@@ -48,7 +47,8 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     first = capsys.readouterr().out
     report = json.loads((out / "eval-test.json").read_text())
     assert report["num_users"] == 8 and report["invalid_rate"] == 0.0
-    assert "recall@10" in report
+    assert report["k"] == 5 and "recall@5" in report and "recall@10" not in report  # judge.ks
+    assert report["num_beams"] == 10  # gen_fm.beams.beam_width(5)
     assert "5/5 recommendations" in first and " 5. " in first  # k=5 titles printed
     assert "more like" in first and "soft prompt" in first
     assert "t2t: these IDs have no text modality, so no candidate sets" in first  # as served
@@ -111,3 +111,37 @@ def test_the_quickstart_config_holds_the_stages_configs():
         SystemExit, match=r"'lr' is a field of several configs \(pretrain.optim.lr, prompts.training.lr\)"
     ):
         config_from_args(QuickstartConfig, None, ["lr=0.001"])
+
+
+def test_the_quickstart_judges_with_the_refreshs_judge_config():
+    """K, beam, members and batch are one nested JudgeConfig, as in the refresh; ``k`` and
+    ``eval_users`` still resolve by name alone, ``eval_batch_size`` (pretrain.validation's too) not."""
+    from core.overrides import config_from_args
+    from eval.config import EvalConfig, JudgeConfig
+    from sidrec.quickstart import QuickstartConfig
+
+    assert QuickstartConfig().judge == JudgeConfig(eval_batch_size=EvalConfig().batch_size)
+    c = config_from_args(QuickstartConfig, None, ["k=20", "eval_users=100", "judge.num_beams=25"])
+    assert (c.judge.k, c.judge.eval_users, c.judge.beams, c.judge.ks) == (20, 100, 25, (5, 20))
+    assert QuickstartConfig(judge={"k": 3}).judge.ks == (3,)
+    with pytest.raises(
+        SystemExit,
+        match=r"'eval_batch_size' is a field of several configs \(pretrain.validation.eval_batch_size, "
+        r"judge.eval_batch_size\)",
+    ):
+        config_from_args(QuickstartConfig, None, ["eval_batch_size=8"])
+    with pytest.raises(SystemExit, match="a beam narrower than K cannot return K titles"):
+        config_from_args(QuickstartConfig, None, ["judge.k=20", "judge.num_beams=10"])
+
+
+def test_the_quickstart_takes_any_registered_backend():
+    from serving.backends.registry import register_backend, unregister_backend
+    from sidrec.quickstart import QuickstartConfig
+
+    with pytest.raises(ValueError, match=r"backend must be a registered one.*'mine'"):
+        QuickstartConfig(backend="mine")
+    register_backend("mine", "serving.backends.transformers:TransformersBackend")
+    try:
+        assert QuickstartConfig(backend="mine").backend == "mine"
+    finally:
+        unregister_backend("mine")
