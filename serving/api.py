@@ -10,19 +10,19 @@ commas (``"1 2 3"``); a JSON list of title ids (``'["1", "2", "3"]'``, for ids t
 semantic-ID tokens, L per title (``"<a_1><b_2><c_0><d_1><a_3>..."``, what a generative client emits).
 The empty string is an empty history (a flagged cold start). Bos, member and canvas tokens,
 soft-prompt virtual tokens and the canvas's context are the server's to add: the canvas comes from
-``model``, the member from ``user_id`` (or OpenAI's ``user``), the context from ``query`` (search),
-``source`` (t2t) or ``theme`` (collection), one value for every prompt of the request
-(``serving.prompts`` says which are required, and the t2t fallback to the last title)."""
+``model``, the member from ``user_id`` (or OpenAI's ``user``), the context from the field its spec
+names (``query``, ``source``, ``theme``, ...: ``request_models`` adds one per registered canvas's
+``context_field`` when the app is built), one value for every prompt of the request."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from prompt_tuning.canvases import canvas_names
+from prompt_tuning.canvases import canvas_names, context_fields, get_canvas
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
 from serving.rules import Rules
@@ -53,16 +53,7 @@ RulesField = Annotated[
     AfterValidator(_valid_rules),
     Field(description="business rules, see serving.rules (applied while decoding)"),
 ]
-MAX_TEXT = 1000  # characters of a query or theme (the sentence encoder reads ~256 word pieces anyway)
-QueryField = Annotated[
-    str | None, Field(None, max_length=MAX_TEXT, description="search canvas: the query text")
-]
-SourceField = Annotated[
-    str | None, Field(None, max_length=MAX_TEXT, description="t2t canvas: the title id the row is about")
-]
-ThemeField = Annotated[
-    str | None, Field(None, max_length=MAX_TEXT, description="collection canvas: the theme (a category name)")
-]
+MAX_TEXT = 1000  # characters of a context value (the sentence encoder reads ~256 word pieces anyway)
 
 
 FreshField = Annotated[
@@ -79,10 +70,18 @@ FreshField = Annotated[
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    # context field -> attribute holding it; ``request_models`` fills it in the models it builds
+    context_attributes: ClassVar[dict[str, str]] = {}
+
+    def contexts(self) -> dict[str, str]:
+        """The canvas contexts the request carries, by field name (``serving.prompts`` checks them)."""
+        values = {f: getattr(self, attr) for f, attr in self.context_attributes.items()}
+        return {f: v for f, v in values.items() if v is not None}
+
 
 class CompletionRequest(_Body):
-    """OpenAI ``/v1/completions`` shape; ``rules``, ``user_id``, ``exclude_history``, ``query``,
-    ``source`` and ``theme`` are extensions (``extra_body`` in the openai client)."""
+    """OpenAI ``/v1/completions`` shape; ``rules``, ``user_id``, ``exclude_history`` and the canvas
+    contexts (``request_models``) are extensions (``extra_body`` in the openai client)."""
 
     model: str = Field(description="canvas adapter, e.g. sidrec-home (GET /v1/models)")
     prompt: str | list[str] = Field(description="a member history (see module doc) or a list of them")
@@ -91,9 +90,6 @@ class CompletionRequest(_Body):
     user_id: str | None = None
     user: str | None = Field(None, description="OpenAI's end-user field: the member when user_id is absent")
     exclude_history: bool = True
-    query: QueryField = None
-    source: SourceField = None
-    theme: ThemeField = None
     fresh_share: FreshField = None
     stream: bool = False  # accepted so clients can say False; True is refused (400)
 
@@ -107,10 +103,50 @@ class RecommendationsRequest(_Body):
     rules: RulesField = None
     user_id: str | None = None
     exclude_history: bool = True
-    query: QueryField = None
-    source: SourceField = None
-    theme: ThemeField = None
     fresh_share: FreshField = None
+
+
+class RequestModels(NamedTuple):
+    """The HTTP bodies of one app, with the context fields of the canvases registered when it was built."""
+
+    completion: type[CompletionRequest]
+    recommendations: type[RecommendationsRequest]
+
+
+def request_models() -> RequestModels:
+    """``CompletionRequest`` and ``RecommendationsRequest`` with one optional string per context field
+    of the registered canvases, so a canvas with a new field needs no edit here. A field is offered to
+    every canvas's requests (on another canvas it is a 400 naming its canvases, ``serving.prompts``);
+    a canvas registered after the app is built is served with the fields known then."""
+    fields = context_fields()
+    # body attributes are prefixed and the JSON name is the alias, so a field may share a name with
+    # a pydantic attribute ("json", "model_*")
+    defs: dict[str, Any] = {
+        f"ctx_{name}": (
+            str | None,
+            Field(
+                None,
+                alias=name,
+                max_length=MAX_TEXT,
+                description="; ".join(f"{c} canvas: {_described(c)}" for c in canvases),
+            ),
+        )
+        for name, canvases in fields.items()
+    }
+    built = []
+    for base in (CompletionRequest, RecommendationsRequest):
+        clash = sorted(set(fields) & set(base.model_fields))
+        if clash:  # CanvasSpec refuses REQUEST_FIELDS; this is that list's check
+            raise ValueError(f"context field(s) {clash} collide with {base.__name__}'s own fields")
+        model = create_model(base.__name__, __base__=base, __module__=__name__, **defs)
+        model.context_attributes = {name: f"ctx_{name}" for name in fields}
+        built.append(model)
+    return RequestModels(*built)
+
+
+def _described(canvas: str) -> str:
+    spec = get_canvas(canvas)
+    return spec.context_description or f"the {spec.context_field} ({spec.context_kind} context)"
 
 
 class ResultInfo(BaseModel):
@@ -119,7 +155,7 @@ class ResultInfo(BaseModel):
     prompt_index: int
     canvas: str  # the canvas adapter that served the list
     soft_prompt: bool  # whether the canvas's trained soft prompt led the prompt
-    context: str | None  # request field behind the prompt's context: "query", "source", "theme"
+    context: str | None  # the context field behind the prompt's context: "query", "source", ...
     cold_start: bool  # empty history: a weak, popularity-like guess from the prompt prefix alone
     history_used: int
     history_dropped: int  # older titles left out of the prompt (still excluded when exclude_history)
@@ -186,7 +222,7 @@ class ModelCard(BaseModel):
     num_virtual_tokens: int  # length of that soft prompt (0 without one)
     # the trained adapter serving this canvas: "soft_prompt", "lora", or None (its canvas token alone)
     adapter: str | None = None
-    context: str | None  # request field this canvas reads: "query", "source", "theme" or None
+    context: str | None  # the context field this canvas reads: "query", "source", ... or None
     context_required: bool  # requests without that field are refused (t2t falls back to the last title)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 from gen_fm.co_engagement import RECENT_TITLES
 from gen_fm.model import IDS_SUBDIR, GenFM
 from prompt_tuning.candidates import CandidateIndex
-from prompt_tuning.canvases import CanvasSpec, QueryEncoder, canvas_names, get_canvas
+from prompt_tuning.canvases import CanvasSpec, QueryEncoder, canvas_names, context_fields, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, adapter_configs, lora_adapters, virtual_token_ids
 from semantic_ids.config import TextOptions, recorded_config, text_weight_of
@@ -52,7 +52,7 @@ class CanvasPrompt:
     prompt: list[int]  # token ids, virtual tokens first when the canvas has a soft prompt
     history_used: int  # history titles in the prompt
     history_dropped: int  # older titles left out (max_history); 0 when the prompt holds no history
-    context: str | None  # the field whose tokens follow <sep>: "query", "source", "theme" or None
+    context: str | None  # the context field the prompt holds ("query", "source", ...) or None
     soft_prompt: bool  # the canvas's trained adapter serves it (soft prompt tokens or its LoRA)
     source_row: int | None  # t2t source title: never recommended
     warnings: tuple[str, ...] = ()
@@ -166,23 +166,25 @@ class CanvasPrompts:
         canvas: str,
         history: Sequence[int],
         user_id: str | None,
-        query: Any = None,
-        source: Any = None,
-        theme: Any = None,
+        context: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> CanvasPrompt:
-        """The prompt of one request; ``history`` holds ID-map rows, oldest first."""
+        """The prompt of one request; ``history`` holds ID-map rows, oldest first; the request's
+        contexts by field name, in ``context`` or as keywords (``query="paris"``; None: not given)."""
         spec = get_canvas(canvas)
-        given = {f: v for f, v in (("query", query), ("source", source), ("theme", theme)) if v is not None}
+        given = {**(context or {}), **fields}
+        for field in given:  # a field no canvas reads is refused even when None (a misspelt name)
+            if field != spec.context_field and (given[field] is not None or field not in context_fields()):
+                raise RequestError(_misplaced(field, canvas), str(field))
+        given = {f: v for f, v in given.items() if v is not None}
         for field, value in given.items():
-            if field != spec.context_field:
-                raise RequestError(f"{field} applies to {_readers(field)} only, not {canvas}", field)
             if not isinstance(value, str) or not value.strip():
                 raise RequestError(f"{field} must be a non-empty string, got {value!r}", field)
         adapter = canvas in self.virtual or canvas in self.loras
         field = spec.context_field
         value = given.get(field) if field else None
         warnings: list[str] = []
-        context, rows, member, source_row, candidates = None, list(history), user_id, None, None
+        tokens, rows, member, source_row, candidates = None, list(history), user_id, None, None
         if value is None and spec.missing_context == "last_title" and (rows or adapter):
             if not rows:
                 raise RequestError(
@@ -206,7 +208,7 @@ class CanvasPrompts:
                     rows = (rows if spec.keeps_history else []) + [source_row]
                     rows = [r for i, r in enumerate(rows) if r != source_row or i == len(rows) - 1]
                 else:
-                    context = self.encoder.sid_tokens[source_row].tolist()
+                    tokens = self.encoder.sid_tokens[source_row].tolist()
                 if self.candidate_config is not None and spec.candidates is not None:
                     if self.text_problem:  # no content neighbours to build the set from
                         warnings.append(
@@ -215,14 +217,14 @@ class CanvasPrompts:
                     else:
                         candidates = spec.candidates(self.candidate_index(), source_row)
             else:
-                context = self._text_tokens(spec, spec.normalise(value))
+                tokens = self._text_tokens(spec, spec.normalise(value))
                 if self.candidate_config is not None and spec.candidates is not None:
                     candidates = spec.candidates(self.candidate_index(), value)
             if not spec.keeps_history and not spec.title_in_history:  # the context alone
                 rows, member = [], None
         kept = rows[-self.max_history :] if rows else []
         prompt = self.encoder.encode(
-            kept, canvas=spec.token, user_id=None if member is None else str(member), context=context
+            kept, canvas=spec.token, user_id=None if member is None else str(member), context=tokens
         )
         if canvas in self.virtual:
             prompt = self.virtual[canvas] + prompt
@@ -301,12 +303,15 @@ class CanvasPrompts:
         return queries.encode([text])[0]
 
 
-def _readers(field: str) -> str:
-    """Who reads a request field: 'the search canvas', or 'the collection, genres canvases'."""
-    names = [c for c in canvas_names() if get_canvas(c).context_field == field]
-    if not names:
-        return "no registered canvas"
-    return f"the {names[0]} canvas" if len(names) == 1 else f"the {', '.join(names)} canvases"
+def _misplaced(field: Any, canvas: str) -> str:
+    """Why ``field`` has no place on ``canvas``: it belongs to other canvases (named), or to none."""
+    fields = context_fields()
+    names = fields.get(field)
+    if names:
+        readers = f"the {names[0]} canvas" if len(names) == 1 else f"the {', '.join(names)} canvases"
+        return f"{field} applies to {readers} only, not {canvas}"
+    known = "; ".join(f"{f} ({', '.join(c)})" for f, c in fields.items()) or "none"
+    return f"{field!r} is the context field of no registered canvas; the context fields are: {known}"
 
 
 __all__ = ["CanvasPrompt", "CanvasPrompts", "RequestError"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,14 @@ class Recommendation:
     fresh: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RecommendationRequest:
-    """One request of ``recommend_batch``; the fields mean what ``Recommender.recommend``'s arguments do."""
+    """One request of ``recommend_batch``; the fields mean what ``Recommender.recommend``'s arguments do.
+
+    A canvas's context is a keyword named by its spec's ``context_field`` (``query="space opera"``,
+    ``source="tt0114709"``, or a registered canvas's own), or a ``context`` mapping; both land in
+    ``context``, which ``Recommender.prepare`` checks against the canvas (``serving.prompts``).
+    """
 
     history: Sequence[str]
     canvas: str = DEFAULT_CANVAS
@@ -66,10 +71,41 @@ class RecommendationRequest:
     user_id: str | None = None
     exclude_history: bool = True
     rules: Rules | Mapping[str, Any] | None = None  # serving.rules JSON shape
-    query: str | None = None  # search canvas: the query text (serving.prompts)
-    source: str | None = None  # t2t canvas: the title id the row is about
-    theme: str | None = None  # collection canvas: the theme, a category name
     fresh_share: float | None = None  # share of the k slots kept for fresh titles (None: the server's)
+    context: Mapping[str, Any] = field(default_factory=dict)  # context field -> value, e.g. {"query": ...}
+
+    def __init__(
+        self,
+        history: Sequence[str],
+        canvas: str = DEFAULT_CANVAS,
+        k: int = 10,
+        exclude: Sequence[str] | None = None,
+        allow: Sequence[str] | None = None,
+        user_id: str | None = None,
+        exclude_history: bool = True,
+        rules: Rules | Mapping[str, Any] | None = None,
+        *,
+        fresh_share: float | None = None,
+        context: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        twice = sorted(set(context or {}) & set(fields))
+        if twice:
+            raise ValueError(f"context field(s) {twice} given twice: as keywords and in context")
+        values = dict(
+            history=history,
+            canvas=canvas,
+            k=k,
+            exclude=exclude,
+            allow=allow,
+            user_id=user_id,
+            exclude_history=exclude_history,
+            rules=rules,
+            fresh_share=fresh_share,
+            context={**(context or {}), **fields},
+        )
+        for name, value in values.items():  # frozen: set once, here
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -87,7 +123,7 @@ class RecommendationList(Sequence[Recommendation]):
     rules_applied: tuple[str, ...] = ()  # business rules that narrowed this request (serving.rules)
     canvas: str = DEFAULT_CANVAS  # the canvas adapter that served it
     soft_prompt: bool = False  # the canvas's trained soft prompt led the prompt
-    context: str | None = None  # the field behind the prompt's context: "query", "source", "theme"
+    context: str | None = None  # the context field behind the prompt's context ("query", "source", ...)
     warnings: tuple[str, ...] = ()  # what the request was turned into (e.g. t2t source fallback)
     # how the context became the titles this list was chosen from (search, collection), e.g.
     # "catalog theme 'Western': 167 titles"; None when the context did not restrict the titles
@@ -211,38 +247,33 @@ class Recommender:
         exclude_history: bool = True,
         rules: Rules | Mapping[str, Any] | None = None,
         *,
-        query: str | None = None,
-        source: str | None = None,
-        theme: str | None = None,
         fresh_share: float | None = None,
+        **context: Any,
     ) -> RecommendationList:
         """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
         ``user_id`` selects the member token (ignored by models trained without member tokens);
-        ``rules`` are business rules (``serving.rules``), applied while decoding. ``query``
-        (search), ``source`` (t2t) and ``theme`` (collection) are the canvases' contexts
-        (``serving.prompts``: which are required, and the t2t fallback). ``fresh_share`` of the
-        ``k`` slots go to titles added after training (``ServingConfig.fresh.fresh_share`` when None).
+        ``rules`` are business rules (``serving.rules``), applied while decoding. The canvas's
+        context is the keyword its spec names (``CanvasSpec.context_field``: ``query`` for search,
+        ``source`` for t2t, ``theme`` for collection); a name no registered canvas takes is a
+        ``ValueError`` listing those that exist (``serving.prompts``: which are required, and the
+        t2t fallback). ``fresh_share`` of the ``k`` slots go to titles added after training
+        (``ServingConfig.fresh.fresh_share`` when None).
         """
-        return self.recommend_batch(
-            [
-                RecommendationRequest(
-                    history,
-                    canvas,
-                    k,
-                    exclude,
-                    allow,
-                    user_id,
-                    exclude_history,
-                    rules,
-                    query,
-                    source,
-                    theme,
-                    fresh_share,
-                )
-            ]
-        )[0]
+        request = RecommendationRequest(
+            history,
+            canvas,
+            k,
+            exclude,
+            allow,
+            user_id,
+            exclude_history,
+            rules,
+            fresh_share=fresh_share,
+            **context,
+        )
+        return self.recommend_batch([request])[0]
 
     def recommend_batch(
         self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
@@ -274,7 +305,7 @@ class Recommender:
         exclude = title_rows(self.ids, r.exclude, "exclude")
         allow = title_rows(self.ids, r.allow, "allow") if r.allow is not None else None
         mask = compile_rules(r.rules, self.ids, self.attributes)
-        cp = self.prompts.build(r.canvas, history, r.user_id, query=r.query, source=r.source, theme=r.theme)
+        cp = self.prompts.build(r.canvas, history, r.user_id, r.context)
         source = {cp.source_row} if cp.source_row is not None else set()  # "more like X" never offers X
         excluded = sorted(set(exclude) | (set(history) if r.exclude_history else set()) | source)
         if cp.candidates is not None:  # the context's candidate set: the model ranks within it

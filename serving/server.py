@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 
 from core.artifacts import read_manifest
 from gen_fm.model import KIND
-from prompt_tuning.canvases import canvas_names, get_canvas
+from prompt_tuning.canvases import canvas_names, context_fields, get_canvas
 from serving.api import (
     CompletionChoice,
     CompletionRequest,
@@ -45,11 +45,13 @@ from serving.api import (
     ModelList,
     RecommendationsRequest,
     RecommendationsResponse,
+    RequestModels,
     ResultInfo,
     Usage,
     canvas_of,
     model_id,
     parse_history,
+    request_models,
 )
 from serving.guard import Guard, ServerSettings, error_response
 from serving.lifecycle import (
@@ -123,6 +125,30 @@ def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
     )
 
 
+def _taking(model: type) -> Callable[[Callable], Callable]:
+    """Give an endpoint's ``body`` the model ``request_models`` built for this app: FastAPI reads the
+    annotation for validation and the OpenAPI schema (the one written in the code is the base)."""
+
+    def mark(endpoint: Callable) -> Callable:
+        endpoint.__annotations__["body"] = model
+        return endpoint
+
+    return mark
+
+
+def _unknown_field(name: str, bodies: RequestModels) -> str:
+    """What a client should know about a body field the app refused: its context fields, or that
+    the canvas taking it was registered after the app was built."""
+    taken = list(bodies.completion.context_attributes)
+    later = context_fields().get(name)
+    if later and name not in taken:
+        return (
+            f" (the context field of canvas(es) {list(later)}, registered after this server started: "
+            f"restart it to take {name})"
+        )
+    return f" (the canvases' context fields: {taken})"
+
+
 def create_app(
     rec: Recommender | Callable[[], Recommender],
     settings: ServerSettings | None = None,
@@ -131,12 +157,14 @@ def create_app(
     """A FastAPI app over a Recommender, or over a function that loads one (called in a background
     thread at start-up, so the port answers liveness probes while the engine loads). The engine
     thread runs while the app's lifespan does; `on_engine_death(reason)` is called if the engine
-    dies (``serve`` stops the server with exit code 1 there)."""
+    dies (``serve`` stops the server with exit code 1 there). The request bodies take the context
+    fields of the canvases registered now (``serving.api.request_models``)."""
     settings = settings or ServerSettings()
     metrics = Metrics()
     state = EngineState()
     holder: dict[str, Any] = {}  # "rec" and "worker", once loaded
     created = int(time.time())
+    bodies = request_models()  # the context fields of the canvases registered now
 
     def become_ready(r: Recommender) -> None:
         r.encoder.decode_rows([])  # build the lazy token index now, not inside a request
@@ -208,7 +236,10 @@ def create_app(
         for err in exc.errors():
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             params.append(loc)
-            parts.append(f"{loc or 'body'}: {str(err.get('msg')).removeprefix('Value error, ')}")
+            msg = str(err.get("msg")).removeprefix("Value error, ")
+            if err.get("type") == "extra_forbidden":
+                msg += _unknown_field(loc, bodies)
+            parts.append(f"{loc or 'body'}: {msg}")
         return error_response(422, "; ".join(parts), param=params[0] if params else None)
 
     @app.exception_handler(Exception)
@@ -252,6 +283,7 @@ def create_app(
         return ModelList(data=[_card(rec, c, created) for c in canvas_names()])  # registered now
 
     @app.post("/v1/completions", response_model=CompletionResponse)
+    @_taking(bodies.completion)
     async def completions(body: CompletionRequest) -> CompletionResponse:
         canvas = canvas_or_404(body.model)
         rec, _ = current()
@@ -278,10 +310,8 @@ def create_app(
                     user_id=member,
                     rules=body.rules,
                     exclude_history=body.exclude_history,
-                    query=body.query,
-                    source=body.source,
-                    theme=body.theme,
                     fresh_share=body.fresh_share,
+                    context=body.contexts(),
                 )
                 for h in histories
             ]
@@ -315,6 +345,7 @@ def create_app(
         )
 
     @app.post("/v1/recommendations", response_model=RecommendationsResponse)
+    @_taking(bodies.recommendations)
     async def recommendations(body: RecommendationsRequest) -> RecommendationsResponse:
         canvas = body.canvas
         if canvas not in canvas_names():
@@ -328,10 +359,8 @@ def create_app(
                     user_id=body.user_id,
                     rules=body.rules,
                     exclude_history=body.exclude_history,
-                    query=body.query,
-                    source=body.source,
-                    theme=body.theme,
                     fresh_share=body.fresh_share,
+                    context=body.contexts(),
                 )
             ]
         )

@@ -27,8 +27,8 @@ from core.sequences import Split, build_sequences, leave_one_out
 from gen_fm.dataset import IGNORE, catalog_to_sid_rows, example_features, to_sid_rows
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases.base import (
-    CONTEXT_FIELDS,
     CONTEXT_KINDS,
+    REQUEST_FIELDS,
     CanvasData,
     CanvasExample,
     CanvasSource,
@@ -42,7 +42,14 @@ from prompt_tuning.canvases.base import (
     sample_examples,
     theme_of,
 )
-from prompt_tuning.canvases.registry import CANVASES, canvas_names, get_canvas, register, unregister
+from prompt_tuning.canvases.registry import (
+    CANVASES,
+    canvas_names,
+    context_fields,
+    get_canvas,
+    register,
+    unregister,
+)
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.ids import SemanticIDs
 
@@ -180,7 +187,6 @@ def pretraining_mixture(
 
 __all__ = [
     "CANVASES",
-    "CONTEXT_FIELDS",
     "CONTEXT_KINDS",
     "CanvasData",
     "CanvasExample",
@@ -189,9 +195,11 @@ __all__ = [
     "ExampleContext",
     "Examples",
     "QueryEncoder",
+    "REQUEST_FIELDS",
     "build_canvas_data",
     "canvas_data_for",
     "canvas_names",
+    "context_fields",
     "get_canvas",
     "hash_fraction",
     "held_out_examples",

@@ -9,6 +9,7 @@ canvas's ``build_examples`` is usually made of.
 from __future__ import annotations
 
 import hashlib
+import keyword
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,8 +31,14 @@ from semantic_ids.builder import load_quantizer
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
 
-# Request fields a canvas's context may come from (``serving.recommender.RecommendationRequest``).
-CONTEXT_FIELDS = ("query", "source", "theme")
+# A request's own fields (``serving.recommender.RecommendationRequest``, ``Recommender.recommend``
+# and the HTTP bodies of ``serving.api``; the serving tests hold them to this list): a context field
+# takes any other identifier, and the request gains that field.
+REQUEST_FIELDS = frozenset(
+    ("history", "canvas", "k", "exclude", "allow", "user_id", "exclude_history", "rules", "fresh_share")
+    + ("context", "self")  # the request's context mapping; recommend's own first argument
+    + ("model", "prompt", "n", "user", "stream")  # the completions body's
+)
 # "text": a query or theme, through ``QueryEncoder``; "title": a title id, as its semantic-ID tokens.
 CONTEXT_KINDS = ("text", "title")
 # A request served by the canvas's soft prompt without its context: refused, or the history's last
@@ -208,8 +215,11 @@ class CanvasSpec:
     token: str
     # Training and held-out examples from the model's own data (see ``CanvasSource``).
     build_examples: Callable[[CanvasSource], Examples]
-    # Request field whose value becomes the context after <sep> (CONTEXT_FIELDS), or None.
+    # Request field whose value becomes the context after <sep>, or None: any identifier outside
+    # REQUEST_FIELDS; serving takes it as a keyword (``recommend(..., query=...)``) and a body field.
     context_field: str | None = None
+    # What that field holds, in words: its description in the HTTP schema ("the query text").
+    context_description: str | None = None
     # How that value becomes tokens: "text" (QueryEncoder) or "title" (the title's ID tokens).
     context_kind: str | None = None
     # A prompt with a context still holds the member's history and member token.
@@ -261,11 +271,24 @@ class CanvasSpec:
             )
         if (self.context_field is None) != (self.context_kind is None):
             raise ValueError(f"canvas {self.name!r}: context_field and context_kind go together")
-        if self.context_field is not None and self.context_field not in CONTEXT_FIELDS:
+        field_ = self.context_field
+        if field_ is not None and (
+            not isinstance(field_, str)
+            or not field_.isidentifier()
+            or keyword.iskeyword(field_)
+            or field_.startswith("_")
+        ):
             raise ValueError(
-                f"canvas {self.name!r}: context_field must be one of {CONTEXT_FIELDS}, "
-                f"got {self.context_field!r}"
+                f"canvas {self.name!r}: context_field names a request field, a Python identifier "
+                f"that is not a keyword and does not start with '_'; got {field_!r}"
             )
+        if field_ in REQUEST_FIELDS:
+            raise ValueError(
+                f"canvas {self.name!r}: context_field {field_!r} is a request's own field; "
+                f"choose a name other than {sorted(REQUEST_FIELDS)}"
+            )
+        if self.context_description is not None and field_ is None:
+            raise ValueError(f"canvas {self.name!r}: context_description describes a context_field")
         if self.context_kind is not None and self.context_kind not in CONTEXT_KINDS:
             raise ValueError(
                 f"canvas {self.name!r}: context_kind must be one of {CONTEXT_KINDS}, "

@@ -66,6 +66,7 @@ SPEC = CanvasSpec(
     token="collection",
     build_examples=build_examples,
     context_field="theme",
+    context_description="the theme (a category name)",
     context_kind="text",
     candidates=candidates,
     metrics=metrics,

@@ -49,3 +49,13 @@ def get_canvas(name: str) -> CanvasSpec:
 
 def canvas_names() -> tuple[str, ...]:
     return tuple(CANVASES)
+
+
+def context_fields() -> dict[str, tuple[str, ...]]:
+    """Request field -> the registered canvases whose context it is, in registration order: the
+    fields a request may carry (``serving.api`` builds its HTTP bodies from them)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, spec in CANVASES.items():
+        if spec.context_field is not None:
+            out[spec.context_field] = (*out.get(spec.context_field, ()), name)
+    return out

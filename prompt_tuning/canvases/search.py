@@ -202,6 +202,7 @@ SPEC = CanvasSpec(
     token="search",
     build_examples=build_examples,
     context_field="query",
+    context_description="the query text",
     context_kind="text",
     lowercase=True,
     candidates=candidates,

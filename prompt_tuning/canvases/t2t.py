@@ -60,6 +60,7 @@ SPEC = CanvasSpec(
     token="home",
     build_examples=build_examples,
     context_field="source",
+    context_description="the title id the row is about",
     context_kind="title",
     title_in_history=True,
     missing_context="last_title",

@@ -13,11 +13,13 @@ from gen_fm.tokenizer import CANVASES as CANVAS_TOKENS
 from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases import (
     CANVASES,
+    REQUEST_FIELDS,
     CanvasData,
     CanvasExample,
     CanvasSpec,
     Examples,
     canvas_names,
+    context_fields,
     get_canvas,
     register,
     unregister,
@@ -126,7 +128,12 @@ def test_register_and_unregister(temporary):
         (dict(name="new releases"), "a canvas name is"),
         (dict(token="new-releases"), "is not a canvas token of the foundation model"),
         (dict(context_field="query"), "context_field and context_kind go together"),
-        (dict(context_field="q", context_kind="text"), "context_field must be one of"),
+        (dict(context_field="the mood", context_kind="text"), "context_field names a request field"),
+        (dict(context_field="class", context_kind="text"), "not a keyword"),
+        (dict(context_field="_mood", context_kind="text"), "does not start with '_'"),
+        (dict(context_field="k", context_kind="text"), "'k' is a request's own field"),
+        (dict(context_field="history", context_kind="title"), "'history' is a request's own field"),
+        (dict(context_description="the mood"), "context_description describes a context_field"),
         (dict(context_field="query", context_kind="image"), "context_kind must be one of"),
         (dict(context_field="query", context_kind="text", missing_context="skip"), "missing_context must be"),
         (
@@ -143,6 +150,37 @@ def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
         CanvasSpec(**{"name": "x", "token": "home", "build_examples": _nothing, **kwargs})
     with pytest.raises(TypeError):
         CanvasSpec("x", "home", _nothing)  # keyword-only
+
+
+def test_a_canvas_may_bring_a_context_field_of_its_own(temporary):
+    """Any identifier outside the request's own fields; the registry lists each field's canvases."""
+    assert context_fields() == {"query": ("search",), "source": ("t2t",), "theme": ("collection",)}
+    temporary(
+        CanvasSpec(
+            name="mood-row",
+            token="collection",
+            context_field="mood",
+            context_kind="text",
+            context_description="how the member feels, in words",
+            build_examples=_nothing,
+        )
+    )
+    temporary(
+        CanvasSpec(
+            name="genre-row",
+            token="collection",
+            context_field="theme",
+            context_kind="text",
+            build_examples=_nothing,
+        )
+    )
+    assert context_fields() == {
+        "query": ("search",),
+        "source": ("t2t",),
+        "theme": ("collection", "genre-row"),
+        "mood": ("mood-row",),
+    }
+    assert get_canvas("mood-row").requires_context and "mood" not in REQUEST_FIELDS
 
 
 def test_examples_prompt_with_their_canvas_token(temporary):
