@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -178,27 +178,33 @@ def write_shard(
     return table.num_rows, short
 
 
-def _finish(
+def _run(
     plan: _Plan,
     config: BatchConfig,
-    t0: float,
-    done_now: int,
-    rows: int,
-    short: int,
-    resumed: int,
+    write: Callable[[list[int]], tuple[int, int]],
     backend: str,
     engine: dict[str, Any],
 ) -> dict[str, Any]:
+    """The job around either engine: find the shards already on disk (an earlier run of the job),
+    ``write`` the others (their indices -> rows and short lists written), then the manifest."""
+    import pyarrow.parquet as pq
+
+    on_disk = [plan.path(s).is_file() for s in range(len(plan.shards))]
+    todo = [s for s, there in enumerate(on_disk) if not there]
+    rows = sum(pq.read_metadata(plan.path(s)).num_rows for s, there in enumerate(on_disk) if there)
+    t0 = time.perf_counter()
+    written, short = write(todo)
     seconds = time.perf_counter() - t0
+    done_now = sum(len(plan.shards[s]) for s in todo)
     manifest = {
         **plan.job,
         "kind": "batch_lists",
         "members": plan.members,
         "contexts": list(config.contexts),
         "lists": len(plan.pairs),
-        "rows": rows,
+        "rows": rows + written,
         "shards": len(plan.shards),
-        "shards_resumed": resumed,
+        "shards_resumed": len(plan.shards) - len(todo),
         "short_lists_this_run": short,
         "backend": backend,
         "engine": engine,
@@ -209,46 +215,25 @@ def _finish(
     return manifest
 
 
-def _resumed_rows(plan: _Plan) -> tuple[list[int], int]:
-    """Shards still to write, and the rows of those already on disk (an earlier run of the job)."""
-    import pyarrow.parquet as pq
-
-    todo, rows = [], 0
-    for s in range(len(plan.shards)):
-        if plan.path(s).is_file():
-            rows += pq.read_metadata(plan.path(s)).num_rows
-        else:
-            todo.append(s)
-    return todo, rows
-
-
 def run_batch(rec, data, config: BatchConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Write the lists of ``config`` for every member of ``data`` with ``rec`` (a ``Recommender``),
     one shard after another in this process."""
     from tqdm.auto import tqdm
 
     plan = _plan(rec.config.model_dir, rec.ids, rec.seq_config, data, config, out_dir)
-    todo, rows = _resumed_rows(plan)
-    t0 = time.perf_counter()
-    done_now, short = 0, 0
-    bar = tqdm(total=len(plan.pairs), desc=f"batch {config.canvas}", unit="list", disable=not progress)
-    bar.update(len(plan.pairs) - sum(len(plan.shards[s]) for s in todo))  # resumed shards
-    for s in todo:
-        n, sh = write_shard(rec, config, plan.shards[s], plan.path(s))
-        rows, short, done_now = rows + n, short + sh, done_now + len(plan.shards[s])
-        bar.update(len(plan.shards[s]))
-    bar.close()
-    return _finish(
-        plan,
-        config,
-        t0,
-        done_now,
-        rows,
-        short,
-        len(plan.shards) - len(todo),
-        rec.config.engine.backend,
-        {"name": "local"},
-    )
+
+    def write(todo: list[int]) -> tuple[int, int]:
+        rows, short = 0, 0
+        bar = tqdm(total=len(plan.pairs), desc=f"batch {config.canvas}", unit="list", disable=not progress)
+        bar.update(len(plan.pairs) - sum(len(plan.shards[s]) for s in todo))  # resumed shards
+        for s in todo:
+            n, sh = write_shard(rec, config, plan.shards[s], plan.path(s))
+            rows, short = rows + n, short + sh
+            bar.update(len(plan.shards[s]))
+        bar.close()
+        return rows, short
+
+    return _run(plan, config, write, rec.config.engine.backend, {"name": "local"})
 
 
 def run_batch_ray(
@@ -274,10 +259,10 @@ def run_batch_ray(
     gm = load_model(model_dir)
     plan = _plan(model_dir, gm.ids, gm.seq_config, data, config, out_dir)
     del gm
-    todo, rows = _resumed_rows(plan)
-    t0 = time.perf_counter()
-    done_now, short = 0, 0
-    if todo:
+
+    def write(todo: list[int]) -> tuple[int, int]:
+        if not todo:
+            return 0, 0
         start_ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
@@ -296,35 +281,20 @@ def run_batch_ray(
                 self.shards = ray.get(shards)
 
             def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-                out: dict[str, list] = {"shard": [], "rows": [], "short": [], "lists": []}
+                out: dict[str, list] = {"shard": [], "rows": [], "short": []}
                 for s in batch["shard"].tolist():
                     n, sh = write_shard(self.rec, config, self.shards[s], shard_path(folder, s))
-                    for key, value in (
-                        ("shard", s),
-                        ("rows", n),
-                        ("short", sh),
-                        ("lists", len(self.shards[s])),
-                    ):
+                    for key, value in (("shard", s), ("rows", n), ("short", sh)):
                         out[key].append(value)
                 return out
 
         done = ray_map([{"shard": s} for s in todo], ShardWriter, workers)
         if sorted(d["shard"] for d in done) != todo:
             raise RuntimeError(f"the Ray pipeline wrote {len(done)} of {len(todo)} shards")
-        rows += sum(d["rows"] for d in done)
-        short = sum(d["short"] for d in done)
-        done_now = sum(d["lists"] for d in done)
-    return _finish(
-        plan,
-        config,
-        t0,
-        done_now,
-        rows,
-        short,
-        len(plan.shards) - len(todo),
-        serving.get("backend", DEFAULT_BACKEND),
-        {"name": "ray", "workers": workers, "ray": ray.__version__},
-    )
+        return sum(d["rows"] for d in done), sum(d["short"] for d in done)
+
+    engine = {"name": "ray", "workers": workers, "ray": ray.__version__}
+    return _run(plan, config, write, serving.get("backend", DEFAULT_BACKEND), engine)
 
 
 def read_lists(out_dir: str | Path):
