@@ -2,7 +2,8 @@
 
 Each layout is one file with a ``Layout`` and one line in ``LAYOUTS``; ``core.data`` tries them in
 order (``detect``) and reads the first that recognises a folder. To add a layout: a new file whose
-``read`` returns the two Arrow tables described in ``core.data``, and a line here.
+``read`` returns the two Arrow tables described in ``core.data`` (``core.layouts.base``'s
+``catalog_table`` and ``interaction_table`` build them), and a line here.
 """
 
 from __future__ import annotations

@@ -7,10 +7,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    import pyarrow as pa
+import pyarrow as pa
 
 
 class DataError(ValueError):
@@ -65,5 +64,57 @@ class Layout:
     # The files whose hashes identify the data (a changed file is a new dataset); DataError if one
     # the layout needs is missing.
     source_files: Callable[[Path, "DataConfig"], list[Path]]
-    # (catalog, interactions) as Arrow tables in the common form; every dropped row counted
+    # (catalog, interactions) as Arrow tables in the common form (catalog_table, interaction_table);
+    # every dropped row counted
     read: Callable[[Path, "DataConfig", "DataReport"], "tuple[pa.Table, pa.Table]"]
+
+
+# The common form's two tables (``core.data``'s docstring says what each column holds).
+CATALOG = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("title", pa.string()),
+        ("categories", pa.list_(pa.string())),
+        ("year", pa.int32()),
+    ]
+)
+INTERACTIONS = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("timestamp", pa.int64()),
+        ("kind", pa.string()),
+        ("rating", pa.float32()),
+        ("tag", pa.string()),
+    ]
+)
+
+
+def catalog_table(item_id: Any, title: Any, categories: Any = None, year: Any = None) -> pa.Table:
+    """A layout's catalog in the common form: columns as lists or Arrow arrays; without
+    ``categories`` every title has none, without ``year`` every year is unknown (null)."""
+    n = len(item_id)
+    columns = {
+        "item_id": item_id,
+        "title": title,
+        "categories": [[]] * n if categories is None else categories,
+        "year": [None] * n if year is None else year,
+    }
+    return pa.table(columns, schema=CATALOG)
+
+
+def interaction_table(
+    user_id: Any, item_id: Any, timestamp: Any, kind: str, rating: Any = None, tag: Any = None
+) -> pa.Table:
+    """Events of one ``kind`` ("rating", "tag", "interaction") in the common form: columns as lists
+    or Arrow arrays; ``rating`` and ``tag`` are null where not given."""
+    n = len(user_id)
+    columns = {
+        "user_id": user_id,
+        "item_id": item_id,
+        "timestamp": timestamp,
+        "kind": [kind] * n,
+        "rating": [None] * n if rating is None else rating,
+        "tag": [None] * n if tag is None else tag,
+    }
+    return pa.table(columns, schema=INTERACTIONS)

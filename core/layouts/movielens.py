@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from core.layouts.base import DataConfig, DataError, DataReport, Layout
+from core.layouts.base import DataConfig, DataError, DataReport, Layout, catalog_table, interaction_table
 
 
 def _detect(path: Path) -> bool:
@@ -66,14 +66,7 @@ def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple
         years.append(int(m.group(1)) if m else None)
         titles.append(t.strip())
     genres = [[] if g in ("(no genres listed)", "") else g.split("|") for g in movies["genres"].to_pylist()]
-    catalog = pa.table(
-        {
-            "item_id": movies["movieId"],
-            "title": titles,
-            "categories": pa.array(genres, pa.list_(pa.string())),
-            "year": pa.array(years, pa.int32()),
-        }
-    )
+    catalog = catalog_table(movies["movieId"], titles, genres, years)
 
     ratings = _read_csv(
         path / "ratings.csv",
@@ -81,15 +74,8 @@ def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple
         report,
     )
     parts = [
-        pa.table(
-            {
-                "user_id": ratings["userId"],
-                "item_id": ratings["movieId"],
-                "timestamp": ratings["timestamp"],
-                "kind": pa.array(["rating"] * ratings.num_rows, pa.string()),
-                "rating": ratings["rating"],
-                "tag": pa.nulls(ratings.num_rows, pa.string()),
-            }
+        interaction_table(
+            ratings["userId"], ratings["movieId"], ratings["timestamp"], "rating", rating=ratings["rating"]
         )
     ]
     if config.include_tags and (path / "tags.csv").is_file():
@@ -99,16 +85,7 @@ def _read_movielens(path: Path, config: DataConfig, report: DataReport) -> tuple
             report,
         )
         parts.append(
-            pa.table(
-                {
-                    "user_id": tags["userId"],
-                    "item_id": tags["movieId"],
-                    "timestamp": tags["timestamp"],
-                    "kind": pa.array(["tag"] * tags.num_rows, pa.string()),
-                    "rating": pa.nulls(tags.num_rows, pa.float32()),
-                    "tag": tags["tag"],
-                }
-            )
+            interaction_table(tags["userId"], tags["movieId"], tags["timestamp"], "tag", tag=tags["tag"])
         )
     return catalog, pa.concat_tables(parts)
 

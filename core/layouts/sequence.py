@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.layouts.base import DataConfig, DataError, DataReport, Layout
+from core.layouts.base import DataConfig, DataError, DataReport, Layout, catalog_table, interaction_table
 
 
 def _detect(path: Path) -> bool:
@@ -70,14 +70,7 @@ def _read_sequence(path: Path, config: DataConfig, report: DataReport) -> tuple[
             titles.append(title)
             cats.append([str(c) for c in obj.get("categories") or []])
     report.rows_read[items_file.name] = len(ids)
-    catalog = pa.table(
-        {
-            "item_id": pa.array(ids, pa.string()),
-            "title": titles,
-            "categories": pa.array(cats, pa.list_(pa.string())),
-            "year": pa.nulls(len(ids), pa.int32()),
-        }
-    )
+    catalog = catalog_table(ids, titles, cats)
 
     seq_file = _sequence_files(path)[0]
     users, items, pos = [], [], []
@@ -101,17 +94,7 @@ def _read_sequence(path: Path, config: DataConfig, report: DataReport) -> tuple[
             items.extend(seq)
             pos.extend(range(len(seq)))
     report.rows_read[seq_file.name] = n_lines
-    n = len(items)
-    inter = pa.table(
-        {
-            "user_id": pa.array(users, pa.string()),
-            "item_id": pa.array(items, pa.string()),
-            "timestamp": pa.array(pos, pa.int64()),
-            "kind": pa.array(["interaction"] * n, pa.string()),
-            "rating": pa.nulls(n, pa.float32()),
-            "tag": pa.nulls(n, pa.string()),
-        }
-    )
+    inter = interaction_table(users, items, pos, "interaction")
     return catalog, inter
 
 

@@ -57,6 +57,14 @@ def test_missing_dir_and_env(tmp_path, monkeypatch):
         resolve_data_dir(str(tmp_path))
 
 
+def _load_counted(folder, rows: int, dropped: dict[str, int]):
+    """``folder`` loaded: ``rows`` interactions kept, each reason in ``dropped`` counted that often."""
+    data = load_data(DataConfig(data_dir=str(folder)))
+    assert {reason: data.report.dropped[reason] for reason in dropped} == dropped
+    assert data.interactions.num_rows == rows
+    return data
+
+
 def _write_movielens(d, ratings: str, movies: str = "movieId,title,genres\n1,A (1999),Drama\n2,B,Comedy\n"):
     d.mkdir()
     (d / "ratings.csv").write_text(ratings)
@@ -69,12 +77,15 @@ def test_movielens_bad_rows_are_counted(tmp_path):
         tmp_path / "ml",
         "userId,movieId,rating,timestamp\n1,1,4.0,10\n1,1,4.0,10\n1,99,3.0,11\n1,2,,12\n2,2,5.0,5\n",
     )
-    data = load_data(DataConfig(data_dir=str(d)))
-    dropped = dict(data.report.dropped)
-    assert dropped["duplicate interaction rows"] == 1
-    assert dropped["interactions with a title id not in the catalog"] == 1
-    assert dropped["ratings.csv: empty rating"] == 1
-    assert data.interactions.num_rows == 2
+    data = _load_counted(
+        d,
+        rows=2,
+        dropped={
+            "duplicate interaction rows": 1,
+            "interactions with a title id not in the catalog": 1,
+            "ratings.csv: empty rating": 1,
+        },
+    )
     assert data.catalog[1]["year"] is None  # "B" has no year
 
 
@@ -104,12 +115,15 @@ def _write_sequence(d, lines: str, items: list[dict]):
 def test_sequence_bad_rows_are_counted(tmp_path):
     items = [{"item_id": i, "title": f"t{i}", "categories": ["c"]} for i in (1, 2, 3)]
     d = _write_sequence(tmp_path / "s", "1 1 2 3\n2\n1 3\n3 1 7 2\n", items)
-    data = load_data(DataConfig(data_dir=str(d)))
-    dropped = dict(data.report.dropped)
-    assert dropped["seq.txt: member with an empty history"] == 1
-    assert dropped["seq.txt: repeated member line (kept the first)"] == 1
-    assert dropped["interactions with a title id not in the catalog"] == 1
-    assert data.interactions.num_rows == 5
+    data = _load_counted(
+        d,
+        rows=5,
+        dropped={
+            "seq.txt: member with an empty history": 1,
+            "seq.txt: repeated member line (kept the first)": 1,
+            "interactions with a title id not in the catalog": 1,
+        },
+    )
     # position is the clock: member 3 saw 1 then 2 (7 was dropped, positions keep their gap)
     rows = [r for r in data.interactions if r["user_id"] == "3"]
     assert [(r["item_id"], r["timestamp"]) for r in rows] == [("1", 0), ("2", 2)]
@@ -139,11 +153,9 @@ def test_cache_reused(tmp_path):
 
 def test_a_layout_added_in_one_file_and_a_registry_line_is_read(tmp_path, monkeypatch):
     """A tab-separated layout defined here alone: detection, hashing and reading go through it."""
-    import pyarrow as pa
-
     from core import layouts
     from core.data import load_data
-    from core.layouts.base import Layout
+    from core.layouts.base import Layout, catalog_table, interaction_table
 
     folder = tmp_path / "tsv-data"
     folder.mkdir()
@@ -153,26 +165,9 @@ def test_a_layout_added_in_one_file_and_a_registry_line_is_read(tmp_path, monkey
         rows = [line.split("\t") for line in (path / "events.tsv").read_text().splitlines()]
         report.rows_read["events.tsv"] = len(rows)
         items = sorted({r[1] for r in rows})
-        catalog = pa.table(
-            {
-                "item_id": items,
-                "title": [f"Title {i}" for i in items],
-                "categories": pa.array([[] for _ in items], pa.list_(pa.string())),
-                "year": pa.nulls(len(items), pa.int32()),
-            }
-        )
-        n = len(rows)
-        inter = pa.table(
-            {
-                "user_id": [r[0] for r in rows],
-                "item_id": [r[1] for r in rows],
-                "timestamp": pa.array([int(r[2]) for r in rows], pa.int64()),
-                "kind": ["interaction"] * n,
-                "rating": pa.nulls(n, pa.float32()),
-                "tag": pa.nulls(n, pa.string()),
-            }
-        )
-        return catalog, inter
+        catalog = catalog_table(items, [f"Title {i}" for i in items])
+        users, titles, times = zip(*rows)
+        return catalog, interaction_table(users, titles, [int(t) for t in times], "interaction")
 
     tsv = Layout(
         name="tsv",
