@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.artifacts import atomic_dir, write_json
+from core.data import detect_layout
 from core.layouts.base import DataError
 
 DOWNLOADS = ".downloads"  # under the data directory: partial and verified downloads between runs
@@ -373,8 +374,6 @@ def _published_md5(url: str, dest: Path, progress: bool) -> str:
 
 
 def dataset_present(data_dir: str | os.PathLike, name: str) -> bool:
-    from core.data import detect_layout
-
     path = Path(data_dir) / name
     return path.is_dir() and detect_layout(path) is not None
 

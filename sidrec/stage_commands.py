@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from core.fetch import SOURCES  # the registry alone: standard library
+from core.fetch import SOURCES  # the registry alone: no torch
 from serving.backends.registry import DEFAULT_BACKEND, backend_names  # the registry alone: no torch
 from sidrec.arguments import (
     PRETRAIN_SET_HELP,
