@@ -72,7 +72,7 @@ class Engine:
     device: str = "cpu"
     # Requests decoded together (one engine call per ID position covers all their beams).
     max_batch: int = 64
-    # vLLM: skip torch.compile / CUDA graphs (start-up ~20 s instead of ~48 s on CPU, runs slower).
+    # vLLM: skip torch.compile / CUDA graphs (a much shorter start-up, slower decoding).
     enforce_eager: bool = False
     # vLLM KV cache size in GiB (kv_cache_memory_bytes). None = vLLM's own sizing: on GPU a share of
     # memory (gpu_memory_utilization); on CPU VLLM_CPU_KVCACHE_SPACE, set to 1 GiB when unset
@@ -81,7 +81,7 @@ class Engine:
     # vLLM GPU memory share, used only when kv_cache_gib is None.
     gpu_memory_utilization: float = 0.9
     # vLLM KV block size (tokens). Prefix caching reuses whole blocks only, so a block must be shorter
-    # than the prompts: 32 instead of the CPU default 128 made beam 20 x 16 prompts 4x faster.
+    # than the prompts (the CPU default 128 is longer than most): beams then share their prompt's blocks.
     block_size: int = 32
     # Further vllm.LLM arguments (e.g. tensor_parallel_size, max_num_seqs); may not override the
     # settings above or the ones the beam loop relies on (logprobs_mode, prefix caching, max_logprobs).
