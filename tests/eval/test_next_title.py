@@ -15,7 +15,7 @@ from gen_fm.train import pretrain
 from sidrec.cli import main
 from core.data import DataConfig
 from core.sequences import SequenceConfig
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import write_id_artifact
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from gen_fm.dataset import IGNORE, catalog_to_sid_rows, window_source
 from gen_fm.tokenizer import PromptEncoder
 from core.data import load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import write_id_artifact
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from gen_fm.co_engagement import (
     save_co_engagement,
 )
 from gen_fm.config import PretrainConfig
-from gen_fm.model import TITLE_TAGS_FILE, build_model, load_model, save_model
+from gen_fm.model import TITLE_TAGS_FILE, build_model, load_model
 from gen_fm.tokenizer import model_layout
 from core.artifacts import ArtifactError
-from core.sequences import SequenceConfig
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 
 def test_counts_titles_within_the_window_either_side() -> None:
@@ -82,17 +81,11 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     layout = model_layout(ids.layout, config.model.num_user_buckets)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
-    kw = dict(data_fingerprint="f" * 64, dataset="unit", training={})
-    out = save_model(
-        tmp_path / "model",
-        model,
-        layout,
-        ids,
-        config,
-        SequenceConfig(max_history=5),
-        co_engagement=table,
-        **kw,
-    )
+
+    def save(name: str, **manifest):
+        return save_unit_model(tmp_path / name, model, layout, ids, config, 5, **manifest)
+
+    out = save("model", co_engagement=table)
     gen = load_model(out)
     assert gen.co_engagement().of(1).tolist() == table.of(1).tolist()
     assert CO_ENGAGEMENT_FILE in gen.manifest["files"]  # hashed like the weights
@@ -100,32 +93,12 @@ def test_round_trips_and_travels_in_the_model_folder(tmp_path) -> None:
     with pytest.raises(ArtifactError, match="co_engagement/table.safetensors does not match"):
         load_model(out)
     # a folder from before the table existed loads, and says it has none
-    older = save_model(tmp_path / "older", model, layout, ids, config, SequenceConfig(max_history=5), **kw)
+    older = save("older")
     assert load_model(older).co_engagement() is None and load_model(older).title_tags() is None
-    tagged = save_model(
-        tmp_path / "tagged",
-        model,
-        layout,
-        ids,
-        config,
-        SequenceConfig(max_history=5),
-        title_tags={"t3": ["dark comedy", "funny"]},
-        **kw,
-    )
+    tagged = save("tagged", title_tags={"t3": ["dark comedy", "funny"]})
     assert load_model(tagged).title_tags() == {"t3": ["dark comedy", "funny"]}
     assert TITLE_TAGS_FILE in load_model(tagged).manifest["files"]
-    untagged = save_model(
-        tmp_path / "untagged", model, layout, ids, config, SequenceConfig(max_history=5), title_tags={}, **kw
-    )  # data without tags: the folder says so
+    untagged = save("untagged", title_tags={})  # data without tags: the folder says so
     assert load_model(untagged).title_tags() == {}
     with pytest.raises(ValueError, match="covers 3 titles"):
-        save_model(
-            tmp_path / "bad",
-            model,
-            layout,
-            ids,
-            config,
-            SequenceConfig(max_history=5),
-            co_engagement=build_co_engagement([], 3),
-            **kw,
-        )
+        save("bad", co_engagement=build_co_engagement([], 3))

@@ -11,10 +11,9 @@ import pytest
 from core.artifacts import jsonable
 from core.overrides import parse_overrides
 from gen_fm.config import PRESETS, Augmentation, ModelShape, Optimisation, PretrainConfig
-from gen_fm.model import build_model, load_model, save_model
+from gen_fm.model import build_model, load_model
 from gen_fm.tokenizer import PromptEncoder
-from core.sequences import SequenceConfig
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 # A model folder's config as written before the grouping (the fields of an ml-latest-small run's
 # manifest, by hand): every field at the top level under its own name.
@@ -103,17 +102,7 @@ def test_a_model_folder_with_a_flat_manifest_loads(tmp_path):
     config = PretrainConfig.from_dict({**FLAT, "history_tokens": "codes", "identity_dropout": 0.0,
                                        "title_loss_weight": 0.0})  # fmt: skip
     enc = PromptEncoder.from_ids(ids, 0)
-    out = save_model(
-        tmp_path / "model",
-        build_model(config, enc.layout, 4),
-        enc.layout,
-        ids,
-        config,
-        SequenceConfig(max_history=4),
-        data_fingerprint="f" * 64,
-        dataset="unit",
-        training={},
-    )
+    out = save_unit_model(tmp_path / "model", build_model(config, enc.layout, 4), enc.layout, ids, config, 4)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["optim"]["lr"] == 0.002  # new folders store the nested form
     manifest["config"] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,29 +14,9 @@ from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positi
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
-from core.artifacts import ArtifactError, atomic_dir, jsonable, make_manifest, manifest_hash, write_json
+from core.artifacts import ArtifactError, jsonable, manifest_hash
 from core.sequences import SequenceConfig
-
-
-def write_id_artifact(path: Path, item_ids: list[str], sizes: tuple[int, ...], seed: int = 0) -> SemanticIDs:
-    """A minimal ID artifact with random unique codes (tests need no quantizer)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(int(np.prod(sizes)), size=len(item_ids), replace=False)
-    codes = np.stack(np.unravel_index(flat, sizes), axis=1)  # (N, L)
-    ids = SemanticIDs(item_ids, codes, sizes)
-    with atomic_dir(path) as stage:
-        ids.write_map(stage)
-        write_json(stage / "stats.json", {"random_codes": True})
-        write_json(
-            stage / "manifest.json",
-            make_manifest(
-                "semantic_ids",
-                {"random_codes": True, "seed": seed},
-                codebook_sizes=list(sizes),
-                map_version=1,
-            ),
-        )
-    return SemanticIDs.load(path)
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +27,7 @@ def saved(tmp_path_factory):
     layout = model_layout(ids.layout, config.model.num_user_buckets)
     torch.manual_seed(0)
     model = build_model(config, layout, max_history=5).eval()
-    out = save_model(
-        root / "model",
-        model,
-        layout,
-        ids,
-        config,
-        SequenceConfig(max_history=5),
-        data_fingerprint="f" * 64,
-        dataset="unit",
-        training={"steps": 0},
-    )
+    out = save_unit_model(root / "model", model, layout, ids, config, 5, training={"steps": 0})
     return model, out, ids, layout, config
 
 

@@ -9,14 +9,14 @@ import torch
 from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
 from gen_fm.config import ModelShape, PretrainConfig, TitleOptions
 from gen_fm.decode import recommend, recommend_titles, title_tokens
-from gen_fm.model import build_model, load_model, save_model
+from gen_fm.model import build_model, load_model
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles, sync_title_rows
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import BOS, title_token
 from semantic_ids.trie import PrefixTrie
 from core.sequences import SequenceConfig
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +125,7 @@ def test_baked_folder_is_a_plain_llama_that_decodes_as_the_trained_model(tiny, t
     )
     bake_title_embeddings(baked)
     assert type(baked.get_input_embeddings()) is torch.nn.Embedding
-    out = save_model(
-        tmp_path / "model",
-        baked,
-        enc.layout,
-        ids,
-        config,
-        SequenceConfig(max_history=8),
-        data_fingerprint="f" * 64,
-        dataset="unit",
-        training={},
-    )
+    out = save_unit_model(tmp_path / "model", baked, enc.layout, ids, config, 8)
     gen = load_model(out)
     assert gen.prompt_encoder().encode(np.array([1, 2, 3])) == prompts[0]
     after = recommend(gen.model, prompts, trie, k=5, num_beams=5)
@@ -272,17 +262,7 @@ def test_a_folder_written_before_title_tokens_loads_as_a_code_token_model(tmp_pa
     ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (8, 8, 4))
     config = PretrainConfig.from_preset("tiny")
     enc = PromptEncoder.from_ids(ids, 0)
-    out = save_model(
-        tmp_path / "model",
-        build_model(config, enc.layout, 4),
-        enc.layout,
-        ids,
-        config,
-        SequenceConfig(max_history=4),
-        data_fingerprint="f" * 64,
-        dataset="unit",
-        training={},
-    )
+    out = save_unit_model(tmp_path / "model", build_model(config, enc.layout, 4), enc.layout, ids, config, 4)
     manifest = json.loads((out / "manifest.json").read_text())
     # as a folder of that time holds it: flat (before the config was grouped by concern)
     manifest["config"] = config.by_name()

@@ -18,7 +18,7 @@ from gen_fm.train import pretrain
 from core.artifacts import manifest_hash
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import write_id_artifact
 
 SIZES = (16, 16, 16, 4)  # room for ml-latest-small's 9,742 titles, a small vocabulary
 

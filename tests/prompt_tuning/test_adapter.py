@@ -9,7 +9,7 @@ import torch
 
 from gen_fm.config import PretrainConfig
 from gen_fm.decode import recommend
-from gen_fm.model import build_model, load_model, save_model
+from gen_fm.model import build_model, load_model
 from gen_fm.tokenizer import model_layout
 from prompt_tuning.adapter import (
     adapter_loss,
@@ -24,8 +24,7 @@ from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import export_adapters, virtual_token, virtual_token_ids, with_soft_prompt
 from semantic_ids.trie import PrefixTrie
 from core.artifacts import ArtifactError, read_json
-from core.sequences import SequenceConfig
-from tests.gen_fm.test_model import write_id_artifact
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 torch.set_num_threads(1)
 N_ITEMS, SIZES, MAX_HISTORY = 30, (8, 8, 4), 4
@@ -41,16 +40,8 @@ def _save_base(root, ids, seed):
         for name, p in model.named_parameters():  # trained weights, so a soft prompt can steer it
             if p.ndim == 2:
                 p.mul_(5.0 if "embed" in name else 8.0)
-    return save_model(
-        root / f"model{seed}",
-        model,
-        layout,
-        ids,
-        config,
-        SequenceConfig(max_history=MAX_HISTORY),
-        data_fingerprint="f" * 64,
-        dataset="unit",
-        training={"steps": 0},
+    return save_unit_model(
+        root / f"model{seed}", model, layout, ids, config, MAX_HISTORY, training={"steps": 0}
     )
 
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gen_fm.config import PretrainConfig
-from gen_fm.model import build_model, save_model
+from gen_fm.model import build_model
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings
 from gen_fm.tokenizer import model_layout
-from semantic_ids.ids import SemanticIDs
-from core.artifacts import atomic_dir, make_manifest, write_json
-from core.sequences import SequenceConfig
+from tests.tiny_folders import save_unit_model, write_id_artifact
 
 # 60 titles in a (4, 4, 4, 3) space: prefixes share branches at every level, some parents have a
 # single child (the engine skips the model there), and the last level is a short "collision" digit.
@@ -30,49 +27,33 @@ def write_tiny_model(root: Path, seed: int = 0, history_tokens: str = "codes") -
     distributions, whose near-ties would make ranking comparisons meaningless). With
     `history_tokens="titles"` histories are title tokens, their rows composed and baked as
     pretraining writes them."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(int(np.prod(CODEBOOKS)), size=NUM_TITLES, replace=False)
-    codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)  # (N, L)
     item_ids = [f"tt{i:03d}" for i in range(NUM_TITLES)]
-    ids = SemanticIDs(item_ids, codes, CODEBOOKS, titles=[f"Title {i}" for i in range(NUM_TITLES)])
-    with atomic_dir(root / "ids") as stage:
-        ids.write_map(stage)
-        write_json(stage / "stats.json", {"random_codes": True})
-        write_json(
-            stage / "manifest.json",
-            make_manifest(
-                "semantic_ids",
-                {"random_codes": True, "seed": seed},
-                codebook_sizes=list(CODEBOOKS),
-                map_version=1,
-            ),
-        )
-    ids = SemanticIDs.load(root / "ids")
+    titles = [f"Title {i}" for i in range(NUM_TITLES)]
+    ids = write_id_artifact(root / "ids", item_ids, CODEBOOKS, seed, titles=titles)
     config = PretrainConfig.from_preset(
         "tiny", num_user_buckets=USER_BUCKETS, dropout=0.0, history_tokens=history_tokens
     )
-    titles = history_tokens == "titles"
-    layout = model_layout(ids.layout, config.model.num_user_buckets, NUM_TITLES if titles else 0)
+    title_tokens = history_tokens == "titles"
+    layout = model_layout(ids.layout, config.model.num_user_buckets, NUM_TITLES if title_tokens else 0)
     torch.manual_seed(seed)
     model = build_model(config, layout, max_history=MAX_HISTORY).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
-    if titles:
+    if title_tokens:
         emb = attach_title_embedding(model, layout, layout.sids_to_ids(ids.codes))
         with torch.no_grad():
             emb.identity.weight.normal_(0.0, 0.3)
         bake_title_embeddings(model)
-    return save_model(
+    return save_unit_model(
         root / "model",
         model,
         layout,
         ids,
         config,
-        SequenceConfig(max_history=MAX_HISTORY),
+        MAX_HISTORY,
         data_fingerprint="0" * 64,
-        dataset="unit",
         training={"steps": 0},
     )
 
