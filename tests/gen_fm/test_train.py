@@ -118,9 +118,30 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
-    data, ids, _, seq_config = setup
+@pytest.fixture
+def train(setup, data_dir, tmp_path, one_thread):
+    """``train(folder, **overrides)``: pretrain a ``preset`` (tiny) with ``overrides`` on the module's
+    slice and IDs into ``tmp_path / folder``; ``data``, ``ids``, ``resume`` and ``init_from`` pass through."""
+    _, ids, _, seq_config = setup
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+
+    def run(folder: str, *, preset="tiny", data=dc, ids=ids, resume=False, init_from=None, **overrides):
+        config = PretrainConfig.from_preset(preset, **overrides)
+        return pretrain(
+            data, seq_config, ids.path, tmp_path / folder, config, resume=resume, init_from=init_from
+        )
+
+    return run
+
+
+def halted_and_resumed(train, folder: str, **config):
+    """The run halted inside epoch 2 (after step 5), then resumed to its end."""
+    train(folder, max_steps=5, **config)
+    return train(folder, resume=True, **config)
+
+
+def test_loss_falls_and_resume_is_exact(setup, train, tmp_path):
+    data = setup[0]
     base = dict(
         epochs=2,
         batch_size=64,
@@ -131,7 +152,7 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
         hidden_dropout=0.1,
         checkpoint_every_steps=3,
     )  # resume replays the dropout masks
-    full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+    full = train("a", **base)
     gm = load_model(full)
     hist = gm.manifest["training"]["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
@@ -141,23 +162,12 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     assert gm.manifest["data"]["fingerprint"] == data.fingerprint
 
     with pytest.raises(FileExistsError):  # an earlier run's checkpoints are never overwritten
-        pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+        train("a", **base)
     # a run halted inside epoch 2, then resumed, ends with the very same weights
-    pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
-    )
+    train("b", max_steps=5, **base)
     with pytest.raises(ValueError, match="lr"):
-        pretrain(
-            dc,
-            seq_config,
-            ids.path,
-            tmp_path / "b",
-            PretrainConfig.from_preset("tiny", **{**base, "lr": 1e-3}),
-            resume=True,
-        )
-    resumed = pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
-    )
+        train("b", resume=True, **{**base, "lr": 1e-3})
+    resumed = train("b", resume=True, **base)
     wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     last = [
@@ -167,22 +177,13 @@ def test_loss_falls_and_resume_is_exact(setup, data_dir, tmp_path, one_thread):
     ta, tb = gm.manifest["training"], load_model(resumed).manifest["training"]
     assert ta["weights"] == "selected" and ta["chosen_epoch"] in (1, 2) and ta["chosen_reason"]
     assert (ta["chosen_epoch"], ta["chosen_step"]) == (tb["chosen_epoch"], tb["chosen_step"])
-    hb = tb["history"]
-    for x, y in zip(hist, hb):
-        assert (x["train_loss"], x["recall@10"], x["ndcg@10"]) == (
-            y["train_loss"],
-            y["recall@10"],
-            y["ndcg@10"],
-        )
+    keys = ("train_loss", "recall@10", "ndcg@10")
+    assert [[h[k] for k in keys] for h in tb["history"]] == [[h[k] for k in keys] for h in hist]
     kept = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert kept == ["best", "step-00000006", "step-00000008"]  # last two + best
 
 
-def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(
-    setup, data_dir, tmp_path, one_thread
-):
-    _, ids, _, seq_config = setup
-    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(train, tmp_path):
     base = dict(
         epochs=2,
         batch_size=64,
@@ -192,7 +193,7 @@ def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(
         selection="last",
         checkpoint_every_steps=3,
     )
-    full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+    full = train("a", **base)
     hist = load_model(full).manifest["training"]["history"]
     assert all({"recall@10", "raw_recall@10", "raw_ndcg@10"} <= set(h) for h in hist)
     kept = load_file(full / "model.safetensors")
@@ -200,26 +201,19 @@ def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(
     assert kept.keys() == raw.keys()
     assert any(not torch.equal(kept[k], raw[k]) for k in kept)  # the average, not the last step
     # halted inside epoch 2 and resumed: the average is restored with the rest of the state
-    pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
-    )
-    resumed = pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
-    )
-    again = load_file(resumed / "model.safetensors")
+    again = load_file(halted_and_resumed(train, "b", **base) / "model.safetensors")
     assert all(torch.equal(kept[k], again[k]) for k in kept)
     with pytest.raises(ValueError, match="ema_decay"):
         Optimisation(ema_decay=1.0)
 
 
-def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one_thread):
-    data, ids, _, seq_config = setup
-    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
+def test_init_from_starts_from_the_parent_weights(setup, train, tmp_path):
+    data = setup[0]
     base = dict(epochs=1, batch_size=64, num_user_buckets=16, eval_every=0)
-    parent = pretrain(dc, seq_config, ids.path, tmp_path / "p", PretrainConfig.from_preset("tiny", **base))
+    parent = train("p", **base)
     # another seed would give other initial weights: equal weights can only come from the parent
-    child_config = PretrainConfig.from_preset("tiny", **{**base, "lr": 1e-9, "seed": 1})
-    child = pretrain(data, seq_config, ids.path, tmp_path / "c", child_config, init_from=parent)
+    child_config = {**base, "lr": 1e-9, "seed": 1}
+    child = train("c", data=data, init_from=parent, **child_config)
     wp, wc = load_file(parent / "model.safetensors"), load_file(child / "model.safetensors")
     assert wp.keys() == wc.keys() and all(torch.allclose(wp[k], wc[k], atol=1e-5) for k in wp)
     manifest = load_model(child).manifest
@@ -227,22 +221,13 @@ def test_init_from_starts_from_the_parent_weights(setup, data_dir, tmp_path, one
     assert manifest["training"]["init_from"]["model"] == str(parent)
     other = write_id_artifact(tmp_path / "ids2", list(data.catalog["item_id"]), (16, 16, 16, 8))
     with pytest.raises(ValueError, match="token layout"):  # rebuilt IDs: old embeddings mean nothing
-        pretrain(data, seq_config, other.path, tmp_path / "x", child_config, init_from=parent)
+        train("x", data=data, ids=other, init_from=parent, **child_config)
     with pytest.raises(ValueError, match="hidden_size"):
-        pretrain(
-            data,
-            seq_config,
-            ids.path,
-            tmp_path / "y",
-            PretrainConfig.from_preset("small", **base),
-            init_from=parent,
-        )
+        train("y", preset="small", data=data, init_from=parent, **base)
 
 
-def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp_path, one_thread):
+def test_auxiliary_objectives_train_and_leave_a_plain_model(train, tmp_path):
     """Multi-token and category heads learn, resume exactly, and are not in the saved model."""
-    _, ids, _, seq_config = setup
-    dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=30)
     base = dict(
         epochs=2,
         batch_size=64,
@@ -253,24 +238,13 @@ def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp
         category_weight=0.5,
         category_min_titles=2,
     )
-    full = pretrain(dc, seq_config, ids.path, tmp_path / "a", PretrainConfig.from_preset("tiny", **base))
+    full = train("a", **base)
     hist = load_model(full).manifest["training"]["history"]
     for name in ("mtp_2", "mtp_3", "category"):
         assert hist[1][f"{name}_loss"] < hist[0][f"{name}_loss"]
-    plain = pretrain(
-        dc,
-        seq_config,
-        ids.path,
-        tmp_path / "p",
-        PretrainConfig.from_preset("tiny", epochs=1, batch_size=64, eval_every=0),
-    )
+    plain = train("p", epochs=1, batch_size=64, eval_every=0)
     assert load_file(full / "model.safetensors").keys() == load_file(plain / "model.safetensors").keys()
-    pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", max_steps=5, **base)
-    )
-    resumed = pretrain(
-        dc, seq_config, ids.path, tmp_path / "b", PretrainConfig.from_preset("tiny", **base), resume=True
-    )
+    resumed = halted_and_resumed(train, "b", **base)
     wa, wb = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     keys = ("train_loss", "mtp_2_loss", "mtp_3_loss", "category_loss", "recall@10")
@@ -278,13 +252,7 @@ def test_auxiliary_objectives_train_and_leave_a_plain_model(setup, data_dir, tmp
         [h[k] for k in keys] for h in hist
     ]
     with pytest.raises(ValueError, match="no category"):
-        pretrain(
-            dc,
-            seq_config,
-            ids.path,
-            tmp_path / "c",
-            PretrainConfig.from_preset("tiny", **{**base, "category_min_titles": 10**6}),
-        )
+        train("c", **{**base, "category_min_titles": 10**6})
 
 
 def test_two_process_cpu_launch_writes_a_loadable_model(setup, data_dir, tmp_path):
