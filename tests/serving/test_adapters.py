@@ -9,8 +9,6 @@ transformers backend with every canvas's soft prompt and context, over the API a
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,7 +21,8 @@ from prompt_tuning.canvases import get_canvas
 from semantic_ids.layout import SEP
 from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
-from serving.server import ServerSettings, create_app, run_in_thread
+from serving.server import ServerSettings, create_app
+from tests.serving.servers import SMALL_VLLM, assert_bad_requests, needs_vllm, served_app
 from tests.serving.tiny_adapters import NUM_VIRTUAL, TARGETS
 
 KEY = "adapter-key"
@@ -47,17 +46,8 @@ def rows(rec: Recommender, titles: list[str]) -> list[int]:
 @contextmanager
 def serving(rec: Recommender) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
     """The app over ``rec`` on a free loopback port; (authenticated httpx client, openai client)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server, thread = run_in_thread(create_app(rec, ServerSettings(api_key=KEY)), [sock])
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    try:
-        yield http, openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
-    finally:
-        http.close()
-        server.should_exit = True
-        thread.join(30)
+    with served_app(create_app(rec, ServerSettings(api_key=KEY)), KEY) as (_, http, client):
+        yield http, client
 
 
 # ---------------------------------------------------------------------------- Python API
@@ -380,11 +370,7 @@ BAD = [  # (endpoint, body, status, param, words the message must contain)
 
 def test_bad_contexts_get_a_4xx_naming_the_field(http_clients) -> None:
     http, client = http_clients
-    for path, body, status, param, words in BAD:
-        r = http.post(path, json=body)
-        assert r.status_code == status, (body, r.text)
-        err = r.json()["error"]
-        assert words in err["message"] and err["param"] == param, (body, err)
+    assert_bad_requests(http, BAD)
     with pytest.raises(openai.BadRequestError, match="needs a query"):
         client.completions.create(model="sidrec-search", prompt="m01", n=2)
     assert http.get("/health").json()["status"] == "ok"
@@ -409,12 +395,9 @@ def parity_requests() -> list[RecommendationRequest]:
     ]
 
 
-@pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+@needs_vllm
 def test_vllm_serves_the_soft_prompts_like_transformers(tiny_exported_dir, rec) -> None:
-    vl = Recommender.from_pretrained(
-        tiny_exported_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **COMMON
-    )
+    vl = Recommender.from_pretrained(tiny_exported_dir, backend="vllm", **SMALL_VLLM, **COMMON)
     try:
         reqs = parity_requests()
         for req, a, b in zip(reqs, vl.recommend_batch(reqs), rec.recommend_batch(reqs), strict=True):

@@ -11,11 +11,8 @@ the module, so other tests see the four built-in canvases only.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 import torch
 
@@ -32,7 +29,8 @@ from prompt_tuning.canvases import (
 )
 from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
-from serving.server import ServerSettings, create_app, run_in_thread
+from serving.server import ServerSettings, create_app
+from tests.serving.servers import served_app
 from tests.serving.tiny_adapters import NUM_VIRTUAL
 
 NEW = "new-releases"
@@ -150,13 +148,7 @@ def test_the_new_canvas_is_served_with_its_soft_prompt_and_token(rec, served_dir
 
 
 def test_the_server_lists_and_serves_the_new_canvas(rec) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server, thread = run_in_thread(create_app(rec, ServerSettings(api_key=KEY)), [sock])
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
-    try:
+    with served_app(create_app(rec, ServerSettings(api_key=KEY)), KEY) as (_, http, client):
         cards = {m.id: m for m in client.models.list()}
         assert list(cards) == [
             "sidrec-home",
@@ -193,10 +185,6 @@ def test_the_server_lists_and_serves_the_new_canvas(rec) -> None:
             unregister(GENRE_ROW.name)
         gone = http.post("/v1/recommendations", json={"history": [], "canvas": "genre-row"})
         assert gone.status_code == 404 and "unknown canvas 'genre-row'" in gone.json()["error"]["message"]
-    finally:
-        http.close()
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_a_registered_text_canvas_keeps_the_answer_inside_its_context(rec, registered) -> None:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import socket
 
-import httpx
-import openai
 import pytest
 
 from prompt_tuning.canvases import REQUEST_FIELDS, CanvasSpec, Examples, canvas_names, register, unregister
 from serving.api import CompletionRequest, RecommendationsRequest, request_models
 from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
-from serving.server import ServerSettings, create_app, run_in_thread
+from serving.server import ServerSettings, create_app
+from tests.serving.servers import assert_bad_requests, served_app
 
 KEY = "context-key"
 COMMON = dict(num_beams=5, max_k=10, max_batch=16)
@@ -61,17 +59,8 @@ def rec(tiny_exported_dir) -> Recommender:
 @pytest.fixture(scope="module")
 def http_clients(rec):
     """The app over ``rec`` on a free loopback port; (authenticated httpx client, openai client)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server, thread = run_in_thread(create_app(rec, ServerSettings(api_key=KEY)), [sock])
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    try:
-        yield http, openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
-    finally:
-        http.close()
-        server.should_exit = True
-        thread.join(30)
+    with served_app(create_app(rec, ServerSettings(api_key=KEY)), KEY) as (_, http, client):
+        yield http, client
 
 
 def ids_of(res) -> list[str]:
@@ -212,12 +201,7 @@ BAD = [  # (endpoint, body, status, param, words the message must contain)
 
 
 def test_unknown_and_misplaced_fields_get_a_4xx_naming_them(http_clients) -> None:
-    http, _ = http_clients
-    for path, body, status, param, words in BAD:
-        r = http.post(path, json=body)
-        assert r.status_code == status, (body, r.text)
-        err = r.json()["error"]
-        assert words in err["message"] and err["param"] == param, (body, err)
+    assert_bad_requests(http_clients[0], BAD)
 
 
 def test_a_field_registered_after_the_server_started_says_so(http_clients) -> None:

@@ -6,7 +6,6 @@ Each test starts the real ``serve`` in a subprocess on a loopback port, as ``sid
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -19,19 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serving.servers import BACKENDS, needs_vllm
 from tests.serving.tiny_model import NUM_TITLES
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-BACKENDS = [
-    pytest.param("transformers"),
-    pytest.param(
-        "vllm",
-        marks=[
-            pytest.mark.vllm,
-            pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')"),
-        ],
-    ),
-]
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
 DRAIN = 20  # drain_seconds given to the server
 
@@ -165,8 +154,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_leaves_no_process
         stop(proc)
 
 
-@pytest.mark.vllm
-@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')")
+@needs_vllm
 def test_a_killed_engine_turns_readiness_503_and_the_server_exits_non_zero(tiny_model_dir, tmp_path):
     proc, base = start(tiny_model_dir, "vllm", tmp_path)
     try:

@@ -9,7 +9,6 @@ must not see it.
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from core.artifacts import read_json
 from prompt_tuning.adapter import read_adapter
 from serving.recommender import Recommender
+from tests.serving.servers import SMALL_VLLM, needs_vllm
 from tests.serving.test_adapters import COMMON, HISTORY, ids_of, serving
 from tests.serving.tiny_adapters import GENRES, LORA_RANK, LORA_TARGET, TARGETS
 
@@ -90,12 +90,9 @@ def test_models_say_which_adapter_serves_each_canvas(rec) -> None:
         )
 
 
-@pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+@needs_vllm
 def test_vllm_applies_the_lora_per_request_like_transformers(lora_dir, rec) -> None:
-    vl = Recommender.from_pretrained(
-        lora_dir, backend="vllm", enforce_eager=True, kv_cache_gib=0.25, **COMMON
-    )
+    vl = Recommender.from_pretrained(lora_dir, backend="vllm", **SMALL_VLLM, **COMMON)
     try:
         reqs = [
             dict(history=HISTORY, canvas="collection", theme=_theme_of(rec, LORA_TARGET), k=5),

@@ -4,34 +4,29 @@ request the same answer as one server, whatever the order, and a bad request on 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import socket
 
 import httpx
 import pytest
 
 from serving.recommender import Recommender
-from serving.server import ServerSettings, create_app, run_in_thread
+from serving.server import ServerSettings, create_app
+from tests.serving.servers import served_app
 
 TITLES = [f"tt{i:03d}" for i in range(12)]
 
 
 @pytest.fixture(scope="module")
 def replicas(tiny_model_dir):
-    started = []
-    try:
+    with contextlib.ExitStack() as stack:
+        bases = []
         for _ in range(2):
             rec = Recommender.from_pretrained(tiny_model_dir, backend="transformers", num_beams=5, max_k=10)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            server, thread = run_in_thread(create_app(rec, ServerSettings()), [sock])
-            started.append((rec, server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"))
-        yield [s[3] for s in started]
-    finally:
-        for rec, server, thread, _ in started:
-            server.should_exit = True
-            thread.join(30)
-            rec.close()
+            stack.callback(rec.close)  # after its server has stopped
+            base, _, _ = stack.enter_context(served_app(create_app(rec, ServerSettings())))
+            bases.append(base)
+        yield bases
 
 
 def _ask(client: httpx.Client, base: str, history: list[str], user: str) -> list[str]:

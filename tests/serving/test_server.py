@@ -8,7 +8,6 @@ transformers ``Recommender`` called directly, so the HTTP layer is checked again
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import json
 import os
 import socket
@@ -24,25 +23,15 @@ import openai
 import pytest
 
 from serving.recommender import RecommendationRequest, Recommender
-from serving.server import ServerSettings, create_app, run_in_thread
+from serving.server import ServerSettings, create_app
 from serving.worker import EngineWorker, Metrics
+from tests.serving.servers import BACKENDS, SMALL_VLLM, served_app
 from tests.serving.tiny_model import MAX_HISTORY, NUM_TITLES, UNCATALOGUED, tiny_attributes
 
 KEY = "test-key"
 MAX_BODY = 4096
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
 COMMON = dict(num_beams=5, max_k=10, max_batch=16)
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-BACKENDS = [
-    pytest.param("transformers"),
-    pytest.param(
-        "vllm",
-        marks=[
-            pytest.mark.vllm,
-            pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (pip install -e '.[serving]')"),
-        ],
-    ),
-]
 
 
 @dataclass
@@ -63,23 +52,15 @@ def ref(tiny_model_dir, tiny_attributes_table) -> Recommender:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(request, tiny_model_dir, tiny_attributes_table):
-    extra = dict(enforce_eager=True, kv_cache_gib=0.25) if request.param == "vllm" else {}
+    extra = SMALL_VLLM if request.param == "vllm" else {}
     rec = Recommender.from_pretrained(
         tiny_model_dir, backend=request.param, attributes=tiny_attributes_table, **COMMON, **extra
     )
     app = create_app(rec, ServerSettings(api_key=KEY, max_body_bytes=MAX_BODY, max_prompts=4))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # loopback only, a free port chosen by the OS
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server, thread = run_in_thread(app, [sock])
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
     try:
-        yield Served(base, request.param, http, client)
+        with served_app(app, KEY) as (base, http, client):
+            yield Served(base, request.param, http, client)
     finally:
-        http.close()
-        server.should_exit = True
-        thread.join(30)
         rec.close()
 
 
