@@ -28,6 +28,12 @@ def data_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def ml_slice_args(data_dir) -> list[str]:
+    """The command-line flags of the first 20 MovieLens members (``sidrec ... --data --dataset --max-users``)."""
+    return ["--data", str(data_dir), "--dataset", "ml-latest-small", "--max-users", "20"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory) -> None:
     """Tests write caches under a temp dir, but share the sentence-encoder cache across runs."""

@@ -64,24 +64,10 @@ def test_guards(model_dir, data_dir):
         evaluate_model(path, other, EvalConfig(), max_users=2)
 
 
-def test_cli(model_dir, data_dir, tmp_path, capsys):
+def test_cli(model_dir, ml_slice_args, tmp_path, capsys):
     _, path = model_dir
     rc = main(
-        [
-            "eval",
-            "--model",
-            str(path),
-            "--data",
-            str(data_dir),
-            "--dataset",
-            "ml-latest-small",
-            "--max-users",
-            "20",
-            "--eval-users",
-            "3",
-            "--out",
-            str(tmp_path / "e.json"),
-        ]
+        ["eval", "--model", str(path), *ml_slice_args, "--eval-users", "3", "--out", str(tmp_path / "e.json")]
     )
     assert rc == 0
     assert "recall@10" in capsys.readouterr().out

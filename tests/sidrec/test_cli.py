@@ -10,39 +10,15 @@ import pytest
 from sidrec.bench_commands import BASELINE_KINDS, BENCHMARKS
 from sidrec.cli import main
 
-FAST = [
-    "--set",
-    "text_weight=0",
-    "--set",
-    "metadata_weight=1",
-    "--set",
-    "codebook_size=32",
-    "--set",
-    "dedup_size=64",
-    "--set",
-    "quantizer_options.kmeans_iters=5",
-]
+FAST = (
+    "--set text_weight=0 --set metadata_weight=1 --set codebook_size=32 --set dedup_size=64 "
+    "--set quantizer_options.kmeans_iters=5"
+).split()
 
 
-def test_ids_build_inspect_assign(data_dir, tmp_path, capsys):
+def test_ids_build_inspect_assign(ml_slice_args, tmp_path, capsys):
     out = tmp_path / "ids"
-    rc = main(
-        [
-            "ids",
-            "build",
-            "--data",
-            str(data_dir),
-            "--dataset",
-            "ml-latest-small",
-            "--max-users",
-            "20",
-            "--out",
-            str(out),
-            "--quantizer",
-            "rqkmeans",
-            *FAST,
-        ]
-    )
+    rc = main(["ids", "build", *ml_slice_args, "--out", str(out), "--quantizer", "rqkmeans", *FAST])
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
     assert stats["unique_ids"] and stats["num_items"] == 9742
@@ -50,23 +26,7 @@ def test_ids_build_inspect_assign(data_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "collision_rate" in text and "Titles sharing their first" in text
     # nothing new in the same catalog: map version stays 1
-    assert (
-        main(
-            [
-                "ids",
-                "assign",
-                "--ids",
-                str(out),
-                "--data",
-                str(data_dir),
-                "--dataset",
-                "ml-latest-small",
-                "--max-users",
-                "20",
-            ]
-        )
-        == 0
-    )
+    assert main(["ids", "assign", "--ids", str(out), *ml_slice_args]) == 0
     assert "0 new title(s)" in capsys.readouterr().out
 
 
@@ -75,106 +35,44 @@ def test_clear_errors(data_dir, tmp_path, capsys):
     assert "manifest.json is missing" in capsys.readouterr().out
     assert main(["ids", "build", "--data", str(data_dir), "--out", str(tmp_path / "x")]) == 2
     assert "choose one with --dataset" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown SemanticIDConfig field"):
-        main(
-            [
-                "ids",
-                "build",
-                "--data",
-                str(data_dir),
-                "--dataset",
-                "ml-latest-small",
-                "--out",
-                str(tmp_path / "x"),
-                "--set",
-                "levels=3",
-            ]
-        )
-    with pytest.raises(SystemExit, match="invalid SemanticIDConfig"):
-        main(
-            [
-                "ids",
-                "build",
-                "--data",
-                str(data_dir),
-                "--dataset",
-                "ml-latest-small",
-                "--out",
-                str(tmp_path / "x"),
-                "--set",
-                "codebook_size=1",
-            ]
-        )
+    x = str(tmp_path / "x")
+    build = ["ids", "build", "--data", str(data_dir), "--dataset", "ml-latest-small", "--out", x]
+    bad = (("levels=3", "unknown SemanticIDConfig field"), ("codebook_size=1", "invalid SemanticIDConfig"))
+    for override, error in bad:
+        with pytest.raises(SystemExit, match=error):
+            main([*build, "--set", override])
     assert not (tmp_path / "x").exists()
 
 
-def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(data_dir, tmp_path, capsys):
-    ids = tmp_path / "ids"
-    common = ["--data", str(data_dir), "--dataset", "ml-latest-small", "--max-users", "20"]
+def test_pretrain_init_from_starts_from_a_model_and_refuses_another_shape(ml_slice_args, tmp_path, capsys):
+    ids, common = tmp_path / "ids", ml_slice_args
     assert main(["ids", "build", *common, "--out", str(ids), "--quantizer", "rqkmeans", *FAST]) == 0
-    tiny = [
-        "--preset",
-        "tiny",
-        "--ids",
-        str(ids),
-        "--threads",
-        "1",
-        "--set",
-        "epochs=1",
-        "--set",
-        "eval_every=0",
-        "--set",
-        "num_user_buckets=4",
-        "--set",
-        "batch_size=8",
-    ]
+    tiny = ["--ids", str(ids), *"--preset tiny --threads 1 --set epochs=1 --set eval_every=0".split()]
+    tiny += "--set num_user_buckets=4 --set batch_size=8".split()
     assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "a")]) == 0
     parent = tmp_path / "a" / "model"
     assert main(["pretrain", *common, *tiny, "--out", str(tmp_path / "b"), "--init-from", str(parent)]) == 0
     manifest = json.loads((tmp_path / "b" / "model" / "manifest.json").read_text())
     assert "init_from" in manifest["parents"]
     capsys.readouterr()
+    other_shape = [*tiny, "--set", "num_user_buckets=0"]
     assert (
-        main(
-            [
-                "pretrain",
-                *common,
-                *tiny,
-                "--set",
-                "num_user_buckets=0",
-                "--out",
-                str(tmp_path / "c"),
-                "--init-from",
-                str(parent),
-            ]
-        )
+        main(["pretrain", *common, *other_shape, "--out", str(tmp_path / "c"), "--init-from", str(parent)])
         == 2
     )
     err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "cannot start from" in err and "token layout" in err
     assert not (tmp_path / "c" / "model").exists()
+
     # evaluation on a device this machine does not have: a clear error before any work
+    def evaluate(device: str, *more: str) -> int:
+        return main(["eval", *common, "--model", str(parent), "--eval-users", "5", "--device", device, *more])
+
     with pytest.raises(SystemExit, match="no CUDA GPU|only .* CUDA device"):
-        main(["eval", *common, "--model", str(parent), "--device", "cuda:7", "--eval-users", "5"])
+        evaluate("cuda:7")
     with pytest.raises(SystemExit, match="not a torch device"):
-        main(["eval", *common, "--model", str(parent), "--device", "gpu-please", "--eval-users", "5"])
-    assert (
-        main(
-            [
-                "eval",
-                *common,
-                "--model",
-                str(parent),
-                "--device",
-                "cpu",
-                "--eval-users",
-                "5",
-                "--out",
-                str(tmp_path / "e.json"),
-            ]
-        )
-        == 0
-    )
+        evaluate("gpu-please")
+    assert evaluate("cpu", "--out", str(tmp_path / "e.json")) == 0
     assert json.loads((tmp_path / "e.json").read_text())["device"] == "cpu"
 
 
@@ -239,19 +137,8 @@ def test_baseline_popular_on_a_slice(data_dir, tmp_path, capsys):
 
     assert BASELINE_KINDS == BASELINES
     out = tmp_path / "popular.json"
-    argv = [
-        "baseline",
-        "--kind",
-        "popular",
-        "--data",
-        str(data_dir),
-        "--dataset",
-        "ml-latest-small",
-        "--max-users",
-        "40",
-        "--out",
-        str(out),
-    ]
+    argv = ["baseline", "--kind", "popular", "--data", str(data_dir), "--dataset", "ml-latest-small"]
+    argv += ["--max-users", "40", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["baseline"] == "popular" and report["num_users"] == {"valid": 40, "test": 40}
