@@ -67,31 +67,7 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
         "collection": ("collection", "theme", "text", True, "error", True, True, True, "lora"),
     }
     assert get_canvas("t2t").title_in_history and get_canvas("t2t").fuse_candidate_order
-    with pytest.raises(ValueError, match="fuse_candidate_order needs candidates"):
-        CanvasSpec(name="x", token="home", build_examples=lambda s: None, fuse_candidate_order=True)
     assert get_canvas("home").fuse_co_engaged and not get_canvas("search").fuse_co_engaged
-    with pytest.raises(ValueError, match="not both"):
-        CanvasSpec(
-            name="x",
-            token="home",
-            build_examples=lambda s: None,
-            context_field="source",
-            context_kind="title",
-            candidates=lambda i, v: None,
-            fuse_candidate_order=True,
-            fuse_co_engaged=True,
-        )
-    with pytest.raises(ValueError, match="title_in_history needs a title context"):
-        CanvasSpec(
-            name="x",
-            token="home",
-            build_examples=lambda s: None,
-            context_field="query",
-            context_kind="text",
-            title_in_history=True,
-        )
-    with pytest.raises(ValueError, match="adapter must be one of"):
-        CanvasSpec(name="x", token="home", build_examples=lambda s: None, adapter="prefix")
     assert get_canvas("search").normalise("  Star Wars ") == "star wars"
     assert get_canvas("collection").normalise("  Film-Noir ") == "Film-Noir"
     assert get_canvas("search").anonymous_kinds == ("tag",)
@@ -143,6 +119,22 @@ def test_register_and_unregister(temporary):
         (dict(context_field="source", context_kind="title", lowercase=True), "applies to text contexts"),
         (dict(candidates=lambda index, value: None), "candidates come from a context"),
         (dict(keeps_history=False), "keeps_history=False needs a context"),
+        (dict(fuse_candidate_order=True), "fuse_candidate_order needs candidates"),
+        (
+            dict(
+                context_field="source",
+                context_kind="title",
+                candidates=lambda index, value: None,
+                fuse_candidate_order=True,
+                fuse_co_engaged=True,
+            ),
+            "not both",
+        ),
+        (
+            dict(context_field="query", context_kind="text", title_in_history=True),
+            "title_in_history needs a title context",
+        ),
+        (dict(adapter="prefix"), "adapter must be one of"),
     ],
 )
 def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
