@@ -118,6 +118,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# Two short epochs (4 steps each) with a checkpoint every 3 steps: a run halted after step 5 resumes
+# from inside epoch 2 (halted_and_resumed)
+TWO_EPOCHS = dict(epochs=2, batch_size=64, lr=5e-3, val_users=8, checkpoint_every_steps=3)
+
+
 @pytest.fixture
 def train(setup, data_dir, tmp_path, one_thread):
     """``train(folder, **overrides)``: pretrain a ``preset`` (tiny) with ``overrides`` on the module's
@@ -142,16 +147,8 @@ def halted_and_resumed(train, folder: str, **config):
 
 def test_loss_falls_and_resume_is_exact(setup, train, tmp_path):
     data = setup[0]
-    base = dict(
-        epochs=2,
-        batch_size=64,
-        lr=5e-3,
-        num_user_buckets=16,
-        val_users=8,
-        dropout=0.1,
-        hidden_dropout=0.1,
-        checkpoint_every_steps=3,
-    )  # resume replays the dropout masks
+    # dropout on: the resume must replay the dropout masks too
+    base = {**TWO_EPOCHS, "num_user_buckets": 16, "dropout": 0.1, "hidden_dropout": 0.1}
     full = train("a", **base)
     gm = load_model(full)
     hist = gm.manifest["training"]["history"]
@@ -184,15 +181,7 @@ def test_loss_falls_and_resume_is_exact(setup, train, tmp_path):
 
 
 def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(train, tmp_path):
-    base = dict(
-        epochs=2,
-        batch_size=64,
-        lr=5e-3,
-        val_users=8,
-        ema_decay=0.5,
-        selection="last",
-        checkpoint_every_steps=3,
-    )
+    base = {**TWO_EPOCHS, "ema_decay": 0.5, "selection": "last"}
     full = train("a", **base)
     hist = load_model(full).manifest["training"]["history"]
     assert all({"recall@10", "raw_recall@10", "raw_ndcg@10"} <= set(h) for h in hist)
@@ -228,16 +217,7 @@ def test_init_from_starts_from_the_parent_weights(setup, train, tmp_path):
 
 def test_auxiliary_objectives_train_and_leave_a_plain_model(train, tmp_path):
     """Multi-token and category heads learn, resume exactly, and are not in the saved model."""
-    base = dict(
-        epochs=2,
-        batch_size=64,
-        lr=5e-3,
-        val_users=8,
-        checkpoint_every_steps=3,
-        mtp_tokens=2,
-        category_weight=0.5,
-        category_min_titles=2,
-    )
+    base = {**TWO_EPOCHS, "mtp_tokens": 2, "category_weight": 0.5, "category_min_titles": 2}
     full = train("a", **base)
     hist = load_model(full).manifest["training"]["history"]
     for name in ("mtp_2", "mtp_3", "category"):
