@@ -65,8 +65,8 @@ class Engine:
     # trie-constrained beam loop), "transformers" (gen_fm.decode, the reference implementation; no
     # vLLM needed), or one added with serving.backends.registry.register_backend.
     backend: str = DEFAULT_BACKEND
-    # Weights dtype. float32 reproduces the transformers reference to ~1e-6; bfloat16 is faster
-    # (vLLM ~1.5x on CPU) but can swap near-tied titles. "auto" = vLLM's choice (bf16 for fp32 weights).
+    # Weights dtype. float32 reproduces the transformers reference up to float rounding; bfloat16 is
+    # faster but can swap near-tied titles. "auto" = vLLM's choice (bf16 for fp32 weights).
     dtype: str = "float32"
     # transformers backend only: torch device ("cpu", "cuda", "cuda:1", ...). vLLM picks its platform.
     device: str = "cpu"
