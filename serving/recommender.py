@@ -18,7 +18,6 @@ fewer than ``k`` titles always come with a ``reason``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +56,7 @@ class Recommendation:
 
 @dataclass(frozen=True, init=False)
 class RecommendationRequest:
-    """One request of ``recommend_batch``, and the arguments of ``Recommender.recommend`` (which
-    takes exactly these; its docstring says what each means).
+    """One request of ``recommend_batch``; the fields mean what ``Recommender.recommend``'s arguments do.
 
     A canvas's context is a keyword named by its spec's ``context_field`` (``query="space opera"``,
     ``source="tt0114709"``, or a registered canvas's own), or a ``context`` mapping; both land in
@@ -89,9 +87,9 @@ class RecommendationRequest:
         *,
         fresh_share: float | None = None,
         context: Mapping[str, Any] | None = None,
-        **context_fields: Any,
+        **fields: Any,
     ) -> None:
-        twice = sorted(set(context or {}) & set(context_fields))
+        twice = sorted(set(context or {}) & set(fields))
         if twice:
             raise ValueError(f"context field(s) {twice} given twice: as keywords and in context")
         values = dict(
@@ -104,7 +102,7 @@ class RecommendationRequest:
             exclude_history=exclude_history,
             rules=rules,
             fresh_share=fresh_share,
-            context={**(context or {}), **context_fields},
+            context={**(context or {}), **fields},
         )
         for name, value in values.items():  # frozen: set once, here
             object.__setattr__(self, name, value)
@@ -238,25 +236,44 @@ class Recommender:
         ``attributes`` is a ready attribute table (else one is loaded from ``data_dir`` when set)."""
         return cls(ServingConfig.create(str(model_dir), backend=backend, **config), attributes)
 
-    def recommend(self, history: Sequence[str], *args: Any, **kwargs: Any) -> RecommendationList:
-        """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``: one
-        ``RecommendationRequest``, whose signature this method shows and takes as it is.
+    def recommend(
+        self,
+        history: Sequence[str],
+        canvas: str = DEFAULT_CANVAS,
+        k: int = 10,
+        exclude: Sequence[str] | None = None,
+        allow: Sequence[str] | None = None,
+        user_id: str | None = None,
+        exclude_history: bool = True,
+        rules: Rules | Mapping[str, Any] | None = None,
+        *,
+        fresh_share: float | None = None,
+        **context: Any,
+    ) -> RecommendationList:
+        """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
         ``user_id`` selects the member token (ignored by models trained without member tokens);
         ``rules`` are business rules (``serving.rules``), applied while decoding. The canvas's
         context is the keyword its spec names (``CanvasSpec.context_field``: ``query`` for search,
-        ``source`` for t2t, ``theme`` for collection), or a ``context`` mapping; a name no registered
-        canvas takes is a ``ValueError`` listing those that exist (``serving.prompts``: which are
-        required, and the t2t fallback). ``fresh_share`` of the ``k`` slots go to titles added after
-        training (``ServingConfig.fresh.fresh_share`` when None).
+        ``source`` for t2t, ``theme`` for collection); a name no registered canvas takes is a
+        ``ValueError`` listing those that exist (``serving.prompts``: which are required, and the
+        t2t fallback). ``fresh_share`` of the ``k`` slots go to titles added after training
+        (``ServingConfig.fresh.fresh_share`` when None).
         """
-        return self.recommend_batch([RecommendationRequest(history, *args, **kwargs)])[0]
-
-    # the arguments are declared once, on RecommendationRequest; help() and inspect show them here
-    recommend.__signature__ = inspect.signature(RecommendationRequest.__init__).replace(
-        return_annotation="RecommendationList"
-    )
+        request = RecommendationRequest(
+            history,
+            canvas,
+            k,
+            exclude,
+            allow,
+            user_id,
+            exclude_history,
+            rules,
+            fresh_share=fresh_share,
+            **context,
+        )
+        return self.recommend_batch([request])[0]
 
     def recommend_batch(
         self, requests: Sequence[RecommendationRequest | Mapping[str, Any]]
