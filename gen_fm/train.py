@@ -290,6 +290,7 @@ def pretrain(
         )
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
+    config = config.for_data(float(np.median(split.sequences.lengths)))  # written resolved
     ids = SemanticIDs.load(ids_dir)
     titles = config.model.history_tokens == "titles"
     encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets, title_tokens=titles)

@@ -10,7 +10,16 @@ import pytest
 
 from core.artifacts import jsonable
 from core.overrides import parse_overrides
-from gen_fm.config import PRESETS, Augmentation, ModelShape, Optimisation, PretrainConfig
+from gen_fm.config import (
+    PRESETS,
+    SPARSE_EVENTS_PER_MEMBER,
+    SPARSE_HIDDEN_DROPOUT,
+    Augmentation,
+    ModelShape,
+    Optimisation,
+    PretrainConfig,
+    hidden_dropout_for,
+)
 from gen_fm.model import build_model, load_model
 from gen_fm.tokenizer import PromptEncoder
 from tests.tiny_folders import save_unit_model, write_id_artifact
@@ -160,3 +169,18 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
         PretrainConfig.from_dict({"history_tokens": "titles", "canvas_mix": "t2t"})
     c = PretrainConfig.from_dict({"epochs": 10, "eval_every": 3, "eval_from": 0.5})
     assert [e for e in range(1, 11) if c.validates(e)] == [6, 9, 10]
+
+
+def test_hidden_dropout_left_unset_is_set_from_the_data_and_a_set_one_is_kept():
+    assert hidden_dropout_for(SPARSE_EVENTS_PER_MEMBER - 1) == SPARSE_HIDDEN_DROPOUT > 0
+    assert hidden_dropout_for(SPARSE_EVENTS_PER_MEMBER) == 0.0
+    unset = PretrainConfig.from_preset("small")
+    assert unset.model.hidden_dropout is None
+    assert unset.for_data(7).model.hidden_dropout == SPARSE_HIDDEN_DROPOUT  # a shopping catalog
+    assert unset.for_data(165).model.hidden_dropout == 0.0  # a movie site's long histories
+    assert unset.for_data(7).optim == unset.optim  # nothing else changes
+    kept = PretrainConfig.from_preset("small", hidden_dropout=0.1)
+    assert kept.for_data(7) is kept and kept.for_data(165) is kept
+    assert PretrainConfig.from_preset("base").for_data(7).model.hidden_dropout == 0.15  # the GPU recipe's own
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        ModelShape(hidden_dropout=1.0)

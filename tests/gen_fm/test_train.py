@@ -183,8 +183,11 @@ def test_loss_falls_and_resume_is_exact(setup, train, tmp_path):
 def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(train, tmp_path):
     base = {**TWO_EPOCHS, "ema_decay": 0.5, "selection": "last"}
     full = train("a", **base)
-    hist = load_model(full).manifest["training"]["history"]
+    gm = load_model(full)
+    hist = gm.manifest["training"]["history"]
     assert all({"recall@10", "raw_recall@10", "raw_ndcg@10"} <= set(h) for h in hist)
+    # hidden_dropout left unset: the folder says what it trained with (MovieLens members are dense)
+    assert gm.config.model.hidden_dropout == 0.0
     kept = load_file(full / "model.safetensors")
     raw = load_file(tmp_path / "a" / "checkpoints" / "step-00000008" / "model.safetensors")
     assert kept.keys() == raw.keys()
