@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from core.artifacts import jsonable, manifest_hash, read_json
 from core.data import DataConfig, RecData, load_data
-from core.sequences import SequenceConfig, build_sequences, leave_one_out
+from core.sequences import SequenceConfig, Sequences, build_sequences, leave_one_out
 from gen_fm.batches import IGNORE, TITLE_COLUMNS, Augment, EpochTensors, epoch_batches
 from gen_fm.checkpoints import (
     BEST,
@@ -239,6 +239,12 @@ def load_init_weights(
     }
 
 
+def config_for_data(config: PretrainConfig, sequences: Sequences) -> PretrainConfig:
+    """The config a run on these members trains with: the settings left to the data set from them
+    (``PretrainConfig.for_data``), as the model folder records it."""
+    return config.for_data(float(np.median(sequences.lengths)))
+
+
 def data_end_time(data) -> int | None:
     """Newest event time (unix seconds) of timestamped data; None when times are positions."""
     if not data.has_time or len(data.interactions) == 0:
@@ -290,7 +296,7 @@ def pretrain(
         )
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
-    config = config.for_data(float(np.median(split.sequences.lengths)))  # written resolved
+    config = config_for_data(config, split.sequences)  # the folder records what it trained with
     ids = SemanticIDs.load(ids_dir)
     titles = config.model.history_tokens == "titles"
     encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets, title_tokens=titles)

@@ -24,7 +24,7 @@ from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import FUSION_FILE, TITLE_TAGS_FILE, load_model
-from gen_fm.train import pretrain
+from gen_fm.train import config_for_data, pretrain
 from prompt_tuning.canvases import canvas_names, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, export_adapters
@@ -197,9 +197,10 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
     digest = hashlib.sha256(json.dumps(pc.by_name(), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
-    if same_build(model_dir, "gen_fm", pc, data.fingerprint) and read_manifest(model_dir)["parents"].get(
-        "semantic_ids"
-    ) == manifest_hash(ids_dir):
+    trained_with = config_for_data(pc, build_sequences(data, SequenceConfig()))  # as the folder records it
+    if same_build(model_dir, "gen_fm", trained_with, data.fingerprint) and read_manifest(model_dir)[
+        "parents"
+    ].get("semantic_ids") == manifest_hash(ids_dir):
         console.print(f"reusing {model_dir} (same data, IDs and config)")
         return model_dir
     return pretrain(data_config, SequenceConfig(), ids_dir, run_dir, pc, resume=True)
