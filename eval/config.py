@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.metrics import validate_ks
+from core.overrides import build_config
 from gen_fm.beams import beam_width
 
 SPLITS = ("valid", "test", "train")
@@ -79,11 +80,12 @@ class JudgeConfig:
 
     @classmethod
     def of(cls, value: JudgeConfig | Mapping[str, Any]) -> JudgeConfig:
-        """A config that nests this one takes it as is or as a dict of its fields."""
+        """A config that nests this one takes it as is or as a dict of its fields (read as ``--set``
+        reads them: unknown keys are refused, naming the valid ones)."""
         if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            return cls(**value)
+            return build_config(cls, value, "judge")
         raise TypeError(f"judge must be a JudgeConfig or a dict of its fields, got {value!r}")
 
     @property
