@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,8 +42,9 @@ console = Console()
 
 def pretrain_default() -> PretrainConfig:
     # The quickstart's recipe on ml-latest-small: few training windows, so small batches; every
-    # validation member each epoch, the weights kept the latest epoch within one standard error of
-    # the best (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
+    # validation member each epoch of the second half (the first half's weights, at a high learning
+    # rate, are not kept), the weights kept the latest epoch within one standard error of the best
+    # (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
     # judged and kept are an exponential moving average (decay 0.995: about the last 200 steps).
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
     # the title rows also score the next title over the whole catalog (the title head, fused with
@@ -53,7 +56,7 @@ def pretrain_default() -> PretrainConfig:
         model=dict(history_tokens="titles"),
         titles=dict(title_loss_weight=1.0),
         optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
-        validation=dict(val_users=None, eval_every=1, patience=0),
+        validation=dict(val_users=None, eval_every=1, eval_from=0.5, patience=0),
     )
 
 
@@ -160,13 +163,46 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     data = load_data(data_config)
     for line in data.report.lines():
         console.print(f"[dim]{line}[/dim]")
-    ids = stage_ids(config, data, out / "ids")
-    model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
-    stage_fusion(data_config, model_dir)
-    _stage_eval(config, data_config, model_dir, out / "eval-test.json")
-    console.rule("4/5 an adapter per canvas (PEFT soft prompts and LoRA on the frozen model)")
-    served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
-    _stage_examples(config, data, served, ids)
+    clock = StageClock()
+    with clock("semantic IDs"):
+        ids = stage_ids(config, data, out / "ids")
+    with clock("pretraining"):
+        model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
+    with clock("fusion weight"):
+        stage_fusion(data_config, model_dir)
+    with clock("test evaluation"):
+        _stage_eval(config, data_config, model_dir, out / "eval-test.json")
+    with clock("canvas adapters"):
+        console.rule("4/5 an adapter per canvas (PEFT soft prompts and LoRA on the frozen model)")
+        served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
+    with clock("examples"):
+        _stage_examples(config, data, served, ids)
+    console.print(f"[dim]{clock.summary()}[/dim]", soft_wrap=True)  # one line, for logs
+
+
+class StageClock:
+    """Wall-clock seconds of each stage, for the run's closing line (where the time went)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        total = sum(self.seconds.values())
+        parts = ", ".join(f"{name} {_duration(s)}" for name, s in self.seconds.items())
+        return f"quickstart done in {_duration(total)}: {parts}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def stage_ids(config: QuickstartConfig, data, ids_dir: Path):

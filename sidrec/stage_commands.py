@@ -169,7 +169,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, dataset_help="sub-folder of --data (default: ml-latest-small)", max_users=False)
     p.add_argument("--out", help="run folder (default: runs/quickstart)")
     add_config_args(p, "QuickstartConfig")
-    add_threads_arg(p, 1, "torch CPU threads (1 is fastest on a busy 2-core machine)")
+    add_threads_arg(
+        p, None, "torch CPU threads (default: torch's own, every core; 1 leaves a core to other work)"
+    )
     p.set_defaults(func="sidrec.handlers.pipelines:cmd_quickstart")
 
     p = sub.add_parser(

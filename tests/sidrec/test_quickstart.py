@@ -51,6 +51,8 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     assert report["num_beams"] == 10  # gen_fm.beams.beam_width(5)
     assert "5/5 recommendations" in first and " 5. " in first  # k=5 titles printed
     assert "more like" in first and "soft prompt" in first
+    closing = first.strip().splitlines()[-1]  # where the time went, stage by stage
+    assert closing.startswith("quickstart done in ") and "pretraining " in closing and "examples " in closing
     assert "t2t: these IDs have no text modality, so no candidate sets" in first  # as served
     assert len(list(out.glob("run-*/model/manifest.json"))) == 1
     served = out / "prompts" / "served"
