@@ -12,6 +12,8 @@ of two ways:
   have (``epochs`` in a pipeline whose stages all train) is refused, naming the paths to choose from.
 
 ``pretrain.preset=base`` starts from that preset; a dict-typed field takes dotted keys, merged.
+A config that moved or renamed a field lists the old name in a ``RENAMED`` class attribute (old
+name -> new dotted path), so old commands and the configs recorded in old artifacts still read.
 """
 
 from __future__ import annotations
@@ -64,11 +66,14 @@ def nest_keys(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str
     fields = {f.name for f in dataclasses.fields(cls)}
     nested = _configs_below(cls)
     below = _names_below(cls)
+    renamed = renamed_fields(cls)
     out: dict[str, Any] = {}
     unknown, ambiguous = [], []
     for key, value in values.items():
         path = key.split(".")
-        if path[0] not in fields:
+        if path[0] in renamed:
+            path = renamed[path[0]].split(".") + path[1:]
+        elif path[0] not in fields:
             found = below.get(path[0], [])
             if len(found) != 1:
                 (ambiguous if found else unknown).append((path[0], found))
@@ -159,12 +164,20 @@ def _configs_below(cls: type) -> dict[str, type]:
     return out
 
 
+def renamed_fields(cls: type) -> dict[str, str]:
+    """`cls`'s old field names -> their dotted paths now (its ``RENAMED`` class attribute)."""
+    return dict(getattr(cls, "RENAMED", None) or {})
+
+
 def _names_below(cls: type) -> dict[str, list[str]]:
-    """Every field name inside `cls`'s nested configs (any depth) -> the dotted paths holding it."""
+    """Every field name inside `cls`'s nested configs (any depth), old names included -> the
+    dotted paths holding it."""
     index: dict[str, list[str]] = {}
     for name, sub in _configs_below(cls).items():
         for f in dataclasses.fields(sub):
             index.setdefault(f.name, []).append(f"{name}.{f.name}")
+        for old, new in renamed_fields(sub).items():
+            index.setdefault(old, []).append(f"{name}.{new}")
         for leaf, paths in _names_below(sub).items():
             index.setdefault(leaf, []).extend(f"{name}.{p}" for p in paths)
     return index

@@ -1,5 +1,5 @@
-"""The evaluation stage's configs: ``EvalConfig`` (which split, which cut-offs, how scoring is
-batched) and ``JudgeConfig`` (how a pipeline judges its model's top-K lists on the test split).
+"""The evaluation stage's config, ``EvalConfig``: which split, which cut-offs, how scoring is batched.
+(How top-K lists are made and judged, the K, beam and members, is ``gen_fm.beams.JudgeConfig``.)
 
 Kept small on purpose: settings that only the generative model's evaluation needs (beam width,
 constrained decoding, ...) are added here as fields with defaults, so existing presets stay valid.
@@ -7,13 +7,9 @@ constrained decoding, ...) are added here as fields with defaults, so existing p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from core.metrics import validate_ks
-from core.overrides import build_config
-from gen_fm.beams import beam_width
 
 SPLITS = ("valid", "test", "train")
 
@@ -48,52 +44,3 @@ class EvalConfig:
     def max_k(self) -> int:
         """Length of the ranked list a model must return to score every cut-off."""
         return self.ks[-1]
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How a ranking is judged on the test split: the lists' length, the beam that makes them, and
-    how many members in what batches. Nested as ``judge`` in ``sidrec.refresh.RefreshConfig`` and
-    ``sidrec.quickstart.QuickstartConfig``: ``--set judge.k=20`` (``--set k=20`` where unique)."""
-
-    k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5); the recommended lists' length
-    num_beams: int | None = None  # None = gen_fm.beams.beam_width(k)
-    eval_users: int | None = None  # judge at most this many members (quick runs); None = all
-    eval_batch_size: int = 64  # prompts per beam-search batch
-
-    def __post_init__(self) -> None:
-        for name, optional in (
-            ("k", False),
-            ("num_beams", True),
-            ("eval_users", True),
-            ("eval_batch_size", False),
-        ):
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1{' or None' if optional else ''}, got {value!r}")
-        if self.num_beams is not None and self.num_beams < self.k:
-            raise ValueError(
-                f"num_beams {self.num_beams} < k {self.k}: a beam narrower than K cannot return K titles"
-            )
-
-    @classmethod
-    def of(cls, value: JudgeConfig | Mapping[str, Any]) -> JudgeConfig:
-        """A config that nests this one takes it as is or as a dict of its fields (read as ``--set``
-        reads them: unknown keys are refused, naming the valid ones)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            return build_config(cls, value, "judge")
-        raise TypeError(f"judge must be a JudgeConfig or a dict of its fields, got {value!r}")
-
-    @property
-    def beams(self) -> int:
-        """The beam width searched: ``num_beams``, or the one beam rule's width for ``k``."""
-        return beam_width(self.k, self.num_beams)
-
-    @property
-    def ks(self) -> tuple[int, ...]:
-        """The cut-offs reported: K, and 5 when K > 5."""
-        return tuple(sorted({min(5, self.k), self.k}))

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.config import JudgeConfig
 from eval.machine import machine_info
+from gen_fm.beams import JudgeConfig
 from gen_fm.dataset import catalog_to_sid_rows
 from gen_fm.decode import recommend
 from gen_fm.titles import extend_titles

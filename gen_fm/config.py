@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from core.artifacts import jsonable
 from core.overrides import build_config, override
-from gen_fm.beams import beam_width
+from gen_fm.beams import JudgeConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = frozenset(
         "optim.max_steps",
         "checkpoints.checkpoint_every_steps",
         "checkpoints.keep_checkpoints",
-        "validation.eval_batch_size",
+        "validation.judge.eval_batch_size",
     }
 )
 
@@ -287,40 +287,28 @@ class Validation:
     # Validate only after this share of the epochs (early epochs of a decaying schedule are never
     # chosen; skipping them saves decoding time). The last epoch is always validated.
     eval_from: float = 0.0
-    eval_k: int = 10  # validation Recall@K / NDCG@K
-    # Beam width for validation; None = gen_fm.beams.beam_width(eval_k). Decoding is constrained to valid IDs.
-    num_beams: int | None = None
-    # Members in the fixed validation sample (drawn once with the seed); None = all of them. 5,000
-    # keeps one standard error of Recall@10 under a tenth of it where recall is above ~0.02, so the
-    # choice between epochs is not decided by noise. The final `sidrec eval` always uses every member.
-    val_users: int | None = 5000
+    # The validation sample's judge: K, the beam, members and batch (``gen_fm.beams.JudgeConfig``).
+    # 5,000 members (drawn once with the seed; None = all) keep one standard error of Recall@10
+    # under a tenth of it where recall is above ~0.02, so the choice between epochs is not decided
+    # by noise. The final `sidrec eval` always uses every member.
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(eval_users=5000))
     # Which validated epoch's weights are kept: "within-se" = the latest epoch whose Recall@K is
     # within one standard error of the best (differences below the noise go to the longer-trained
     # weights), "best" = the highest Recall@K (NDCG breaks ties), "last" = the last epoch.
     selection: str = "within-se"
-    eval_batch_size: int = 64  # prompts per beam-search batch
     # Validations without a better Recall@K before stopping; 0 = never stop (the default: the
     # schedule spans a fixed budget, and a noisy validation sample can stop a run far too early).
     patience: int = 0
 
+    # Names these settings had before ``judge`` held them (old commands and model folders read).
+    RENAMED: ClassVar[dict[str, str]] = {"eval_k": "judge.k", "val_users": "judge.eval_users"}
+
     def __post_init__(self) -> None:
-        _at_least(1, eval_k=self.eval_k, eval_batch_size=self.eval_batch_size)
         _at_least(0, eval_every=self.eval_every, patience=self.patience)
         _in_unit_interval(eval_from=self.eval_from)
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.val_users is not None and self.val_users < 1:
-            raise ValueError(f"val_users must be >= 1 or None, got {self.val_users}")
-        if self.num_beams is not None and self.num_beams < self.eval_k:
-            raise ValueError(
-                f"num_beams {self.num_beams} < eval_k {self.eval_k}: a beam narrower "
-                f"than K cannot return K titles"
-            )
-
-    @property
-    def beams(self) -> int:
-        """Validation beam width: never narrower than K."""
-        return beam_width(self.eval_k, self.num_beams)
+        object.__setattr__(self, "judge", JudgeConfig.of(self.judge))
 
 
 @dataclass(frozen=True)
@@ -385,19 +373,14 @@ class PretrainConfig:
 
     def by_path(self) -> dict[str, Any]:
         """Every setting by its dotted path, as JSON values: ``{"optim.lr": 0.001, "seed": 0, ...}``."""
-        out: dict[str, Any] = {}
-        for name, value in jsonable(self).items():
-            if isinstance(value, dict):
-                out.update({f"{name}.{k}": v for k, v in value.items()})
-            else:
-                out[name] = value
-        return out
+        return _paths(jsonable(self))
 
     def by_name(self) -> dict[str, Any]:
         """Every setting by its own name, as JSON values (names are unique across the concerns): the
         flat form the config had before it was grouped, which names run folders (``run-<hash>``), so
-        folders made before the grouping are still found."""
-        return {path.rsplit(".", 1)[-1]: value for path, value in self.by_path().items()}
+        folders made before the grouping are still found (a renamed setting by its old name)."""
+        old_names = {f"validation.{new}": old for old, new in Validation.RENAMED.items()}
+        return {old_names.get(p, p.rsplit(".", 1)[-1]): v for p, v in self.by_path().items()}
 
     def for_data(self, median_events: float) -> PretrainConfig:
         """This config with the settings left to the data set from it (``hidden_dropout=None``)."""
@@ -420,6 +403,17 @@ class PretrainConfig:
         checkpoints written before the grouping hold it (each field by its own name); fields a
         manifest lacks (added since) take their defaults. Unknown keys are an error, not dropped."""
         return build_config(cls, obj, "PretrainConfig", presets=False)
+
+
+def _paths(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves by their dotted paths."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            out.update(_paths(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 # The concern each nested field holds (checked on construction: a dict goes through ``from_dict``).

@@ -506,7 +506,7 @@ def _end_epoch(
 
     With weight averaging (`ema`) the averaged weights are the ones judged and kept; the raw
     weights are validated beside them so that the history shows what averaging changed."""
-    v, k = config.validation, config.validation.eval_k
+    v, k = config.validation, config.validation.judge.k
     figs, aux = reduced_sums(accelerator, state)
     row: dict[str, Any] = {
         "epoch": state.epoch + 1,
@@ -591,7 +591,7 @@ def _finish(
     """Write the model folder with the best weights (the last ones when nothing was validated)."""
     from safetensors.torch import load_model as load_weights
 
-    k = config.validation.eval_k
+    k = config.validation.judge.k
     partial = None
     if state.epoch_step:  # halted inside an epoch: its figures so far (throughput of short runs)
         figs, _ = reduced_sums(accelerator, state)

@@ -32,7 +32,7 @@ def validation_set(
     """A fixed sample of members' validation histories (drawn once with the seed)."""
     ex = split.examples("valid")
     idx = np.arange(len(ex.users))
-    n = config.validation.val_users
+    n = config.validation.judge.eval_users
     if n is not None and n < len(idx):
         idx = np.sort(np.random.default_rng(config.seed).choice(len(idx), n, replace=False))
     prompts = [
@@ -49,8 +49,8 @@ def evaluate(accelerator, model, val: ValidationSet, trie, config: PretrainConfi
     the beam's own as ``beam_recall@K`` / ``beam_ndcg@K``."""
     rank, world = accelerator.process_index, accelerator.num_processes
     prompts, targets = val.prompts[rank::world], val.targets[rank::world]
-    v = config.validation
-    k = v.eval_k
+    v = config.validation.judge
+    k = v.k
     net = accelerator.unwrap_model(model)
     tokens = title_tokens(trie.layout, trie.num_items) if config.titles.title_loss_weight else None
     weights = FUSION_WEIGHTS if tokens is not None else (0.0,)

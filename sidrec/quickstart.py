@@ -20,8 +20,9 @@ from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
 from core.data import DataConfig, load_data
 from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
-from eval.config import EvalConfig, JudgeConfig
+from eval.config import EvalConfig
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
+from gen_fm.beams import JudgeConfig
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
@@ -56,7 +57,7 @@ def pretrain_default() -> PretrainConfig:
         model=dict(history_tokens="titles"),
         titles=dict(title_loss_weight=1.0),
         optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
-        validation=dict(val_users=None, eval_every=1, eval_from=0.5, patience=0),
+        validation=dict(judge=dict(eval_users=None), eval_every=1, eval_from=0.5, patience=0),
     )
 
 
@@ -93,9 +94,8 @@ class QuickstartConfig:
     canvases: tuple[str, ...] = ("home", "search", "t2t", "collection")
     prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
     # How the test split is judged (K and its beam, members, batch) and how many titles the
-    # examples list: ``--set judge.k=5``, ``--set judge.eval_users=500`` (``k`` and ``eval_users``
-    # by name alone too; ``num_beams`` and ``eval_batch_size`` are also pretrain.validation's, so
-    # ``judge.num_beams`` and ``judge.eval_batch_size``).
+    # examples list: ``--set judge.k=5``, ``--set judge.eval_users=500`` (by its path: pretraining's
+    # validation has a judge too, ``pretrain.validation.judge``).
     judge: JudgeConfig = field(default_factory=_judge_default)
     examples: int = 3  # members whose recommendations are printed
     # Engine that serves the examples, a name registered in serving.backends.registry: "vllm" (the

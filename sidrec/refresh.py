@@ -33,9 +33,9 @@ from core.artifacts import jsonable, manifest_hash, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
 from core.overrides import merged, nest_keys, override, overrides_of
 from core.timeline import old_world
-from eval.config import JudgeConfig
 from eval.machine import machine_info
 from eval.new_titles import BASELINES, GROUPS, VARIANTS, judge
+from gen_fm.beams import JudgeConfig
 from gen_fm.config import PretrainConfig
 from gen_fm.model import load_model
 from gen_fm.train import pretrain
@@ -61,7 +61,7 @@ def _old_world_pretrain() -> PretrainConfig:
     return PretrainConfig.from_preset(
         "small",
         optim=dict(epochs=8, lr=2e-3, batch_size=64),
-        validation=dict(val_users=300, eval_every=1, patience=0),
+        validation=dict(judge=dict(eval_users=300), eval_every=1, patience=0),
     )
 
 
@@ -73,7 +73,7 @@ def _old_world_pretrain() -> PretrainConfig:
 FINETUNE: dict[str, Any] = {
     "seed": 0,
     "optim": {"epochs": 3, "lr": 1e-3, "warmup_ratio": 0.1, "max_steps": None},
-    "validation": {"val_users": 300, "eval_every": 1, "patience": 0},
+    "validation": {"judge": {"eval_users": 300}, "eval_every": 1, "patience": 0},
 }
 
 
@@ -106,9 +106,8 @@ class RefreshConfig:
     prompts: PromptTuningStageConfig = field(default_factory=prompts_default)
 
     # ---- evaluation (full data, test split, split into new-title and old-title targets) -------
-    # K, the beam, members per group (eval_users) and batch: ``--set judge.k=20``; ``k`` and
-    # ``eval_users`` also by name alone, while ``num_beams`` and ``eval_batch_size`` are validation
-    # fields of the pretrain configs too, so they take the path (``--set judge.num_beams=20``).
+    # K, the beam, members per group (eval_users) and batch: ``--set judge.k=20`` (by its path: the
+    # pretrain configs' validation has a judge too).
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     # ---- simulation only (--simulate): the old world and its model -------------------------------
@@ -139,7 +138,8 @@ class RefreshConfig:
         concern's values checked here; what spans concerns (and the architecture, which must be the
         parent's) is checked when it is applied to the parent's config (``finetune_config``)."""
         over = nest_keys(PretrainConfig, merged(FINETUNE, self.finetune), "RefreshConfig.finetune")
-        fixed = [k for k in ("eval_k", "num_beams") if k in over.get("validation", {})]
+        judge = over.get("validation", {}).get("judge", {})
+        fixed = [f"validation.judge.{k}" for k in ("k", "num_beams") if k in judge]
         if fixed:
             raise ValueError(
                 f"finetune {fixed}: the fine-tune validates at the refresh's judge.k and judge.num_beams"
@@ -316,8 +316,8 @@ def assign_new_titles(parent, data: RecData, ids_dir: Path):
 def finetune_config(parent_config: PretrainConfig, config: RefreshConfig) -> PretrainConfig:
     """The parent's PretrainConfig (architecture, regularisation) with the refresh's fine-tune
     overrides, validated at the judge's K and beam width."""
-    judged = {"eval_k": config.judge.k, "num_beams": config.judge.num_beams}
-    return override(parent_config, {**config.finetune, **judged})
+    judged = {"validation": {"judge": {"k": config.judge.k, "num_beams": config.judge.num_beams}}}
+    return override(parent_config, merged(nest_keys(PretrainConfig, config.finetune), judged))
 
 
 def _stage_finetune(parent, model_dir: Path, data: RecData, out: Path, config: RefreshConfig) -> Path:

@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
-from eval.config import EvalConfig, JudgeConfig
-from gen_fm.config import PretrainConfig
+from eval.config import EvalConfig
+from gen_fm.beams import JudgeConfig
+from gen_fm.config import PretrainConfig, Validation
 from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.config import SemanticIDConfig
 from serving.config import ServingConfig
@@ -32,7 +33,7 @@ def test_a_stage_config_has_at_most_12_top_level_fields(config):
     assert len(names) <= 12, f"{config.__name__} has {len(names)} top-level fields: {names}"
 
 
-@pytest.mark.parametrize("config", [RefreshConfig, QuickstartConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config", [RefreshConfig, QuickstartConfig, Validation], ids=lambda c: c.__name__)
 def test_the_judges_settings_live_only_in_judge(config):
     top = {f.name for f in dataclasses.fields(config)}
     assert top & {f.name for f in dataclasses.fields(JudgeConfig)} == set()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -113,3 +115,24 @@ def test_a_dict_of_overrides_of_a_config_takes_its_keys():
     assert config_from_args(Run, None, ["lr=0.5"]).tweak == {"inner": {"lr": 0.5}}  # a shorthand reaches it
     with pytest.raises(SystemExit, match=r"unknown Run.tweak field\(s\): lrr"):
         config_from_args(Run, None, ["tweak.lrr=1"])
+
+
+def test_a_renamed_field_is_read_by_its_old_name_at_any_depth():
+    @dataclass(frozen=True)
+    class Judge:
+        k: int = 10
+
+    @dataclass(frozen=True)
+    class Checks:
+        RENAMED: ClassVar[dict[str, str]] = {"eval_k": "judge.k"}
+        judge: Judge = field(default_factory=Judge)
+
+    @dataclass(frozen=True)
+    class Stage:
+        checks: Checks = field(default_factory=Checks)
+
+    assert [f.name for f in dataclasses.fields(Checks)] == ["judge"]  # a class attribute, not a field
+    assert build_config(Checks, {"eval_k": 3}).judge.k == 3
+    assert build_config(Stage, {"checks": {"eval_k": 4}}).checks.judge.k == 4  # as an old artifact holds it
+    assert build_config(Stage, {"eval_k": 5}).checks.judge.k == 5  # the old name alone, as --set gives it
+    assert build_config(Stage, {"k": 6}).checks.judge.k == 6

@@ -14,6 +14,7 @@ def test_the_beam_rule_is_never_narrower_than_k_and_an_explicit_width_wins() -> 
 
 
 def test_validation_reads_the_one_rule() -> None:
-    assert override(PretrainConfig(), {"eval_k": 30}).validation.beams == beam_width(30) == 30
-    assert PretrainConfig().validation.beams == beam_width(PretrainConfig().validation.eval_k)
-    assert override(PretrainConfig(), {"num_beams": 40}).validation.beams == 40
+    assert override(PretrainConfig(), {"k": 30}).validation.judge.beams == beam_width(30) == 30
+    assert override(PretrainConfig(), {"eval_k": 30}).validation.judge.k == 30  # its old name
+    assert PretrainConfig().validation.judge.beams == beam_width(PretrainConfig().validation.judge.k)
+    assert override(PretrainConfig(), {"num_beams": 40}).validation.judge.beams == 40

@@ -94,6 +94,16 @@ def test_few_top_level_fields_each_concern_its_own_dataclass():
     assert len(NESTED.by_path()) == len(FLAT)
 
 
+def test_a_model_folder_written_before_validation_nested_its_judge_loads():
+    """Folders before the judge moved into validation hold eval_k / val_users beside the rest."""
+    old = {
+        "validation": {"eval_every": 2, "eval_k": 20, "num_beams": 30, "val_users": 300, "eval_batch_size": 8}
+    }
+    judge = PretrainConfig.from_dict(old).validation.judge
+    assert (judge.k, judge.num_beams, judge.eval_users, judge.eval_batch_size) == (20, 30, 300, 8)
+    assert PretrainConfig.from_dict(old).by_name()["eval_k"] == 20  # run folders keep their names
+
+
 def test_a_flat_config_written_by_hand_loads_into_the_nested_one():
     assert PretrainConfig.from_dict(FLAT) == NESTED
     assert PretrainConfig.from_dict(jsonable(NESTED)) == NESTED
@@ -135,7 +145,7 @@ def test_overrides_by_path_or_by_unique_name_give_the_same_config():
     assert by_path == by_name
     assert by_name.optim == dataclasses.replace(PretrainConfig.from_preset("base").optim, lr=0.002)
     assert by_name.augment.canvas_mix == ("search", "t2t") and by_name.augment.item_dropout == 0.1
-    assert pretrain_config("seed=3", "val_users=null").validation.val_users is None
+    assert pretrain_config("seed=3", "val_users=null").validation.judge.eval_users is None
     with pytest.raises(ValueError, match=r"unknown PretrainConfig field\(s\): lrr; known: .*optim\.\{.*lr"):
         pretrain_config("lrr=0.1")
     with pytest.raises(ValueError, match=r"unknown PretrainConfig.optim field\(s\): hidden_size"):

@@ -40,7 +40,7 @@ def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="head size"):
         ModelShape(hidden_size=64, num_heads=4)  # head size 16: vLLM refuses it
     with pytest.raises(ValueError):
-        Validation(num_beams=5, eval_k=10)
+        Validation(judge={"num_beams": 5, "k": 10})
     with pytest.raises(ValueError):
         PretrainConfig.from_preset("huge")
     with pytest.raises(ValueError, match="unknown"):

@@ -116,22 +116,26 @@ def test_the_quickstart_config_holds_the_stages_configs():
 
 
 def test_the_quickstart_judges_with_the_refreshs_judge_config():
-    """K, beam, members and batch are one nested JudgeConfig, as in the refresh; ``k`` and
-    ``eval_users`` still resolve by name alone, ``eval_batch_size`` (pretrain.validation's too) not."""
+    """K, beam, members and batch are one nested JudgeConfig, as in the refresh and in
+    pretraining's validation: a name they share is refused alone, naming both paths."""
     from core.overrides import config_from_args
-    from eval.config import EvalConfig, JudgeConfig
+    from eval.config import EvalConfig
+    from gen_fm.beams import JudgeConfig
     from sidrec.quickstart import QuickstartConfig
 
     assert QuickstartConfig().judge == JudgeConfig(eval_batch_size=EvalConfig().batch_size)
-    c = config_from_args(QuickstartConfig, None, ["k=20", "eval_users=100", "judge.num_beams=25"])
+    c = config_from_args(QuickstartConfig, None, ["judge.k=20", "judge.eval_users=100", "judge.num_beams=25"])
     assert (c.judge.k, c.judge.eval_users, c.judge.beams, c.judge.ks) == (20, 100, 25, (5, 20))
+    assert c.pretrain.validation.judge == QuickstartConfig().pretrain.validation.judge  # untouched
     assert QuickstartConfig(judge={"k": 3}).judge.ks == (3,)
-    with pytest.raises(
-        SystemExit,
-        match=r"'eval_batch_size' is a field of several configs \(pretrain.validation.eval_batch_size, "
-        r"judge.eval_batch_size\)",
-    ):
-        config_from_args(QuickstartConfig, None, ["eval_batch_size=8"])
+    # validation's old name for its members still reaches it
+    assert config_from_args(QuickstartConfig, None, ["val_users=7"]).pretrain.validation.judge.eval_users == 7
+    for name in ("k", "eval_batch_size"):
+        with pytest.raises(
+            SystemExit,
+            match=rf"'{name}' is a field of several configs \(pretrain.validation.judge.{name}, judge.{name}\)",
+        ):
+            config_from_args(QuickstartConfig, None, [f"{name}=8"])
     with pytest.raises(SystemExit, match="a beam narrower than K cannot return K titles"):
         config_from_args(QuickstartConfig, None, ["judge.k=20", "judge.num_beams=10"])
 

@@ -74,21 +74,25 @@ def test_bad_input_is_refused():
 
 
 def test_the_refresh_judges_with_the_one_judge_config():
-    """K, beam, members and batch live in ``judge`` (eval.config.JudgeConfig): a dict of its fields
-    or the dataclass; ``--set k=20`` and ``--set eval_users=100`` still reach it by name alone."""
+    """K, beam, members and batch live in ``judge`` (gen_fm.beams.JudgeConfig): a dict of its
+    fields or the dataclass, reached by its path (the pretrain configs' validation has one too)."""
     from core.overrides import config_from_args
-    from eval.config import JudgeConfig
+    from gen_fm.beams import JudgeConfig
 
     as_dict, as_config = RefreshConfig(judge={"k": 5}), RefreshConfig(judge=JudgeConfig(k=5))
     assert as_dict.judge == as_config.judge == JudgeConfig(k=5)
-    c = config_from_args(RefreshConfig, None, ["k=20", "eval_users=100", "judge.eval_batch_size=8"])
+    c = config_from_args(
+        RefreshConfig, None, ["judge.k=20", "judge.eval_users=100", "judge.eval_batch_size=8"]
+    )
     assert c.judge == JudgeConfig(k=20, eval_users=100, eval_batch_size=8) and c.judge.ks == (5, 20)
     assert config_from_args(RefreshConfig, None, ["judge.num_beams=30"]).judge.beams == 30
     # num_beams is also a validation field of both pretrain configs: the error names the three paths
     with pytest.raises(SystemExit, match=r"'num_beams' is a field of several configs \(.*judge.num_beams"):
         config_from_args(RefreshConfig, None, ["num_beams=30"])
+    with pytest.raises(SystemExit, match=r"'k' is a field of several configs \(.*judge.k"):
+        config_from_args(RefreshConfig, None, ["k=20"])
     with pytest.raises(SystemExit, match="eval_users must be an int >= 1 or None"):
-        config_from_args(RefreshConfig, None, ["eval_users=0"])
+        config_from_args(RefreshConfig, None, ["judge.eval_users=0"])
 
 
 def test_the_refresh_reads_the_one_beam_rule():
