@@ -7,7 +7,10 @@ imports them to build the one parser, without an import cycle.
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
@@ -93,6 +96,26 @@ def set_threads(args: argparse.Namespace) -> None:
         import torch  # here, not at the top: building the parser must not import torch
 
         torch.set_num_threads(args.threads)
+
+
+def call_with_args(fn: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
+    """``fn`` called with each parameter it takes from the command line: ``given`` first (values
+    renamed or converted), ``data_dir`` from ``--data``, ``command`` the command as typed, and any
+    other from the option of the same name (a parameter no option names keeps its default)."""
+    params = inspect.signature(fn).parameters
+    if set(given) - set(params):
+        raise TypeError(f"{fn.__name__} takes no {sorted(set(given) - set(params))}")
+    kwargs: dict[str, Any] = {}
+    for name in params:
+        if name in given:
+            kwargs[name] = given[name]
+        elif name == "data_dir":
+            kwargs[name] = args.data
+        elif name == "command":
+            kwargs[name] = command_line(args)
+        elif hasattr(args, name):
+            kwargs[name] = getattr(args, name)
+    return fn(**kwargs)
 
 
 def command_line(args: argparse.Namespace) -> str:

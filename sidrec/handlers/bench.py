@@ -20,71 +20,27 @@ from eval.config import EvalConfig
 from eval.new_titles import bench_new_title_pool
 from eval.unseen_titles import UnseenConfig
 from gen_fm.config import PretrainConfig
-from sidrec.arguments import command_line, data_config, set_threads
+from sidrec.arguments import call_with_args, command_line, data_config, set_threads
 from sidrec.unseen_titles import run_unseen_titles
 
 
 def cmd_bench_serving(args) -> int:
-    report = bench_serving(
-        model=args.model,
-        out=args.out,
-        backend=args.backend,
-        beams=args.beams,
-        batches=args.batches,
-        k=args.k,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        data_dir=args.data,
-        dataset=args.dataset,
-        dtype=args.dtype,
-        torch_compile=args.compile,
-        device=args.device,
-        threads=args.threads,
-        unconstrained=args.unconstrained,
-        seed=args.seed,
-        command=command_line(args),
-    )
+    report = call_with_args(bench_serving, args, torch_compile=args.compile)
     return 0 if report["invalid_ids"] == 0 and report["rule_violations"] == 0 else 1
 
 
 def cmd_bench_load(args) -> int:
-    report = bench_load(
-        model=args.model,
-        out=args.out,
-        backend=args.backend,
-        clients=args.clients,
-        seconds=args.seconds,
-        max_requests=args.max_requests,
-        k=args.k,
-        command=command_line(args),
-    )
+    report = call_with_args(bench_load, args)
     return 0 if report["error_count"] == 0 and report["health_after"] == 200 else 1
 
 
 def cmd_bench_batch(args) -> int:
-    report = bench_batch(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        members=args.members,
-        k=args.k,
-        backend=args.backend,
-        shard_size=args.shard_size,
-        command=command_line(args),
-    )
+    report = call_with_args(bench_batch, args)
     return 0 if report["identical_lists"] == report["members"] else 1
 
 
 def cmd_bench_new_title_pool(args) -> int:
-    bench_new_title_pool(
-        dataset=args.dataset,
-        data_dir=args.data,
-        cutoff_counts=tuple(args.cutoffs),
-        low=args.low,
-        high=args.high,
-        out=args.out,
-        command=command_line(args),
-    )
+    call_with_args(bench_new_title_pool, args, cutoff_counts=tuple(args.cutoffs))
     return 0
 
 
@@ -116,32 +72,19 @@ def cmd_bench_unseen_titles(args) -> int:
 
 
 def cmd_bench_embeddings(args) -> int:
-    bench_embeddings(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        min_members=args.min_members,
-        max_members=args.max_members,
-        pooling=args.pooling,
-        command=command_line(args),
-    )
+    call_with_args(bench_embeddings, args)
     return 0
 
 
 def cmd_bench_canvases(args) -> int:
     set_threads(args)
-    bench_canvases(
-        model=args.model,
-        out=args.out,
-        data_dir=args.data,
-        dataset=args.dataset,
+    call_with_args(
+        bench_canvases,
+        args,
         canvases=[c.strip() for c in args.canvases.split(",") if c.strip()],
         overrides=parse_overrides(None, args.set),
         full_finetune=not args.no_full_finetune,
-        candidates=args.candidates,
-        neighbourhood=args.neighbourhood,
         title_tags=not args.no_tags,
-        command=command_line(args),
     )
     return 0
 

@@ -9,19 +9,10 @@ from __future__ import annotations
 from core.overrides import config_from_args
 from eval.bench_ids import bench_ids
 from semantic_ids.config import SemanticIDConfig
-from sidrec.arguments import command_line
+from sidrec.arguments import call_with_args
 
 
 def cmd_bench_ids(args) -> int:
     config = config_from_args(SemanticIDConfig, None, args.set, quantizer=args.quantizer)
-    bench_ids(
-        dataset=args.dataset,
-        config=config,
-        data_dir=args.data,
-        tag=args.tag,
-        runs=args.runs,
-        results=args.results,
-        warm=args.warm,
-        command=command_line(args),
-    )
+    call_with_args(bench_ids, args, config=config)
     return 0
