@@ -1,8 +1,7 @@
 """Config overrides as every command takes them: a JSON preset file, then ``--set key=value``.
 
-On the ground floor: the command line builds every stage config this way. A config may hold other
-configs as fields (a stage's concerns, or the stages of a pipeline); a key reaches into them in one
-of two ways:
+A config may hold other configs as fields (a stage's concerns, or a pipeline's stages); a key
+reaches into them in one of two ways:
 
 - its dotted path: ``--set optim.lr=0.002``, ``--set pretrain.optim.lr=0.001``; a preset file may
   give the same as JSON objects (``{"optim": {"lr": 0.002}}``), which override only the keys they

@@ -9,7 +9,7 @@ import pytest
 
 import sidrec.handlers.bench as bench
 import sidrec.handlers.bench_ids as bench_ids
-from sidrec.cli import build_parser
+from sidrec.cli import build_parser, handler
 
 # (argv, the handler module, the benchmark function's name there, a report its exit check reads)
 COMMANDS = [
@@ -41,7 +41,6 @@ def test_every_benchmark_parameter_comes_from_the_command_line(argv, module, nam
     monkeypatch.setattr(bench, "set_threads", lambda args: None)  # keep this process's torch threads
     args = build_parser().parse_args(["bench", *argv])
     args.argv = ["bench", *argv]
-    from sidrec.cli import handler
 
     assert handler(args.func)(args) in (0, None)
     assert set(seen) == set(inspect.signature(real).parameters)
