@@ -42,9 +42,10 @@ console = Console()
 
 
 def pretrain_default() -> PretrainConfig:
-    # The quickstart's recipe on ml-latest-small: few training windows, so small batches; every
-    # validation member each epoch of the second half (the first half's weights, at a high learning
-    # rate, are not kept), the weights kept the latest epoch within one standard error of the best
+    # The quickstart's recipe on ml-latest-small: few training windows, so small batches; the
+    # validation sample (every member of a catalog under validation's default 5,000) judged each
+    # epoch of the second half (the first half's weights, at a high learning rate, are not kept),
+    # the weights kept the latest epoch within one standard error of the best
     # (``gen_fm.selection``), no early stop; the schedule spans the 12 epochs. The weights
     # judged and kept are an exponential moving average (decay 0.995: about the last 200 steps).
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
@@ -57,7 +58,7 @@ def pretrain_default() -> PretrainConfig:
         model=dict(history_tokens="titles"),
         titles=dict(title_loss_weight=1.0),
         optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
-        validation=dict(judge=dict(eval_users=None), eval_every=1, eval_from=0.5, patience=0),
+        validation=dict(eval_every=1, eval_from=0.5, patience=0),
     )
 
 
