@@ -30,7 +30,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 HISTORY_TOKENS = ("codes", "titles")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
 SELECTIONS = ("within-se", "best", "last")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # Fields (by path) that may differ between a run and the run it resumes (they do not change the weights).
 RESUMABLE_CHANGES = frozenset(
     {
@@ -257,7 +257,11 @@ class Optimisation:
     # Stop after this many optimizer steps in all (smoke runs, throughput); None = run all epochs.
     # The schedule still spans `epochs`, so a stopped run can be resumed to the same end point.
     max_steps: int | None = None
-    mixed_precision: str = "no"  # accelerate mixed precision: no, bf16 or fp16
+    # accelerate mixed precision: no, bf16, fp16, or auto = bf16 where the training device multiplies
+    # bf16 natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else no; resolved when training
+    # starts (``PretrainConfig.for_machine``) and recorded so in the model folder. The saved weights
+    # are float32 either way.
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -381,6 +385,13 @@ class PretrainConfig:
         folders made before the grouping are still found (a renamed setting by its old name)."""
         old_names = {f"validation.{new}": old for old, new in Validation.RENAMED.items()}
         return {old_names.get(p, p.rsplit(".", 1)[-1]): v for p, v in self.by_path().items()}
+
+    def for_machine(self, bf16_native: bool) -> PretrainConfig:
+        """This config with ``mixed_precision="auto"`` set for the training device."""
+        if self.optim.mixed_precision != "auto":
+            return self
+        optim = dataclasses.replace(self.optim, mixed_precision="bf16" if bf16_native else "no")
+        return dataclasses.replace(self, optim=optim)
 
     def for_data(self, median_events: float) -> PretrainConfig:
         """This config with the settings left to the data set from it (``hidden_dropout=None``)."""

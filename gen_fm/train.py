@@ -239,10 +239,19 @@ def load_init_weights(
     }
 
 
-def config_for_data(config: PretrainConfig, sequences: Sequences) -> PretrainConfig:
-    """The config a run on these members trains with: the settings left to the data set from them
-    (``PretrainConfig.for_data``), as the model folder records it."""
-    return config.for_data(float(np.median(sequences.lengths)))
+def config_for_run(config: PretrainConfig, sequences: Sequences) -> PretrainConfig:
+    """The config a run on these members, on this machine, trains with, as the model folder records
+    it: the settings left to the data set from them (``PretrainConfig.for_data``) and those left to
+    the machine from it (``PretrainConfig.for_machine``)."""
+    return config.for_data(float(np.median(sequences.lengths))).for_machine(bf16_native())
+
+
+def bf16_native() -> bool:
+    """Whether the device training runs on (a GPU when there is one, as accelerate picks) multiplies
+    bf16 natively; elsewhere bf16 autocast is emulated and slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def data_end_time(data) -> int | None:
@@ -296,7 +305,7 @@ def pretrain(
         )
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
-    config = config_for_data(config, split.sequences)  # the folder records what it trained with
+    config = config_for_run(config, split.sequences)  # the folder records what it trained with
     ids = SemanticIDs.load(ids_dir)
     titles = config.model.history_tokens == "titles"
     encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets, title_tokens=titles)

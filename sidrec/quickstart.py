@@ -27,7 +27,7 @@ from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
 from gen_fm.model import FUSION_FILE, TITLE_TAGS_FILE, load_model
-from gen_fm.train import config_for_data, pretrain
+from gen_fm.train import config_for_run, pretrain
 from prompt_tuning.canvases import canvas_names, get_canvas
 from prompt_tuning.config import PromptTuningStageConfig
 from prompt_tuning.export import ADAPTERS_FILE, export_adapters
@@ -51,13 +51,14 @@ def pretrain_default() -> PretrainConfig:
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
     # the title rows also score the next title over the whole catalog (the title head, fused with
     # the beam at the weight chosen on validation). Hidden dropout is left to the data
-    # (``gen_fm.config.hidden_dropout_for``: none on MovieLens's long histories).
+    # (``gen_fm.config.hidden_dropout_for``: none on MovieLens's long histories), mixed precision to
+    # the machine (bf16 autocast where its matrix units take bf16).
     return PretrainConfig.from_preset(
         "small",
         seed=0,
         model=dict(history_tokens="titles"),
         titles=dict(title_loss_weight=1.0),
-        optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
+        optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995, mixed_precision="auto"),
         validation=dict(eval_every=1, eval_from=0.5, patience=0),
     )
 
@@ -234,7 +235,7 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
     digest = hashlib.sha256(json.dumps(pc.by_name(), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = out / f"run-{digest}"
     model_dir = run_dir / "model"
-    trained_with = config_for_data(pc, build_sequences(data, SequenceConfig()))  # as the folder records it
+    trained_with = config_for_run(pc, build_sequences(data, SequenceConfig()))  # as the folder records it
     if same_build(model_dir, "gen_fm", trained_with, data.fingerprint) and read_manifest(model_dir)[
         "parents"
     ].get("semantic_ids") == manifest_hash(ids_dir):

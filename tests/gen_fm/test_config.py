@@ -194,3 +194,12 @@ def test_hidden_dropout_left_unset_is_set_from_the_data_and_a_set_one_is_kept():
     assert PretrainConfig.from_preset("base").for_data(7).model.hidden_dropout == 0.15  # the GPU recipe's own
     with pytest.raises(ValueError, match="hidden_dropout"):
         ModelShape(hidden_dropout=1.0)
+
+
+def test_mixed_precision_auto_is_set_for_the_machine():
+    auto = PretrainConfig.from_preset("small", mixed_precision="auto")
+    assert auto.for_machine(True).optim.mixed_precision == "bf16"
+    assert auto.for_machine(False).optim.mixed_precision == "no"
+    assert auto.for_machine(True).model == auto.model  # nothing else changes
+    fixed = PretrainConfig.from_preset("small", mixed_precision="no")
+    assert fixed.for_machine(True) is fixed
