@@ -291,12 +291,6 @@ def pretrain(
 
     out_dir, ids_dir = Path(out_dir), Path(ids_dir)
     ckpt_root = out_dir / CHECKPOINTS
-    opt = config.optim  # the optimisation settings, read all through the loop
-    keep, every_steps = config.checkpoints.keep_checkpoints, config.checkpoints.checkpoint_every_steps
-    accelerator = Accelerator(mixed_precision=opt.mixed_precision)
-    main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
-
     checkpoints = list_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
     if checkpoints and not resume:
         raise FileExistsError(
@@ -306,6 +300,11 @@ def pretrain(
     data = data_config if isinstance(data_config, RecData) else load_data(data_config)
     split = leave_one_out(build_sequences(data, seq_config), seq_config)
     config = config_for_run(config, split.sequences)  # the folder records what it trained with
+    opt = config.optim  # the optimisation settings, read all through the loop
+    keep, every_steps = config.checkpoints.keep_checkpoints, config.checkpoints.checkpoint_every_steps
+    accelerator = Accelerator(mixed_precision=opt.mixed_precision)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     ids = SemanticIDs.load(ids_dir)
     titles = config.model.history_tokens == "titles"
     encoder = PromptEncoder.from_ids(ids, config.model.num_user_buckets, title_tokens=titles)

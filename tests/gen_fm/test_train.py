@@ -199,6 +199,14 @@ def test_weight_averaging_keeps_the_averaged_weights_and_resumes_exactly(train, 
         Optimisation(ema_decay=1.0)
 
 
+def test_mixed_precision_auto_trains_as_the_machine_allows_and_the_folder_says_which(train):
+    from gen_fm.train import bf16_native
+
+    gm = load_model(train("auto", epochs=1, batch_size=64, val_users=8, mixed_precision="auto"))
+    assert gm.config.optim.mixed_precision == ("bf16" if bf16_native() else "no")
+    assert next(gm.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
+
+
 def test_init_from_starts_from_the_parent_weights(setup, train, tmp_path):
     data = setup[0]
     base = dict(epochs=1, batch_size=64, num_user_buckets=16, eval_every=0)
