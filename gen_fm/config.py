@@ -261,7 +261,7 @@ class Optimisation:
     # bf16 natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else no; resolved when training
     # starts (``PretrainConfig.for_machine``) and recorded so in the model folder. The saved weights
     # are float32 either way.
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

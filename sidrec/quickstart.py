@@ -51,14 +51,14 @@ def pretrain_default() -> PretrainConfig:
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
     # the title rows also score the next title over the whole catalog (the title head, fused with
     # the beam at the weight chosen on validation). Hidden dropout is left to the data
-    # (``gen_fm.config.hidden_dropout_for``: none on MovieLens's long histories), mixed precision to
-    # the machine (bf16 autocast where its matrix units take bf16).
+    # (``gen_fm.config.hidden_dropout_for``: none on MovieLens's long histories), and mixed
+    # precision to the machine (``mixed_precision="auto"``).
     return PretrainConfig.from_preset(
         "small",
         seed=0,
         model=dict(history_tokens="titles"),
         titles=dict(title_loss_weight=1.0),
-        optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995, mixed_precision="auto"),
+        optim=dict(epochs=12, lr=2e-3, batch_size=64, ema_decay=0.995),
         validation=dict(eval_every=1, eval_from=0.5, patience=0),
     )
 

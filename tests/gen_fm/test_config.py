@@ -61,7 +61,7 @@ FLAT = {
     "ema_decay": 0.995,
     "epochs": 12,
     "max_steps": None,
-    "mixed_precision": "no",
+    "mixed_precision": "auto",
     "seed": 0,
     "eval_every": 1,
     "eval_from": 0.0,
