@@ -253,6 +253,19 @@ def _parse_catalog_update(d: dict, name: str, stem: str, res: Results) -> None:
     res.figures.append(Figures("catalog_update", str(d.get("dataset", "")), figures, name))
 
 
+def _parse_quickstart(d: dict, name: str, stem: str, res: Results) -> None:
+    home = d["home_row"]
+    figures = {"minutes, with the install": finite(d["seconds_with_install"], "seconds_with_install") / 60}
+    figures.update({f"{stage}, s": finite(s, stage) for stage, s in d["stage_seconds"].items()})
+    for label, row in (
+        ("model", home["model_history_excluded"]),
+        ("counts", home["co_engaged_alone"]),
+        ("served", home),
+    ):
+        figures[f"test R@10, {label}"] = finite(row["recall@10"], f"{label} recall@10")
+    res.figures.append(Figures("quickstart", str(d["dataset"]), figures, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline,
     "gen_fm": _parse_gen_fm,
@@ -270,6 +283,7 @@ PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "new_title_pool": _parse_pool,
     "unseen_titles": _parse_unseen,
     "catalog_update": _parse_catalog_update,
+    "quickstart": _parse_quickstart,
 }
 
 
