@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.artifacts import jsonable
-from core.overrides import build_config, override
+from core.overrides import build_config, override, renamed_fields
 from gen_fm.beams import JudgeConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -383,7 +383,11 @@ class PretrainConfig:
         """Every setting by its own name, as JSON values (names are unique across the concerns): the
         flat form the config had before it was grouped, which names run folders (``run-<hash>``), so
         folders made before the grouping are still found (a renamed setting by its old name)."""
-        old_names = {f"validation.{new}": old for old, new in Validation.RENAMED.items()}
+        old_names = {
+            f"{f.name}.{new}": old
+            for f in dataclasses.fields(self)
+            for old, new in renamed_fields(type(getattr(self, f.name))).items()
+        }
         return {old_names.get(p, p.rsplit(".", 1)[-1]): v for p, v in self.by_path().items()}
 
     def for_machine(self, bf16_native: bool) -> PretrainConfig:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
-from core.data import DataConfig, load_data
+from core.data import DataConfig, RecData, load_data
 from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
@@ -169,7 +169,7 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
     with clock("semantic IDs"):
         ids = stage_ids(config, data, out / "ids")
     with clock("pretraining"):
-        model_dir = stage_pretrain(config, data_config, data, out / "ids", out)
+        model_dir = stage_pretrain(config, data, out / "ids", out)
     with clock("fusion weight"):
         stage_fusion(data_config, model_dir)
     with clock("test evaluation"):
@@ -226,7 +226,7 @@ def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
     return ids
 
 
-def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_dir: Path, out: Path) -> Path:
+def stage_pretrain(config: QuickstartConfig, data: RecData, ids_dir: Path, out: Path) -> Path:
     console.rule("2/5 pretrain the foundation model")
     pc = config.pretrain
     # One run folder per training config: a rerun with the same config resumes its checkpoints,
@@ -241,7 +241,7 @@ def stage_pretrain(config: QuickstartConfig, data_config: DataConfig, data, ids_
     ].get("semantic_ids") == manifest_hash(ids_dir):
         console.print(f"reusing {model_dir} (same data, IDs and config)")
         return model_dir
-    return pretrain(data_config, SequenceConfig(), ids_dir, run_dir, pc, resume=True)
+    return pretrain(data, SequenceConfig(), ids_dir, run_dir, pc, resume=True)  # the data loaded once
 
 
 def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:

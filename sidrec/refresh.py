@@ -461,7 +461,7 @@ def simulate(
     )
     qs = QuickstartConfig(dataset=full.name, out=str(out / "old"), ids=config.ids, pretrain=config.pretrain)
     stage_ids(qs, world.data, out / "old" / "ids")
-    model_dir = stage_pretrain(qs, world.data, world.data, out / "old" / "ids", out / "old")
+    model_dir = stage_pretrain(qs, world.data, out / "old" / "ids", out / "old")
     if config.fresh_since is None:  # fresh = what the old world did not hold
         config = dataclasses.replace(config, fresh_since=world.cutoff)
     return refresh(
