@@ -237,20 +237,10 @@ class Recommender:
         return cls(ServingConfig.create(str(model_dir), backend=backend, **config), attributes)
 
     def recommend(
-        self,
-        history: Sequence[str],
-        canvas: str = DEFAULT_CANVAS,
-        k: int = 10,
-        exclude: Sequence[str] | None = None,
-        allow: Sequence[str] | None = None,
-        user_id: str | None = None,
-        exclude_history: bool = True,
-        rules: Rules | Mapping[str, Any] | None = None,
-        *,
-        fresh_share: float | None = None,
-        **context: Any,
+        self, history: Sequence[str], canvas: str = DEFAULT_CANVAS, k: int = 10, **options: Any
     ) -> RecommendationList:
-        """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``.
+        """Top-``k`` titles after ``history`` (title ids, oldest first) on ``canvas``; ``options`` are
+        the other fields of :class:`RecommendationRequest`, by keyword.
 
         ``exclude`` titles are never returned; ``allow`` (when given) is the only titles that may be;
         ``user_id`` selects the member token (ignored by models trained without member tokens);
@@ -261,18 +251,7 @@ class Recommender:
         t2t fallback). ``fresh_share`` of the ``k`` slots go to titles added after training
         (``ServingConfig.fresh.fresh_share`` when None).
         """
-        request = RecommendationRequest(
-            history,
-            canvas,
-            k,
-            exclude,
-            allow,
-            user_id,
-            exclude_history,
-            rules,
-            fresh_share=fresh_share,
-            **context,
-        )
+        request = RecommendationRequest(history, canvas, k, **options)
         return self.recommend_batch([request])[0]
 
     def recommend_batch(

@@ -101,12 +101,16 @@ def set_threads(args: argparse.Namespace) -> None:
 def call_with_args(fn: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
     """``fn`` called with each parameter it takes from the command line: ``given`` first (values
     renamed or converted), ``data_dir`` from ``--data``, ``command`` the command as typed, and any
-    other from the option of the same name (a parameter no option names keeps its default)."""
+    other from the option of the same name (a parameter no option names keeps its default). A
+    ``fn`` with ``**kwargs`` takes the rest of ``given`` there."""
     params = inspect.signature(fn).parameters
-    if set(given) - set(params):
-        raise TypeError(f"{fn.__name__} takes no {sorted(set(given) - set(params))}")
-    kwargs: dict[str, Any] = {}
-    for name in params:
+    variadic = {n for n, p in params.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    named = [n for n in params if n not in variadic]
+    takes_any = any(params[n].kind == inspect.Parameter.VAR_KEYWORD for n in variadic)
+    if not takes_any and set(given) - set(named):
+        raise TypeError(f"{fn.__name__} takes no {sorted(set(given) - set(named))}")
+    kwargs: dict[str, Any] = {n: v for n, v in given.items() if n not in named}  # into **kwargs
+    for name in named:
         if name in given:
             kwargs[name] = given[name]
         elif name == "data_dir":

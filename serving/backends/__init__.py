@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: this module must stay light (see the module doc)
     import numpy as np
@@ -26,6 +26,11 @@ if TYPE_CHECKING:  # annotations only: this module must stay light (see the modu
     from gen_fm.model import GenFM
     from semantic_ids.trie import PrefixTrie, Restriction
     from serving.config import ServingConfig
+
+    Prompts: TypeAlias = Sequence[Sequence[int]]  # token ids per prompt
+    Views: TypeAlias = Sequence[Restriction | None] | None  # per prompt, which titles it may return
+    Loras: TypeAlias = Mapping[str, tuple[Path, int]]  # canvas -> (LoRA folder, rank)
+    TitleTokens: TypeAlias = np.ndarray | None  # (num_items,) each row's title token; None: no title head
 
 
 @runtime_checkable
@@ -43,12 +48,7 @@ class Backend(Protocol):
     """
 
     def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, k: int, num_beams: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         """Top-``k`` titles per prompt by beam search with ``num_beams`` beams (``k <= num_beams``,
         else ``ValueError``). ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists; None: every
@@ -58,11 +58,7 @@ class Backend(Protocol):
         ...
 
     def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, n: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         """The title head (``gen_fm.decode.recommend_titles``): per prompt, the top-``n`` permitted
         titles by the next-token log-probs over their title tokens, renormalised over the titles the
@@ -83,12 +79,7 @@ class BackendFactory(Protocol):
     """Builds a backend; the built-in backends' classes are their own factories."""
 
     def __call__(
-        self,
-        folder: GenFM,
-        trie: PrefixTrie,
-        config: ServingConfig,
-        loras: Mapping[str, tuple[Path, int]],
-        title_tokens: np.ndarray | None,
+        self, folder: GenFM, trie: PrefixTrie, config: ServingConfig, loras: Loras, title_tokens: TitleTokens
     ) -> Backend:
         """``folder``: the loaded model folder (``gen_fm.model.load_model``), handed over: a backend
         that loads the weights itself (vLLM, from ``config.model_dir``) drops ``folder.model``.
@@ -98,4 +89,4 @@ class BackendFactory(Protocol):
         ...
 
 
-__all__ = ["Backend", "BackendFactory"]
+__all__ = ["Backend", "BackendFactory", "Loras", "Prompts", "TitleTokens", "Views"]

@@ -4,9 +4,8 @@ reference the other backends are checked against; it needs no vLLM."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,17 +15,15 @@ from gen_fm.model import GenFM
 from semantic_ids.trie import PrefixTrie, Restriction
 from serving.config import ServingConfig
 
+if TYPE_CHECKING:
+    from serving.backends import Loras, Prompts, TitleTokens, Views
+
 
 class TransformersBackend:
     """``gen_fm.decode.recommend`` and ``recommend_titles`` on the folder's own model (a ``Backend``)."""
 
     def __init__(
-        self,
-        folder: GenFM,
-        trie: PrefixTrie,
-        config: ServingConfig,
-        loras: Mapping[str, tuple[Path, int]],
-        title_tokens: np.ndarray | None = None,
+        self, folder: GenFM, trie: PrefixTrie, config: ServingConfig, loras: Loras, title_tokens: TitleTokens
     ) -> None:
         model = folder.model
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.engine.dtype, torch.float32)
@@ -40,12 +37,7 @@ class TransformersBackend:
         self.batch_size = config.engine.max_batch
 
     def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, k: int, num_beams: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         exclude = None
         if views is not None and any(v is not None for v in views):
@@ -63,11 +55,7 @@ class TransformersBackend:
         )
 
     def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, n: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         if self.title_tokens is None:
             raise ValueError("the title head needs a model trained with history_tokens 'titles'")

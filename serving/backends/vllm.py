@@ -20,10 +20,10 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from gen_fm.decode import Recommendations
 from gen_fm.model import GenFM
 from semantic_ids.trie import PrefixTrie, Restriction, RowRestrictions
 from serving.config import ServingConfig
+
+if TYPE_CHECKING:
+    from serving.backends import Loras, Prompts, TitleTokens, Views
 
 # A beam that was asked for all its children must get log-probs summing to 1 over them; anything
 # else means the engine returned raw (unmasked) log-probs.
@@ -107,12 +110,7 @@ class VLLMBeamSearch:
     """
 
     def __init__(
-        self,
-        folder: GenFM,
-        trie: PrefixTrie,
-        config: ServingConfig,
-        loras: Mapping[str, tuple[Path, int]] | None = None,
-        title_tokens: np.ndarray | None = None,
+        self, folder: GenFM, trie: PrefixTrie, config: ServingConfig, loras: Loras, title_tokens: TitleTokens
     ) -> None:
         del folder.model  # vLLM loads the weights from config.model_dir itself: free the loaded copy first
         from vllm import LLM
@@ -156,12 +154,7 @@ class VLLMBeamSearch:
 
     # ------------------------------------------------------------------ public
     def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None = None,
-        lora: str | None = None,
+        self, prompts: Prompts, k: int, num_beams: int, views: Views = None, lora: str | None = None
     ) -> list[Recommendations]:
         """Top-``k`` titles per prompt; ``views[i]`` narrows prompt ``i`` (exclusions, allow-lists);
         ``lora``: the canvas whose LoRA scores every prompt (None: the base weights).
@@ -195,11 +188,7 @@ class VLLMBeamSearch:
         return out
 
     def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None = None,
-        lora: str | None = None,
+        self, prompts: Prompts, n: int, views: Views = None, lora: str | None = None
     ) -> list[Recommendations]:
         """The title head (``gen_fm.decode.recommend_titles``): one engine call per prompt whose
         next token may only be the title token of a permitted title; its top-`n` processed

@@ -12,7 +12,7 @@ from gen_fm.beams import beam_width
 from serving.batch import BatchConfig, run_batch, run_batch_ray
 from serving.embeddings import export_embeddings
 from serving.recommender import Recommender
-from sidrec.arguments import console, data_config, set_threads
+from sidrec.arguments import call_with_args, console, data_config, set_threads
 
 
 def cmd_batch(args) -> None:
@@ -59,16 +59,7 @@ def cmd_batch(args) -> None:
 def cmd_embed(args) -> None:
     set_threads(args)
     data = load_data(data_config(args, args.model))
-    m = export_embeddings(
-        args.model,
-        data,
-        args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        max_users=args.max_users,
-        engine=args.engine,
-        workers=args.workers,
-    )
+    m = call_with_args(export_embeddings, args, model_dir=args.model, data=data, out_dir=args.out)
     console.print(
         f"{m['members']:,} member and {m['titles']:,} title embeddings ({m['dim']}-d) in "
         f"{args.out}: {m['seconds']} s"

@@ -8,20 +8,11 @@ from __future__ import annotations
 
 from core.overrides import parse_overrides
 from serving.server import serve
+from sidrec.arguments import call_with_args
 
 
 def cmd_serve(args) -> None:
     extra = parse_overrides(None, args.set)
     if args.enforce_eager:
         extra["enforce_eager"] = True
-    serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        backend=args.backend,
-        data_dir=args.data,
-        dataset=args.dataset,
-        drain_seconds=args.drain_seconds,
-        **extra,
-    )
+    call_with_args(serve, args, model_dir=args.model, **extra)

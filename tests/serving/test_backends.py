@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,6 +22,9 @@ from serving.lifecycle import EngineUnavailable
 from serving.recommender import Recommender
 from tests.serving.tiny_model import NUM_TITLES
 
+if TYPE_CHECKING:
+    from serving.backends import Loras, Prompts, TitleTokens, Views
+
 TITLES = [f"tt{i:03d}" for i in range(NUM_TITLES)]
 
 
@@ -32,12 +34,7 @@ class UniformBackend:
     (item row). A whole ``Backend``, built from what every backend is given."""
 
     def __init__(
-        self,
-        folder: GenFM,
-        trie: PrefixTrie,
-        config: ServingConfig,
-        loras: Mapping[str, tuple[Path, int]],
-        title_tokens: np.ndarray | None,
+        self, folder: GenFM, trie: PrefixTrie, config: ServingConfig, loras: Loras, title_tokens: TitleTokens
     ) -> None:
         self.trie = trie
         self.canvases = set(loras)
@@ -45,23 +42,14 @@ class UniformBackend:
         self.closed = False
 
     def search(
-        self,
-        prompts: Sequence[Sequence[int]],
-        k: int,
-        num_beams: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, k: int, num_beams: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         if not 1 <= k <= num_beams:
             raise ValueError(f"need 1 <= k <= num_beams, got k={k}, num_beams={num_beams}")
         return [self._ranked(v, k) for v in self._views(prompts, views, lora)]
 
     def titles(
-        self,
-        prompts: Sequence[Sequence[int]],
-        n: int,
-        views: Sequence[Restriction | None] | None,
-        lora: str | None = None,
+        self, prompts: Prompts, n: int, views: Views, lora: str | None = None
     ) -> list[Recommendations]:
         if self.title_tokens is None:
             raise ValueError("the title head needs a model trained with history_tokens 'titles'")
