@@ -93,21 +93,9 @@ def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
             f"most recent {res.history_used} ({res.history_dropped} older left out"
             + (", still excluded)" if exclude_history else ")")
         )
-    return ResultInfo(
-        prompt_index=i,
-        canvas=res.canvas,
-        soft_prompt=res.soft_prompt,
-        context=res.context,
-        cold_start=res.cold_start,
-        history_used=res.history_used,
-        history_dropped=res.history_dropped,
-        num_permitted=res.num_permitted,
-        reason=res.reason,
-        rules_applied=list(res.rules_applied),
-        warnings=warnings,
-        candidates=res.candidates,
-        fused_with=res.fused_with,
-    )
+    # every other field is the list's own, under the same name
+    shared = {name: getattr(res, name) for name in ResultInfo.model_fields if hasattr(res, name)}
+    return ResultInfo(**{**shared, "prompt_index": i, "warnings": warnings})
 
 
 def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
