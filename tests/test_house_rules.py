@@ -1,10 +1,13 @@
 """Rules a newcomer's reading depends on, checked over every module of the project: a module
 docstring says what the module is for in a few lines, and the project's own imports sit at the
-top of a module, unless one must wait for a heavy optional library (then a comment says why)."""
+top of a module, unless one must wait for a heavy optional library (then a comment says why). The
+README stays short and every link between the docs leads to a file."""
 
 from __future__ import annotations
 
 import ast
+import re
+from pathlib import Path
 
 from tests.test_layers import PACKAGES, ROOT
 
@@ -49,3 +52,20 @@ def test_few_function_local_imports_of_the_project_each_with_its_reason():
                     unexplained.append(f"{path}:{node.lineno}")
     assert len(local) <= MAX_LOCAL_IMPORTS, local
     assert unexplained == []
+
+
+def _docs() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_readme_stays_under_200_lines():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200
+
+
+def test_every_link_between_the_docs_leads_to_a_file():
+    broken = []
+    for doc in _docs():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" not in target and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
