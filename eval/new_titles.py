@@ -167,7 +167,9 @@ def score(
         }
     # a title-token model meets titles added since it was trained: they enter by their codes (the
     # loaded model and its layout grow together)
-    gen.layout = extend_titles(gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes))
+    gen.layout = extend_titles(
+        gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes), gen.title_code_rows()
+    )
     encoder = PromptEncoder.from_ids(ids, gen.config.model.num_user_buckets, gen.layout)
     sid_rows = catalog_to_sid_rows(data, ids)
     prompts, dropped = [], 0

@@ -202,7 +202,9 @@ def judge(gen, ids, data: RecData, unseen: np.ndarray, config: UnseenConfig) -> 
     histories = [to_sid_rows(ex.histories[i], sid_rows).tolist() for i in members]
     targets = to_sid_rows(ex.targets[members], sid_rows)
     # the loaded model meets the unseen titles by their codes (a title-token model grows its layout)
-    gen.layout = extend_titles(gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes))
+    gen.layout = extend_titles(
+        gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes), gen.title_code_rows()
+    )
     encoder = PromptEncoder.from_ids(ids, gen.config.model.num_user_buckets, gen.layout)
     prompts = [
         encoder.encode(h, user_id=split.sequences.user_ids[ex.users[i]]) for i, h in zip(members, histories)

@@ -169,9 +169,15 @@ class TitleOptions:
     # Weight of a full-softmax loss over all titles at every history position (the title rows of
     # the tied output layer score the next title, as SASRec does); 0 = codes only.
     title_loss_weight: float = 0.0
+    # Which code rows a title's row sums: "shared" (the code tokens' own embedding rows, which the
+    # code-token loss also trains as output classes) or "own" (a separate table of code rows for
+    # title composition, saved beside the weights so a new title's row can be composed from it).
+    title_code_rows: str = "shared"
 
     def __post_init__(self) -> None:
         _in_unit_interval(identity_dropout=self.identity_dropout)
+        if self.title_code_rows not in ("shared", "own"):
+            raise ValueError(f"title_code_rows must be 'shared' or 'own', got {self.title_code_rows!r}")
         if self.title_loss_weight < 0:
             raise ValueError(f"title_loss_weight must be >= 0, got {self.title_loss_weight}")
 
@@ -365,8 +371,14 @@ class PretrainConfig:
                 raise ValueError(
                     f"{clash} read code-token histories: set them off with history_tokens 'titles'"
                 )
-        elif self.titles.identity_dropout or self.titles.title_loss_weight:
-            raise ValueError("identity_dropout and title_loss_weight need history_tokens 'titles'")
+        elif (
+            self.titles.identity_dropout
+            or self.titles.title_loss_weight
+            or self.titles.title_code_rows != "shared"
+        ):
+            raise ValueError(
+                "identity_dropout, title_loss_weight and title_code_rows need history_tokens 'titles'"
+            )
 
     def validates(self, epoch: int) -> bool:
         """Whether 1-based `epoch` is validated: every `eval_every` after `eval_from`, and the last."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement, save_co_engagement
@@ -50,6 +51,9 @@ _PAYLOAD = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_con
 TITLE_TAGS_FILE = "title_tags/tags.json"
 # The fusion constants chosen for this model on the validation split, with the figures behind them.
 FUSION_FILE = "fusion/fusion.json"
+# A title-token model trained with its own code rows for titles (``titles.title_code_rows`` "own"):
+# the (C, H) table a new title's row is composed from (``gen_fm.titles.extend_titles``).
+TITLE_CODE_ROWS_FILE = "title_code_rows.safetensors"
 
 
 def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int) -> int:
@@ -128,6 +132,7 @@ def save_model(
     co_engagement: CoEngagement | None = None,
     title_tags: dict[str, list[str]] | None = None,
     fusion: dict | None = None,
+    title_code_rows: torch.Tensor | None = None,
 ) -> Path:
     """Write the model folder atomically: an existing folder is replaced only on success.
 
@@ -138,7 +143,9 @@ def save_model(
     co-engagement table (``gen_fm.co_engagement``), written beside the weights for serving;
     `title_tags`: what members wrote about each title (``RecData.title_tags``), likewise ({}: the
     data has no tags, and the folder says so; None: nothing is written, as in older folders);
-    `fusion`: the home row's fusion constants chosen for these weights (``FUSION_FILE``)."""
+    `fusion`: the home row's fusion constants chosen for these weights (``FUSION_FILE``);
+    `title_code_rows`: the model's own code rows for titles, which a model trained with
+    ``title_code_rows="own"`` must be saved with (``TITLE_CODE_ROWS_FILE``)."""
     if ids.path is None or not (Path(ids.path) / "manifest.json").is_file():
         raise ValueError(
             "the ID artifact must be on disk (SemanticIDs.load): the model folder "
@@ -148,6 +155,11 @@ def save_model(
         raise ValueError(f"model vocab {model.config.vocab_size} != layout vocab {layout.vocab_size}")
     if layout.codebook_sizes != ids.codebook_sizes:
         raise ValueError("the layout was not built from this ID artifact")
+    if (title_code_rows is not None) != (config.titles.title_code_rows == "own"):
+        raise ValueError(
+            f"titles.title_code_rows is {config.titles.title_code_rows!r}: the folder needs the "
+            f"model's own code rows exactly when it is 'own'"
+        )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as stage:
         model.save_pretrained(stage, safe_serialization=True)
@@ -166,6 +178,11 @@ def save_model(
             (stage / TITLE_TAGS_FILE).parent.mkdir(parents=True)
             write_json(stage / TITLE_TAGS_FILE, title_tags)
             payload.append(TITLE_TAGS_FILE)
+        if title_code_rows is not None:
+            save_file(
+                {"weight": title_code_rows.detach().float().cpu().contiguous()}, stage / TITLE_CODE_ROWS_FILE
+            )
+            payload.append(TITLE_CODE_ROWS_FILE)
         if fusion is not None:
             (stage / FUSION_FILE).parent.mkdir(parents=True)
             write_json(stage / FUSION_FILE, fusion)
@@ -213,6 +230,11 @@ class GenFM:
             return None
         return read_json(self.path / FUSION_FILE)
 
+    def title_code_rows(self) -> torch.Tensor | None:
+        """The code rows a new title's row is composed from when the model has its own
+        (``titles.title_code_rows`` "own"); None: the embedding's own code-token rows."""
+        return read_title_code_rows(self.path, self.config, self.manifest)
+
     def title_tags(self) -> dict[str, list[str]] | None:
         """What members wrote about each title ({}: the data has none), or None for a folder
         written before pretraining saved it."""
@@ -223,6 +245,23 @@ class GenFM:
         if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
             raise ArtifactError(f"{path} is not an item_id -> list of tags map")
         return tags
+
+
+def read_title_code_rows(
+    path: str | Path, config: PretrainConfig | None = None, manifest: dict | None = None
+) -> torch.Tensor | None:
+    """A model folder's own code rows for titles (``TITLE_CODE_ROWS_FILE``), None where its titles
+    are composed from the embedding's code-token rows."""
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_manifest(path, KIND)
+    config = config if config is not None else PretrainConfig.from_dict(manifest["config"])
+    if config.titles.title_code_rows != "own":
+        return None
+    if TITLE_CODE_ROWS_FILE not in manifest.get("files", {}):
+        raise ArtifactError(
+            f"{path} was trained with its own title code rows but has no {TITLE_CODE_ROWS_FILE}"
+        )
+    return load_file(path / TITLE_CODE_ROWS_FILE)["weight"]
 
 
 def add_fusion(model_dir: str | Path, fusion: dict[str, Any]) -> Path:

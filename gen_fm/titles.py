@@ -38,7 +38,12 @@ class TitleEmbedding(nn.Module):
     """The model's token embedding, with title rows composed: codes' rows summed + identity."""
 
     def __init__(
-        self, base: nn.Embedding, sid_tokens: np.ndarray, start: int, identity_dropout: float = 0.0
+        self,
+        base: nn.Embedding,
+        sid_tokens: np.ndarray,
+        start: int,
+        identity_dropout: float = 0.0,
+        own_code_rows: bool = False,
     ) -> None:
         super().__init__()
         self.base = base  # (V, H), tied to the output layer; its title rows are unused in training
@@ -48,6 +53,12 @@ class TitleEmbedding(nn.Module):
         self.identity = nn.Embedding(self.num_titles, base.embedding_dim)  # (N, H)
         nn.init.normal_(self.identity.weight, std=0.02)
         self.identity_dropout = float(identity_dropout)
+        # a title's code rows: the base's (shared with the code tokens) or a table of their own
+        self.code_rows: nn.Embedding | None = None
+        if own_code_rows:
+            self.code_rows = nn.Embedding(int(self.codes.max()) + 1, base.embedding_dim)
+            with torch.no_grad():  # starts where the shared rows start
+                self.code_rows.weight.copy_(base.weight[: self.code_rows.num_embeddings])
 
     @property
     def weight(self) -> torch.Tensor:
@@ -58,16 +69,24 @@ class TitleEmbedding(nn.Module):
             self.codes = self.codes.to(self.base.weight.device)
         return self.codes
 
+    def code_sum(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., H) the sum of each title's code rows, from (..., L) code token ids."""
+        rows = self.base if self.code_rows is None else self.code_rows
+        return rows(codes).sum(-2)
+
     def title_matrix(self) -> torch.Tensor:
         """(N, H) every title's row as the model reads it."""
-        return self.base(self._codes()).sum(-2) + self.identity.weight
+        return self.code_sum(self._codes()) + self.identity.weight
 
     @torch.no_grad()
-    def identity_from_rows(self) -> None:
+    def identity_from_rows(self, code_rows: torch.Tensor | None = None) -> None:
         """Set each identity so the composed row equals the base's current title row (a model
-        folder's baked rows, when training starts from one)."""
+        folder's baked rows, when training starts from one); `code_rows`: that folder's own code
+        rows for titles, which this model's own table starts from."""
+        if code_rows is not None and self.code_rows is not None:
+            self.code_rows.weight.copy_(code_rows.to(self.code_rows.weight))
         rows = self.base.weight[self.start : self.start + self.num_titles]
-        self.identity.weight.copy_(rows - self.base(self._codes()).sum(-2))
+        self.identity.weight.copy_(rows - self.code_sum(self._codes()))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = input_ids - self.start  # (B, T)
@@ -81,18 +100,23 @@ class TitleEmbedding(nn.Module):
             # a title whose identity is dropped enters by its codes alone, as a new title does
             keep = torch.rand(len(r), 1, device=ident.device) >= self.identity_dropout
             ident = ident * keep
-        composed = self.base(self._codes()[r]).sum(-2) + ident  # (n, H)
+        composed = self.code_sum(self._codes()[r]) + ident  # (n, H)
         return out.masked_scatter(is_title[..., None], composed.to(out.dtype))
 
 
 def attach_title_embedding(
-    model, layout: TokenLayout, sid_tokens: np.ndarray, identity_dropout: float = 0.0
+    model,
+    layout: TokenLayout,
+    sid_tokens: np.ndarray,
+    identity_dropout: float = 0.0,
+    own_code_rows: bool = False,
 ) -> TitleEmbedding:
     """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only)."""
     base = model.get_input_embeddings()
     if isinstance(base, TitleEmbedding):
         return base
-    emb = TitleEmbedding(base, sid_tokens, title_block(layout, len(sid_tokens)), identity_dropout)
+    start = title_block(layout, len(sid_tokens))
+    emb = TitleEmbedding(base, sid_tokens, start, identity_dropout, own_code_rows)
     model.model.embed_tokens = emb
     return emb
 
@@ -107,23 +131,28 @@ def sync_title_rows(model) -> None:
 
 
 @torch.no_grad()
-def bake_title_embeddings(model) -> None:
-    """Write every title's composed row into the plain embedding and drop the wrapper (in place)."""
+def bake_title_embeddings(model) -> torch.Tensor | None:
+    """Write every title's composed row into the plain embedding and drop the wrapper (in place).
+    Returns the model's own code rows for titles (a copy), None where they are the embedding's."""
     emb = model.get_input_embeddings()
     if not isinstance(emb, TitleEmbedding):
-        return
+        return None
     sync_title_rows(model)
     model.model.embed_tokens = emb.base
     if model.get_output_embeddings().weight is not emb.base.weight:
         raise RuntimeError("input and output embeddings are no longer tied")
+    return None if emb.code_rows is None else emb.code_rows.weight.detach().float().clone()
 
 
 @torch.no_grad()
-def extend_titles(model, layout: TokenLayout, sid_tokens: np.ndarray) -> TokenLayout:
+def extend_titles(
+    model, layout: TokenLayout, sid_tokens: np.ndarray, code_rows: torch.Tensor | None = None
+) -> TokenLayout:
     """Give rows without a title token one, whose embedding is the sum of its codes' rows (no
-    identity: nothing was learned about it yet). Returns the extended layout; the model's
-    embedding grows in place. Rows must be appended in ID-artifact order. A code-token model reads
-    every title by its codes already: its layout comes back unchanged."""
+    identity: nothing was learned about it yet): the model's own code rows for titles where it
+    has them (`code_rows`, ``GenFM.title_code_rows``), else the embedding's. Returns the extended
+    layout; the model's embedding grows in place. Rows must be appended in ID-artifact order. A
+    code-token model reads every title by its codes already: its layout comes back unchanged."""
     sid_tokens = np.asarray(sid_tokens, dtype=np.int64)
     have = layout.title_ids(len(sid_tokens))
     new = np.flatnonzero(have < 0) if have is not None else []
@@ -135,5 +164,6 @@ def extend_titles(model, layout: TokenLayout, sid_tokens: np.ndarray) -> TokenLa
     model.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
     weight = model.get_input_embeddings().weight
     codes = torch.as_tensor(sid_tokens[new], device=weight.device)  # (n, L)
-    weight[old:] = weight[codes].sum(-2)
+    rows = weight if code_rows is None else code_rows.to(weight)
+    weight[old:] = rows[codes].sum(-2)
     return layout

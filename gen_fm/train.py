@@ -42,7 +42,7 @@ from gen_fm.checkpoints import (
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, window_source
-from gen_fm.model import add_hidden_dropout, build_model, load_model, save_model
+from gen_fm.model import add_hidden_dropout, build_model, load_model, read_title_code_rows, save_model
 from gen_fm.objectives import HiddenStates, build_objectives
 from gen_fm.selection import choose
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
@@ -216,7 +216,7 @@ def load_init_weights(
     """
     parent = load_model(init_from)
     if sid_tokens is not None:  # titles added to the ID map since enter by their codes' rows
-        parent.layout = extend_titles(parent.model, parent.layout, sid_tokens)
+        parent.layout = extend_titles(parent.model, parent.layout, sid_tokens, parent.title_code_rows())
     if parent.layout.to_json() != layout.to_json():
         raise ValueError(
             f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
@@ -374,10 +374,14 @@ def pretrain(
     hidden = None
     if titles:  # before the dropout hooks, so the composed rows are what dropout sees
         emb = attach_title_embedding(
-            model, encoder.layout, encoder.sid_tokens, config.titles.identity_dropout
+            model,
+            encoder.layout,
+            encoder.sid_tokens,
+            config.titles.identity_dropout,
+            own_code_rows=config.titles.title_code_rows == "own",
         )
         if parent is not None:
-            emb.identity_from_rows()
+            emb.identity_from_rows(read_title_code_rows(init_from))
         hidden = HiddenStates()
         hidden.attach(model)
     add_hidden_dropout(model, config.model.hidden_dropout)
@@ -642,7 +646,7 @@ def _finish(
             "targets": targets,
             "canvas_mix": mixture,
         }
-        bake_title_embeddings(net)  # a title-token model's rows become plain embedding rows
+        own_rows = bake_title_embeddings(net)  # a title-token model's rows become plain embedding rows
         save_model(
             target,
             net.to(torch.float32),
@@ -657,6 +661,7 @@ def _finish(
             data_end=data_end_time(data),
             co_engagement=co_engagement_of_split(split, catalog_to_sid_rows(data, ids), ids.num_items),
             title_tags=data.title_tags(),
+            title_code_rows=own_rows,
         )
         why = f": epoch {state.chosen_epoch}, {state.chosen_reason}" if used == "selected" else ""
         accelerator.print(f"model written to {target} ({used} weights{why}; {state.stop_reason})")

@@ -36,7 +36,9 @@ def update_catalog(model_dir: str | Path, data: DataConfig | RecData, out_dir: s
     data = data if isinstance(data, RecData) else load_data(data)
     with tempfile.TemporaryDirectory() as tmp:
         ids, new_titles = assign_new_titles(gen, data, Path(tmp) / "ids")
-        layout = extend_titles(gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes))
+        layout = extend_titles(
+            gen.model, gen.layout, gen.layout.sids_to_ids(ids.codes), gen.title_code_rows()
+        )
         table = gen.co_engagement()
         with atomic_dir(out_dir) as stage:
             shutil.copytree(model_dir, stage, dirs_exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -156,6 +158,35 @@ def test_a_title_added_after_training_enters_by_its_codes_alone(tiny, tmp_path):
     assert 40 in recs[0].rows
 
 
+def test_own_code_rows_compose_the_titles_and_a_new_title(tiny):
+    """With ``title_code_rows="own"`` a title's row sums a table of its own, which baking hands
+    back for the folder, and a title added later is composed from that table."""
+    _, ids, config, enc, _ = tiny
+    model = build_model(config, enc.layout, max_history=8)
+    emb = attach_title_embedding(model, enc.layout, enc.sid_tokens, own_code_rows=True)
+    torch.nn.init.normal_(emb.code_rows.weight, std=0.5)  # apart from the embedding's code rows
+    want = emb.code_rows.weight[enc.sid_tokens[7]].sum(0) + emb.identity.weight[7]
+    assert torch.allclose(emb.title_matrix()[7], want, atol=1e-6)
+    assert not torch.allclose(emb.base.weight[enc.sid_tokens[7]].sum(0) + emb.identity.weight[7], want)
+    own = bake_title_embeddings(model)
+    assert torch.equal(own, emb.code_rows.weight)
+    grown = np.vstack([enc.sid_tokens, enc.sid_tokens[:1]])  # one more row (codes reused: a unit check)
+    layout = extend_titles(model, enc.layout, grown, own)
+    row = model.get_input_embeddings().weight[layout.extra_id(title_token(len(grown) - 1))]
+    assert torch.allclose(row, own[grown[-1]].sum(0), atol=1e-6)
+
+
+def test_a_folder_needs_its_own_code_rows_exactly_when_trained_with_them(tiny, tmp_path):
+    _, ids, config, enc, model = tiny
+    own = dataclasses.replace(config, titles=TitleOptions(title_code_rows="own"))
+    with pytest.raises(ValueError, match="title_code_rows"):
+        save_unit_model(tmp_path / "a", model, enc.layout, ids, own, 8)
+    with pytest.raises(ValueError, match="title_code_rows"):
+        save_unit_model(tmp_path / "b", model, enc.layout, ids, config, 8, title_code_rows=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="title_code_rows"):
+        TitleOptions(title_code_rows="mine")
+
+
 def test_title_options_need_title_histories():
     with pytest.raises(ValueError, match="history_tokens"):
         PretrainConfig(titles=TitleOptions(title_loss_weight=1.0))
@@ -165,9 +196,11 @@ def test_title_options_need_title_histories():
         ModelShape(history_tokens="ids")
 
 
-def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path):
+@pytest.mark.parametrize("code_rows", ["shared", "own"])
+def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path, code_rows):
     """A title-token run writes a plain folder whose prompts use title tokens; a run that starts
-    from it after the ID map grew gives the new title its codes' row and keeps every old row."""
+    from it after the ID map grew gives the new title its codes' row and keeps every old row. With
+    its own code rows for titles, the folder carries them and the new title is composed from them."""
     from core.artifacts import atomic_dir, make_manifest, write_json
     from core.data import DataConfig, load_data
     from gen_fm.train import pretrain
@@ -180,12 +213,22 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     old_items = [i for i in items if i != new_item]
     ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
     config = PretrainConfig.from_preset(
-        "tiny", epochs=1, batch_size=64, val_users=4, history_tokens="titles", identity_dropout=0.1
+        "tiny",
+        epochs=1,
+        batch_size=64,
+        val_users=4,
+        history_tokens="titles",
+        identity_dropout=0.1,
+        title_code_rows=code_rows,
     )
     model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
     gen = load_model(model_dir)
     assert type(gen.model.get_input_embeddings()) is torch.nn.Embedding  # baked: a plain Llama
     assert gen.prompt_encoder().tokens_per_title == 1
+    own = gen.title_code_rows()
+    assert (own is None) == (code_rows == "shared")
+    if own is not None:  # every baked title row is its own code rows summed plus an identity
+        assert not torch.allclose(own, gen.model.get_input_embeddings().weight[: len(own)])
 
     used = {tuple(c) for c in ids.codes.tolist()}
     new_code = next(c for c in np.ndindex(16, 16, 16, 4) if c not in used)
@@ -211,6 +254,7 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
             max_steps=1,
             lr=1e-9,
             eval_every=0,
+            title_code_rows=code_rows,
         ),
         init_from=model_dir,
     )
@@ -218,7 +262,9 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     enc = child.prompt_encoder()
     w_old, w_new = gen.model.get_input_embeddings().weight, child.model.get_input_embeddings().weight
     assert torch.allclose(w_new[enc.title_ids[:-1]], w_old[gen.prompt_encoder().title_ids], atol=1e-4)
-    assert torch.allclose(w_new[enc.title_ids[-1]], w_new[enc.sid_tokens[-1]].sum(0), atol=1e-4)
+    rows = w_new if own is None else child.title_code_rows()
+    assert own is None or torch.allclose(rows, own, atol=1e-4)  # the child's table starts from the parent's
+    assert torch.allclose(w_new[enc.title_ids[-1]], rows[enc.sid_tokens[-1]].sum(0), atol=1e-4)
 
 
 def test_validation_of_a_title_loss_run_judges_the_beam_fused_with_the_title_head(data_dir, tmp_path):
