@@ -113,6 +113,8 @@ def route_library_logs(log_file: str | Path | None = None, verbose: bool = False
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # datasets draws a bar for every map and filter; read at its import, so set before it
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:  # transformers keeps its own stderr handler: drop it, and its weight-loading bars
         from transformers.utils import logging as hf_logging

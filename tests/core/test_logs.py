@@ -17,6 +17,8 @@ logging.getLogger("vllm.engine").info("vllm info line")
 from transformers.utils import logging as hf
 hf.get_logger("transformers.modeling_utils").warning("transformers chatter")
 warnings.warn("a future warning", FutureWarning)
+import datasets
+datasets.Dataset.from_dict({"x": list(range(300))}).filter(lambda x: x % 2 == 0, input_columns=["x"])
 print("result line", path)
 """
 
@@ -27,7 +29,13 @@ def _run(tmp_path, verbose: bool) -> tuple[subprocess.CompletedProcess, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYTHONWARNINGS", "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")
+        if k
+        not in (
+            "PYTHONWARNINGS",
+            "VLLM_LOGGING_CONFIG_PATH",
+            "VLLM_CONFIGURE_LOGGING",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS",
+        )
     }
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(log), "1" if verbose else "0"],
@@ -47,6 +55,7 @@ def test_library_messages_go_to_the_file_and_results_stay_on_screen(tmp_path) ->
     for line in ("Removed shared tensor", "vllm info line", "transformers chatter", "a future warning"):
         assert line not in screen
         assert line in text
+    assert "Filter" not in screen  # datasets' bar for a filter
 
 
 def test_verbose_leaves_them_on_screen(tmp_path) -> None:
