@@ -316,7 +316,7 @@ def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: P
         if pc.adapter_method == "none":
             console.print(
                 f"{canvas}: served by the frozen model, no adapter to train (no adapter "
-                f"measured for it beat the frozen model beyond noise; BENCHMARKS.md)"
+                f'measured for it beat the frozen model beyond noise; docs/experiments.md, "Home as served")'
             )
             continue
         target = root / canvas
