@@ -318,7 +318,7 @@ class CandidateIndex:
         elif not together:
             why = "never watched with another title in training: "
         else:
-            why = f"{len(together)} most often watched with it, then "
+            why = f"{len(together)} most often paired with it, then "
         return Candidates(
             np.asarray(together + content, dtype=np.int64),
             f"source {name!r}: {why}{len(content)} nearest by title text",

@@ -243,7 +243,7 @@ class CanvasPrompts:
             fuse_order = self._co_engagement.of_recent(kept, exclude_history=False)
             newest = self.ids.item_ids[kept[-1]]
             before = min(len(kept), RECENT_TITLES) - 1
-            fused_with = f"the titles most often watched with {self.ids.title(newest) or newest!r}" + (
+            fused_with = f"the titles most often paired with {self.ids.title(newest) or newest!r}" + (
                 f" and the {before} title(s) before it" if before else ""
             )
         return CanvasPrompt(

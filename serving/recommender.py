@@ -129,7 +129,7 @@ class RecommendationList(Sequence[Recommendation]):
     # "catalog theme 'Western': 167 titles"; None when the context did not restrict the titles
     candidates: str | None = None
     # the ranking the model's beam was fused with by reciprocal rank (the scores are the fusion's),
-    # e.g. "the titles most often watched with 'Heat (1995)'"; None: the model's ranking alone
+    # e.g. "the titles most often paired with 'Heat (1995)'"; None: the model's ranking alone
     fused_with: str | None = None
 
     def __getitem__(self, i):  # type: ignore[override]

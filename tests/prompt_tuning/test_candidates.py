@@ -189,7 +189,7 @@ def test_a_source_neighbourhood_is_co_engaged_titles_then_nearest_by_text(world,
     rows = c.rows.tolist()
     assert rows[:3] == table.of(src, 3).tolist() and first[1] in table.of(src).tolist()
     assert len(rows) == 6 and src not in rows and len(set(rows)) == 6
-    assert "3 most often watched with it, then 3 nearest by title text" in c.how
+    assert "3 most often paired with it, then 3 nearest by title text" in c.how
     # a title no training history holds: its content neighbours alone, and the reason says so
     unseen = next(r for r in range(ids.num_items) if len(table.of(r)) == 0)
     cold = index.for_source(unseen)

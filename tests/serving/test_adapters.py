@@ -79,7 +79,7 @@ def test_prompts_are_the_soft_prompt_then_the_canvas_prompt(rec, tiny_exported_d
     again = rec.prepare(RecommendationRequest(HISTORY, canvas="t2t", source=HISTORY[0]))
     assert again.prompt == virtual["t2t"] + enc.encode(rows(rec, HISTORY[1:] + HISTORY[:1]), canvas="home")
     watched = rec.prepare(RecommendationRequest([], canvas="t2t", source="m02"))  # member u0's
-    assert "4 most often watched with it, then 35 nearest" in watched.candidates
+    assert "4 most often paired with it, then 35 nearest" in watched.candidates
     alone = rec.prepare(RecommendationRequest([], canvas="t2t", source="m05"))
     assert alone.prompt == virtual["t2t"] + enc.encode([5], canvas="home")
     # collection has no soft prompt: the canvas token, the history and the theme
@@ -139,7 +139,7 @@ def test_t2t_fuses_the_model_with_the_co_engagement_order(rec) -> None:
     assert co9 and list(home.fuse_order) == [r for r in co9 if r != rec.ids.index_of("m09")]
     assert home.want == home.beams and home.view.num_permitted == rec.trie.num_items - 1
     res = rec.run([home])[0]
-    assert res.fused_with == f"the titles most often watched with {rec.ids.title('m09')!r}"
+    assert res.fused_with == f"the titles most often paired with {rec.ids.title('m09')!r}"
     assert [rec.ids.index_of(t) for t in ids_of(res)] == fuse_ranks(
         list(rec._search([home], [0])[0].rows), list(home.fuse_order), 5, 5, 1.0
     )
