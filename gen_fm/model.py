@@ -233,7 +233,13 @@ class GenFM:
     def title_code_rows(self) -> torch.Tensor | None:
         """The code rows a new title's row is composed from when the model has its own
         (``titles.title_code_rows`` "own"); None: the embedding's own code-token rows."""
-        return read_title_code_rows(self.path, self.config, self.manifest)
+        if self.config.titles.title_code_rows != "own":
+            return None
+        if TITLE_CODE_ROWS_FILE not in self.manifest.get("files", {}):
+            raise ArtifactError(
+                f"{self.path} was trained with its own title code rows but has no {TITLE_CODE_ROWS_FILE}"
+            )
+        return load_file(self.path / TITLE_CODE_ROWS_FILE)["weight"]
 
     def title_tags(self) -> dict[str, list[str]] | None:
         """What members wrote about each title ({}: the data has none), or None for a folder
@@ -245,23 +251,6 @@ class GenFM:
         if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
             raise ArtifactError(f"{path} is not an item_id -> list of tags map")
         return tags
-
-
-def read_title_code_rows(
-    path: str | Path, config: PretrainConfig | None = None, manifest: dict | None = None
-) -> torch.Tensor | None:
-    """A model folder's own code rows for titles (``TITLE_CODE_ROWS_FILE``), None where its titles
-    are composed from the embedding's code-token rows."""
-    path = Path(path)
-    manifest = manifest if manifest is not None else read_manifest(path, KIND)
-    config = config if config is not None else PretrainConfig.from_dict(manifest["config"])
-    if config.titles.title_code_rows != "own":
-        return None
-    if TITLE_CODE_ROWS_FILE not in manifest.get("files", {}):
-        raise ArtifactError(
-            f"{path} was trained with its own title code rows but has no {TITLE_CODE_ROWS_FILE}"
-        )
-    return load_file(path / TITLE_CODE_ROWS_FILE)["weight"]
 
 
 def add_fusion(model_dir: str | Path, fusion: dict[str, Any]) -> Path:

@@ -42,7 +42,7 @@ from gen_fm.checkpoints import (
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, window_source
-from gen_fm.model import add_hidden_dropout, build_model, load_model, read_title_code_rows, save_model
+from gen_fm.model import add_hidden_dropout, build_model, load_model, save_model
 from gen_fm.objectives import HiddenStates, build_objectives
 from gen_fm.selection import choose
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
@@ -206,17 +206,19 @@ def load_init_weights(
     layout,
     config: PretrainConfig,
     sid_tokens: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], torch.Tensor | None]:
     """Copy an existing model folder's weights into `model` (a refresh fine-tune, not from scratch).
 
     The token layout must be identical: titles added to the ID map reuse the existing code tokens,
     so the code vocabulary never grows (a title-token parent gains title tokens for them, by their
     codes: `sid_tokens` are the new ID map's); a different layout means the IDs were rebuilt and
-    the old embeddings would mean something else. Returns the parent's identity for the manifest.
+    the old embeddings would mean something else. Returns the parent's identity for the manifest
+    and its own code rows for titles (``GenFM.title_code_rows``).
     """
     parent = load_model(init_from)
+    own_rows = parent.title_code_rows()
     if sid_tokens is not None:  # titles added to the ID map since enter by their codes' rows
-        parent.layout = extend_titles(parent.model, parent.layout, sid_tokens, parent.title_code_rows())
+        parent.layout = extend_titles(parent.model, parent.layout, sid_tokens, own_rows)
     if parent.layout.to_json() != layout.to_json():
         raise ValueError(
             f"cannot start from {init_from}: its token layout ({parent.layout.vocab_size} "
@@ -232,11 +234,12 @@ def load_init_weights(
             + ", ".join(f"model.{f} {getattr(theirs, f)} -> {getattr(ours, f)}" for f in changed)
         )
     model.load_state_dict(parent.model.state_dict(), strict=True)
-    return {
+    identity = {
         "model": str(init_from),
         "model_manifest": manifest_hash(init_from),
         "semantic_ids_map_version": parent.ids.version,
     }
+    return identity, own_rows
 
 
 def config_for_run(config: PretrainConfig, sequences: Sequences) -> PretrainConfig:
@@ -366,8 +369,8 @@ def pretrain(
 
     set_seed(config.seed)
     model = build_model(config, encoder.layout, split.max_history)
-    parent = (
-        None
+    parent, parent_rows = (
+        (None, None)
         if init_from is None
         else load_init_weights(model, init_from, encoder.layout, config, encoder.sid_tokens)
     )
@@ -381,7 +384,7 @@ def pretrain(
             own_code_rows=config.titles.title_code_rows == "own",
         )
         if parent is not None:
-            emb.identity_from_rows(read_title_code_rows(init_from))
+            emb.identity_from_rows(parent_rows)
         hidden = HiddenStates()
         hidden.attach(model)
     add_hidden_dropout(model, config.model.hidden_dropout)

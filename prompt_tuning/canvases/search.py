@@ -192,7 +192,7 @@ def example_context(data, ids, history_rows: list[int], user: str) -> ExampleCon
         uses = Counter(t for _, t in tags)
         query = min(writers, key=lambda t: (-writers[t], -uses[t], t))
     else:  # no tags in this dataset: a word of a title the member knows, as typed ("pari")
-        words = [w for r in history_rows for w in re.findall(r"[^\W\d_]{5,}", (ids.titles[r] or "").lower())]
+        words = [w for r in history_rows for w in _WORD.findall((ids.titles[r] or "").lower()) if len(w) >= 5]
         query = words[-1][:5] if words else "gift"
     return ExampleContext(query, f"search '{query}'")
 

@@ -212,14 +212,9 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     new_item = next(i for i in items if i not in rated)  # in the catalog, never engaged with
     old_items = [i for i in items if i != new_item]
     ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
+    titles = dict(history_tokens="titles", title_code_rows=code_rows)
     config = PretrainConfig.from_preset(
-        "tiny",
-        epochs=1,
-        batch_size=64,
-        val_users=4,
-        history_tokens="titles",
-        identity_dropout=0.1,
-        title_code_rows=code_rows,
+        "tiny", epochs=1, batch_size=64, val_users=4, identity_dropout=0.1, **titles
     )
     model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
     gen = load_model(model_dir)
@@ -250,11 +245,10 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
             epochs=1,
             batch_size=64,
             val_users=4,
-            history_tokens="titles",
             max_steps=1,
             lr=1e-9,
             eval_every=0,
-            title_code_rows=code_rows,
+            **titles,
         ),
         init_from=model_dir,
     )
