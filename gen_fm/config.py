@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.artifacts import jsonable
+from core.checks import at_least, in_unit_interval, one_of
 from core.overrides import build_config, override, renamed_fields
 from gen_fm.beams import JudgeConfig
 
@@ -28,6 +29,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
 # token whose embedding is its codes' embeddings summed plus a learned identity.
 HISTORY_TOKENS = ("codes", "titles")
+# Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
+TITLE_CODE_ROWS = ("shared", "own")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
 SELECTIONS = ("within-se", "best", "last")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -65,19 +68,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         augment=_GPU_AUGMENT,
     ),
 }
-
-
-def _at_least(floor: int, **values: int) -> None:
-    bad = [k for k, v in values.items() if int(v) < floor]
-    if bad:
-        raise ValueError(f"these must be >= {floor}: {bad}")
-
-
-def _in_unit_interval(**values: float) -> None:
-    """Each value in [0, 1)."""
-    for name, v in values.items():
-        if not 0.0 <= v < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {v}")
 
 
 # Hidden dropout when the config leaves it unset, from how many events a member has: sparse
@@ -122,16 +112,15 @@ class ModelShape:
     history_tokens: str = "codes"
 
     def __post_init__(self) -> None:
-        if self.history_tokens not in HISTORY_TOKENS:
-            raise ValueError(f"history_tokens must be one of {HISTORY_TOKENS}, got {self.history_tokens!r}")
-        _at_least(
+        one_of(HISTORY_TOKENS, history_tokens=self.history_tokens)
+        at_least(
             1,
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             num_heads=self.num_heads,
             intermediate_size=self.intermediate_size,
         )
-        _at_least(0, num_user_buckets=self.num_user_buckets, position_headroom=self.position_headroom)
+        at_least(0, num_user_buckets=self.num_user_buckets, position_headroom=self.position_headroom)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
@@ -144,9 +133,9 @@ class ModelShape:
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
-        _in_unit_interval(dropout=self.dropout)
+        in_unit_interval(dropout=self.dropout)
         if self.hidden_dropout is not None:
-            _in_unit_interval(hidden_dropout=self.hidden_dropout)
+            in_unit_interval(hidden_dropout=self.hidden_dropout)
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
 
@@ -175,11 +164,9 @@ class TitleOptions:
     title_code_rows: str = "shared"
 
     def __post_init__(self) -> None:
-        _in_unit_interval(identity_dropout=self.identity_dropout)
-        if self.title_code_rows not in ("shared", "own"):
-            raise ValueError(f"title_code_rows must be 'shared' or 'own', got {self.title_code_rows!r}")
-        if self.title_loss_weight < 0:
-            raise ValueError(f"title_loss_weight must be >= 0, got {self.title_loss_weight}")
+        in_unit_interval(identity_dropout=self.identity_dropout)
+        one_of(TITLE_CODE_ROWS, title_code_rows=self.title_code_rows)
+        at_least(0, title_loss_weight=self.title_loss_weight)
 
 
 @dataclass(frozen=True)
@@ -197,11 +184,10 @@ class AuxObjectives:
     category_min_titles: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("mtp_tokens", "mtp_weight", "category_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.category_min_titles < 1:
-            raise ValueError(f"category_min_titles must be >= 1, got {self.category_min_titles}")
+        at_least(
+            0, mtp_tokens=self.mtp_tokens, mtp_weight=self.mtp_weight, category_weight=self.category_weight
+        )
+        at_least(1, category_min_titles=self.category_min_titles)
 
 
 @dataclass(frozen=True)
@@ -238,7 +224,7 @@ class Augmentation:
                 )
         if self.canvas_mix_examples < 1:
             raise ValueError(f"canvas_mix_examples must be >= 1, got {self.canvas_mix_examples}")
-        _in_unit_interval(item_dropout=self.item_dropout, label_smoothing=self.label_smoothing)
+        in_unit_interval(item_dropout=self.item_dropout, label_smoothing=self.label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -271,20 +257,15 @@ class Optimisation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        _at_least(1, batch_size=self.batch_size, grad_accum=self.grad_accum, epochs=self.epochs)
+        at_least(1, batch_size=self.batch_size, grad_accum=self.grad_accum, epochs=self.epochs)
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        _in_unit_interval(warmup_ratio=self.warmup_ratio, ema_decay=self.ema_decay)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
-        if self.max_grad_norm < 0:
-            raise ValueError("max_grad_norm must be >= 0")
+        in_unit_interval(warmup_ratio=self.warmup_ratio, ema_decay=self.ema_decay)
+        one_of(SCHEDULES, schedule=self.schedule)
+        one_of(MIXED_PRECISION, mixed_precision=self.mixed_precision)
+        at_least(0, max_grad_norm=self.max_grad_norm)
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 
@@ -314,10 +295,9 @@ class Validation:
     RENAMED: ClassVar[dict[str, str]] = {"eval_k": "judge.k", "val_users": "judge.eval_users"}
 
     def __post_init__(self) -> None:
-        _at_least(0, eval_every=self.eval_every, patience=self.patience)
-        _in_unit_interval(eval_from=self.eval_from)
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        at_least(0, eval_every=self.eval_every, patience=self.patience)
+        in_unit_interval(eval_from=self.eval_from)
+        one_of(SELECTIONS, selection=self.selection)
         object.__setattr__(self, "judge", JudgeConfig.of(self.judge))
 
 
@@ -329,8 +309,8 @@ class Checkpoints:
     keep_checkpoints: int = 2  # most recent step checkpoints kept (the best weights always are)
 
     def __post_init__(self) -> None:
-        _at_least(0, checkpoint_every_steps=self.checkpoint_every_steps)
-        _at_least(1, keep_checkpoints=self.keep_checkpoints)
+        at_least(0, checkpoint_every_steps=self.checkpoint_every_steps)
+        at_least(1, keep_checkpoints=self.keep_checkpoints)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from core.checks import at_least
 from core.overrides import build_config
 from semantic_ids.quantizers import quantizer_class
 
@@ -48,15 +49,10 @@ class Modalities:
     collaborative_dim: int = 64  # truncated-SVD rank of the member x title matrix
 
     def __post_init__(self) -> None:
-        weights = {
-            "text_weight": self.text_weight,
-            "metadata_weight": self.metadata_weight,
-            "collaborative_weight": self.collaborative_weight,
-            "user_vectors_weight": self.user_vectors_weight,
-        }
-        bad = [k for k, w in weights.items() if w < 0]
-        if bad:
-            raise ValueError(f"modality weights must be >= 0: {bad}")
+        at_least(0, text_weight=self.text_weight, metadata_weight=self.metadata_weight)
+        at_least(
+            0, collaborative_weight=self.collaborative_weight, user_vectors_weight=self.user_vectors_weight
+        )
         active = self.text_weight + self.metadata_weight + self.collaborative_weight
         if active == 0 and not (self.user_vectors and self.user_vectors_weight > 0):
             raise ValueError("every modality has weight 0: nothing to quantize")

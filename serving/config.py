@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from core.checks import at_least
 from core.overrides import build_config, describe, overrides_of
 from prompt_tuning.candidate_config import CandidateConfig
 from serving.backends.registry import DEFAULT_BACKEND, backend_names
@@ -49,12 +50,6 @@ _RESERVED_VLLM_KWARGS = frozenset(
 def check_fresh_share(share: float) -> None:
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
         raise ValueError(f"fresh_share must be a number in [0, 1], got {share!r}")
-
-
-def _at_least_one(obj: Any, *names: str) -> None:
-    for name in names:
-        if int(getattr(obj, name)) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(obj, name)}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ class Engine:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        _at_least_one(self, "max_batch")
+        at_least(1, max_batch=self.max_batch)
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -134,7 +129,7 @@ class Decoding:
     title_weight: float | None = None
 
     def __post_init__(self) -> None:
-        _at_least_one(self, "num_beams", "max_k", "diversity_widen")
+        at_least(1, num_beams=self.num_beams, max_k=self.max_k, diversity_widen=self.diversity_widen)
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {self.max_history}")
         if (self.title_weight or 0) < 0:

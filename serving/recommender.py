@@ -89,23 +89,13 @@ class RecommendationRequest:
         context: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> None:
+        given = locals()  # the parameters, by name: each field is set from its own
         twice = sorted(set(context or {}) & set(fields))
         if twice:
             raise ValueError(f"context field(s) {twice} given twice: as keywords and in context")
-        values = dict(
-            history=history,
-            canvas=canvas,
-            k=k,
-            exclude=exclude,
-            allow=allow,
-            user_id=user_id,
-            exclude_history=exclude_history,
-            rules=rules,
-            fresh_share=fresh_share,
-            context={**(context or {}), **fields},
-        )
-        for name, value in values.items():  # frozen: set once, here
-            object.__setattr__(self, name, value)
+        for f in dataclasses.fields(self):  # frozen: set once, here
+            object.__setattr__(self, f.name, given[f.name])
+        object.__setattr__(self, "context", {**(context or {}), **fields})
 
 
 @dataclass(frozen=True)

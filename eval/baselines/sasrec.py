@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.checks import at_least, in_unit_interval, one_of
 from core.metrics import topk_rows
 from core.sequences import Split
 
@@ -35,6 +36,10 @@ WINDOWS = ("all", "last")
 # How a title is represented: one learned row ("id"), the sum of its semantic-ID codes' learned
 # rows ("codes", what sidrec's foundation model reads), or both summed.
 ITEMS = ("id", "codes", "both")
+
+
+# The fields of ``SASRecConfig`` that are the network's constructor arguments.
+SHAPE_FIELDS = ("hidden", "num_blocks", "num_heads", "dropout", "max_len", "items")
 
 
 @dataclass(frozen=True)
@@ -61,29 +66,20 @@ class SASRecConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.items not in ITEMS:
-            raise ValueError(f"items must be one of {ITEMS}, got {self.items!r}")
-        if self.train_windows not in WINDOWS:
-            raise ValueError(f"train_windows must be one of {WINDOWS}, got {self.train_windows!r}")
-        positive = {
-            "hidden": self.hidden,
-            "num_blocks": self.num_blocks,
-            "num_heads": self.num_heads,
-            "max_len": self.max_len,
-            "batch_size": self.batch_size,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-            "eval_every": self.eval_every,
-        }
-        bad = [k for k, v in positive.items() if v < 1]
-        if bad:
-            raise ValueError(f"must be >= 1: {bad}")
+        one_of(LOSSES, loss=self.loss)
+        one_of(ITEMS, items=self.items)
+        one_of(WINDOWS, train_windows=self.train_windows)
+        at_least(
+            1, hidden=self.hidden, num_blocks=self.num_blocks, num_heads=self.num_heads, max_len=self.max_len
+        )
+        at_least(1, batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience)
+        at_least(1, eval_every=self.eval_every)
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0 or self.lr <= 0 or self.weight_decay < 0 or self.seed < 0:
-            raise ValueError("need 0 <= dropout < 1, lr > 0, weight_decay >= 0, seed >= 0")
+        in_unit_interval(dropout=self.dropout)
+        at_least(0, weight_decay=self.weight_decay, seed=self.seed)
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 class SASRecBlock(nn.Module):
@@ -321,16 +317,8 @@ def _train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     windows = make_windows(split, config.max_len, config.train_windows)
-    model = SASRec(
-        num_items=num_items,
-        hidden=config.hidden,
-        num_blocks=config.num_blocks,
-        num_heads=config.num_heads,
-        dropout=config.dropout,
-        max_len=config.max_len,
-        items=config.items,
-        codes=codes,
-    ).to(device)
+    shape = {name: getattr(config, name) for name in SHAPE_FIELDS}
+    model = SASRec(num_items=num_items, codes=codes, **shape).to(device)
     opt = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )

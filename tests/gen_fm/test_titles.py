@@ -212,10 +212,8 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     new_item = next(i for i in items if i not in rated)  # in the catalog, never engaged with
     old_items = [i for i in items if i != new_item]
     ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
-    titles = dict(history_tokens="titles", title_code_rows=code_rows)
-    config = PretrainConfig.from_preset(
-        "tiny", epochs=1, batch_size=64, val_users=4, identity_dropout=0.1, **titles
-    )
+    titles = dict(history_tokens="titles", title_code_rows=code_rows, epochs=1, batch_size=64, val_users=4)
+    config = PretrainConfig.from_preset("tiny", identity_dropout=0.1, **titles)
     model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
     gen = load_model(model_dir)
     assert type(gen.model.get_input_embeddings()) is torch.nn.Embedding  # baked: a plain Llama
@@ -235,21 +233,13 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
             stage / "manifest.json",
             make_manifest("semantic_ids", {}, codebook_sizes=[16, 16, 16, 4], map_version=2),
         )
+    one_step = PretrainConfig.from_preset("tiny", max_steps=1, lr=1e-9, eval_every=0, **titles)
     again = pretrain(
         dc,
         SequenceConfig(max_history=20),
         tmp_path / "ids2",
         tmp_path / "run2",
-        PretrainConfig.from_preset(
-            "tiny",
-            epochs=1,
-            batch_size=64,
-            val_users=4,
-            max_steps=1,
-            lr=1e-9,
-            eval_every=0,
-            **titles,
-        ),
+        one_step,
         init_from=model_dir,
     )
     child = load_model(again)
