@@ -20,17 +20,32 @@ BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-
 
 
 def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
-    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        handler: str,
+        help_text: str,
+        *,
+        model: str | None = None,
+        out: str | None = "results JSON to write",
+        out_required: bool = True,
+    ) -> argparse.ArgumentParser:
+        """A benchmark's parser, with `--model` (required; `model` is its help) when the benchmark
+        reads a model folder, and `--out` (the results file; `out` is its help) unless it is None."""
         p = bench_sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=handler)
+        if model is not None:
+            p.add_argument("--model", required=True, help=model)
+        if out is not None:
+            p.add_argument("--out", required=out_required, help=out)
         return p
 
     p = add(
         "serving",
         "sidrec.handlers.bench:cmd_bench_serving",
         "throughput and batch latency of the decoding backends on real member histories (eval.bench_serving)",
+        model="model folder (gen_fm.model.save_model)",
+        out="results JSON (e.g. results/serving/NAME.json)",
     )
-    p.add_argument("--model", required=True, help="model folder (gen_fm.model.save_model)")
     p.add_argument("--backend", choices=[*backend_names(), "both"], default="both")
     p.add_argument("--beams", type=int, nargs="+", default=[10, 20, 50])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
@@ -60,27 +75,26 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         help="skip vLLM's built-in unconstrained beam search reference",
     )
     p.add_argument("--seed", type=int, default=0, help="member sample")
-    p.add_argument("--out", required=True, help="results JSON (e.g. results/serving/NAME.json)")
 
     p = add(
         "load",
         "sidrec.handlers.bench:cmd_bench_load",
         "loopback load test of the HTTP server: concurrent clients for a "
         "fixed time, errors and memory (eval.bench_load)",
+        model="model folder",
     )
-    p.add_argument("--model", required=True)
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--max-requests", type=int, default=100_000)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", required=True)
 
     p = add(
         "ids",
         "sidrec.handlers.bench_ids:cmd_bench_ids",
         "semantic-ID building: quality figures of the codes and wall time "
         "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json",
+        out=None,
     )
     add_data_args(p, dataset_required=True, max_users=False)
     p.add_argument(
@@ -104,34 +118,34 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         "sidrec.handlers.bench:cmd_bench_batch",
         "batch lists against the server: the same members' top-K from "
         "`sidrec batch` and one by one over HTTP (eval.bench_batch)",
+        model="model folder",
     )
-    p.add_argument("--model", required=True)
     add_data_args(p, dataset=False, max_users=False)
     p.add_argument("--members", type=int, default=300)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=backend_names())
     p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--out", required=True)
 
     p = add(
         "embeddings",
         "sidrec.handlers.bench:cmd_bench_embeddings",
         "do the model's embeddings carry signal? two probes "
         "against the content embedding (eval.bench_embeddings)",
+        model="model folder",
     )
-    p.add_argument("--model", required=True)
     add_data_args(p, dataset=False, max_users=False)
     p.add_argument("--min-members", type=int, default=20)
     p.add_argument("--max-members", type=int, default=5000, help="members in the category probe")
     p.add_argument("--pooling", default="last", help="serving.embeddings.POOLINGS")
-    p.add_argument("--out", required=True)
 
     p = add(
         "canvases",
         "sidrec.handlers.bench:cmd_bench_canvases",
         "per-canvas soft prompt against the frozen base and full fine-tuning (eval.bench_canvases)",
+        model="foundation model folder",
+        out="results JSON (default results/prompt_tuning/<dataset>.json)",
+        out_required=False,
     )
-    p.add_argument("--model", required=True, help="foundation model folder")
     add_data_args(p, dataset_help="dataset sub-folder (default: the model's)", max_users=False)
     p.add_argument("--canvases", default="home,search,t2t,collection")
     add_config_args(p, "PromptTuningStageConfig", preset=False)
@@ -157,13 +171,14 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         "served search matches tags)",
     )
     add_threads_arg(p, 1)
-    p.add_argument("--out", help="results JSON (default results/prompt_tuning/<dataset>.json)")
 
     p = add(
         "new-title-pool",
         "sidrec.handlers.bench:cmd_bench_new_title_pool",
         "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
         "pairs whose next title is new (core.timeline.rolling_pool)",
+        out="results JSON (default results/refresh/<dataset>-new-title-pool.json)",
+        out_required=False,
     )
     add_data_args(p, dataset_required=True, max_users=False)
     p.add_argument(
@@ -175,7 +190,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--low", type=float, default=0.2, help="first cutoff's time quantile")
     p.add_argument("--high", type=float, default=0.98, help="last cutoff's time quantile")
-    p.add_argument("--out", help="results JSON (default results/refresh/<dataset>-new-title-pool.json)")
 
     p = add(
         "unseen-titles",
@@ -183,6 +197,7 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
         "TIGER's unseen-title protocol: hold a share of the test-target titles out of the IDs' fit "
         "and of training, give them IDs afterwards, judge cold, warm and all members "
         "(eval.unseen_titles)",
+        out="results JSON (e.g. results/unseen/<dataset>-s0.json)",
     )
     add_data_args(p, dataset_required=True, max_users=False)
     p.add_argument("--share", type=float, default=0.05, help="of the distinct test-target titles held out")
@@ -197,7 +212,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="prompts per beam-search batch")
     p.add_argument("--work", help="folder of the stages' artifacts (default runs/unseen-<dataset>-s<seed>)")
     add_threads_arg(p, 1)
-    p.add_argument("--out", required=True, help="results JSON (e.g. results/unseen/<dataset>-s0.json)")
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
