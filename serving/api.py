@@ -146,7 +146,7 @@ def request_models() -> RequestModels:
 
 def _described(canvas: str) -> str:
     spec = get_canvas(canvas)
-    return spec.context_description or f"the {spec.context_field} ({spec.context_kind} context)"
+    return spec.context.description or f"the {spec.context_field} ({spec.context_kind} context)"
 
 
 class ResultInfo(BaseModel):

@@ -29,6 +29,7 @@ from gen_fm.tokenizer import PromptEncoder
 from prompt_tuning.canvases.base import (
     CONTEXT_KINDS,
     REQUEST_FIELDS,
+    CanvasContext,
     CanvasData,
     CanvasExample,
     CanvasSource,
@@ -191,6 +192,7 @@ __all__ = [
     "CanvasData",
     "CanvasExample",
     "CanvasSource",
+    "CanvasContext",
     "CanvasSpec",
     "ExampleContext",
     "Examples",

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from core.checks import one_of
 from core.data import RecData
 from core.sequences import Split
 from gen_fm.dataset import to_sid_rows
@@ -199,6 +200,51 @@ class ExampleContext(NamedTuple):
     label: str  # how the row is introduced, e.g. "search 'pixar'"
 
 
+@dataclass(frozen=True)
+class CanvasContext:
+    """The request field a canvas reads as its context, and how its value enters the prompt."""
+
+    # Request field whose value becomes the context: any identifier outside REQUEST_FIELDS; serving
+    # takes it as a keyword (``recommend(..., query=...)``) and as a body field.
+    field: str
+    # How that value becomes tokens: "text" (QueryEncoder) or "title" (the title's ID tokens).
+    kind: str
+    # What that field holds, in words: its description in the HTTP schema ("the query text").
+    description: str | None = None
+    # Text contexts are lower-cased before encoding, as the examples were (search).
+    lowercase: bool = False
+    # A soft-prompt request without the context: "error", or "last_title" (title contexts only).
+    missing: str = "error"
+    # A title context joins the prompt as the history's newest title (the model is asked its own
+    # question, what comes next) instead of following <sep> (t2t).
+    in_history: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.field
+        if (
+            not isinstance(name, str)
+            or not name.isidentifier()
+            or keyword.iskeyword(name)
+            or name.startswith("_")
+        ):
+            raise ValueError(
+                f"a context field names a request field, a Python identifier that is not a "
+                f"keyword and does not start with '_'; got {name!r}"
+            )
+        if name in REQUEST_FIELDS:
+            raise ValueError(
+                f"context field {name!r} is a request's own field; choose a name other than {sorted(REQUEST_FIELDS)}"
+            )
+        one_of(CONTEXT_KINDS, kind=self.kind)
+        one_of(MISSING_CONTEXT, missing=self.missing)
+        if self.missing == "last_title" and self.kind != "title":
+            raise ValueError(f"context {name!r}: only a title context falls back to the last title")
+        if self.lowercase and self.kind != "text":
+            raise ValueError(f"context {name!r}: lowercase applies to text contexts")
+        if self.in_history and self.kind != "title":
+            raise ValueError(f"context {name!r}: in_history needs a title context")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CanvasSpec:
     """One canvas: everything training, evaluation, serving and the quickstart ask of it.
@@ -215,18 +261,11 @@ class CanvasSpec:
     token: str
     # Training and held-out examples from the model's own data (see ``CanvasSource``).
     build_examples: Callable[[CanvasSource], Examples]
-    # Request field whose value becomes the context after <sep>, or None: any identifier outside
-    # REQUEST_FIELDS; serving takes it as a keyword (``recommend(..., query=...)``) and a body field.
-    context_field: str | None = None
-    # What that field holds, in words: its description in the HTTP schema ("the query text").
-    context_description: str | None = None
-    # How that value becomes tokens: "text" (QueryEncoder) or "title" (the title's ID tokens).
-    context_kind: str | None = None
+    # The request field read as the context after <sep>, and how it enters the prompt; None: the
+    # canvas takes no context.
+    context: CanvasContext | None = None
     # A prompt with a context still holds the member's history and member token.
     keeps_history: bool = True
-    # A title context joins the prompt as the history's newest title (the model is asked its own
-    # question, what comes next) instead of following <sep> (t2t).
-    title_in_history: bool = False
     # The answer fuses the model's ranking with the candidate set's own order (``fuse_ranks``, with
     # ``CandidateConfig.fusion_k`` and ``fusion_weight``): for sets whose order is a ranking of its
     # own (a t2t source's co-engagement counts).
@@ -269,39 +308,10 @@ class CanvasSpec:
                 f"canvas {self.name!r}: token {self.token!r} is not a canvas token of the "
                 f"foundation model; choose one of {CANVAS_TOKENS}"
             )
-        if (self.context_field is None) != (self.context_kind is None):
-            raise ValueError(f"canvas {self.name!r}: context_field and context_kind go together")
-        field_ = self.context_field
-        if field_ is not None and (
-            not isinstance(field_, str)
-            or not field_.isidentifier()
-            or keyword.iskeyword(field_)
-            or field_.startswith("_")
-        ):
-            raise ValueError(
-                f"canvas {self.name!r}: context_field names a request field, a Python identifier "
-                f"that is not a keyword and does not start with '_'; got {field_!r}"
-            )
-        if field_ in REQUEST_FIELDS:
-            raise ValueError(
-                f"canvas {self.name!r}: context_field {field_!r} is a request's own field; "
-                f"choose a name other than {sorted(REQUEST_FIELDS)}"
-            )
-        if self.context_description is not None and field_ is None:
-            raise ValueError(f"canvas {self.name!r}: context_description describes a context_field")
-        if self.context_kind is not None and self.context_kind not in CONTEXT_KINDS:
-            raise ValueError(
-                f"canvas {self.name!r}: context_kind must be one of {CONTEXT_KINDS}, "
-                f"got {self.context_kind!r}"
-            )
-        if self.missing_context not in MISSING_CONTEXT:
-            raise ValueError(f"canvas {self.name!r}: missing_context must be one of {MISSING_CONTEXT}")
-        if self.missing_context == "last_title" and self.context_kind != "title":
-            raise ValueError(f"canvas {self.name!r}: only a title context falls back to the last title")
-        if self.lowercase and self.context_kind != "text":
-            raise ValueError(f"canvas {self.name!r}: lowercase applies to text contexts")
-        if self.candidates is not None and self.context_kind is None:
-            raise ValueError(f"canvas {self.name!r}: candidates come from a context; set context_field")
+        if self.context is not None and not isinstance(self.context, CanvasContext):
+            raise TypeError(f"canvas {self.name!r}: context must be a CanvasContext, got {self.context!r}")
+        if self.candidates is not None and self.context is None:
+            raise ValueError(f"canvas {self.name!r}: candidates come from a context; set context")
         if self.adapter not in ADAPTERS:
             raise ValueError(f"canvas {self.name!r}: adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if self.fuse_candidate_order and self.candidates is None:
@@ -311,19 +321,32 @@ class CanvasSpec:
                 f"canvas {self.name!r}: fuse with the candidate order or with the newest "
                 f"title's co-engaged titles, not both"
             )
-        if self.title_in_history and self.context_kind != "title":
-            raise ValueError(f"canvas {self.name!r}: title_in_history needs a title context")
-        if not self.keeps_history and self.context_field is None:
+        if not self.keeps_history and self.context is None:
             raise ValueError(f"canvas {self.name!r}: keeps_history=False needs a context to prompt with")
+
+    @property
+    def context_field(self) -> str | None:
+        """The request field read as the context (None: no context)."""
+        return None if self.context is None else self.context.field
+
+    @property
+    def context_kind(self) -> str | None:
+        """The context's kind, "text" or "title" (None: no context)."""
+        return None if self.context is None else self.context.kind
+
+    @property
+    def title_in_history(self) -> bool:
+        """The title context joins the prompt as the history's newest title."""
+        return self.context is not None and self.context.in_history
 
     @property
     def requires_context(self) -> bool:
         """Soft-prompt requests must carry the context field (no fallback)."""
-        return self.context_field is not None and self.missing_context == "error"
+        return self.context is not None and self.context.missing == "error"
 
     def normalise(self, text: str) -> str:
         """A request's text as the canvas's examples spelt it."""
-        return text.strip().lower() if self.lowercase else text.strip()
+        return text.strip().lower() if self.context is not None and self.context.lowercase else text.strip()
 
     def example(
         self, data: RecData, ids: SemanticIDs, history_rows: list[int], user: str

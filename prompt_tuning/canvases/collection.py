@@ -12,15 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.canvases.base import (
-    CanvasSource,
-    CanvasSpec,
-    ExampleContext,
-    Examples,
-    held_out_examples,
-    next_title_examples,
-    theme_of,
-)
+from prompt_tuning.canvases.base import CanvasContext, CanvasSource, CanvasSpec, ExampleContext, Examples
+from prompt_tuning.canvases.base import held_out_examples, next_title_examples, theme_of
 
 
 def build_examples(src: CanvasSource) -> Examples:
@@ -65,9 +58,7 @@ SPEC = CanvasSpec(
     name="collection",
     token="collection",
     build_examples=build_examples,
-    context_field="theme",
-    context_description="the theme (a category name)",
-    context_kind="text",
+    context=CanvasContext("theme", "text", "the theme (a category name)"),
     candidates=candidates,
     metrics=metrics,
     example_context=example_context,

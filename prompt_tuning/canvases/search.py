@@ -24,15 +24,8 @@ import numpy as np
 
 from gen_fm.dataset import to_sid_rows
 from prompt_tuning.candidates import words
-from prompt_tuning.canvases.base import (
-    CanvasExample,
-    CanvasSource,
-    CanvasSpec,
-    ExampleContext,
-    Examples,
-    hash_fraction,
-    sample_examples,
-)
+from prompt_tuning.canvases.base import CanvasContext, CanvasExample, CanvasSource, CanvasSpec
+from prompt_tuning.canvases.base import ExampleContext, Examples, hash_fraction, sample_examples
 
 # Words too common to be a search for a title.
 _STOPWORDS = frozenset(
@@ -201,10 +194,7 @@ SPEC = CanvasSpec(
     name="search",
     token="search",
     build_examples=build_examples,
-    context_field="query",
-    context_description="the query text",
-    context_kind="text",
-    lowercase=True,
+    context=CanvasContext("query", "text", "the query text", lowercase=True),
     candidates=candidates,
     anonymous_kinds=("tag",),
     metrics=metrics,

@@ -17,15 +17,8 @@ with a source is the source alone."""
 from __future__ import annotations
 
 
-from prompt_tuning.canvases.base import (
-    CanvasExample,
-    CanvasSource,
-    CanvasSpec,
-    ExampleContext,
-    Examples,
-    held_out_examples,
-    next_title_examples,
-)
+from prompt_tuning.canvases.base import CanvasContext, CanvasExample, CanvasSource, CanvasSpec
+from prompt_tuning.canvases.base import ExampleContext, Examples, held_out_examples, next_title_examples
 
 
 def build_examples(src: CanvasSource) -> Examples:
@@ -59,11 +52,9 @@ SPEC = CanvasSpec(
     name="t2t",
     token="home",
     build_examples=build_examples,
-    context_field="source",
-    context_description="the title id the row is about",
-    context_kind="title",
-    title_in_history=True,
-    missing_context="last_title",
+    context=CanvasContext(
+        "source", "title", "the title id the row is about", missing="last_title", in_history=True
+    ),
     candidates=source_candidates,
     fuse_candidate_order=True,
     example_context=example_context,

@@ -16,6 +16,7 @@ from prompt_tuning.canvases import (
     REQUEST_FIELDS,
     CanvasData,
     CanvasExample,
+    CanvasContext,
     CanvasSpec,
     Examples,
     canvas_names,
@@ -50,7 +51,7 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
             s.context_field,
             s.context_kind,
             s.keeps_history,
-            s.missing_context,
+            None if s.context is None else s.context.missing,
             s.requires_context,
             s.candidates is not None,
             s.metrics is not None,
@@ -61,7 +62,7 @@ def test_the_built_in_canvases_in_order_with_their_tokens_and_adapters():
     # home and t2t (the home question, the source as the newest history title, inside the source's
     # neighbourhood) are served by the frozen model: no adapter measured for them beat it beyond noise
     assert got == {
-        "home": ("home", None, None, True, "error", False, False, False, "none"),
+        "home": ("home", None, None, True, None, False, False, False, "none"),
         "search": ("search", "query", "text", True, "error", True, True, True, "soft_prompt"),
         "t2t": ("home", "source", "title", True, "last_title", False, True, False, "none"),
         "collection": ("collection", "theme", "text", True, "error", True, True, True, "lora"),
@@ -103,45 +104,47 @@ def test_register_and_unregister(temporary):
     [
         (dict(name="new releases"), "a canvas name is"),
         (dict(token="new-releases"), "is not a canvas token of the foundation model"),
-        (dict(context_field="query"), "context_field and context_kind go together"),
-        (dict(context_field="the mood", context_kind="text"), "context_field names a request field"),
-        (dict(context_field="class", context_kind="text"), "not a keyword"),
-        (dict(context_field="_mood", context_kind="text"), "does not start with '_'"),
-        (dict(context_field="k", context_kind="text"), "'k' is a request's own field"),
-        (dict(context_field="history", context_kind="title"), "'history' is a request's own field"),
-        (dict(context_description="the mood"), "context_description describes a context_field"),
-        (dict(context_field="query", context_kind="image"), "context_kind must be one of"),
-        (dict(context_field="query", context_kind="text", missing_context="skip"), "missing_context must be"),
-        (
-            dict(context_field="query", context_kind="text", missing_context="last_title"),
-            "only a title context falls back",
-        ),
-        (dict(context_field="source", context_kind="title", lowercase=True), "applies to text contexts"),
+        (dict(context="query"), "context must be a CanvasContext"),
         (dict(candidates=lambda index, value: None), "candidates come from a context"),
         (dict(keeps_history=False), "keeps_history=False needs a context"),
         (dict(fuse_candidate_order=True), "fuse_candidate_order needs candidates"),
         (
             dict(
-                context_field="source",
-                context_kind="title",
+                context=CanvasContext("source", "title"),
                 candidates=lambda index, value: None,
                 fuse_candidate_order=True,
                 fuse_co_engaged=True,
             ),
             "not both",
         ),
-        (
-            dict(context_field="query", context_kind="text", title_in_history=True),
-            "title_in_history needs a title context",
-        ),
         (dict(adapter="prefix"), "adapter must be one of"),
     ],
 )
 def test_a_spec_that_cannot_be_served_is_refused(kwargs, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises((ValueError, TypeError), match=words):
         CanvasSpec(**{"name": "x", "token": "home", "build_examples": _nothing, **kwargs})
     with pytest.raises(TypeError):
         CanvasSpec("x", "home", _nothing)  # keyword-only
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, words",
+    [
+        (("the mood", "text"), {}, "a context field names a request field"),
+        (("class", "text"), {}, "not a keyword"),
+        (("_mood", "text"), {}, "does not start with '_'"),
+        (("k", "text"), {}, "'k' is a request's own field"),
+        (("history", "title"), {}, "'history' is a request's own field"),
+        (("query", "image"), {}, "kind must be one of"),
+        (("query", "text"), dict(missing="skip"), "missing must be one of"),
+        (("query", "text"), dict(missing="last_title"), "only a title context falls back"),
+        (("source", "title"), dict(lowercase=True), "applies to text contexts"),
+        (("query", "text"), dict(in_history=True), "in_history needs a title context"),
+    ],
+)
+def test_a_context_that_cannot_be_served_is_refused(args, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        CanvasContext(*args, **kwargs)
 
 
 def test_a_canvas_may_bring_a_context_field_of_its_own(temporary):
@@ -151,21 +154,12 @@ def test_a_canvas_may_bring_a_context_field_of_its_own(temporary):
         CanvasSpec(
             name="mood-row",
             token="collection",
-            context_field="mood",
-            context_kind="text",
-            context_description="how the member feels, in words",
+            context=CanvasContext("mood", "text", "how the member feels, in words"),
             build_examples=_nothing,
         )
     )
-    temporary(
-        CanvasSpec(
-            name="genre-row",
-            token="collection",
-            context_field="theme",
-            context_kind="text",
-            build_examples=_nothing,
-        )
-    )
+    theme = CanvasContext("theme", "text")
+    temporary(CanvasSpec(name="genre-row", token="collection", context=theme, build_examples=_nothing))
     assert context_fields() == {
         "query": ("search",),
         "source": ("t2t",),
@@ -177,14 +171,10 @@ def test_a_canvas_may_bring_a_context_field_of_its_own(temporary):
 
 def test_examples_prompt_with_their_canvas_token(temporary):
     """A canvas reusing a token prompts like the canvas that owns it; the soft prompt tells them apart."""
+    source = CanvasContext("source", "title")
     temporary(
         CanvasSpec(
-            name="more-like-this",
-            token="t2t",
-            context_field="source",
-            context_kind="title",
-            keeps_history=False,
-            build_examples=_nothing,
+            name="more-like-this", token="t2t", context=source, keeps_history=False, build_examples=_nothing
         )
     )
     flat = np.random.default_rng(0).choice(64, size=6, replace=False)

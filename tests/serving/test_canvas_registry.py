@@ -18,6 +18,7 @@ import torch
 
 from prompt_tuning.canvases import (
     CanvasSource,
+    CanvasContext,
     CanvasSpec,
     Examples,
     canvas_names,
@@ -60,8 +61,7 @@ NEW_RELEASES = CanvasSpec(name=NEW, token="home", build_examples=new_release_exa
 GENRE_ROW = CanvasSpec(
     name="genre-row",
     token="collection",
-    context_field="theme",
-    context_kind="text",
+    context=CanvasContext("theme", "text"),
     build_examples=new_release_examples,  # never trained here
     candidates=lambda index, theme: index.for_theme(theme),
 )

@@ -15,7 +15,15 @@ import inspect
 
 import pytest
 
-from prompt_tuning.canvases import REQUEST_FIELDS, CanvasSpec, Examples, canvas_names, register, unregister
+from prompt_tuning.canvases import (
+    REQUEST_FIELDS,
+    CanvasContext,
+    CanvasSpec,
+    Examples,
+    canvas_names,
+    register,
+    unregister,
+)
 from serving.api import CompletionRequest, RecommendationsRequest, request_models
 from serving.prompts import RequestError
 from serving.recommender import RecommendationRequest, Recommender
@@ -36,9 +44,7 @@ MOOD_ROW = CanvasSpec(
     name="mood-row",
     token="collection",
     build_examples=_never,
-    context_field="mood",
-    context_kind="text",
-    context_description="how the member feels, in words",
+    context=CanvasContext("mood", "text", "how the member feels, in words"),
     candidates=lambda index, mood: index.for_theme(mood),
 )
 
@@ -121,7 +127,7 @@ def test_the_request_fields_canvases_may_not_take_are_the_requests_own() -> None
 def test_the_bodies_are_built_from_the_registry(rec) -> None:
     """Every registered canvas's field, strict and bounded; a name pydantic itself uses is fine."""
     json_row = CanvasSpec(
-        name="json-row", token="home", build_examples=_never, context_field="json", context_kind="title"
+        name="json-row", token="home", build_examples=_never, context=CanvasContext("json", "title")
     )
     register(json_row)
     try:
@@ -213,8 +219,7 @@ def test_a_field_registered_after_the_server_started_says_so(http_clients) -> No
             name="weather-row",
             token="collection",
             build_examples=_never,
-            context_field="weather",
-            context_kind="text",
+            context=CanvasContext("weather", "text"),
         )
     )
     try:
