@@ -54,6 +54,8 @@ class ReportError(RuntimeError):
 
 @dataclass(frozen=True)
 class Retrieval:
+    """One next-title figure row: a model or baseline on a dataset (ours, a baseline, or published)."""
+
     dataset: str
     group: str  # "ours" | "baseline" | "published"
     model: str
@@ -67,6 +69,8 @@ class Retrieval:
 
 @dataclass(frozen=True)
 class IDStats:
+    """How good one semantic-ID artifact is: its codes' collisions and how evenly each level is used."""
+
     label: str
     dataset: str
     quantizer: str
@@ -81,6 +85,8 @@ class IDStats:
 
 @dataclass(frozen=True)
 class Latency:
+    """One point of a serving grid: a backend at a beam width and batch size."""
+
     backend: str  # backend and decoding, e.g. "vllm (trie)"
     beams: int
     batch: int
@@ -91,6 +97,8 @@ class Latency:
 
 @dataclass(frozen=True)
 class ServingGrid:
+    """A serving benchmark file: its latency points on one machine."""
+
     label: str
     machine: str
     points: tuple[Latency, ...]
@@ -112,6 +120,8 @@ LOAD_COLUMNS = {
 
 @dataclass(frozen=True)
 class LoadTest:
+    """A load-test file: one backend's figures under concurrent clients."""
+
     backend: str
     figures: dict[str, float | None]  # LOAD_COLUMNS keys
     source: str
@@ -119,6 +129,8 @@ class LoadTest:
 
 @dataclass(frozen=True)
 class CanvasRow:
+    """One variant of one canvas (base, adapter, fused, ...) with its held-out figures."""
+
     canvas: str
     variant: str
     metrics: dict[str, float | None]  # METRICS present + trainable_parameters, train_seconds
@@ -126,6 +138,8 @@ class CanvasRow:
 
 @dataclass(frozen=True)
 class CanvasResults:
+    """A canvas benchmark file: every canvas variant judged on one dataset."""
+
     dataset: str
     label: str
     rows: tuple[CanvasRow, ...]
@@ -134,6 +148,8 @@ class CanvasResults:
 
 @dataclass(frozen=True)
 class RefreshResult:
+    """A catalog-refresh file: recall on new and old titles before and after the fine-tune."""
+
     dataset: str
     recall: dict[str, dict[str, float | None]]  # group (new_titles/old_titles) -> variant -> R@K
     members: dict[str, int]
@@ -180,6 +196,8 @@ class HomeRow:
 
 @dataclass
 class Results:
+    """Everything the report shows, by kind of results file."""
+
     retrieval: list[Retrieval] = field(default_factory=list)
     home_rows: list[HomeRow] = field(default_factory=list)  # gen_fm files that record the home row
     ids: list[IDStats] = field(default_factory=list)
