@@ -22,17 +22,18 @@ BENCHMARKS = ("serving", "load", "ids", "batch", "embeddings", "canvases", "new-
 def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
     def add(
         name: str,
-        handler: str,
         help_text: str,
         *,
+        module: str = "bench",
         model: str | None = None,
         out: str | None = "results JSON to write",
         out_required: bool = True,
     ) -> argparse.ArgumentParser:
-        """A benchmark's parser, with `--model` (required; `model` is its help) when the benchmark
-        reads a model folder, and `--out` (the results file; `out` is its help) unless it is None."""
+        """A benchmark's parser, handled by ``sidrec.handlers.<module>:cmd_bench_<name>``; with
+        `--model` (required; `model` is its help) when the benchmark reads a model folder, and
+        `--out` (the results file; `out` is its help) unless it is None."""
         p = bench_sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=handler)
+        p.set_defaults(func=f"sidrec.handlers.{module}:cmd_bench_{name.replace('-', '_')}")
         if model is not None:
             p.add_argument("--model", required=True, help=model)
         if out is not None:
@@ -41,7 +42,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "serving",
-        "sidrec.handlers.bench:cmd_bench_serving",
         "throughput and batch latency of the decoding backends on real member histories (eval.bench_serving)",
         model="model folder (gen_fm.model.save_model)",
         out="results JSON (e.g. results/serving/NAME.json)",
@@ -78,7 +78,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "load",
-        "sidrec.handlers.bench:cmd_bench_load",
         "loopback load test of the HTTP server: concurrent clients for a "
         "fixed time, errors and memory (eval.bench_load)",
         model="model folder",
@@ -91,9 +90,9 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "ids",
-        "sidrec.handlers.bench_ids:cmd_bench_ids",
         "semantic-ID building: quality figures of the codes and wall time "
         "(eval.bench_ids); writes RESULTS/<dataset>-<quantizer>[-<tag>].json",
+        module="bench_ids",
         out=None,
     )
     add_data_args(p, dataset_required=True, max_users=False)
@@ -115,7 +114,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "batch",
-        "sidrec.handlers.bench:cmd_bench_batch",
         "batch lists against the server: the same members' top-K from "
         "`sidrec batch` and one by one over HTTP (eval.bench_batch)",
         model="model folder",
@@ -128,7 +126,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "embeddings",
-        "sidrec.handlers.bench:cmd_bench_embeddings",
         "do the model's embeddings carry signal? two probes "
         "against the content embedding (eval.bench_embeddings)",
         model="model folder",
@@ -140,7 +137,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "canvases",
-        "sidrec.handlers.bench:cmd_bench_canvases",
         "per-canvas soft prompt against the frozen base and full fine-tuning (eval.bench_canvases)",
         model="foundation model folder",
         out="results JSON (default results/prompt_tuning/<dataset>.json)",
@@ -174,7 +170,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "new-title-pool",
-        "sidrec.handlers.bench:cmd_bench_new_title_pool",
         "how many members a rolling-cutoff new-title evaluation can pool: (member, cutoff) "
         "pairs whose next title is new (core.timeline.rolling_pool)",
         out="results JSON (default results/refresh/<dataset>-new-title-pool.json)",
@@ -193,7 +188,6 @@ def _add_bench_parsers(bench_sub: argparse._SubParsersAction) -> None:
 
     p = add(
         "unseen-titles",
-        "sidrec.handlers.bench:cmd_bench_unseen_titles",
         "TIGER's unseen-title protocol: hold a share of the test-target titles out of the IDs' fit "
         "and of training, give them IDs afterwards, judge cold, warm and all members "
         "(eval.unseen_titles)",
