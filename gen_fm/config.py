@@ -162,11 +162,16 @@ class TitleOptions:
     # code-token loss also trains as output classes) or "own" (a separate table of code rows for
     # title composition, saved beside the weights so a new title's row can be composed from it).
     title_code_rows: str = "shared"
+    # Weight of the code-token loss (what the beam decodes with) against the title loss; 0 trains the
+    # title head alone, leaving the beam untrained (a diagnostic: what the code loss costs the head).
+    code_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         in_unit_interval(identity_dropout=self.identity_dropout)
         one_of(TITLE_CODE_ROWS, title_code_rows=self.title_code_rows)
-        at_least(0, title_loss_weight=self.title_loss_weight)
+        at_least(0, title_loss_weight=self.title_loss_weight, code_loss_weight=self.code_loss_weight)
+        if not self.code_loss_weight and not self.title_loss_weight:
+            raise ValueError("code_loss_weight and title_loss_weight are both 0: nothing to train")
 
 
 @dataclass(frozen=True)
@@ -351,13 +356,10 @@ class PretrainConfig:
                 raise ValueError(
                     f"{clash} read code-token histories: set them off with history_tokens 'titles'"
                 )
-        elif (
-            self.titles.identity_dropout
-            or self.titles.title_loss_weight
-            or self.titles.title_code_rows != "shared"
-        ):
+        elif self.titles != TitleOptions():
             raise ValueError(
-                "identity_dropout, title_loss_weight and title_code_rows need history_tokens 'titles'"
+                "identity_dropout, title_loss_weight, title_code_rows and code_loss_weight need "
+                "history_tokens 'titles'"
             )
 
     def validates(self, epoch: int) -> bool:

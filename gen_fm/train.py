@@ -151,7 +151,7 @@ def _train_step(
             aux_sums: dict[str, torch.Tensor] = {}
             if hidden is not None:
                 loss_sum, title_sum = _title_losses(accelerator, model, b, hidden, config, code_end)
-                loss = loss_sum / max(n_targets, 1)
+                loss = config.titles.code_loss_weight * loss_sum / max(n_targets, 1)
                 if title_sum is not None:
                     aux_sums["title"] = title_sum
                     loss = loss + config.titles.title_loss_weight * title_sum / max(n_aux["title"], 1)

@@ -18,6 +18,7 @@ from gen_fm.config import (
     ModelShape,
     Optimisation,
     PretrainConfig,
+    TitleOptions,
     hidden_dropout_for,
 )
 from gen_fm.model import build_model, load_model
@@ -75,7 +76,7 @@ FLAT = {
     "keep_checkpoints": 2,
 }
 # Fields added after the grouping, at their defaults (a flat manifest predates them).
-ADDED_SINCE = {"title_code_rows": "shared"}
+ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0}
 NESTED = PretrainConfig.from_preset(
     "small",
     model=dict(hidden_dropout=0.1, history_tokens="titles"),
@@ -177,6 +178,11 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
         Augmentation(canvas_mix="home")
     with pytest.raises(ValueError, match="need history_tokens 'titles'"):
         PretrainConfig.from_dict({"identity_dropout": 0.1})
+    with pytest.raises(ValueError, match="need history_tokens 'titles'"):
+        PretrainConfig.from_dict({"code_loss_weight": 0.5})
+    with pytest.raises(ValueError, match="both 0: nothing to train"):
+        TitleOptions(code_loss_weight=0.0)
+    assert TitleOptions(code_loss_weight=0.0, title_loss_weight=1.0).code_loss_weight == 0.0
     with pytest.raises(ValueError, match=r"\['canvas_mix'\] read code-token histories"):
         PretrainConfig.from_dict({"history_tokens": "titles", "canvas_mix": "t2t"})
     c = PretrainConfig.from_dict({"epochs": 10, "eval_every": 3, "eval_from": 0.5})
