@@ -67,8 +67,15 @@ def benchmark_canvas(
     cd = canvas_data_for(gen, data, split, config)
     trie = PrefixTrie(gen.ids.codes, encoder.layout)
     titles, cats = row_attributes(gen, data)
-    common = dict(data=cd, encoder=encoder, trie=trie, titles_lower=titles, row_categories=cats)
-    common.update(k=k, num_beams=num_beams)  # the judge's list length and beam
+    common = dict(
+        data=cd,
+        encoder=encoder,
+        trie=trie,
+        titles_lower=titles,
+        row_categories=cats,
+        k=k,
+        num_beams=num_beams,
+    )
     result: dict[str, Any] = {
         "data": cd.info,
         "config": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.checks import one_of
 from core.metrics import validate_ks
 
 SPLITS = ("valid", "test", "train")
@@ -31,8 +32,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", validate_ks(self.ks))
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        one_of(SPLITS, split=self.split)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from core.checks import one_of
 from core.overrides import build_config
 
 INITS = ("random", "canvas_token")
@@ -50,8 +51,7 @@ class AdapterOptions:
             )
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        one_of(INITS, init=self.init)
         if self.num_virtual_tokens < 1:
             raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
@@ -104,8 +104,7 @@ class CanvasExamples:
     min_theme_titles: int = 20
 
     def __post_init__(self) -> None:
-        if self.query_mode not in QUERY_MODES:
-            raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {self.query_mode!r}")
+        one_of(QUERY_MODES, query_mode=self.query_mode)
         for name in ("max_train_examples", "max_eval_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")

@@ -49,9 +49,12 @@ class Modalities:
     collaborative_dim: int = 64  # truncated-SVD rank of the member x title matrix
 
     def __post_init__(self) -> None:
-        at_least(0, text_weight=self.text_weight, metadata_weight=self.metadata_weight)
         at_least(
-            0, collaborative_weight=self.collaborative_weight, user_vectors_weight=self.user_vectors_weight
+            0,
+            text_weight=self.text_weight,
+            metadata_weight=self.metadata_weight,
+            collaborative_weight=self.collaborative_weight,
+            user_vectors_weight=self.user_vectors_weight,
         )
         active = self.text_weight + self.metadata_weight + self.collaborative_weight
         if active == 0 and not (self.user_vectors and self.user_vectors_weight > 0):

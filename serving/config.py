@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core.checks import at_least
+from core.checks import at_least, one_of
 from core.overrides import build_config, describe, overrides_of
 from prompt_tuning.candidate_config import CandidateConfig
 from serving.backends.registry import DEFAULT_BACKEND, backend_names
@@ -89,8 +89,7 @@ class Engine:
                 f"backend must be a registered one, {list(backend_names())}, got {self.backend!r} "
                 f"(serving.backends.registry.register_backend adds one)"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        one_of(DTYPES, dtype=self.dtype)
         at_least(1, max_batch=self.max_batch)
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {self.kv_cache_gib}")
@@ -164,8 +163,7 @@ class FreshTitles:
 
     def __post_init__(self) -> None:
         check_fresh_share(self.fresh_share)
-        if self.fresh_source not in FRESH_SOURCES:
-            raise ValueError(f"fresh_source must be one of {FRESH_SOURCES}, got {self.fresh_source!r}")
+        one_of(FRESH_SOURCES, fresh_source=self.fresh_source)
 
 
 @dataclass(frozen=True)

@@ -185,12 +185,7 @@ class CanvasPrompts:
         value = given.get(field) if field else None
         warnings: list[str] = []
         tokens, rows, member, source_row, candidates = None, list(history), user_id, None, None
-        if (
-            value is None
-            and spec.context is not None
-            and spec.context.missing == "last_title"
-            and (rows or adapter)
-        ):
+        if value is None and field is not None and spec.context.missing == "last_title" and (rows or adapter):
             if not rows:
                 raise RequestError(
                     f"the {canvas} canvas needs a source title ({field}), or a history "

@@ -69,11 +69,16 @@ class SASRecConfig:
         one_of(LOSSES, loss=self.loss)
         one_of(ITEMS, items=self.items)
         one_of(WINDOWS, train_windows=self.train_windows)
-        at_least(
+        at_least(  # the network
             1, hidden=self.hidden, num_blocks=self.num_blocks, num_heads=self.num_heads, max_len=self.max_len
         )
-        at_least(1, batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience)
-        at_least(1, eval_every=self.eval_every)
+        at_least(  # the training run
+            1,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            eval_every=self.eval_every,
+        )
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
         in_unit_interval(dropout=self.dropout)

@@ -189,10 +189,10 @@ def pretraining_mixture(
 __all__ = [
     "CANVASES",
     "CONTEXT_KINDS",
+    "CanvasContext",
     "CanvasData",
     "CanvasExample",
     "CanvasSource",
-    "CanvasContext",
     "CanvasSpec",
     "ExampleContext",
     "Examples",
