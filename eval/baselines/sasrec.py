@@ -36,10 +36,14 @@ WINDOWS = ("all", "last")
 # How a title is represented: one learned row ("id"), the sum of its semantic-ID codes' learned
 # rows ("codes", what sidrec's foundation model reads), or both summed.
 ITEMS = ("id", "codes", "both")
+# The self-attention block: SASRec's own (learned positions, LayerNorm, ReLU MLP as wide as the
+# model) or the foundation model's Llama block (RoPE, RMSNorm, SwiGLU MLP four times as wide), with
+# dropout on its residual branches as ``gen_fm`` trains it.
+BLOCKS = ("sasrec", "llama")
 
 
 # The fields of ``SASRecConfig`` that are the network's constructor arguments.
-SHAPE_FIELDS = ("hidden", "num_blocks", "num_heads", "dropout", "max_len", "items")
+SHAPE_FIELDS = ("hidden", "num_blocks", "num_heads", "dropout", "max_len", "items", "block")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class SASRecConfig:
     train_windows: str = "all"
     # Title representation, shared by input and output: "id", "codes" or "both" (needs an ID map).
     items: str = "id"
+    # Self-attention block: "sasrec" (the paper's) or "llama" (the foundation model's).
+    block: str = "sasrec"
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
     weight_decay: float = 0.0  # the paper's l2_emb is 0
@@ -68,6 +74,7 @@ class SASRecConfig:
     def __post_init__(self) -> None:
         one_of(LOSSES, loss=self.loss)
         one_of(ITEMS, items=self.items)
+        one_of(BLOCKS, block=self.block)
         one_of(WINDOWS, train_windows=self.train_windows)
         at_least(  # the network
             1, hidden=self.hidden, num_blocks=self.num_blocks, num_heads=self.num_heads, max_len=self.max_len
@@ -108,6 +115,56 @@ class SASRecBlock(nn.Module):
         return x + self.ffn(x)
 
 
+class LlamaBlocks(nn.Module):
+    """The foundation model's decoder layers (transformers' ``LlamaDecoderLayer``) behind SASRec's
+    interface: RoPE positions, RMSNorm, SwiGLU MLP, attention dropout, and dropout on the attention
+    and MLP outputs (Llama has no residual dropout; ``gen_fm`` adds it the same way)."""
+
+    def __init__(self, hidden: int, num_blocks: int, num_heads: int, dropout: float, max_len: int) -> None:
+        super().__init__()
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import (
+            LlamaDecoderLayer,
+            LlamaRMSNorm,
+            LlamaRotaryEmbedding,
+        )
+
+        config = LlamaConfig(
+            vocab_size=1,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=num_blocks,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            head_dim=hidden // num_heads,
+            max_position_embeddings=max_len,
+            attention_dropout=dropout,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        config._attn_implementation = "sdpa"
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(num_blocks))
+        self.rotary = LlamaRotaryEmbedding(config)
+        self.final_norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.dropout = dropout
+        for layer in self.layers:
+            for m in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                m.register_forward_hook(self._residual_dropout)
+
+    def _residual_dropout(self, module, inputs, output):
+        return F.dropout(output, self.dropout, training=module.training)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
+        """`mask`: (B, T, T) True = may not attend; `pos`: (T,) position ids."""
+        allowed = (~mask).unsqueeze(1)  # (B, 1, T, T) as sdpa reads a boolean mask
+        rope = self.rotary(x, pos.expand(len(x), -1))
+        for layer in self.layers:
+            x = layer(x, attention_mask=allowed, position_embeddings=rope) * keep
+        return self.final_norm(x)
+
+
 class SASRec(nn.Module):
     """Causal self-attention over a member's recent titles; item 0 is padding, title row r is r + 1.
 
@@ -124,6 +181,7 @@ class SASRec(nn.Module):
         dropout: float,
         max_len: int,
         items: str = "id",
+        block: str = "sasrec",
         codes: np.ndarray | None = None,
     ) -> None:
         super().__init__()
@@ -139,10 +197,14 @@ class SASRec(nn.Module):
                 raise ValueError(f"codes for {codes.shape[0]} titles, catalog of {num_items}")
             self.register_buffer("codes", codes, persistent=False)
             self.code_emb = nn.Embedding(int(codes.max()) + 1, hidden)
-        self.pos_emb = nn.Embedding(max_len, hidden)
         self.emb_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(SASRecBlock(hidden, num_heads, dropout) for _ in range(num_blocks))
-        self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.llama = None
+        if block == "llama":  # positions by RoPE inside the layers: no learned position rows
+            self.llama = LlamaBlocks(hidden, num_blocks, num_heads, dropout, max_len)
+        else:
+            self.pos_emb = nn.Embedding(max_len, hidden)
+            self.blocks = nn.ModuleList(SASRecBlock(hidden, num_heads, dropout) for _ in range(num_blocks))
+            self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_normal_(p)
@@ -165,15 +227,17 @@ class SASRec(nn.Module):
             raise ValueError(f"window of {t} positions exceeds max_len {self.max_len}")
         keep = (seq != 0).unsqueeze(-1)  # (B, T, 1)
         pos = torch.arange(self.max_len - t, self.max_len, device=seq.device)  # (T,) right-aligned
-        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim**0.5 + self.pos_emb(
-            pos
-        )  # (B, T, d)
+        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim**0.5  # (B, T, d)
+        if self.llama is None:
+            x = x + self.pos_emb(pos)
         x = self.emb_dropout(x) * keep
         # True = may not attend: future positions and padding (a padded query keeps itself, so no
         # row is fully masked; its output is zeroed anyway).
         causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).triu(1)  # (T, T)
         eye = torch.eye(t, dtype=torch.bool, device=seq.device)
         mask = causal | ((seq == 0).unsqueeze(1) & ~eye)  # (B, T, T)
+        if self.llama is not None:
+            return self.llama(x, mask, keep, pos)
         mask = mask.repeat_interleave(self.num_heads, dim=0)  # (B * heads, T, T)
         for block in self.blocks:
             x = block(x, mask) * keep

@@ -94,9 +94,12 @@ def test_windows_cover_every_training_transition_once():
     assert len(last.owner) == 2 and last.owner.tolist() == [0, 1]
 
 
-def test_sasrec_is_causal_and_padding_invariant():
+@pytest.mark.parametrize("block", ["sasrec", "llama"])
+def test_sasrec_is_causal_and_padding_invariant(block):
     torch.manual_seed(0)
-    model = SASRec(num_items=30, hidden=16, num_blocks=2, num_heads=2, dropout=0.3, max_len=6).eval()
+    model = SASRec(
+        num_items=30, hidden=16, num_blocks=2, num_heads=2, dropout=0.3, max_len=6, block=block
+    ).eval()
     seq = torch.tensor([[0, 0, 3, 4, 5, 6]])
     changed = torch.tensor([[0, 0, 3, 4, 5, 29]])
     a, b = model(seq), model(changed)
@@ -105,6 +108,16 @@ def test_sasrec_is_causal_and_padding_invariant():
     short = model(torch.tensor([[3, 4, 5, 6]]))  # same history, less left padding
     assert torch.allclose(short[:, -1], a[:, -1], atol=1e-5)
     assert model.item_emb.weight[0].abs().sum() == 0
+    # the Llama block has no learned position rows: RoPE positions the keys inside its layers
+    assert hasattr(model, "pos_emb") == (block == "sasrec")
+
+
+def test_sasrec_llama_block_drops_out_its_residual_branches_only_in_training():
+    torch.manual_seed(0)
+    model = SASRec(num_items=30, hidden=32, num_blocks=1, num_heads=1, dropout=0.5, max_len=6, block="llama")
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6]])
+    assert not torch.allclose(model.train()(seq), model(seq))  # dropout differs between passes
+    assert torch.equal(model.eval()(seq), model(seq))
 
 
 @pytest.mark.parametrize("loss", ["bce", "ce"])
@@ -150,6 +163,8 @@ def test_sasrec_config_checks():
         SASRecConfig(hidden=10, num_heads=3)
     with pytest.raises(ValueError):
         SASRecConfig(train_windows="every")
+    with pytest.raises(ValueError, match="block"):
+        SASRecConfig(block="gpt")
 
 
 @pytest.mark.parametrize("items", ["codes", "both"])
