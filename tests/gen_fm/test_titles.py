@@ -303,3 +303,41 @@ def test_a_folder_written_before_title_tokens_loads_as_a_code_token_model(tmp_pa
     assert gen.config.model.history_tokens == "codes" and gen.fusion() is None
     assert gen.config == config
     assert gen.prompt_encoder().tokens_per_title == ids.layout.sid_length
+
+
+def test_low_rank_identities_compose_and_bake_into_plain_rows(tiny):
+    """``identity_rank``: each title's identity is an r-wide row mapped up by one shared matrix;
+    baking writes the composed rows, so the folder is a plain Llama as with full-width identities."""
+    _, ids, config, enc, _ = tiny
+    model = build_model(config, enc.layout, max_history=8)
+    emb = attach_title_embedding(model, enc.layout, enc.sid_tokens, identity_rank=8)
+    hidden = config.model.hidden_size
+    assert emb.identity.weight.shape == (len(enc.sid_tokens), 8) and emb.identity_up.weight.shape == (
+        hidden,
+        8,
+    )
+    torch.nn.init.normal_(emb.identity.weight, std=0.5)
+    want = emb.base.weight[enc.sid_tokens[5]].sum(0) + emb.identity_up.weight @ emb.identity.weight[5]
+    tok = torch.tensor([[enc.layout.extra_id(title_token(5))]])
+    assert torch.allclose(emb(tok)[0, 0], want, atol=1e-5)
+    assert torch.allclose(emb.title_matrix()[5], want, atol=1e-5)
+    bake_title_embeddings(model)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)
+    assert torch.allclose(model.get_input_embeddings()(tok)[0, 0], want, atol=1e-5)
+    # full width (0, or a rank at least the width) is the plain identity table
+    assert (
+        attach_title_embedding(
+            build_model(config, enc.layout, 8), enc.layout, enc.sid_tokens, identity_rank=hidden
+        ).identity_up
+        is None
+    )
+    # a low-rank identity cannot take a folder's rows exactly: refused, not approximated
+    again = attach_title_embedding(
+        build_model(config, enc.layout, 8), enc.layout, enc.sid_tokens, identity_rank=8
+    )
+    with pytest.raises(ValueError, match="identity_rank"):
+        again.identity_from_rows()
+    with pytest.raises(ValueError, match="identity_rank"):
+        TitleOptions(identity_rank=-1)
+    with pytest.raises(ValueError, match="identity_rank"):
+        PretrainConfig.from_preset("tiny", identity_rank=8)  # needs title tokens
