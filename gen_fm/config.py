@@ -165,13 +165,9 @@ class TitleOptions:
     # Weight of the code-token loss (what the beam decodes with) against the title loss; 0 trains the
     # title head alone, leaving the beam untrained (a diagnostic: what the code loss costs the head).
     code_loss_weight: float = 1.0
-    # Width of the learned identities: 0 = the model's width; r < hidden_size = rank r (each title
-    # an r-wide row, mapped up by one shared matrix), so sparse titles fit fewer free weights.
-    identity_rank: int = 0
 
     def __post_init__(self) -> None:
         in_unit_interval(identity_dropout=self.identity_dropout)
-        at_least(0, identity_rank=self.identity_rank)
         one_of(TITLE_CODE_ROWS, title_code_rows=self.title_code_rows)
         at_least(0, title_loss_weight=self.title_loss_weight, code_loss_weight=self.code_loss_weight)
         if not self.code_loss_weight and not self.title_loss_weight:
@@ -362,8 +358,8 @@ class PretrainConfig:
                 )
         elif self.titles != TitleOptions():
             raise ValueError(
-                "identity_dropout, title_loss_weight, title_code_rows, code_loss_weight and "
-                "identity_rank need history_tokens 'titles'"
+                "identity_dropout, title_loss_weight, title_code_rows and code_loss_weight need "
+                "history_tokens 'titles'"
             )
 
     def validates(self, epoch: int) -> bool:

@@ -44,22 +44,14 @@ class TitleEmbedding(nn.Module):
         start: int,
         identity_dropout: float = 0.0,
         own_code_rows: bool = False,
-        identity_rank: int = 0,
     ) -> None:
         super().__init__()
         self.base = base  # (V, H), tied to the output layer; its title rows are unused in training
         # (N, L) code token ids: a plain attribute, not a buffer (weight averaging lerps buffers)
         self.codes = torch.as_tensor(np.asarray(sid_tokens), dtype=torch.long)
         self.start, self.num_titles = int(start), int(self.codes.shape[0])
-        width = base.embedding_dim
-        # identities of full width, or of rank r: (N, r) rows mapped up by one shared (r, H) matrix
-        rank = identity_rank if 0 < identity_rank < width else width
-        self.identity = nn.Embedding(self.num_titles, rank)  # (N, r)
+        self.identity = nn.Embedding(self.num_titles, base.embedding_dim)  # (N, H)
         nn.init.normal_(self.identity.weight, std=0.02)
-        self.identity_up: nn.Linear | None = None
-        if rank < width:
-            self.identity_up = nn.Linear(rank, width, bias=False)
-            nn.init.orthogonal_(self.identity_up.weight)  # (H, r): keeps the rows' scale
         self.identity_dropout = float(identity_dropout)
         # a title's code rows: the base's (shared with the code tokens) or a table of their own
         self.code_rows: nn.Embedding | None = None
@@ -82,25 +74,15 @@ class TitleEmbedding(nn.Module):
         rows = self.base if self.code_rows is None else self.code_rows
         return rows(codes).sum(-2)
 
-    def identities(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, H) the learned identity of each title row in `rows` (all titles when None)."""
-        ident = self.identity.weight if rows is None else self.identity(rows)
-        return ident if self.identity_up is None else self.identity_up(ident)
-
     def title_matrix(self) -> torch.Tensor:
         """(N, H) every title's row as the model reads it."""
-        return self.code_sum(self._codes()) + self.identities()
+        return self.code_sum(self._codes()) + self.identity.weight
 
     @torch.no_grad()
     def identity_from_rows(self, code_rows: torch.Tensor | None = None) -> None:
         """Set each identity so the composed row equals the base's current title row (a model
         folder's baked rows, when training starts from one); `code_rows`: that folder's own code
         rows for titles, which this model's own table starts from."""
-        if self.identity_up is not None:
-            raise ValueError(
-                "a model with low-rank title identities (identity_rank) cannot start from a model "
-                "folder's rows: train it from scratch, or with identity_rank=0"
-            )
         if code_rows is not None and self.code_rows is not None:
             self.code_rows.weight.copy_(code_rows.to(self.code_rows.weight))
         rows = self.base.weight[self.start : self.start + self.num_titles]
@@ -113,7 +95,7 @@ class TitleEmbedding(nn.Module):
         if not bool(is_title.any()):
             return out
         r = rows[is_title]  # (n,)
-        ident = self.identities(r)  # (n, H)
+        ident = self.identity(r)  # (n, H)
         if self.training and self.identity_dropout > 0:
             # a title whose identity is dropped enters by its codes alone, as a new title does
             keep = torch.rand(len(r), 1, device=ident.device) >= self.identity_dropout
@@ -128,14 +110,13 @@ def attach_title_embedding(
     sid_tokens: np.ndarray,
     identity_dropout: float = 0.0,
     own_code_rows: bool = False,
-    identity_rank: int = 0,
 ) -> TitleEmbedding:
     """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only)."""
     base = model.get_input_embeddings()
     if isinstance(base, TitleEmbedding):
         return base
     start = title_block(layout, len(sid_tokens))
-    emb = TitleEmbedding(base, sid_tokens, start, identity_dropout, own_code_rows, identity_rank)
+    emb = TitleEmbedding(base, sid_tokens, start, identity_dropout, own_code_rows)
     model.model.embed_tokens = emb
     return emb
 

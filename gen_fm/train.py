@@ -382,7 +382,6 @@ def pretrain(
             encoder.sid_tokens,
             config.titles.identity_dropout,
             own_code_rows=config.titles.title_code_rows == "own",
-            identity_rank=config.titles.identity_rank,
         )
         if parent is not None:
             emb.identity_from_rows(parent_rows)

@@ -76,7 +76,7 @@ FLAT = {
     "keep_checkpoints": 2,
 }
 # Fields added after the grouping, at their defaults (a flat manifest predates them).
-ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0, "identity_rank": 0}
+ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0}
 NESTED = PretrainConfig.from_preset(
     "small",
     model=dict(hidden_dropout=0.1, history_tokens="titles"),
