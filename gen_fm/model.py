@@ -100,15 +100,29 @@ def add_hidden_dropout(model: LlamaForCausalLM, p: float) -> list:
     """
     if p <= 0:
         return []
+    return [model.model.embed_tokens.register_forward_hook(_dropout_hook(p))] + residual_dropout(
+        model.model.layers, p
+    )
 
+
+def residual_dropout(layers, p: float) -> list:
+    """Dropout on the attention and MLP outputs of Llama decoder `layers` (forward hooks that follow
+    ``module.training``). Returns the hook handles."""
+    if p <= 0:
+        return []
+    hook = _dropout_hook(p)
+    return [
+        m.register_forward_hook(hook)
+        for layer in layers
+        for m in (layer.self_attn.o_proj, layer.mlp.down_proj)
+    ]
+
+
+def _dropout_hook(p: float):
     def hook(module, inputs, output):
         return torch.nn.functional.dropout(output, p, training=module.training)
 
-    base = model.model
-    modules = [base.embed_tokens] + [
-        m for layer in base.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)
-    ]
-    return [m.register_forward_hook(hook) for m in modules]
+    return hook
 
 
 def num_parameters(model: torch.nn.Module) -> int:

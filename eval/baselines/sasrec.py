@@ -118,16 +118,14 @@ class SASRecBlock(nn.Module):
 class LlamaBlocks(nn.Module):
     """The foundation model's decoder layers (transformers' ``LlamaDecoderLayer``) behind SASRec's
     interface: RoPE positions, RMSNorm, SwiGLU MLP, attention dropout, and dropout on the attention
-    and MLP outputs (Llama has no residual dropout; ``gen_fm`` adds it the same way)."""
+    and MLP outputs (Llama has none; ``gen_fm.model.residual_dropout`` adds it, as for the model)."""
 
     def __init__(self, hidden: int, num_blocks: int, num_heads: int, dropout: float, max_len: int) -> None:
         super().__init__()
         from transformers import LlamaConfig
-        from transformers.models.llama.modeling_llama import (
-            LlamaDecoderLayer,
-            LlamaRMSNorm,
-            LlamaRotaryEmbedding,
-        )
+        from transformers.models.llama import modeling_llama as llama
+
+        from gen_fm.model import residual_dropout
 
         config = LlamaConfig(
             vocab_size=1,
@@ -143,16 +141,10 @@ class LlamaBlocks(nn.Module):
             eos_token_id=None,
         )
         config._attn_implementation = "sdpa"
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(num_blocks))
-        self.rotary = LlamaRotaryEmbedding(config)
-        self.final_norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
-        self.dropout = dropout
-        for layer in self.layers:
-            for m in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                m.register_forward_hook(self._residual_dropout)
-
-    def _residual_dropout(self, module, inputs, output):
-        return F.dropout(output, self.dropout, training=module.training)
+        self.layers = nn.ModuleList(llama.LlamaDecoderLayer(config, i) for i in range(num_blocks))
+        self.rotary = llama.LlamaRotaryEmbedding(config)
+        self.final_norm = llama.LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        residual_dropout(self.layers, dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor
