@@ -125,6 +125,7 @@ class LlamaBlocks(nn.Module):
         from transformers import LlamaConfig
         from transformers.models.llama import modeling_llama as llama
 
+        # here, as transformers above: SASRec's own block does not load the foundation model's stack
         from gen_fm.model import residual_dropout
 
         config = LlamaConfig(
