@@ -29,6 +29,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
 # token whose embedding is its codes' embeddings summed plus a learned identity.
 HISTORY_TOKENS = ("codes", "titles")
+HIDDEN_DROPOUT_ON = ("all", "trunk")
 # Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
 TITLE_CODE_ROWS = ("shared", "own")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
@@ -100,6 +101,10 @@ class ModelShape:
     # (``gen_fm.model.add_hidden_dropout``): the saved model stays a plain Llama. 0 = off; None =
     # from the data (``hidden_dropout_for``), resolved when training starts and written as a number.
     hidden_dropout: float | None = None
+    # Where the hidden dropout applies: "all" positions, or "trunk" only (the prefix and the history
+    # titles of a title-token model, whose states the title head scores); the code-token branches
+    # that train the beam's later codes then train without it.
+    hidden_dropout_on: str = "all"
     rope_theta: float = 10_000.0  # RoPE base
     # Positions beyond the longest training sequence ((max_history + 1) * L + 3): room for
     # soft-prompt virtual tokens and context tokens added by later stages.
@@ -113,6 +118,11 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         one_of(HISTORY_TOKENS, history_tokens=self.history_tokens)
+        one_of(HIDDEN_DROPOUT_ON, hidden_dropout_on=self.hidden_dropout_on)
+        if self.hidden_dropout_on == "trunk" and self.history_tokens != "titles":
+            raise ValueError(
+                "hidden_dropout_on 'trunk' needs history_tokens 'titles' (a trunk of title tokens)"
+            )
         at_least(
             1,
             hidden_size=self.hidden_size,

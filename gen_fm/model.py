@@ -90,27 +90,37 @@ def build_model(config: PretrainConfig, layout: TokenLayout, max_history: int) -
     return model
 
 
-def add_hidden_dropout(model: LlamaForCausalLM, p: float) -> list:
+def add_hidden_dropout(model: LlamaForCausalLM, p: float, spared: tuple[int, int] | None = None) -> list:
     """Dropout on the token embeddings and on every residual branch (attention and MLP outputs).
 
     Llama has attention dropout only; small recommendation datasets overfit without the residual
     dropout GPT-2 and T5 (TIGER's backbone) have. Forward hooks add it for training without changing
     the architecture, so the saved folder stays a standard Llama that vLLM loads. The hooks follow
-    ``module.training``: evaluation is unaffected. Returns the hook handles (``.remove()`` them).
+    ``module.training``: evaluation is unaffected. `spared` = [lo, hi): positions whose input token
+    id is in that range get no dropout (a title-token model's code-token branches). Returns the hook
+    handles (``.remove()`` them).
     """
     if p <= 0:
         return []
-    return [model.model.embed_tokens.register_forward_hook(_dropout_hook(p))] + residual_dropout(
-        model.model.layers, p
+    where = None
+    handles = []
+    if spared is not None:
+        where = _DropWhere(*spared)
+        handles.append(model.model.register_forward_pre_hook(where.catch, with_kwargs=True))
+    hook = _dropout_hook(p, where)
+    return (
+        handles
+        + [model.model.embed_tokens.register_forward_hook(hook)]
+        + residual_dropout(model.model.layers, p, where)
     )
 
 
-def residual_dropout(layers, p: float) -> list:
+def residual_dropout(layers, p: float, where: _DropWhere | None = None) -> list:
     """Dropout on the attention and MLP outputs of Llama decoder `layers` (forward hooks that follow
-    ``module.training``). Returns the hook handles."""
+    ``module.training``; `where`: only at the positions it marks). Returns the hook handles."""
     if p <= 0:
         return []
-    hook = _dropout_hook(p)
+    hook = _dropout_hook(p, where)
     return [
         m.register_forward_hook(hook)
         for layer in layers
@@ -118,9 +128,27 @@ def residual_dropout(layers, p: float) -> list:
     ]
 
 
-def _dropout_hook(p: float):
+class _DropWhere:
+    """The positions of the current forward that take dropout: those whose input token id is
+    outside [lo, hi), read from the input ids by a pre-hook on the Llama's decoder."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = int(lo), int(hi)
+        self.mask: torch.Tensor | None = None  # (B, T, 1) bool, True = dropout applies
+
+    def catch(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.mask = None if ids is None else ((ids < self.lo) | (ids >= self.hi))[..., None]
+
+
+def _dropout_hook(p: float, where: _DropWhere | None = None):
     def hook(module, inputs, output):
-        return torch.nn.functional.dropout(output, p, training=module.training)
+        if not module.training:
+            return output
+        dropped = torch.nn.functional.dropout(output, p, training=True)
+        if where is None or where.mask is None:
+            return dropped
+        return torch.where(where.mask, dropped, output)
 
     return hook
 

@@ -387,7 +387,10 @@ def pretrain(
             emb.identity_from_rows(parent_rows)
         hidden = HiddenStates()
         hidden.attach(model)
-    add_hidden_dropout(model, config.model.hidden_dropout)
+    spared = None
+    if config.model.hidden_dropout_on == "trunk":  # the code tokens: offsets[0] up to code_end
+        spared = (encoder.layout.offsets[0], encoder.layout.code_end)
+    add_hidden_dropout(model, config.model.hidden_dropout, spared)
     ema = None
     if opt.ema_decay:  # copied before the auxiliary heads hook into the model
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

@@ -76,7 +76,7 @@ FLAT = {
     "keep_checkpoints": 2,
 }
 # Fields added after the grouping, at their defaults (a flat manifest predates them).
-ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0}
+ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0, "hidden_dropout_on": "all"}
 NESTED = PretrainConfig.from_preset(
     "small",
     model=dict(hidden_dropout=0.1, history_tokens="titles"),
@@ -180,6 +180,9 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
         PretrainConfig.from_dict({"identity_dropout": 0.1})
     with pytest.raises(ValueError, match="need history_tokens 'titles'"):
         PretrainConfig.from_dict({"code_loss_weight": 0.5})
+    with pytest.raises(ValueError, match="'trunk' needs history_tokens 'titles'"):
+        ModelShape(hidden_dropout_on="trunk")
+    assert ModelShape(hidden_dropout_on="trunk", history_tokens="titles").hidden_dropout_on == "trunk"
     with pytest.raises(ValueError, match="both 0: nothing to train"):
         TitleOptions(code_loss_weight=0.0)
     assert TitleOptions(code_loss_weight=0.0, title_loss_weight=1.0).code_loss_weight == 0.0

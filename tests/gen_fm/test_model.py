@@ -13,7 +13,7 @@ from gen_fm.config import PRESETS, ModelShape, PretrainConfig, Validation
 from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positions, save_model
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
-from semantic_ids.layout import TokenLayout
+from semantic_ids.layout import BOS, TokenLayout
 from core.artifacts import ArtifactError, jsonable, manifest_hash
 from core.sequences import SequenceConfig
 from tests.tiny_folders import save_unit_model, write_id_artifact
@@ -136,3 +136,22 @@ def test_hidden_dropout_is_training_only_and_leaves_a_plain_llama():
     assert not torch.allclose(a, b) and not torch.allclose(a, plain)
     assert set(model.state_dict()) == keys  # no new weights: the folder stays a standard Llama
     assert add_hidden_dropout(model, 0.0) == []
+
+
+def test_hidden_dropout_spares_the_positions_of_a_token_range():
+    config = PretrainConfig.from_preset("tiny", num_user_buckets=0, dropout=0.0)
+    layout = model_layout(TokenLayout((8, 8, 4)), 0)
+    torch.manual_seed(0)
+    model = build_model(config, layout, max_history=4)
+    lo, hi = layout.offsets[0], layout.code_end
+    codes = torch.randint(lo, hi, (2, 9))  # (B, T) every position spared
+    mixed = torch.cat([torch.full((2, 1), BOS), codes[:, 1:]], 1)  # the first position is not
+    model.eval()
+    with torch.no_grad():
+        plain, plain_mixed = model(input_ids=codes).logits, model(input_ids=mixed).logits
+    add_hidden_dropout(model, 0.5, spared=(lo, hi))
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=codes).logits, plain)
+        out = model(input_ids=mixed).logits
+    assert not torch.allclose(out[:, 0], plain_mixed[:, 0])
