@@ -30,6 +30,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 # token whose embedding is its codes' embeddings summed plus a learned identity.
 HISTORY_TOKENS = ("codes", "titles")
 HIDDEN_DROPOUT_ON = ("all", "trunk")
+JUDGES = ("ranking", "title_head")
 # Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
 TITLE_CODE_ROWS = ("shared", "own")
 # How the saved weights are chosen among the validated epochs (``gen_fm.selection``).
@@ -302,6 +303,10 @@ class Validation:
     # within one standard error of the best (differences below the noise go to the longer-trained
     # weights), "best" = the highest Recall@K (NDCG breaks ties), "last" = the last epoch.
     selection: str = "within-se"
+    # What judges an epoch: "ranking" (the model's ranking: its beam, fused with the title head
+    # when it has one) or "title_head" (the title head alone: one forward per member and no beam, so
+    # cheap enough to judge every validation member, ``judge.eval_users=None``).
+    judge_by: str = "ranking"
     # Validations without a better Recall@K before stopping; 0 = never stop (the default: the
     # schedule spans a fixed budget, and a noisy validation sample can stop a run far too early).
     patience: int = 0
@@ -313,6 +318,7 @@ class Validation:
         at_least(0, eval_every=self.eval_every, patience=self.patience)
         in_unit_interval(eval_from=self.eval_from)
         one_of(SELECTIONS, selection=self.selection)
+        one_of(JUDGES, judge_by=self.judge_by)
         object.__setattr__(self, "judge", JudgeConfig.of(self.judge))
 
 
@@ -351,6 +357,12 @@ class PretrainConfig:
                     f"PretrainConfig.{f.name} must be a {kind.__name__}, got "
                     f"{type(getattr(self, f.name)).__name__} (PretrainConfig.from_dict reads dicts)"
                 )
+        if self.validation.judge_by == "title_head" and not (
+            self.model.history_tokens == "titles" and self.titles.title_loss_weight
+        ):
+            raise ValueError(
+                "judge_by 'title_head' needs a title head: history_tokens 'titles' and title_loss_weight > 0"
+            )
         # the title-token options and the heads that read code-token histories exclude each other
         if self.model.history_tokens == "titles":
             clash = [

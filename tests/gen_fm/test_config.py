@@ -76,7 +76,12 @@ FLAT = {
     "keep_checkpoints": 2,
 }
 # Fields added after the grouping, at their defaults (a flat manifest predates them).
-ADDED_SINCE = {"title_code_rows": "shared", "code_loss_weight": 1.0, "hidden_dropout_on": "all"}
+ADDED_SINCE = {
+    "title_code_rows": "shared",
+    "code_loss_weight": 1.0,
+    "hidden_dropout_on": "all",
+    "judge_by": "ranking",
+}
 NESTED = PretrainConfig.from_preset(
     "small",
     model=dict(hidden_dropout=0.1, history_tokens="titles"),

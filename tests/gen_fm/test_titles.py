@@ -268,6 +268,23 @@ def test_validation_of_a_title_loss_run_judges_the_beam_fused_with_the_title_hea
     for row in gen.manifest["training"]["history"]:
         assert row["title_weight"] in FUSION_WEIGHTS
         assert row["recall@10"] >= row["beam_recall@10"]  # the beam alone is one of the choices
+    # judged by the title head alone (and hidden dropout on the trunk only): no beam, no fusion
+    config = PretrainConfig.from_preset(
+        "tiny",
+        epochs=2,
+        batch_size=64,
+        val_users=None,
+        history_tokens="titles",
+        title_loss_weight=1.0,
+        judge_by="title_head",
+        hidden_dropout=0.2,
+        hidden_dropout_on="trunk",
+    )
+    gen = load_model(pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "head", config))
+    for row in gen.manifest["training"]["history"]:
+        assert 0.0 <= row["recall@10"] <= 1.0 and "title_weight" not in row and "beam_recall@10" not in row
+    with pytest.raises(ValueError, match="judge_by 'title_head' needs a title head"):
+        PretrainConfig.from_preset("tiny", judge_by="title_head", history_tokens="titles")
 
 
 def test_synced_title_rows_make_the_output_layer_score_titles_as_composed(tiny):
