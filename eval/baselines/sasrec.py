@@ -40,10 +40,13 @@ ITEMS = ("id", "codes", "both")
 # model) or the foundation model's Llama block (RoPE, RMSNorm, SwiGLU MLP four times as wide), with
 # dropout on its residual branches as ``gen_fm`` trains it.
 BLOCKS = ("sasrec", "llama")
+# Initialisation: the authors' (xavier-normal matrices, input rows scaled by sqrt(hidden)) or the
+# foundation model's (transformers' Llama init: normal(0, 0.02) matrices, no input scale).
+INITS = ("sasrec", "llama")
 
 
 # The fields of ``SASRecConfig`` that are the network's constructor arguments.
-SHAPE_FIELDS = ("hidden", "num_blocks", "num_heads", "dropout", "max_len", "items", "block")
+SHAPE_FIELDS = ("hidden", "num_blocks", "num_heads", "dropout", "max_len", "items", "block", "init")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class SASRecConfig:
     items: str = "id"
     # Self-attention block: "sasrec" (the paper's) or "llama" (the foundation model's).
     block: str = "sasrec"
+    init: str = "sasrec"  # "sasrec" (the authors') or "llama" (the foundation model's)
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
     weight_decay: float = 0.0  # the paper's l2_emb is 0
@@ -75,6 +79,7 @@ class SASRecConfig:
         one_of(LOSSES, loss=self.loss)
         one_of(ITEMS, items=self.items)
         one_of(BLOCKS, block=self.block)
+        one_of(INITS, init=self.init)
         one_of(WINDOWS, train_windows=self.train_windows)
         at_least(  # the network
             1, hidden=self.hidden, num_blocks=self.num_blocks, num_heads=self.num_heads, max_len=self.max_len
@@ -175,6 +180,7 @@ class SASRec(nn.Module):
         max_len: int,
         items: str = "id",
         block: str = "sasrec",
+        init: str = "sasrec",
         codes: np.ndarray | None = None,
     ) -> None:
         super().__init__()
@@ -198,9 +204,12 @@ class SASRec(nn.Module):
             self.pos_emb = nn.Embedding(max_len, hidden)
             self.blocks = nn.ModuleList(SASRecBlock(hidden, num_heads, dropout) for _ in range(num_blocks))
             self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.input_scale = hidden**0.5 if init == "sasrec" else 1.0
         for p in self.parameters():
-            if p.dim() > 1:
+            if p.dim() > 1 and init == "sasrec":
                 nn.init.xavier_normal_(p)
+            elif p.dim() > 1:
+                nn.init.normal_(p, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
@@ -220,7 +229,7 @@ class SASRec(nn.Module):
             raise ValueError(f"window of {t} positions exceeds max_len {self.max_len}")
         keep = (seq != 0).unsqueeze(-1)  # (B, T, 1)
         pos = torch.arange(self.max_len - t, self.max_len, device=seq.device)  # (T,) right-aligned
-        x = F.embedding(seq, self.item_matrix()) * self.item_emb.embedding_dim**0.5  # (B, T, d)
+        x = F.embedding(seq, self.item_matrix()) * self.input_scale  # (B, T, d)
         if self.llama is None:
             x = x + self.pos_emb(pos)
         x = self.emb_dropout(x) * keep

@@ -165,6 +165,18 @@ def test_sasrec_config_checks():
         SASRecConfig(train_windows="every")
     with pytest.raises(ValueError, match="block"):
         SASRecConfig(block="gpt")
+    with pytest.raises(ValueError, match="init"):
+        SASRecConfig(init="kaiming")
+
+
+@pytest.mark.parametrize("init", ["sasrec", "llama"])
+def test_sasrec_starts_as_the_authors_or_as_the_foundation_model(init):
+    torch.manual_seed(0)
+    model = SASRec(num_items=500, hidden=64, num_blocks=1, num_heads=1, dropout=0.0, max_len=6, init=init)
+    rows = model.item_emb.weight[1:]
+    want = (2 / (501 + 64)) ** 0.5 if init == "sasrec" else 0.02  # xavier-normal or Llama's
+    assert abs(float(rows.std()) / want - 1) < 0.05
+    assert model.input_scale == (8.0 if init == "sasrec" else 1.0)
 
 
 @pytest.mark.parametrize("items", ["codes", "both"])
