@@ -21,11 +21,15 @@ def _data_root(args) -> Path:
 
 def cmd_data_fetch(args) -> None:
     root = _data_root(args)
-    path = fetch_dataset(args.name, root, force=args.force, base_url=args.mirror, log=console.print)
+
+    def say(line: str) -> None:
+        console.print(line, soft_wrap=True)  # one line: paths and URLs stay whole at any width
+
+    path = fetch_dataset(args.name, root, force=args.force, base_url=args.mirror, log=say)
     fetched = path / FETCHED
     if fetched.is_file():
         counts = json.loads(fetched.read_text()).get("counts", {})
-        console.print(f"{args.name} is in {path}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+        say(f"{args.name} is in {path}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
 
 
 def cmd_data_list(args) -> None:
