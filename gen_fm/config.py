@@ -29,7 +29,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 # How a history title is written in the prompt (``gen_fm.titles``): its L code tokens, or one title
 # token whose embedding is its codes' embeddings summed plus a learned identity.
 HISTORY_TOKENS = ("codes", "titles")
+# Where the hidden dropout acts (``ModelShape.hidden_dropout_on``): every position, or the trunk only.
 HIDDEN_DROPOUT_ON = ("all", "trunk")
+# What judges a validated epoch (``Validation.judge_by``): the model's ranking, or its title head alone.
 JUDGES = ("ranking", "title_head")
 # Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
 TITLE_CODE_ROWS = ("shared", "own")

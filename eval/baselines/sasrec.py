@@ -43,6 +43,11 @@ BLOCKS = ("sasrec", "llama")
 # Initialisation: the authors' (xavier-normal matrices, input rows scaled by sqrt(hidden)) or the
 # foundation model's (transformers' Llama init: normal(0, 0.02) matrices, no input scale).
 INITS = ("sasrec", "llama")
+_INITIALISERS = {
+    "sasrec": nn.init.xavier_normal_,
+    # transformers' LlamaConfig().initializer_range, the std every matrix of the foundation model starts with
+    "llama": lambda p: nn.init.normal_(p, std=0.02),
+}
 
 
 # The fields of ``SASRecConfig`` that are the network's constructor arguments.
@@ -206,10 +211,8 @@ class SASRec(nn.Module):
             self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.input_scale = hidden**0.5 if init == "sasrec" else 1.0
         for p in self.parameters():
-            if p.dim() > 1 and init == "sasrec":
-                nn.init.xavier_normal_(p)
-            elif p.dim() > 1:
-                nn.init.normal_(p, std=0.02)
+            if p.dim() > 1:
+                _INITIALISERS[init](p)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 

@@ -261,26 +261,18 @@ def test_validation_of_a_title_loss_run_judges_the_beam_fused_with_the_title_hea
 
     dc = DataConfig(data_dir=str(data_dir), dataset="ml-latest-small", max_users=20)
     ids = write_id_artifact(tmp_path / "ids", list(load_items(dc)), (16, 16, 16, 4))
-    config = PretrainConfig.from_preset(
-        "tiny", epochs=2, batch_size=64, val_users=8, history_tokens="titles", title_loss_weight=1.0
-    )
-    gen = load_model(pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config))
+    base = dict(epochs=2, batch_size=64, history_tokens="titles", title_loss_weight=1.0)
+
+    def train(folder: str, **more):
+        config = PretrainConfig.from_preset("tiny", **base, **more)
+        return load_model(pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / folder, config))
+
+    gen = train("run", val_users=8)
     for row in gen.manifest["training"]["history"]:
         assert row["title_weight"] in FUSION_WEIGHTS
         assert row["recall@10"] >= row["beam_recall@10"]  # the beam alone is one of the choices
     # judged by the title head alone (and hidden dropout on the trunk only): no beam, no fusion
-    config = PretrainConfig.from_preset(
-        "tiny",
-        epochs=2,
-        batch_size=64,
-        val_users=None,
-        history_tokens="titles",
-        title_loss_weight=1.0,
-        judge_by="title_head",
-        hidden_dropout=0.2,
-        hidden_dropout_on="trunk",
-    )
-    gen = load_model(pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "head", config))
+    gen = train("head", val_users=None, judge_by="title_head", hidden_dropout=0.2, hidden_dropout_on="trunk")
     for row in gen.manifest["training"]["history"]:
         assert 0.0 <= row["recall@10"] <= 1.0 and "title_weight" not in row and "beam_recall@10" not in row
     with pytest.raises(ValueError, match="judge_by 'title_head' needs a title head"):
