@@ -31,6 +31,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 HISTORY_TOKENS = ("codes", "titles")
 # Where the hidden dropout acts (``ModelShape.hidden_dropout_on``): every position, or the trunk only.
 HIDDEN_DROPOUT_ON = ("all", "trunk")
+# How a model trained from scratch starts (``ModelShape.init``): transformers' Llama init, or SASRec's.
+INITS = ("llama", "sasrec")
 # What judges a validated epoch (``Validation.judge_by``): the model's ranking, or its title head alone.
 JUDGES = ("ranking", "title_head")
 # Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
@@ -118,14 +120,25 @@ class ModelShape:
     # How history titles enter the model: "codes" (L code tokens each) or "titles" (one title
     # token each: codes' embeddings summed plus a learned identity; ``gen_fm.titles``).
     history_tokens: str = "codes"
+    # How training starts and reads the input rows: "llama" (normal(0, 0.02) matrices) or "sasrec"
+    # (xavier-normal matrices, input rows read times sqrt(hidden_size) while training; at export
+    # the factor is baked into the rows and the final norm's gain divided by it, so the folder
+    # stays a plain Llama computing the same function). "sasrec" needs title tokens.
+    init: str = "llama"
 
     def __post_init__(self) -> None:
         one_of(HISTORY_TOKENS, history_tokens=self.history_tokens)
         one_of(HIDDEN_DROPOUT_ON, hidden_dropout_on=self.hidden_dropout_on)
-        if self.hidden_dropout_on == "trunk" and self.history_tokens != "titles":
-            raise ValueError(
-                "hidden_dropout_on 'trunk' needs history_tokens 'titles' (a trunk of title tokens)"
-            )
+        one_of(INITS, init=self.init)
+        if self.history_tokens != "titles":
+            for name, value, default in (
+                ("hidden_dropout_on", self.hidden_dropout_on, "all"),
+                ("init", self.init, "llama"),  # the input scale lives in the title embedding
+            ):
+                if value != default:
+                    raise ValueError(
+                        f"{name} {value!r} needs history_tokens 'titles' (a trunk of title tokens)"
+                    )
         at_least(
             1,
             hidden_size=self.hidden_size,

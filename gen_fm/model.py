@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, CoEngagement, load_co_engagement, save_co_engagement
 from gen_fm.config import PretrainConfig
@@ -88,6 +89,20 @@ def build_model(config: PretrainConfig, layout: TokenLayout, max_history: int) -
     if model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
         raise RuntimeError("input and output embeddings are not tied")
     return model
+
+
+@torch.no_grad()
+def sasrec_init(model: LlamaForCausalLM, code_rows: tuple[int, int]) -> None:
+    """SASRec's start (in place): every matrix xavier-normal, the code tokens' embedding rows
+    [lo, hi) as a table of their own (SASRec's code table), every norm's gain 1."""
+    for p in model.parameters():
+        if p.ndim >= 2:
+            torch.nn.init.xavier_normal_(p)
+    lo, hi = code_rows
+    torch.nn.init.xavier_normal_(model.get_input_embeddings().weight[lo:hi])
+    for m in model.modules():
+        if isinstance(m, LlamaRMSNorm):
+            m.weight.fill_(1.0)
 
 
 def add_hidden_dropout(model: LlamaForCausalLM, p: float, spared: tuple[int, int] | None = None) -> list:

@@ -44,9 +44,12 @@ class TitleEmbedding(nn.Module):
         start: int,
         identity_dropout: float = 0.0,
         own_code_rows: bool = False,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.base = base  # (V, H), tied to the output layer; its title rows are unused in training
+        # every input row is read times this (SASRec's sqrt(width)); the output rows are not
+        self.input_scale = float(input_scale)
         # (N, L) code token ids: a plain attribute, not a buffer (weight averaging lerps buffers)
         self.codes = torch.as_tensor(np.asarray(sid_tokens), dtype=torch.long)
         self.start, self.num_titles = int(start), int(self.codes.shape[0])
@@ -83,8 +86,8 @@ class TitleEmbedding(nn.Module):
         """Set each identity so the composed row equals the base's current title row (a model
         folder's baked rows, when training starts from one); `code_rows`: that folder's own code
         rows for titles, which this model's own table starts from."""
-        if code_rows is not None and self.code_rows is not None:
-            self.code_rows.weight.copy_(code_rows.to(self.code_rows.weight))
+        if code_rows is not None and self.code_rows is not None:  # baked: times the input scale
+            self.code_rows.weight.copy_(code_rows.to(self.code_rows.weight) / self.input_scale)
         rows = self.base.weight[self.start : self.start + self.num_titles]
         self.identity.weight.copy_(rows - self.code_sum(self._codes()))
 
@@ -93,7 +96,7 @@ class TitleEmbedding(nn.Module):
         is_title = (rows >= 0) & (rows < self.num_titles)  # (B, T)
         out = self.base(torch.where(is_title, 0, input_ids))  # (B, T, H)
         if not bool(is_title.any()):
-            return out
+            return out * self.input_scale
         r = rows[is_title]  # (n,)
         ident = self.identity(r)  # (n, H)
         if self.training and self.identity_dropout > 0:
@@ -101,7 +104,7 @@ class TitleEmbedding(nn.Module):
             keep = torch.rand(len(r), 1, device=ident.device) >= self.identity_dropout
             ident = ident * keep
         composed = self.code_sum(self._codes()[r]) + ident  # (n, H)
-        return out.masked_scatter(is_title[..., None], composed.to(out.dtype))
+        return out.masked_scatter(is_title[..., None], composed.to(out.dtype)) * self.input_scale
 
 
 def attach_title_embedding(
@@ -110,15 +113,30 @@ def attach_title_embedding(
     sid_tokens: np.ndarray,
     identity_dropout: float = 0.0,
     own_code_rows: bool = False,
+    input_scale: float = 1.0,
 ) -> TitleEmbedding:
-    """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only)."""
+    """Replace the model's input embedding by a :class:`TitleEmbedding` over it (training only).
+
+    With an `input_scale` the model's weights are first put in the scaled form (:func:`unbake_scale`:
+    embedding rows divided by it, the final norm's gain multiplied), so the function it computes is
+    the one it computed before."""
     base = model.get_input_embeddings()
     if isinstance(base, TitleEmbedding):
         return base
     start = title_block(layout, len(sid_tokens))
-    emb = TitleEmbedding(base, sid_tokens, start, identity_dropout, own_code_rows)
+    unbake_scale(model, input_scale)
+    emb = TitleEmbedding(base, sid_tokens, start, identity_dropout, own_code_rows, input_scale)
     model.model.embed_tokens = emb
     return emb
+
+
+@torch.no_grad()
+def unbake_scale(model, scale: float) -> None:
+    """A plain Llama's weights in the form a title embedding reading its rows times `scale`
+    computes the same function with: embedding rows / scale, final norm gain * scale (in place)."""
+    if scale != 1.0:
+        model.get_input_embeddings().weight.div_(scale)
+        model.model.norm.weight.mul_(scale)
 
 
 @torch.no_grad()
@@ -141,7 +159,11 @@ def bake_title_embeddings(model) -> torch.Tensor | None:
     model.model.embed_tokens = emb.base
     if model.get_output_embeddings().weight is not emb.base.weight:
         raise RuntimeError("input and output embeddings are no longer tied")
-    return None if emb.code_rows is None else emb.code_rows.weight.detach().float().clone()
+    # the input scale into the rows, and out of the tied output through the final norm's gain
+    scale = emb.input_scale
+    emb.base.weight.mul_(scale)
+    model.model.norm.weight.div_(scale)
+    return None if emb.code_rows is None else emb.code_rows.weight.detach().float().clone() * scale
 
 
 @torch.no_grad()

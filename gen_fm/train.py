@@ -42,7 +42,7 @@ from gen_fm.checkpoints import (
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.config import PretrainConfig
 from gen_fm.dataset import catalog_to_sid_rows, window_source
-from gen_fm.model import add_hidden_dropout, build_model, load_model, save_model
+from gen_fm.model import add_hidden_dropout, build_model, load_model, sasrec_init, save_model
 from gen_fm.objectives import HiddenStates, build_objectives
 from gen_fm.selection import choose
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles
@@ -382,9 +382,12 @@ def pretrain(
             encoder.sid_tokens,
             config.titles.identity_dropout,
             own_code_rows=config.titles.title_code_rows == "own",
+            input_scale=config.model.hidden_size**0.5 if config.model.init == "sasrec" else 1.0,
         )
         if parent is not None:
             emb.identity_from_rows(parent_rows)
+        elif config.model.init == "sasrec":
+            sasrec_init(model, (encoder.layout.offsets[0], encoder.layout.code_end))
         hidden = HiddenStates()
         hidden.attach(model)
     spared = None

@@ -81,6 +81,7 @@ ADDED_SINCE = {
     "code_loss_weight": 1.0,
     "hidden_dropout_on": "all",
     "judge_by": "ranking",
+    "init": "llama",
 }
 NESTED = PretrainConfig.from_preset(
     "small",
@@ -188,6 +189,10 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
     with pytest.raises(ValueError, match="'trunk' needs history_tokens 'titles'"):
         ModelShape(hidden_dropout_on="trunk")
     assert ModelShape(hidden_dropout_on="trunk", history_tokens="titles").hidden_dropout_on == "trunk"
+    with pytest.raises(ValueError, match="init 'sasrec' needs history_tokens 'titles'"):
+        ModelShape(init="sasrec")
+    with pytest.raises(ValueError, match="init must be one of"):
+        ModelShape(init="xavier", history_tokens="titles")
     with pytest.raises(ValueError, match="both 0: nothing to train"):
         TitleOptions(code_loss_weight=0.0)
     assert TitleOptions(code_loss_weight=0.0, title_loss_weight=1.0).code_loss_weight == 0.0

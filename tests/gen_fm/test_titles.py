@@ -11,7 +11,7 @@ import torch
 from gen_fm.batches import TITLE_COLUMNS, EpochTensors, make_title_example
 from gen_fm.config import ModelShape, PretrainConfig, TitleOptions
 from gen_fm.decode import recommend, recommend_titles, title_tokens
-from gen_fm.model import build_model, load_model
+from gen_fm.model import build_model, load_model, sasrec_init
 from gen_fm.titles import attach_title_embedding, bake_title_embeddings, extend_titles, sync_title_rows
 from gen_fm.tokenizer import PromptEncoder
 from semantic_ids.ids import SemanticIDs
@@ -176,6 +176,36 @@ def test_own_code_rows_compose_the_titles_and_a_new_title(tiny):
     assert torch.allclose(row, own[grown[-1]].sum(0), atol=1e-6)
 
 
+def test_sasrec_init_reads_rows_scaled_and_bakes_the_scale_into_a_plain_llama(tiny):
+    """``init="sasrec"``: xavier matrices, norm gains 1; the input scale of training is baked into
+    the rows and the final norm so the plain folder computes what the trained model computes."""
+    _, _, config, enc, _ = tiny
+    torch.manual_seed(1)
+    model = build_model(config, enc.layout, max_history=8)
+    codes = (enc.layout.offsets[0], enc.layout.code_end)
+    prompt = torch.tensor([enc.encode(np.array([5, 9, 2])) + [int(enc.sid_tokens[3][0])]])
+    code_prompt = prompt[:, -1:]  # a code token alone: its row is the same before and after attaching
+    plain = model(input_ids=code_prompt).logits
+    emb = attach_title_embedding(model, enc.layout, enc.sid_tokens, input_scale=4.0)
+    # attaching keeps the function (rows divided by the scale, the final norm's gain multiplied)
+    assert torch.allclose(model(input_ids=code_prompt).logits, plain, atol=1e-5)
+    sasrec_init(model, codes)
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert abs(q.std().item() - (2 / sum(q.shape)) ** 0.5) < 0.1 * (2 / sum(q.shape)) ** 0.5
+    rows = emb.base.weight[codes[0] : codes[1]]
+    assert abs(rows.std().item() - (2 / sum(rows.shape)) ** 0.5) < 0.1 * (2 / sum(rows.shape)) ** 0.5
+    assert torch.equal(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
+    model.eval()
+    first = model.model.embed_tokens(code_prompt)[0, 0]
+    assert torch.allclose(first, 4.0 * emb.base.weight[code_prompt[0, 0]])  # rows read times the scale
+    sync_title_rows(model)
+    trained = model(input_ids=prompt).logits
+    bake_title_embeddings(model)
+    assert type(model.get_input_embeddings()) is torch.nn.Embedding
+    assert torch.allclose(model.model.norm.weight, torch.full_like(model.model.norm.weight, 0.25))
+    assert torch.allclose(model(input_ids=prompt).logits, trained, atol=1e-4)
+
+
 def test_a_folder_needs_its_own_code_rows_exactly_when_trained_with_them(tiny, tmp_path):
     _, ids, config, enc, model = tiny
     own = dataclasses.replace(config, titles=TitleOptions(title_code_rows="own"))
@@ -196,11 +226,12 @@ def test_title_options_need_title_histories():
         ModelShape(history_tokens="ids")
 
 
-@pytest.mark.parametrize("code_rows", ["shared", "own"])
-def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path, code_rows):
+@pytest.mark.parametrize("code_rows, init", [("shared", "llama"), ("own", "llama"), ("own", "sasrec")])
+def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, tmp_path, code_rows, init):
     """A title-token run writes a plain folder whose prompts use title tokens; a run that starts
     from it after the ID map grew gives the new title its codes' row and keeps every old row. With
-    its own code rows for titles, the folder carries them and the new title is composed from them."""
+    its own code rows for titles, the folder carries them and the new title is composed from them.
+    With SASRec's init (an input scale baked at export) the same holds: the child unbakes it."""
     from core.artifacts import atomic_dir, make_manifest, write_json
     from core.data import DataConfig, load_data
     from gen_fm.train import pretrain
@@ -212,7 +243,9 @@ def test_pretraining_a_title_model_on_real_data_and_starting_from_it(data_dir, t
     new_item = next(i for i in items if i not in rated)  # in the catalog, never engaged with
     old_items = [i for i in items if i != new_item]
     ids = write_id_artifact(tmp_path / "ids", old_items, (16, 16, 16, 4))
-    titles = dict(history_tokens="titles", title_code_rows=code_rows, epochs=1, batch_size=64, val_users=4)
+    titles = dict(
+        history_tokens="titles", title_code_rows=code_rows, init=init, epochs=1, batch_size=64, val_users=4
+    )
     config = PretrainConfig.from_preset("tiny", identity_dropout=0.1, **titles)
     model_dir = pretrain(dc, SequenceConfig(max_history=20), ids.path, tmp_path / "run", config)
     gen = load_model(model_dir)
