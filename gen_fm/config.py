@@ -33,6 +33,8 @@ HISTORY_TOKENS = ("codes", "titles")
 HIDDEN_DROPOUT_ON = ("all", "trunk")
 # How a model trained from scratch starts (``ModelShape.init``): transformers' Llama init, or SASRec's.
 INITS = ("llama", "sasrec")
+# The choices above that only a title-token model can change from their first (default) value.
+DEFAULT_SHAPE_CHOICES = {"hidden_dropout_on": HIDDEN_DROPOUT_ON[0], "init": INITS[0]}
 # What judges a validated epoch (``Validation.judge_by``): the model's ranking, or its title head alone.
 JUDGES = ("ranking", "title_head")
 # Which code rows a title-token row sums (``TitleOptions.title_code_rows``).
@@ -130,15 +132,10 @@ class ModelShape:
         one_of(HISTORY_TOKENS, history_tokens=self.history_tokens)
         one_of(HIDDEN_DROPOUT_ON, hidden_dropout_on=self.hidden_dropout_on)
         one_of(INITS, init=self.init)
-        if self.history_tokens != "titles":
-            for name, value, default in (
-                ("hidden_dropout_on", self.hidden_dropout_on, "all"),
-                ("init", self.init, "llama"),  # the input scale lives in the title embedding
-            ):
-                if value != default:
-                    raise ValueError(
-                        f"{name} {value!r} needs history_tokens 'titles' (a trunk of title tokens)"
-                    )
+        # both act through the title tokens (the trunk's positions; the title embedding's input scale)
+        for name, value in (("hidden_dropout_on", self.hidden_dropout_on), ("init", self.init)):
+            if value != DEFAULT_SHAPE_CHOICES[name] and self.history_tokens != "titles":
+                raise ValueError(f"{name} {value!r} needs history_tokens 'titles' (a trunk of title tokens)")
         at_least(
             1,
             hidden_size=self.hidden_size,

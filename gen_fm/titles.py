@@ -160,10 +160,8 @@ def bake_title_embeddings(model) -> torch.Tensor | None:
     if model.get_output_embeddings().weight is not emb.base.weight:
         raise RuntimeError("input and output embeddings are no longer tied")
     # the input scale into the rows, and out of the tied output through the final norm's gain
-    scale = emb.input_scale
-    emb.base.weight.mul_(scale)
-    model.model.norm.weight.div_(scale)
-    return None if emb.code_rows is None else emb.code_rows.weight.detach().float().clone() * scale
+    unbake_scale(model, 1.0 / emb.input_scale)
+    return None if emb.code_rows is None else emb.code_rows.weight.detach().float() * emb.input_scale
 
 
 @torch.no_grad()
