@@ -122,8 +122,8 @@ def save_best(accelerator, model, root: Path, state: TrainState) -> None:
 def check_resumable(saved: dict, meta: dict) -> None:
     # Both configs are read the way a manifest's is: a checkpoint written before the config was
     # grouped by concern holds it flat, and a field added since it was written counts as its default.
-    old = PretrainConfig.from_dict(saved["config"]).by_path()
-    new = PretrainConfig.from_dict(meta["config"]).by_path()
+    old = PretrainConfig.from_manifest(saved["config"]).by_path()
+    new = PretrainConfig.from_manifest(meta["config"]).by_path()
     changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES)
     if changed:
         raise ValueError(f"cannot resume: config fields changed since the checkpoint: {changed}")

@@ -33,7 +33,7 @@ HISTORY_TOKENS = ("codes", "titles")
 HIDDEN_DROPOUT_ON = ("all", "trunk")
 # How a model trained from scratch starts (``ModelShape.init``): transformers' Llama init, or SASRec's.
 INITS = ("llama", "sasrec")
-# The choices above that only a title-token model can change from their first (default) value.
+# The choices above that only a title-token model can change from their first value (or leave unset).
 DEFAULT_SHAPE_CHOICES = {"hidden_dropout_on": HIDDEN_DROPOUT_ON[0], "init": INITS[0]}
 # What judges a validated epoch (``Validation.judge_by``): the model's ranking, or its title head alone.
 JUDGES = ("ranking", "title_head")
@@ -52,45 +52,66 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
-# Presets: overrides of the dataclass defaults, nothing else. `tiny` and `small` set sizes only;
-# `base` and `large` are the GPU recipes, chosen on amazon-beauty: their size with the dropout,
-# learning rate, epochs and history augmentation that tested best for it (augmentation helps these
-# sizes, not `small`). Head size stays 32 or more (vLLM needs a head size >= 32 that is a multiple
-# of 16).
+# Presets: overrides of the dataclass defaults, nothing else. `tiny` and `small` set sizes only
+# (`small` leaves its depth to the data); `base` and `large` are the GPU recipes, chosen on
+# amazon-beauty with code-token histories: their size with the dropouts, learning rate, epochs and
+# history augmentation that tested best for it (augmentation helps these sizes, not `small`). Head
+# size stays 32 or more (vLLM needs a head size >= 32 that is a multiple of 16).
 _GPU_AUGMENT: dict[str, Any] = dict(item_dropout=0.1, window_jitter=True)
+
+
+def _gpu_dropouts(hidden_dropout: float) -> dict[str, Any]:
+    """The GPU recipes' dropouts as they were measured: attention 0.1, the hidden one everywhere."""
+    return dict(dropout=0.1, hidden_dropout=hidden_dropout, hidden_dropout_on="all")
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: a few thousand weights per layer, runs in seconds on CPU.
-    "tiny": dict(model=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)),
-    # About TIGER's width (128) and depth (4 decoder layers): the size that trains on a CPU.
-    "small": dict(model=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512)),
+    "tiny": dict(model=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, dropout=0.1)),
+    # TIGER's width (128), the size that trains on a CPU; its depth from the data (``shape_for_data``:
+    # TIGER's 4 layers on dense histories, SASRec's 2 on sparse ones).
+    "small": dict(model=dict(hidden_size=128, num_heads=4, intermediate_size=512)),
     # Twice the width, six layers (6.5M weights): too slow for a CPU, so a GPU recipe.
     "base": dict(
-        model=dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024, hidden_dropout=0.15),
+        model=dict(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024, **_gpu_dropouts(0.15)),
         optim=dict(lr=1e-3, epochs=30),
         augment=_GPU_AUGMENT,
     ),
     # 512 wide x 8 layers (34M weights): the largest GPU recipe.
     "large": dict(
-        model=dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, hidden_dropout=0.2),
+        model=dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, **_gpu_dropouts(0.2)),
         optim=dict(lr=5e-4, epochs=30),
         augment=_GPU_AUGMENT,
     ),
 }
 
 
-# Hidden dropout when the config leaves it unset, from how many events a member has: sparse
-# histories are memorised without it, dense ones train too slowly with it (SASRec's published
-# recipe splits datasets the same way: 0.5 on the sparse Amazon and Steam sets, 0.2 on MovieLens-1M).
-# A members' median of rolled-up events below this is sparse: 5-core shopping sets fall below it,
-# MovieLens (which keeps members with 20 ratings or more) never does.
+# The model's depth and dropouts when the config leaves them unset (None), from how many events a
+# member has. Sparse histories are memorised without strong dropout, dense ones train too slowly with
+# it; SASRec's published recipe splits datasets the same way (2 blocks, dropout 0.5 on the sparse
+# Amazon and Steam sets, 0.2 on MovieLens-1M). A members' median of rolled-up events below this is
+# sparse: 5-core shopping sets fall below it, MovieLens (which keeps members with 20 ratings or
+# more) never does.
 SPARSE_EVENTS_PER_MEMBER = 20
-SPARSE_HIDDEN_DROPOUT = 0.3
+# Dense histories: the small preset's depth, transformers' usual attention dropout, no hidden dropout.
+DENSE_SHAPE: dict[str, Any] = dict(num_layers=4, dropout=0.1, hidden_dropout=0.0, hidden_dropout_on="all")
+# Sparse histories of title tokens: SASRec's depth and dropouts, the hidden dropout on the trunk only
+# (the code-token branches that train the beam's later codes stay without it).
+SPARSE_TITLE_SHAPE: dict[str, Any] = dict(
+    num_layers=2, dropout=0.5, hidden_dropout=0.5, hidden_dropout_on="trunk"
+)
+# Sparse histories of code tokens (no trunk to confine the dropout to): a milder hidden dropout.
+SPARSE_CODE_SHAPE: dict[str, Any] = {**DENSE_SHAPE, "hidden_dropout": 0.3}
+# The ModelShape fields a config may leave to the data (``shape_for_data``).
+DATA_SHAPE_FIELDS = tuple(DENSE_SHAPE)
 
 
-def hidden_dropout_for(median_events: float) -> float:
-    """The hidden dropout a run with ``hidden_dropout=None`` trains with, from the members' median
-    number of rolled-up events."""
-    return SPARSE_HIDDEN_DROPOUT if median_events < SPARSE_EVENTS_PER_MEMBER else 0.0
+def shape_for_data(median_events: float, history_tokens: str) -> dict[str, Any]:
+    """The depth and dropouts a run leaves to the data, from the members' median number of
+    rolled-up events and how history titles enter the model."""
+    if median_events >= SPARSE_EVENTS_PER_MEMBER:
+        return dict(DENSE_SHAPE)
+    return dict(SPARSE_TITLE_SHAPE if history_tokens == "titles" else SPARSE_CODE_SHAPE)
 
 
 @dataclass(frozen=True)
@@ -98,20 +119,21 @@ class ModelShape:
     """What the model is: its size, positions and prompt vocabulary (a preset fills the sizes)."""
 
     hidden_size: int = 128  # width of the residual stream
-    num_layers: int = 4  # decoder layers
+    num_layers: int | None = None  # decoder layers; None = from the data (``shape_for_data``)
     num_heads: int = 4  # attention heads; hidden_size / num_heads is the head size
     num_kv_heads: int | None = None  # grouped-query heads; None = num_heads (plain multi-head)
     intermediate_size: int = 512  # SwiGLU MLP width
     # Attention dropout: the only dropout standard Llama has (keeps the model loadable by vLLM).
-    dropout: float = 0.1
+    dropout: float | None = None
     # Residual-branch and embedding dropout (GPT-2/T5 style), applied by training-time forward hooks
-    # (``gen_fm.model.add_hidden_dropout``): the saved model stays a plain Llama. 0 = off; None =
-    # from the data (``hidden_dropout_for``), resolved when training starts and written as a number.
+    # (``gen_fm.model.add_hidden_dropout``): the saved model stays a plain Llama. 0 = off.
     hidden_dropout: float | None = None
     # Where the hidden dropout applies: "all" positions, or "trunk" only (the prefix and the history
     # titles of a title-token model, whose states the title head scores); the code-token branches
     # that train the beam's later codes then train without it.
-    hidden_dropout_on: str = "all"
+    hidden_dropout_on: str | None = None
+    # num_layers, dropout, hidden_dropout and hidden_dropout_on left None are set from the data
+    # (``shape_for_data``) when training starts (``PretrainConfig.for_data``) and written as values.
     rope_theta: float = 10_000.0  # RoPE base
     # Positions beyond the longest training sequence ((max_history + 1) * L + 3): room for
     # soft-prompt virtual tokens and context tokens added by later stages.
@@ -130,19 +152,21 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         one_of(HISTORY_TOKENS, history_tokens=self.history_tokens)
-        one_of(HIDDEN_DROPOUT_ON, hidden_dropout_on=self.hidden_dropout_on)
+        if self.hidden_dropout_on is not None:
+            one_of(HIDDEN_DROPOUT_ON, hidden_dropout_on=self.hidden_dropout_on)
         one_of(INITS, init=self.init)
         # both act through the title tokens (the trunk's positions; the title embedding's input scale)
         for name, value in (("hidden_dropout_on", self.hidden_dropout_on), ("init", self.init)):
-            if value != DEFAULT_SHAPE_CHOICES[name] and self.history_tokens != "titles":
+            if value not in (None, DEFAULT_SHAPE_CHOICES[name]) and self.history_tokens != "titles":
                 raise ValueError(f"{name} {value!r} needs history_tokens 'titles' (a trunk of title tokens)")
         at_least(
             1,
             hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
             num_heads=self.num_heads,
             intermediate_size=self.intermediate_size,
         )
+        if self.num_layers is not None:
+            at_least(1, num_layers=self.num_layers)
         at_least(0, num_user_buckets=self.num_user_buckets, position_headroom=self.position_headroom)
         if self.hidden_size % self.num_heads:
             raise ValueError(
@@ -156,11 +180,16 @@ class ModelShape:
         kv = self.kv_heads
         if kv < 1 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads {kv} must divide num_heads {self.num_heads}")
-        in_unit_interval(dropout=self.dropout)
-        if self.hidden_dropout is not None:
-            in_unit_interval(hidden_dropout=self.hidden_dropout)
+        for name in ("dropout", "hidden_dropout"):
+            if getattr(self, name) is not None:
+                in_unit_interval(**{name: getattr(self, name)})
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def left_to_data(self) -> tuple[str, ...]:
+        """The fields left unset, to be set from the data (``PretrainConfig.for_data``)."""
+        return tuple(n for n in DATA_SHAPE_FIELDS if getattr(self, n) is None)
 
     @property
     def head_dim(self) -> int:
@@ -426,10 +455,13 @@ class PretrainConfig:
         return dataclasses.replace(self, optim=optim)
 
     def for_data(self, median_events: float) -> PretrainConfig:
-        """This config with the settings left to the data set from it (``hidden_dropout=None``)."""
-        if self.model.hidden_dropout is not None:
+        """This config with the model fields left unset (None) set from the data (``shape_for_data``);
+        the fields set explicitly are kept."""
+        unset = self.model.left_to_data
+        if not unset:
             return self
-        shape = dataclasses.replace(self.model, hidden_dropout=hidden_dropout_for(median_events))
+        chosen = shape_for_data(median_events, self.model.history_tokens)
+        shape = dataclasses.replace(self.model, **{n: chosen[n] for n in unset})
         return dataclasses.replace(self, model=shape)
 
     @classmethod
@@ -446,6 +478,18 @@ class PretrainConfig:
         checkpoints written before the grouping hold it (each field by its own name); fields a
         manifest lacks (added since) take their defaults. Unknown keys are an error, not dropped."""
         return build_config(cls, obj, "PretrainConfig", presets=False)
+
+    @classmethod
+    def from_manifest(cls, obj: dict[str, Any]) -> PretrainConfig:
+        """A trained model's (or checkpoint's) config, as ``from_dict`` reads it, with the value a
+        field the folder predates trained with where that is not the field's default: a folder
+        written before ``hidden_dropout_on`` put its hidden dropout at every position."""
+        config = cls.from_dict(obj)
+        if "hidden_dropout_on" not in {**obj, **obj.get("model", {})}:  # flat or nested
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, hidden_dropout_on="all")
+            )
+        return config
 
 
 def _paths(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -64,6 +64,12 @@ def max_positions(config: PretrainConfig, layout: TokenLayout, max_history: int)
 
 
 def llama_config(config: PretrainConfig, layout: TokenLayout, max_history: int) -> LlamaConfig:
+    unset = [n for n in ("num_layers", "dropout") if n in config.model.left_to_data]
+    if unset:
+        raise ValueError(
+            f"model {', '.join(unset)} left to the data: build the model from the config the run "
+            f"trains with (gen_fm.train.config_for_run sets them)"
+        )
     return LlamaConfig(
         vocab_size=layout.vocab_size,  # exact row count: later stages append rows for new tokens
         hidden_size=config.model.hidden_size,
@@ -379,7 +385,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
         tokenizer=tokenizer,
         ids=ids,
         layout=layout,
-        config=PretrainConfig.from_dict(manifest["config"]),
+        config=PretrainConfig.from_manifest(manifest["config"]),
         seq_config=SequenceConfig(**manifest["sequence_config"]),
         manifest=manifest,
         path=path,

@@ -50,9 +50,10 @@ def pretrain_default() -> PretrainConfig:
     # judged and kept are an exponential moving average (decay 0.995: about the last 200 steps).
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
     # the title rows also score the next title over the whole catalog (the title head, fused with
-    # the beam at the weight chosen on validation). Hidden dropout is left to the data
-    # (``gen_fm.config.hidden_dropout_for``: none on MovieLens's long histories), and mixed
-    # precision to the machine (``mixed_precision="auto"``).
+    # the beam at the weight chosen on validation). The depth and dropouts are left to the data
+    # (``gen_fm.config.shape_for_data``: 4 layers and no hidden dropout on MovieLens's long
+    # histories, SASRec's 2 layers and dropouts on sparse shopping histories), and mixed precision
+    # to the machine (``mixed_precision="auto"``).
     return PretrainConfig.from_preset(
         "small",
         seed=0,

@@ -11,15 +11,17 @@ import pytest
 from core.artifacts import jsonable
 from core.overrides import parse_overrides
 from gen_fm.config import (
+    DENSE_SHAPE,
     PRESETS,
+    SPARSE_CODE_SHAPE,
     SPARSE_EVENTS_PER_MEMBER,
-    SPARSE_HIDDEN_DROPOUT,
+    SPARSE_TITLE_SHAPE,
     Augmentation,
     ModelShape,
     Optimisation,
     PretrainConfig,
     TitleOptions,
-    hidden_dropout_for,
+    shape_for_data,
 )
 from gen_fm.model import build_model, load_model
 from gen_fm.tokenizer import PromptEncoder
@@ -79,13 +81,13 @@ FLAT = {
 ADDED_SINCE = {
     "title_code_rows": "shared",
     "code_loss_weight": 1.0,
-    "hidden_dropout_on": "all",
+    "hidden_dropout_on": None,  # read back from a model folder as "all" (PretrainConfig.from_manifest)
     "judge_by": "ranking",
     "init": "llama",
 }
 NESTED = PretrainConfig.from_preset(
     "small",
-    model=dict(hidden_dropout=0.1, history_tokens="titles"),
+    model=dict(num_layers=4, dropout=0.1, hidden_dropout=0.1, history_tokens="titles"),
     titles=dict(identity_dropout=0.2, title_loss_weight=1.0),
     optim=dict(lr=0.002, batch_size=64, ema_decay=0.995, epochs=12),
     validation=dict(val_users=None),
@@ -140,7 +142,11 @@ def test_a_model_folder_with_a_flat_manifest_loads(tmp_path):
         "title_loss_weight": 0.0,
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
-    assert load_model(out).config == config
+    # a folder written before hidden_dropout_on existed trained its hidden dropout at every position
+    assert config.model.hidden_dropout_on is None
+    assert load_model(out).config == dataclasses.replace(
+        config, model=dataclasses.replace(config.model, hidden_dropout_on="all")
+    )
 
 
 def test_overrides_by_path_or_by_unique_name_give_the_same_config():
@@ -171,7 +177,7 @@ def test_presets_hold_nested_overrides_and_explicit_ones_win():
     assert base.augment == Augmentation(item_dropout=0.1, window_jitter=True)
     assert PretrainConfig.from_preset("tiny", optim=Optimisation(lr=0.5)).optim == Optimisation(lr=0.5)
     assert PretrainConfig.from_preset("tiny").model == ModelShape(
-        hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
+        hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, dropout=0.1
     )
 
 
@@ -202,19 +208,48 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
     assert [e for e in range(1, 11) if c.validates(e)] == [6, 9, 10]
 
 
-def test_hidden_dropout_left_unset_is_set_from_the_data_and_a_set_one_is_kept():
-    assert hidden_dropout_for(SPARSE_EVENTS_PER_MEMBER - 1) == SPARSE_HIDDEN_DROPOUT > 0
-    assert hidden_dropout_for(SPARSE_EVENTS_PER_MEMBER) == 0.0
-    unset = PretrainConfig.from_preset("small")
-    assert unset.model.hidden_dropout is None
-    assert unset.for_data(7).model.hidden_dropout == SPARSE_HIDDEN_DROPOUT  # a shopping catalog
-    assert unset.for_data(165).model.hidden_dropout == 0.0  # a movie site's long histories
-    assert unset.for_data(7).optim == unset.optim  # nothing else changes
-    kept = PretrainConfig.from_preset("small", hidden_dropout=0.1)
-    assert kept.for_data(7) is kept and kept.for_data(165) is kept
-    assert PretrainConfig.from_preset("base").for_data(7).model.hidden_dropout == 0.15  # the GPU recipe's own
+def test_depth_and_dropouts_left_unset_are_set_from_the_data_and_set_ones_are_kept():
+    sparse, dense = SPARSE_EVENTS_PER_MEMBER - 1, SPARSE_EVENTS_PER_MEMBER
+    assert shape_for_data(sparse, "titles") == SPARSE_TITLE_SHAPE
+    assert shape_for_data(sparse, "codes") == SPARSE_CODE_SHAPE
+    assert shape_for_data(dense, "titles") == shape_for_data(dense, "codes") == DENSE_SHAPE
+    # sparse title-token histories: SASRec's depth and dropouts, the hidden dropout on the trunk
+    assert SPARSE_TITLE_SHAPE == dict(
+        num_layers=2, dropout=0.5, hidden_dropout=0.5, hidden_dropout_on="trunk"
+    )
+    assert SPARSE_CODE_SHAPE["hidden_dropout"] > DENSE_SHAPE["hidden_dropout"] == 0.0
+
+    titles = PretrainConfig.from_preset("small", history_tokens="titles")
+    assert titles.model.left_to_data == ("num_layers", "dropout", "hidden_dropout", "hidden_dropout_on")
+    shop, movies = titles.for_data(7).model, titles.for_data(165).model  # median events per member
+    assert {n: getattr(shop, n) for n in DENSE_SHAPE} == SPARSE_TITLE_SHAPE
+    assert {n: getattr(movies, n) for n in DENSE_SHAPE} == DENSE_SHAPE
+    assert shop.left_to_data == () and titles.for_data(7).optim == titles.optim  # nothing else changes
+    codes = PretrainConfig.from_preset("small").for_data(7).model
+    assert (codes.num_layers, codes.hidden_dropout, codes.hidden_dropout_on) == (4, 0.3, "all")
+
+    # what is set explicitly is kept, the rest still comes from the data
+    four = PretrainConfig.from_preset("small", history_tokens="titles", num_layers=4, hidden_dropout=0.1)
+    assert (four.for_data(7).model.num_layers, four.for_data(7).model.hidden_dropout) == (4, 0.1)
+    assert four.for_data(7).model.dropout == 0.5
+    resolved = titles.for_data(7)
+    assert resolved.for_data(165) is resolved
+    # the GPU recipes set their own
+    base = PretrainConfig.from_preset("base", history_tokens="titles")
+    assert base.for_data(7) is base and base.model.hidden_dropout == 0.15
     with pytest.raises(ValueError, match="hidden_dropout"):
         ModelShape(hidden_dropout=1.0)
+    with pytest.raises(ValueError, match="num_layers"):
+        ModelShape(num_layers=0)
+
+
+def test_a_model_is_built_only_from_a_config_with_its_depth_and_dropout_set(tmp_path):
+    ids = write_id_artifact(tmp_path / "ids", [f"t{i}" for i in range(20)], (8, 8, 4))
+    layout = PromptEncoder.from_ids(ids, 0).layout
+    unset = PretrainConfig.from_preset("small", history_tokens="titles")
+    with pytest.raises(ValueError, match="num_layers, dropout left to the data.*config_for_run"):
+        build_model(unset, layout, 4)
+    assert build_model(unset.for_data(7), layout, 4).config.num_hidden_layers == 2
 
 
 def test_mixed_precision_auto_is_set_for_the_machine():
