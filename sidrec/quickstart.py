@@ -16,11 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from core.artifacts import jsonable, manifest_hash, read_json, read_manifest
+from core.artifacts import jsonable, manifest_hash, read_json, read_manifest, write_json
 from core.data import DataConfig, RecData, load_data
 from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
+from eval.machine import machine_info
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
 from gen_fm.beams import JudgeConfig
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
@@ -159,7 +160,8 @@ def same_build(artifact: Path, kind: str, config, data_fingerprint: str) -> bool
     return stored == jsonable(config) and fp == data_fingerprint
 
 
-def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
+def quickstart(config: QuickstartConfig, data_dir: str | None = None, command: str | None = None) -> None:
+    """Every stage in turn; ``command`` (the command line that ran it) goes into the run record."""
     out = Path(config.out)
     console.rule(f"[bold]sidrec quickstart[/bold] on {config.dataset} -> {out}")
     data_config = DataConfig(data_dir=data_dir, dataset=config.dataset, max_users=config.max_users)
@@ -180,7 +182,50 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None) -> None:
         served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
     with clock("examples"):
         _stage_examples(config, data, served, ids)
-    console.print(f"[dim]{clock.summary()}[/dim]", soft_wrap=True)  # one line, for logs
+    write_json(out / RECORD_FILE, run_record(config, data, clock, model_dir, served, command))
+    console.print(f"[dim]run record (command, machine, time per stage, figures): {out / RECORD_FILE}[/dim]")
+    console.print(f"[dim]{clock.summary()}[/dim]", soft_wrap=True)  # the closing line, for logs
+
+
+# What a quickstart run leaves beside its stages: how it ran and what it measured, in one file.
+RECORD_FILE = "quickstart.json"
+
+
+def run_record(
+    config: QuickstartConfig,
+    data: RecData,
+    clock: StageClock,
+    model_dir: Path,
+    served: Path,
+    command: str | None = None,
+) -> dict:
+    """The run as a results file records it: the command, the config and the config the model
+    trained with, the data, the machine, the time per stage, the test figures and what each canvas's
+    adapter did on its held-out examples."""
+    out = Path(config.out)
+    model = read_manifest(model_dir, "gen_fm")
+    trained = set(read_json(served / ADAPTERS_FILE)) if (served / ADAPTERS_FILE).is_file() else set()
+    return {
+        "kind": "quickstart",
+        "command": command,
+        "dataset": config.dataset,
+        "data_fingerprint": data.fingerprint,
+        "config": jsonable(config),
+        "trained_with": model["config"],
+        "training": model.get("training"),
+        "machine": machine_info(),
+        "closing_line": clock.summary(),
+        "seconds": round(sum(clock.seconds.values()), 1),
+        "stage_seconds": {name: round(sec, 1) for name, sec in clock.seconds.items()},
+        "model": str(model_dir),
+        "served": str(served),
+        "test": read_json(out / "eval-test.json"),
+        "canvas_adapters": {  # held-out examples: the frozen base and the adapter, as trained
+            canvas: read_manifest(out / "prompts" / canvas, "prompt_adapter")["training"].get("heldout")
+            for canvas in config.canvases
+            if canvas in trained
+        },
+    }
 
 
 class StageClock:

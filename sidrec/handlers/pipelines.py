@@ -17,7 +17,7 @@ from sidrec.refresh import RefreshConfig, parse_since, refresh, simulate
 def cmd_quickstart(args) -> None:
     set_threads(args)
     config = config_from_args(QuickstartConfig, args.preset, args.set, dataset=args.dataset, out=args.out)
-    quickstart(config, data_dir=args.data)
+    quickstart(config, data_dir=args.data, command=command_line(args))
 
 
 def cmd_refresh(args) -> None:

@@ -60,6 +60,17 @@ def test_quickstart_tiny(data_dir, tmp_path, capsys):
     assert (served / "co_engagement" / "table.safetensors").is_file()  # pretraining wrote it, export kept it
     assert (served / "fusion" / "fusion.json").is_file()  # chosen on validation, export kept it
     assert not list(served.glob("*.safetensors"))[1:]  # vLLM reads every top-level one as weights
+    # the run record: how it ran and what it measured, in one file
+    record = json.loads((out / "quickstart.json").read_text())
+    assert record["command"] == "sidrec " + " ".join(argv)
+    assert list(record["stage_seconds"]) == [
+        "semantic IDs", "pretraining", "fusion weight", "test evaluation", "canvas adapters", "examples"
+    ]  # fmt: skip
+    assert record["closing_line"] == closing and record["machine"]["torch_threads"] >= 1
+    assert record["test"] == report and record["trained_with"]["model"]["num_layers"] == 2
+    assert record["training"]["epochs_done"] == 1
+    assert record["canvas_adapters"].keys() == {"home", "t2t"}
+    assert {"base", "adapter"} <= record["canvas_adapters"]["t2t"].keys()
 
     assert main(argv) == 0  # everything is up to date: reused, not rebuilt
     second = capsys.readouterr().out
