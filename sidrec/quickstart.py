@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from core.data import DataConfig, RecData, load_data
 from core.overrides import nest_keys
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.config import EvalConfig
-from eval.machine import machine_info
 from eval.next_title import choose_fusion, describe_fusion, evaluate_model
 from gen_fm.beams import JudgeConfig
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE
@@ -38,6 +35,7 @@ from semantic_ids.config import SemanticIDConfig, text_weight_of
 from semantic_ids.ids import SemanticIDs
 from serving.backends.registry import DEFAULT_BACKEND, backend_names
 from serving.recommender import Recommender
+from sidrec.run_record import RECORD_FILE, StageClock, run_record
 
 console = Console()
 
@@ -176,81 +174,15 @@ def quickstart(config: QuickstartConfig, data_dir: str | None = None, command: s
     with clock("fusion weight"):
         stage_fusion(data_config, model_dir)
     with clock("test evaluation"):
-        _stage_eval(config, data_config, model_dir, out / "eval-test.json")
+        test = _stage_eval(config, data_config, model_dir, out / "eval-test.json")
     with clock("canvas adapters"):
         console.rule("4/5 an adapter per canvas (PEFT soft prompts and LoRA on the frozen model)")
         served = stage_prompts(model_dir, data_config, config.canvases, config.prompts, out / "prompts")
     with clock("examples"):
         _stage_examples(config, data, served, ids)
-    write_json(out / RECORD_FILE, run_record(config, data, clock, model_dir, served, command))
+    write_json(out / RECORD_FILE, run_record(config, data, clock, model_dir, served, test, command))
     console.print(f"[dim]run record (command, machine, time per stage, figures): {out / RECORD_FILE}[/dim]")
     console.print(f"[dim]{clock.summary()}[/dim]", soft_wrap=True)  # the closing line, for logs
-
-
-# What a quickstart run leaves beside its stages: how it ran and what it measured, in one file.
-RECORD_FILE = "quickstart.json"
-
-
-def run_record(
-    config: QuickstartConfig,
-    data: RecData,
-    clock: StageClock,
-    model_dir: Path,
-    served: Path,
-    command: str | None = None,
-) -> dict:
-    """The run as a results file records it: the command, the config and the config the model
-    trained with, the data, the machine, the time per stage, the test figures and what each canvas's
-    adapter did on its held-out examples."""
-    out = Path(config.out)
-    model = read_manifest(model_dir, "gen_fm")
-    trained = set(read_json(served / ADAPTERS_FILE)) if (served / ADAPTERS_FILE).is_file() else set()
-    return {
-        "kind": "quickstart",
-        "command": command,
-        "dataset": config.dataset,
-        "data_fingerprint": data.fingerprint,
-        "config": jsonable(config),
-        "trained_with": model["config"],
-        "training": model.get("training"),
-        "machine": machine_info(),
-        "closing_line": clock.summary(),
-        "seconds": round(sum(clock.seconds.values()), 1),
-        "stage_seconds": {name: round(sec, 1) for name, sec in clock.seconds.items()},
-        "model": str(model_dir),
-        "served": str(served),
-        "test": read_json(out / "eval-test.json"),
-        "canvas_adapters": {  # held-out examples: the frozen base and the adapter, as trained
-            canvas: read_manifest(out / "prompts" / canvas, "prompt_adapter")["training"].get("heldout")
-            for canvas in config.canvases
-            if canvas in trained
-        },
-    }
-
-
-class StageClock:
-    """Wall-clock seconds of each stage, for the run's closing line (where the time went)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = time.perf_counter() - start
-
-    def summary(self) -> str:
-        total = sum(self.seconds.values())
-        parts = ", ".join(f"{name} {_duration(s)}" for name, s in self.seconds.items())
-        return f"quickstart done in {_duration(total)}: {parts}"
-
-
-def _duration(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def stage_ids(config: QuickstartConfig, data, ids_dir: Path):
@@ -299,7 +231,7 @@ def stage_fusion(data_config: DataConfig, model_dir: Path) -> None:
         console.print(line)
 
 
-def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> None:
+def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Path, out: Path) -> dict:
     console.rule("3/5 evaluate (leave-one-out test split, full catalog)")
     judge = config.judge
     rep = evaluate_model(
@@ -340,6 +272,7 @@ def _stage_eval(config: QuickstartConfig, data_config: DataConfig, model_dir: Pa
         f"constrained, {rep['invalid_rate_unconstrained']:.1%} without the trie.[/dim]"
     )
     console.print(f"[dim]report: {out}[/dim]")
+    return rep
 
 
 def stage_prompts(model_dir: Path, data_config, canvases, prompt_config, root: Path) -> Path:
