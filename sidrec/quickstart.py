@@ -50,7 +50,7 @@ def pretrain_default() -> PretrainConfig:
     # Histories are one title token per title (its codes' embeddings plus a learned identity), and
     # the title rows also score the next title over the whole catalog (the title head, fused with
     # the beam at the weight chosen on validation). The depth and dropouts are left to the data
-    # (``gen_fm.config.shape_for_data``: 4 layers and no hidden dropout on MovieLens's long
+    # (``gen_fm.recipes.shape_for_data``: 4 layers and no hidden dropout on MovieLens's long
     # histories, SASRec's 2 layers and dropouts on sparse shopping histories), and mixed precision
     # to the machine (``mixed_precision="auto"``).
     return PretrainConfig.from_preset(

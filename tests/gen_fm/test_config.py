@@ -10,19 +10,8 @@ import pytest
 
 from core.artifacts import jsonable
 from core.overrides import parse_overrides
-from gen_fm.config import (
-    DENSE_SHAPE,
-    PRESETS,
-    SPARSE_CODE_SHAPE,
-    SPARSE_EVENTS_PER_MEMBER,
-    SPARSE_TITLE_SHAPE,
-    Augmentation,
-    ModelShape,
-    Optimisation,
-    PretrainConfig,
-    TitleOptions,
-    shape_for_data,
-)
+from gen_fm.config import Augmentation, ModelShape, Optimisation, PretrainConfig, TitleOptions
+from gen_fm.recipes import DENSE_SHAPE, PRESETS, SPARSE_TITLE_SHAPE
 from gen_fm.model import build_model, load_model
 from gen_fm.tokenizer import PromptEncoder
 from tests.tiny_folders import save_unit_model, write_id_artifact
@@ -209,16 +198,6 @@ def test_each_concern_checks_its_own_fields_and_the_config_checks_across_them():
 
 
 def test_depth_and_dropouts_left_unset_are_set_from_the_data_and_set_ones_are_kept():
-    sparse, dense = SPARSE_EVENTS_PER_MEMBER - 1, SPARSE_EVENTS_PER_MEMBER
-    assert shape_for_data(sparse, "titles") == SPARSE_TITLE_SHAPE
-    assert shape_for_data(sparse, "codes") == SPARSE_CODE_SHAPE
-    assert shape_for_data(dense, "titles") == shape_for_data(dense, "codes") == DENSE_SHAPE
-    # sparse title-token histories: SASRec's depth and dropouts, the hidden dropout on the trunk
-    assert SPARSE_TITLE_SHAPE == dict(
-        num_layers=2, dropout=0.5, hidden_dropout=0.5, hidden_dropout_on="trunk"
-    )
-    assert SPARSE_CODE_SHAPE["hidden_dropout"] > DENSE_SHAPE["hidden_dropout"] == 0.0
-
     titles = PretrainConfig.from_preset("small", history_tokens="titles")
     assert titles.model.left_to_data == ("num_layers", "dropout", "hidden_dropout", "hidden_dropout_on")
     shop, movies = titles.for_data(7).model, titles.for_data(165).model  # median events per member

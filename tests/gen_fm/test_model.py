@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gen_fm.config import PRESETS, ModelShape, PretrainConfig, Validation
+from gen_fm.config import ModelShape, PretrainConfig, Validation
+from gen_fm.recipes import PRESETS
 from gen_fm.model import add_hidden_dropout, build_model, load_model, max_positions, save_model
 from gen_fm.tokenizer import PromptEncoder, model_layout
 from semantic_ids.ids import SemanticIDs
