@@ -179,3 +179,22 @@ def topk_rows(scores: torch.Tensor | np.ndarray, k: int, batch_size: int = 1024)
         order = s.gather(1, cols).sort(dim=1, descending=True, stable=True).indices
         out[start : start + len(s)] = cols.gather(1, order).cpu()
     return out.numpy()
+
+
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> dict[str, float]:
+    """Recall@k and NDCG@k of two rankings of the same members, and their difference (a - b) with
+    the standard error of the per-member differences: on the same members the two hit patterns are
+    correlated, so this error is far smaller than either figure's own, and it is the one that says
+    whether a gap is noise."""
+    a, b = np.asarray(ranks_a, dtype=np.int64), np.asarray(ranks_b, dtype=np.int64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(
+            f"need two 1-d rank arrays of the same members (2 or more), got {a.shape} and {b.shape}"
+        )
+    out: dict[str, float] = {"members": int(a.size)}
+    for name, (xa, xb) in zip(("recall", "ndcg"), zip(member_scores(a, k), member_scores(b, k))):
+        d = xa.astype(np.float64) - xb.astype(np.float64)
+        out[f"{name}@{k}_a"], out[f"{name}@{k}_b"] = float(xa.mean()), float(xb.mean())
+        out[f"{name}@{k}_diff"] = float(d.mean())
+        out[f"{name}@{k}_diff_se"] = float(d.std(ddof=1) / np.sqrt(d.size))
+    return out

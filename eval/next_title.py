@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.machine import machine_info
+from eval.member_ranks import member_ranks_file
 from gen_fm.beams import beam_width
 from gen_fm.co_engagement import CO_ENGAGEMENT_FILE, RECENT_DECAY, RECENT_TITLES
 from gen_fm.dataset import catalog_to_sid_rows, to_sid_rows
@@ -31,7 +32,7 @@ from prompt_tuning.candidate_config import CandidateConfig
 from prompt_tuning.candidates import fuse_all
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
-from core.metrics import ranking_metrics
+from core.metrics import ranking_metrics, target_ranks
 from core.artifacts import manifest_hash, write_json
 from core.data import DataConfig, RecData, load_data
 from core.sequences import build_sequences, leave_one_out
@@ -52,6 +53,7 @@ class Decoded:
     trie: PrefixTrie  # the one the beams were constrained by
     # the title head's list per member, history excluded (a title-token model), else None
     heads: list | None = None
+    users: list | None = None  # per member: the member's user id (``decode_split`` fills it)
 
     def ranked(self, title_weight: float) -> list[list[int]]:
         """Each member's ranking by the model, history excluded: the beam fused with the title
@@ -134,7 +136,8 @@ def decode_split(
     if tokens is not None:  # the title head ranks the catalog in one pass per member
         views = [trie.restrict(exclude_rows=h) for h in histories]
         heads = recommend_titles(gen.model, prompts, trie, tokens, beams, views, config.batch_size)
-    return Decoded(gen, data, split, histories, prompts, targets, recs, seconds, trie, heads)
+    users = [split.sequences.user_ids[ex.users[i]] for i in idx]
+    return Decoded(gen, data, split, histories, prompts, targets, recs, seconds, trie, heads, users)
 
 
 def evaluate_model(
@@ -145,8 +148,11 @@ def evaluate_model(
     num_beams: int | None = None,
     max_users: int | None = None,
     unconstrained_users: int | None = 2000,
+    ranks_out: str | Path | None = None,
 ) -> dict:
-    """Judge a model folder on one split and (optionally) write the JSON report."""
+    """Judge a model folder on one split and (optionally) write the JSON report, and with
+    `ranks_out` each member's target place in every ranking of the home row
+    (``eval.member_ranks``), for paired comparisons."""
     k = max(config.ks)
     beams = beam_width(k, num_beams)
     if beams < k:
@@ -156,7 +162,8 @@ def evaluate_model(
     n, seconds, trie = len(recs), d.seconds, d.trie
     metrics = ranking_metrics([r.rows[:k] for r in recs], targets, config.ks)
     invalid_constrained = sum(r.num_invalid for r in recs)
-    home_row = served_home_row(d, config.ks)
+    places: dict[str, np.ndarray] = {}
+    home_row = served_home_row(d, config.ks, places)
     diagnosis = diagnose(gen.ids.codes, [r.rows[:k] for r in recs], targets, d.histories, k)
 
     m = n if unconstrained_users is None else min(unconstrained_users, n)
@@ -205,6 +212,18 @@ def evaluate_model(
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(out, report)
+    if ranks_out is not None:
+        member_ranks_file(
+            ranks_out,
+            ranks=places,
+            users=d.users,
+            targets=[gen.ids.item_ids[t] for t in targets],
+            dataset=data.name,
+            split=config.split,
+            data_fingerprint=data.fingerprint,
+            list_length=k,
+            source={"model": str(model_dir), "model_manifest": manifest_hash(model_dir), "num_beams": beams},
+        )
     return report
 
 
@@ -247,7 +266,7 @@ CHOICE_BEAMS = 20  # the serving default's beam for k 10
 RECENT_GRID = tuple((t, d) for t in (1, 3, 5, 10) for d in (0.5, 0.7))
 
 
-def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
+def served_home_row(d: Decoded, ks: tuple[int, ...], places: dict | None = None) -> dict:
     """Recall / NDCG of the home row as served (``CanvasSpec.fuse_co_engaged``) with serving's
     defaults: the history's titles are never recommended (``exclude_history``), and each member's
     ranking by the model (the beam, fused with the title head by the folder's ``title_weight``) is
@@ -258,7 +277,10 @@ def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
     history titles afterwards; serving excludes them inside the search, which refills the beam (so
     serving's row can only differ by titles past the beam's width). Also reported: the model's
     ranking, its beam and its title head alone, the co-engaged titles alone, every pair of
-    ``FUSION_GRID`` and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list)."""
+    ``FUSION_GRID`` and every ``RECENT_GRID`` order (its 1-title rows: the newest title's list).
+    A `places` dict is filled with each member's target place in the served row ("served"), the
+    model's ranking ("model"), its beam and title head ("beam", "title_head") and the co-engaged
+    titles ("co_engaged"), history excluded in all."""
     gen, histories, targets = d.gen, d.histories, d.targets
     table = co_engagement_for(gen, d.data, d.split)
     where = (
@@ -272,8 +294,10 @@ def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
     beams = d.ranked(title_weight)
     orders = [table.of_recent(h) for h in histories]
 
-    def figures(ranked: list[list[int]]) -> dict[str, float]:
+    def figures(ranked: list[list[int]], name: str | None = None) -> dict[str, float]:
         m = ranking_metrics(ranked, targets, ks)
+        if places is not None and name is not None:
+            places[name] = target_ranks(ranked, targets)
         se = {f"recall@{kk}_se": (m.recall[kk] * (1 - m.recall[kk]) / len(ranked)) ** 0.5 for kk in ks}
         return {
             **{f"recall@{kk}": m.recall[kk] for kk in ks},
@@ -284,11 +308,11 @@ def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
     heads = {}
     if d.heads is not None:
         heads = {
-            "beam_history_excluded": figures([b[:k] for b in d.ranked(0.0)]),
-            "title_head_alone": figures([h.rows[:k] for h in d.heads]),
+            "beam_history_excluded": figures([b[:k] for b in d.ranked(0.0)], "beam"),
+            "title_head_alone": figures([h.rows[:k] for h in d.heads], "title_head"),
         }
     return {
-        **figures(fuse_all(beams, orders, k, cc)),
+        **figures(fuse_all(beams, orders, k, cc), "served"),
         "fusion_k": cc.fusion_k,
         "fusion_weight": cc.fusion_weight,
         "title_weight": title_weight,
@@ -298,9 +322,9 @@ def served_home_row(d: Decoded, ks: tuple[int, ...]) -> dict:
         "history_excluded": True,
         "co_engagement": where,
         "members_with_co_engaged_titles": sum(bool(o) for o in orders),
-        "model_history_excluded": figures([b[:k] for b in beams]),
+        "model_history_excluded": figures([b[:k] for b in beams], "model"),
         **heads,
-        "co_engaged_alone": figures([o[:k] for o in orders]),
+        "co_engaged_alone": figures([o[:k] for o in orders], "co_engaged"),
         "fusion_grid": [
             {
                 "fusion_k": fk,

@@ -224,6 +224,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-history", type=int, default=20, help="history cap (benchmark: 20)")
     p.add_argument("--out", required=True, help="JSON report to write")
     p.add_argument("--ids", help="ID artifact whose codes represent titles (--set items=codes or both)")
+    p.add_argument(
+        "--ranks-out", help="also write each test member's target place (for `sidrec compare`; SASRec kinds)"
+    )
     add_config_args(
         p,
         "SASRecConfig",
@@ -235,6 +238,19 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     add_threads_arg(p, None, "torch CPU threads (results can differ by thread count)")
     p.set_defaults(func="sidrec.handlers.bench:cmd_baseline")
+
+    p = sub.add_parser(
+        "compare",
+        help="two rankings of the same members, compared member by member",
+        description="The paired difference of two rankings (files written by `sidrec eval "
+        "--ranks-out` or `sidrec baseline --ranks-out`, each as FILE or FILE:RANKING) with its "
+        "standard error.",
+    )
+    p.add_argument("a", help="FILE[:RANKING], e.g. runs/fm-test-ranks.json:model")
+    p.add_argument("b", help="FILE[:RANKING], e.g. runs/sasrec-test-ranks.json:history_excluded")
+    p.add_argument("--ks", type=int, nargs="+", default=[10])
+    p.add_argument("--out", help="JSON file to write the comparison to")
+    p.set_defaults(func="sidrec.handlers.bench:cmd_compare")
 
     p = sub.add_parser(
         "report",

@@ -98,6 +98,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
         help="train: the newest training event of each member (seen in training)",
     )
     p.add_argument("--out", help="JSON report to write")
+    p.add_argument(
+        "--ranks-out", help="also write each member's target place in every ranking (for `sidrec compare`)"
+    )
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument(
         "--beams", type=int, help="beam width (default gen_fm.beams.beam_width: max(K, 10); never below K)"

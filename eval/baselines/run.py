@@ -22,11 +22,12 @@ from eval.baselines.popular import evaluate_popular
 from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
 from eval.config import EvalConfig
 from eval.machine import machine_info
+from eval.member_ranks import member_ranks_file
 from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.dataset import catalog_to_sid_rows
 from semantic_ids.ids import SemanticIDs
 from prompt_tuning.candidates import fuse_all
-from core.metrics import RankingMetrics, ranking_metrics
+from core.metrics import RankingMetrics, ranking_metrics, target_ranks
 from core.artifacts import jsonable, manifest_hash, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, Split, build_sequences, leave_one_out
@@ -55,18 +56,28 @@ def evaluate_sasrec(model: SASRec, split: Split, judged: str, config: EvalConfig
 
 
 def fused_with_co_engagement(
-    model: SASRec, split: Split, table, judged: str, config: EvalConfig, beam: int = 20
+    model: SASRec,
+    split: Split,
+    table,
+    judged: str,
+    config: EvalConfig,
+    beam: int = 20,
+    places: dict[str, np.ndarray] | None = None,
 ) -> dict[str, RankingMetrics]:
     """SASRec served as sidrec's home row is (``eval.next_title.served_home_row``), so a comparison
     of served rows gives SASRec the same help: ``history_excluded``, its full-catalog ranking with
     the member's history titles masked; ``fused``, its top ``beam`` (history masked) fused with the
     titles co-engaged with the member's newest titles (`table`, the split's
-    ``gen_fm.co_engagement``; ``CoEngagement.of_recent``)."""
+    ``gen_fm.co_engagement``; ``CoEngagement.of_recent``). A `places` dict is filled with each
+    member's target place in both rankings (``eval.member_ranks``)."""
     ex = split.examples(judged)
     rows = rank_histories(
         model, ex.histories, max(beam, config.max_k), config.batch_size, exclude_history=True
     ).tolist()
     ranked = fuse_all(rows, [table.of_recent(h) for h in ex.histories], config.max_k)
+    if places is not None:
+        places["history_excluded"] = target_ranks([r[: config.max_k] for r in rows], ex.targets)
+        places["fused"] = target_ranks(ranked, ex.targets)
     return {
         "history_excluded": ranking_metrics([r[: config.max_k] for r in rows], ex.targets, config.ks),
         "fused": ranking_metrics(ranked, ex.targets, config.ks),
@@ -103,16 +114,21 @@ def run_baseline(
     *,
     command: Sequence[str] | None = None,
     ids_dir: str | os.PathLike | None = None,
+    ranks_out: str | os.PathLike | None = None,
     **hyper: Any,
 ) -> dict[str, Any]:
     """Train (if needed) and evaluate one baseline; write and return the JSON report.
 
     ``command``: the command line the report records (``sidrec baseline`` passes its own); default
     this process's ``sys.argv``. ``ids_dir``: the ID artifact whose codes represent titles when
-    ``items`` is "codes" or "both". ``hyper``: SASRec hyperparameters (``SASRecConfig`` fields).
+    ``items`` is "codes" or "both". ``ranks_out``: a SASRec's test members' target places, history
+    excluded and fused (``eval.member_ranks``). ``hyper``: SASRec hyperparameters (``SASRecConfig``
+    fields).
     """
     if kind not in BASELINES:
         raise ValueError(f"kind must be one of {BASELINES}, got {kind!r}")
+    if ranks_out is not None and kind == "popular":
+        raise ValueError("ranks_out: the popular baseline keeps no per-member rankings; a SASRec does")
     data_config = data_config or DataConfig()
     seq_config = seq_config or SequenceConfig()
     eval_config = eval_config or EvalConfig()
@@ -146,8 +162,12 @@ def run_baseline(
         result = train_sasrec(split, num_items, config, validate, device=eval_config.device, codes=codes)
         metrics = {s: evaluate_sasrec(result.model, split, s, eval_config) for s in ("valid", "test")}
         table = co_engagement_of_split(split, np.arange(num_items), num_items)  # catalog rows
+        places: dict[str, np.ndarray] = {}
         served = {
-            s: fused_with_co_engagement(result.model, split, table, s, eval_config) for s in ("valid", "test")
+            s: fused_with_co_engagement(
+                result.model, split, table, s, eval_config, places=places if s == "test" else None
+            )
+            for s in ("valid", "test")
         }
         train_seconds = result.train_seconds
         params = sum(p.numel() for p in result.model.parameters())
@@ -198,4 +218,17 @@ def run_baseline(
         "machine": machine_info(),
     }
     write_json(out_path, jsonable(report))
+    if ranks_out is not None:
+        test, item_ids = split.examples("test"), list(data.catalog["item_id"])
+        member_ranks_file(
+            ranks_out,
+            ranks=places,
+            users=[split.sequences.user_ids[u] for u in test.users],
+            targets=[str(item_ids[int(t)]) for t in test.targets],
+            dataset=data.name,
+            split="test",
+            data_fingerprint=data.fingerprint,
+            list_length=eval_config.max_k,
+            source={"baseline": kind, "report": str(out_path), "hyperparameters": hyperparameters},
+        )
     return report

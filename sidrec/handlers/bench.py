@@ -8,6 +8,7 @@ passes its own command line in, for the file to record, and turns the report int
 
 from __future__ import annotations
 
+from core.artifacts import write_json
 from core.overrides import parse_overrides
 from core.sequences import SequenceConfig
 from eval.baselines import run_baseline
@@ -17,6 +18,7 @@ from eval.bench_embeddings import bench_embeddings
 from eval.bench_load import bench_load
 from eval.bench_serving import bench_serving
 from eval.config import EvalConfig
+from eval.member_ranks import compare_member_ranks
 from eval.new_titles import bench_new_title_pool
 from eval.unseen_titles import UnseenConfig
 from gen_fm.config import PretrainConfig
@@ -99,9 +101,32 @@ def cmd_baseline(args) -> int:
         EvalConfig(ks=tuple(args.ks), batch_size=args.batch_size, device=args.device),
         command=["sidrec", *getattr(args, "argv", [])],
         ids_dir=args.ids,
+        ranks_out=args.ranks_out,
         **parse_overrides(None, args.set),
     )
     for split, m in report["metrics"].items():
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     print(f"params {report['params']:,}  train {report['train_seconds']:.1f}s  -> {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    try:
+        result = compare_member_ranks(args.a, args.b, tuple(args.ks))
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from e
+    a, b = result["a"], result["b"]
+    print(
+        f"{result['dataset']} {result['split']}: a = {a['file']}:{a['ranking']}, b = {b['file']}:{b['ranking']}"
+    )
+    for k in args.ks:
+        f = result[f"@{k}"]
+        for m in ("recall", "ndcg"):
+            key = f"{m}@{k}"
+            print(
+                f"  {key:<10} a {f[key + '_a']:.4f}  b {f[key + '_b']:.4f}  "
+                f"a - b {f[key + '_diff']:+.4f} (paired SE {f[key + '_diff_se']:.4f}, {f['members']:,} members)"
+            )
+    if args.out:
+        write_json(args.out, result)
     return 0

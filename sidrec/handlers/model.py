@@ -58,6 +58,7 @@ def cmd_eval(args) -> None:
             out=args.out,
             num_beams=args.beams,
             max_users=args.eval_users,
+            ranks_out=args.ranks_out,
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e

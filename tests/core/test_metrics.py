@@ -131,3 +131,21 @@ def test_eval_config_validation():
             EvalConfig(**bad)
     with pytest.raises(Exception):
         cfg.split = "test"  # frozen
+
+
+def test_paired_difference_is_the_mean_of_per_member_differences_with_their_error():
+    from core.metrics import paired_difference
+
+    a = np.array([0, 3, -1, 12, 1, -1])  # places of the target; -1 = not ranked
+    b = np.array([0, -1, -1, 2, 9, 4])
+    f = paired_difference(a, b, 10)
+    hits_a, hits_b = np.array([1, 1, 0, 0, 1, 0.0]), np.array([1, 0, 0, 1, 1, 1.0])
+    assert f["members"] == 6 and f["recall@10_a"] == hits_a.mean() and f["recall@10_b"] == hits_b.mean()
+    d = hits_a - hits_b
+    assert f["recall@10_diff"] == pytest.approx(d.mean())
+    assert f["recall@10_diff_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(6))
+    assert f["ndcg@10_diff"] == pytest.approx(f["ndcg@10_a"] - f["ndcg@10_b"])
+    same = paired_difference(a, a, 10)
+    assert same["recall@10_diff"] == same["recall@10_diff_se"] == 0.0
+    with pytest.raises(ValueError, match="same members"):
+        paired_difference(a, b[:5], 10)

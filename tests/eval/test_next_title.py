@@ -197,3 +197,35 @@ def test_fusion_weight_is_chosen_on_validation_and_read_by_eval_and_serving(mode
     # a folder without a choice serves the defaults
     assert load_model(path).fusion() is None
     assert Recommender.from_pretrained(str(path), backend="transformers").fusion_weight == 1.0
+
+
+def test_member_ranks_of_the_model_pair_with_a_sasrec_of_the_same_members(model_dir, tmp_path):
+    """The two pipelines name the same members and targets, so `sidrec compare` can pair them; the
+    places reproduce the report's own figures."""
+    from eval.baselines import run_baseline
+    from eval.member_ranks import compare_member_ranks, read_member_ranks
+
+    dc, path = model_dir
+    rep = evaluate_model(
+        path, dc, EvalConfig(ks=(5, 10)), unconstrained_users=0, ranks_out=tmp_path / "fm.json"
+    )
+    fm = read_member_ranks(tmp_path / "fm.json")
+    assert set(fm["ranks"]) == {"served", "model", "co_engaged"} and len(fm["users"]) == rep["num_users"]
+    hits = np.mean([0 <= r < 10 for r in fm["ranks"]["model"]])
+    assert hits == pytest.approx(rep["home_row"]["model_history_excluded"]["recall@10"])
+    tiny = dict(hidden=16, num_blocks=1, num_heads=1, dropout=0.1, batch_size=8, max_epochs=1)
+    run_baseline(
+        "sasrec-ce",
+        dc,
+        SequenceConfig(max_history=20),
+        tmp_path / "s.json",
+        ranks_out=tmp_path / "s-ranks.json",
+        **tiny,
+    )
+    got = compare_member_ranks(
+        f"{tmp_path / 'fm.json'}:model", f"{tmp_path / 's-ranks.json'}:history_excluded"
+    )
+    assert got["@10"]["members"] == rep["num_users"]
+    assert got["@10"]["recall@10_a"] == pytest.approx(hits)
+    with pytest.raises(SystemExit, match="name one as"):
+        main(["compare", str(tmp_path / "fm.json"), str(tmp_path / "s-ranks.json")])
