@@ -18,6 +18,7 @@ from core.artifacts import read_json, write_json
 from core.metrics import paired_difference, validate_ks
 
 KIND = "member_ranks"
+COMPARISON_KIND = "paired_comparison"  # what ``compare_member_ranks`` returns (a results file's kind)
 SCHEMA = 1
 
 
@@ -103,6 +104,7 @@ def compare_member_ranks(a: str, b: str, ks: Sequence[int] = (10,)) -> dict[str,
             f"K {too_long} is longer than the lists judged ({da['list_length']}, {db['list_length']})"
         )
     return {
+        "kind": COMPARISON_KIND,
         "a": {"file": pa, "ranking": name_a, "source": da["source"]},
         "b": {"file": pb, "ranking": name_b, "source": db["source"]},
         "dataset": da["dataset"],

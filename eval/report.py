@@ -326,6 +326,7 @@ def _section_figures(res: Results) -> list[str]:
         "unseen_titles": "## Unseen titles (TIGER's protocol): test recall of each way, cold / warm / all",
         "catalog_update": "## Catalog updates",
         "quickstart": "## The main job: the README's quickstart, timed (test at its beam 10, history excluded)",
+        "paired_comparison": "## Paired comparisons: two rankings of the same members (`sidrec compare`)",
     }
     for kind, title in titles.items():
         rows = sorted((f for f in res.figures if f.kind == kind), key=lambda f: f.source)

@@ -272,6 +272,25 @@ def _parse_quickstart(d: dict, name: str, stem: str, res: Results) -> None:
     res.figures.append(Figures("quickstart", str(d["dataset"]), figures, name))
 
 
+def _parse_paired(d: dict, name: str, stem: str, res: Results) -> None:
+    # `sidrec compare --out`: ranking a against ranking b on the same members, at each K
+    figures: dict[str, float | None] = {}
+    for key, f in d.items():
+        if not key.startswith("@"):
+            continue
+        k = key[1:]
+        for m, short in (("recall", "R"), ("ndcg", "N")):
+            figures[f"{short}@{k} a"] = finite(f[f"{m}@{k}_a"], f"{m}@{k}_a")
+            figures[f"{short}@{k} b"] = finite(f[f"{m}@{k}_b"], f"{m}@{k}_b")
+            figures[f"{short}@{k} a - b"] = finite(f[f"{m}@{k}_diff"], f"{m}@{k}_diff")
+            figures[f"{short}@{k} a - b, paired SE"] = finite(f[f"{m}@{k}_diff_se"], f"{m}@{k}_diff_se")
+    if not figures:
+        raise ValueError("a paired comparison with no K")
+    a, b = d["a"], d["b"]
+    label = f"{d['dataset']} {d['split']}: a = {a['file']}:{a['ranking']}, b = {b['file']}:{b['ranking']}"
+    res.figures.append(Figures("paired_comparison", label, figures, name))
+
+
 PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "baseline": _parse_baseline,
     "gen_fm": _parse_gen_fm,
@@ -290,6 +309,7 @@ PARSERS: dict[str, Callable[[dict, str, str, Results], None]] = {
     "unseen_titles": _parse_unseen,
     "catalog_update": _parse_catalog_update,
     "quickstart": _parse_quickstart,
+    "paired_comparison": _parse_paired,
 }
 
 

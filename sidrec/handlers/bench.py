@@ -128,5 +128,5 @@ def cmd_compare(args) -> int:
                 f"a - b {f[key + '_diff']:+.4f} (paired SE {f[key + '_diff_se']:.4f}, {f['members']:,} members)"
             )
     if args.out:
-        write_json(args.out, result)
+        write_json(args.out, {**result, "command": command_line(args)})
     return 0

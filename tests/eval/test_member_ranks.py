@@ -59,3 +59,18 @@ def test_compare_refuses_what_was_not_judged_alike(tmp_path):
     (tmp_path / "r.json").write_text('{"kind": "baseline"}')
     with pytest.raises(ValueError, match="not a member-ranks file"):
         compare_member_ranks(str(tmp_path / "r.json"), f"{a}:model")
+
+
+def test_a_written_comparison_is_a_results_file_the_report_reads(tmp_path):
+    from core.artifacts import write_json
+    from eval.report_parsers import load_results
+
+    a = _write(tmp_path / "a.json", ["u1", "u2", "u3"], ["x", "y", "z"], {"model": [0, -1, 4]})
+    b = _write(tmp_path / "b.json", ["u1", "u2", "u3"], ["x", "y", "z"], {"sasrec": [3, 1, -1]})
+    (tmp_path / "results").mkdir()
+    write_json(tmp_path / "results" / "cmp.json", compare_member_ranks(a, b, ks=(5, 10)))
+    res = load_results(tmp_path / "results")
+    assert not res.skipped and [f.kind for f in res.figures] == ["paired_comparison"]
+    fig = res.figures[0].figures
+    assert fig["R@10 a"] == fig["R@10 b"] == 2 / 3 and fig["R@10 a - b"] == 0.0
+    assert fig["R@5 a - b, paired SE"] > 0
