@@ -334,7 +334,8 @@ def _section_figures(res: Results) -> list[str]:
             md += [title, ""]
             for f in rows:
                 md += [f"### {f.dataset} (`{f.source}`)", ""]
-                md += _table(["figure", "value"], [[k, _fmt(v, ".3f")] for k, v in f.figures.items()])
+                fmt = ".4f" if kind == "paired_comparison" else ".3f"  # differences of a few thousandths
+                md += _table(["figure", "value"], [[k, _fmt(v, fmt)] for k, v in f.figures.items()])
     return md
 
 
