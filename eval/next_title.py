@@ -32,7 +32,7 @@ from prompt_tuning.candidate_config import CandidateConfig
 from prompt_tuning.candidates import fuse_all
 from prompt_tuning.train import co_engagement_for
 from semantic_ids.trie import PrefixTrie
-from core.metrics import ranking_metrics, target_ranks
+from core.metrics import metrics_from_ranks, ranking_metrics, target_ranks
 from core.artifacts import manifest_hash, write_json
 from core.data import DataConfig, RecData, load_data
 from core.sequences import build_sequences, leave_one_out
@@ -295,9 +295,10 @@ def served_home_row(d: Decoded, ks: tuple[int, ...], places: dict | None = None)
     orders = [table.of_recent(h) for h in histories]
 
     def figures(ranked: list[list[int]], name: str | None = None) -> dict[str, float]:
-        m = ranking_metrics(ranked, targets, ks)
+        ranks = target_ranks(ranked, targets)
         if places is not None and name is not None:
-            places[name] = target_ranks(ranked, targets)
+            places[name] = ranks
+        m = metrics_from_ranks(ranks, ks)
         se = {f"recall@{kk}_se": (m.recall[kk] * (1 - m.recall[kk]) / len(ranked)) ** 0.5 for kk in ks}
         return {
             **{f"recall@{kk}": m.recall[kk] for kk in ks},

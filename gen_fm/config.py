@@ -3,9 +3,8 @@
 ``PretrainConfig`` holds one small frozen dataclass per concern, each validating its own fields:
 what the model *is* (``model``), the title-token options (``titles``), the auxiliary objectives,
 the augmentation, the optimisation, the validation and the checkpoints; plus the preset name and
-the seed. Checks that span concerns stay in ``PretrainConfig``.
-
-Presets hold only overrides, nested the same way (``PretrainConfig.from_preset("small",
+the seed. Checks that span concerns stay in ``PretrainConfig``. Presets (``gen_fm.recipes``) hold
+only overrides, nested the same way (``PretrainConfig.from_preset("small",
 optim={"lr": 5e-4})``; explicit overrides win). Every field name is unique across the concerns, so
 a name alone also finds its field (``from_preset("small", lr=5e-4)``, ``--set lr=0.0005``), and the
 flat config that model folders written before the grouping hold reads back as it is

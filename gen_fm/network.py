@@ -92,11 +92,14 @@ def build_network(
     max_history: int,
     init_from: str | Path | None,
     device,
-    objective_inputs: tuple,
+    *,
+    ids,
+    data,
+    sid_rows: np.ndarray,
 ) -> Network:
     """The model a run trains. The title embedding is attached before the dropout hooks (so the
     composed rows are what dropout sees), the average copied before the auxiliary heads hook in.
-    `objective_inputs` = (ids, data, sid_rows), what ``build_objectives`` reads."""
+    `ids`, `data` and `sid_rows` are what ``build_objectives`` reads."""
     model = build_model(config, encoder.layout, max_history)
     parent, parent_rows = (
         (None, None)
@@ -130,7 +133,6 @@ def build_network(
         ema = AveragedModel(
             model, device=device, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(config.optim.ema_decay)
         )
-    ids, data, sid_rows = objective_inputs
     aux = build_objectives(config, encoder.layout, ids, data, sid_rows)
     if aux is not None:
         aux.attach(model)

@@ -267,7 +267,14 @@ def pretrain(
 
     set_seed(config.seed)
     net = build_network(
-        config, encoder, split.max_history, init_from, accelerator.device, (ids, data, sid_rows)
+        config,
+        encoder,
+        split.max_history,
+        init_from,
+        accelerator.device,
+        ids=ids,
+        data=data,
+        sid_rows=sid_rows,
     )
     model, parent, hidden, ema, aux = net.model, net.parent, net.hidden, net.ema, net.aux
     optimizer = make_optimizer([model] + ([aux] if aux is not None else []), config)

@@ -27,7 +27,7 @@ from gen_fm.co_engagement import co_engagement_of_split
 from gen_fm.dataset import catalog_to_sid_rows
 from semantic_ids.ids import SemanticIDs
 from prompt_tuning.candidates import fuse_all
-from core.metrics import RankingMetrics, ranking_metrics, target_ranks
+from core.metrics import RankingMetrics, metrics_from_ranks, ranking_metrics, target_ranks
 from core.artifacts import jsonable, manifest_hash, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, Split, build_sequences, leave_one_out
@@ -74,14 +74,14 @@ def fused_with_co_engagement(
     rows = rank_histories(
         model, ex.histories, max(beam, config.max_k), config.batch_size, exclude_history=True
     ).tolist()
-    ranked = fuse_all(rows, [table.of_recent(h) for h in ex.histories], config.max_k)
-    if places is not None:
-        places["history_excluded"] = target_ranks([r[: config.max_k] for r in rows], ex.targets)
-        places["fused"] = target_ranks(ranked, ex.targets)
-    return {
-        "history_excluded": ranking_metrics([r[: config.max_k] for r in rows], ex.targets, config.ks),
-        "fused": ranking_metrics(ranked, ex.targets, config.ks),
+    fused = fuse_all(rows, [table.of_recent(h) for h in ex.histories], config.max_k)
+    ranks = {
+        "history_excluded": target_ranks([r[: config.max_k] for r in rows], ex.targets),
+        "fused": target_ranks(fused, ex.targets),
     }
+    if places is not None:
+        places.update(ranks)
+    return {name: metrics_from_ranks(r, config.ks) for name, r in ranks.items()}
 
 
 def command_line() -> list[str]:
