@@ -12,6 +12,7 @@ Recall@K = 1[r < K] and NDCG@K = 1[r < K] / log2(r + 2), averaged over members.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,20 +182,40 @@ def topk_rows(scores: torch.Tensor | np.ndarray, k: int, batch_size: int = 1024)
     return out.numpy()
 
 
-def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> dict[str, float]:
-    """Recall@k and NDCG@k of two rankings of the same members, and their difference (a - b) with
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> dict[str, Any]:
+    """Recall@k and NDCG@k of two rankers on the same members, and their difference (a - b) with
     the standard error of the per-member differences: on the same members the two hit patterns are
     correlated, so this error is far smaller than either figure's own, and it is the one that says
-    whether a gap is noise."""
+    whether a gap is noise.
+
+    Each side is one run's target places, (members,), or several runs' (runs, members), such as
+    seeds of one recipe: a member's score is then its mean over the runs. With two runs or more on
+    both sides the result also holds each run's figure and ``_diff_seed_se``, the standard error of
+    the difference of the runs' means (what training again would move it by); the member-paired
+    error says nothing about that."""
     a, b = np.asarray(ranks_a, dtype=np.int64), np.asarray(ranks_b, dtype=np.int64)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+    a, b = (x[None, :] if x.ndim == 1 else x for x in (a, b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2 or 0 in (len(a), len(b)):
         raise ValueError(
-            f"need two 1-d rank arrays of the same members (2 or more), got {a.shape} and {b.shape}"
+            f"need rank arrays of the same members (2 or more), (members,) or (runs, members), "
+            f"got {np.shape(ranks_a)} and {np.shape(ranks_b)}"
         )
-    out: dict[str, float] = {"members": int(a.size)}
-    for name, (xa, xb) in zip(("recall", "ndcg"), zip(member_scores(a, k), member_scores(b, k))):
-        d = xa.astype(np.float64) - xb.astype(np.float64)
-        out[f"{name}@{k}_a"], out[f"{name}@{k}_b"] = float(xa.mean()), float(xb.mean())
-        out[f"{name}@{k}_diff"] = float(d.mean())
-        out[f"{name}@{k}_diff_se"] = float(d.std(ddof=1) / np.sqrt(d.size))
+    out: dict[str, Any] = {"members": int(a.shape[1]), "runs_a": len(a), "runs_b": len(b)}
+    per_run = [member_scores(r, k) for r in a], [member_scores(r, k) for r in b]
+    for m, name in enumerate(("recall", "ndcg")):
+        xa = np.mean([s[m] for s in per_run[0]], axis=0)  # (members,) mean over runs
+        xb = np.mean([s[m] for s in per_run[1]], axis=0)
+        d = xa - xb
+        key = f"{name}@{k}"
+        out[f"{key}_a"], out[f"{key}_b"] = float(xa.mean()), float(xb.mean())
+        out[f"{key}_diff"] = float(d.mean())
+        out[f"{key}_diff_se"] = float(d.std(ddof=1) / np.sqrt(d.size))
+        if len(a) > 1 or len(b) > 1:
+            runs_a = np.array([s[m].mean() for s in per_run[0]])
+            runs_b = np.array([s[m].mean() for s in per_run[1]])
+            out[f"{key}_a_runs"], out[f"{key}_b_runs"] = runs_a.tolist(), runs_b.tolist()
+            if len(a) > 1 and len(b) > 1:
+                out[f"{key}_diff_seed_se"] = float(
+                    np.sqrt(runs_a.var(ddof=1) / len(a) + runs_b.var(ddof=1) / len(b))
+                )
     return out

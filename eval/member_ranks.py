@@ -5,6 +5,9 @@
 0-based place of the target in it (-1 = not in the list). ``sidrec compare A:model B:history_excluded``
 reads two such files, checks they judged the same members against the same targets on the same
 data, and reports the paired difference with its standard error (``core.metrics.paired_difference``).
+A side may name several runs of one ranker, joined by commas (``fm-seed0.json:model,fm-seed1.json:model``):
+each member's score is then its mean over the runs, and the runs' own figures and their spread are
+kept beside it.
 """
 
 from __future__ import annotations
@@ -78,36 +81,67 @@ def _ranking(d: dict[str, Any], name: str | None, path: str) -> tuple[str, np.nd
     return name, np.asarray(d["ranks"][name], dtype=np.int64)
 
 
-def compare_member_ranks(a: str, b: str, ks: Sequence[int] = (10,)) -> dict[str, Any]:
-    """The paired comparison of ranking `a` with ranking `b`, each given as FILE or FILE:NAME."""
+def _side(spec: str | Sequence[str]) -> list[tuple[str, str | None]]:
+    """A side of a comparison: one FILE[:NAME], several joined by commas, or a list of them."""
+    specs = [x for part in ([spec] if isinstance(spec, str) else spec) for x in part.split(",")]
+    if not specs or any(not x.strip() for x in specs):
+        raise ValueError(f"empty ranking in {spec!r}: give FILE[:RANKING], several joined by commas")
+    return [(p, n or None) for p, _, n in (x.strip().partition(":") for x in specs)]
+
+
+def side_label(side: dict[str, Any]) -> str:
+    """A comparison side as people read it: FILE:RANKING, or each run's joined by commas."""
+    return ",".join(f"{r['file']}:{r['ranking']}" for r in side.get("runs", [side]))
+
+
+def compare_member_ranks(
+    a: str | Sequence[str], b: str | Sequence[str], ks: Sequence[int] = (10,)
+) -> dict[str, Any]:
+    """The paired comparison of ranker `a` with ranker `b`, each one run (FILE or FILE:NAME) or
+    several runs of it (such as seeds; joined by commas), every run judged on the same members
+    against the same targets. A member's score on a side is its mean over that side's runs."""
     ks = validate_ks(ks)
-    (pa, _, na), (pb, _, nb) = (s.partition(":") for s in (a, b))
-    da, db = read_member_ranks(pa), read_member_ranks(pb)
-    for field in ("dataset", "split", "data_fingerprint"):
-        if da[field] != db[field]:
-            raise ValueError(f"{pa} and {pb} judged different {field}s: {da[field]!r} and {db[field]!r}")
-    name_a, ra = _ranking(da, na or None, pa)
-    name_b, rb = _ranking(db, nb or None, pb)
-    at_b = {u: i for i, u in enumerate(db["users"])}
-    missing = [u for u in da["users"] if u not in at_b]
-    if missing or len(at_b) != len(da["users"]):
-        raise ValueError(
-            f"{pa} and {pb} judged different members ({len(da['users'])} and {len(db['users'])}; "
-            f"{len(missing)} of the first not in the second)"
-        )
-    order = np.asarray([at_b[u] for u in da["users"]], dtype=np.int64)
-    if [db["targets"][i] for i in order] != da["targets"]:
-        raise ValueError(f"{pa} and {pb} hold different targets for the same members")
-    too_long = [k for k in ks if k > min(da["list_length"], db["list_length"])]
-    if too_long:
-        raise ValueError(
-            f"K {too_long} is longer than the lists judged ({da['list_length']}, {db['list_length']})"
-        )
+    sides = [_side(a), _side(b)]
+    first_path = sides[0][0][0]
+    first = read_member_ranks(first_path)
+    at = {u: i for i, u in enumerate(first["users"])}
+    out_sides, places = [], []
+    for side in sides:
+        runs, rows = [], []
+        for path, name in side:
+            d = first if path == first_path else read_member_ranks(path)
+            for field in ("dataset", "split", "data_fingerprint"):
+                if d[field] != first[field]:
+                    raise ValueError(
+                        f"{first_path} and {path} judged different {field}s: {first[field]!r} and {d[field]!r}"
+                    )
+            if len(d["users"]) != len(at) or any(u not in at for u in d["users"]):
+                raise ValueError(
+                    f"{first_path} and {path} judged different members ({len(at)} and {len(d['users'])})"
+                )
+            order = np.asarray([at[u] for u in d["users"]], dtype=np.int64)
+            if any(first["targets"][j] != t for j, t in zip(order, d["targets"])):
+                raise ValueError(f"{first_path} and {path} hold different targets for the same members")
+            too_long = [k for k in ks if k > d["list_length"]]
+            if too_long:
+                raise ValueError(
+                    f"K {too_long} is longer than the lists judged in {path} ({d['list_length']})"
+                )
+            ranking, r = _ranking(d, name, path)
+            row = np.empty_like(r)
+            row[order] = r  # in the first file's member order
+            rows.append(row)
+            runs.append({"file": path, "ranking": ranking, "source": d["source"]})
+        if len({(r["file"], r["ranking"]) for r in runs}) != len(runs):
+            raise ValueError(f"a run is named twice in {[(r['file'], r['ranking']) for r in runs]}")
+        places.append(np.stack(rows))
+        # a one-run side keeps its file, ranking and source at the top, as a single run's always has
+        out_sides.append(runs[0] if len(runs) == 1 else {"runs": runs})
     return {
         "kind": COMPARISON_KIND,
-        "a": {"file": pa, "ranking": name_a, "source": da["source"]},
-        "b": {"file": pb, "ranking": name_b, "source": db["source"]},
-        "dataset": da["dataset"],
-        "split": da["split"],
-        **{f"@{k}": paired_difference(ra, rb[order], k) for k in ks},
+        "a": out_sides[0],
+        "b": out_sides[1],
+        "dataset": first["dataset"],
+        "split": first["split"],
+        **{f"@{k}": paired_difference(places[0], places[1], k) for k in ks},
     }

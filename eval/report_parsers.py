@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.artifacts import file_sha256, read_json
+from eval.member_ranks import side_label
 from eval.report_results import (
     CANVAS_EXTRAS,
     LOAD_COLUMNS,
@@ -284,10 +285,13 @@ def _parse_paired(d: dict, name: str, stem: str, res: Results) -> None:
             figures[f"{short}@{k} b"] = finite(f[f"{m}@{k}_b"], f"{m}@{k}_b")
             figures[f"{short}@{k} a - b"] = finite(f[f"{m}@{k}_diff"], f"{m}@{k}_diff")
             figures[f"{short}@{k} a - b, paired SE"] = finite(f[f"{m}@{k}_diff_se"], f"{m}@{k}_diff_se")
+            if f"{m}@{k}_diff_seed_se" in f:
+                figures[f"{short}@{k} a - b, SE over runs"] = finite(
+                    f[f"{m}@{k}_diff_seed_se"], f"{m}@{k}_diff_seed_se"
+                )
     if not figures:
         raise ValueError("a paired comparison with no K")
-    a, b = d["a"], d["b"]
-    label = f"{d['dataset']} {d['split']}: a = {a['file']}:{a['ranking']}, b = {b['file']}:{b['ranking']}"
+    label = f"{d['dataset']} {d['split']}: a = {side_label(d['a'])}, b = {side_label(d['b'])}"
     res.figures.append(Figures("paired_comparison", label, figures, name))
 
 

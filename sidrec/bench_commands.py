@@ -244,10 +244,13 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         help="two rankings of the same members, compared member by member",
         description="The paired difference of two rankings (files written by `sidrec eval "
         "--ranks-out` or `sidrec baseline --ranks-out`, each as FILE or FILE:RANKING) with its "
-        "standard error.",
+        "standard error. A side may join several runs of one ranker (seeds) by commas: each "
+        "member's score is its mean over them, and the runs' spread is reported beside it.",
     )
-    p.add_argument("a", help="FILE[:RANKING], e.g. runs/fm-test-ranks.json:model")
-    p.add_argument("b", help="FILE[:RANKING], e.g. runs/sasrec-test-ranks.json:history_excluded")
+    p.add_argument(
+        "a", help="FILE[:RANKING][,FILE[:RANKING]...], e.g. runs/fm-seed0.json:model,runs/fm-seed1.json:model"
+    )
+    p.add_argument("b", help="FILE[:RANKING][,...], e.g. runs/sasrec-test-ranks.json:history_excluded")
     p.add_argument("--ks", type=int, nargs="+", default=[10])
     p.add_argument("--out", help="JSON file to write the comparison to")
     p.set_defaults(func="sidrec.handlers.bench:cmd_compare")

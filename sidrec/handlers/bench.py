@@ -18,7 +18,7 @@ from eval.bench_embeddings import bench_embeddings
 from eval.bench_load import bench_load
 from eval.bench_serving import bench_serving
 from eval.config import EvalConfig
-from eval.member_ranks import compare_member_ranks
+from eval.member_ranks import compare_member_ranks, side_label
 from eval.new_titles import bench_new_title_pool
 from eval.unseen_titles import UnseenConfig
 from gen_fm.config import PretrainConfig
@@ -115,9 +115,8 @@ def cmd_compare(args) -> int:
         result = compare_member_ranks(args.a, args.b, tuple(args.ks))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from e
-    a, b = result["a"], result["b"]
     print(
-        f"{result['dataset']} {result['split']}: a = {a['file']}:{a['ranking']}, b = {b['file']}:{b['ranking']}"
+        f"{result['dataset']} {result['split']}: a = {side_label(result['a'])}, b = {side_label(result['b'])}"
     )
     for k in args.ks:
         f = result[f"@{k}"]
@@ -127,6 +126,12 @@ def cmd_compare(args) -> int:
                 f"  {key:<10} a {f[key + '_a']:.4f}  b {f[key + '_b']:.4f}  "
                 f"a - b {f[key + '_diff']:+.4f} (paired SE {f[key + '_diff_se']:.4f}, {f['members']:,} members)"
             )
+            for side in ("a", "b"):
+                if key + f"_{side}_runs" in f:
+                    runs = "  ".join(f"{x:.4f}" for x in f[key + f"_{side}_runs"])
+                    print(f"             {side}, run by run: {runs}")
+            if key + "_diff_seed_se" in f:
+                print(f"             SE of a - b over the runs' figures {f[key + '_diff_seed_se']:.4f}")
     if args.out:
         write_json(args.out, {**result, "command": command_line(args)})
     return 0

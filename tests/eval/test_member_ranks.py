@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,34 @@ def test_compare_refuses_what_was_not_judged_alike(tmp_path):
         compare_member_ranks(str(tmp_path / "r.json"), f"{a}:model")
 
 
+def test_a_side_of_several_runs_scores_each_member_by_its_mean_over_them(tmp_path):
+    users, targets = ["u1", "u2", "u3", "u4"], ["w", "x", "y", "z"]
+    s0 = _write(tmp_path / "s0.json", users, targets, {"model": [0, -1, 4, -1]})
+    # seed 1 lists its members in another order: it is aligned by user id
+    s1 = _write(tmp_path / "s1.json", users[::-1], targets[::-1], {"model": [-1, 20, 0, 2]})
+    b0 = _write(tmp_path / "b0.json", users, targets, {"sasrec": [3, 1, -1, -1]})
+    b1 = _write(tmp_path / "b1.json", users, targets, {"sasrec": [3, -1, -1, -1]})
+    got = compare_member_ranks(f"{s0}:model,{s1}", [f"{b0}", f"{b1}:sasrec"], ks=(10,))
+    f = got["@10"]
+    # hits at 10, members u1..u4: seed 0 1,0,1,0; seed 1 1,1,0,0 -> means 1, .5, .5, 0
+    assert f["recall@10_a_runs"] == [0.5, 0.5] and f["recall@10_a"] == 0.5
+    assert f["recall@10_b_runs"] == [0.5, 0.25] and f["recall@10_b"] == 0.375
+    d = np.array([1, 0.5, 0.5, 0]) - np.array([1, 0.5, 0, 0])
+    assert f["recall@10_diff"] == pytest.approx(d.mean())
+    assert f["recall@10_diff_se"] == pytest.approx(d.std(ddof=1) / 2)
+    runs_b = np.array([0.5, 0.25])
+    assert f["recall@10_diff_seed_se"] == pytest.approx(np.sqrt(0 / 2 + runs_b.var(ddof=1) / 2))
+    assert (f["runs_a"], f["runs_b"]) == (2, 2)
+    assert [r["file"] for r in got["a"]["runs"]] == [s0, s1]
+    with pytest.raises(ValueError, match="named twice"):
+        compare_member_ranks(f"{s0}:model,{s0}:model", b0)
+    other = _write(tmp_path / "o.json", users, targets, {"model": [0, 1, 2, 3]}, fingerprint="other")
+    with pytest.raises(ValueError, match="different data_fingerprints"):
+        compare_member_ranks(f"{s0}:model,{other}", b0)
+    with pytest.raises(ValueError, match="empty ranking"):
+        compare_member_ranks(f"{s0}:model,", b0)
+
+
 def test_a_written_comparison_is_a_results_file_the_report_reads(tmp_path):
     from core.artifacts import write_json
     from eval.report_parsers import load_results
@@ -73,4 +103,10 @@ def test_a_written_comparison_is_a_results_file_the_report_reads(tmp_path):
     assert not res.skipped and [f.kind for f in res.figures] == ["paired_comparison"]
     fig = res.figures[0].figures
     assert fig["R@10 a"] == fig["R@10 b"] == 2 / 3 and fig["R@10 a - b"] == 0.0
-    assert fig["R@5 a - b, paired SE"] > 0
+    assert fig["R@5 a - b, paired SE"] > 0 and "R@5 a - b, SE over runs" not in fig
+    a2, b2 = tmp_path / "a2.json", tmp_path / "b2.json"  # a second seed of each, alike
+    a2.write_text(Path(a).read_text())
+    b2.write_text(Path(b).read_text())
+    write_json(tmp_path / "results" / "seeds.json", compare_member_ranks(f"{a},{a2}", f"{b},{b2}", ks=(10,)))
+    seeds = load_results(tmp_path / "results").figures
+    assert [f.figures["R@10 a - b, SE over runs"] for f in seeds if f.source.endswith("seeds.json")] == [0.0]
