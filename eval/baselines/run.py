@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from eval.baselines.popular import evaluate_popular
-from eval.baselines.sasrec import SASRec, SASRecConfig, rank_histories, train_sasrec
+from eval.baselines.sasrec import SASRecConfig, rank_histories, train_sasrec
+from eval.baselines.sasrec_net import SASRec
 from eval.config import EvalConfig
 from eval.machine import machine_info
 from eval.member_ranks import member_ranks_file

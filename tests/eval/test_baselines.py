@@ -9,7 +9,8 @@ import torch
 from eval.baselines import run_baseline
 from eval.baselines.popular import popular_ranking, popularity_counts
 from eval.baselines.run import evaluate_sasrec, sasrec_config
-from eval.baselines.sasrec import SASRec, SASRecConfig, make_windows, train_sasrec
+from eval.baselines.sasrec import SASRecConfig, make_windows, train_sasrec
+from eval.baselines.sasrec_net import SASRec
 from eval.config import EvalConfig
 from core.artifacts import read_json
 from core.data import DataConfig
