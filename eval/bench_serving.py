@@ -30,7 +30,8 @@ from core.artifacts import read_manifest, write_json
 from core.data import DataConfig, load_data
 from core.sequences import SequenceConfig, build_sequences, leave_one_out
 from eval.machine import machine_info
-from serving.recommender import RecommendationRequest, Recommender
+from serving.recommender import Recommender
+from serving.requests import RecommendationRequest
 
 _ENV_KEYS = (
     "OMP_NUM_THREADS",

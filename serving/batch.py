@@ -31,7 +31,8 @@ from gen_fm.model import load_model
 from prompt_tuning.canvases import get_canvas
 from serving.backends.registry import DEFAULT_BACKEND
 from serving.ray_data import ray_map, start_ray
-from serving.recommender import RecommendationRequest, Recommender
+from serving.recommender import Recommender
+from serving.requests import RecommendationRequest
 
 BATCH_MANIFEST = "manifest.json"
 _JOB_FILE = ".job.json"  # the job a partly written folder belongs to (resume check)

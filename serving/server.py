@@ -65,7 +65,8 @@ from serving.lifecycle import (
 )
 from serving.backends.registry import DEFAULT_BACKEND
 from serving.config import ServingConfig
-from serving.recommender import RecommendationList, RecommendationRequest, Recommender
+from serving.recommender import Recommender
+from serving.requests import RecommendationList, RecommendationRequest
 from serving.worker import EngineWorker, Metrics
 
 log = logging.getLogger("sidrec.serving")

@@ -19,7 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from serving.lifecycle import EngineUnavailable
-from serving.recommender import RecommendationRequest, Recommender
+from serving.recommender import Recommender
+from serving.requests import RecommendationRequest
 
 log = logging.getLogger("sidrec.serving")
 
