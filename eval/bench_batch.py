@@ -41,7 +41,8 @@ def bench_batch(
     import httpx
 
     # fastapi and uvicorn (the serving extra): only this benchmark's own server needs them
-    from serving.server import ServerSettings, create_app, run_in_thread
+    from serving.lifecycle import run_in_thread
+    from serving.server import ServerSettings, create_app
 
     rec = Recommender.from_pretrained(
         model,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
@@ -26,6 +26,10 @@ from prompt_tuning.canvases import canvas_names, context_fields, get_canvas
 from semantic_ids.ids import SemanticIDs
 from semantic_ids.layout import TokenLayout
 from serving.rules import Rules
+
+if TYPE_CHECKING:  # annotations only: the request types need no server
+    from serving.prompts import CanvasPrompts
+    from serving.requests import RecommendationList
 
 MODEL_PREFIX = "sidrec"
 _TOKEN = re.compile(r"<[^<>\s]*>")
@@ -295,3 +299,38 @@ def _titles_of_tokens(text: str, ids: SemanticIDs, layout: TokenLayout) -> list[
             raise ValueError(f"semantic ID {sid_text} (prompt title {start // L}) is no title of this model")
         titles.append(item)
     return titles
+
+
+def result_info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
+    """What a response says about list `i`: the list's own fields and its warnings in words."""
+    warnings = list(res.warnings)
+    if res.cold_start:
+        warnings.append(
+            "empty history: ranked from the canvas and member tokens alone (cold start), "
+            "a weak, popularity-like guess"
+        )
+    if res.history_dropped:
+        warnings.append(
+            f"history has {res.history_used + res.history_dropped} titles; the prompt holds the "
+            f"most recent {res.history_used} ({res.history_dropped} older left out"
+            + (", still excluded)" if exclude_history else ")")
+        )
+    # every other field is the list's own, under the same name
+    shared = {name: getattr(res, name) for name in ResultInfo.model_fields if hasattr(res, name)}
+    return ResultInfo(**{**shared, "prompt_index": i, "warnings": warnings})
+
+
+def model_card(prompts: CanvasPrompts, canvas: str, created: int) -> ModelCard:
+    """A canvas as ``GET /v1/models`` lists it: its adapter and the context it takes."""
+    soft = canvas in prompts.virtual
+    adapter = "soft_prompt" if soft else "lora" if canvas in prompts.loras else None
+    return ModelCard(
+        id=model_id(canvas),
+        created=created,
+        canvas=canvas,
+        soft_prompt=soft,
+        num_virtual_tokens=prompts.num_virtual_tokens(canvas),
+        adapter=adapter,
+        context=get_canvas(canvas).context_field,
+        context_required=prompts.context_required(canvas),
+    )

@@ -21,7 +21,12 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("sidrec.serving")
 WATCH_SECONDS = 0.5  # how often the server asks the engine whether it is alive
@@ -163,3 +168,21 @@ def draining_server(config):
             await super().shutdown(sockets)
 
     return DrainingServer(config)
+
+
+def run_in_thread(
+    app: FastAPI, sockets: Sequence[Any], log_level: str = "warning"
+) -> tuple[Any, threading.Thread]:
+    """Start uvicorn on already-bound sockets in a background thread (tests, notebooks); returns
+    (server, thread): set ``server.should_exit = True`` and join the thread to stop it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": list(sockets)}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    return server, thread

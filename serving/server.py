@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,23 +35,23 @@ from starlette.exceptions import HTTPException
 
 from core.artifacts import read_manifest
 from gen_fm.model import KIND
-from prompt_tuning.canvases import canvas_names, context_fields, get_canvas
+from prompt_tuning.canvases import canvas_names, context_fields
 from serving.api import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     Item,
-    ModelCard,
     ModelList,
     RecommendationsRequest,
     RecommendationsResponse,
     RequestModels,
-    ResultInfo,
     Usage,
     canvas_of,
+    model_card,
     model_id,
     parse_history,
     request_models,
+    result_info,
 )
 from serving.guard import Guard, ServerSettings, error_response
 from serving.lifecycle import (
@@ -79,39 +79,6 @@ class _Rejected(HTTPException):
     def __init__(self, status: int, detail: str, param: str | None = None) -> None:
         super().__init__(status, detail)
         self.param = param
-
-
-def _info(i: int, res: RecommendationList, exclude_history: bool) -> ResultInfo:
-    warnings = list(res.warnings)
-    if res.cold_start:
-        warnings.append(
-            "empty history: ranked from the canvas and member tokens alone (cold start), "
-            "a weak, popularity-like guess"
-        )
-    if res.history_dropped:
-        warnings.append(
-            f"history has {res.history_used + res.history_dropped} titles; the prompt holds the "
-            f"most recent {res.history_used} ({res.history_dropped} older left out"
-            + (", still excluded)" if exclude_history else ")")
-        )
-    # every other field is the list's own, under the same name
-    shared = {name: getattr(res, name) for name in ResultInfo.model_fields if hasattr(res, name)}
-    return ResultInfo(**{**shared, "prompt_index": i, "warnings": warnings})
-
-
-def _card(rec: Recommender, canvas: str, created: int) -> ModelCard:
-    soft = canvas in rec.prompts.virtual
-    adapter = "soft_prompt" if soft else "lora" if canvas in rec.prompts.loras else None
-    return ModelCard(
-        id=model_id(canvas),
-        created=created,
-        canvas=canvas,
-        soft_prompt=soft,
-        num_virtual_tokens=rec.prompts.num_virtual_tokens(canvas),
-        adapter=adapter,
-        context=get_canvas(canvas).context_field,
-        context_required=rec.prompts.context_required(canvas),
-    )
 
 
 def _taking(model: type) -> Callable[[Callable], Callable]:
@@ -269,7 +236,7 @@ def create_app(
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         rec, _ = current()
-        return ModelList(data=[_card(rec, c, created) for c in canvas_names()])  # registered now
+        return ModelList(data=[model_card(rec.prompts, c, created) for c in canvas_names()])  # registered now
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     @_taking(bodies.completion)
@@ -330,7 +297,7 @@ def create_app(
                 completion_tokens=len(choices) * sid_len,
                 total_tokens=prompt_tokens + len(choices) * sid_len,
             ),
-            sidrec=[_info(i, res, body.exclude_history) for i, res in enumerate(results)],
+            sidrec=[result_info(i, res, body.exclude_history) for i, res in enumerate(results)],
         )
 
     @app.post("/v1/recommendations", response_model=RecommendationsResponse)
@@ -365,7 +332,10 @@ def create_app(
             for i, r in enumerate(res)
         ]
         return RecommendationsResponse(
-            **_info(0, res, body.exclude_history).model_dump(), model=model_id(canvas), k=res.k, items=items
+            **result_info(0, res, body.exclude_history).model_dump(),
+            model=model_id(canvas),
+            k=res.k,
+            items=items,
         )
 
     @app.get("/health")
@@ -485,21 +455,3 @@ def serve(
     if fatal:
         log.error("exiting with code 1: %s", fatal[0])
         raise SystemExit(1)
-
-
-def run_in_thread(
-    app: FastAPI, sockets: Sequence[Any], log_level: str = "warning"
-) -> tuple[Any, threading.Thread]:
-    """Start uvicorn on already-bound sockets in a background thread (tests, notebooks); returns
-    (server, thread): set ``server.should_exit = True`` and join the thread to stop it."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": list(sockets)}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    return server, thread

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from serving.server import run_in_thread
+from serving.lifecycle import run_in_thread
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 VLLM_MARKS = (
