@@ -6,7 +6,7 @@ downloads become the dataset folder and the counts that folder must show. ``fetc
 - every download goes to ``DIR/.downloads/NAME/FILE.part`` with a progress bar and, when a ``.part``
   is already there (an interrupted run), continues it with an HTTP ``Range`` request (and starts
   over if the server ignores the range); a complete file is checked (a published md5 and/or a
-  pinned sha256) before it is renamed to its final name;
+  pinned sha256) before it is renamed to its final name (``core.download``);
 - the dataset folder is written in a temporary sibling and renamed into place
   (``core.artifacts.atomic_dir``): a failed run leaves an earlier copy exactly as it was;
 - an existing dataset folder is kept unless ``force=True``;
@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import ast
 import gzip
-import hashlib
-import http.client
 import json
 import os
 import re
 import shutil
-import socket
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,16 +30,10 @@ from pathlib import Path
 
 from core.artifacts import atomic_dir, write_json
 from core.data import detect_layout
-from core.layouts.base import DataError
+from core.download import FetchError, Offline, download, file_hash, mirror_url, published_md5
 
 DOWNLOADS = ".downloads"  # under the data directory: partial and verified downloads between runs
 FETCHED = "FETCHED.json"  # in each fetched dataset folder: what was fetched, from where, when
-TIMEOUT_S = 30.0
-RETRIES = 3  # attempts per download within one run; each continues the .part of the previous
-
-
-class FetchError(DataError):
-    """A dataset could not be fetched: no network, a failed checksum, or counts that do not match."""
 
 
 @dataclass(frozen=True)
@@ -242,134 +231,6 @@ SOURCES: dict[str, Source] = {
 }
 
 
-# --------------------------------------------------------------------------- downloading
-
-
-def _url(url: str, base_url: str | None) -> str:
-    return url if base_url is None else base_url.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
-
-
-def _hash(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-class _Offline(Exception):
-    """The network failed (refused, DNS, timeout, dropped connection); carries the URL."""
-
-    def __init__(self, url: str, reason: object):
-        super().__init__(f"{url}: {reason}")
-        self.url, self.reason = url, reason
-
-
-_NETWORK_ERRORS = (
-    urllib.error.URLError,
-    TimeoutError,
-    socket.timeout,
-    ConnectionError,
-    http.client.IncompleteRead,
-    http.client.RemoteDisconnected,
-)
-
-
-def _download_once(url: str, part: Path, progress: bool) -> None:
-    """One attempt: continue `part` with a Range request when it exists, else start it."""
-    from tqdm import tqdm
-
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "sidrec-data-fetch"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # the range starts past the end: the .part is bad; start again
-            part.unlink()
-            return _download_once(url, part, progress)
-        raise FetchError(f"{url} answered HTTP {e.code} {e.reason}") from None
-    with response:
-        if have and response.status != 206:
-            have = 0  # the server ignored the range: start over
-        elif have:
-            m = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-            if m is None or int(m.group(1)) != have:
-                have = 0
-                response.close()
-                part.unlink()
-                return _download_once(url, part, progress)
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        with (
-            open(part, "ab" if have else "wb") as f,
-            tqdm(
-                total=total,
-                initial=have,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name.removesuffix(".part"),
-                disable=not progress,
-                leave=False,
-            ) as bar,
-        ):
-            while block := response.read(1 << 16):
-                f.write(block)
-                bar.update(len(block))
-    if total is not None and part.stat().st_size != total:
-        raise http.client.IncompleteRead(b"", total - part.stat().st_size)
-
-
-def download(
-    url: str,
-    dest: Path,
-    *,
-    sha256: str | None = None,
-    md5: str | None = None,
-    progress: bool = True,
-    retries: int = RETRIES,
-) -> Path:
-    """`url` to `dest` through `dest.part` (resumed when present), checked, then renamed into place.
-
-    A `dest` already there (a verified earlier download, or a file a person put there) is checked
-    and reused. A failed checksum deletes the file and raises FetchError; a network failure keeps
-    the .part for the next run and raises _Offline."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    if not dest.exists():
-        for attempt in range(retries):
-            try:
-                _download_once(url, part, progress)
-                break
-            except _NETWORK_ERRORS as e:
-                reason = getattr(e, "reason", None) or e
-                if attempt == retries - 1 or not part.exists():
-                    raise _Offline(url, reason) from None
-                time.sleep(min(2**attempt, 5) * 0.1)
-        os.replace(part, dest)
-    for algo, want in (("sha256", sha256), ("md5", md5)):
-        if want is not None:
-            got = _hash(dest, algo)
-            if got != want.lower():
-                dest.unlink()
-                raise FetchError(
-                    f"{dest.name} from {url} failed its {algo} check (expected {want}, got {got}); "
-                    "deleted it: rerun to download it again"
-                )
-    return dest
-
-
-def _published_md5(url: str, dest: Path, progress: bool) -> str:
-    text = download(url, dest, progress=False).read_text(errors="replace")
-    m = re.search(r"\b[0-9a-fA-F]{32}\b", text)
-    if m is None:
-        dest.unlink()
-        raise FetchError(f"{url} holds no md5: {text[:80]!r}")
-    return m.group(0).lower()
-
-
 # --------------------------------------------------------------------------- the registry's entry point
 
 
@@ -404,11 +265,11 @@ def fetch_dataset(
     record = []
     try:
         for d in source.downloads:
-            url = _url(d.url, base_url)
+            url = mirror_url(d.url, base_url)
             md5 = None
             if d.md5_url is not None:
-                md5_url = _url(d.md5_url, base_url)
-                md5 = _published_md5(md5_url, cache / md5_url.rsplit("/", 1)[-1], progress)
+                md5_url = mirror_url(d.md5_url, base_url)
+                md5 = published_md5(md5_url, cache / md5_url.rsplit("/", 1)[-1], progress)
             log(f"fetching {url}")
             path = download(url, cache / d.name, sha256=d.sha256, md5=md5, progress=progress)
             paths[d.name] = path
@@ -417,7 +278,7 @@ def fetch_dataset(
                     "url": url,
                     "file": d.name,
                     "bytes": path.stat().st_size,
-                    "sha256": _hash(path, "sha256"),
+                    "sha256": file_hash(path, "sha256"),
                     "sha256_pinned": d.sha256 is not None,
                     "md5_published": md5,
                 }
@@ -426,9 +287,9 @@ def fetch_dataset(
         shutil.rmtree(cache, ignore_errors=True)  # a bad checksum: nothing of it is kept
         _remove_if_empty(root / DOWNLOADS)
         raise
-    except _Offline as e:
+    except Offline as e:
         missing = [
-            (_url(u, base_url), u.rsplit("/", 1)[-1])
+            (mirror_url(u, base_url), u.rsplit("/", 1)[-1])
             for d in source.downloads
             for u in ([d.md5_url] if d.md5_url else []) + [d.url]
             if not (cache / u.rsplit("/", 1)[-1]).exists()
