@@ -27,7 +27,7 @@ def beam_width(k: int, num_beams: int | None = None) -> int:
 class JudgeConfig:
     """How top-K lists are judged: the lists' length, the beam that makes them, and how many members
     in what batches. Nested as ``judge`` in ``gen_fm.config.Validation`` (the validation sample),
-    ``sidrec.refresh.RefreshConfig`` and ``sidrec.quickstart.QuickstartConfig`` (the test split):
+    ``sidrec.refresh_config.RefreshConfig`` and ``sidrec.quickstart.QuickstartConfig`` (the test split):
     ``--set judge.k=20``, ``--set pretrain.validation.judge.k=20``."""
 
     k: int = 10  # Recall@K / NDCG@K (and @5 when K > 5); the recommended lists' length

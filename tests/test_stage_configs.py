@@ -14,7 +14,7 @@ from prompt_tuning.config import PromptTuningStageConfig
 from semantic_ids.config import SemanticIDConfig
 from serving.config import ServingConfig
 from sidrec.quickstart import QuickstartConfig
-from sidrec.refresh import RefreshConfig
+from sidrec.refresh_config import RefreshConfig
 
 STAGE_CONFIGS = [
     PretrainConfig,

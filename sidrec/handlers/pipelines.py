@@ -11,7 +11,8 @@ from eval.machine import machine_info
 from sidrec.arguments import command_line, console, data_config, set_threads
 from sidrec.catalog import update_catalog
 from sidrec.quickstart import QuickstartConfig, quickstart
-from sidrec.refresh import RefreshConfig, parse_since, refresh, simulate
+from sidrec.refresh import refresh, simulate
+from sidrec.refresh_config import RefreshConfig, parse_since
 
 
 def cmd_quickstart(args) -> None:

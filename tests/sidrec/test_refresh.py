@@ -18,7 +18,8 @@ from core.artifacts import ArtifactError, manifest_hash
 from sidrec.cli import main
 from core.data import DataConfig, load_data
 from core.timeline import old_world
-from sidrec.refresh import RefreshConfig, refresh
+from sidrec.refresh import refresh
+from sidrec.refresh_config import RefreshConfig
 from core.sequences import build_sequences, leave_one_out
 from tests.sidrec.test_quickstart import TINY_IDS
 
@@ -238,8 +239,8 @@ def test_clear_errors(simulated, data_dir, tmp_path, capsys):
 
 
 def test_fresh_events_start_after_the_models_data_end() -> None:
-    from sidrec.refresh import parse_since as _since
-    from sidrec.refresh import RefreshConfig, resolve_since
+    from sidrec.refresh_config import parse_since as _since
+    from sidrec.refresh_config import RefreshConfig, resolve_since
 
     manifest = {"data": {"dataset": "x", "time_end": 1_500_000_000}}
     config, why = resolve_since(RefreshConfig(), manifest, has_time=True)
