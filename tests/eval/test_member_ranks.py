@@ -91,6 +91,31 @@ def test_a_side_of_several_runs_scores_each_member_by_its_mean_over_them(tmp_pat
         compare_member_ranks(f"{s0}:model,", b0)
 
 
+def test_the_command_prints_each_run_and_writes_what_it_printed(tmp_path, capsys):
+    from core.artifacts import read_json
+    from sidrec.cli import main
+
+    users, targets = ["u1", "u2", "u3"], ["x", "y", "z"]
+    runs = [
+        _write(tmp_path / f"a{i}.json", users, targets, {"model": r})
+        for i, r in enumerate(([0, -1, 4], [9, 1, -1]))
+    ]
+    b = [
+        _write(tmp_path / f"b{i}.json", users, targets, {"sasrec": r})
+        for i, r in enumerate(([3, 1, -1], [3, -1, -1]))
+    ]
+    out = tmp_path / "cmp.json"
+    assert (
+        main(["compare", ",".join(f"{r}:model" for r in runs), ",".join(b), "--ks", "10", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    f = read_json(out)["@10"]
+    assert f"a, run by run: {f['recall@10_a_runs'][0]:.4f}  {f['recall@10_a_runs'][1]:.4f}" in printed
+    assert f"SE of a - b over the runs' figures {f['recall@10_diff_seed_se']:.4f}" in printed
+    assert [r["file"] for r in read_json(out)["a"]["runs"]] == runs
+
+
 def test_a_written_comparison_is_a_results_file_the_report_reads(tmp_path):
     from core.artifacts import write_json
     from eval.report_parsers import load_results
