@@ -12,8 +12,8 @@ Recall@K = 1[r < K] and NDCG@K = 1[r < K] / log2(r + 2), averaged over members.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,10 +189,11 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> dict[
     whether a gap is noise.
 
     Each side is one run's target places, (members,), or several runs' (runs, members), such as
-    seeds of one recipe: a member's score is then its mean over the runs. With two runs or more on
-    both sides the result also holds each run's figure and ``_diff_seed_se``, the standard error of
-    the difference of the runs' means (what training again would move it by); the member-paired
-    error says nothing about that."""
+    seeds of one recipe: a member's score is then its mean over the runs. With several runs on
+    either side the result also holds each run's figure, and with two or more on both sides
+    ``_diff_seed_se``, the standard error of the difference of the runs' means (what training again
+    would move it by; with two runs a side it rests on one degree of freedom each); the
+    member-paired error says nothing about that."""
     a, b = np.asarray(ranks_a, dtype=np.int64), np.asarray(ranks_b, dtype=np.int64)
     a, b = (x[None, :] if x.ndim == 1 else x for x in (a, b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2 or 0 in (len(a), len(b)):

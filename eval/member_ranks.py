@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.artifacts import read_json, write_json
-from core.metrics import paired_difference, validate_ks
 
 KIND = "member_ranks"
 COMPARISON_KIND = "paired_comparison"  # what ``compare_member_ranks`` returns (a results file's kind)
@@ -67,6 +66,9 @@ def read_member_ranks(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not a member-ranks file (kind {d.get('kind')!r}): write one with --ranks-out"
         )
+    twice = len(d["users"]) - len(set(d["users"]))
+    if twice:
+        raise ValueError(f"{path} lists {twice} member(s) more than once: one row per member")
     return d
 
 
@@ -100,6 +102,9 @@ def compare_member_ranks(
     """The paired comparison of ranker `a` with ranker `b`, each one run (FILE or FILE:NAME) or
     several runs of it (such as seeds; joined by commas), every run judged on the same members
     against the same targets. A member's score on a side is its mean over that side's runs."""
+    # here, not at the top: core.metrics loads torch, and the report reads these files without it
+    from core.metrics import paired_difference, validate_ks
+
     ks = validate_ks(ks)
     sides = [_side(a), _side(b)]
     first_path = sides[0][0][0]
@@ -115,9 +120,12 @@ def compare_member_ranks(
                     raise ValueError(
                         f"{first_path} and {path} judged different {field}s: {first[field]!r} and {d[field]!r}"
                     )
-            if len(d["users"]) != len(at) or any(u not in at for u in d["users"]):
+            missing = [u for u in d["users"] if u not in at]
+            if missing or len(d["users"]) != len(at):
                 raise ValueError(
-                    f"{first_path} and {path} judged different members ({len(at)} and {len(d['users'])})"
+                    f"{first_path} and {path} judged different members ({len(at)} and {len(d['users'])}; "
+                    f"{len(missing)} of the second not in the first"
+                    + (f", e.g. {missing[0]!r})" if missing else ")")
                 )
             order = np.asarray([at[u] for u in d["users"]], dtype=np.int64)
             if any(first["targets"][j] != t for j, t in zip(order, d["targets"])):
@@ -132,7 +140,7 @@ def compare_member_ranks(
             row[order] = r  # in the first file's member order
             rows.append(row)
             runs.append({"file": path, "ranking": ranking, "source": d["source"]})
-        if len({(r["file"], r["ranking"]) for r in runs}) != len(runs):
+        if len({(Path(r["file"]).resolve(), r["ranking"]) for r in runs}) != len(runs):
             raise ValueError(f"a run is named twice in {[(r['file'], r['ranking']) for r in runs]}")
         places.append(np.stack(rows))
         # a one-run side keeps its file, ranking and source at the top, as a single run's always has

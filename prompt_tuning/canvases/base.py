@@ -32,7 +32,7 @@ from semantic_ids.builder import load_quantizer
 from semantic_ids.embeddings import TextEncoder
 from semantic_ids.ids import SemanticIDs
 
-# A request's own fields (``serving.recommender.RecommendationRequest``, ``Recommender.recommend``
+# A request's own fields (``serving.requests.RecommendationRequest``, ``Recommender.recommend``
 # and the HTTP bodies of ``serving.api``; the serving tests hold them to this list): a context field
 # takes any other identifier, and the request gains that field.
 REQUEST_FIELDS = frozenset(

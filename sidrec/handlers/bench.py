@@ -132,6 +132,8 @@ def cmd_compare(args) -> int:
                     print(f"             {side}, run by run: {runs}")
             if key + "_diff_seed_se" in f:
                 print(f"             SE of a - b over the runs' figures {f[key + '_diff_seed_se']:.4f}")
+            elif key + "_a_runs" in f or key + "_b_runs" in f:
+                print("             (no SE over the runs: it needs two runs or more on both sides)")
     if args.out:
         write_json(args.out, {**result, "command": command_line(args)})
     return 0

@@ -58,6 +58,12 @@ def test_compare_refuses_what_was_not_judged_alike(tmp_path):
     short = _write(tmp_path / "e.json", ["u1", "u2"], ["x", "y"], {"m": [0, 1]}, list_length=5)
     with pytest.raises(ValueError, match="longer than the lists"):
         compare_member_ranks(f"{a}:model", short, ks=(10,))
+    twice = _write(tmp_path / "t.json", ["u1", "u1"], ["x", "x"], {"m": [0, 1]})
+    with pytest.raises(ValueError, match="1 member.* more than once"):
+        compare_member_ranks(f"{a}:model", twice)
+    elsewhere = _write(tmp_path / "w.json", ["u1", "u9"], ["x", "y"], {"m": [0, 1]})
+    with pytest.raises(ValueError, match="1 of the second not in the first, e.g. 'u9'"):
+        compare_member_ranks(f"{a}:model", elsewhere)
     (tmp_path / "r.json").write_text('{"kind": "baseline"}')
     with pytest.raises(ValueError, match="not a member-ranks file"):
         compare_member_ranks(str(tmp_path / "r.json"), f"{a}:model")
@@ -84,6 +90,8 @@ def test_a_side_of_several_runs_scores_each_member_by_its_mean_over_them(tmp_pat
     assert [r["file"] for r in got["a"]["runs"]] == [s0, s1]
     with pytest.raises(ValueError, match="named twice"):
         compare_member_ranks(f"{s0}:model,{s0}:model", b0)
+    with pytest.raises(ValueError, match="named twice"):  # the same file by another path
+        compare_member_ranks(f"{s0}:model,{tmp_path}/./s0.json:model", b0)
     other = _write(tmp_path / "o.json", users, targets, {"model": [0, 1, 2, 3]}, fingerprint="other")
     with pytest.raises(ValueError, match="different data_fingerprints"):
         compare_member_ranks(f"{s0}:model,{other}", b0)

@@ -227,3 +227,13 @@ def test_report_opens_with_the_headline(tmp_path):
     )
     for stem in ("codes", "old-fixed-weight", "titles-valid"):
         assert f"results/gen_fm/amazon-beauty-{stem}.json" in table
+
+
+def test_the_report_imports_no_torch():
+    """``sidrec report`` runs where torch is slow to load or absent: reading results needs none."""
+    import subprocess
+    import sys
+
+    code = "import sys, sidrec.handlers.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
