@@ -22,6 +22,7 @@ from core.data import DataConfig, load_data
 from eval.machine import machine_info
 from gen_fm.beams import beam_width
 from serving.batch import BatchConfig, member_histories, read_lists, run_batch
+from serving.lifecycle import run_in_thread
 from serving.recommender import Recommender
 
 
@@ -41,7 +42,6 @@ def bench_batch(
     import httpx
 
     # fastapi and uvicorn (the serving extra): only this benchmark's own server needs them
-    from serving.lifecycle import run_in_thread
     from serving.server import ServerSettings, create_app
 
     rec = Recommender.from_pretrained(

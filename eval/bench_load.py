@@ -26,6 +26,7 @@ from core.data import DataConfig, load_data
 from core.sequences import build_sequences, leave_one_out
 from eval.machine import machine_info
 from gen_fm.model import load_model
+from serving.lifecycle import run_in_thread
 from serving.recommender import Recommender
 
 
@@ -61,7 +62,6 @@ def bench_load(
     import psutil
 
     # fastapi and uvicorn (the serving extra): only this benchmark's own server needs them
-    from serving.lifecycle import run_in_thread
     from serving.server import ServerSettings, create_app
 
     rec = Recommender.from_pretrained(model, backend=backend, enforce_eager=True)

@@ -12,8 +12,7 @@ found much stronger (Klenitskiy & Vasilev, RecSys 2023).
 Departures, all for this project's protocol: hidden 64 (paper: 50), window 20 = the benchmark's
 history cap (paper: 50 for Beauty, 200 for MovieLens); with ``train_windows="all"`` a training prefix
 longer than the window is cut, from its end, into consecutive windows so that every transition is a
-training target once (the paper keeps only the most recent window, ``"last"``).
-The network is ``eval.baselines.sasrec_net``; this module holds its config, windows and training."""
+training target once (the paper keeps the most recent window, ``"last"``). Network: ``sasrec_net``."""
 
 from __future__ import annotations
 
