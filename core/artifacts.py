@@ -36,12 +36,17 @@ def package_version() -> str:
     return __version__
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes by any hashlib algorithm (sha256 names artifacts; md5 checks downloads)."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    return file_digest(path, "sha256", chunk)
 
 
 def manifest_hash(artifact_dir: str | os.PathLike) -> str:

@@ -4,7 +4,6 @@ against a sha256 and/or md5 before it is renamed into place. ``core.fetch`` buil
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -14,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from core.artifacts import file_digest
 from core.layouts.base import DataError
 
 TIMEOUT_S = 30.0
@@ -27,14 +27,6 @@ class FetchError(DataError):
 def mirror_url(url: str, base_url: str | None) -> str:
     """`url` with its folder replaced by `base_url` (a mirror); `url` itself when None."""
     return url if base_url is None else base_url.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
-
-
-def file_hash(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Offline(Exception):
@@ -131,7 +123,7 @@ def download(
         os.replace(part, dest)
     for algo, want in (("sha256", sha256), ("md5", md5)):
         if want is not None:
-            got = file_hash(dest, algo)
+            got = file_digest(dest, algo)
             if got != want.lower():
                 dest.unlink()
                 raise FetchError(

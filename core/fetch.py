@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.artifacts import atomic_dir, write_json
+from core.artifacts import atomic_dir, file_sha256, write_json
 from core.data import detect_layout
-from core.download import FetchError, Offline, download, file_hash, mirror_url, published_md5
+from core.download import FetchError, Offline, download, mirror_url, published_md5
 
 DOWNLOADS = ".downloads"  # under the data directory: partial and verified downloads between runs
 FETCHED = "FETCHED.json"  # in each fetched dataset folder: what was fetched, from where, when
@@ -278,7 +278,7 @@ def fetch_dataset(
                     "url": url,
                     "file": d.name,
                     "bytes": path.stat().st_size,
-                    "sha256": file_hash(path, "sha256"),
+                    "sha256": file_sha256(path),
                     "sha256_pinned": d.sha256 is not None,
                     "md5_published": md5,
                 }
